@@ -1,0 +1,1 @@
+# est-lite MicroPython port: pure-Python P-256, `tls` transports.
