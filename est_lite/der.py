@@ -1,0 +1,373 @@
+# Minimal DER (X.690) reader and writer.
+#
+# Reader: functions take a buffer (bytes, bytearray or, best, a memoryview)
+# and absolute offsets, and return offsets; slicing a memoryview with them
+# gives views, not copies. Only what DER allows is accepted: single-byte
+# tags, definite and minimal lengths, every element inside its parent.
+# Any malformed input raises RemoteProtocolError (LimitError for a named
+# limit); IndexError/ValueError never escape.
+#
+# Writer: functions return bytes. tlv(tag, *parts) joins the parts once
+# behind one header; header(tag, n) lets a caller assemble big structures
+# from a list of parts with a single final b"".join.
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
+
+# --- universal tags ---
+BOOLEAN = const(0x01)
+INTEGER = const(0x02)
+BIT_STRING = const(0x03)
+OCTET_STRING = const(0x04)
+NULL = const(0x05)
+OID = const(0x06)
+UTF8_STRING = const(0x0C)
+PRINTABLE_STRING = const(0x13)
+IA5_STRING = const(0x16)
+UTC_TIME = const(0x17)
+GENERALIZED_TIME = const(0x18)
+SEQUENCE = const(0x30)
+SET = const(0x31)
+CONSTRUCTED = const(0x20)
+CONTEXT = const(0x80)  # class bits of a context-specific tag ([n] = 0x80|n, constructed 0xA0|n)
+
+# Default limits (named keyword arguments everywhere)
+MAX_LENGTH = const(0x10000)  # largest content length read_tlv accepts
+MAX_DEPTH = const(12)  # nesting levels check() descends
+MAX_INT_BYTES = const(33)  # read_int: 32-byte scalars plus a sign byte
+
+# --- OID contents we use (DER contents, without tag and length) ---
+OID_EC_PUBLIC_KEY = b"\x2a\x86\x48\xce\x3d\x02\x01"  # 1.2.840.10045.2.1
+OID_P256 = b"\x2a\x86\x48\xce\x3d\x03\x01\x07"  # 1.2.840.10045.3.1.7 secp256r1
+OID_P384 = b"\x2b\x81\x04\x00\x22"  # 1.3.132.0.34 secp384r1
+OID_ECDSA_SHA256 = b"\x2a\x86\x48\xce\x3d\x04\x03\x02"  # 1.2.840.10045.4.3.2
+OID_ECDSA_SHA384 = b"\x2a\x86\x48\xce\x3d\x04\x03\x03"  # 1.2.840.10045.4.3.3
+OID_SHA256 = b"\x60\x86\x48\x01\x65\x03\x04\x02\x01"  # 2.16.840.1.101.3.4.2.1
+OID_DATA = b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"  # 1.2.840.113549.1.7.1
+OID_SIGNED_DATA = b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02"  # 1.2.840.113549.1.7.2
+OID_EMAIL = b"\x2a\x86\x48\x86\xf7\x0d\x01\x09\x01"  # 1.2.840.113549.1.9.1
+OID_CHALLENGE_PASSWORD = b"\x2a\x86\x48\x86\xf7\x0d\x01\x09\x07"  # 1.2.840.113549.1.9.7
+OID_EXTENSION_REQUEST = b"\x2a\x86\x48\x86\xf7\x0d\x01\x09\x0e"  # 1.2.840.113549.1.9.14
+OID_SAN = b"\x55\x1d\x11"  # 2.5.29.17
+OID_KEY_USAGE = b"\x55\x1d\x0f"  # 2.5.29.15
+OID_EXT_KEY_USAGE = b"\x55\x1d\x25"  # 2.5.29.37
+OID_BASIC_CONSTRAINTS = b"\x55\x1d\x13"  # 2.5.29.19
+
+
+def _err(msg, off):
+    return RemoteProtocolError("DER: %s at offset %d" % (msg, off))
+
+
+# ---------------------------------------------------------------- reader
+
+
+def read_tlv(buf, off=0, end=None, max_length=MAX_LENGTH):
+    """Read one TLV at buf[off]. Returns (tag, content_start, content_end);
+    content_end is also the offset of the next element. The element must end
+    at or before `end` (default len(buf))."""
+    if end is None:
+        end = len(buf)
+    if off + 2 > end:
+        raise _err("truncated element (need tag and length)", off)
+    tag = buf[off]
+    if tag & 0x1F == 0x1F:
+        raise _err("high-tag-number form not supported (tag byte 0x%02x)" % tag, off)
+    n = buf[off + 1]
+    p = off + 2
+    if n & 0x80:
+        k = n & 0x7F
+        if k == 0:
+            raise _err("indefinite length (BER) is not DER", off)
+        if k > 4:
+            raise LimitError("DER: %d-byte length field at offset %d" % (k, off))
+        if p + k > end:
+            raise _err("truncated length", off)
+        if buf[p] == 0:
+            raise _err("non-minimal length (leading zero)", off)
+        n = 0
+        for i in range(k):
+            n = (n << 8) | buf[p + i]
+        p += k
+        if n < 0x80:
+            raise _err("non-minimal length (long form for %d)" % n, off)
+    if n > max_length:
+        raise LimitError("DER: element of %d bytes at offset %d exceeds max_length=%d" % (n, off, max_length))
+    if p + n > end:
+        raise _err("length %d runs past the end of its container" % n, off)
+    return tag, p, p + n
+
+
+def read(buf, off, tag, end=None, max_length=MAX_LENGTH):
+    """Read one TLV that must have the given tag. Returns (content_start,
+    content_end)."""
+    t, s, e = read_tlv(buf, off, end, max_length)
+    if t != tag:
+        raise _err("expected tag 0x%02x, got 0x%02x" % (tag, t), off)
+    return s, e
+
+
+def iter_tlv(buf, start, end, max_length=MAX_LENGTH):
+    """Yield (tag, content_start, content_end) for each element in
+    buf[start:end] (the contents of a constructed value)."""
+    while start < end:
+        t, s, e = read_tlv(buf, start, end, max_length)
+        yield t, s, e
+        start = e
+
+
+def check(buf, start=0, end=None, max_depth=MAX_DEPTH, max_length=MAX_LENGTH):
+    """Validate that buf[start:end] is a sequence of well-formed TLVs,
+    descending into constructed ones (without recursion) up to max_depth
+    levels. Returns the number of top-level elements."""
+    if end is None:
+        end = len(buf)
+    stack = [end]
+    off = start
+    count = 0
+    while True:
+        while off == stack[-1]:
+            stack.pop()
+            if not stack:
+                return count
+        t, s, e = read_tlv(buf, off, stack[-1], max_length)
+        if len(stack) == 1:
+            count += 1
+        if t & CONSTRUCTED and s < e:
+            if len(stack) > max_depth:
+                raise LimitError("DER: nesting deeper than max_depth=%d at offset %d" % (max_depth, off))
+            stack.append(e)
+            off = s
+        else:
+            off = e
+
+
+def read_int(buf, start, end, max_bytes=MAX_INT_BYTES):
+    """INTEGER contents -> int (signed). Rejects empty and non-minimal
+    encodings."""
+    n = end - start
+    if n <= 0:
+        raise _err("empty INTEGER", start)
+    if n > max_bytes:
+        raise LimitError("DER: INTEGER of %d bytes exceeds max_bytes=%d" % (n, max_bytes))
+    b0 = buf[start]
+    if n > 1:
+        b1 = buf[start + 1] & 0x80
+        if (b0 == 0 and not b1) or (b0 == 0xFF and b1):
+            raise _err("non-minimal INTEGER", start)
+    v = 0
+    for i in range(start, end):
+        v = (v << 8) | buf[i]
+    if b0 & 0x80:
+        v -= 1 << (8 * n)
+    return v
+
+
+def read_bit_string(buf, start, end):
+    """BIT STRING contents -> (unused_bits, data_start, data_end)."""
+    if end <= start:
+        raise _err("empty BIT STRING", start)
+    u = buf[start]
+    if u > 7 or (u and end == start + 1):
+        raise _err("bad BIT STRING unused-bits byte %d" % u, start)
+    return u, start + 1, end
+
+
+def oid_str(content):
+    """OID contents (bytes/memoryview) -> dotted text '1.2.840.10045.2.1'."""
+    n = len(content)
+    if n == 0:
+        raise RemoteProtocolError("DER: empty OBJECT IDENTIFIER")
+    if n > 64:
+        raise LimitError("DER: OBJECT IDENTIFIER of %d bytes" % n)
+    if content[n - 1] & 0x80:
+        raise RemoteProtocolError("DER: truncated OBJECT IDENTIFIER")
+    out = []
+    v = 0
+    fresh = True
+    for b in content:
+        if fresh and b == 0x80:
+            raise RemoteProtocolError("DER: non-minimal OBJECT IDENTIFIER arc")
+        v = (v << 7) | (b & 0x7F)
+        fresh = not b & 0x80
+        if fresh:
+            if not out:
+                x = 0 if v < 40 else (1 if v < 80 else 2)
+                out.append(str(x))
+                v -= 40 * x
+            out.append(str(v))
+            v = 0
+    return ".".join(out)
+
+
+_oid_cache = {}
+
+
+def oid_bytes(text):
+    """Dotted OID text -> DER contents (bytes). Results are cached. Raises
+    LocalProtocolError for malformed text."""
+    r = _oid_cache.get(text)
+    if r is not None:
+        return r
+    arcs = None
+    if isinstance(text, str) and len(text) < 100:
+        arcs = text.split(".")
+        for a in arcs:
+            if not a or a.strip("0123456789"):
+                arcs = None
+                break
+    if not arcs or len(arcs) < 2:
+        raise LocalProtocolError("not a dotted OID: %r" % (text,))
+    arcs = [int(a) for a in arcs]
+    if arcs[0] > 2 or (arcs[0] < 2 and arcs[1] > 39):
+        raise LocalProtocolError("OID %r: first arcs out of range" % text)
+    arcs[1] += 40 * arcs[0]
+    out = bytearray()
+    for v in arcs[1:]:
+        tmp = [v & 0x7F]
+        v >>= 7
+        while v:
+            tmp.append(0x80 | (v & 0x7F))
+            v >>= 7
+        tmp.reverse()
+        out.extend(bytes(tmp))
+    r = bytes(out)
+    if len(_oid_cache) < 32:
+        _oid_cache[text] = r
+    return r
+
+
+# ---------------------------------------------------------------- writer
+
+
+def header(tag, n):
+    """Tag and length bytes for n bytes of content."""
+    if n < 0x80:
+        return bytes((tag, n))
+    if n < 0x100:
+        return bytes((tag, 0x81, n))
+    if n < 0x10000:
+        return bytes((tag, 0x82, n >> 8, n & 0xFF))
+    if n < 0x1000000:
+        return bytes((tag, 0x83, n >> 16, (n >> 8) & 0xFF, n & 0xFF))
+    raise LocalProtocolError("DER: %d bytes is too long to encode" % n)
+
+
+def tlv(tag, *parts):
+    """One element whose content is the concatenation of parts (bytes,
+    bytearray or memoryview)."""
+    ps = [header(tag, sum(len(p) for p in parts))]
+    for p in parts:
+        ps.append(bytes(p) if isinstance(p, memoryview) else p)
+    return b"".join(ps)
+
+
+def seq(*parts):
+    return tlv(SEQUENCE, *parts)
+
+
+def set_of(*parts):
+    """SET OF: DER orders the encoded elements as octet strings."""
+    ps = [bytes(p) for p in parts]
+    ps.sort()
+    return tlv(SET, *ps)
+
+
+def integer(n):
+    """INTEGER in minimal two's complement (any sign)."""
+    k = 1
+    if n >= 0:
+        while n >= 1 << (8 * k - 1):
+            k += 1
+    else:
+        while n < -(1 << (8 * k - 1)):
+            k += 1
+        n += 1 << (8 * k)
+    return header(INTEGER, k) + n.to_bytes(k, "big")
+
+
+def uint_bytes(data):
+    """INTEGER from a big-endian unsigned magnitude (e.g. an ECDSA r or s):
+    strips leading zeros and adds a sign byte when needed."""
+    data = bytes(data)
+    i = 0
+    while i < len(data) - 1 and data[i] == 0:
+        i += 1
+    data = data[i:] or b"\x00"
+    if data[0] & 0x80:
+        return tlv(INTEGER, b"\x00", data)
+    return tlv(INTEGER, data)
+
+
+def oid(o):
+    """OBJECT IDENTIFIER from dotted text or from ready contents (bytes)."""
+    if isinstance(o, str):
+        o = oid_bytes(o)
+    return tlv(OID, o)
+
+
+def bit_string(data, unused=0):
+    if not 0 <= unused <= 7 or (unused and not data):
+        raise LocalProtocolError("BIT STRING unused bits must be 0..7 and need data")
+    return tlv(BIT_STRING, bytes((unused,)), data)
+
+
+def octet_string(data):
+    return tlv(OCTET_STRING, data)
+
+
+def _text(tag, s, check):
+    if isinstance(s, str):
+        b = s.encode()
+    else:
+        b = bytes(s)
+    if check is not None:
+        for c in b:
+            if not check(c):
+                raise LocalProtocolError("character 0x%02x not allowed in %r" % (c, s))
+    return tlv(tag, b)
+
+
+_PRINTABLE_EXTRA = b" '()+,-./:=?"
+
+
+def is_printable_char(c):
+    """PrintableString alphabet (X.680 §41.4) for a byte value."""
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c in _PRINTABLE_EXTRA
+
+
+def utf8(s):
+    return _text(UTF8_STRING, s, None)
+
+
+def printable(s):
+    return _text(PRINTABLE_STRING, s, is_printable_char)
+
+
+def ia5(s):
+    return _text(IA5_STRING, s, lambda c: c < 0x80)
+
+
+def null():
+    return b"\x05\x00"
+
+
+def boolean(v):
+    return b"\x01\x01\xff" if v else b"\x01\x01\x00"
+
+
+def explicit(n, inner):
+    """[n] EXPLICIT: constructed context tag around one encoded element."""
+    return tlv(0xA0 | n, inner)
+
+
+def implicit(n, content, constructed=False):
+    """[n] IMPLICIT: context tag around raw contents (constructed when the
+    underlying type is, e.g. SET OF / SEQUENCE)."""
+    return tlv((0xA0 if constructed else 0x80) | n, content)
