@@ -1,0 +1,285 @@
+# P-256 (secp256r1) ECDSA with SHA-256 in pure Python, for MicroPython.
+#
+# Jacobian coordinates (X, Y, Z) with x = X/Z^2, y = Y/Z^3; Z == 0 is the
+# point at infinity. Multiples of the base point G use the precomputed
+# affine table in p256_table.py (signed 4-bit windows: one mixed
+# Jacobian+affine addition per window, no doublings, one inversion at the
+# end). Nonces are deterministic (RFC 6979) with HMAC-SHA256 on hashlib, so
+# a weak random source on the device cannot leak the key through k.
+#
+# NOT CONSTANT-TIME: big-integer arithmetic, table lookups and branches
+# depend on the secret scalar. Someone who can time or power-trace many
+# signatures on the device can attack the key. See docs/crypto.md.
+#
+# Scalars and coordinates are ints; this module knows no DER (crypto.py).
+
+import hashlib
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+from est_lite.errors import LocalProtocolError
+
+P = const(0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF)
+N = const(0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551)
+B = const(0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B)
+GX = const(0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296)
+GY = const(0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5)
+_IPAD = const(0x36363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636)
+_OPAD = const(0x5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C)
+
+_tab = None
+
+
+def _table():
+    global _tab
+    if _tab is None:
+        from est_lite_mp import p256_table
+
+        _tab = (p256_table.W, p256_table.T)
+    return _tab
+
+
+def inv(a, m):
+    """a^-1 mod m (extended Euclid; faster than pow(a, m-2, m) here)."""
+    r0, r1 = m, a % m
+    if not r1:
+        raise LocalProtocolError("P-256: inverse of zero")
+    x0, x1 = 0, 1
+    while r1:
+        q, r = divmod(r0, r1)
+        r0, r1 = r1, r
+        x0, x1 = x1, x0 - q * x1
+    return x0 % m
+
+
+def on_curve(x, y):
+    return 0 <= x < P and 0 <= y < P and (y * y - (x * x - 3) * x - B) % P == 0
+
+
+def dbl(X, Y, Z):
+    """2 * (X, Y, Z) in Jacobian coordinates (a = -3)."""
+    p = P
+    d = Z * Z % p
+    g = Y * Y % p
+    b = X * g % p
+    a = 3 * (X - d) * (X + d) % p
+    X3 = (a * a - 8 * b) % p
+    return X3, (a * (4 * b - X3) - 8 * g * g) % p, 2 * Y * Z % p
+
+
+def madd(X, Y, Z, x, y):
+    """(X, Y, Z) + (x, y, 1): mixed Jacobian + affine addition. X and Y
+    must be reduced mod p; every case (infinity, equal points, inverse
+    points) is handled."""
+    if not Z:
+        return x, y, 1
+    p = P
+    zz = Z * Z % p
+    h = x * zz % p - X
+    r = y * (zz * Z % p) % p - Y
+    if not h:
+        if r:
+            return 0, 1, 0
+        return dbl(X, Y, Z)
+    hh = h * h % p
+    hhh = h * hh % p
+    v = X * hh % p
+    X3 = (r * r - hhh - 2 * v) % p
+    return X3, (r * (v - X3) - Y * hhh) % p, Z * h % p
+
+
+def mul_base(k):
+    """k * G as Jacobian (X, Y, Z), for 0 <= k < 2^256, from the table.
+    The mixed addition is written out here: a call costs as much as a few
+    multiplications on MicroPython."""
+    w, T = _table()
+    p = P
+    fb = int.from_bytes
+    half = 1 << (w - 1)
+    full = 1 << w
+    mask = full - 1
+    last = len(T) - 1
+    X = Y = Z = 0
+    c = 0
+    for i in range(last + 1):
+        d = (k & mask) + c
+        k >>= w
+        c = 0
+        if d > half and i < last:
+            d -= full
+            c = 1
+        if not d:
+            continue
+        t = memoryview(T[i])
+        if d > 0:
+            o = (d - 1) << 6
+            x = fb(t[o : o + 32], "big")
+            y = fb(t[o + 32 : o + 64], "big")
+        else:
+            o = (-d - 1) << 6
+            x = fb(t[o : o + 32], "big")
+            y = p - fb(t[o + 32 : o + 64], "big")
+        if not Z:
+            X, Y, Z = x, y, 1
+            continue
+        zz = Z * Z % p
+        h = x * zz % p - X
+        r = y * (zz * Z % p) % p - Y
+        if not h:  # only for contrived scalars: fall back to the general case
+            X, Y, Z = madd(X, Y, Z, x, y)
+            continue
+        hh = h * h % p
+        hhh = h * hh % p
+        v = X * hh % p
+        X = (r * r - hhh - 2 * v) % p
+        Y = (r * (v - X) - Y * hhh) % p
+        Z = Z * h % p
+    return X, Y, Z
+
+
+def mul(k, x, y):
+    """k * (x, y) for any affine point, as Jacobian (X, Y, Z): 4-bit fixed
+    window over a table of 1..15 multiples made affine with one inversion."""
+    p = P
+    pts = [(x, y, 1)]
+    for _ in range(14):
+        X, Y, Z = pts[-1]
+        pts.append(madd(X, Y, Z, x, y))
+    # batch-normalise (Montgomery's trick); infinity cannot occur (n is prime > 15)
+    acc = [1]
+    for X, Y, Z in pts:
+        acc.append(acc[-1] * Z % p)
+    a = inv(acc[-1], p)
+    tab = [None] * 15
+    for j in range(14, -1, -1):
+        X, Y, Z = pts[j]
+        zi = a * acc[j] % p
+        a = a * Z % p
+        z2 = zi * zi % p
+        tab[j] = (X * z2 % p, Y * z2 * zi % p)
+    pts = acc = None
+    X = Y = Z = 0
+    for i in range(252, -4, -4):
+        if Z:
+            X, Y, Z = dbl(X, Y, Z)
+            X, Y, Z = dbl(X, Y, Z)
+            X, Y, Z = dbl(X, Y, Z)
+            X, Y, Z = dbl(X, Y, Z)
+        d = (k >> i) & 15
+        if d:
+            x, y = tab[d - 1]
+            X, Y, Z = madd(X, Y, Z, x, y)
+    return X, Y, Z
+
+
+def to_affine(X, Y, Z):
+    """(x, y) from Jacobian; None for the point at infinity."""
+    if not Z:
+        return None
+    p = P
+    zi = inv(Z, p)
+    z2 = zi * zi % p
+    return X * z2 % p, Y * z2 * zi % p
+
+
+def public_key(d):
+    """(x, y) = d * G for a private scalar 1 <= d < n."""
+    if not 0 < d < N:
+        raise LocalProtocolError("P-256: private scalar must be in [1, n-1]")
+    return to_affine(*mul_base(d))
+
+
+def hmac_sha256(key, msg):
+    """HMAC-SHA256 (RFC 2104) on hashlib; the pad XOR is one big-int XOR."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    k = int.from_bytes(key, "big") << (8 * (64 - len(key)))
+    h = hashlib.sha256((k ^ _IPAD).to_bytes(64, "big"))
+    h.update(msg)
+    o = hashlib.sha256((k ^ _OPAD).to_bytes(64, "big"))
+    o.update(h.digest())
+    return o.digest()
+
+
+def bits2int(h):
+    """RFC 6979 §2.3.2 for a 256-bit group order and a byte-string digest."""
+    return int.from_bytes(bytes(h[:32]), "big")
+
+
+def nonces(d, h, extra=b""):
+    """RFC 6979 §3.2 candidate nonces k for private scalar d and message
+    digest h (optionally with additional data, §3.6). An endless generator:
+    the caller takes the next one if a k gives r == 0 or s == 0."""
+    hm = hmac_sha256
+    xb = d.to_bytes(32, "big")
+    hb = (bits2int(h) % N).to_bytes(32, "big")
+    V = b"\x01" * 32
+    K = hm(b"\x00" * 32, b"".join((V, b"\x00", xb, hb, extra)))
+    V = hm(K, V)
+    K = hm(K, b"".join((V, b"\x01", xb, hb, extra)))
+    V = hm(K, V)
+    while True:
+        V = hm(K, V)
+        k = int.from_bytes(V, "big")
+        if 0 < k < N:
+            yield k
+        K = hm(K, V + b"\x00")
+        V = hm(K, V)
+
+
+def sign_digest(d, h, extra=b""):
+    """ECDSA signature (r, s) of digest h with private scalar d, nonce per
+    RFC 6979."""
+    if not 0 < d < N:
+        raise LocalProtocolError("P-256: private scalar must be in [1, n-1]")
+    e = bits2int(h)
+    for k in nonces(d, h, extra):
+        X, Y, Z = mul_base(k)
+        if not Z:
+            continue
+        zi = inv(Z, P)
+        r = X * zi * zi % P % N
+        if not r:
+            continue
+        s = inv(k, N) * (e + r * d) % N
+        if s:
+            return r, s
+
+
+def verify_digest(x, y, h, r, s):
+    """True if (r, s) is a valid signature of digest h by public point
+    (x, y) (which the caller has validated with on_curve)."""
+    if not (0 < r < N and 0 < s < N):
+        return False
+    w = inv(s, N)
+    e = bits2int(h)
+    u1 = e * w % N
+    u2 = r * w % N
+    q = to_affine(*mul(u2, x, y))
+    X, Y, Z = mul_base(u1)
+    if q is not None:
+        X, Y, Z = madd(X, Y, Z, q[0], q[1])
+    if not Z:
+        return False
+    zi = inv(Z, P)
+    return X * zi * zi % P % N == r
+
+
+def decompress(x, odd):
+    """y for x on the curve with the given parity, or None if x is not the
+    abscissa of a curve point."""
+    if not 0 <= x < P:
+        return None
+    a = ((x * x - 3) * x + B) % P
+    y = pow(a, (P + 1) >> 2, P)
+    if y * y % P != a:
+        return None
+    if (y & 1) != odd:
+        y = P - y
+    return y
