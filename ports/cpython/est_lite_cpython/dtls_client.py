@@ -1,0 +1,296 @@
+"""Blocking DTLS 1.2 client for CPython: one connected UDP socket and a
+pyOpenSSL Connection on memory BIOs.
+
+    with DtlsClient("127.0.0.1", 5684, trust_cas=[ca_der], cert=cert, key=key) as c:
+        c.send(coap_bytes)
+        reply = c.recv(timeout=5.0)      # bytes, or None on timeout
+        c.tls_unique, c.exporter, c.peer_chain
+
+The server is verified twice: its chain must end in one of `trust_cas`, and
+its certificate's subjectAltName must cover `server_name` (default: `host`;
+a DNS name or an IP literal). Either failure is a SecurityError.
+
+Pinned bootstrap (RFC 7030 §4.1.1, the first /cacerts): pass `pin`, a
+callable receiving the server's chain (leaf first, cryptography
+certificates) and returning True to accept; it replaces both checks above,
+so it must compare something strong (e.g. `dtls.fingerprint(chain[0])`).
+"""
+
+import select
+import socket
+import time
+
+from est_lite.errors import LocalProtocolError, SecurityError, TransportError
+
+from . import dtls as _d
+
+
+class DtlsClient:
+    def __init__(
+        self,
+        host,
+        port,
+        trust_cas=None,
+        server_name=None,
+        cert=None,
+        key=None,
+        *,
+        chain=(),
+        pin=None,
+        mtu=_d.DEFAULT_MTU,
+        timeout=30.0,
+        suites=_d.CLIENT_SUITES,
+        max_datagram=4096,
+        connect=True,
+    ):
+        if trust_cas is None and pin is None:
+            raise LocalProtocolError("give trust_cas to verify the server, or an explicit pin callback for bootstrap")
+        if timeout is None or timeout <= 0:
+            raise LocalProtocolError("timeout must be a positive number of seconds")
+        self.host = host
+        self.port = port
+        self.server_name = server_name if server_name is not None else host
+        self.mtu = mtu
+        self.timeout = timeout
+        self.max_datagram = max_datagram
+        self._pin = pin
+        self._pin_error = None
+        self._verify_error = None
+        SSL = _d._ssl()
+        ctx = _d.base_context(False, suites, cert, key, chain)
+        if pin is None:
+            _d.add_trust_anchors(ctx, trust_cas)
+            ctx.set_verify(SSL.VERIFY_PEER, self._verify_cb)
+        else:
+            # OpenSSL still checks the handshake signatures with the leaf's key;
+            # the trust decision is the pin's, taken right after the handshake.
+            ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)
+        self._ctx = ctx
+        self._conn = None
+        self._sock = None
+        self.established = False
+        self.closed = False
+        self.tls_unique = None
+        self.exporter = None
+        self.peer_chain = []
+        self.verified_chain = []
+        self.cipher = None
+        self.extended_master_secret = None
+        self.max_payload = None
+        if connect:
+            self.handshake()
+
+    # -- context manager --
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- socket --
+
+    def _open_socket(self):
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_DGRAM)
+        except socket.gaierror as e:
+            raise TransportError("cannot resolve %s: %s" % (self.host, e))
+        family, stype, proto, _, sockaddr = infos[0]
+        s = socket.socket(family, stype, proto)
+        try:
+            s.connect(sockaddr)
+        except OSError as e:
+            s.close()
+            raise TransportError("cannot reach %s:%s: %s" % (self.host, self.port, e))
+        s.setblocking(False)
+        self._sock = s
+
+    def _send_pending(self):
+        for dg in _d.drain_bio(self._conn, self.mtu):
+            try:
+                self._sock.send(dg)
+            except OSError as e:
+                raise TransportError("sending to %s:%s failed: %s" % (self.host, self.port, e))
+
+    def _wait_datagram(self, wait):
+        """One datagram from the socket, or None after `wait` seconds."""
+        r, _, _ = select.select([self._sock], [], [], max(wait, 0))
+        if not r:
+            return None
+        try:
+            data = self._sock.recv(self.max_datagram + 1)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except ConnectionRefusedError:
+            raise TransportError("%s:%s refused the datagram (ICMP port unreachable)" % (self.host, self.port))
+        except OSError as e:
+            raise TransportError("receiving from %s:%s failed: %s" % (self.host, self.port, e))
+        if len(data) > self.max_datagram:
+            return b""  # oversized: dropped, as a record layer would
+        return data
+
+    # -- handshake --
+
+    def _verify_cb(self, conn, x509, errno, depth, ok):
+        if not ok and self._verify_error is None:
+            self._verify_error = "server certificate at depth %d: %s (%s)" % (
+                depth, _d.verify_error_string(errno), _d.subject_text(x509),
+            )
+        return bool(ok)
+
+    def handshake(self):
+        """Run the handshake (cookie exchange and retransmissions included)
+        within `timeout` seconds, then check the server's identity."""
+        SSL = _d._ssl()
+        if self.established:
+            return
+        if self.closed:
+            raise LocalProtocolError("this DtlsClient is closed")
+        self._open_socket()
+        self._conn = _d.new_connection(self._ctx, self.mtu)
+        if self.server_name and not _is_ip(self.server_name):
+            self._conn.set_tlsext_host_name(self.server_name.encode("idna"))
+        self._conn.set_connect_state()
+        deadline = time.monotonic() + self.timeout
+        try:
+            while True:
+                try:
+                    self._conn.do_handshake()
+                    break
+                except SSL.WantReadError:
+                    pass
+                self._send_pending()
+                if not self._pump(deadline):
+                    raise TransportError(
+                        "DTLS handshake with %s:%s timed out after %.1f s" % (self.host, self.port, self.timeout)
+                    )
+        except SSL.Error as e:
+            self._send_pending_quietly()
+            self._abort()
+            msg = "DTLS handshake with %s:%s failed: %s" % (self.host, self.port, _err(e))
+            if self._verify_error:
+                msg += " - " + self._verify_error
+            raise SecurityError(msg)
+        except TransportError:
+            self._abort()
+            raise
+        self._send_pending()
+        conn = self._conn
+        self.peer_chain = _d.peer_chain(conn)
+        self.verified_chain = _d.verified_chain(conn)
+        try:
+            if self._pin is not None:
+                if not self.peer_chain or not self._pin(list(self.peer_chain)):
+                    raise SecurityError("server certificate chain does not match the pinned bootstrap identity")
+            else:
+                if not self.peer_chain:
+                    raise SecurityError("server sent no certificate")
+                _d.check_server_name(self.peer_chain[0], self.server_name)
+        except SecurityError:
+            self.close()
+            raise
+        self.established = True
+        self.tls_unique = _d.tls_unique(conn, server=False)
+        self.exporter = _d.exporter(conn)
+        self.cipher = conn.get_cipher_name()
+        self.extended_master_secret = _d.extended_master_secret(conn)
+        self.max_payload = conn.get_cleartext_mtu()
+
+    def _pump(self, deadline):
+        """Wait for one datagram (or the DTLS retransmission timer) and feed
+        it. False once the deadline has passed."""
+        SSL = _d._ssl()
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        t = self._conn.DTLSv1_get_timeout()
+        wait = deadline - now if t is None else min(t, deadline - now)
+        data = self._wait_datagram(wait)
+        if data:
+            self._conn.bio_write(data)
+        elif data is None:
+            try:
+                self._conn.DTLSv1_handle_timeout()
+            except SSL.Error as e:
+                raise TransportError("DTLS retransmissions to %s:%s exhausted: %s" % (self.host, self.port, _err(e)))
+            self._send_pending()
+        return True
+
+    # -- data --
+
+    def send(self, datagram):
+        """Encrypt and send one datagram (one DTLS record)."""
+        SSL = _d._ssl()
+        self._require_up()
+        try:
+            self._conn.send(bytes(datagram))
+        except SSL.Error as e:
+            raise TransportError("DTLS send failed: %s" % _err(e))
+        self._send_pending()
+
+    def recv(self, timeout=None):
+        """The next decrypted datagram, or None if none arrives within
+        `timeout` seconds (default: the client's timeout). Raises
+        TransportError if the server closed the session."""
+        SSL = _d._ssl()
+        self._require_up()
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            try:
+                data = self._conn.recv(65535)
+                if data:
+                    return data
+            except SSL.WantReadError:
+                pass
+            except SSL.ZeroReturnError:
+                self._abort()
+                raise TransportError("server %s:%s closed the DTLS session" % (self.host, self.port))
+            except SSL.Error as e:
+                self._abort()
+                raise TransportError("DTLS session with %s:%s failed: %s" % (self.host, self.port, _err(e)))
+            self._send_pending()  # e.g. a retransmitted final flight
+            if not self._pump(deadline):
+                return None
+
+    def close(self):
+        """Send close_notify (best effort) and close the socket."""
+        SSL = _d._ssl()
+        if self.closed:
+            return
+        if self._conn is not None and self.established:
+            try:
+                self._conn.shutdown()
+            except SSL.Error:
+                pass
+            self._send_pending_quietly()
+        self._abort()
+
+    def _abort(self):
+        self.closed = True
+        self.established = False
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _send_pending_quietly(self):
+        try:
+            self._send_pending()
+        except TransportError:
+            pass
+
+    def _require_up(self):
+        if not self.established or self.closed:
+            raise LocalProtocolError("DTLS session is not established")
+
+
+def _is_ip(name):
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+_err = _d.ssl_error_text

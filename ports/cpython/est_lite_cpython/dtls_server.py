@@ -1,0 +1,627 @@
+"""asyncio DTLS 1.2 server endpoint on one UDP socket (pyOpenSSL, memory BIOs).
+
+    server = DtlsServer(cert, key, trusted_cas=[ca], on_datagram=handle)
+    host, port = await server.start(("127.0.0.1", 0))
+    ...
+    def handle(peer, data):          # peer: DtlsPeer
+        peer.send(b"echo " + data)
+    ...
+    server.close()
+
+Cookie exchange is stateless and done here, before OpenSSL sees anything: a
+ClientHello without a valid cookie is answered with a HelloVerifyRequest that
+we build ourselves (cookie = HMAC-SHA256 over the client address and the
+ClientHello parameters, under a secret rotated every `cookie_lifetime`
+seconds; the previous secret is still accepted) and nothing is stored. Only a
+ClientHello carrying a valid cookie creates a session: a pyOpenSSL Connection
+that is handed the datagram through `DTLSv1_listen()` (so OpenSSL's state
+machine knows the cookie round trip happened), then `do_handshake()`.
+
+Client certificates are required and verified against `trusted_cas` (a list,
+or a callable returning the current list, evaluated for each new session),
+then each certificate of the verified chain goes through `is_revoked(cert)` if
+given. Sessions are bounded (`max_sessions`), time out while handshaking
+(`handshake_timeout`) and are evicted when idle (`idle_timeout`; MicroPython
+clients never send close_notify).
+"""
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import struct
+
+from est_lite.errors import LocalProtocolError
+
+from . import dtls as _d
+
+log = logging.getLogger("est_lite.dtls_server")
+
+_HS_CLIENT_HELLO = 1
+_HS_HELLO_VERIFY_REQUEST = 3
+_COOKIE_LEN = 16
+
+
+# --- stateless cookie exchange --------------------------------------------------------------
+
+
+class ClientHelloInfo:
+    """What the cookie covers, parsed from an unfragmented epoch-0 ClientHello."""
+
+    __slots__ = ("record_seq", "client_version", "random", "session_id", "cookie", "suites", "compression")
+
+    def __init__(self, record_seq, client_version, random, session_id, cookie, suites, compression):
+        self.record_seq = record_seq  # epoch(2) + sequence(6), echoed in the HelloVerifyRequest
+        self.client_version = client_version
+        self.random = random
+        self.session_id = session_id
+        self.cookie = cookie
+        self.suites = suites
+        self.compression = compression
+
+
+def parse_client_hello(datagram):
+    """Return ClientHelloInfo if the datagram starts with an epoch-0 handshake
+    record holding a complete ClientHello, else None. Never raises on
+    malformed input: whatever is not a parseable ClientHello is None."""
+    mv = memoryview(datagram)
+    n = len(mv)
+    if n < _d.RECORD_HEADER + 12 or mv[0] != _d.CT_HANDSHAKE:
+        return None
+    version, epoch = struct.unpack_from("!HH", mv, 1)
+    if version not in _d.DTLS_VERSIONS or epoch != 0:
+        return None
+    rlen = struct.unpack_from("!H", mv, 11)[0]
+    if _d.RECORD_HEADER + rlen > n:
+        return None
+    frag = mv[_d.RECORD_HEADER : _d.RECORD_HEADER + rlen]
+    if len(frag) < 12 or frag[0] != _HS_CLIENT_HELLO:
+        return None
+    mlen = int.from_bytes(frag[1:4], "big")
+    foff = int.from_bytes(frag[6:9], "big")
+    flen = int.from_bytes(frag[9:12], "big")
+    if foff != 0 or flen != mlen or 12 + mlen > len(frag):
+        return None  # fragmented ClientHello: not supported for the stateless check (as OpenSSL)
+    body = frag[12 : 12 + mlen]
+    p = 0
+    if len(body) < 2 + 32 + 1:
+        return None
+    client_version = bytes(body[0:2])
+    random = bytes(body[2:34])
+    p = 34
+    sid_len = body[p]
+    p += 1
+    if sid_len > 32 or p + sid_len + 1 > len(body):
+        return None
+    session_id = bytes(body[p : p + sid_len])
+    p += sid_len
+    cookie_len = body[p]
+    p += 1
+    if p + cookie_len + 2 > len(body):
+        return None
+    cookie = bytes(body[p : p + cookie_len])
+    p += cookie_len
+    suites_len = struct.unpack_from("!H", body, p)[0]
+    p += 2
+    if suites_len == 0 or suites_len % 2 or p + suites_len + 1 > len(body):
+        return None
+    suites = bytes(body[p : p + suites_len])
+    p += suites_len
+    comp_len = body[p]
+    p += 1
+    if comp_len == 0 or p + comp_len > len(body):
+        return None
+    compression = bytes(body[p : p + comp_len])
+    return ClientHelloInfo(bytes(mv[3:11]), client_version, random, session_id, cookie, suites, compression)
+
+
+def build_hello_verify_request(info, cookie):
+    """The HelloVerifyRequest record answering `info` (RFC 6347 §4.2.1): record
+    and server_version DTLS 1.0, the ClientHello's record sequence number,
+    message_seq 0, never fragmented."""
+    body = b"\xfe\xff" + bytes([len(cookie)]) + cookie
+    blen = len(body).to_bytes(3, "big")
+    hs = bytes([_HS_HELLO_VERIFY_REQUEST]) + blen + b"\x00\x00" + b"\x00\x00\x00" + blen + body
+    return bytes([_d.CT_HANDSHAKE]) + b"\xfe\xff" + info.record_seq + struct.pack("!H", len(hs)) + hs
+
+
+class CookieJar:
+    """HMAC cookies under a secret rotated every `lifetime` seconds; a cookie
+    from the previous secret is still accepted. Holds no per-client state."""
+
+    def __init__(self, lifetime=300.0, now=0.0):
+        if lifetime <= 0:
+            raise LocalProtocolError("cookie_lifetime must be positive")
+        self.lifetime = lifetime
+        self._secrets = [os.urandom(32), os.urandom(32)]
+        self._rotated = now
+
+    def _maybe_rotate(self, now):
+        if now - self._rotated >= self.lifetime:
+            self._secrets = [os.urandom(32), self._secrets[0]]
+            self._rotated = now
+
+    @staticmethod
+    def _mac(secret, addr, info):
+        m = hmac.new(secret, digestmod=hashlib.sha256)
+        m.update(("%s|%d|" % (addr[0], addr[1])).encode())
+        for part in (info.client_version, info.random, info.session_id, info.suites, info.compression):
+            m.update(struct.pack("!H", len(part)))
+            m.update(part)
+        return m.digest()[:_COOKIE_LEN]
+
+    def make(self, addr, info, now):
+        self._maybe_rotate(now)
+        return self._mac(self._secrets[0], addr, info)
+
+    def check(self, addr, info, now):
+        self._maybe_rotate(now)
+        if len(info.cookie) != _COOKIE_LEN:
+            return False
+        for s in self._secrets:
+            if hmac.compare_digest(self._mac(s, addr, info), info.cookie):
+                return True
+        return False
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+class DtlsPeer:
+    """One DTLS session with one client address. Handed to `on_datagram`
+    with every decrypted datagram; the same object for the whole session.
+
+    After the handshake: `address`, `peer_chain` (what the client sent, leaf
+    first, cryptography certificates), `verified_chain` (leaf ... trust
+    anchor), `tls_unique`, `exporter` (RFC 5705, label EXPORTER-Channel-Binding,
+    32 bytes), `cipher`, `extended_master_secret`, `max_payload` (largest
+    datagram `send()` fits in one MTU-sized record)."""
+
+    _next_id = 0
+
+    def __init__(self, server, address, conn, now):
+        DtlsPeer._next_id += 1
+        self.id = DtlsPeer._next_id
+        self.address = address
+        self._server = server
+        self._conn = conn
+        self.established = False
+        self.closed = False
+        self.created = now
+        self.last_rx = now
+        self.peer_chain = []
+        self.verified_chain = []
+        self.tls_unique = None
+        self.exporter = None
+        self.cipher = None
+        self.extended_master_secret = None
+        self.max_payload = None
+        self.verify_error = None
+        self._retx = None
+        self._deadline = None
+
+    def __repr__(self):
+        return "<DtlsPeer #%d %s %s>" % (self.id, self.address, "up" if self.established else "handshaking")
+
+    @property
+    def peer_certificate(self):
+        return self.peer_chain[0] if self.peer_chain else None
+
+    def send(self, data):
+        """Encrypt one datagram and send it to the peer."""
+        if self.closed or not self.established:
+            raise LocalProtocolError("DTLS session with %s is not established" % (self.address,))
+        self._server._send_app(self, data)
+
+    def close(self, reason="closed locally"):
+        """Send close_notify and forget the session."""
+        self._server._close(self, reason, notify=True)
+
+
+class DtlsServer:
+    """DTLS 1.2 server on one UDP socket. See the module docstring.
+
+    cert, key          server certificate and its private key (DER/PEM/cryptography)
+    chain              extra certificates sent after the leaf (default: none,
+                       the leaf alone keeps handshakes small)
+    trusted_cas        CA certificates client chains must end in, or a callable
+                       returning them (called for each new session)
+    on_datagram        callable(peer, data) for every decrypted datagram
+    on_established     callable(peer) after a completed handshake (optional)
+    on_closed          callable(peer, reason) when an established session ends
+    is_revoked         callable(cryptography cert) -> bool, asked for each
+                       certificate of a verified client chain (optional)
+    """
+
+    def __init__(
+        self,
+        cert,
+        key,
+        trusted_cas,
+        on_datagram,
+        *,
+        chain=(),
+        on_established=None,
+        on_closed=None,
+        is_revoked=None,
+        suites=_d.SERVER_SUITES,
+        mtu=_d.DEFAULT_MTU,
+        max_sessions=64,
+        idle_timeout=120.0,
+        handshake_timeout=30.0,
+        cookie_lifetime=300.0,
+        max_datagram=4096,
+        verify_depth=4,
+    ):
+        if max_sessions < 1:
+            raise LocalProtocolError("max_sessions must be at least 1")
+        if idle_timeout <= 0 or handshake_timeout <= 0:
+            raise LocalProtocolError("idle_timeout and handshake_timeout must be positive")
+        if mtu < _d.MIN_MTU:
+            raise LocalProtocolError("mtu %d is below the minimum of %d" % (mtu, _d.MIN_MTU))
+        self._cert = _d.load_certificate(cert)
+        self._key = _d.load_private_key(key)
+        self._chain = _d.load_certificates(chain)
+        self._trusted_cas = trusted_cas
+        self.on_datagram = on_datagram
+        self.on_established = on_established
+        self.on_closed = on_closed
+        self.is_revoked = is_revoked
+        self.suites = tuple(suites)
+        self.mtu = mtu
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self.handshake_timeout = handshake_timeout
+        self.max_datagram = max_datagram
+        self.verify_depth = verify_depth
+        self._cookie_lifetime = cookie_lifetime
+        self._cookies = None
+        self._contexts = {}  # trust-set fingerprint tuple -> SSL.Context
+        self.sessions = {}  # address -> DtlsPeer
+        self.stats = dict(
+            datagrams=0,
+            ignored=0,
+            hello_verify_sent=0,
+            refused_full=0,
+            handshakes=0,
+            handshake_failures=0,
+            handshake_timeouts=0,
+            idle_evictions=0,
+        )
+        self._transport = None
+        self._loop = None
+        self.local_address = None
+        # build one context now so configuration errors surface at construction
+        self._context()
+
+    # -- lifecycle --
+
+    async def start(self, bind=("127.0.0.1", 0)):
+        """Bind the UDP socket; returns the bound (host, port)."""
+        self._loop = asyncio.get_running_loop()
+        self._cookies = CookieJar(self._cookie_lifetime, self._loop.time())
+        self._transport, _ = await self._loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=bind)
+        self.local_address = self._transport.get_extra_info("sockname")[:2]
+        return self.local_address
+
+    def close(self):
+        """Send close_notify to every session and close the socket."""
+        for peer in list(self.sessions.values()):
+            self._close(peer, "server shutting down", notify=True)
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    @property
+    def session_count(self):
+        return len(self.sessions)
+
+    # -- contexts --
+
+    def _context(self):
+        SSL = _d._ssl()
+        cas = self._trusted_cas() if callable(self._trusted_cas) else self._trusted_cas
+        cas = _d.load_certificates(cas)
+        if not cas:
+            raise LocalProtocolError("trusted_cas is empty: no client could ever be accepted")
+        fp = tuple(_d.fingerprint(c) for c in cas)
+        ctx = self._contexts.get(fp)
+        if ctx is not None:
+            return ctx
+        ctx = _d.base_context(True, self.suites, self._cert, self._key, self._chain)
+        _d.add_trust_anchors(ctx, cas)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify_cb)
+        ctx.set_verify_depth(self.verify_depth)
+        # DTLSv1_listen insists on both callbacks. We only call it for a
+        # ClientHello whose cookie we already checked, so generation never
+        # happens and verification confirms what we checked.
+        ctx.set_cookie_generate_callback(lambda conn: os.urandom(_COOKIE_LEN))
+        ctx.set_cookie_verify_callback(_listen_cookie_ok)
+        if len(self._contexts) >= 8:
+            self._contexts.pop(next(iter(self._contexts)))
+        self._contexts[fp] = ctx
+        return ctx
+
+    def _verify_cb(self, conn, x509, errno, depth, ok):
+        peer = conn.get_app_data()
+        if not ok:
+            if peer is not None and peer.verify_error is None:
+                peer.verify_error = "client certificate at depth %d: %s (%s)" % (
+                    depth, _d.verify_error_string(errno), _d.subject_text(x509),
+                )
+            return False
+        if self.is_revoked is not None:
+            try:
+                revoked = self.is_revoked(x509.to_cryptography())
+            except Exception:  # noqa: BLE001 - a failing revocation hook must fail closed
+                log.exception("is_revoked hook failed; refusing the client")
+                revoked = True
+            if revoked:
+                if peer is not None:
+                    peer.verify_error = "client certificate at depth %d is revoked (%s)" % (
+                        depth, _d.subject_text(x509),
+                    )
+                return False
+        return True
+
+    # -- datagrams in --
+
+    def _datagram(self, data, addr):
+        self.stats["datagrams"] += 1
+        addr = tuple(addr[:2])
+        if len(data) < _d.RECORD_HEADER or len(data) > self.max_datagram:
+            self.stats["ignored"] += 1
+            return
+        peer = self.sessions.get(addr)
+        if peer is not None and not peer.established:
+            self._feed(peer, data)  # handshake in progress (includes retransmitted ClientHellos)
+            return
+        info = parse_client_hello(data)
+        if info is None:
+            if peer is None:
+                self.stats["ignored"] += 1
+                return
+            self._feed(peer, data)
+            return
+        # A ClientHello from an address without a handshake in progress: a new
+        # client, or a known client that restarted (RFC 6347 §4.2.8). Nothing
+        # changes before the cookie is valid.
+        now = self._loop.time()
+        if not info.cookie or not self._cookies.check(addr, info, now):
+            if peer is None and len(self.sessions) >= self.max_sessions:
+                self.stats["refused_full"] += 1
+                return
+            cookie = self._cookies.make(addr, info, now)
+            self._sendto(build_hello_verify_request(info, cookie), addr)
+            self.stats["hello_verify_sent"] += 1
+            return
+        if peer is not None:
+            self._close(peer, "client started a new handshake", notify=False)
+        if len(self.sessions) >= self.max_sessions:
+            self.stats["refused_full"] += 1
+            return
+        self._new_session(addr, data, info.cookie, now)
+
+    def _new_session(self, addr, data, cookie, now):
+        SSL = _d._ssl()
+        try:
+            conn = _d.new_connection(self._context(), self.mtu)
+        except LocalProtocolError:
+            log.exception("cannot build the DTLS context for a new session")
+            return
+        peer = DtlsPeer(self, addr, conn, now)
+        peer._cookie = cookie
+        conn.set_app_data(peer)
+        conn.set_accept_state()
+        conn.bio_write(data)
+        try:
+            conn.DTLSv1_listen()
+        except SSL.WantReadError:
+            self.stats["ignored"] += 1  # OpenSSL did not like the ClientHello after all
+            return
+        except SSL.Error as e:
+            log.debug("DTLSv1_listen refused a ClientHello from %s: %s", addr, e)
+            self.stats["ignored"] += 1
+            return
+        self.sessions[addr] = peer
+        peer._deadline = self._loop.call_later(self.handshake_timeout, self._check_deadline, peer)
+        self._progress(peer)
+
+    def _feed(self, peer, data):
+        peer.last_rx = self._loop.time()
+        peer._conn.bio_write(data)
+        self._progress(peer)
+
+    def _progress(self, peer):
+        SSL = _d._ssl()
+        conn = peer._conn
+        if not peer.established:
+            try:
+                conn.do_handshake()
+            except SSL.WantReadError:
+                self._flush(peer)
+                return
+            except SSL.Error as e:
+                self._flush(peer)  # the alert, if OpenSSL wrote one
+                self.stats["handshake_failures"] += 1
+                log.info(
+                    "DTLS handshake with %s failed: %s%s",
+                    peer.address, _d.ssl_error_text(e), (" - " + peer.verify_error) if peer.verify_error else "",
+                )
+                self._close(peer, "handshake failed", notify=False)
+                return
+            self._established(peer)
+            if peer.closed:
+                return
+        while True:
+            try:
+                data = conn.recv(65535)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._flush(peer)
+                self._close(peer, "client sent close_notify", notify=False)
+                return
+            except SSL.Error as e:
+                self._flush(peer)
+                log.info("DTLS session with %s failed: %s", peer.address, _d.ssl_error_text(e))
+                self._close(peer, "DTLS error", notify=False)
+                return
+            if not data:
+                break
+            try:
+                self.on_datagram(peer, data)
+            except Exception:  # noqa: BLE001 - one bad request must not kill the endpoint
+                log.exception("on_datagram handler failed for %s", peer.address)
+            if peer.closed:
+                return
+        self._flush(peer)
+
+    def _established(self, peer):
+        conn = peer._conn
+        peer.established = True
+        peer.peer_chain = _d.peer_chain(conn)
+        peer.verified_chain = _d.verified_chain(conn)
+        peer.tls_unique = _d.tls_unique(conn, server=True)
+        peer.exporter = _d.exporter(conn)
+        peer.cipher = conn.get_cipher_name()
+        peer.extended_master_secret = _d.extended_master_secret(conn)
+        try:
+            peer.max_payload = conn.get_cleartext_mtu()
+        except NotImplementedError:  # pragma: no cover
+            peer.max_payload = self.mtu - 64
+        self.stats["handshakes"] += 1
+        self._reschedule_deadline(peer)
+        log.debug("DTLS session with %s up: %s", peer.address, peer.cipher)
+        if self.on_established is not None:
+            try:
+                self.on_established(peer)
+            except Exception:  # noqa: BLE001
+                log.exception("on_established handler failed for %s", peer.address)
+
+    # -- datagrams out --
+
+    def _sendto(self, datagram, addr):
+        if self._transport is not None:
+            self._transport.sendto(datagram, addr)
+
+    def _flush(self, peer):
+        for dg in _d.drain_bio(peer._conn, self.mtu):
+            self._sendto(dg, peer.address)
+        if peer.closed:
+            return
+        if peer._retx is not None:
+            peer._retx.cancel()
+            peer._retx = None
+        t = peer._conn.DTLSv1_get_timeout()
+        if t is not None:
+            peer._retx = self._loop.call_later(max(t, 0.001), self._retransmit, peer)
+
+    def _retransmit(self, peer):
+        SSL = _d._ssl()
+        peer._retx = None
+        if peer.closed:
+            return
+        try:
+            peer._conn.DTLSv1_handle_timeout()
+        except SSL.Error as e:
+            self._flush(peer)
+            self.stats["handshake_failures"] += 1
+            log.info("DTLS retransmissions to %s exhausted: %s", peer.address, _d.ssl_error_text(e))
+            self._close(peer, "retransmissions exhausted", notify=False)
+            return
+        self._flush(peer)
+
+    def _send_app(self, peer, data):
+        SSL = _d._ssl()
+        try:
+            peer._conn.send(bytes(data))
+        except SSL.Error as e:
+            raise LocalProtocolError("cannot send %d bytes to %s: %s" % (len(data), peer.address, _d.ssl_error_text(e)))
+        self._flush(peer)
+
+    # -- timeouts --
+
+    def _reschedule_deadline(self, peer):
+        if peer._deadline is not None:
+            peer._deadline.cancel()
+        if peer.established:
+            delay = peer.last_rx + self.idle_timeout - self._loop.time()
+        else:
+            delay = peer.created + self.handshake_timeout - self._loop.time()
+        peer._deadline = self._loop.call_later(max(delay, 0.001), self._check_deadline, peer)
+
+    def _check_deadline(self, peer):
+        peer._deadline = None
+        if peer.closed:
+            return
+        now = self._loop.time()
+        if not peer.established:
+            if now - peer.created >= self.handshake_timeout:
+                self.stats["handshake_timeouts"] += 1
+                self._close(peer, "handshake timeout", notify=False)
+                return
+        elif now - peer.last_rx >= self.idle_timeout:
+            self.stats["idle_evictions"] += 1
+            self._close(peer, "idle timeout", notify=True)
+            return
+        self._reschedule_deadline(peer)
+
+    def _close(self, peer, reason, notify):
+        if peer.closed:
+            return
+        SSL = _d._ssl()
+        if notify and peer.established:
+            try:
+                peer._conn.shutdown()
+            except SSL.Error:
+                pass
+            for dg in _d.drain_bio(peer._conn, self.mtu):
+                self._sendto(dg, peer.address)
+        peer.closed = True
+        for h in (peer._retx, peer._deadline):
+            if h is not None:
+                h.cancel()
+        peer._retx = peer._deadline = None
+        if self.sessions.get(peer.address) is peer:
+            del self.sessions[peer.address]
+        peer._conn.set_app_data(None)
+        log.debug("DTLS session with %s closed: %s", peer.address, reason)
+        if peer.established and self.on_closed is not None:
+            try:
+                self.on_closed(peer, reason)
+            except Exception:  # noqa: BLE001
+                log.exception("on_closed handler failed for %s", peer.address)
+
+
+def _listen_cookie_ok(conn, cookie):
+    peer = conn.get_app_data()
+    return peer is not None and peer._cookie == bytes(cookie)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    """asyncio datagram protocol forwarding to the server."""
+
+    def __init__(self, server):
+        self._server = server
+
+    def connection_made(self, transport):
+        pass
+
+    def datagram_received(self, data, addr):
+        self._server._datagram(data, addr)
+
+    def error_received(self, exc):
+        log.debug("UDP error (ignored): %s", exc)
+
+    def connection_lost(self, exc):
+        pass
+
+
+async def create_dtls_server(cert, key, trusted_cas, on_datagram, bind=("127.0.0.1", 0), **options):
+    """Construct and start a DtlsServer; returns it (its bound address is
+    `server.local_address`)."""
+    server = DtlsServer(cert, key, trusted_cas, on_datagram, **options)
+    await server.start(bind)
+    return server
