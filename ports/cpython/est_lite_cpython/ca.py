@@ -1,0 +1,356 @@
+"""The reference CA: a root (and optionally an intermediate) with P-256 keys in
+a data directory, certificates issued with `cryptography`, records in the
+SQLite `Store`, CRL generated from it.
+
+Data directory layout (written by `init_ca` / `est-lite ca init`)::
+
+    root.pem  root.key            self-signed root (key 0600)
+    intermediate.pem/.key         issuing CA when --intermediate was given
+    server.pem  server.key        TLS certificate for the EST server
+                                  (server.pem holds the chain)
+    ca.db                         SQLite store (WAL), 0600
+    passwords                     HTTP Basic/Digest users (est-lite ca passwd)
+
+`LocalCA` is the default CA *backend* of `EstService`. Any object with the
+same three methods can replace it (see docs/server.md), for instance one
+that forwards the request to an external CA:
+
+    ca_certs(label) -> [x509.Certificate]      issuing CA first, root last
+    issue(req: IssueRequest) -> x509.Certificate
+    is_revoked(cert) -> bool                   for client certs it issued
+"""
+
+import datetime
+import os
+import time
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from est_lite.errors import LocalProtocolError
+
+from .store import DuplicateSerial, Store
+
+ROOT_CERT = "root.pem"
+ROOT_KEY = "root.key"
+INT_CERT = "intermediate.pem"
+INT_KEY = "intermediate.key"
+SERVER_CERT = "server.pem"
+SERVER_KEY = "server.key"
+DB_FILE = "ca.db"
+PASSWORDS = "passwords"
+
+EKU_BY_NAME = {
+    "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "codeSigning": ExtendedKeyUsageOID.CODE_SIGNING,
+    "emailProtection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "ocspSigning": ExtendedKeyUsageOID.OCSP_SIGNING,
+    "timeStamping": ExtendedKeyUsageOID.TIME_STAMPING,
+}
+
+_UTC = datetime.timezone.utc
+
+
+def _dt(t):
+    return datetime.datetime.fromtimestamp(int(t), _UTC)
+
+
+def write_private(path, data):
+    """Write a file readable by its owner only (0600) from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _key_pem(key):
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _ca_cert(subject, issuer, pub, signer_key, issuer_pub, now, days, path_len):
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(pub)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_dt(now - 300))
+        .not_valid_after(_dt(now + days * 86400))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_len), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_pub), critical=False)
+    )
+    return b.sign(signer_key, hashes.SHA256())
+
+
+def _san_for_names(names):
+    import ipaddress
+
+    out = []
+    for n in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            out.append(x509.DNSName(n))
+    return out
+
+
+def init_ca(
+    data_dir,
+    *,
+    common_name="est-lite Root CA",
+    organization="est-lite",
+    intermediate=False,
+    server_names=("localhost", "127.0.0.1", "::1"),
+    validity_days=3650,
+    force=False,
+    now=None,
+):
+    """Create a CA in data_dir: P-256 root, optional intermediate, a TLS
+    server certificate for server_names, an empty store. Refuses to overwrite
+    an existing CA unless force=True. Returns the LocalCA."""
+    now = int(time.time() if now is None else now)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    if os.path.exists(os.path.join(data_dir, ROOT_KEY)) and not force:
+        raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % data_dir)
+    if force:
+        for f in (ROOT_CERT, ROOT_KEY, INT_CERT, INT_KEY, SERVER_CERT, SERVER_KEY, DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"):
+            p = os.path.join(data_dir, f)
+            if os.path.exists(p):
+                os.unlink(p)
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    root_name = x509.Name(attrs)
+    root = _ca_cert(root_name, root_name, root_key.public_key(), root_key, root_key.public_key(), now, validity_days, 1 if intermediate else 0)
+    write_private(os.path.join(data_dir, ROOT_KEY), _key_pem(root_key))
+    with open(os.path.join(data_dir, ROOT_CERT), "wb") as f:
+        f.write(_cert_pem(root))
+    issuer_key, issuer = root_key, root
+    if intermediate:
+        ikey = ec.generate_private_key(ec.SECP256R1())
+        iattrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name.replace("Root", "").strip() + " Issuing CA")]
+        if organization:
+            iattrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+        icert = _ca_cert(x509.Name(iattrs), root_name, ikey.public_key(), root_key, root_key.public_key(), now, validity_days, 0)
+        write_private(os.path.join(data_dir, INT_KEY), _key_pem(ikey))
+        with open(os.path.join(data_dir, INT_CERT), "wb") as f:
+            f.write(_cert_pem(icert))
+        issuer_key, issuer = ikey, icert
+    ca = LocalCA(data_dir)
+    # the EST server's own TLS certificate, recorded in the store like any other
+    skey = ec.generate_private_key(ec.SECP256R1())
+    names = list(server_names) or ["localhost"]
+    sname = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    scert = ca.issue_raw(
+        skey.public_key(),
+        sname,
+        sans=_san_for_names(names),
+        days=min(validity_days, 825),
+        eku=("serverAuth",),
+        label="",
+        requester="est-lite ca init",
+    )
+    write_private(os.path.join(data_dir, SERVER_KEY), _key_pem(skey))
+    with open(os.path.join(data_dir, SERVER_CERT), "wb") as f:
+        f.write(_cert_pem(scert))
+        if intermediate:
+            f.write(_cert_pem(issuer))
+    return ca
+
+
+class IssueRequest:
+    """What the service asks a CA backend to certify."""
+
+    def __init__(self, public_key, subject, *, sans=(), label="", profile=None, csr=None, requester=None,
+                 request_id=None, op="simpleenroll", renewing=None):
+        self.public_key = public_key  # cryptography public key
+        self.subject = subject  # x509.Name
+        self.sans = list(sans)  # [x509.GeneralName]
+        self.label = label or ""
+        self.profile = profile  # config.Profile (validity_days, eku, ...)
+        self.csr = csr  # x509.CertificateSigningRequest as received (None if none)
+        self.requester = requester  # text identifying the authenticated client
+        self.request_id = request_id  # approval request id, if any
+        self.op = op
+        self.renewing = renewing  # x509.Certificate being renewed (simplereenroll)
+
+
+class LocalCA:
+    """The built-in CA backend over a data directory."""
+
+    def __init__(self, data_dir, *, store=None, synchronous="NORMAL", clock=time.time):
+        self.data_dir = str(data_dir)
+        self.clock = clock
+        p = lambda f: os.path.join(self.data_dir, f)  # noqa: E731
+        if not os.path.exists(p(ROOT_CERT)):
+            raise LocalProtocolError("no CA in %s: run `est-lite ca init --data-dir %s` first" % (data_dir, data_dir))
+        with open(p(ROOT_CERT), "rb") as f:
+            self.root = x509.load_pem_x509_certificate(f.read())
+        if os.path.exists(p(INT_CERT)):
+            with open(p(INT_CERT), "rb") as f:
+                self.issuer = x509.load_pem_x509_certificate(f.read())
+            key_file = p(INT_KEY)
+            self.chain = [self.issuer, self.root]
+        else:
+            self.issuer = self.root
+            key_file = p(ROOT_KEY)
+            self.chain = [self.root]
+        with open(key_file, "rb") as f:
+            self._key = serialization.load_pem_private_key(f.read(), None)
+        self.store = store if store is not None else Store(p(DB_FILE), synchronous=synchronous, clock=clock)
+        self._ski = x509.SubjectKeyIdentifier.from_public_key(self.issuer.public_key())
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issuer.public_key())
+        self._issuer_der = self.issuer.public_bytes(serialization.Encoding.DER)
+
+    # -- paths --
+    def path(self, name):
+        return os.path.join(self.data_dir, name)
+
+    @property
+    def server_cert_file(self):
+        return self.path(SERVER_CERT)
+
+    @property
+    def server_key_file(self):
+        return self.path(SERVER_KEY)
+
+    # -- backend interface --
+    def ca_certs(self, label=None):
+        return list(self.chain)
+
+    def issue(self, req):
+        prof = req.profile
+        days = prof.validity_days if prof is not None else 365
+        eku = prof.eku if prof is not None else ("clientAuth",)
+        return self.issue_raw(
+            req.public_key,
+            req.subject,
+            sans=req.sans,
+            days=days,
+            eku=eku,
+            label=req.label,
+            requester=req.requester,
+            request_id=req.request_id,
+        )
+
+    def is_revoked(self, cert):
+        return self.store.is_revoked(cert.serial_number)
+
+    def issued_by_me(self, cert):
+        if cert.issuer != self.issuer.subject:
+            return False
+        try:
+            cert.verify_directly_issued_by(self.issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    # -- issuing --
+    def issue_raw(self, public_key, subject, *, sans=(), days=365, eku=("clientAuth",), label="", requester=None,
+                  request_id=None, _tries=5):
+        now = int(self.clock())
+        not_after = now + int(days) * 86400
+        ca_after = int(self.issuer.not_valid_after_utc.timestamp())
+        if not_after > ca_after:
+            not_after = ca_after
+        is_ec = isinstance(public_key, ec.EllipticCurvePublicKey)
+        ku = x509.KeyUsage(
+            digital_signature=True,
+            content_commitment=False,
+            key_encipherment=not is_ec,
+            data_encipherment=False,
+            key_agreement=is_ec,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        )
+        for _ in range(_tries):
+            b = (
+                x509.CertificateBuilder()
+                .subject_name(subject)
+                .issuer_name(self.issuer.subject)
+                .public_key(public_key)
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(_dt(now - 60))
+                .not_valid_after(_dt(not_after))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(ku, critical=True)
+                .add_extension(self._aki, critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            )
+            if eku:
+                b = b.add_extension(x509.ExtendedKeyUsage([EKU_BY_NAME[e] for e in eku]), critical=False)
+            if sans:
+                b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+            cert = b.sign(self._key, hashes.SHA256())
+            try:
+                self.store.add_certificate(cert, label=label, requester=requester, request_id=request_id)
+            except DuplicateSerial:
+                continue  # 2**-159 odds; draw a new serial
+            return cert
+        raise LocalProtocolError("could not draw a unique serial number in %d tries" % _tries)
+
+    # -- revocation --
+    def revoke(self, serial, reason="unspecified"):
+        return self.store.revoke(serial, reason)
+
+    def crl(self, *, next_update_days=7):
+        """A CRL signed by the issuing CA listing every revocation in the store."""
+        now = int(self.clock())
+        b = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.issuer.subject)
+            .last_update(_dt(now - 60))
+            .next_update(_dt(now + next_update_days * 86400))
+            .add_extension(x509.CRLNumber(self.store.next_crl_number()), critical=False)
+            .add_extension(self._aki, critical=False)
+        )
+        for serial, when, reason in self.store.revocations():
+            rb = x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(_dt(when))
+            flag = _REASONS.get(reason)
+            if flag is not None:
+                rb = rb.add_extension(x509.CRLReason(flag), critical=False)
+            b = b.add_revoked_certificate(rb.build())
+        return b.sign(self._key, hashes.SHA256())
+
+
+_REASONS = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "certificateHold": x509.ReasonFlags.certificate_hold,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+REVOCATION_REASONS = tuple(_REASONS)

@@ -1,0 +1,50 @@
+"""`est-lite serve`: run the reference EST server over HTTPS.
+
+    est-lite serve --data-dir est-data            # defaults + DIR/server.toml if present
+    est-lite serve --config examples/server.toml
+"""
+
+import logging
+import os
+import signal
+import sys
+
+
+def cmd_serve(args):
+    from .config import load_config
+    from .https_server import server_from_config
+
+    data_dir = args.data_dir or (None if args.config else os.environ.get("EST_LITE_DATA") or "est-data")
+    cfg = load_config(args.config, data_dir=data_dir)
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    srv = server_from_config(cfg, port=args.port, host=args.host)
+    port = srv.start()
+    labels = ", ".join(sorted(k or "(default)" for k in cfg.profiles))
+    print("est-lite EST server on %s/.well-known/est/ (labels: %s; data %s)" % (srv.url, labels, cfg.data_dir),
+          flush=True)
+    if args.port_file:
+        with open(args.port_file, "w") as f:
+            f.write("%d\n" % port)
+
+    def _term(signum, frame):
+        srv._stopping.set()
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        srv.stop()
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("serve", help="run the EST server (HTTPS)")
+    p.add_argument("--config", help="TOML config (see examples/server.toml)")
+    p.add_argument("--data-dir", help="CA data directory (overrides the config's ca.data_dir)")
+    p.add_argument("--host", help="listen address (overrides the config)")
+    p.add_argument("--port", type=int, help="TCP port, 0 = any free one (overrides the config)")
+    p.add_argument("--port-file", help="write the port number here once listening")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.set_defaults(func=cmd_serve)

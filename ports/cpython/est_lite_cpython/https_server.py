@@ -1,0 +1,647 @@
+"""EST over HTTPS (RFC 7030 + RFC 8951) in front of an `EstService`.
+
+Stack: a listening socket, one accept thread and a fixed pool of worker
+threads; each worker drives one pyOpenSSL `SSL.Connection` over a blocking
+socket (kernel SO_RCVTIMEO/SO_SNDTIMEO bound every read and write) and parses
+HTTP/1.1 itself (EST needs only Content-Length/chunked bodies and a few
+headers). pyOpenSSL gives the TLS object directly: the peer certificate
+chain, tls-unique (`get_peer_finished()`, TLS 1.2) and the RFC 9266
+tls-exporter (`export_keying_material`, TLS 1.3), which stdlib `ssl` and
+`http.server` cannot (no exporter; no makefile() on pyOpenSSL connections).
+OpenSSL runs without the GIL inside pyOpenSSL's cffi calls, so handshakes of
+several workers proceed in parallel.
+
+    srv = EstHttpsServer(service, cert_file, key_file, host="127.0.0.1", port=0)
+    port = srv.start()          # listening; port 0 picks a free one
+    ...
+    srv.stop()
+"""
+
+import base64
+import binascii
+import logging
+import os
+import queue
+import socket
+import struct
+import threading
+import time
+
+from OpenSSL import SSL
+
+from est_lite import numbers
+from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
+
+from .auth import AuthenticationRequired, DigestChallenger, parse_auth_params
+from .service import AuthContext, PendingApproval
+
+log = logging.getLogger("est_lite.server")
+
+_REASONS = {
+    200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+    413: "Payload Too Large", 415: "Unsupported Media Type", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
+}
+
+_TLS_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+# TLS 1.2 suites: ECDSA first (our CA issues P-256 server certs), AEAD only
+_CIPHERS_12 = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:"
+    b"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+class HttpError(EstError):
+    """An HTTP-level problem of the request (status set per instance)."""
+
+
+class _Closed(Exception):
+    pass
+
+
+def b64_lines(der, width=64):
+    """base64 in 64-column CRLF-terminated lines (RFC 8951 interop)."""
+    s = base64.b64encode(der)
+    return b"".join(s[i:i + width] + b"\r\n" for i in range(0, len(s), width))
+
+
+def decode_body(body, content_transfer_encoding=None):
+    """Request body -> DER, tolerant of what EST clients send: base64 with or
+    without line breaks (CR/LF/SP/TAB anywhere), trailing NULs, missing
+    padding, any Content-Transfer-Encoding header; raw DER when the header
+    says binary or the body is not base64 but starts like DER."""
+    data = bytes(body)
+    cte = (content_transfer_encoding or "").strip().lower()
+    if cte in ("binary", "8bit") and data[:1] == b"\x30":
+        return data
+    cleaned = data.translate(None, b" \t\r\n\x00\x0b\x0c")
+    if cleaned:
+        pad = (-len(cleaned)) % 4
+        try:
+            return binascii.a2b_base64(cleaned + b"=" * pad, strict_mode=True)
+        except binascii.Error:
+            pass
+    if data[:1] == b"\x30":
+        return data
+    if not cleaned:
+        raise RemoteProtocolError("request body is empty: expected a base64 PKCS#10 CSR")
+    raise RemoteProtocolError("request body is not valid base64 (RFC 8951: base64 of the DER CSR)")
+
+
+class _Request:
+    __slots__ = ("method", "target", "version", "headers", "body")
+
+    def header(self, name, default=None):
+        return self.headers.get(name, default)
+
+
+class _Conn:
+    """One TLS connection: buffered reads and an HTTP/1.1 request parser."""
+
+    def __init__(self, server, tls, sock, addr):
+        self.server = server
+        self.tls = tls
+        self.sock = sock
+        self.addr = addr
+        self.buf = bytearray()
+        self.deadline = 0.0
+        self.count = 0  # requests answered on this connection
+
+    def _fill(self):
+        if time.monotonic() > self.deadline:
+            raise HttpError("request took too long", http_status=408)
+        try:
+            data = self.tls.recv(65536)
+        except SSL.WantReadError:
+            raise HttpError("timed out reading the request", http_status=408) from None
+        except (SSL.ZeroReturnError, SSL.SysCallError):
+            raise _Closed() from None
+        if not data:
+            raise _Closed()
+        self.buf += data
+
+    def read_request(self):
+        cfg = self.server
+        self.deadline = time.monotonic() + cfg.request_timeout_s
+        while True:
+            # tolerate stray CR/LF (and NULs) between requests
+            i = 0
+            while i < len(self.buf) and self.buf[i] in b"\r\n\x00":
+                i += 1
+            if i:
+                del self.buf[:i]
+            end = self.buf.find(b"\r\n\r\n")
+            sep = 4
+            if end < 0:
+                end = self.buf.find(b"\n\n")
+                sep = 2
+            if end >= 0:
+                break
+            if len(self.buf) > cfg.max_header_bytes:
+                raise HttpError("request header exceeds %d bytes" % cfg.max_header_bytes, http_status=431)
+            if self.count and self.buf and not self.buf[:1].isalpha():
+                raise _Closed()  # not HTTP (e.g. trailing bytes after the last body): drop quietly
+            self._fill()
+        if end > cfg.max_header_bytes:
+            raise HttpError("request header exceeds %d bytes" % cfg.max_header_bytes, http_status=431)
+        head = bytes(self.buf[:end])
+        del self.buf[:end + sep]
+        try:
+            lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
+        except UnicodeDecodeError:  # latin-1 never fails; kept for clarity
+            raise HttpError("request header is not text", http_status=400) from None
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[0].isalpha():
+            if self.count:
+                raise _Closed()  # garbage after a previous request: trailing bytes, not a request
+            raise HttpError("malformed request line", http_status=400)
+        req = _Request()
+        req.method, req.target, req.version = parts
+        if req.version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise HttpError("HTTP version %s is not supported" % req.version[:16], http_status=505)
+        hdrs = {}
+        for ln in lines[1:]:
+            if not ln:
+                continue
+            if ln[0] in " \t" and hdrs:  # obsolete line folding
+                k = list(hdrs)[-1]
+                hdrs[k] += " " + ln.strip()
+                continue
+            k, c, v = ln.partition(":")
+            if not c or not k or k != k.strip():
+                raise HttpError("malformed header line", http_status=400)
+            k = k.lower()
+            v = v.strip()
+            if k in hdrs and k not in ("content-length",):
+                hdrs[k] += ", " + v
+            else:
+                hdrs[k] = v
+            if len(hdrs) > 64:
+                raise HttpError("too many header fields", http_status=431)
+        req.headers = hdrs
+        req.body = self._read_body(hdrs, req.method)
+        return req
+
+    def _read_body(self, hdrs, method):
+        maxb = self.server.max_body_bytes
+        te = hdrs.get("transfer-encoding", "").lower()
+        if te:
+            if te.split(",")[-1].strip() != "chunked":
+                raise HttpError("Transfer-Encoding %s is not supported" % te, http_status=501)
+            return self._read_chunked(maxb)
+        cl = hdrs.get("content-length")
+        if cl is None:
+            if method in ("POST", "PUT"):
+                raise HttpError("a request body needs Content-Length", http_status=411)
+            return b""
+        vals = {v.strip() for v in cl.split(",")}
+        if len(vals) != 1 or not next(iter(vals)).isdigit():
+            raise HttpError("malformed Content-Length", http_status=400)
+        n = int(next(iter(vals)))
+        if n > maxb:
+            raise LimitError("request body of %d bytes exceeds the limit of %d bytes" % (n, maxb))
+        while len(self.buf) < n:
+            try:
+                self._fill()
+            except _Closed:
+                raise HttpError("request body truncated: Content-Length %d, got %d bytes" % (n, len(self.buf)),
+                                http_status=400) from None
+        body = bytes(self.buf[:n])
+        del self.buf[:n]
+        return body
+
+    def _read_chunked(self, maxb):
+        parts = []
+        total = 0
+        while True:
+            while b"\n" not in self.buf:
+                if len(self.buf) > 1024:
+                    raise HttpError("malformed chunk header", http_status=400)
+                self._fill()
+            i = self.buf.index(b"\n")
+            line = bytes(self.buf[:i]).strip().split(b";")[0]
+            del self.buf[:i + 1]
+            try:
+                n = int(line, 16)
+            except ValueError:
+                raise HttpError("malformed chunk size", http_status=400) from None
+            if n == 0:
+                while True:  # trailers up to the empty line
+                    while b"\n" not in self.buf:
+                        self._fill()
+                    i = self.buf.index(b"\n")
+                    ln = bytes(self.buf[:i]).strip()
+                    del self.buf[:i + 1]
+                    if not ln:
+                        return b"".join(parts)
+            total += n
+            if total > maxb:
+                raise LimitError("request body exceeds the limit of %d bytes" % maxb)
+            while len(self.buf) < n + 1:
+                self._fill()
+            parts.append(bytes(self.buf[:n]))
+            del self.buf[:n]
+            while self.buf[:1] in (b"\r",):
+                del self.buf[:1]
+            while not self.buf:
+                self._fill()
+            if self.buf[:1] == b"\n":
+                del self.buf[:1]
+
+    def send(self, data):
+        try:
+            self.tls.sendall(data)
+        except (SSL.Error, OSError):
+            raise _Closed() from None
+
+
+class EstHttpsServer:
+    """Threaded EST HTTPS server. `service` is an EstService; cert_file is a
+    PEM chain (leaf first), key_file its PEM key."""
+
+    def __init__(self, service, cert_file, key_file, *, host="127.0.0.1", port=0, tls_min_version="1.2",
+                 tls_max_version="1.3", realm=None, workers=32, backlog=256, io_timeout_s=10.0,
+                 request_timeout_s=30.0, max_header_bytes=16384, max_body_bytes=65536,
+                 max_requests_per_connection=100, digest_nonce_lifetime_s=300):
+        self.service = service
+        self.host = host
+        self.requested_port = port
+        self.port = None
+        self.workers = workers
+        self.backlog = backlog
+        self.io_timeout_s = io_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self.max_requests_per_connection = max_requests_per_connection
+        cfg = getattr(service, "config", None)
+        self.realm = realm or getattr(cfg, "realm", None) or "est-lite"
+        self.digest = DigestChallenger(self.realm, lifetime_s=digest_nonce_lifetime_s)
+        self.ctx = self._make_context(cert_file, key_file, tls_min_version, tls_max_version)
+        self._sock = None
+        self._threads = []
+        self._queue = queue.Queue(maxsize=backlog)
+        self._stopping = threading.Event()
+        self._live = set()
+        self._live_lock = threading.Lock()
+        self.stats = {"connections": 0, "requests": 0, "errors": 0}
+
+    @classmethod
+    def from_config(cls, service, config, *, port=None, host=None):
+        cert = config.tls_cert or os.path.join(config.data_dir, "server.pem")
+        key = config.tls_key or os.path.join(config.data_dir, "server.key")
+        return cls(service, cert, key, host=host or config.listen, port=config.port if port is None else port,
+                   tls_min_version=config.tls_min_version, tls_max_version=config.tls_max_version,
+                   realm=config.realm, workers=config.workers, io_timeout_s=config.io_timeout_s,
+                   request_timeout_s=config.request_timeout_s, max_header_bytes=config.max_header_bytes,
+                   max_body_bytes=config.max_body_bytes, max_requests_per_connection=config.max_requests_per_connection,
+                   digest_nonce_lifetime_s=config.digest_nonce_lifetime_s)
+
+    def _make_context(self, cert_file, key_file, vmin, vmax):
+        if vmin not in _TLS_VERSIONS or vmax not in _TLS_VERSIONS or _TLS_VERSIONS[vmin] > _TLS_VERSIONS[vmax]:
+            raise LocalProtocolError("TLS versions must be 1.2 or 1.3 with min <= max")
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(_TLS_VERSIONS[vmin])
+        ctx.set_max_proto_version(_TLS_VERSIONS[vmax])
+        try:
+            ctx.use_certificate_chain_file(cert_file)
+            ctx.use_privatekey_file(key_file)
+            ctx.check_privatekey()
+        except SSL.Error as e:
+            raise LocalProtocolError("cannot load the TLS certificate %s / key %s: %s" % (cert_file, key_file, e)) from None
+        ctx.set_cipher_list(_CIPHERS_12)
+        # full handshakes only: tls-unique is then always the client's Finished
+        ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_CIPHER_SERVER_PREFERENCE | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        # ask for a client certificate, accept any: EstService validates the
+        # chain against the label's trust sets and answers with a readable
+        # reason instead of a TLS alert. TLS still proves key possession.
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, lambda conn, cert, err, depth, ok: True)
+        return ctx
+
+    # -- lifecycle --
+    def start(self):
+        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((self.host, self.requested_port))
+        s.listen(self.backlog)
+        s.settimeout(0.2)
+        self._sock = s
+        self.port = s.getsockname()[1]
+        self._stopping.clear()
+        t = threading.Thread(target=self._accept_loop, name="est-accept", daemon=True)
+        t.start()
+        self._threads = [t]
+        for i in range(self.workers):
+            w = threading.Thread(target=self._worker, name="est-worker-%d" % i, daemon=True)
+            w.start()
+            self._threads.append(w)
+        log.info("EST HTTPS server on %s port %d", self.host, self.port)
+        return self.port
+
+    def stop(self, timeout=5.0):
+        self._stopping.set()
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        with self._live_lock:
+            for s in list(self._live):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        for _ in range(self.workers):
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
+        self._threads = []
+
+    def serve_forever(self):
+        if self._sock is None:
+            self.start()
+        try:
+            while not self._stopping.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def url(self):
+        h = "[%s]" % self.host if ":" in self.host else self.host
+        return "https://%s:%d" % (h, self.port)
+
+    # -- threads --
+    def _accept_loop(self):
+        while not self._stopping.is_set():
+            try:
+                s, addr = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.01)
+                continue
+            while not self._stopping.is_set():
+                try:
+                    self._queue.put((s, addr), timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                s.close()
+
+    def _worker(self):
+        while True:
+            item = self._queue.get()
+            if item is None or self._stopping.is_set():
+                if item is not None:
+                    item[0].close()
+                if item is None:
+                    return
+                continue
+            s, addr = item
+            with self._live_lock:
+                self._live.add(s)
+            try:
+                self._handle(s, addr)
+            except Exception:  # noqa: BLE001 - a bug in one connection must not kill the worker
+                log.exception("connection from %s failed", addr)
+            finally:
+                with self._live_lock:
+                    self._live.discard(s)
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    # -- one connection --
+    def _handle(self, s, addr):
+        s.settimeout(None)
+        tv = struct.pack("ll", int(self.io_timeout_s), int((self.io_timeout_s % 1) * 1e6))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = SSL.Connection(self.ctx, s)
+        tls.set_accept_state()
+        self.stats["connections"] += 1
+        try:
+            tls.do_handshake()
+        except (SSL.Error, OSError) as e:
+            log.debug("TLS handshake with %s failed: %s", addr, e)
+            return
+        conn = _Conn(self, tls, s, addr)
+        base = self._tls_info(tls, addr)
+        try:
+            for _ in range(self.max_requests_per_connection):
+                try:
+                    req = conn.read_request()
+                except _Closed:
+                    break
+                except EstError as e:
+                    self._send_error(conn, None, e, close=True)
+                    break
+                conn.count += 1
+                close = self._dispatch(conn, req, base)
+                if close or self._stopping.is_set():
+                    break
+            try:
+                tls.shutdown()
+            except (SSL.Error, OSError):
+                pass
+        except _Closed:
+            pass
+
+    def _tls_info(self, tls, addr):
+        version = tls.get_protocol_version_name()
+        info = {"remote": addr, "tls_version": version, "peer_chain": None, "tls_unique": None, "tls_exporter": None}
+        if version == "TLSv1.3":
+            info["tls_exporter"] = tls.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+        else:
+            # full handshake (no resumption): the client's Finished came first
+            info["tls_unique"] = tls.get_peer_finished()
+        leaf = tls.get_peer_certificate(as_cryptography=True)
+        if leaf is not None:
+            chain = [leaf]
+            for c in tls.get_peer_cert_chain(as_cryptography=True) or ():
+                if c != leaf:
+                    chain.append(c)
+            info["peer_chain"] = chain
+        return info
+
+    # -- HTTP --
+    def _dispatch(self, conn, req, base):
+        """Handle one request; returns True to close the connection."""
+        self.stats["requests"] += 1
+        close = req.header("connection", "").lower() == "close" or (
+            req.version == "HTTP/1.0" and req.header("connection", "").lower() != "keep-alive")
+        label = None
+        try:
+            path = req.target.split("?", 1)[0]
+            if not path.startswith("/"):
+                raise HttpError("request target must be a path", http_status=400)
+            segs = path[1:].split("/")
+            if len(segs) > 1 and segs[-1] == "":
+                segs = segs[:-1]  # tolerate a trailing slash
+            try:
+                op, label, short = numbers.parse_path(segs)
+            except LocalProtocolError as e:
+                raise HttpError("no EST resource at %s: %s" % (path[:200], e), http_status=404) from None
+            if short:
+                raise HttpError("%s is an EST-coaps (RFC 9148) name; over HTTPS use %s" % (
+                    segs[-1], numbers.HTTP_NAMES[op]), http_status=404)
+            want = "GET" if numbers.OP_METHODS[op] == numbers.GET else "POST"
+            if req.method != want:
+                e = HttpError("%s needs %s, not %s" % (numbers.HTTP_NAMES[op], want, req.method[:16]), http_status=405)
+                e.allow = want
+                raise e
+            ctx = self._auth_context(req, base, op, label)
+            svc = self.service
+            if op == numbers.OP_CACERTS:
+                self._send(conn, 200, numbers.MT_PKCS7_CERTS, b64_lines(svc.cacerts(label, ctx)), close, b64=True)
+            elif op == numbers.OP_CSRATTRS:
+                der = svc.csrattrs(label, ctx)
+                if der:
+                    self._send(conn, 200, numbers.MT_CSRATTRS, b64_lines(der), close, b64=True)
+                else:
+                    self._send(conn, 204, None, b"", close)
+            elif op == numbers.OP_FULLCMC:
+                svc.fullcmc(label, req.body, ctx)
+            else:
+                try:
+                    der = decode_body(req.body, req.header("content-transfer-encoding"))
+                except RemoteProtocolError:
+                    # an unauthenticated client (e.g. curl --digest probing
+                    # with an empty body) must see 401, not a body complaint
+                    svc.check_auth(numbers.HTTP_NAMES[op], label, ctx)
+                    raise
+                if op == numbers.OP_SIMPLEENROLL:
+                    p7 = svc.simpleenroll(label, der, ctx)
+                    self._send(conn, 200, numbers.MT_PKCS7_CERTS, b64_lines(p7), close, b64=True)
+                elif op == numbers.OP_SIMPLEREENROLL:
+                    p7 = svc.simplereenroll(label, der, ctx)
+                    self._send(conn, 200, numbers.MT_PKCS7_CERTS, b64_lines(p7), close, b64=True)
+                else:
+                    p8, p7, _cert = svc.serverkeygen(label, der, ctx)
+                    boundary = "est-lite-" + binascii.hexlify(os.urandom(12)).decode()
+                    body = b"".join([
+                        b"--", boundary.encode(), b"\r\nContent-Type: ", numbers.MT_PKCS8.encode(),
+                        b"\r\nContent-Transfer-Encoding: base64\r\n\r\n", b64_lines(p8),
+                        b"--", boundary.encode(), b"\r\nContent-Type: ", numbers.MT_PKCS7_CERTS.encode(),
+                        b"\r\nContent-Transfer-Encoding: base64\r\n\r\n", b64_lines(p7),
+                        b"--", boundary.encode(), b"--\r\n",
+                    ])
+                    self._send(conn, 200, "multipart/mixed; boundary=%s" % boundary, body, close)
+            log.info("%s %s %s -> ok", conn.addr[0], req.method, path[:200])
+        except PendingApproval as e:
+            self._send(conn, 202, numbers.MT_TEXT_PLAIN, (e.msg + "\n").encode(), close,
+                       extra=[("Retry-After", str(int(e.retry_after)))])
+            log.info("%s %s %s -> 202 (%s)", conn.addr[0], req.method, req.target[:200], e.msg)
+        except EstError as e:
+            self._send_error(conn, label, e, close=close)
+        return close
+
+    def _auth_context(self, req, base, op, label):
+        ctx = AuthContext("https", peer_chain=base["peer_chain"], tls_unique=base["tls_unique"],
+                          tls_exporter=base["tls_exporter"], tls_version=base["tls_version"], remote=base["remote"])
+        if op in (numbers.OP_CACERTS,):
+            return ctx
+        authz = req.header("authorization")
+        if not authz:
+            return ctx
+        scheme, _, rest = authz.strip().partition(" ")
+        scheme = scheme.lower()
+        auth = self.service.authenticator
+        try:
+            if scheme == "basic":
+                try:
+                    raw = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
+                except (binascii.Error, ValueError):
+                    raise AuthenticationRequired("malformed HTTP Basic credentials") from None
+                user, sep, pw = raw.partition(":")
+                if not sep:
+                    raise AuthenticationRequired("malformed HTTP Basic credentials (no ':')")
+                if not auth.verify_password(user, pw, label):
+                    raise AuthenticationRequired("wrong user name or password")
+                ctx.http_user, ctx.http_scheme = user, "basic"
+            elif scheme == "digest":
+                params = parse_auth_params(rest)
+                user = self.digest.verify(params, req.method, req.target,
+                                          lambda u, r, a: auth.digest_ha1(u, r, a, label))
+                ctx.http_user, ctx.http_scheme = user, "digest"
+            else:
+                raise AuthenticationRequired("HTTP authentication scheme %s is not supported" % scheme[:20])
+        except AuthenticationRequired as e:
+            ctx.http_auth_error = e
+        return ctx
+
+    def _send(self, conn, status, ctype, body, close, *, b64=False, extra=()):
+        lines = ["HTTP/1.1 %d %s" % (status, _REASONS.get(status, "Status"))]
+        if ctype:
+            lines.append("Content-Type: " + ctype)
+        if b64:
+            lines.append("Content-Transfer-Encoding: base64")
+        lines.append("Content-Length: %d" % len(body))
+        for k, v in extra:
+            lines.append("%s: %s" % (k, v))
+        if close:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        conn.send(head + body)
+
+    def _send_error(self, conn, label, e, *, close):
+        status = getattr(e, "http_status", 500) or 500
+        if status < 400:
+            status = 500
+        self.stats["errors"] += 1
+        extra = []
+        msg = e.msg if isinstance(e, EstError) else str(e)
+        if status == 401 or isinstance(e, AuthenticationRequired):
+            prof = None
+            try:
+                prof = self.service.config.profile(label)
+            except (AttributeError, EstError):
+                prof = None
+            methods = prof.auth if prof is not None else ("basic", "digest")
+            if "basic" in methods:
+                extra.append(("WWW-Authenticate", 'Basic realm="%s", charset="UTF-8"' % self.realm))
+            if "digest" in methods and hasattr(self.service.authenticator, "digest_ha1"):
+                for c in self.digest.challenges(stale=getattr(e, "stale", False)):
+                    extra.append(("WWW-Authenticate", c))
+            status = 401 if extra else 403
+        if getattr(e, "allow", None):
+            extra.append(("Allow", e.allow))
+        if status >= 500 and not isinstance(e, (SecurityError, RemoteProtocolError, HttpError)) and status != 501:
+            log.error("%s: internal error: %s", conn.addr[0], msg)
+        else:
+            log.info("%s -> %d %s", conn.addr[0], status, msg)
+        body = (msg + "\n").encode("utf-8", "replace")
+        try:
+            self._send(conn, status, "text/plain; charset=utf-8", body, close, extra=extra)
+        except _Closed:
+            pass
+
+
+def server_from_config(config, *, port=None, host=None, ca=None, authenticator=None, csrattrs_provider=None):
+    """Build CA, service and HTTPS server from a ServerConfig (not started)."""
+    from .ca import LocalCA
+    from .service import EstService
+
+    ca = ca or LocalCA(config.data_dir, synchronous=config.synchronous)
+    svc = EstService(ca, config, authenticator, csrattrs_provider)
+    return EstHttpsServer.from_config(svc, config, port=port, host=host)

@@ -1,0 +1,512 @@
+"""The EST policy, independent of the transport.
+
+`EstService` answers the EST operations for any front end (HTTPS here,
+EST-coaps and the proxy/RA elsewhere). A front end calls one method per
+operation with the label, the request body as DER and an `AuthContext`
+describing the connection, and turns the result or the raised
+`est_lite.errors` exception into its own wire form using the exception's
+`http_status` / `coap_code` hints:
+
+    svc = EstService(ca, config)                  # built-in authenticator, csrattrs
+    svc.cacerts(label, ctx) -> bytes              # certs-only PKCS#7 (DER)
+    svc.csrattrs(label, ctx) -> bytes             # CsrAttrs DER, b"" = none (204 / 2.05 empty)
+    svc.simpleenroll(label, csr_der, ctx) -> bytes         # certs-only PKCS#7 (DER)
+    svc.simplereenroll(label, csr_der, ctx) -> bytes
+    svc.serverkeygen(label, csr_der, ctx) -> (pkcs8_der, pkcs7_der, cert)
+    svc.fullcmc(...)                              # raises NotImplementedOp (501 / 5.01)
+
+Exceptions (all `est_lite.errors.EstError`):
+    PendingApproval (202 + Retry-After / 5.03 + Max-Age: .retry_after seconds)
+    AuthenticationRequired (401 / 4.01), SecurityError (403 / 4.03),
+    RemoteProtocolError (400 / 4.00), LimitError (413 / 4.13),
+    UnknownLabel (404 / 4.04), NotImplementedOp (501 / 5.01),
+    OperationNotAllowed (403 / 4.03; profile disables it)
+
+Every 4xx carries a message meant for the person reading the client log.
+"""
+
+import base64
+import hashlib
+import hmac
+import threading
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import AttributeOID, NameOID
+
+from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
+
+from .auth import AuthenticationRequired, DefaultAuthenticator, UntrustedCertificate
+from .ca import IssueRequest
+from .store import APPROVED, ISSUED, PENDING, REJECTED
+
+
+# ---------------------------------------------------------------- errors
+
+
+class PendingApproval(EstError):
+    """The request waits for manual approval: retry after `retry_after` s."""
+
+    http_status = 202
+    coap_code = 0xA3  # 5.03 Service Unavailable + Max-Age (RFC 9148 §5)
+
+    def __init__(self, msg, retry_after=60, request_id=None):
+        super().__init__(msg)
+        self.retry_after = retry_after
+        self.request_id = request_id
+
+
+class UnknownLabel(RemoteProtocolError):
+    http_status = 404
+    coap_code = 0x84
+
+
+class NotImplementedOp(EstError):
+    http_status = 501
+    coap_code = 0xA1
+
+
+class OperationNotAllowed(SecurityError):
+    pass
+
+
+class RequestRejected(SecurityError):
+    pass
+
+
+# ---------------------------------------------------------------- context
+
+
+class AuthContext:
+    """What a front end knows about the client of one request."""
+
+    def __init__(self, transport="https", *, peer_chain=None, tls_unique=None, tls_exporter=None, tls_version=None,
+                 http_user=None, http_scheme=None, http_auth_error=None, remote=None):
+        self.transport = transport  # "https" or "coaps" (or "proxy")
+        self.peer_chain = peer_chain  # [x509.Certificate] leaf first, key possession proven by (D)TLS; or None
+        self.tls_unique = tls_unique  # bytes (TLS 1.2 / DTLS 1.2) or None
+        self.tls_exporter = tls_exporter  # bytes, RFC 9266 tls-exporter (TLS 1.3) or None
+        self.tls_version = tls_version  # e.g. "TLSv1.3"
+        self.http_user = http_user  # user name the front end verified (Basic/Digest)
+        self.http_scheme = http_scheme  # "basic" / "digest"
+        self.http_auth_error = http_auth_error  # AuthenticationRequired when credentials were wrong
+        self.remote = remote  # (host, port)
+
+    def channel_binding(self):
+        """(name, bytes) of the binding a PoP-linked CSR must carry, or None."""
+        if self.tls_exporter is not None and (self.tls_version or "").endswith("1.3"):
+            return "tls-exporter", self.tls_exporter
+        if self.tls_unique is not None:
+            return "tls-unique", self.tls_unique
+        if self.tls_exporter is not None:
+            return "tls-exporter", self.tls_exporter
+        return None
+
+
+# ---------------------------------------------------------------- csrattrs DER
+
+
+def _der_len(n):
+    if n < 0x80:
+        return bytes([n])
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(b)]) + b
+
+
+def _tlv(tag, body):
+    return bytes([tag]) + _der_len(len(body)) + body
+
+
+def _oid(dotted):
+    try:
+        arcs = [int(x) for x in dotted.split(".")]
+    except ValueError:
+        raise LocalProtocolError("%r is not a dotted OID" % dotted) from None
+    if len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] > 39) or min(arcs) < 0:
+        raise LocalProtocolError("%r is not a valid OID" % dotted)
+    out = bytearray()
+    for i, a in enumerate([arcs[0] * 40 + arcs[1]] + arcs[2:]):
+        del i
+        chunk = [a & 0x7F]
+        a >>= 7
+        while a:
+            chunk.append(0x80 | (a & 0x7F))
+            a >>= 7
+        out += bytes(reversed(chunk))
+    return _tlv(0x06, bytes(out))
+
+
+def _int(v):
+    return _tlv(0x02, v.to_bytes((v.bit_length() + 8) // 8, "big"))
+
+
+_NAMED_OIDS = {
+    "challengePassword": "1.2.840.113549.1.9.7",
+    "ecdsa-with-SHA256": "1.2.840.10045.4.3.2",
+    "ecdsa-with-SHA384": "1.2.840.10045.4.3.3",
+    "ecdsa-with-SHA512": "1.2.840.10045.4.3.4",
+    "sha256WithRSAEncryption": "1.2.840.113549.1.1.11",
+    "id-Ed25519": "1.3.101.112",
+    "macAddress": "1.3.6.1.1.1.1.22",
+}
+_CURVE_OIDS = {"P-256": "1.2.840.10045.3.1.7", "P-384": "1.3.132.0.34", "P-521": "1.3.132.0.35"}
+_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+_RSA = "1.2.840.113549.1.1.1"
+_EXT_REQ = "1.2.840.113549.1.9.14"
+
+
+def csrattrs_der(items):
+    """CsrAttrs (RFC 7030 §4.5.2, RFC 8951) DER from config strings:
+
+    "challengePassword", "ecdsa-with-SHA256", any dotted OID   -> OID
+    "ecPublicKey:P-256"          -> Attribute{id-ecPublicKey, {secp256r1}}
+    "rsaEncryption:2048"         -> Attribute{rsaEncryption, {2048}}
+    "extensionRequest:OID,OID"   -> Attribute{extensionRequest, {OID, OID}}
+    Empty list -> b"" (no attributes: 204 / empty 2.05)."""
+    parts = []
+    for it in items:
+        if not isinstance(it, str):
+            raise LocalProtocolError("csrattrs entries are strings, not %r" % (it,))
+        name, _, arg = it.partition(":")
+        if name == "ecPublicKey":
+            if arg not in _CURVE_OIDS:
+                raise LocalProtocolError("ecPublicKey needs a curve P-256, P-384 or P-521, not %r" % arg)
+            parts.append(_tlv(0x30, _oid(_EC_PUBLIC_KEY) + _tlv(0x31, _oid(_CURVE_OIDS[arg]))))
+        elif name == "rsaEncryption":
+            if not arg.isdigit():
+                raise LocalProtocolError("rsaEncryption needs a key size, e.g. rsaEncryption:2048")
+            parts.append(_tlv(0x30, _oid(_RSA) + _tlv(0x31, _int(int(arg)))))
+        elif name == "extensionRequest":
+            oids = [_NAMED_OIDS.get(o.strip(), o.strip()) for o in arg.split(",") if o.strip()]
+            if not oids:
+                raise LocalProtocolError("extensionRequest needs at least one OID")
+            parts.append(_tlv(0x30, _oid(_EXT_REQ) + _tlv(0x31, b"".join(_oid(o) for o in oids))))
+        elif arg:
+            raise LocalProtocolError("unknown csrattrs entry %r" % it)
+        else:
+            parts.append(_oid(_NAMED_OIDS.get(name, name)))
+    if not parts:
+        return b""
+    return _tlv(0x30, b"".join(parts))
+
+
+class ProfileCsrAttrs:
+    """Default csrattrs provider: the `csrattrs` list of the label's profile.
+    A provider is any object with get(label, profile, ctx) -> DER bytes."""
+
+    def __init__(self):
+        self._cache = {}
+
+    def get(self, label, profile, ctx):
+        key = (label, profile.csrattrs)
+        der = self._cache.get(key)
+        if der is None:
+            der = self._cache[key] = csrattrs_der(profile.csrattrs)
+        return der
+
+
+# ---------------------------------------------------------------- helpers
+
+_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+_SUBJECT_OIDS = {
+    "CN": NameOID.COMMON_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "C": NameOID.COUNTRY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "serialNumber": NameOID.SERIAL_NUMBER,
+    "emailAddress": NameOID.EMAIL_ADDRESS,
+    "DC": NameOID.DOMAIN_COMPONENT,
+    "UID": NameOID.USER_ID,
+}
+_SAN_KIND = {x509.DNSName: "dns", x509.IPAddress: "ip", x509.UniformResourceIdentifier: "uri", x509.RFC822Name: "email"}
+
+
+def key_type(pub):
+    """'ec:P-256', 'rsa:2048', 'ed25519' ... for a public key."""
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        return "ec:" + _CURVES.get(pub.curve.name, pub.curve.name)
+    if isinstance(pub, rsa.RSAPublicKey):
+        return "rsa:%d" % pub.key_size
+    if isinstance(pub, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    if isinstance(pub, ed448.Ed448PublicKey):
+        return "ed448"
+    return type(pub).__name__
+
+
+def trim_der(der, *, max_len=65536):
+    """Drop bytes after the first DER element (tolerated trailing bytes) and
+    check the outer element is a complete SEQUENCE."""
+    mv = memoryview(der)
+    if len(mv) < 2 or mv[0] != 0x30:
+        raise RemoteProtocolError("request body is not DER (expected a SEQUENCE)")
+    n = mv[1]
+    off = 2
+    if n & 0x80:
+        k = n & 0x7F
+        if k == 0 or k > 4 or len(mv) < 2 + k:
+            raise RemoteProtocolError("request body is not DER (bad length)")
+        n = int.from_bytes(mv[2:2 + k], "big")
+        off = 2 + k
+    if n > max_len:
+        raise LimitError("request body of %d bytes exceeds the limit of %d" % (n, max_len))
+    if len(mv) < off + n:
+        raise RemoteProtocolError("request body is truncated: DER says %d bytes, %d present" % (off + n, len(mv)))
+    return bytes(mv[:off + n])
+
+
+def _pkcs7(certs):
+    return pkcs7.serialize_certificates(list(certs), serialization.Encoding.DER)
+
+
+# ---------------------------------------------------------------- service
+
+
+class EstService:
+    """EST policy over a CA backend. `ca` is the built-in LocalCA or any
+    backend with ca_certs(label), issue(IssueRequest), is_revoked(cert);
+    `store` holds approval requests (default: ca.store)."""
+
+    def __init__(self, ca, config, authenticator=None, csrattrs_provider=None, *, store=None):
+        self.ca = ca
+        self.config = config
+        if authenticator is None:
+            from .auth import PasswordFile
+
+            pw = PasswordFile(config.password_file) if getattr(config, "password_file", None) else None
+            authenticator = DefaultAuthenticator(ca, config, pw)
+        self.authenticator = authenticator
+        self.csrattrs_provider = csrattrs_provider or ProfileCsrAttrs()
+        self.store = store if store is not None else getattr(ca, "store", None)
+        self._cacerts = {}
+        self._lock = threading.Lock()
+
+    # -- operations --
+    def profile(self, label):
+        prof = self.config.profile(label)
+        if prof is None:
+            raise UnknownLabel("unknown EST label %r" % label)
+        return prof
+
+    def cacerts(self, label, ctx):
+        self.profile(label)
+        der = self._cacerts.get(label or "")
+        if der is None:
+            der = _pkcs7(self.ca.ca_certs(label or None))
+            self._cacerts[label or ""] = der
+        return der
+
+    def csrattrs(self, label, ctx):
+        prof = self.profile(label)
+        if prof.csrattrs_auth:
+            self.authenticate("csrattrs", prof, ctx)
+        return self.csrattrs_provider.get(label or "", prof, ctx)
+
+    def simpleenroll(self, label, csr_der, ctx):
+        cert = self._enroll("simpleenroll", label, csr_der, ctx)
+        return _pkcs7([cert])
+
+    def simplereenroll(self, label, csr_der, ctx):
+        cert = self._enroll("simplereenroll", label, csr_der, ctx)
+        return _pkcs7([cert])
+
+    def serverkeygen(self, label, csr_der, ctx):
+        """Returns (pkcs8_der, pkcs7_der, certificate)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._enroll("serverkeygen", label, csr_der, ctx, server_key=key)
+        p8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return p8, _pkcs7([cert]), cert
+
+    def fullcmc(self, label, body, ctx):
+        self.profile(label)
+        raise NotImplementedOp("fullcmc is not implemented by this server; use simpleenroll")
+
+    # -- authentication --
+    def check_auth(self, op, label, ctx):
+        """Raise like the operation would if the client is not authenticated."""
+        self.authenticate(op, self.profile(label), ctx)
+
+    def authenticate(self, op, prof, ctx):
+        """Returns (requester text, CertIdentity or None); raises when the
+        client is not authenticated for op under profile prof."""
+        cert_id = None
+        cert_err = None
+        reenroll = op == "simplereenroll"
+        if ctx.peer_chain and ("cert" in prof.auth or reenroll):
+            trust = prof.reenroll_trust if reenroll else prof.client_cert_trust
+            try:
+                cert_id = self.authenticator.verify_client_cert(ctx.peer_chain, trust, prof.label)
+            except UntrustedCertificate as e:
+                cert_err = e
+            # revoked / expired / not yet valid: SecurityError propagates (403)
+        if ctx.http_auth_error is not None:
+            raise ctx.http_auth_error
+        if reenroll:
+            if cert_id is None:
+                if cert_err is not None:
+                    raise cert_err
+                raise SecurityError("simplereenroll needs the TLS client certificate that is being renewed")
+            return "cert:%s serial=%x" % (cert_id.subject, cert_id.leaf.serial_number), cert_id
+        if cert_id is not None:
+            who = "cert:%s serial=%x" % (cert_id.subject, cert_id.leaf.serial_number)
+            if ctx.http_user is not None:
+                who += " user:%s" % ctx.http_user
+            return who, cert_id
+        if ctx.http_user is not None:
+            if ctx.http_scheme not in prof.auth:
+                raise AuthenticationRequired("HTTP %s authentication is not accepted for this label (accepted: %s)" % (
+                    ctx.http_scheme, ", ".join(prof.auth)))
+            return "user:%s" % ctx.http_user, None
+        if cert_err is not None:
+            raise cert_err
+        raise AuthenticationRequired("authentication required (accepted: %s)" % ", ".join(
+            {"basic": "HTTP Basic", "digest": "HTTP Digest", "cert": "TLS client certificate"}[m] for m in prof.auth))
+
+    # -- enrollment --
+    def _enroll(self, op, label, csr_der, ctx, server_key=None):
+        prof = self.profile(label)
+        if op == "serverkeygen" and not prof.serverkeygen:
+            raise OperationNotAllowed("serverkeygen is disabled for this label")
+        if op == "simplereenroll" and not prof.reenroll:
+            raise OperationNotAllowed("simplereenroll is disabled for this label")
+        requester, cert_id = self.authenticate(op, prof, ctx)
+        csr = self._load_csr(prof, csr_der)
+        self._check_pop(prof, csr, ctx, cert_id)
+        subject = csr.subject
+        sans = self._check_subject(prof, csr)
+        if op == "simplereenroll":
+            self._check_renewal(csr, sans, cert_id.leaf)
+        pub = server_key.public_key() if server_key is not None else csr.public_key()
+        request_id = None
+        if prof.manual_approval:
+            done, request_id = self._approval(prof, op, csr, csr_der, requester)
+            if done is not None:
+                return done
+        req = IssueRequest(pub, subject, sans=sans, label=prof.label, profile=prof, csr=csr, requester=requester,
+                           request_id=request_id, op=op, renewing=cert_id.leaf if op == "simplereenroll" else None)
+        return self.ca.issue(req)
+
+    def _load_csr(self, prof, der):
+        if len(der) > prof.max_csr_bytes:
+            raise LimitError("CSR of %d bytes exceeds the limit of %d bytes" % (len(der), prof.max_csr_bytes))
+        der = trim_der(der, max_len=prof.max_csr_bytes)
+        try:
+            csr = x509.load_der_x509_csr(der)
+        except ValueError as e:
+            raise RemoteProtocolError("request body is not a valid PKCS#10 CSR: %s" % e) from None
+        try:
+            ok = csr.is_signature_valid
+        except (ValueError, TypeError) as e:
+            raise RemoteProtocolError("CSR signature cannot be checked: %s" % e) from None
+        if not ok:
+            raise RemoteProtocolError("CSR signature does not verify: the request was not signed by the key it carries")
+        try:
+            kt = key_type(csr.public_key())
+        except (ValueError, TypeError) as e:
+            raise RemoteProtocolError("CSR public key is not usable: %s" % e) from None
+        if kt not in prof.key_types:
+            raise RemoteProtocolError("key type %s is not allowed for this label (allowed: %s)" % (kt, ", ".join(prof.key_types)))
+        return csr
+
+    def _check_subject(self, prof, csr):
+        """Validate subject fields and SANs; return the SANs to certify."""
+        subj = csr.subject
+        missing = [f for f in prof.subject_required if not subj.get_attributes_for_oid(_SUBJECT_OIDS[f])]
+        if missing:
+            raise RemoteProtocolError("CSR subject lacks required field(s) %s (subject is %r)" % (
+                ", ".join(missing), subj.rfc4514_string()))
+        try:
+            exts = csr.extensions
+            san_ext = exts.get_extension_for_class(x509.SubjectAlternativeName).value
+            sans = list(san_ext)
+        except x509.ExtensionNotFound:
+            sans = []
+        except (ValueError, TypeError) as e:
+            raise RemoteProtocolError("CSR extension request cannot be parsed: %s" % e) from None
+        if prof.san == "forbid" and sans:
+            raise RemoteProtocolError("subjectAltName is not allowed for this label")
+        if prof.san == "require" and not sans:
+            raise RemoteProtocolError("subjectAltName is required for this label")
+        for g in sans:
+            kind = _SAN_KIND.get(type(g))
+            if kind is None or kind not in prof.san_types:
+                raise RemoteProtocolError("subjectAltName of type %s is not allowed (allowed: %s)" % (
+                    kind or type(g).__name__, ", ".join(prof.san_types)))
+            if kind == "dns" and prof.san_dns_suffixes:
+                v = g.value.lower()
+                if not any(v == s.lstrip(".").lower() or v.endswith("." + s.lstrip(".").lower()) for s in prof.san_dns_suffixes):
+                    raise RemoteProtocolError("DNS name %s is outside the allowed domains (%s)" % (
+                        g.value, ", ".join(prof.san_dns_suffixes)))
+        return sans
+
+    def _check_renewal(self, csr, sans, old):
+        if csr.subject != old.subject:
+            raise RemoteProtocolError("simplereenroll must keep the subject of the certificate being renewed "
+                                      "(CSR has %r, certificate has %r)" % (csr.subject.rfc4514_string(), old.subject.rfc4514_string()))
+        try:
+            old_sans = list(old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            old_sans = []
+        if sorted(map(repr, old_sans)) != sorted(map(repr, sans)):
+            raise RemoteProtocolError("simplereenroll must keep the subjectAltName of the certificate being renewed")
+
+    def _check_pop(self, prof, csr, ctx, cert_id):
+        try:
+            attr = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD)
+            cp = attr.value
+        except x509.AttributeNotFound:
+            cp = None
+        except (ValueError, TypeError) as e:
+            raise RemoteProtocolError("CSR attributes cannot be parsed: %s" % e) from None
+        exempt = ctx.transport in prof.pop_exempt_transports or (
+            cert_id is not None and cert_id.trust_name in prof.pop_exempt_trust)
+        binding = ctx.channel_binding()
+        if cp is None:
+            if prof.pop == "required" and not exempt:
+                if binding is None:
+                    raise SecurityError("this label requires PoP linking, but this connection offers no channel "
+                                        "binding (a client that cannot link must be exempted in the profile)")
+                raise SecurityError("this label requires PoP linking: put base64(%s) of this TLS connection in the "
+                                    "CSR's challengePassword" % binding[0])
+            return
+        if binding is None:
+            if prof.pop == "required" and not exempt:
+                raise SecurityError("CSR carries challengePassword but this connection has no channel binding to check it against")
+            return
+        if isinstance(cp, bytes):
+            cp = cp.decode("latin-1")
+        want = base64.b64encode(binding[1]).decode()
+        if not hmac.compare_digest(cp.strip().encode("latin-1", "replace"), want.encode()):
+            raise SecurityError("PoP linking failed: challengePassword is not base64(%s) of this TLS connection" % binding[0])
+
+    def _approval(self, prof, op, csr, csr_der, requester):
+        """Manual approval. Returns (certificate or None, request_id) to
+        issue now, or raises PendingApproval / RequestRejected."""
+        if self.store is None:
+            raise LocalProtocolError("manual approval needs a store (the CA backend has none)")
+        spki = csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        kind = "skg" if op == "serverkeygen" else "enroll"
+        fp = hashlib.sha256(b"\0".join([prof.label.encode(), kind.encode(), spki,
+                                        csr.subject.public_bytes()])).hexdigest()
+        r = self.store.find_request(fp)
+        if r is None or (r["status"] == ISSUED and kind == "skg"):
+            rid = self.store.add_request(fp, label=prof.label, op=op, subject=csr.subject.rfc4514_string(),
+                                         csr_der=csr_der, requester=requester)
+            raise PendingApproval("enrollment request %d is waiting for approval; retry in %d s" % (rid, prof.retry_after),
+                                  prof.retry_after, rid)
+        if r["status"] == PENDING:
+            raise PendingApproval("enrollment request %d is still waiting for approval; retry in %d s" % (r["id"], prof.retry_after),
+                                  prof.retry_after, r["id"])
+        if r["status"] == REJECTED:
+            raise RequestRejected("enrollment request %d was rejected%s" % (r["id"], ": %s" % r["reason"] if r["reason"] else ""))
+        if r["status"] == ISSUED and r["serial"]:
+            der = self.store.get_certificate(r["serial"])
+            if der is not None:
+                return x509.load_der_x509_certificate(der), r["id"]
+        if r["status"] in (APPROVED, ISSUED):
+            return None, r["id"]
+        raise LocalProtocolError("request %d has unknown status %r" % (r["id"], r["status"]))

@@ -1,0 +1,314 @@
+"""SQLite store of the reference CA: issued certificates, enrollment requests
+waiting for (or decided by) manual approval, and revocations.
+
+One database file in WAL mode. Every write is one short `BEGIN IMMEDIATE`
+transaction committed before the server answers, so a certificate a client
+received is always in the store, also after a kill -9 of the server (WAL with
+synchronous=NORMAL is durable against a process crash; pass
+synchronous="FULL" to be durable against a power cut as well, at the price of
+an fsync per enrollment). Serial numbers are a PRIMARY KEY: a duplicate can
+never be stored, and `add_certificate` reports a collision so the CA can draw
+a new serial.
+
+Each thread gets its own sqlite3 connection (sqlite3 objects are not shared
+between threads); several processes may open the same file.
+"""
+
+import os
+import sqlite3
+import threading
+import time
+
+from est_lite.errors import EstError, LocalProtocolError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS certs(
+    serial TEXT PRIMARY KEY,
+    label TEXT NOT NULL DEFAULT '',
+    subject TEXT NOT NULL,
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    issued_at INTEGER NOT NULL,
+    requester TEXT,
+    request_id INTEGER,
+    der BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    op TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    requester TEXT,
+    csr BLOB NOT NULL,
+    status TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    decided INTEGER,
+    reason TEXT,
+    serial TEXT
+);
+CREATE INDEX IF NOT EXISTS requests_fp ON requests(fingerprint);
+CREATE TABLE IF NOT EXISTS revocations(
+    serial TEXT PRIMARY KEY,
+    revoked_at INTEGER NOT NULL,
+    reason TEXT NOT NULL DEFAULT 'unspecified'
+);
+CREATE TABLE IF NOT EXISTS meta(
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+PENDING = "pending"
+APPROVED = "approved"
+REJECTED = "rejected"
+ISSUED = "issued"
+
+
+class StoreError(EstError):
+    http_status = 500
+    coap_code = 0xA0
+
+
+class DuplicateSerial(StoreError):
+    pass
+
+
+def serial_hex(serial):
+    """Canonical text form of a serial number (lowercase hex, no leading 0s)."""
+    if isinstance(serial, str):
+        s = serial.strip().lower().replace(":", "")
+        if s.startswith("0x"):
+            s = s[2:]
+        try:
+            serial = int(s, 16)
+        except ValueError:
+            raise LocalProtocolError("serial %r is not a hexadecimal number" % serial) from None
+    return "%x" % serial
+
+
+class Store:
+    """The CA database. `path` is the SQLite file (created if missing)."""
+
+    def __init__(self, path, *, synchronous="NORMAL", busy_timeout_s=30.0, clock=time.time):
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise LocalProtocolError("synchronous must be NORMAL or FULL, not %r" % synchronous)
+        self.path = str(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_s = busy_timeout_s
+        self.clock = clock
+        self._local = threading.local()
+        self._all = []
+        self._all_lock = threading.Lock()
+        new = not os.path.exists(self.path)
+        db = self._db()
+        db.executescript(_SCHEMA)
+        if new:
+            os.chmod(self.path, 0o600)
+
+    # -- connections --
+    def _db(self):
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=%s" % self.synchronous)
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+            with self._all_lock:
+                self._all.append(db)
+        return db
+
+    def close(self):
+        with self._all_lock:
+            for db in self._all:
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass
+            self._all = []
+        self._local = threading.local()
+
+    def _write(self, fn):
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            r = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return r
+
+    def _now(self):
+        return int(self.clock())
+
+    # -- certificates --
+    def add_certificate(self, cert, *, label="", requester=None, request_id=None):
+        """Store an issued certificate (a cryptography x509.Certificate).
+        Raises DuplicateSerial if the serial is already taken. When
+        request_id is given the request is marked issued in the same
+        transaction."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        serial = serial_hex(cert.serial_number)
+        der = cert.public_bytes(Encoding.DER)
+        row = (
+            serial,
+            label or "",
+            cert.subject.rfc4514_string(),
+            int(cert.not_valid_before_utc.timestamp()),
+            int(cert.not_valid_after_utc.timestamp()),
+            self._now(),
+            requester,
+            request_id,
+            der,
+        )
+
+        def tx(db):
+            try:
+                db.execute("INSERT INTO certs VALUES (?,?,?,?,?,?,?,?,?)", row)
+            except sqlite3.IntegrityError:
+                raise DuplicateSerial("serial %s already issued" % serial) from None
+            if request_id is not None:
+                db.execute(
+                    "UPDATE requests SET status=?, serial=?, decided=COALESCE(decided, ?) WHERE id=?",
+                    (ISSUED, serial, self._now(), request_id),
+                )
+
+        self._write(tx)
+        return serial
+
+    def get_certificate(self, serial):
+        """DER of an issued certificate, or None."""
+        r = self._db().execute("SELECT der FROM certs WHERE serial=?", (serial_hex(serial),)).fetchone()
+        return bytes(r[0]) if r else None
+
+    def has_serial(self, serial):
+        return self.get_certificate(serial) is not None
+
+    def list_certificates(self, limit=1000):
+        cur = self._db().execute(
+            "SELECT c.serial, c.label, c.subject, c.not_after, c.issued_at, r.revoked_at "
+            "FROM certs c LEFT JOIN revocations r ON r.serial=c.serial ORDER BY c.issued_at, c.rowid LIMIT ?",
+            (limit,),
+        )
+        return [
+            {"serial": s, "label": lab, "subject": subj, "not_after": na, "issued_at": ia, "revoked_at": rv}
+            for (s, lab, subj, na, ia, rv) in cur
+        ]
+
+    def all_serials(self):
+        return [r[0] for r in self._db().execute("SELECT serial FROM certs")]
+
+    def count_certificates(self):
+        return self._db().execute("SELECT COUNT(*) FROM certs").fetchone()[0]
+
+    # -- revocation --
+    def revoke(self, serial, reason="unspecified", when=None):
+        serial = serial_hex(serial)
+
+        def tx(db):
+            if not db.execute("SELECT 1 FROM certs WHERE serial=?", (serial,)).fetchone():
+                raise LocalProtocolError("no certificate with serial %s was issued by this CA" % serial)
+            db.execute(
+                "INSERT OR IGNORE INTO revocations VALUES (?,?,?)",
+                (serial, int(when if when is not None else self._now()), reason),
+            )
+
+        self._write(tx)
+        return serial
+
+    def is_revoked(self, serial):
+        r = self._db().execute("SELECT 1 FROM revocations WHERE serial=?", (serial_hex(serial),)).fetchone()
+        return r is not None
+
+    def revocations(self):
+        """[(serial_hex, revoked_at, reason)]"""
+        return list(self._db().execute("SELECT serial, revoked_at, reason FROM revocations ORDER BY revoked_at"))
+
+    def next_crl_number(self):
+        def tx(db):
+            r = db.execute("SELECT value FROM meta WHERE key='crl_number'").fetchone()
+            n = int(r[0]) + 1 if r else 1
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('crl_number', ?)", (str(n),))
+            return n
+
+        return self._write(tx)
+
+    # -- enrollment requests (manual approval) --
+    def find_request(self, fingerprint):
+        """The newest request with this fingerprint as a dict, or None."""
+        r = self._db().execute(
+            "SELECT id, fingerprint, label, op, subject, requester, status, created, decided, reason, serial "
+            "FROM requests WHERE fingerprint=? ORDER BY id DESC LIMIT 1",
+            (fingerprint,),
+        ).fetchone()
+        return _req(r) if r else None
+
+    def get_request(self, request_id):
+        r = self._db().execute(
+            "SELECT id, fingerprint, label, op, subject, requester, status, created, decided, reason, serial "
+            "FROM requests WHERE id=?",
+            (int(request_id),),
+        ).fetchone()
+        return _req(r) if r else None
+
+    def request_csr(self, request_id):
+        r = self._db().execute("SELECT csr FROM requests WHERE id=?", (int(request_id),)).fetchone()
+        return bytes(r[0]) if r else None
+
+    def add_request(self, fingerprint, *, label, op, subject, csr_der, requester=None):
+        """Record a request waiting for approval; returns its id. If a request
+        with this fingerprint is already pending, that one's id is returned."""
+
+        def tx(db):
+            r = db.execute(
+                "SELECT id FROM requests WHERE fingerprint=? AND status=? ORDER BY id DESC LIMIT 1",
+                (fingerprint, PENDING),
+            ).fetchone()
+            if r:
+                return r[0]
+            cur = db.execute(
+                "INSERT INTO requests(fingerprint, label, op, subject, requester, csr, status, created) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (fingerprint, label or "", op, subject, requester, csr_der, PENDING, self._now()),
+            )
+            return cur.lastrowid
+
+        return self._write(tx)
+
+    def decide(self, request_id, approve, reason=None):
+        """Approve or reject a pending request. Returns the updated request."""
+        status = APPROVED if approve else REJECTED
+
+        def tx(db):
+            r = db.execute("SELECT status FROM requests WHERE id=?", (int(request_id),)).fetchone()
+            if not r:
+                raise LocalProtocolError("no enrollment request with id %s" % request_id)
+            if r[0] != PENDING:
+                raise LocalProtocolError("request %s is already %s" % (request_id, r[0]))
+            db.execute(
+                "UPDATE requests SET status=?, decided=?, reason=? WHERE id=?",
+                (status, self._now(), reason, int(request_id)),
+            )
+
+        self._write(tx)
+        return self.get_request(request_id)
+
+    def list_requests(self, status=None, limit=1000):
+        q = "SELECT id, fingerprint, label, op, subject, requester, status, created, decided, reason, serial FROM requests"
+        args = ()
+        if status:
+            q += " WHERE status=?"
+            args = (status,)
+        q += " ORDER BY id LIMIT ?"
+        return [_req(r) for r in self._db().execute(q, args + (limit,))]
+
+    def integrity_check(self):
+        return self._db().execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def _req(r):
+    keys = ("id", "fingerprint", "label", "op", "subject", "requester", "status", "created", "decided", "reason", "serial")
+    return dict(zip(keys, r))
