@@ -1,0 +1,340 @@
+# CSR Attributes (RFC 7030 §4.5.2, ASN.1 clarified by RFC 8951 §3.3 and RFC 9908).
+#
+#   CsrAttrs ::= SEQUENCE SIZE (0..MAX) OF AttrOrOID
+#   AttrOrOID ::= CHOICE { oid OBJECT IDENTIFIER, attribute Attribute }
+#   Attribute ::= SEQUENCE { type OBJECT IDENTIFIER, values SET SIZE(1..MAX) OF ANY }
+#
+# RFC 9908 adds a template: an Attribute of type id-aa-certificationRequestInfoTemplate
+# whose value is a CertificationRequestInfo with optional parts, and
+# extension templates (Extension with an OPTIONAL extnValue).
+#
+# decode() never raises anything but RemoteProtocolError/LimitError on peer
+# bytes. Values that do not have the shape RFC 9908 requires (the RFC 7030
+# and RFC 8951 examples put a bare OID inside extensionRequest) are kept as
+# plain attribute values and listed in CsrAttrs.unparsed instead of failing
+# the whole response: a client MUST ignore what it does not understand.
+
+from est_lite import der
+from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
+
+CHALLENGE_PASSWORD = "1.2.840.113549.1.9.7"
+EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
+EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+P256 = "1.2.840.10045.3.1.7"
+# RFC 9908 §7 (IANA, SMI Security for S/MIME Attributes)
+CSR_TEMPLATE = "1.2.840.113549.1.9.16.2.61"  # id-aa-certificationRequestInfoTemplate
+EXTENSION_REQ_TEMPLATE = "1.2.840.113549.1.9.16.2.62"  # id-aa-extensionReqTemplate
+
+# signature or hash algorithm OID -> hash name
+_HASHES = {
+    "1.2.840.10045.4.3.2": "sha256",  # ecdsa-with-SHA256
+    "1.2.840.10045.4.3.3": "sha384",
+    "1.2.840.10045.4.3.4": "sha512",
+    "1.2.840.113549.1.1.11": "sha256",  # sha256WithRSAEncryption
+    "1.2.840.113549.1.1.12": "sha384",
+    "1.2.840.113549.1.1.13": "sha512",
+    "2.16.840.1.101.3.4.2.1": "sha256",
+    "2.16.840.1.101.3.4.2.2": "sha384",
+    "2.16.840.1.101.3.4.2.3": "sha512",
+}
+_CURVES = ("1.2.840.10045.3.1.7", "1.3.132.0.34", "1.3.132.0.35")
+
+
+class CsrAttrs:
+    """Decoded CSR attributes.
+
+    oids        bare OIDs, dotted text, in order
+    attributes  list of (type_oid, [value_der, ...]) in order (values as bytes)
+    extensions  list of (extn_oid, critical, value_or_None) requested through
+                extensionRequest / extension templates (None: client fills in)
+    template    None, or dict with 'subject' [(type_oid, value_der_or_None)],
+                'key_alg', 'key_params' (OID text or None) and 'attributes'
+    unparsed    short descriptions of values we kept but could not interpret
+    """
+
+    def __init__(self):
+        self.oids = []
+        self.attributes = []
+        self.extensions = []
+        self.template = None
+        self.unparsed = []
+
+    def __len__(self):
+        return len(self.oids) + len(self.attributes)
+
+    def has(self, oid):
+        """True if oid is requested, bare or as an attribute type."""
+        if oid in self.oids:
+            return True
+        for t, _ in self.attributes:
+            if t == oid:
+                return True
+        return False
+
+    def values(self, oid):
+        """Values (DER bytes) of the first attribute of that type, or []."""
+        for t, v in self.attributes:
+            if t == oid:
+                return v
+        return []
+
+    @property
+    def wants_challenge_password(self):
+        if self.has(CHALLENGE_PASSWORD):
+            return True
+        t = self.template
+        return t is not None and _has_attr(t["attributes"], CHALLENGE_PASSWORD)
+
+    @property
+    def key_curve(self):
+        """Requested EC curve OID (e.g. '1.2.840.10045.3.1.7') or None."""
+        t = self.template
+        if t is not None and t["key_alg"] == EC_PUBLIC_KEY and t["key_params"]:
+            return t["key_params"]
+        for v in self.values(EC_PUBLIC_KEY):
+            c = _oid_value(v)
+            if c:
+                return c
+        for o in self.oids:
+            if o in _CURVES:
+                return o
+        return None
+
+    @property
+    def signature_alg(self):
+        """First bare OID that names a signature or hash algorithm, or None."""
+        for o in self.oids:
+            if o in _HASHES:
+                return o
+        return None
+
+    @property
+    def hash_alg(self):
+        """'sha256', 'sha384', 'sha512' or None."""
+        o = self.signature_alg
+        return _HASHES[o] if o else None
+
+    @property
+    def extension_oids(self):
+        return [e[0] for e in self.extensions]
+
+
+def _has_attr(attrs, oid):
+    for t, _ in attrs:
+        if t == oid:
+            return True
+    return False
+
+
+def _oid_value(v):
+    """Dotted text if the DER value v is an OBJECT IDENTIFIER, else None."""
+    try:
+        s, e = der.read(v, 0, der.OID)
+        if e == len(v):
+            return der.oid_str(memoryview(v)[s:e])
+    except RemoteProtocolError:
+        pass
+    return None
+
+
+def _read_oid(mv, off, end):
+    s, e = der.read(mv, off, der.OID, end)
+    return der.oid_str(mv[s:e]), e
+
+
+def _attribute(mv, s, e, max_items):
+    """Attribute contents -> (type_oid, [value bytes])."""
+    t, off = _read_oid(mv, s, e)
+    vs, ve = der.read(mv, off, der.SET, e)
+    if ve != e:
+        raise RemoteProtocolError("csrattrs: trailing data in attribute %s" % t)
+    vals = []
+    while vs < ve:
+        if len(vals) >= max_items:
+            raise LimitError("csrattrs: more than %d values in attribute %s" % (max_items, t))
+        _, _, b = der.read_tlv(mv, vs, ve)
+        vals.append(bytes(mv[vs:b]))
+        vs = b
+    if not vals:
+        raise RemoteProtocolError("csrattrs: attribute %s has no values" % t)
+    return t, vals
+
+
+def _extensions(v, out, max_items):
+    """Parse Extensions / ExtensionTemplates (a SEQUENCE OF) into out."""
+    mv = memoryview(v)
+    s, e = der.read(mv, 0, der.SEQUENCE)
+    if e != len(mv):
+        raise RemoteProtocolError("csrattrs: trailing data after extensions")
+    for t, a, b in der.iter_tlv(mv, s, e):
+        if t != der.SEQUENCE:
+            raise RemoteProtocolError("csrattrs: extension is not a SEQUENCE")
+        if len(out) >= max_items:
+            raise LimitError("csrattrs: more than %d extensions" % max_items)
+        oid, off = _read_oid(mv, a, b)
+        crit = False
+        val = None
+        if off < b and mv[off] == der.BOOLEAN:
+            cs, ce = der.read(mv, off, der.BOOLEAN, b)
+            if ce - cs != 1 or mv[cs] not in (0, 0xFF):
+                raise RemoteProtocolError("csrattrs: bad BOOLEAN in extension %s" % oid)
+            crit = mv[cs] == 0xFF
+            off = ce
+        if off < b:
+            cs, off = der.read(mv, off, der.OCTET_STRING, b)
+            val = bytes(mv[cs:off])
+        if off != b:
+            raise RemoteProtocolError("csrattrs: trailing data in extension %s" % oid)
+        out.append((oid, crit, val))
+
+
+def _template(v, res, max_items):
+    mv = memoryview(v)
+    s, e = der.read(mv, 0, der.SEQUENCE)
+    vs, off = der.read(mv, s, der.INTEGER, e)
+    if der.read_int(mv, vs, off) != 0:
+        raise RemoteProtocolError("csrattrs: template version must be 0")
+    tpl = {"subject": [], "key_alg": None, "key_params": None, "attributes": []}
+    if off < e and mv[off] == der.SEQUENCE:  # subject NameTemplate
+        ns, off = der.read(mv, off, der.SEQUENCE, e)
+        for t, a, b in der.iter_tlv(mv, ns, off):
+            if t != der.SET:
+                raise RemoteProtocolError("csrattrs: template RDN is not a SET")
+            for t2, c, d in der.iter_tlv(mv, a, b):
+                if t2 != der.SEQUENCE:
+                    raise RemoteProtocolError("csrattrs: template RDN entry is not a SEQUENCE")
+                if len(tpl["subject"]) >= max_items:
+                    raise LimitError("csrattrs: more than %d subject entries" % max_items)
+                ty, p = _read_oid(mv, c, d)
+                val = None
+                if p < d:
+                    _, _, q = der.read_tlv(mv, p, d)
+                    if q != d:
+                        raise RemoteProtocolError("csrattrs: trailing data in RDN template")
+                    val = bytes(mv[p:d])
+                tpl["subject"].append((ty, val))
+    if off < e and mv[off] == 0xA0:  # [0] SubjectPublicKeyInfoTemplate
+        ks, off = der.read(mv, off, 0xA0, e)
+        als, ale = der.read(mv, ks, der.SEQUENCE, off)
+        tpl["key_alg"], p = _read_oid(mv, als, ale)
+        if p < ale:
+            tpl["key_params"] = _oid_value(bytes(mv[p:ale]))
+    as_, ae = der.read(mv, off, 0xA1, e)  # [1] attributes
+    if ae != e:
+        raise RemoteProtocolError("csrattrs: trailing data in template")
+    for t, a, b in der.iter_tlv(mv, as_, ae):
+        if t != der.SEQUENCE:
+            raise RemoteProtocolError("csrattrs: template attribute is not a SEQUENCE")
+        if len(tpl["attributes"]) >= max_items:
+            raise LimitError("csrattrs: more than %d template attributes" % max_items)
+        ty, vals = _attribute(mv, a, b, max_items)
+        if ty == EXTENSION_REQUEST or ty == EXTENSION_REQ_TEMPLATE:
+            _extensions(vals[0], res.extensions, max_items)
+        tpl["attributes"].append((ty, vals))
+    res.template = tpl
+
+
+def decode(data, max_items=32, max_size=4096):
+    """CsrAttrs DER (bytes/memoryview) -> CsrAttrs. An empty body is an empty
+    CsrAttrs (same as 204/404)."""
+    n = len(data)
+    if n > max_size:
+        raise LimitError("csrattrs: %d bytes exceeds max_size=%d" % (n, max_size))
+    res = CsrAttrs()
+    if n == 0:
+        return res
+    mv = memoryview(data)
+    s, e = der.read(mv, 0, der.SEQUENCE)
+    if e != n:
+        raise RemoteProtocolError("csrattrs: %d trailing bytes after CsrAttrs" % (n - e))
+    for t, a, b in der.iter_tlv(mv, s, e):
+        if len(res) >= max_items:
+            raise LimitError("csrattrs: more than max_items=%d entries" % max_items)
+        if t == der.OID:
+            res.oids.append(der.oid_str(mv[a:b]))
+        elif t == der.SEQUENCE:
+            ty, vals = _attribute(mv, a, b, max_items)
+            res.attributes.append((ty, vals))
+            if ty == EXTENSION_REQUEST or ty == EXTENSION_REQ_TEMPLATE or ty == CSR_TEMPLATE:
+                try:
+                    if ty == CSR_TEMPLATE:
+                        _template(vals[0], res, max_items)
+                    else:
+                        _extensions(vals[0], res.extensions, max_items)
+                except LimitError:
+                    raise
+                except RemoteProtocolError as ex:
+                    res.unparsed.append("%s: %s" % (ty, ex))
+        else:
+            raise RemoteProtocolError("csrattrs: entry with tag 0x%02x is neither OID nor Attribute" % t)
+    return res
+
+
+# ---------------------------------------------------------------- encoder
+
+
+def _ext(oid, critical, value):
+    parts = [der.oid(oid)]
+    if critical:
+        parts.append(der.boolean(True))
+    if value is not None:
+        parts.append(der.octet_string(value))
+    return der.seq(*parts)
+
+
+def extension_request(extensions):
+    """Item for encode(): an extensionRequest attribute from
+    [(oid, critical, value_der_or_None)]. If any value is None the
+    RFC 9908 extensionReqTemplate type is used."""
+    if not extensions:
+        raise LocalProtocolError("extension_request needs at least one extension")
+    tmpl = False
+    exts = []
+    for oid, crit, val in extensions:
+        tmpl = tmpl or val is None
+        exts.append(_ext(oid, crit, val))
+    return (EXTENSION_REQ_TEMPLATE if tmpl else EXTENSION_REQUEST, [der.seq(*exts)])
+
+
+def template(subject=(), key_alg=None, key_params=None, extensions=(), attributes=()):
+    """Item for encode(): an RFC 9908 CertificationRequestInfoTemplate.
+    subject: [(type_oid, value_der_or_None)] one RDN each; extensions as for
+    extension_request; attributes: extra [(type_oid, [value_der])]."""
+    parts = [der.integer(0)]
+    if subject:
+        rdns = []
+        for ty, val in subject:
+            rdns.append(der.set_of(der.seq(der.oid(ty), val or b"")))
+        parts.append(der.seq(*rdns))
+    if key_alg:
+        alg = der.seq(der.oid(key_alg), der.oid(key_params) if key_params else b"")
+        parts.append(der.tlv(0xA0, alg))
+    attrs = []
+    if extensions:
+        attrs.append(_attr(*extension_request(extensions)))
+    for ty, vals in attributes:
+        attrs.append(_attr(ty, vals))
+    parts.append(der.tlv(0xA1, *sorted(attrs)))
+    return (CSR_TEMPLATE, [der.seq(*parts)])
+
+
+def _attr(ty, vals):
+    if not vals:
+        raise LocalProtocolError("attribute %s needs at least one value" % ty)
+    for v in vals:
+        if der.check(v) != 1:
+            raise LocalProtocolError("attribute %s: each value must be one DER element" % ty)
+    return der.seq(der.oid(ty), der.set_of(*vals))
+
+
+def encode(items):
+    """CsrAttrs DER from items, in order: each a dotted OID (str) or a
+    (type_oid, [value_der, ...]) attribute (see extension_request and
+    template for the structured ones)."""
+    parts = []
+    for it in items:
+        if isinstance(it, str):
+            parts.append(der.oid(it))
+        else:
+            parts.append(_attr(it[0], it[1]))
+    return der.seq(*parts)

@@ -1,0 +1,222 @@
+# Certs-only CMS SignedData (RFC 5652 §5, RFC 7030 §4.1.3 "certs-only") and
+# the few X.509 fields a client needs without a crypto library.
+#
+#   ContentInfo ::= SEQUENCE { contentType OID (signedData), content [0] EXPLICIT SignedData }
+#   SignedData ::= SEQUENCE { version INTEGER, digestAlgorithms SET, encapContentInfo
+#       SEQUENCE { OID, [0] EXPLICIT OCTET STRING OPTIONAL },
+#       certificates [0] IMPLICIT SET OF CertificateChoices OPTIONAL,
+#       crls [1] IMPLICIT ... OPTIONAL, signerInfos SET }
+#
+# Tolerated, because real servers send them: certificates in any order (the
+# SET OF is not checked for DER ordering), any SignedData version, non-empty
+# digestAlgorithms/signerInfos (ignored: nothing is verified here), a crls
+# field (ignored), CertificateChoices other than Certificate (skipped),
+# trailing zero bytes after the ContentInfo. Not tolerated: BER indefinite
+# lengths (read_tlv rejects them with a message saying so).
+
+from est_lite import der
+from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
+
+
+def _content_info(mv, n):
+    """-> (signedData_start, signedData_end) after checking the wrapper."""
+    s, e = der.read(mv, 0, der.SEQUENCE, n, n)
+    for i in range(e, n):
+        if mv[i]:
+            raise RemoteProtocolError("PKCS#7: %d trailing bytes after ContentInfo" % (n - e))
+    os_, off = der.read(mv, s, der.OID, e)
+    if mv[os_:off] != der.OID_SIGNED_DATA:
+        raise RemoteProtocolError("PKCS#7: content type %s is not signedData" % der.oid_str(mv[os_:off]))
+    xs, xe = der.read(mv, off, 0xA0, e, n)
+    if xe != e:
+        raise RemoteProtocolError("PKCS#7: trailing data in ContentInfo")
+    ss, se = der.read(mv, xs, der.SEQUENCE, xe, n)
+    if se != xe:
+        raise RemoteProtocolError("PKCS#7: trailing data after SignedData")
+    return ss, se
+
+
+def certificates(data, max_certs=8, max_size=0x10000):
+    """Certificates (DER, as memoryview slices of data) of a certs-only
+    SignedData, in the order they appear. Raises RemoteProtocolError if the
+    structure is malformed or holds no certificate."""
+    n = len(data)
+    if n > max_size:
+        raise LimitError("PKCS#7: %d bytes exceeds max_size=%d" % (n, max_size))
+    mv = data if isinstance(data, memoryview) else memoryview(data)
+    s, e = _content_info(mv, n)
+    vs, off = der.read(mv, s, der.INTEGER, e)
+    der.read_int(mv, vs, off)  # version: any value, but a valid INTEGER
+    _, off = der.read(mv, off, der.SET, e, n)  # digestAlgorithms
+    es, off = der.read(mv, off, der.SEQUENCE, e, n)  # encapContentInfo
+    der.read(mv, es, der.OID, off)
+    certs = []
+    if off < e and mv[off] == 0xA0:
+        p, off = der.read(mv, off, 0xA0, e, n)
+        while p < off:
+            t, _, b = der.read_tlv(mv, p, off, n)
+            if t == der.SEQUENCE:  # skip other CertificateChoices
+                if len(certs) >= max_certs:
+                    raise LimitError("PKCS#7: more than max_certs=%d certificates" % max_certs)
+                certs.append(mv[p:b])
+            p = b
+    if off < e and mv[off] == 0xA1:  # crls: ignored
+        _, off = der.read(mv, off, 0xA1, e, n)
+    _, off = der.read(mv, off, der.SET, e, n)  # signerInfos
+    if off != e:
+        raise RemoteProtocolError("PKCS#7: unexpected data after signerInfos")
+    if not certs:
+        raise RemoteProtocolError("PKCS#7: no certificates in certs-only response")
+    return certs
+
+
+def build_certs_only(certs, sort=True):
+    """Certs-only SignedData (DER) holding the given DER certificates. DER
+    orders the SET OF certificates (sort=True); sort=False keeps the given
+    order, as many servers do (readers must not rely on either)."""
+    if not certs:
+        raise LocalProtocolError("build_certs_only needs at least one certificate")
+    for c in certs:
+        if der.check(c, max_length=len(c)) != 1 or c[0] != der.SEQUENCE:
+            raise LocalProtocolError("each certificate must be one DER SEQUENCE")
+    sd = der.seq(
+        b"\x02\x01\x01",  # version 1
+        b"\x31\x00",  # digestAlgorithms: empty
+        der.seq(der.oid(der.OID_DATA)),
+        der.tlv(0xA0, *(sorted(bytes(c) for c in certs) if sort else certs)),
+        b"\x31\x00",  # signerInfos: empty
+    )
+    return der.seq(der.oid(der.OID_SIGNED_DATA), der.tlv(0xA0, sd))
+
+
+# ---------------------------------------------------------------- X.509 view
+
+
+def _time(mv, off, end):
+    t, s, e = der.read_tlv(mv, off, end)
+    n = e - s
+    if t == der.UTC_TIME and n == 13:
+        k = 2
+    elif t == der.GENERALIZED_TIME and n == 15:
+        k = 4
+    else:
+        raise RemoteProtocolError("X.509: bad time (tag 0x%02x, %d bytes)" % (t, n))
+    if mv[e - 1] != 0x5A:  # 'Z'
+        raise RemoteProtocolError("X.509: time is not in UTC ('Z')")
+    v = []
+    i = s
+    for w in (k, 2, 2, 2, 2, 2):
+        x = 0
+        for j in range(i, i + w):
+            c = mv[j] - 48
+            if not 0 <= c <= 9:
+                raise RemoteProtocolError("X.509: non-digit in time")
+            x = x * 10 + c
+        v.append(x)
+        i += w
+    if k == 2:
+        v[0] += 1900 if v[0] >= 50 else 2000
+    if not (1 <= v[1] <= 12 and 1 <= v[2] <= 31 and v[3] < 24 and v[4] < 60 and v[5] < 61):
+        raise RemoteProtocolError("X.509: time field out of range")
+    return tuple(v), e
+
+
+def cert_tbs_fields(cert, max_length=0x10000):
+    """Parse the parts of a DER certificate a port needs to check a chain
+    with its own crypto. Returns a dict:
+      tbs, sig_alg_der, signature: memoryview slices (tbs is the whole
+          TBSCertificate TLV, signature the BIT STRING bytes after the
+          unused-bits byte)
+      sig_alg: OID text;  version: 1..3;  serial: int
+      issuer, subject, spki: memoryview slices of the whole TLVs
+      not_before, not_after: (year, month, day, hour, minute, second)
+      key_alg, key_params: OID text (key_params None if not an OID)
+      public_key: memoryview of the subjectPublicKey bits (for EC: 0x04||X||Y)
+      extensions: memoryview of the Extensions SEQUENCE contents, or None"""
+    mv = cert if isinstance(cert, memoryview) else memoryview(cert)
+    n = len(mv)
+    cs, ce = der.read(mv, 0, der.SEQUENCE, n, max_length)
+    if ce != n:
+        raise RemoteProtocolError("X.509: trailing data after certificate")
+    ts, te = der.read(mv, cs, der.SEQUENCE, ce, max_length)
+    r = {"tbs": mv[cs:te]}
+    as_, ae = der.read(mv, te, der.SEQUENCE, ce)
+    r["sig_alg_der"] = mv[te:ae]
+    os_, oe = der.read(mv, as_, der.OID, ae)
+    r["sig_alg"] = der.oid_str(mv[os_:oe])
+    bs, be = der.read(mv, ae, der.BIT_STRING, ce, max_length)
+    if be != ce:
+        raise RemoteProtocolError("X.509: trailing data after signature")
+    u, bs, be = der.read_bit_string(mv, bs, be)
+    if u:
+        raise RemoteProtocolError("X.509: signature with unused bits")
+    r["signature"] = mv[bs:be]
+    off = ts
+    ver = 1
+    if off < te and mv[off] == 0xA0:
+        vs, off = der.read(mv, off, 0xA0, te)
+        a, b = der.read(mv, vs, der.INTEGER, off)
+        ver = der.read_int(mv, a, b) + 1
+        if not 1 <= ver <= 3 or b != off:
+            raise RemoteProtocolError("X.509: bad version")
+    r["version"] = ver
+    a, off = der.read(mv, off, der.INTEGER, te)
+    r["serial"] = der.read_int(mv, a, off)
+    _, off = der.read(mv, off, der.SEQUENCE, te)  # signature AlgorithmIdentifier
+    s0 = off
+    _, off = der.read(mv, off, der.SEQUENCE, te)
+    r["issuer"] = mv[s0:off]
+    vs, ve = der.read(mv, off, der.SEQUENCE, te)
+    r["not_before"], p = _time(mv, vs, ve)
+    r["not_after"], p = _time(mv, p, ve)
+    if p != ve:
+        raise RemoteProtocolError("X.509: trailing data in validity")
+    s0 = ve
+    _, off = der.read(mv, ve, der.SEQUENCE, te)
+    r["subject"] = mv[s0:off]
+    s0 = off
+    ks, off = der.read(mv, off, der.SEQUENCE, te)
+    r["spki"] = mv[s0:off]
+    als, ale = der.read(mv, ks, der.SEQUENCE, off)
+    a, b = der.read(mv, als, der.OID, ale)
+    r["key_alg"] = der.oid_str(mv[a:b])
+    r["key_params"] = None
+    if b < ale and mv[b] == der.OID:
+        c, d = der.read(mv, b, der.OID, ale)
+        r["key_params"] = der.oid_str(mv[c:d])
+    ps, pe = der.read(mv, ale, der.BIT_STRING, off)
+    u, ps, pe = der.read_bit_string(mv, ps, pe)
+    r["public_key"] = mv[ps:pe]
+    r["extensions"] = None
+    while off < te:  # issuerUniqueID [1], subjectUniqueID [2], extensions [3]
+        t, a, b = der.read_tlv(mv, off, te)
+        if t == 0xA3:
+            xs, xe = der.read(mv, a, der.SEQUENCE, b)
+            if xe != b:
+                raise RemoteProtocolError("X.509: trailing data in extensions")
+            r["extensions"] = mv[xs:xe]
+        elif t not in (0x81, 0x82, 0xA1, 0xA2):
+            raise RemoteProtocolError("X.509: unexpected tag 0x%02x in TBSCertificate" % t)
+        off = b
+    return r
+
+
+def cert_extensions(fields):
+    """Yield (oid_text, critical, value_memoryview) for each extension of a
+    cert_tbs_fields() result."""
+    mv = fields["extensions"]
+    if mv is None:
+        return
+    for t, a, b in der.iter_tlv(mv, 0, len(mv)):
+        if t != der.SEQUENCE:
+            raise RemoteProtocolError("X.509: extension is not a SEQUENCE")
+        os_, oe = der.read(mv, a, der.OID, b)
+        off = oe
+        crit = False
+        if off < b and mv[off] == der.BOOLEAN:
+            c, off = der.read(mv, off, der.BOOLEAN, b)
+            crit = off - c == 1 and mv[c] == 0xFF
+        vs, ve = der.read(mv, off, der.OCTET_STRING, b)
+        if ve != b:
+            raise RemoteProtocolError("X.509: trailing data in extension")
+        yield der.oid_str(mv[os_:oe]), crit, mv[vs:ve]
