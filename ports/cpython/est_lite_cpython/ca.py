@@ -156,7 +156,8 @@ def init_ca(
     issuer_key, issuer = root_key, root
     if intermediate:
         ikey = ec.generate_private_key(ec.SECP256R1())
-        iattrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name.replace("Root", "").strip() + " Issuing CA")]
+        icn = common_name.replace("Root CA", "Issuing CA") if "Root CA" in common_name else common_name + " Issuing CA"
+        iattrs = [x509.NameAttribute(NameOID.COMMON_NAME, icn)]
         if organization:
             iattrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
         icert = _ca_cert(x509.Name(iattrs), root_name, ikey.public_key(), root_key, root_key.public_key(), now, validity_days, 0)
