@@ -7,6 +7,7 @@ import datetime
 import os
 import socket
 import ssl
+import struct
 import textwrap
 
 from cryptography import x509
@@ -289,6 +290,8 @@ def pyopenssl_request(srv, method, path, make_body, *, cert=None, key=None, vers
         ctx.use_certificate_chain_file(cert)
         ctx.use_privatekey_file(key)
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s.settimeout(None)  # pyOpenSSL wants a blocking socket; the kernel timeout bounds reads
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
     c = SSL.Connection(ctx, s)
     c.set_tlsext_host_name(b"localhost")
     c.set_connect_state()
