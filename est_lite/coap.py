@@ -8,27 +8,56 @@
 # will reuse, copy what you keep first.
 #
 # Options are a list of (number, value) pairs. Values are bytes-like; on
-# encode an int is taken as a uint option value and a str as UTF-8. encode()
+# encode an int is taken as a uint option value and a str as UTF-8. Encoding
 # writes them sorted by number, keeping the given order of repeated options.
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
 from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
-from est_lite.numbers import (
-    ACCEPT,
-    BLOCK1,
-    BLOCK2,
-    CON,
-    CONTENT_FORMAT,
-    SIZE1,
-    SIZE2,
-    URI_PATH,
-    code_str,
-)
+
+# option numbers used by request() (same values as est_lite.numbers)
+_URI_PATH = const(11)
+_CONTENT_FORMAT = const(12)
+_ACCEPT = const(17)
+_BLOCK2 = const(23)
+_BLOCK1 = const(27)
+_SIZE2 = const(28)
+_SIZE1 = const(60)
 
 _BYTES = (bytes, bytearray, memoryview)
 
 
+def _nib(v):  # option header nibble for a delta or length
+    return v if v < 13 else 13 if v < 269 else 14
+
+
+def _put(buf, q, v):  # extended delta/length bytes; returns the next offset
+    if v > 268:
+        buf[q] = (v - 269) >> 8
+        buf[q + 1] = (v - 269) & 255
+        return q + 2
+    if v > 12:
+        buf[q] = v - 13
+        return q + 1
+    return q
+
+
+def _get(mv, p, v):  # value of a delta/length nibble v with its extension at p
+    if v == 13:
+        return mv[p] + 13
+    if v == 14:
+        return (mv[p] << 8 | mv[p + 1]) + 269
+    return v
+
+
 class Message:
-    def __init__(self, type=CON, code=0, mid=0, token=b"", options=None, payload=b""):
-        self.type = type
+    def __init__(self, type=0, code=0, mid=0, token=b"", options=None, payload=b""):
+        self.type = type  # CON 0, NON 1, ACK 2, RST 3
         self.code = code
         self.mid = mid
         self.token = token
@@ -36,8 +65,8 @@ class Message:
         self.payload = payload
 
     def _ordered(self):
-        # Options in wire order with bytes-like values; self.options itself
-        # when it already is (no allocation in the common case).
+        # The options in wire order with bytes-like values: self.options
+        # itself when it already is (no allocation in the common case).
         opts = self.options
         last = 0
         for o in opts:
@@ -48,10 +77,10 @@ class Message:
             return opts
         out = []
         for num, v in opts:
-            if type(v) is int:
-                v = uint_encode(v)
-            elif type(v) is str:
+            if isinstance(v, str):
                 v = v.encode()
+            elif not isinstance(v, _BYTES):
+                v = uint_encode(v)
             i = len(out)
             while i and out[i - 1][0] > num:  # stable insertion sort
                 i -= 1
@@ -59,22 +88,19 @@ class Message:
         return out
 
     def _size(self, opts):
-        if not (0 <= self.type <= 3 and 0 <= self.code <= 255 and 0 <= self.mid <= 65535):
-            raise LocalProtocolError("type, code or message id out of range")
         n = len(self.token)
-        if n > 8:
-            raise LocalProtocolError("token of %d bytes: CoAP allows at most 8" % n)
-        if self.code == 0 and (n or opts or self.payload):
-            raise LocalProtocolError("an Empty message (code 0.00) has no token, options or payload")
+        if self.type >> 2 or self.code >> 8 or self.mid >> 16 or n > 8 or self.code == 0 and (n or opts or self.payload):
+            raise LocalProtocolError(
+                "bad CoAP type %r, code %r, mid %r or %d-byte token, or an Empty message with content"
+                % (self.type, self.code, self.mid, n)
+            )
         n += 4
         last = 0
         for num, v in opts:
-            if not isinstance(v, _BYTES):
-                raise LocalProtocolError("option %r value must be bytes, str or int" % (num,))
             ln = len(v)
             d = num - last
             if d < 0 or num > 65535 or ln > 65804:
-                raise LocalProtocolError("option %r with a %d-byte value cannot be encoded" % (num, ln))
+                raise LocalProtocolError("option %d with %d bytes cannot be encoded" % (num, ln))
             n += 1 + (d > 12) + (d > 268) + (ln > 12) + (ln > 268) + ln
             last = num
         if self.payload:
@@ -87,12 +113,12 @@ class Message:
 
     def encode_into(self, buf, off=0):
         """Write the message into buf (bytearray or writable memoryview) at
-        off; return the end offset. Nothing is allocated for a message whose
-        options are already sorted bytes."""
+        off; return the end offset. Allocates nothing when the options are
+        already sorted bytes-like values."""
         opts = self._ordered()
         end = off + self._size(opts)
         if end > len(buf):
-            raise LocalProtocolError("buffer too small: message needs %d bytes at offset %d" % (end - off, off))
+            raise LocalProtocolError("buffer too small: the message needs %d bytes at offset %d" % (end - off, off))
         tok = self.token
         p = off + 4 + len(tok)
         buf[off] = 0x40 | self.type << 4 | len(tok)
@@ -105,33 +131,10 @@ class Message:
             d = num - last
             last = num
             ln = len(v)
-            q = p + 1
-            if d < 13:
-                h = d << 4
-            elif d < 269:
-                h = 0xD0
-                buf[q] = d - 13
-                q += 1
-            else:
-                h = 0xE0
-                d -= 269
-                buf[q] = d >> 8
-                buf[q + 1] = d & 255
-                q += 2
-            if ln < 13:
-                h |= ln
-            elif ln < 269:
-                h |= 13
-                buf[q] = ln - 13
-                q += 1
-            else:
-                h |= 14
-                buf[q] = (ln - 269) >> 8
-                buf[q + 1] = (ln - 269) & 255
-                q += 2
-            buf[p] = h
-            p = q + ln
-            buf[q:p] = v
+            buf[p] = _nib(d) << 4 | _nib(ln)
+            p = _put(buf, _put(buf, p + 1, d), ln)
+            buf[p : p + ln] = v
+            p += ln
         if self.payload:
             buf[p] = 0xFF
             buf[p + 1 : end] = self.payload
@@ -143,47 +146,42 @@ class Message:
         return bytes(buf)
 
     def __eq__(self, o):
-        return (
-            isinstance(o, Message)
-            and self.type == o.type
-            and self.code == o.code
-            and self.mid == o.mid
-            and self.token == o.token
-            and self.payload == o.payload
-            and self._ordered() == o._ordered()
+        return isinstance(o, Message) and (self.type, self.code, self.mid, self.token, self.payload, self._ordered()) == (
+            o.type,
+            o.code,
+            o.mid,
+            o.token,
+            o.payload,
+            o._ordered(),
         )
 
+    def __ne__(self, o):  # MicroPython does not derive != from ==
+        return not self == o
+
     def __repr__(self):
-        return "<CoAP %s %s mid=%d token=%s options=%r payload=%d bytes>" % (
-            ("CON", "NON", "ACK", "RST")[self.type & 3],
-            code_str(self.code),
+        return "<CoAP type=%d code=%d.%02d mid=%d token=%s options=%r payload=%d bytes>" % (
+            self.type,
+            self.code >> 5,
+            self.code & 31,
             self.mid,
             bytes(self.token).hex(),
-            [(n, bytes(v)) for n, v in self.options],
+            [(n, bytes(v) if isinstance(v, memoryview) else v) for n, v in self.options],
             len(self.payload),
         )
 
 
 def decode(data, max_options=32, max_message=1152):
-    """Message from one datagram. Raises RemoteProtocolError for a malformed
-    message (a CoAP message format error) and LimitError past the limits."""
+    """Message from one datagram. Raises RemoteProtocolError for a message
+    format error and LimitError past max_options or max_message."""
     n = len(data)
     if n > max_message:
         raise LimitError("CoAP message of %d bytes exceeds max_message=%d" % (n, max_message))
-    if n < 4:
-        raise RemoteProtocolError("CoAP message of %d bytes is shorter than the 4-byte header" % n)
     mv = memoryview(data)
-    b = mv[0]
-    tkl = b & 15
-    if b >> 6 != 1 or tkl > 8:
-        raise RemoteProtocolError("not a CoAP version 1 message or token length %d > 8" % tkl)
-    code = mv[1]
-    p = 4 + tkl
-    if code == 0 and n > 4:
-        raise RemoteProtocolError("Empty message (code 0.00) carries %d bytes after the header" % (n - 4))
-    if p > n:
-        raise RemoteProtocolError("token truncated")
-    msg = Message(b >> 4 & 3, code, mv[2] << 8 | mv[3], bytes(mv[4:p]))
+    b = mv[0] if n > 3 else 0
+    p = 4 + (b & 15)
+    if b >> 6 != 1 or b & 15 > 8 or p > n or mv[1] == 0 and n > 4:
+        raise RemoteProtocolError("bad CoAP header: %d bytes, first byte 0x%02x (version 1, token length 0..8; Empty message has no content)" % (n, b))
+    msg = Message(b >> 4 & 3, mv[1], mv[2] << 8 | mv[3], bytes(mv[4:p]))
     opts = msg.options
     num = 0
     try:
@@ -192,34 +190,25 @@ def decode(data, max_options=32, max_message=1152):
             p += 1
             if b == 0xFF:
                 if p == n:
-                    raise RemoteProtocolError("payload marker followed by an empty payload")
+                    raise RemoteProtocolError("CoAP payload marker followed by an empty payload")
                 msg.payload = mv[p:]
                 break
             d = b >> 4
             ln = b & 15
-            if d == 13:
-                d = mv[p] + 13
-                p += 1
-            elif d == 14:
-                d = (mv[p] << 8 | mv[p + 1]) + 269
-                p += 2
-            if ln == 13:
-                ln = mv[p] + 13
-                p += 1
-            elif ln == 14:
-                ln = (mv[p] << 8 | mv[p + 1]) + 269
-                p += 2
-            num += d
-            if d == 15 or ln == 15 or num > 65535:
-                raise RemoteProtocolError("reserved option delta/length nibble 15 or option number above 65535")
-            if p + ln > n:
-                raise RemoteProtocolError("option %d value truncated" % num)
+            if d == 15 or ln == 15:
+                raise RemoteProtocolError("reserved CoAP option nibble 15 (0x%02x)" % b)
+            num += _get(mv, p, d)
+            p += (d > 12) + (d > 13)
+            ln = _get(mv, p, ln)
+            p += (b & 15 > 12) + (b & 15 > 13)
+            if num > 65535 or p + ln > n:
+                raise IndexError
             if len(opts) >= max_options:
                 raise LimitError("more than max_options=%d CoAP options" % max_options)
             opts.append((num, mv[p : p + ln]))
             p += ln
     except IndexError:
-        raise RemoteProtocolError("option header truncated")
+        raise RemoteProtocolError("CoAP option %d truncated or numbered above 65535" % num)
     return msg
 
 
@@ -238,7 +227,7 @@ def opts(msg, number):
 
 def uint_encode(n):
     """Minimal big-endian bytes of a uint option value (0 -> b"")."""
-    if not 0 <= n <= 0xFFFFFFFF:
+    if type(n) is not int or not 0 <= n <= 0xFFFFFFFF:
         raise LocalProtocolError("uint option value %r is not in 0..2**32-1" % (n,))
     k = 0
     while n >> (k << 3):
@@ -279,7 +268,7 @@ def request(
     path_segments,
     token,
     mid,
-    type=CON,
+    type=0,
     content_format=None,
     accept=None,
     payload=b"",
@@ -289,28 +278,29 @@ def request(
     size2=None,
     extra_options=(),
 ):
-    """A request Message. path_segments are str (UTF-8) or bytes, one Uri-Path
-    option each; block1/block2 are (num, m, szx); extra_options (number, value)
-    pairs are merged in number order."""
+    """A validated request Message. path_segments are str (UTF-8) or bytes,
+    one Uri-Path option each; block1/block2 are (num, m, szx); the
+    extra_options (number, value) pairs are merged in number order."""
     o = []
     for s in path_segments:
         if isinstance(s, str):
             s = s.encode()
         if len(s) > 255:
             raise LocalProtocolError("Uri-Path segment longer than 255 bytes")
-        o.append((URI_PATH, s))
+        o.append((_URI_PATH, s))
     for num, v in (
-        (CONTENT_FORMAT, content_format),
-        (ACCEPT, accept),
-        (BLOCK2, block2),
-        (BLOCK1, block1),
-        (SIZE2, size2),
-        (SIZE1, size1),
+        (_CONTENT_FORMAT, content_format),
+        (_ACCEPT, accept),
+        (_BLOCK2, block2),
+        (_BLOCK1, block1),
+        (_SIZE2, size2),
+        (_SIZE1, size1),
     ):
         if v is not None:
-            o.append((num, block_encode(*v) if num in (BLOCK1, BLOCK2) else uint_encode(v)))
+            o.append((num, block_encode(*v) if num in (_BLOCK1, _BLOCK2) else uint_encode(v)))
     msg = Message(type, code, mid, token, o + list(extra_options), payload)
     msg.options = msg._ordered()
+    msg._size(msg.options)  # validate now, not at send time
     return msg
 
 
@@ -323,18 +313,17 @@ def block_slice(body, num, szx):
     off = num * size
     if off > n or (off == n and num):
         raise RemoteProtocolError("block %d of %d bytes is beyond the %d-byte body" % (num, size, n))
-    mv = body if type(body) is memoryview else memoryview(body)
+    mv = body if isinstance(body, memoryview) else memoryview(body)
     return (1 if off + size < n else 0), mv[off : off + size]
 
 
 def blocks(body, szx):
     """Yield (num, m, view) for every block of body at block size 16 << szx."""
     num = 0
-    while True:
+    m = 1
+    while m:
         m, v = block_slice(body, num, szx)
         yield num, m, v
-        if not m:
-            return
         num += 1
 
 
@@ -342,30 +331,28 @@ class BlockAssembler:
     """Reassembles a block-wise body (Block1 on a server, Block2 on a client).
     Feed blocks in order with add(); it returns the body (a bytearray) once a
     block with M=0 arrives, else None. The block size may shrink during the
-    transfer (RFC 7959 §2.2/2.3), never grow."""
+    transfer (RFC 7959 §2.3), never grow."""
 
     def __init__(self, max_body=4096):
         self.max_body = max_body
         self.body = bytearray()
-        self.szx = None
+        self.szx = 6
         self.done = False
 
     def next_num(self):
-        """Block number to ask for next (at the current block size)."""
-        return len(self.body) >> (self.szx + 4) if self.szx is not None else 0
+        """Block number to ask for next, at the current block size."""
+        return len(self.body) >> (self.szx + 4)
 
     def add(self, num, m, szx, payload):
-        size = 16 << szx
         got = len(self.body)
         ln = len(payload)
-        if self.done:
-            raise RemoteProtocolError("block %d after the last block" % num)
-        if szx > 6 or (self.szx is not None and szx > self.szx):
-            raise RemoteProtocolError("block size SZX %d is reserved or larger than before" % szx)
-        if num * size != got:
-            raise RemoteProtocolError("block %d at offset %d, expected offset %d: gap or overlap" % (num, num * size, got))
-        if ln > size or (m and ln != size):
-            raise RemoteProtocolError("block %d carries %d bytes, block size is %d" % (num, ln, size))
+        if self.done or szx > self.szx or num << (szx + 4) != got:
+            raise RemoteProtocolError(
+                "block %d (SZX %d) out of sequence: gap, overlap, larger block size than SZX %d,"
+                " or after the last block; %d bytes received" % (num, szx, self.szx, got)
+            )
+        if ln > 16 << szx or m and ln != 16 << szx:
+            raise RemoteProtocolError("block %d carries %d bytes, its block size is %d" % (num, ln, 16 << szx))
         if got + ln > self.max_body:
             raise LimitError("block-wise body exceeds max_body=%d bytes" % self.max_body)
         self.body.extend(payload)
