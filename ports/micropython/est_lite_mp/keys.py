@@ -3,7 +3,7 @@
 # MicroPython port and the CPython port both parse with it, so the two
 # accept and reject exactly the same key material with the same messages.
 #
-# Malformed or invalid input raises RemoteProtocolError ("P-256 key: ...");
+# Malformed or invalid input raises RemoteProtocolError ("P-256: ...");
 # a wrong argument type raises LocalProtocolError.
 
 from est_lite import der
@@ -15,16 +15,28 @@ _INT0 = b"\x02\x01\x00"
 
 
 def _err(msg):
-    return RemoteProtocolError("P-256 key: " + msg)
+    return RemoteProtocolError("P-256: " + msg)
 
 
 def buf(data, what):
     """memoryview over bytes-like input, or LocalProtocolError."""
     if isinstance(data, memoryview):
         return data
-    if not isinstance(data, (bytes, bytearray)):
-        raise LocalProtocolError("%s must be bytes, got %s" % (what, type(data).__name__))
-    return memoryview(data)
+    if isinstance(data, (bytes, bytearray)):
+        return memoryview(data)
+    raise LocalProtocolError("%s must be bytes, not %s" % (what, type(data).__name__))
+
+
+def _end(off, e):
+    if off != e:
+        raise _err("unexpected data at offset %d" % off)
+
+
+def _seq(b):
+    """Contents of the SEQUENCE that must fill all of b."""
+    s, e = der.read(b, 0, der.SEQUENCE)
+    _end(e, len(b))
+    return s, e
 
 
 def point_bytes(x, y):
@@ -34,40 +46,34 @@ def point_bytes(x, y):
 
 def decode_point(b):
     """(x, y) from an uncompressed (65-byte) or compressed (33-byte) SEC1
-    point, validated on the curve."""
+    point, validated on the curve (coordinates below p included)."""
     n = len(b)
-    if n == 65 and b[0] == 4:
-        x = int.from_bytes(bytes(b[1:33]), "big")
-        y = int.from_bytes(bytes(b[33:65]), "big")
-        if x >= p256.P or y >= p256.P:
-            raise _err("point coordinate not below the field prime p")
-        if not p256.on_curve(x, y):
-            raise _err("point is not on the P-256 curve")
-        return x, y
-    if n == 33 and b[0] in (2, 3):
-        x = int.from_bytes(bytes(b[1:33]), "big")
-        y = p256.decompress(x, b[0] & 1)
-        if y is None:
-            raise _err("compressed point: x is not on the P-256 curve")
-        return x, y
-    raise _err("expected a 65-byte uncompressed point (04||X||Y) or a 33-byte compressed one, got %d bytes" % n)
+    t = b[0] if n else 0
+    x = int.from_bytes(bytes(b[1:33]), "big")
+    if n == 65 and t == 4:
+        y = int.from_bytes(bytes(b[33:]), "big")
+        if p256.on_curve(x, y):
+            return x, y
+        raise _err("point is not on the curve")
+    if n == 33 and t in (2, 3):
+        y = p256.decompress(x, t & 1)
+        if y is not None:
+            return x, y
+        raise _err("compressed point is not on the curve")
+    raise _err("point must be 65 bytes 04||X||Y (or 33 compressed), got %d" % n)
 
 
-def _check_curve(b, s, e):
-    """b[s:e] must be exactly the OID of P-256."""
-    t, os_, oe = der.read_tlv(b, s, e)
-    if t != der.OID or oe != e:
-        raise _err("curve parameters must be a named-curve OID")
-    if bytes(b[os_:oe]) != der.OID_P256:
-        raise _err("curve %s is not P-256 (1.2.840.10045.3.1.7)" % der.oid_str(b[os_:oe]))
+def _oid(b, s, e, want, what):
+    """The element at s must be the OID `want`; returns its end."""
+    os_, oe = der.read(b, s, der.OID, e)
+    if bytes(b[os_:oe]) != want:
+        raise _err("%s %s is not %s" % (what, der.oid_str(b[os_:oe]), der.oid_str(want)))
+    return oe
 
 
 def _check_alg(b, s, e):
     """AlgorithmIdentifier contents: id-ecPublicKey with namedCurve P-256."""
-    os_, oe = der.read(b, s, der.OID, e)
-    if bytes(b[os_:oe]) != der.OID_EC_PUBLIC_KEY:
-        raise _err("algorithm %s is not id-ecPublicKey" % der.oid_str(b[os_:oe]))
-    _check_curve(b, oe, e)
+    _end(_oid(b, _oid(b, s, e, der.OID_EC_PUBLIC_KEY, "algorithm"), e, der.OID_P256, "curve"), e)
 
 
 def _bit_point(b, s, e):
@@ -83,14 +89,11 @@ def public_xy(data):
     SubjectPublicKeyInfo, validated on the curve."""
     b = buf(data, "public key")
     if len(b) and b[0] == der.SEQUENCE:
-        s, e = der.read(b, 0, der.SEQUENCE)
-        if e != len(b):
-            raise _err("%d bytes after the SubjectPublicKeyInfo" % (len(b) - e))
+        s, e = _seq(b)
         as_, ae = der.read(b, s, der.SEQUENCE, e)
         _check_alg(b, as_, ae)
         bs, be = der.read(b, ae, der.BIT_STRING, e)
-        if be != e:
-            raise _err("trailing data in SubjectPublicKeyInfo")
+        _end(be, e)
         return _bit_point(b, bs, be)
     return decode_point(b)
 
@@ -113,29 +116,17 @@ def decode_signature(sig):
     """(r, s) from a DER Ecdsa-Sig-Value; RemoteProtocolError if it is
     malformed or r, s are not in [1, n-1]."""
     b = buf(sig, "signature")
-    s0, e0 = der.read(b, 0, der.SEQUENCE)
-    if e0 != len(b):
-        raise RemoteProtocolError("ECDSA signature: trailing bytes")
-    rs, re = der.read(b, s0, der.INTEGER, e0)
-    ss, se = der.read(b, re, der.INTEGER, e0)
-    if se != e0:
-        raise RemoteProtocolError("ECDSA signature: more than two INTEGERs")
-    r = der.read_int(b, rs, re)
-    s = der.read_int(b, ss, se)
-    if not (0 < r < p256.N and 0 < s < p256.N):
-        raise RemoteProtocolError("ECDSA signature: r or s out of range [1, n-1]")
-    return r, s
+    s, e = _seq(b)
+    rs, re = der.read(b, s, der.INTEGER, e)
+    ss, se = der.read(b, re, der.INTEGER, e)
+    _end(se, e)
+    return check_rs(der.read_int(b, rs, re), der.read_int(b, ss, se))
 
 
-def raw_signature(sig):
-    """(r, s) from a raw 64-byte r || s (secure elements emit this)."""
-    if len(sig) != 64:
-        raise RemoteProtocolError("raw ECDSA signature must be 64 bytes, got %d" % len(sig))
-    r = int.from_bytes(bytes(sig[:32]), "big")
-    s = int.from_bytes(bytes(sig[32:]), "big")
-    if not (0 < r < p256.N and 0 < s < p256.N):
-        raise RemoteProtocolError("ECDSA signature: r or s out of range [1, n-1]")
-    return r, s
+def check_rs(r, s):
+    if 0 < r < p256.N and 0 < s < p256.N:
+        return r, s
+    raise _err("signature r or s out of range [1, n-1]")
 
 
 def _ec_private(b, s, e):
@@ -145,23 +136,21 @@ def _ec_private(b, s, e):
         raise _err("ECPrivateKey version must be 1")
     ks, ke = der.read(b, ve, der.OCTET_STRING, e)
     if not 0 < ke - ks <= 32:
-        raise _err("private key octet string of %d bytes (expected 32)" % (ke - ks))
+        raise _err("private key of %d bytes (expected 32)" % (ke - ks))
     d = int.from_bytes(bytes(b[ks:ke]), "big")
     pub = None
     off = ke
     if off < e and b[off] == 0xA0:
         cs, ce = der.read(b, off, 0xA0, e)
-        _check_curve(b, cs, ce)
+        _end(_oid(b, cs, ce, der.OID_P256, "curve"), ce)
         off = ce
     if off < e and b[off] == 0xA1:
         cs, ce = der.read(b, off, 0xA1, e)
         bs, be = der.read(b, cs, der.BIT_STRING, ce)
-        if be != ce:
-            raise _err("trailing data in ECPrivateKey publicKey")
+        _end(be, ce)
         pub = _bit_point(b, bs, be)
         off = ce
-    if off != e:
-        raise _err("unexpected element in ECPrivateKey at offset %d" % off)
+    _end(off, e)
     if not d:
         raise _err("private scalar is zero (must be in [1, n-1])")
     if d >= p256.N:
@@ -174,9 +163,7 @@ def parse_private(data):
     (d, list of embedded public points as (x, y)). The curve must be P-256
     and d in [1, n-1]; the caller checks the embedded points against d*G."""
     b = buf(data, "private key")
-    s, e = der.read(b, 0, der.SEQUENCE)
-    if e != len(b):
-        raise _err("%d bytes after the key" % (len(b) - e))
+    s, e = _seq(b)
     vs, ve = der.read(b, s, der.INTEGER, e)
     t, s2, e2 = der.read_tlv(b, ve, e)
     pubs = []
@@ -188,8 +175,7 @@ def parse_private(data):
         _check_alg(b, s2, e2)
         ks, ke = der.read(b, e2, der.OCTET_STRING, e)
         ins, ine = der.read(b, ks, der.SEQUENCE, ke)
-        if ine != ke:
-            raise _err("trailing data in PKCS#8 privateKey")
+        _end(ine, ke)
         d, pub = _ec_private(b, ins, ine)
         off = ke
         if off < e and b[off] == 0xA0:  # attributes: ignored
@@ -198,10 +184,9 @@ def parse_private(data):
             bs, be = der.read(b, off, 0x81, e)
             pubs.append(_bit_point(b, bs, be))
             off = be
-        if off != e:
-            raise _err("unexpected element in PKCS#8 at offset %d" % off)
+        _end(off, e)
     else:
-        raise _err("neither SEC1 ECPrivateKey nor PKCS#8 PrivateKeyInfo")
+        raise _err("key is neither SEC1 ECPrivateKey nor PKCS#8")
     if pub is not None:
         pubs.append(pub)
     return d, pubs

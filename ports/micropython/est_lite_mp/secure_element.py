@@ -17,21 +17,28 @@
 
 import hashlib
 
+from est_lite.errors import RemoteProtocolError
 from est_lite_mp import keys
 
 
 class ElementSigner:
     """Signer over a digest-signing element: sign_digest(32-byte SHA-256
-    digest) -> raw r||s (64 bytes) or DER Ecdsa-Sig-Value."""
+    digest) returns raw r||s (64 bytes, ATECC608 style) when raw is True,
+    or a DER Ecdsa-Sig-Value when raw is False."""
 
-    def __init__(self, public_key, sign_digest):
+    def __init__(self, public_key, sign_digest, raw=True):
         self.public_key = keys.point_bytes(*keys.public_xy(public_key))
         self._sign_digest = sign_digest
+        self._raw = raw
 
     def sign(self, message):
         sig = self._sign_digest(hashlib.sha256(message).digest())
-        if len(sig) == 64 and sig[0] != 0x30:
-            return keys.encode_signature(*keys.raw_signature(sig))
+        if self._raw:
+            if len(sig) != 64:
+                raise RemoteProtocolError("element returned %d bytes, expected raw r||s of 64" % len(sig))
+            r = int.from_bytes(bytes(sig[:32]), "big")
+            s = int.from_bytes(bytes(sig[32:]), "big")
+            return keys.encode_signature(*keys.check_rs(r, s))
         keys.decode_signature(sig)  # raises RemoteProtocolError if malformed
         return bytes(sig)
 
