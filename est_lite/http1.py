@@ -1,0 +1,602 @@
+# HTTP/1.1 for EST over HTTPS (RFC 7030 as corrected by RFC 8951), sans-IO.
+#
+# - build_request / build_est_request: request bytes (Host, Content-Length,
+#   base64 bodies in 64-column lines); basic_auth / digest_auth values
+# - ResponseParser: receive_data(bytes) / next_event() -> NEED_DATA | Response
+#   (Content-Length, chunked, read-to-EOF, 1xx skipped, reset() for keep-alive)
+# - decode_b64_body: RFC 8951 tolerant base64, decoded window by window
+# - parse_multipart / build_multipart / split_serverkeygen (RFC 7030 §4.4.2)
+# - parse_challenges / pick_digest (WWW-Authenticate, RFC 7235 / 7616)
+# The port owns the socket and feeds bytes in. See docs/http1.md.
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+from binascii import a2b_base64, b2a_base64, hexlify
+
+from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
+from est_lite.numbers import (
+    MT_PKCS7,
+    MT_PKCS7_SERVER_KEYGEN,
+    MT_PKCS8,
+    MT_PKCS10,
+    OP_FULLCMC,
+    OP_METHODS,
+    POST,
+    https_path,
+)
+
+NEED_DATA = "NEED_DATA"
+RETRY_AFTER_DEFAULT = const(60)  # seconds, for a Retry-After in HTTP-date form
+
+_TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_DIGITS = "0123456789"
+_B64WIN = const(1024)  # input bytes per base64 decoding window
+
+# parser states
+_HEAD = const(0)
+_LEN = const(1)  # Content-Length body, or body up to EOF (need = max_body + 1)
+_CDATA = const(2)
+_CEND = const(3)
+_CSIZE = const(4)
+_TRAIL = const(5)
+_DONE = const(6)
+_GONE = const(7)  # the Response was returned
+
+
+def _only(s, chars):
+    # non-empty and every character in chars (int()/isdigit() accept too much)
+    if not s:
+        return False
+    for c in s:
+        if c not in chars:
+            return False
+    return True
+
+
+def _text(b):
+    b = bytes(b)
+    try:
+        return str(b, "utf-8")
+    except UnicodeError:
+        return str(bytes(x if x < 128 else 63 for x in b), "ascii")
+
+
+def _limit(what, name, v):
+    return LimitError("%s exceeds %s=%d" % (what, name, v))
+
+
+def _check(what, s, bad):
+    for c in s:
+        if c < " " and c != "\t" or c == "\x7f" or c in bad:
+            raise LocalProtocolError("%s %r: forbidden character %r" % (what, s, c))
+
+
+# ---------------------------------------------------------------- requests
+
+
+def b64_encode_lines(der, width=64, eol=b"\r\n"):
+    """base64 of der in lines of width (a multiple of 4) characters, each
+    ending with eol, written into one bytearray."""
+    n = max(width // 4, 1) * 3
+    mv = memoryview(der)
+    k = len(mv)
+    out = bytearray((k + 2) // 3 * 4 + (k + n - 1) // n * len(eol))
+    j = 0
+    for i in range(0, k, n):
+        x = b2a_base64(mv[i : i + n], newline=False) + eol
+        out[j : j + len(x)] = x
+        j += len(x)
+    return out
+
+
+def build_request(
+    method,
+    path,
+    host,
+    content_type=None,
+    body=b"",
+    headers=(),
+    authorization=None,
+    accept=None,
+    user_agent="est-lite",
+    transfer_encoding="base64",
+    keep_alive=True,
+):
+    """Request bytes. Content-Length goes with every body and every method
+    but GET/HEAD; Content-Transfer-Encoding (None to omit) only with a body."""
+    if not _only(method, _TCHARS):
+        raise LocalProtocolError("bad HTTP method %r" % method)
+    if path[:1] != "/":
+        raise LocalProtocolError("path %r: no leading '/'" % path)
+    _check("path", path, " ")
+    _check("host", host or "/", " /")
+    h = [
+        ("Host", host),
+        ("User-Agent", user_agent),
+        ("Accept", accept),
+        ("Authorization", authorization),
+        ("Content-Type", content_type),
+        ("Content-Transfer-Encoding", body and content_type and transfer_encoding),
+        ("Content-Length", (body or method not in ("GET", "HEAD")) and str(len(body))),
+        ("Connection", "keep-alive" if keep_alive else "close"),
+    ]
+    h.extend(headers)
+    out = ["%s %s HTTP/1.1\r\n" % (method, path)]
+    for name, value in h:
+        if value:
+            if not _only(name, _TCHARS):
+                raise LocalProtocolError("bad header name %r" % name)
+            _check("header value", value, "")
+            out.append("%s: %s\r\n" % (name, value))
+    out.append("\r\n")
+    return "".join(out).encode() + body
+
+
+def build_est_request(op, host, der=b"", label=None, **kw):
+    """Request for EST operation op (numbers.OP_*): GET for cacerts and
+    csrattrs; otherwise POST of base64(der) as application/pkcs10
+    (application/pkcs7-mime for fullcmc). Other keywords: build_request."""
+    path = https_path(op, label)
+    if OP_METHODS[op] != POST:
+        return build_request("GET", path, host, **kw)
+    return build_request("POST", path, host, MT_PKCS7 if op == OP_FULLCMC else MT_PKCS10, b64_encode_lines(der), **kw)
+
+
+# ---------------------------------------------------------------- authentication
+
+
+def basic_auth(user, password):
+    """Authorization value for HTTP Basic (RFC 7617), UTF-8."""
+    if ":" in user:
+        raise LocalProtocolError("a Basic user-id may not contain ':'")
+    return "Basic " + str(b2a_base64(("%s:%s" % (user, password)).encode(), newline=False), "ascii")
+
+
+def _tok(s, i):
+    while i < len(s) and s[i] in _TCHARS:
+        i += 1
+    return i
+
+
+def _ws(s, i):
+    while i < len(s) and s[i] in " \t":
+        i += 1
+    return i
+
+
+def _value(s, i):
+    # token or quoted-string at s[i:] -> (value, end); lenient
+    if s[i : i + 1] != '"':
+        j = _tok(s, i)
+        return s[i:j], j
+    out = []
+    i += 1
+    while i < len(s) and s[i] != '"':
+        if s[i] == "\\":
+            i += 1
+        out.append(s[i : i + 1])
+        i += 1
+    return "".join(out), i + 1
+
+
+def parse_challenges(values):
+    """WWW-Authenticate value(s) (str or list) -> [(scheme, {param: value})],
+    scheme and param names lower-cased. Lenient (never raises): characters
+    that fit no challenge are skipped; a token68 is not kept."""
+    if isinstance(values, str):
+        values = [values]
+    out = []
+    for s in values:
+        cur = None
+        i = 0
+        while i < len(s):
+            j = _tok(s, i)
+            if j == i:
+                i += 1
+                continue
+            k = _ws(s, j)
+            if s[k : k + 1] == "=" and cur is not None:
+                cur[s[i:j].lower()], i = _value(s, _ws(s, k + 1))
+            else:
+                cur = {}
+                out.append((s[i:j].lower(), cur))
+                i = j
+    return out
+
+
+_ALGS = " SHA-256 SHA-256-SESS MD5 MD5-SESS "
+
+
+def pick_digest(challenges):
+    """Params of the Digest challenge we answer best (SHA-256 first), or None."""
+    best, rank = None, 99
+    for scheme, p in challenges:
+        r = _ALGS.find(" %s " % p.get("algorithm", "MD5").upper())
+        if scheme == "digest" and 0 <= r < rank:
+            best, rank = p, r
+    return best
+
+
+def _q(s):
+    return '"%s"' % s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def digest_auth(challenge, method, uri, user, password, cnonce, nc=1):
+    """Authorization value for HTTP Digest (RFC 7616) answering challenge (a
+    params dict from parse_challenges / pick_digest). cnonce: str, or random
+    bytes from the port (sent as hex); nc: the nonce count (int).
+    MD5, SHA-256 and their -sess variants; qop "auth", or none (RFC 2069)."""
+    import hashlib
+
+    g = challenge.get
+    nonce = g("nonce", "")
+    realm = g("realm", "")
+    alg = g("algorithm", "MD5")
+    a = alg.upper()
+    sess = a[-5:] == "-SESS"
+    fn = getattr(hashlib, {"MD5": "md5", "SHA-256": "sha256"}.get(a[:-5] if sess else a, "-"), None)
+    if fn is None:
+        raise LocalProtocolError("Digest algorithm %s unavailable (have MD5, SHA-256)" % alg)
+
+    def H(*x):
+        return str(hexlify(fn(":".join(x).encode()).digest()), "ascii")
+
+    if not isinstance(cnonce, str):
+        cnonce = str(hexlify(cnonce), "ascii")
+    ha1 = H(user, realm, password)
+    if sess:
+        ha1 = H(ha1, nonce, cnonce)
+    ha2 = H(method, uri)
+    v = "Digest username=%s, realm=%s, uri=%s, nonce=%s, response=" % (_q(user), _q(realm), _q(uri), _q(nonce))
+    if "auth" in g("qop", "").replace(" ", "").lower().split(","):
+        ncs = "%08x" % nc
+        v += '"%s", qop=auth, nc=%s, cnonce=%s' % (H(ha1, nonce, ncs, cnonce, "auth", ha2), ncs, _q(cnonce))
+    elif "qop" in challenge:
+        raise RemoteProtocolError("Digest qop %r: no 'auth'" % g("qop"))
+    else:
+        v += '"%s"' % H(ha1, nonce, ha2)
+    if "algorithm" in challenge:
+        v += ", algorithm=" + alg
+    if "opaque" in challenge:
+        v += ", opaque=" + _q(g("opaque"))
+    return v
+
+
+# ---------------------------------------------------------------- messages
+
+
+def parse_media_type(value):
+    """'Multipart/Mixed ; boundary="est"' -> ('multipart/mixed', {'boundary': 'est'}).
+    Lenient: malformed parameters are skipped; parameter values keep case."""
+    items = (value or "").split(";")
+    params = {}
+    for it in items[1:]:
+        k, eq, v = it.partition("=")
+        k = k.strip(" \t").lower()
+        v = v.strip(" \t")
+        if eq and k:
+            if len(v) > 1 and v[0] == '"' == v[-1]:
+                v = v[1:-1]
+            params[k] = v
+    return items[0].strip(" \t").lower(), params
+
+
+def _headers(lines):
+    out = []
+    for line in lines:
+        if line[:1] in (" ", "\t") and out:  # obs-fold: join with one space
+            out[-1] = (out[-1][0], out[-1][1] + " " + line.strip(" \t"))
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not _only(name, _TCHARS):
+            raise RemoteProtocolError("malformed header line %r" % line[:60])
+        out.append((name.lower(), value.strip(" \t")))
+    return out
+
+
+class Part:
+    """A multipart body part (and the base of Response): headers
+    [(lower-case name, value)], body, content_type (lower, no params), params."""
+
+    def __init__(self, headers, body):
+        self.headers = headers
+        self.body = body
+        self.content_type, self.params = parse_media_type(self.header("content-type"))
+
+    def header(self, name):
+        """First value of header name (any case), or None."""
+        name = name.lower()
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def _list(self, name):
+        # comma-separated elements of all name headers, lower-case, no spaces
+        return ",".join(v for k, v in self.headers if k == name).lower().replace(" ", "").split(",")
+
+
+class Response(Part):
+    """status (int), reason, version, headers, body (bytearray), keep_alive,
+    content_type, params, retry_after (delta-seconds as int;
+    RETRY_AFTER_DEFAULT for the HTTP-date form; None if absent)."""
+
+    def __init__(self, version, status, reason, headers):
+        super().__init__(headers, bytearray())
+        self.version = version
+        self.status = status
+        self.reason = reason
+        c = self._list("connection")
+        self.keep_alive = "keep-alive" in c if version == "HTTP/1.0" else "close" not in c
+        v = self.header("retry-after")
+        if v is not None:
+            v = (int(v) if len(v) < 10 else 999999999) if _only(v, _DIGITS) else RETRY_AFTER_DEFAULT
+        self.retry_after = v
+
+    def __repr__(self):
+        return "<Response %d %s>" % (self.status, self.content_type)
+
+
+class ResponseParser:
+    """Sans-IO HTTP/1.1 response parser for one connection.
+    receive_data(data) buffers bytes (b"" means EOF); next_event() returns
+    NEED_DATA or a Response; reset() starts the next response (keep-alive).
+    max_header bounds the head (and each chunk line, and the trailers),
+    max_body the body. method "HEAD": responses have no body."""
+
+    def __init__(self, max_header=4096, max_body=16384, method="GET"):
+        self.max_header = max_header
+        self.max_body = max_body
+        self.method = method
+        self._buf = bytearray()
+        self._eof = False
+        self.reset()
+
+    def reset(self, method=None):
+        """Get ready for the next response on the same connection; bytes
+        already received after the last response are kept."""
+        if method:
+            self.method = method
+        self._state = _HEAD
+        self._lines = []
+        self._n = 0
+        self._resp = None
+
+    def receive_data(self, data):
+        if data:
+            if self._eof:
+                raise LocalProtocolError("receive_data after EOF")
+            self._buf.extend(data)
+        else:
+            self._eof = True
+
+    def next_event(self):
+        buf = self._buf
+        if self._state == _GONE:
+            raise LocalProtocolError("call reset() for the next response")
+        while self._state < _DONE:
+            st = self._state
+            if st <= _CDATA and st != _HEAD:  # _LEN, _CDATA
+                body = self._resp.body
+                g = len(body) if st == _CDATA else self._got
+                k = min(self._need - g, len(buf))
+                body[g : g + k] = memoryview(buf)[:k]
+                buf[:k] = b""
+                g += k
+                self._got = g
+                if g > self.max_body:
+                    raise _limit("body", "max_body", self.max_body)
+                if g < self._need:
+                    break
+                self._state = _DONE if st == _LEN else _CEND
+                continue
+            line = self._line()
+            if line is None:
+                break
+            if st == _HEAD:
+                if line or self._lines:  # blank lines before the status line: skipped
+                    self._lines.append(line)
+                    if not line:
+                        self._head()
+            elif st == _CEND:
+                if line:
+                    raise RemoteProtocolError("chunk data not followed by CRLF")
+                self._state = _CSIZE
+                self._n = 0
+            elif st == _TRAIL:
+                if not line:
+                    self._state = _DONE
+            else:  # _CSIZE
+                h = line.split(";", 1)[0].strip(" \t")
+                if not _only(h, "0123456789abcdefABCDEF"):
+                    raise RemoteProtocolError("bad chunk size %r" % line[:40])
+                h = h.lstrip("0") or "0"
+                n = int(h, 16) if len(h) < 9 else self.max_body + 1
+                self._need = len(self._resp.body) + n
+                if self._need > self.max_body:
+                    raise _limit("chunked body", "max_body", self.max_body)
+                self._state = _CDATA if n else _TRAIL
+        else:
+            self._state = _GONE
+            return self._resp
+        if self._eof:
+            if self._state == _LEN and self._need > self.max_body:  # body delimited by EOF
+                self._state = _GONE
+                return self._resp
+            raise RemoteProtocolError(
+                "connection closed %s" % ("before a response" if self._state == _HEAD and not buf else "mid-response")
+            )
+        return NEED_DATA
+
+    def _line(self):
+        # next line (CRLF or bare LF) as str without its end, or None
+        buf = self._buf
+        j = buf.find(b"\n")
+        if j < 0 or j >= self.max_header:
+            if len(buf) > self.max_header:
+                raise _limit("line", "max_header", self.max_header)
+            return None
+        self._n += j + 1
+        if self._n > self.max_header:
+            raise _limit("header section", "max_header", self.max_header)
+        line = _text(buf[: j - (j > 0 and buf[j - 1] == 13)])
+        buf[: j + 1] = b""
+        return line
+
+    def _head(self):
+        lines = self._lines
+        self._lines = []
+        self._n = 0
+        v, c, reason = (lines[0] + "  ").split(" ", 2)
+        if v not in ("HTTP/1.1", "HTTP/1.0") or len(c) != 3 or not _only(c, _DIGITS) or not "100" <= c < "600":
+            raise RemoteProtocolError("bad HTTP status line %r" % lines[0][:60])
+        if c < "200":  # 1xx: informational, skipped
+            return
+        r = self._resp = Response(v, int(c), reason.strip(" "), _headers(lines[1:-1]))
+        te = [x for x in r._list("transfer-encoding") if x not in ("", "identity")]
+        cl = set(r._list("content-length"))
+        self._got = 0
+        if self.method == "HEAD" or c in ("204", "304"):
+            self._state = _DONE
+        elif te:
+            if te != ["chunked"]:
+                raise RemoteProtocolError("unsupported Transfer-Encoding %r" % ",".join(te))
+            self._state = _CSIZE
+        elif cl != {""}:
+            n = cl.pop()
+            if cl or not _only(n, _DIGITS):
+                raise RemoteProtocolError("bad Content-Length %r" % r.header("content-length"))
+            if len(n) > 12 or int(n) > self.max_body:
+                raise _limit("Content-Length " + n, "max_body", self.max_body)
+            self._need = int(n)
+            r.body = bytearray(self._need)
+            self._state = _LEN
+        else:
+            # no length: the connection cannot be reused. A 202 (with Retry-After,
+            # seen in the wild on kept-alive connections) has no body; anything
+            # else is read up to EOF.
+            r.keep_alive = False
+            self._need = self.max_body + 1
+            self._state = _DONE if c == "202" else _LEN
+
+
+# ---------------------------------------------------------------- bodies
+
+
+def decode_b64_body(body, max_out=16384):
+    """DER from a base64 body, tolerant as RFC 8951 asks: CR, LF, SP and TAB
+    anywhere, trailing NUL bytes; any other character -> RemoteProtocolError.
+    Decodes _B64WIN input bytes at a time (no cleaned copy of the whole body)."""
+    mv = memoryview(body)
+    end = len(mv)
+    while end and mv[end - 1] in (0, 9, 10, 13, 32):
+        end -= 1
+    out = []
+    total = 0
+    w = b""
+    for i in range(0, end, _B64WIN):
+        raw = bytes(mv[i : min(i + _B64WIN, end)])
+        ws = raw.split()
+        ws.insert(0, w)
+        w = b"".join(ws)
+        last = i + _B64WIN >= end
+        n = len(w) if last else len(w) // 4 * 4
+        d = w[:n]
+        w = w[n:]
+        s = d.rstrip(b"=") if last else d
+        p = n - len(s)
+        try:
+            x = a2b_base64(d)
+        except ValueError:
+            x = b""
+        if b"\x0b" in raw or b"\x0c" in raw or b"=" in s or p > 2 or n % 4 or len(x) != n // 4 * 3 - p:
+            raise RemoteProtocolError("invalid base64 body")
+        total += len(x)
+        if total > max_out:
+            raise _limit("decoded body", "max_out", max_out)
+        out.append(x)
+    return b"".join(out)
+
+
+def _delim(boundary):
+    b = boundary.encode() if isinstance(boundary, str) else boundary
+    if not 0 < len(b) <= 70 or b"\r" in b or b"\n" in b:
+        raise RemoteProtocolError("bad boundary %r" % b)
+    return b"--" + b
+
+
+def _mp(m):
+    return RemoteProtocolError("multipart body: " + m)
+
+
+def parse_multipart(body, boundary, max_parts=8):
+    """Parts of a multipart body (RFC 2046 §5.1): preamble and epilogue
+    ignored, CRLF or bare LF line ends, closing --boundary-- required.
+    Each Part's body is a memoryview into body."""
+    d = _delim(boundary)
+    if not hasattr(body, "find"):
+        body = bytes(body)
+    mv = memoryview(body)
+    j = 0 if body[: len(d)] == d else body.find(b"\n" + d) + 1
+    if body[j : j + len(d)] != d:
+        raise _mp("no boundary %r" % d)
+    parts = []
+    while True:
+        i = j + len(d)
+        if body[i : i + 2] == b"--":
+            return parts
+        j = body.find(b"\n" + d, i)
+        if j < 0:
+            raise _mp("no closing boundary")
+        j += 1
+        e = j - 1 - (body[j - 2] == 13)  # the CRLF before a delimiter is part of it
+        a = body.find(b"\n\r\n", i, e + 1)
+        b = body.find(b"\n\n", i, e + 1)
+        skip = 3
+        if b >= 0 and (a < 0 or b < a):
+            a, skip = b, 2
+        if a < 0:
+            raise _mp("no blank line after part headers")
+        lines = [x[:-1] if x[-1:] == "\r" else x for x in _text(body[i:a]).split("\n")]
+        if lines[0].strip(" \t"):
+            raise _mp("junk after boundary")
+        if len(parts) >= max_parts:
+            raise _limit("multipart", "max_parts", max_parts)
+        parts.append(Part(_headers(lines[1:]), mv[min(a + skip, e) : e]))
+
+
+def build_multipart(parts, boundary):
+    """multipart/mixed body of parts [(content_type, der)], each base64 in
+    64-column lines with Content-Transfer-Encoding: base64."""
+    d = _delim(boundary)
+    out = []
+    for ct, der in parts:
+        _check("content type", ct, "")
+        out.append(b"%s\r\nContent-Type: %s\r\nContent-Transfer-Encoding: base64\r\n\r\n" % (d, ct.encode()))
+        out.append(b64_encode_lines(der))
+    out.append(d + b"--\r\n")
+    return b"".join(out)
+
+
+def split_serverkeygen(body, boundary, max_out=8192):
+    """(key_der, key_type, certs_der) from a serverkeygen multipart body, in
+    any part order. key_type: MT_PKCS8 (plain PKCS#8) or MT_PKCS7_SERVER_KEYGEN
+    (CMS-protected key: the caller decides); certs_der: certs-only PKCS#7."""
+    key = kt = certs = None
+    for p in parse_multipart(body, boundary):
+        if p.content_type == MT_PKCS8:
+            key, kt = p, MT_PKCS8
+        elif p.content_type == MT_PKCS7:
+            if p.params.get("smime-type", "").lower() == "server-generated-key":
+                key, kt = p, MT_PKCS7_SERVER_KEYGEN
+            else:
+                certs = p
+    if key is None or certs is None:
+        raise RemoteProtocolError("serverkeygen: need key and certs-only parts")
+    return decode_b64_body(key.body, max_out), kt, decode_b64_body(certs.body, max_out)
