@@ -18,7 +18,7 @@
 import binascii
 
 from est_lite import der
-from est_lite.errors import LocalProtocolError
+from est_lite.errors import LocalProtocolError, RemoteProtocolError
 
 # subject keyword -> (OID, string kind, max length); kinds: u UTF8, p Printable, i IA5
 _NAMES = {
@@ -92,8 +92,8 @@ def _string(kind, value, what, maxlen):
 def _one_der(v, what):
     v = bytes(v)
     try:
-        ok = der.check(v) == 1
-    except Exception:  # noqa: BLE001 - any decode failure means "not DER" here
+        ok = der.read_tlv(v, 0, None, len(v))[2] == len(v)
+    except RemoteProtocolError:
         ok = False
     if not ok:
         raise _err("%s must be exactly one DER element" % what)

@@ -322,7 +322,11 @@ def _attr(ty, vals):
     if not vals:
         raise LocalProtocolError("attribute %s needs at least one value" % ty)
     for v in vals:
-        if der.check(v) != 1:
+        try:
+            ok = der.read_tlv(v, 0, None, len(v))[2] == len(v)
+        except RemoteProtocolError:
+            ok = False
+        if not ok:
             raise LocalProtocolError("attribute %s: each value must be one DER element" % ty)
     return der.seq(der.oid(ty), der.set_of(*vals))
 

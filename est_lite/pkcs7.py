@@ -77,7 +77,11 @@ def build_certs_only(certs, sort=True):
     if not certs:
         raise LocalProtocolError("build_certs_only needs at least one certificate")
     for c in certs:
-        if der.check(c, max_length=len(c)) != 1 or c[0] != der.SEQUENCE:
+        try:
+            ok = der.read(c, 0, der.SEQUENCE, None, len(c))[1] == len(c)
+        except RemoteProtocolError:
+            ok = False
+        if not ok:
             raise LocalProtocolError("each certificate must be one DER SEQUENCE")
     sd = der.seq(
         b"\x02\x01\x01",  # version 1
