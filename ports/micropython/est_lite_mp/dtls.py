@@ -1,0 +1,289 @@
+# est-lite MicroPython DTLS 1.2 client on the `tls` module (Mbed TLS).
+#
+#   c = DtlsClient("192.0.2.1", 5684, cadata=ca_der, cert=dev_der, key=key_der)
+#   c.send(coap_bytes)            # first send completes the handshake
+#   n = c.recv_into(buf, 5000)    # bytes received, or None on timeout
+#   c.close()
+#
+# Facts about this `tls` build that shape the code (measured, docs/dtls.md):
+# - certificates and keys are DER `bytes`; one CA per load_verify_locations().
+# - the UDP socket must be connect()ed and non-blocking: Mbed TLS retransmits
+#   only when it is called again, and a blocking socket hangs on one loss.
+# - there is no handshake-done signal: cipher() crashes before the handshake
+#   ends and read() answers "would block" both while handshaking and after.
+#   A write succeeds only once the handshake is over, so the first send()
+#   drives the handshake (with its own deadline) and then marks the session up.
+# - with CERT_REQUIRED, wrap_socket(server_hostname=...) makes Mbed TLS check
+#   the name against the certificate's DNS and IP subjectAltNames.
+# - verify_callback(cert_memoryview, depth) must return 0 or a NEGATIVE
+#   Mbed TLS error: a positive value leaks out of write() as a byte count.
+# - close() sends no close_notify; servers evict idle sessions.
+import select
+import socket
+import time
+
+try:
+    from micropython import const
+except ImportError:  # CPython (import checks only)
+
+    def const(x):
+        return x
+
+
+from est_lite.errors import LocalProtocolError, SecurityError, TransportError
+
+try:
+    _ticks = time.ticks_ms
+    _diff = time.ticks_diff
+except AttributeError:  # CPython
+
+    def _ticks():
+        return int(time.monotonic() * 1000)
+
+    def _diff(a, b):
+        return a - b
+
+
+_ERR_X509_CERT_VERIFY_FAILED = const(-0x2700)
+_ERR_SSL_TIMEOUT = const(-0x6800)
+_ERR_SSL_FATAL_ALERT = const(-0x7780)
+_ERR_SSL_PEER_CLOSE_NOTIFY = const(-0x7880)
+_POLLIN = const(1)
+_POLLOUT = const(4)
+
+# Offered in this order where the build has them (this build has no CCM).
+SUITES = ("TLS-ECDHE-ECDSA-WITH-AES-128-CCM-8", "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256")
+
+
+class DtlsClient:
+    """DTLS client over a connected, non-blocking UDP socket.
+
+    cadata           CA certificate DER bytes, or a list of them (trust anchors)
+    server_hostname  name or IP literal the server certificate must cover
+                     (default: host)
+    cert, key        device certificate and private key, DER bytes
+    pin              bootstrap mode instead of cadata: the SHA-256 of the
+                     server's leaf certificate DER (32 bytes), or a callable
+                     (der_memoryview, depth) -> bool
+    timeout_ms       handshake deadline
+    max_datagram     receive buffer size (one decrypted datagram)
+    """
+
+    def __init__(self, host, port, cadata=None, server_hostname=None, cert=None, key=None, pin=None,
+                 timeout_ms=30000, max_datagram=1280, poll_ms=50, suites=SUITES):
+        if cadata is None and pin is None:
+            raise LocalProtocolError("give cadata to verify the server, or a pin for bootstrap")
+        if (cert is None) != (key is None):
+            raise LocalProtocolError("cert and key go together")
+        self.host = host
+        self.port = port
+        self.server_hostname = server_hostname or host
+        self.timeout_ms = timeout_ms
+        self.poll_ms = poll_ms
+        self.established = False
+        self.cipher = None
+        self._cadata = cadata
+        self._cert = cert
+        self._key = key
+        self._pin = pin
+        self._pin_ok = False
+        self._suites = suites
+        self._max = max_datagram
+        self._buf = None
+        self._sock = None
+        self._ss = None
+        self._poll = None
+
+    # -- setup --
+
+    def _context(self):
+        import tls
+
+        ctx = tls.SSLContext(tls.PROTOCOL_DTLS_CLIENT)
+        if self._cert is not None:
+            ctx.load_cert_chain(_der(self._cert), _der(self._key))
+        if self._pin is not None:
+            # the chain is not required to verify; the pin decides at depth 0
+            ctx.verify_mode = tls.CERT_OPTIONAL
+            ctx.verify_callback = self._verify_pin
+        else:
+            cas = self._cadata
+            if not isinstance(cas, (list, tuple)):
+                cas = (cas,)
+            for ca in cas:
+                ctx.load_verify_locations(_der(ca))
+        if self._suites:
+            have = ctx.get_ciphers()
+            mine = [s for s in self._suites if s in have]
+            if mine:
+                ctx.set_ciphers(mine)
+        return ctx
+
+    def _verify_pin(self, cert, depth):
+        # Runs inside Mbed TLS: must not raise, must return 0 or a negative error.
+        try:
+            pin = self._pin
+            if callable(pin):
+                ok = bool(pin(cert, depth))
+            elif depth:
+                ok = True  # not trusted either way; the leaf below decides
+            else:
+                import hashlib
+
+                ok = hashlib.sha256(cert).digest() == pin
+        except Exception:  # noqa: BLE001 - an exception here would unwind through C
+            ok = False
+        if depth == 0:
+            self._pin_ok = ok
+        return 0 if ok else _ERR_X509_CERT_VERIFY_FAILED
+
+    def connect(self):
+        """Open the socket and prepare the session; no datagram is sent yet."""
+        if self._ss is not None:
+            return
+        try:
+            ai = socket.getaddrinfo(self.host, self.port)[0]
+            s = socket.socket(ai[0], socket.SOCK_DGRAM)
+        except OSError as e:
+            raise TransportError("cannot resolve or open a socket for %s: %s" % (self.host, e))
+        try:
+            s.connect(ai[-1])
+            s.setblocking(False)
+            ctx = self._context()
+            self._ss = ctx.wrap_socket(s, server_hostname=self.server_hostname, do_handshake_on_connect=False)
+        except OSError as e:
+            s.close()
+            raise TransportError("DTLS setup for %s failed: %s" % (self.host, e))
+        except ValueError as e:
+            s.close()
+            raise LocalProtocolError("DTLS setup for %s failed: %s" % (self.host, e))
+        self._sock = s
+        self._poll = select.poll()
+        self._poll.register(self._ss, _POLLIN)
+
+    # -- data --
+
+    def send(self, data, timeout_ms=None):
+        """Send one datagram; the first call also runs the handshake (cookie
+        exchange, retransmissions) within timeout_ms (default: timeout_ms of
+        the client)."""
+        if self._ss is None:
+            self.connect()
+        ss = self._ss
+        start = _ticks()
+        limit = self.timeout_ms if timeout_ms is None else timeout_ms
+        if not self.established:
+            self._poll.modify(ss, _POLLOUT)
+        try:
+            while True:
+                try:
+                    n = ss.send(data)
+                except OSError as e:
+                    self._fail(e)
+                except ValueError as e:  # certificate verification (Mbed TLS verify info)
+                    self._abort()
+                    if self._pin is not None:
+                        raise SecurityError("server certificate does not match the bootstrap pin")
+                    raise SecurityError("server certificate rejected: %s" % _oneline(e))
+                if n is not None:
+                    break
+                left = limit - _diff(_ticks(), start)
+                if left <= 0:
+                    self._abort()
+                    if self.established:
+                        raise TransportError("DTLS send to %s timed out" % self.host)
+                    raise TransportError("DTLS handshake with %s:%d timed out after %d ms"
+                                         % (self.host, self.port, limit))
+                for _ in self._poll.ipoll(min(left, self.poll_ms)):
+                    pass
+        finally:
+            if self._poll is not None and self._ss is not None and not self.established:
+                self._poll.modify(ss, _POLLIN)
+        if not self.established:
+            if self._pin is not None and not self._pin_ok:
+                self._abort()
+                raise SecurityError("server certificate was never checked against the pin")
+            self.established = True
+            self.cipher = ss.cipher()[0]
+        return n
+
+    def recv_into(self, buf, timeout_ms=None):
+        """Decrypt one datagram into buf; its length, or None after timeout_ms.
+        Raises TransportError when the server closed the session."""
+        if not self.established:
+            raise LocalProtocolError("send a datagram first (it runs the handshake)")
+        ss = self._ss
+        start = _ticks()
+        limit = self.timeout_ms if timeout_ms is None else timeout_ms
+        while True:
+            try:
+                n = ss.recv_into(buf)
+            except OSError as e:
+                self._fail(e)
+            if n is not None:
+                if n == 0:
+                    self._abort()
+                    raise TransportError("server %s closed the DTLS session" % self.host)
+                return n
+            left = limit - _diff(_ticks(), start)
+            if left <= 0:
+                return None
+            for _ in self._poll.ipoll(min(left, self.poll_ms)):
+                pass
+
+    def recv(self, timeout_ms=None):
+        """One decrypted datagram as bytes, or None after timeout_ms."""
+        if self._buf is None:
+            self._buf = bytearray(self._max)
+        n = self.recv_into(self._buf, timeout_ms)
+        if n is None:
+            return None
+        return bytes(self._buf[:n])
+
+    def close(self):
+        """Free the session and the socket (this `tls` sends no close_notify)."""
+        self._abort()
+
+    # -- errors --
+
+    def _abort(self):
+        ss = self._ss
+        self._ss = None
+        self._poll = None
+        self.established = False
+        if ss is not None:
+            try:
+                ss.close()  # closes the UDP socket too
+            except OSError:
+                pass
+        self._sock = None
+
+    def _fail(self, e):
+        code = e.args[0] if e.args else 0
+        up = self.established
+        self._abort()
+        if code == _ERR_SSL_PEER_CLOSE_NOTIFY:
+            raise TransportError("server %s closed the DTLS session" % self.host)
+        if code == _ERR_SSL_TIMEOUT:
+            raise TransportError("DTLS handshake with %s: retransmissions exhausted" % self.host)
+        if isinstance(code, int) and code > 0:
+            raise TransportError("DTLS with %s:%d: socket error %d" % (self.host, self.port, code))
+        if up:
+            raise TransportError("DTLS session with %s failed: %s" % (self.host, _oneline(e)))
+        if code == _ERR_SSL_FATAL_ALERT:
+            raise SecurityError("server %s refused the DTLS handshake (fatal alert): is the device "
+                                "certificate trusted by the server?" % self.host)
+        if self._pin is not None and not self._pin_ok:
+            raise SecurityError("server certificate does not match the bootstrap pin")
+        if code == _ERR_X509_CERT_VERIFY_FAILED:
+            raise SecurityError("server certificate rejected: %s" % _oneline(e))
+        raise SecurityError("DTLS handshake with %s failed: %s" % (self.host, _oneline(e)))
+
+
+def _der(x):
+    # this `tls` takes certificates and keys as bytes only (not bytearray)
+    return x if isinstance(x, bytes) else bytes(x)
+
+
+def _oneline(e):
+    return " ".join(str(a) for a in e.args).replace("\n", " ").strip()
