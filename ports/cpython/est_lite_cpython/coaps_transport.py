@@ -1,0 +1,218 @@
+"""aiocoap transport serving coaps:// over our DTLS 1.2 server (X.509 client
+certificates), modelled on aiocoap.transports.tinydtls_server (which is
+PSK-only).
+
+    ctx, port = await create_coaps_server_context(
+        site, bind=("127.0.0.1", 0),
+        cert=server_cert, key=server_key, trusted_cas=[device_ca],
+    )
+    ...
+    class Enroll(aiocoap.resource.Resource):
+        async def render_post(self, request):
+            peer = coaps_peer(request)     # DtlsPeer, or None if not coaps
+            peer.peer_certificate          # the client's leaf (cryptography)
+            peer.verified_chain            # leaf ... trust anchor
+            peer.tls_unique, peer.exporter # channel bindings
+    ...
+    await ctx.shutdown()
+
+Each DTLS session gets one `CoapsRemote`; its `authenticated_claims` is
+`(peer,)`, and `request.remote.peer` is the same DtlsPeer. A new session (new
+epoch, RFC 7252 §9.1.2) is a new remote, so message deduplication and
+block-wise state never cross sessions. The remote's `maximum_block_size_exp`
+follows the session's MTU so aiocoap's automatic Block2 responses fit one
+datagram.
+"""
+
+import asyncio
+import logging
+
+from aiocoap import error, interfaces
+from aiocoap.numbers import COAPS_PORT
+from aiocoap.transports.generic_udp import GenericMessageInterface
+from aiocoap.util import hostportjoin
+
+from .dtls_server import DtlsServer
+
+_COAP_OVERHEAD = 64  # header, token and options budget next to a block's payload
+
+
+def _block_exp_for(max_payload):
+    """Largest SZX (0..6) whose block plus a CoAP header fits max_payload."""
+    exp = 6
+    while exp > 0 and (16 << exp) + _COAP_OVERHEAD > max_payload:
+        exp -= 1
+    return exp
+
+
+class CoapsRemote(interfaces.EndpointAddress):
+    """The remote of one DTLS session (identity-hashed: one object per session)."""
+
+    is_multicast = False
+    is_multicast_locally = False
+    scheme = "coaps"
+    # a plain attribute shadowing the base class property: settable per instance
+    maximum_block_size_exp = 6
+
+    def __init__(self, interface, peer):
+        self._interface = interface
+        self.peer = peer
+        self.maximum_block_size_exp = _block_exp_for(peer.max_payload or 0)
+
+    def __repr__(self):
+        return "<CoapsRemote %s session #%d>" % (self.hostinfo, self.peer.id)
+
+    def send(self, data):
+        if self.peer.closed:
+            self._interface._log.info("Not sending %d bytes to %s: DTLS session closed", len(data), self.hostinfo)
+            return
+        self.peer.send(data)
+
+    @property
+    def hostinfo(self):
+        host, port = self.peer.address[:2]
+        return hostportjoin(host, None if port == COAPS_PORT else port)
+
+    @property
+    def uri_base(self):
+        return "coaps://" + self.hostinfo
+
+    @property
+    def hostinfo_local(self):
+        return self._interface.hostinfo_local
+
+    @property
+    def uri_base_local(self):
+        return "coaps://" + self.hostinfo_local
+
+    @property
+    def authenticated_claims(self):
+        return (self.peer,)
+
+    @property
+    def blockwise_key(self):
+        return (self.peer.address, self.peer.id)
+
+
+def coaps_peer(request_or_remote):
+    """The DtlsPeer behind an aiocoap request (or remote) that came in over
+    this transport, else None."""
+    remote = getattr(request_or_remote, "remote", request_or_remote)
+    if isinstance(remote, CoapsRemote):
+        return remote.peer
+    return None
+
+
+class _Pool:
+    """What GenericMessageInterface.shutdown() expects in self._pool."""
+
+    def __init__(self, server):
+        self._server = server
+
+    async def shutdown(self):
+        self._server.close()
+
+    async def connect(self, sockaddr):
+        raise error.NetworkError("this coaps transport only serves; it cannot start DTLS sessions")
+
+
+class CoapsServerInterface(GenericMessageInterface):
+    """aiocoap MessageInterface over a DtlsServer."""
+
+    def __init__(self, mman, log, loop):
+        super().__init__(mman, log, loop)
+        self._remotes = {}  # peer id -> CoapsRemote
+        self.server = None
+        self.hostinfo_local = None
+
+    @classmethod
+    async def create(cls, mman, log, loop, bind, cert, key, trusted_cas, **dtls_options):
+        self = cls(mman, log, loop)
+        on_closed = dtls_options.pop("on_closed", None)
+
+        def closed(peer, reason):
+            self._session_closed(peer, reason)
+            if on_closed is not None:
+                on_closed(peer, reason)
+
+        self.server = DtlsServer(cert, key, trusted_cas, self._datagram, on_closed=closed, **dtls_options)
+        host, port = await self.server.start(bind)
+        self.hostinfo_local = hostportjoin(host, None if port == COAPS_PORT else port)
+        self._pool = _Pool(self.server)
+        return self
+
+    @property
+    def local_address(self):
+        return self.server.local_address
+
+    def _remote(self, peer):
+        r = self._remotes.get(peer.id)
+        if r is None:
+            r = self._remotes[peer.id] = CoapsRemote(self, peer)
+        return r
+
+    def _datagram(self, peer, data):
+        if self._mman is None:
+            return
+        self._received_datagram(self._remote(peer), data)
+
+    def _session_closed(self, peer, reason):
+        r = self._remotes.pop(peer.id, None)
+        if r is not None and self._mman is not None:
+            self._received_exception(r, error.NetworkError("DTLS session closed: %s" % reason))
+
+    async def determine_remote(self, request):
+        # Server-initiated coaps requests would need a DTLS client role.
+        return None
+
+    async def recognize_remote(self, remote):
+        return isinstance(remote, CoapsRemote) and remote._interface is self
+
+    async def shutdown(self):
+        self._remotes.clear()
+        await super().shutdown()
+
+
+async def create_coaps_server_context(
+    site,
+    bind=("127.0.0.1", 0),
+    *,
+    cert,
+    key,
+    trusted_cas,
+    loggername="est-lite.coaps",
+    **dtls_options,
+):
+    """An aiocoap Context serving `site` over coaps:// on `bind`. Returns
+    (context, bound_port). `dtls_options` go to DtlsServer (chain, is_revoked,
+    mtu, max_sessions, idle_timeout, handshake_timeout, suites, ...); the
+    DtlsServer itself is `coaps_server(context)`."""
+    from aiocoap import Context
+
+    loop = asyncio.get_running_loop()
+    ctx = Context(loop=loop, serversite=site, loggername=loggername)
+    made = []
+
+    async def construct(mman):
+        t = await CoapsServerInterface.create(mman, ctx.log, loop, bind, cert, key, trusted_cas, **dtls_options)
+        made.append(t)
+        return t
+
+    append = getattr(ctx, "_append_tokenmanaged_messagemanaged_transport", None)
+    if append is None:  # pragma: no cover - aiocoap internals changed
+        raise RuntimeError("this aiocoap has no _append_tokenmanaged_messagemanaged_transport; est-lite needs 0.4.x")
+    await append(construct)
+    return ctx, made[0].local_address[1]
+
+
+def coaps_server(context):
+    """The DtlsServer of a context made by create_coaps_server_context (for
+    statistics and session inspection), or None."""
+    for ri in getattr(context, "request_interfaces", ()):
+        mman = getattr(ri, "token_interface", None)
+        mi = getattr(mman, "message_interface", None)
+        if isinstance(mi, CoapsServerInterface):
+            return mi.server
+    return None
+
+
