@@ -455,6 +455,7 @@ class EstHttpsServer:
                     break
                 except EstError as e:
                     self._send_error(conn, None, e, close=True)
+                    self._linger(tls, s)
                     break
                 conn.count += 1
                 close = self._dispatch(conn, req, base)
@@ -466,6 +467,32 @@ class EstHttpsServer:
                 pass
         except _Closed:
             pass
+
+    def _linger(self, tls, s, *, max_bytes=1 << 20, seconds=0.5):
+        """After an early error answer, read and drop what the client is still
+        sending for a moment, so closing does not reset the connection before
+        the client has read the answer."""
+        try:
+            tls.shutdown()
+        except (SSL.Error, OSError):
+            pass
+        tv = struct.pack("ll", 0, 100000)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        except OSError:
+            return
+        end = time.monotonic() + seconds
+        got = 0
+        while got < max_bytes and time.monotonic() < end:
+            try:
+                d = tls.recv(65536)
+            except SSL.WantReadError:
+                continue
+            except (SSL.Error, OSError):
+                return
+            if not d:
+                return
+            got += len(d)
 
     def _tls_info(self, tls, addr):
         version = tls.get_protocol_version_name()

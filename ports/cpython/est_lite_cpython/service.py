@@ -31,6 +31,7 @@ import hmac
 import threading
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
@@ -374,13 +375,17 @@ class EstService:
         if op == "simplereenroll" and not prof.reenroll:
             raise OperationNotAllowed("simplereenroll is disabled for this label")
         requester, cert_id = self.authenticate(op, prof, ctx)
-        csr = self._load_csr(prof, csr_der)
-        self._check_pop(prof, csr, ctx, cert_id)
-        subject = csr.subject
-        sans = self._check_subject(prof, csr)
-        if op == "simplereenroll":
-            self._check_renewal(csr, sans, cert_id.leaf)
-        pub = server_key.public_key() if server_key is not None else csr.public_key()
+        try:
+            csr = self._load_csr(prof, csr_der)
+            self._check_pop(prof, csr, ctx, cert_id)
+            subject = csr.subject
+            sans = self._check_subject(prof, csr)
+            if op == "simplereenroll":
+                self._check_renewal(csr, sans, cert_id.leaf)
+            pub = server_key.public_key() if server_key is not None else csr.public_key()
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as e:
+            # cryptography parses lazily: any malformed part of the CSR
+            raise RemoteProtocolError("CSR cannot be parsed: %s" % e) from None
         request_id = None
         if prof.manual_approval:
             done, request_id = self._approval(prof, op, csr, csr_der, requester)
@@ -396,17 +401,17 @@ class EstService:
         der = trim_der(der, max_len=prof.max_csr_bytes)
         try:
             csr = x509.load_der_x509_csr(der)
-        except ValueError as e:
+        except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as e:
             raise RemoteProtocolError("request body is not a valid PKCS#10 CSR: %s" % e) from None
         try:
             ok = csr.is_signature_valid
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise RemoteProtocolError("CSR signature cannot be checked: %s" % e) from None
         if not ok:
             raise RemoteProtocolError("CSR signature does not verify: the request was not signed by the key it carries")
         try:
             kt = key_type(csr.public_key())
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise RemoteProtocolError("CSR public key is not usable: %s" % e) from None
         if kt not in prof.key_types:
             raise RemoteProtocolError("key type %s is not allowed for this label (allowed: %s)" % (kt, ", ".join(prof.key_types)))
