@@ -37,6 +37,7 @@ RETRY_AFTER_DEFAULT = const(60)  # seconds, for a Retry-After in HTTP-date form
 _TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _DIGITS = "0123456789"
 _B64WIN = const(1024)  # input bytes per base64 decoding window
+_PREALLOC = const(4096)  # a Content-Length body is allocated up to this at once, then grows as bytes arrive
 
 # parser states
 _HEAD = const(0)
@@ -475,7 +476,7 @@ class ResponseParser:
             if len(n) > 12 or int(n) > self.max_body:
                 raise _limit("Content-Length " + n, "max_body", self.max_body)
             self._need = int(n)
-            r.body = bytearray(self._need)
+            r.body = bytearray(min(self._need, _PREALLOC))
             self._state = _LEN
         else:
             # no length: the connection cannot be reused. A 202 (with Retry-After,
