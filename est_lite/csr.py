@@ -58,12 +58,8 @@ _KU_BITS = (
 )
 
 _SAN = "2.5.29.17"
-_KU = "2.5.29.15"
-_EKU = "2.5.29.37"
 _CP = "1.2.840.113549.1.9.7"
 _EXT_REQ = "1.2.840.113549.1.9.14"
-_SPKI_ALG = der.seq(der.oid(der.OID_EC_PUBLIC_KEY), der.oid(der.OID_P256))
-_SIG_ALG = der.seq(der.oid(der.OID_ECDSA_SHA256))
 # what apply_csrattrs() accepts as a hash/signature requirement
 _OK_SIG = ("1.2.840.10045.4.3.2", "2.16.840.1.101.3.4.2.1")
 
@@ -73,20 +69,12 @@ def _err(msg):
 
 
 def _string(kind, value, what, maxlen):
-    if not isinstance(value, str):
-        raise _err("%s must be str (or DER bytes), not %s" % (what, type(value).__name__))
-    if not value:
-        raise _err("%s may not be empty" % what)
-    if len(value) > maxlen:
-        raise _err("%s longer than %d characters" % (what, maxlen))
+    if not isinstance(value, str) or not 0 < len(value) <= maxlen:
+        raise _err("%s must be a str of 1..%d characters" % (what, maxlen))
     for ch in value:
         if ord(ch) < 0x20 or ord(ch) == 0x7F:
             raise _err("%s contains a control character" % what)
-    if kind == "p":
-        return der.printable(value)
-    if kind == "i":
-        return der.ia5(value)
-    return der.utf8(value)
+    return (der.printable if kind == "p" else der.ia5 if kind == "i" else der.utf8)(value)
 
 
 def _one_der(v, what):
@@ -101,105 +89,77 @@ def _one_der(v, what):
 
 
 def _ascii(s, what):
-    if not isinstance(s, str) or not s:
-        raise _err("%s must be a non-empty str" % what)
-    for ch in s:
-        if not 0x20 < ord(ch) < 0x7F:
-            raise _err("%s %r: only printable ASCII without spaces" % (what, s))
-    return s
+    # non-empty printable ASCII without spaces -> bytes
+    if not isinstance(s, str) or not s or [c for c in s if not 0x20 < ord(c) < 0x7F]:
+        raise _err("%s %r: must be printable ASCII without spaces" % (what, s))
+    return s.encode()
 
 
 def _dns(name):
-    _ascii(name, "DNS name")
-    if len(name) > 253:
-        raise _err("DNS name longer than 253 characters")
-    labels = name.split(".")
-    for i, lab in enumerate(labels):
-        if i == 0 and lab == "*" and len(labels) > 1:
-            continue
-        if not 0 < len(lab) <= 63 or lab[0] == "-" or lab[-1] == "-":
-            raise _err("DNS name %r: bad label %r" % (name, lab))
-        for ch in lab:
-            if not (ch.isalpha() or ch.isdigit() or ch == "-"):
-                raise _err("DNS name %r: character %r not allowed" % (name, ch))
+    labels = name.split(".") if isinstance(name, str) else ()
+    if labels and labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    ok = labels and len(name) <= 253
+    for lab in labels:
+        if not 0 < len(lab) <= 63 or lab[0] == "-" or lab[-1] == "-" or [c for c in lab if not (c.isalpha() or c.isdigit() or c == "-") or ord(c) > 0x7F]:
+            ok = False
+    if not ok:
+        raise _err("bad DNS name %r" % (name,))
     return name.encode()
 
 
 def _ipv4(s):
-    parts = s.split(".")
-    if len(parts) != 4:
+    p = s.split(".")
+    if len(p) != 4 or [x for x in p if not 0 < len(x) < 4 or x.strip("0123456789") or (x[0] == "0" and len(x) > 1) or int(x) > 255]:
         return None
-    out = []
-    for p in parts:
-        if not p or len(p) > 3 or p.strip("0123456789") or (len(p) > 1 and p[0] == "0"):
-            return None
-        v = int(p)
-        if v > 255:
-            return None
-        out.append(v)
-    return bytes(out)
+    return bytes([int(x) for x in p])
 
 
 def parse_ip(text):
-    """IPv4 dotted quad or IPv6 text -> 4 or 16 bytes; LocalProtocolError if
-    malformed."""
+    """IPv4 dotted quad or IPv6 text -> 4 or 16 bytes (4/16 bytes pass
+    through); LocalProtocolError if malformed."""
     if isinstance(text, (bytes, bytearray)) and len(text) in (4, 16):
         return bytes(text)
-    if not isinstance(text, str):
-        raise _err("IP address must be text or 4/16 bytes")
-    if ":" not in text:
-        r = _ipv4(text)
-        if r is None:
-            raise _err("bad IPv4 address %r" % text)
-        return r
-    head = text
+    r = None
+    if isinstance(text, str):
+        if ":" not in text:
+            r = _ipv4(text)
+        else:
+            r = _ipv6(text)
+    if r is None:
+        raise _err("bad IP address %r" % (text,))
+    return r
+
+
+def _ipv6(text):
     tail = b""
     if "." in text:  # embedded IPv4 tail (::ffff:192.0.2.1)
         i = text.rfind(":")
         tail = _ipv4(text[i + 1 :])
         if tail is None:
-            raise _err("bad IPv6 address %r" % text)
-        head = text[: i + 1]
-        if not head.endswith("::"):
-            head = head[:-1]
-    want = 8 - len(tail) // 2
-    halves = head.split("::")
-    if len(halves) > 2:
-        raise _err("bad IPv6 address %r ('::' twice)" % text)
-    groups = []
+            return None
+        text = text[: i + 1]
+        if text[-2:] != "::":
+            text = text[:-1]
+    halves = text.split("::")
+    parts = []
     for h in halves:
         g = h.split(":") if h else []
-        for x in g:
-            if not 0 < len(x) <= 4 or x.strip("0123456789abcdefABCDEF"):
-                raise _err("bad IPv6 address %r" % text)
-        groups.append([int(x, 16) for x in g])
-    if len(halves) == 2:
-        fill = want - len(groups[0]) - len(groups[1])
-        if fill < 1:
-            raise _err("bad IPv6 address %r" % text)
-        words = groups[0] + [0] * fill + groups[1]
-    else:
-        words = groups[0]
+        if len(halves) > 2 or [x for x in g if not 0 < len(x) <= 4 or x.strip("0123456789abcdefABCDEF")]:
+            return None
+        parts.append([int(x, 16) for x in g])
+    want = 8 - len(tail) // 2
+    words = parts[0]
+    if len(parts) == 2:
+        fill = want - len(words) - len(parts[1])
+        words = words + [0] * fill + parts[1] if fill > 0 else ()
     if len(words) != want:
-        raise _err("bad IPv6 address %r" % text)
-    out = bytearray()
-    for w in words:
-        out.append(w >> 8)
-        out.append(w & 0xFF)
-    return bytes(out) + tail
-
-
-def _oid_text(o, what="OID"):
-    der.oid_bytes(o)  # validates, raises LocalProtocolError
-    return o
+        return None
+    return b"".join([w.to_bytes(2, "big") for w in words]) + tail
 
 
 def _ext_der(oid, critical, value):
-    parts = [der.oid(oid)]
-    if critical:
-        parts.append(der.boolean(True))
-    parts.append(der.octet_string(value))
-    return der.seq(*parts)
+    return der.seq(der.oid(oid), der.boolean(True) if critical else b"", der.octet_string(value))
 
 
 class CsrBuilder:
@@ -214,14 +174,8 @@ class CsrBuilder:
         self.ignored = ignored  # from apply_csrattrs: entries not understood
 
     def _replace(self, **kw):
-        d = {
-            "_subject": self._subject,
-            "_cp": self._cp,
-            "_exts": self._exts,
-            "_attrs": self._attrs,
-            "unmet": self.unmet,
-            "ignored": self.ignored,
-        }
+        d = {"_subject": self._subject, "_cp": self._cp, "_exts": self._exts, "_attrs": self._attrs,
+             "unmet": self.unmet, "ignored": self.ignored}
         d.update(kw)
         return CsrBuilder(**d)
 
@@ -229,10 +183,9 @@ class CsrBuilder:
         for e in self._exts:
             if e[0] == oid:
                 return e
-        return None
 
     def _add_ext(self, oid, critical, value, what):
-        if self._find_ext(oid) is not None:
+        if self._find_ext(oid):
             raise _err("%s may only be set once" % what)
         return self._replace(_exts=self._exts + ((oid, bool(critical), value),))
 
@@ -252,27 +205,25 @@ class CsrBuilder:
                 raise _err("unknown subject keyword %r (use %s)" % (k, ", ".join(_ORDER)))
         for k in _ORDER:
             v = names.get(k)
-            if v is None:
-                continue
-            for x in v if isinstance(v, (list, tuple)) else (v,):
+            for x in v if isinstance(v, (list, tuple)) else () if v is None else (v,):
                 items.append((k, x))
         if not items:
             raise _err("subject needs at least one attribute")
         out = []
         for k, v in items:
             spec = _NAMES.get(k)
-            oid = spec[0] if spec else _oid_text(k)
-            if spec is None:
-                for s in _NAMES.values():
-                    if s[0] == oid:
-                        spec = s
-            kind, maxlen = (spec[1], spec[2]) if spec else ("u", 255)
+            oid = spec[0] if spec else k
+            der.oid_bytes(oid)  # validates dotted text
+            for s in _NAMES.values():
+                if s[0] == oid:
+                    spec = s
+            kind, maxlen = spec[1:] if spec else ("u", 255)
             if isinstance(v, (bytes, bytearray, memoryview)):
-                val = _one_der(v, "subject value for %s" % oid)
+                val = _one_der(v, "subject value " + oid)
             else:
-                if maxlen == 2 and (not isinstance(v, str) or len(v) != 2 or not v.isalpha()):
+                if maxlen == 2 and not (isinstance(v, str) and len(v) == 2 and v.isalpha()):
                     raise _err("country must be 2 letters, got %r" % (v,))
-                val = _string(kind, v, "subject %s" % (k if spec else oid), maxlen)
+                val = _string(kind, v, "subject " + k, maxlen)
             out.append((oid, val))
         return self._replace(_subject=tuple(out))
 
@@ -280,13 +231,12 @@ class CsrBuilder:
         """subjectAltName from lists of DNS names, IP addresses (IPv4/IPv6
         text or 4/16 bytes), URIs and e-mail addresses. If the subject is
         left empty the extension is marked critical (RFC 5280 §4.2.1.6)."""
-        for x in (dns, ip, uri, email):
-            if isinstance(x, (str, bytes)):
-                raise _err("san() takes lists, e.g. dns=['a.example']")
-        names = [der.tlv(0x81, _ascii(e, "e-mail").encode()) for e in email]
+        if [x for x in (dns, ip, uri, email) if isinstance(x, (str, bytes))]:
+            raise _err("san() takes lists, e.g. dns=['a.example']")
+        names = [der.tlv(0x81, _ascii(e, "e-mail")) for e in email]
         names += [der.tlv(0x82, _dns(d)) for d in dns]
         for u in uri:
-            if ":" not in _ascii(u, "URI"):
+            if b":" not in _ascii(u, "URI"):
                 raise _err("URI %r has no scheme" % u)
             names.append(der.tlv(0x86, u.encode()))
         names += [der.tlv(0x87, parse_ip(a)) for a in ip]
@@ -304,36 +254,29 @@ class CsrBuilder:
                 raise _err("unknown key usage %r" % k)
             if bits[k]:
                 v |= 0x8000 >> _KU_BITS.index(k)
-        if not v:
-            raise _err("key_usage needs at least one usage")
-        if v & 0x0180 and not v & 0x0800:
-            raise _err("encipher_only/decipher_only need key_agreement")
+        if not v or (v & 0x0180 and not v & 0x0800):
+            raise _err("key_usage needs a usage (encipher_only/decipher_only need key_agreement)")
         n = 2 if v & 0xFF else 1
         unused = 0
         while not v & (1 << unused):
             unused += 1
-        data = bytes((v >> 8, v & 0xFF))[:n]
-        return self._add_ext(_KU, critical, der.bit_string(data, unused - 8 * (2 - n)), "key_usage")
+        data = v.to_bytes(2, "big")[:n]
+        return self._add_ext("2.5.29.15", critical, der.bit_string(data, unused - 8 * (2 - n)), "key_usage")
 
     def extended_key_usage(self, *usages, critical=False):
         """extKeyUsage from names (clientAuth, serverAuth, codeSigning,
         emailProtection, timeStamping, OCSPSigning, cmcCA, cmcRA, cmcArchive)
         or dotted OIDs."""
-        if not usages:
-            raise _err("extended_key_usage needs at least one usage")
-        oids = []
-        for u in usages:
-            o = EKU_NAMES.get(u) or _oid_text(u)
-            if o in oids:
-                raise _err("extended key usage %s given twice" % u)
-            oids.append(o)
-        return self._add_ext(_EKU, critical, der.seq(*[der.oid(o) for o in oids]), "extended_key_usage")
+        oids = [EKU_NAMES.get(u, u) for u in usages]
+        if not oids or len(set(oids)) != len(oids):
+            raise _err("extended_key_usage needs distinct usages")
+        return self._add_ext("2.5.29.37", critical, der.seq(*[der.oid(o) for o in oids]), "extended_key_usage")
 
     def extension(self, oid, value, critical=False):
         """Any other extension: oid (dotted) and its extnValue contents (one
         DER element, e.g. from a CSR attributes response)."""
-        _oid_text(oid)
-        return self._add_ext(oid, critical, _one_der(value, "extension %s value" % oid), "extension %s" % oid)
+        der.oid_bytes(oid)
+        return self._add_ext(oid, critical, _one_der(value, "extension value"), "extension " + oid)
 
     def challenge_password(self, value):
         """challengePassword attribute. RFC 7030 §3.5 PoP linking: pass the
@@ -342,31 +285,26 @@ class CsrBuilder:
         UTF8String)."""
         if self._cp is not None:
             raise _err("challenge_password may only be set once")
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            if not len(value):
-                raise _err("challenge_password bytes may not be empty")
+        if isinstance(value, (bytes, bytearray, memoryview)) and len(value):
             value = binascii.b2a_base64(bytes(value)).strip().decode()
         kind = "p"
-        if isinstance(value, str):
-            for ch in value:
-                if ord(ch) > 0x7F or not der.is_printable_char(ord(ch)):
-                    kind = "u"
+        if isinstance(value, str) and [c for c in value if ord(c) > 0x7F or not der.is_printable_char(ord(c))]:
+            kind = "u"
         return self._replace(_cp=_string(kind, value, "challenge password", 255))
 
     def attribute(self, oid, values):
         """Any other CSR attribute: oid (dotted) and its values (one DER
         element or a list of them)."""
-        _oid_text(oid)
+        der.oid_bytes(oid)
         if oid in (_CP, _EXT_REQ):
-            raise _err("use challenge_password()/extension setters for %s" % oid)
-        for a in self._attrs:
-            if a[0] == oid:
-                raise _err("attribute %s may only be set once" % oid)
+            raise _err("use challenge_password()/extension setters for " + oid)
+        if [a for a in self._attrs if a[0] == oid]:
+            raise _err("attribute %s may only be set once" % oid)
         if isinstance(values, (bytes, bytearray, memoryview)):
             values = [values]
-        vals = tuple(_one_der(v, "attribute %s value" % oid) for v in values)
+        vals = tuple(_one_der(v, "attribute value") for v in values)
         if not vals:
-            raise _err("attribute %s needs at least one value" % oid)
+            raise _err("attribute %s needs a value" % oid)
         return self._replace(_attrs=self._attrs + ((oid, vals),))
 
     # ------------------------------------------------------------ csrattrs
@@ -385,45 +323,35 @@ class CsrBuilder:
         b = self
         unmet = list(self.unmet)
         ignored = list(self.ignored)
+        t = attrs.template or {}
         if attrs.wants_challenge_password and b._cp is None:
             unmet.append("challengePassword (call challenge_password() with the channel binding)")
-        curve = attrs.key_curve
-        if curve is not None and curve != ca.P256:
-            unmet.append("key curve %s (only P-256 is supported)" % curve)
-        t = attrs.template
-        if t is not None and t["key_alg"] not in (None, ca.EC_PUBLIC_KEY):
-            unmet.append("key algorithm %s (only EC P-256 is supported)" % t["key_alg"])
-        sig = attrs.signature_alg
-        if sig is not None and sig not in _OK_SIG:
-            unmet.append("signature algorithm %s (only ecdsa-with-SHA256)" % sig)
+        for what, got, ok in (
+            ("key curve", attrs.key_curve, (None, ca.P256)),
+            ("key algorithm", t.get("key_alg"), (None, ca.EC_PUBLIC_KEY)),
+            ("signature algorithm", attrs.signature_alg, (None,) + _OK_SIG),
+        ):
+            if got not in ok:
+                unmet.append("%s %s (only P-256 / ecdsa-with-SHA256 supported)" % (what, got))
         for oid, crit, val in attrs.extensions:
             have = b._find_ext(oid)
-            if val is None:
-                if have is None:
-                    unmet.append("extension %s: value to be filled in by the client" % oid)
-            elif have is None:
+            if have is None and val is not None:
                 b = b._add_ext(oid, crit, val, oid)
-            elif have[2] != val:
-                unmet.append("extension %s: server value differs from the one set" % oid)
-        if t is not None and t["subject"]:
-            if b._subject is None and all(v is not None for _, v in t["subject"]):
-                b = b._replace(_subject=tuple(t["subject"]))
+            elif have is None or (val is not None and have[2] != val):
+                unmet.append("extension %s: %s" % (oid, "to be filled in by the client" if have is None else "server value differs"))
+        subj = t.get("subject")
+        if subj:
+            if b._subject is None and None not in [v for _, v in subj]:
+                b = b._replace(_subject=tuple(subj))
             else:
-                mine = [o for o, _ in (b._subject or ())]
-                for oid, val in t["subject"]:
-                    if oid not in mine:
-                        unmet.append("subject attribute %s%s" % (oid, "" if val is None else " (value given)"))
+                mine = [o for o, _ in b._subject or ()]
+                unmet += ["subject attribute " + o for o, _ in subj if o not in mine]
+        mine = [o for o, _ in b._subject or ()] + [e[0] for e in b._exts]
         known = (ca.CHALLENGE_PASSWORD,) + tuple(ca._HASHES) + ca._CURVES
-        mine = [o for o, _ in (b._subject or ())] + [e[0] for e in b._exts]
-        for oid in attrs.oids:
-            if oid not in known and oid not in mine:
-                ignored.append("OID %s" % oid)
+        ignored += ["OID " + o for o in attrs.oids if o not in known and o not in mine]
         skip = (ca.CHALLENGE_PASSWORD, ca.EXTENSION_REQUEST, ca.EXTENSION_REQ_TEMPLATE, ca.CSR_TEMPLATE, ca.EC_PUBLIC_KEY)
-        for oid, _ in attrs.attributes:
-            if oid not in skip:
-                ignored.append("attribute %s" % oid)
-        for u in attrs.unparsed:
-            ignored.append("malformed %s" % u)
+        ignored += ["attribute " + o for o, _ in attrs.attributes if o not in skip]
+        ignored += ["malformed " + u for u in attrs.unparsed]
         if strict and unmet:
             raise _err("cannot satisfy CSR attributes: " + "; ".join(unmet))
         return b._replace(unmet=tuple(unmet), ignored=tuple(ignored))
@@ -436,26 +364,16 @@ class CsrBuilder:
         pk = bytes(public_key)
         if len(pk) != 65 or pk[0] != 4:
             raise _err("public key must be a 65-byte uncompressed P-256 point 0x04||X||Y (only P-256 is supported)")
-        rdns = [der.tlv(der.SET, der.seq(der.oid(o), v)) for o, v in (self._subject or ())]
-        exts = []
-        for oid, crit, val in self._exts:
-            if oid == _SAN and not rdns:
-                crit = True
-            exts.append(_ext_der(oid, crit, val))
-        attrs = []
+        rdns = [der.tlv(der.SET, der.seq(der.oid(o), v)) for o, v in self._subject or ()]
+        exts = [_ext_der(o, c or (o == _SAN and not rdns), v) for o, c, v in self._exts]
+        attrs = [der.seq(der.oid(o), der.set_of(*v)) for o, v in self._attrs]
         if self._cp is not None:
             attrs.append(der.seq(der.oid(_CP), der.tlv(der.SET, self._cp)))
         if exts:
             attrs.append(der.seq(der.oid(_EXT_REQ), der.tlv(der.SET, der.seq(*exts))))
-        for oid, vals in self._attrs:
-            attrs.append(der.seq(der.oid(oid), der.set_of(*vals)))
         attrs.sort()
-        return der.seq(
-            b"\x02\x01\x00",
-            der.seq(*rdns),
-            der.seq(_SPKI_ALG, der.bit_string(pk)),
-            der.tlv(0xA0, *attrs),
-        )
+        spki = der.seq(der.seq(der.oid(der.OID_EC_PUBLIC_KEY), der.oid(der.OID_P256)), der.bit_string(pk))
+        return der.seq(b"\x02\x01\x00", der.seq(*rdns), spki, der.tlv(0xA0, *attrs))
 
     @staticmethod
     def assemble(info, signature):
@@ -464,21 +382,18 @@ class CsrBuilder:
         sig = bytes(signature)
         try:
             s, e = der.read(sig, 0, der.SEQUENCE)
-            _, a, b = der.read_tlv(sig, s, e)
-            der.read_int(sig, a, b)
-            _, a, c = der.read_tlv(sig, b, e)
-            der.read_int(sig, a, c)
-            ok = e == len(sig) and c == e
-        except Exception:  # noqa: BLE001 - the signer is a caller object
+            for _ in (1, 2):
+                a, s = der.read(sig, s, der.INTEGER, e)
+                der.read_int(sig, a, s)
+            ok = e == len(sig) == s
+        except RemoteProtocolError:
             ok = False
         if not ok:
             raise _err("signer must return a DER ECDSA signature SEQUENCE { r INTEGER, s INTEGER }")
-        return der.seq(info, _SIG_ALG, der.bit_string(sig))
+        return der.seq(info, der.seq(der.oid(der.OID_ECDSA_SHA256)), der.bit_string(sig))
 
     def sign(self, signer):
         """Build, sign with signer (see module comment) and return DER."""
         pk = signer.public_key
-        if callable(pk):
-            pk = pk()
-        info = self.request_info(pk)
+        info = self.request_info(pk() if callable(pk) else pk)
         return self.assemble(info, signer.sign(info))

@@ -48,17 +48,8 @@ OID_EC_PUBLIC_KEY = b"\x2a\x86\x48\xce\x3d\x02\x01"  # 1.2.840.10045.2.1
 OID_P256 = b"\x2a\x86\x48\xce\x3d\x03\x01\x07"  # 1.2.840.10045.3.1.7 secp256r1
 OID_P384 = b"\x2b\x81\x04\x00\x22"  # 1.3.132.0.34 secp384r1
 OID_ECDSA_SHA256 = b"\x2a\x86\x48\xce\x3d\x04\x03\x02"  # 1.2.840.10045.4.3.2
-OID_ECDSA_SHA384 = b"\x2a\x86\x48\xce\x3d\x04\x03\x03"  # 1.2.840.10045.4.3.3
-OID_SHA256 = b"\x60\x86\x48\x01\x65\x03\x04\x02\x01"  # 2.16.840.1.101.3.4.2.1
 OID_DATA = b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"  # 1.2.840.113549.1.7.1
 OID_SIGNED_DATA = b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02"  # 1.2.840.113549.1.7.2
-OID_EMAIL = b"\x2a\x86\x48\x86\xf7\x0d\x01\x09\x01"  # 1.2.840.113549.1.9.1
-OID_CHALLENGE_PASSWORD = b"\x2a\x86\x48\x86\xf7\x0d\x01\x09\x07"  # 1.2.840.113549.1.9.7
-OID_EXTENSION_REQUEST = b"\x2a\x86\x48\x86\xf7\x0d\x01\x09\x0e"  # 1.2.840.113549.1.9.14
-OID_SAN = b"\x55\x1d\x11"  # 2.5.29.17
-OID_KEY_USAGE = b"\x55\x1d\x0f"  # 2.5.29.15
-OID_EXT_KEY_USAGE = b"\x55\x1d\x25"  # 2.5.29.37
-OID_BASIC_CONSTRAINTS = b"\x55\x1d\x13"  # 2.5.29.19
 
 
 def _err(msg, off):
@@ -75,32 +66,32 @@ def read_tlv(buf, off=0, end=None, max_length=MAX_LENGTH):
     if end is None:
         end = len(buf)
     if off + 2 > end:
-        raise _err("truncated element (need tag and length)", off)
+        raise _err("truncated", off)
     tag = buf[off]
     if tag & 0x1F == 0x1F:
-        raise _err("high-tag-number form not supported (tag byte 0x%02x)" % tag, off)
+        raise _err("high tag number form", off)
     n = buf[off + 1]
     p = off + 2
     if n & 0x80:
         k = n & 0x7F
         if k == 0:
-            raise _err("indefinite length (BER) is not DER", off)
+            raise _err("indefinite length (BER)", off)
         if k > 4:
-            raise LimitError("DER: %d-byte length field at offset %d" % (k, off))
+            raise LimitError("DER: %d-byte length field" % k)
         if p + k > end:
-            raise _err("truncated length", off)
+            raise _err("truncated", off)
         if buf[p] == 0:
-            raise _err("non-minimal length (leading zero)", off)
+            raise _err("non-minimal length", off)
         n = 0
         for i in range(k):
             n = (n << 8) | buf[p + i]
         p += k
         if n < 0x80:
-            raise _err("non-minimal length (long form for %d)" % n, off)
+            raise _err("non-minimal length", off)
     if n > max_length:
-        raise LimitError("DER: element of %d bytes at offset %d exceeds max_length=%d" % (n, off, max_length))
+        raise LimitError("DER: %d-byte element > max_length=%d" % (n, max_length))
     if p + n > end:
-        raise _err("length %d runs past the end of its container" % n, off)
+        raise _err("length past end of container", off)
     return tag, p, p + n
 
 
@@ -141,7 +132,7 @@ def check(buf, start=0, end=None, max_depth=MAX_DEPTH, max_length=MAX_LENGTH):
             count += 1
         if t & CONSTRUCTED and s < e:
             if len(stack) > max_depth:
-                raise LimitError("DER: nesting deeper than max_depth=%d at offset %d" % (max_depth, off))
+                raise LimitError("DER: nesting > max_depth=%d" % max_depth)
             stack.append(e)
             off = s
         else:
@@ -155,7 +146,7 @@ def read_int(buf, start, end, max_bytes=MAX_INT_BYTES):
     if n <= 0:
         raise _err("empty INTEGER", start)
     if n > max_bytes:
-        raise LimitError("DER: INTEGER of %d bytes exceeds max_bytes=%d" % (n, max_bytes))
+        raise LimitError("DER: %d-byte INTEGER > max_bytes=%d" % (n, max_bytes))
     b0 = buf[start]
     if n > 1:
         b1 = buf[start + 1] & 0x80
@@ -175,7 +166,7 @@ def read_bit_string(buf, start, end):
         raise _err("empty BIT STRING", start)
     u = buf[start]
     if u > 7 or (u and end == start + 1):
-        raise _err("bad BIT STRING unused-bits byte %d" % u, start)
+        raise _err("bad BIT STRING", start)
     return u, start + 1, end
 
 
@@ -183,17 +174,17 @@ def oid_str(content):
     """OID contents (bytes/memoryview) -> dotted text '1.2.840.10045.2.1'."""
     n = len(content)
     if n == 0:
-        raise RemoteProtocolError("DER: empty OBJECT IDENTIFIER")
+        raise RemoteProtocolError("DER: bad OID")
     if n > 64:
-        raise LimitError("DER: OBJECT IDENTIFIER of %d bytes" % n)
+        raise LimitError("DER: %d-byte OID" % n)
     if content[n - 1] & 0x80:
-        raise RemoteProtocolError("DER: truncated OBJECT IDENTIFIER")
+        raise RemoteProtocolError("DER: bad OID")
     out = []
     v = 0
     fresh = True
     for b in content:
         if fresh and b == 0x80:
-            raise RemoteProtocolError("DER: non-minimal OBJECT IDENTIFIER arc")
+            raise RemoteProtocolError("DER: bad OID")
         v = (v << 7) | (b & 0x7F)
         fresh = not b & 0x80
         if fresh:
@@ -206,41 +197,27 @@ def oid_str(content):
     return ".".join(out)
 
 
-_oid_cache = {}
-
-
 def oid_bytes(text):
-    """Dotted OID text -> DER contents (bytes). Results are cached. Raises
-    LocalProtocolError for malformed text."""
-    r = _oid_cache.get(text)
-    if r is not None:
-        return r
-    arcs = None
-    if isinstance(text, str) and len(text) < 100:
-        arcs = text.split(".")
-        for a in arcs:
-            if not a or a.strip("0123456789"):
-                arcs = None
-                break
-    if not arcs or len(arcs) < 2:
+    """Dotted OID text -> DER contents (bytes). LocalProtocolError for
+    malformed text."""
+    try:
+        arcs = [int(a) for a in text.split(".") if not a.strip("0123456789")]
+        ok = len(arcs) == text.count(".") + 1 > 1 and arcs[0] < 3 and (arcs[0] == 2 or arcs[1] < 40)
+    except (AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
         raise LocalProtocolError("not a dotted OID: %r" % (text,))
-    arcs = [int(a) for a in arcs]
-    if arcs[0] > 2 or (arcs[0] < 2 and arcs[1] > 39):
-        raise LocalProtocolError("OID %r: first arcs out of range" % text)
-    arcs[1] += 40 * arcs[0]
-    out = bytearray()
-    for v in arcs[1:]:
-        tmp = [v & 0x7F]
+    a0 = arcs.pop(0)
+    arcs[0] += 40 * a0
+    out = []
+    for v in arcs:
+        k = len(out)
+        out.append(v & 0x7F)
         v >>= 7
         while v:
-            tmp.append(0x80 | (v & 0x7F))
+            out.insert(k, 0x80 | (v & 0x7F))
             v >>= 7
-        tmp.reverse()
-        out.extend(bytes(tmp))
-    r = bytes(out)
-    if len(_oid_cache) < 32:
-        _oid_cache[text] = r
-    return r
+    return bytes(out)
 
 
 # ---------------------------------------------------------------- writer
@@ -250,13 +227,10 @@ def header(tag, n):
     """Tag and length bytes for n bytes of content."""
     if n < 0x80:
         return bytes((tag, n))
-    if n < 0x100:
-        return bytes((tag, 0x81, n))
-    if n < 0x10000:
-        return bytes((tag, 0x82, n >> 8, n & 0xFF))
-    if n < 0x1000000:
-        return bytes((tag, 0x83, n >> 16, (n >> 8) & 0xFF, n & 0xFF))
-    raise LocalProtocolError("DER: %d bytes is too long to encode" % n)
+    if n >> 24:
+        raise LocalProtocolError("DER: too long")
+    k = 1 if n < 0x100 else (2 if n < 0x10000 else 3)
+    return bytes((tag, 0x80 | k)) + n.to_bytes(k, "big")
 
 
 def tlv(tag, *parts):
@@ -292,19 +266,6 @@ def integer(n):
     return header(INTEGER, k) + n.to_bytes(k, "big")
 
 
-def uint_bytes(data):
-    """INTEGER from a big-endian unsigned magnitude (e.g. an ECDSA r or s):
-    strips leading zeros and adds a sign byte when needed."""
-    data = bytes(data)
-    i = 0
-    while i < len(data) - 1 and data[i] == 0:
-        i += 1
-    data = data[i:] or b"\x00"
-    if data[0] & 0x80:
-        return tlv(INTEGER, b"\x00", data)
-    return tlv(INTEGER, data)
-
-
 def oid(o):
     """OBJECT IDENTIFIER from dotted text or from ready contents (bytes)."""
     if isinstance(o, str):
@@ -314,7 +275,7 @@ def oid(o):
 
 def bit_string(data, unused=0):
     if not 0 <= unused <= 7 or (unused and not data):
-        raise LocalProtocolError("BIT STRING unused bits must be 0..7 and need data")
+        raise LocalProtocolError("bad BIT STRING unused bits")
     return tlv(BIT_STRING, bytes((unused,)), data)
 
 
@@ -322,28 +283,21 @@ def octet_string(data):
     return tlv(OCTET_STRING, data)
 
 
-def _text(tag, s, check):
-    if isinstance(s, str):
-        b = s.encode()
-    else:
-        b = bytes(s)
-    if check is not None:
-        for c in b:
-            if not check(c):
-                raise LocalProtocolError("character 0x%02x not allowed in %r" % (c, s))
+def _text(tag, s, ok=None):
+    b = s.encode() if isinstance(s, str) else bytes(s)
+    for c in b:
+        if ok and not ok(c):
+            raise LocalProtocolError("character %r not allowed in %r" % (chr(c), s))
     return tlv(tag, b)
-
-
-_PRINTABLE_EXTRA = b" '()+,-./:=?"
 
 
 def is_printable_char(c):
     """PrintableString alphabet (X.680 §41.4) for a byte value."""
-    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c in _PRINTABLE_EXTRA
+    return 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c in b" '()+,-./:=?"
 
 
 def utf8(s):
-    return _text(UTF8_STRING, s, None)
+    return _text(UTF8_STRING, s)
 
 
 def printable(s):

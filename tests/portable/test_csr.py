@@ -318,7 +318,7 @@ def test_apply_csrattrs():
     ]
     a = csrattrs.decode(csrattrs.encode(items))
     b = CsrBuilder().challenge_password("pw").apply_csrattrs(a)
-    assert b.unmet == ("extension 2.5.29.37: value to be filled in by the client",)
+    assert b.unmet == ("extension 2.5.29.37: to be filled in by the client",)
     assert b.ignored == ("OID 1.3.6.1.1.1.1.22",)
     b2 = CsrBuilder().challenge_password("pw").extended_key_usage("clientAuth").apply_csrattrs(a, strict=True)
     assert b2.unmet == ()

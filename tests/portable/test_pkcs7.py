@@ -110,7 +110,7 @@ def test_tolerated_variants():
     other = der.tlv(0xA1, b"\x30\x00")  # v1AttrCert-like choice: skipped
     parts = [
         der.integer(3),
-        der.set_of(der.seq(der.oid(der.OID_SHA256))),
+        der.set_of(der.seq(der.oid("2.16.840.1.101.3.4.2.1"))),
         der.seq(der.oid(der.OID_DATA), der.explicit(0, der.octet_string(b""))),
         der.tlv(0xA0, other, c),
         der.tlv(0xA1, der.seq()),
