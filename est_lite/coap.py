@@ -7,9 +7,9 @@
 # (`v == b"x"`) and bytes(v) copies them; if the input is a receive buffer you
 # will reuse, copy what you keep first.
 #
-# Options are a list of (number, value) pairs. Values are bytes-like; on
-# encode an int is taken as a uint option value and a str as UTF-8. Encoding
-# writes them sorted by number, keeping the given order of repeated options.
+# Options are a list of (number, value) pairs with bytes-like values (build
+# uint values with uint_encode, text with str.encode). Encoding writes them
+# sorted by number, keeping the given order of repeated options.
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -65,26 +65,22 @@ class Message:
         self.payload = payload
 
     def _ordered(self):
-        # The options in wire order with bytes-like values: self.options
-        # itself when it already is (no allocation in the common case).
+        # The options sorted by number, stable for repeats (MicroPython's
+        # sort is not stable): self.options itself when already in order.
         opts = self.options
         last = 0
         for o in opts:
-            if o[0] < last or not isinstance(o[1], _BYTES):
+            if o[0] < last:
                 break
             last = o[0]
         else:
             return opts
         out = []
-        for num, v in opts:
-            if isinstance(v, str):
-                v = v.encode()
-            elif not isinstance(v, _BYTES):
-                v = uint_encode(v)
+        for o in opts:  # insertion sort
             i = len(out)
-            while i and out[i - 1][0] > num:  # stable insertion sort
+            while i and out[i - 1][0] > o[0]:
                 i -= 1
-            out.insert(i, (num, v))
+            out.insert(i, o)
         return out
 
     def _size(self, opts):
@@ -97,10 +93,10 @@ class Message:
         n += 4
         last = 0
         for num, v in opts:
+            if not isinstance(v, _BYTES) or num - last < 0 or num > 65535 or len(v) > 65804:
+                raise LocalProtocolError("option %r: value must be bytes (at most 65804), number 0..65535" % (num,))
             ln = len(v)
             d = num - last
-            if d < 0 or num > 65535 or ln > 65804:
-                raise LocalProtocolError("option %d with %d bytes cannot be encoded" % (num, ln))
             n += 1 + (d > 12) + (d > 268) + (ln > 12) + (ln > 268) + ln
             last = num
         if self.payload:
@@ -145,29 +141,14 @@ class Message:
         self.encode_into(buf)
         return bytes(buf)
 
-    def __eq__(self, o):
-        return isinstance(o, Message) and (self.type, self.code, self.mid, self.token, self.payload, self._ordered()) == (
-            o.type,
-            o.code,
-            o.mid,
-            o.token,
-            o.payload,
-            o._ordered(),
-        )
+    def _key(self):
+        return self.type, self.code, self.mid, self.token, self.payload, self._ordered()
 
-    def __ne__(self, o):  # MicroPython does not derive != from ==
-        return not self == o
+    def __eq__(self, o):  # MicroPython derives != from this
+        return isinstance(o, Message) and self._key() == o._key()
 
     def __repr__(self):
-        return "<CoAP type=%d code=%d.%02d mid=%d token=%s options=%r payload=%d bytes>" % (
-            self.type,
-            self.code >> 5,
-            self.code & 31,
-            self.mid,
-            bytes(self.token).hex(),
-            [(n, bytes(v) if isinstance(v, memoryview) else v) for n, v in self.options],
-            len(self.payload),
-        )
+        return "<CoAP %r options=%r payload=%d bytes>" % (self._key()[:4], [(n, bytes(v) if isinstance(v, memoryview) else v) for n, v in self.options], len(self.payload))
 
 
 def decode(data, max_options=32, max_message=1152):
@@ -280,7 +261,8 @@ def request(
 ):
     """A validated request Message. path_segments are str (UTF-8) or bytes,
     one Uri-Path option each; block1/block2 are (num, m, szx); the
-    extra_options (number, value) pairs are merged in number order."""
+    extra_options (number, value) pairs, value bytes, str (UTF-8) or int
+    (uint), are merged in number order."""
     o = []
     for s in path_segments:
         if isinstance(s, str):
@@ -298,7 +280,9 @@ def request(
     ):
         if v is not None:
             o.append((num, block_encode(*v) if num in (_BLOCK1, _BLOCK2) else uint_encode(v)))
-    msg = Message(type, code, mid, token, o + list(extra_options), payload)
+    for num, v in extra_options:
+        o.append((num, v.encode() if isinstance(v, str) else uint_encode(v) if isinstance(v, int) else v))
+    msg = Message(type, code, mid, token, o, payload)
     msg.options = msg._ordered()
     msg._size(msg.options)  # validate now, not at send time
     return msg
