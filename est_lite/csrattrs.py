@@ -120,10 +120,7 @@ class CsrAttrs:
 
 
 def _has_attr(attrs, oid):
-    for t, _ in attrs:
-        if t == oid:
-            return True
-    return False
+    return [1 for t, _ in attrs if t == oid] != []
 
 
 def _oid_value(v):
@@ -134,7 +131,25 @@ def _oid_value(v):
             return der.oid_str(memoryview(v)[s:e])
     except RemoteProtocolError:
         pass
-    return None
+
+
+def _bad(what):
+    return RemoteProtocolError("csrattrs: bad " + what)
+
+
+def _elems(mv, s, e, tag, out, max_items):
+    # (tag, start, content_start, end) of each element of mv[s:e]; each must
+    # have the given tag (0: any) and len(out) stays <= max_items
+    r = []
+    while s < e:
+        t, a, b = der.read_tlv(mv, s, e)
+        if tag and t != tag:
+            raise _bad("element tag 0x%02x" % t)
+        if len(out) + len(r) >= max_items:
+            raise LimitError("csrattrs: more than max_items=%d" % max_items)
+        r.append((t, s, a, b))
+        s = b
+    return r
 
 
 def _read_oid(mv, off, end):
@@ -146,17 +161,9 @@ def _attribute(mv, s, e, max_items):
     """Attribute contents -> (type_oid, [value bytes])."""
     t, off = _read_oid(mv, s, e)
     vs, ve = der.read(mv, off, der.SET, e)
-    if ve != e:
-        raise RemoteProtocolError("csrattrs: trailing data in attribute %s" % t)
-    vals = []
-    while vs < ve:
-        if len(vals) >= max_items:
-            raise LimitError("csrattrs: more than %d values in attribute %s" % (max_items, t))
-        _, _, b = der.read_tlv(mv, vs, ve)
-        vals.append(bytes(mv[vs:b]))
-        vs = b
-    if not vals:
-        raise RemoteProtocolError("csrattrs: attribute %s has no values" % t)
+    vals = [bytes(mv[x:b]) for _, x, _, b in _elems(mv, vs, ve, 0, (), max_items)]
+    if ve != e or not vals:
+        raise _bad("attribute " + t)
     return t, vals
 
 
@@ -165,26 +172,21 @@ def _extensions(v, out, max_items):
     mv = memoryview(v)
     s, e = der.read(mv, 0, der.SEQUENCE)
     if e != len(mv):
-        raise RemoteProtocolError("csrattrs: trailing data after extensions")
-    for t, a, b in der.iter_tlv(mv, s, e):
-        if t != der.SEQUENCE:
-            raise RemoteProtocolError("csrattrs: extension is not a SEQUENCE")
-        if len(out) >= max_items:
-            raise LimitError("csrattrs: more than %d extensions" % max_items)
+        raise _bad("extensions")
+    for _, _, a, b in _elems(mv, s, e, der.SEQUENCE, out, max_items):
         oid, off = _read_oid(mv, a, b)
         crit = False
         val = None
         if off < b and mv[off] == der.BOOLEAN:
-            cs, ce = der.read(mv, off, der.BOOLEAN, b)
-            if ce - cs != 1 or mv[cs] not in (0, 0xFF):
-                raise RemoteProtocolError("csrattrs: bad BOOLEAN in extension %s" % oid)
+            cs, off = der.read(mv, off, der.BOOLEAN, b)
+            if off - cs != 1 or mv[cs] not in (0, 0xFF):
+                raise _bad("BOOLEAN")
             crit = mv[cs] == 0xFF
-            off = ce
         if off < b:
             cs, off = der.read(mv, off, der.OCTET_STRING, b)
             val = bytes(mv[cs:off])
         if off != b:
-            raise RemoteProtocolError("csrattrs: trailing data in extension %s" % oid)
+            raise _bad("extension " + oid)
         out.append((oid, crit, val))
 
 
@@ -193,42 +195,28 @@ def _template(v, res, max_items):
     s, e = der.read(mv, 0, der.SEQUENCE)
     vs, off = der.read(mv, s, der.INTEGER, e)
     if der.read_int(mv, vs, off) != 0:
-        raise RemoteProtocolError("csrattrs: template version must be 0")
-    tpl = {"subject": [], "key_alg": None, "key_params": None, "attributes": []}
+        raise _bad("template version")
+    subj = []
+    tpl = {"subject": subj, "key_alg": None, "key_params": None, "attributes": []}
     if off < e and mv[off] == der.SEQUENCE:  # subject NameTemplate
         ns, off = der.read(mv, off, der.SEQUENCE, e)
-        for t, a, b in der.iter_tlv(mv, ns, off):
-            if t != der.SET:
-                raise RemoteProtocolError("csrattrs: template RDN is not a SET")
-            for t2, c, d in der.iter_tlv(mv, a, b):
-                if t2 != der.SEQUENCE:
-                    raise RemoteProtocolError("csrattrs: template RDN entry is not a SEQUENCE")
-                if len(tpl["subject"]) >= max_items:
-                    raise LimitError("csrattrs: more than %d subject entries" % max_items)
+        for _, _, a, b in _elems(mv, ns, off, der.SET, (), max_items):
+            for _, _, c, d in _elems(mv, a, b, der.SEQUENCE, subj, max_items):
                 ty, p = _read_oid(mv, c, d)
-                val = None
-                if p < d:
-                    _, _, q = der.read_tlv(mv, p, d)
-                    if q != d:
-                        raise RemoteProtocolError("csrattrs: trailing data in RDN template")
-                    val = bytes(mv[p:d])
-                tpl["subject"].append((ty, val))
+                if p < d and der.read_tlv(mv, p, d)[2] != d:
+                    raise _bad("subject template")
+                subj.append((ty, bytes(mv[p:d]) if p < d else None))
     if off < e and mv[off] == 0xA0:  # [0] SubjectPublicKeyInfoTemplate
         ks, off = der.read(mv, off, 0xA0, e)
         als, ale = der.read(mv, ks, der.SEQUENCE, off)
         tpl["key_alg"], p = _read_oid(mv, als, ale)
-        if p < ale:
-            tpl["key_params"] = _oid_value(bytes(mv[p:ale]))
+        tpl["key_params"] = _oid_value(bytes(mv[p:ale]))
     as_, ae = der.read(mv, off, 0xA1, e)  # [1] attributes
     if ae != e:
-        raise RemoteProtocolError("csrattrs: trailing data in template")
-    for t, a, b in der.iter_tlv(mv, as_, ae):
-        if t != der.SEQUENCE:
-            raise RemoteProtocolError("csrattrs: template attribute is not a SEQUENCE")
-        if len(tpl["attributes"]) >= max_items:
-            raise LimitError("csrattrs: more than %d template attributes" % max_items)
+        raise _bad("template")
+    for _, _, a, b in _elems(mv, as_, ae, der.SEQUENCE, (), max_items):
         ty, vals = _attribute(mv, a, b, max_items)
-        if ty == EXTENSION_REQUEST or ty == EXTENSION_REQ_TEMPLATE:
+        if ty in (EXTENSION_REQUEST, EXTENSION_REQ_TEMPLATE):
             _extensions(vals[0], res.extensions, max_items)
         tpl["attributes"].append((ty, vals))
     res.template = tpl
@@ -239,23 +227,21 @@ def decode(data, max_items=32, max_size=4096):
     CsrAttrs (same as 204/404)."""
     n = len(data)
     if n > max_size:
-        raise LimitError("csrattrs: %d bytes exceeds max_size=%d" % (n, max_size))
+        raise LimitError("csrattrs: %d bytes > max_size=%d" % (n, max_size))
     res = CsrAttrs()
     if n == 0:
         return res
     mv = memoryview(data)
     s, e = der.read(mv, 0, der.SEQUENCE)
     if e != n:
-        raise RemoteProtocolError("csrattrs: %d trailing bytes after CsrAttrs" % (n - e))
-    for t, a, b in der.iter_tlv(mv, s, e):
-        if len(res) >= max_items:
-            raise LimitError("csrattrs: more than max_items=%d entries" % max_items)
+        raise _bad("trailing data")
+    for t, _, a, b in _elems(mv, s, e, 0, (), max_items):
         if t == der.OID:
             res.oids.append(der.oid_str(mv[a:b]))
         elif t == der.SEQUENCE:
             ty, vals = _attribute(mv, a, b, max_items)
             res.attributes.append((ty, vals))
-            if ty == EXTENSION_REQUEST or ty == EXTENSION_REQ_TEMPLATE or ty == CSR_TEMPLATE:
+            if ty in (EXTENSION_REQUEST, EXTENSION_REQ_TEMPLATE, CSR_TEMPLATE):
                 try:
                     if ty == CSR_TEMPLATE:
                         _template(vals[0], res, max_items)
@@ -266,7 +252,7 @@ def decode(data, max_items=32, max_size=4096):
                 except RemoteProtocolError as ex:
                     res.unparsed.append("%s: %s" % (ty, ex))
         else:
-            raise RemoteProtocolError("csrattrs: entry with tag 0x%02x is neither OID nor Attribute" % t)
+            raise _bad("entry: tag 0x%02x is neither OID nor Attribute" % t)
     return res
 
 

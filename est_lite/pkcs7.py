@@ -18,21 +18,25 @@ from est_lite import der
 from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
 
 
+def _bad(what):
+    return RemoteProtocolError(what)
+
+
 def _content_info(mv, n):
     """-> (signedData_start, signedData_end) after checking the wrapper."""
     s, e = der.read(mv, 0, der.SEQUENCE, n, n)
     for i in range(e, n):
         if mv[i]:
-            raise RemoteProtocolError("PKCS#7: %d trailing bytes after ContentInfo" % (n - e))
+            raise _bad("PKCS#7: trailing bytes")
     os_, off = der.read(mv, s, der.OID, e)
     if mv[os_:off] != der.OID_SIGNED_DATA:
-        raise RemoteProtocolError("PKCS#7: content type %s is not signedData" % der.oid_str(mv[os_:off]))
+        raise _bad("PKCS#7: content type is not signedData")
     xs, xe = der.read(mv, off, 0xA0, e, n)
     if xe != e:
-        raise RemoteProtocolError("PKCS#7: trailing data in ContentInfo")
+        raise _bad("PKCS#7: trailing bytes")
     ss, se = der.read(mv, xs, der.SEQUENCE, xe, n)
     if se != xe:
-        raise RemoteProtocolError("PKCS#7: trailing data after SignedData")
+        raise _bad("PKCS#7: trailing bytes")
     return ss, se
 
 
@@ -64,7 +68,7 @@ def certificates(data, max_certs=8, max_size=0x10000):
         _, off = der.read(mv, off, 0xA1, e, n)
     _, off = der.read(mv, off, der.SET, e, n)  # signerInfos
     if off != e:
-        raise RemoteProtocolError("PKCS#7: unexpected data after signerInfos")
+        raise _bad("PKCS#7: trailing bytes")
     if not certs:
         raise RemoteProtocolError("PKCS#7: no certificates in certs-only response")
     return certs
@@ -104,9 +108,9 @@ def _time(mv, off, end):
     elif t == der.GENERALIZED_TIME and n == 15:
         k = 4
     else:
-        raise RemoteProtocolError("X.509: bad time (tag 0x%02x, %d bytes)" % (t, n))
+        raise _bad("X.509: bad time")
     if mv[e - 1] != 0x5A:  # 'Z'
-        raise RemoteProtocolError("X.509: time is not in UTC ('Z')")
+        raise _bad("X.509: bad time")
     v = []
     i = s
     for w in (k, 2, 2, 2, 2, 2):
@@ -114,14 +118,14 @@ def _time(mv, off, end):
         for j in range(i, i + w):
             c = mv[j] - 48
             if not 0 <= c <= 9:
-                raise RemoteProtocolError("X.509: non-digit in time")
+                raise _bad("X.509: bad time")
             x = x * 10 + c
         v.append(x)
         i += w
     if k == 2:
         v[0] += 1900 if v[0] >= 50 else 2000
     if not (1 <= v[1] <= 12 and 1 <= v[2] <= 31 and v[3] < 24 and v[4] < 60 and v[5] < 61):
-        raise RemoteProtocolError("X.509: time field out of range")
+        raise _bad("X.509: bad time")
     return tuple(v), e
 
 
@@ -141,7 +145,7 @@ def cert_tbs_fields(cert, max_length=0x10000):
     n = len(mv)
     cs, ce = der.read(mv, 0, der.SEQUENCE, n, max_length)
     if ce != n:
-        raise RemoteProtocolError("X.509: trailing data after certificate")
+        raise _bad("X.509: trailing bytes")
     ts, te = der.read(mv, cs, der.SEQUENCE, ce, max_length)
     r = {"tbs": mv[cs:te]}
     as_, ae = der.read(mv, te, der.SEQUENCE, ce)
@@ -150,10 +154,10 @@ def cert_tbs_fields(cert, max_length=0x10000):
     r["sig_alg"] = der.oid_str(mv[os_:oe])
     bs, be = der.read(mv, ae, der.BIT_STRING, ce, max_length)
     if be != ce:
-        raise RemoteProtocolError("X.509: trailing data after signature")
+        raise _bad("X.509: trailing bytes")
     u, bs, be = der.read_bit_string(mv, bs, be)
     if u:
-        raise RemoteProtocolError("X.509: signature with unused bits")
+        raise _bad("X.509: bad signature")
     r["signature"] = mv[bs:be]
     off = ts
     ver = 1
@@ -162,7 +166,7 @@ def cert_tbs_fields(cert, max_length=0x10000):
         a, b = der.read(mv, vs, der.INTEGER, off)
         ver = der.read_int(mv, a, b) + 1
         if not 1 <= ver <= 3 or b != off:
-            raise RemoteProtocolError("X.509: bad version")
+            raise _bad("X.509: bad version")
     r["version"] = ver
     a, off = der.read(mv, off, der.INTEGER, te)
     r["serial"] = der.read_int(mv, a, off)
@@ -174,7 +178,7 @@ def cert_tbs_fields(cert, max_length=0x10000):
     r["not_before"], p = _time(mv, vs, ve)
     r["not_after"], p = _time(mv, p, ve)
     if p != ve:
-        raise RemoteProtocolError("X.509: trailing data in validity")
+        raise _bad("X.509: bad time")
     s0 = ve
     _, off = der.read(mv, ve, der.SEQUENCE, te)
     r["subject"] = mv[s0:off]
@@ -197,10 +201,10 @@ def cert_tbs_fields(cert, max_length=0x10000):
         if t == 0xA3:
             xs, xe = der.read(mv, a, der.SEQUENCE, b)
             if xe != b:
-                raise RemoteProtocolError("X.509: trailing data in extensions")
+                raise _bad("X.509: bad extensions")
             r["extensions"] = mv[xs:xe]
         elif t not in (0x81, 0x82, 0xA1, 0xA2):
-            raise RemoteProtocolError("X.509: unexpected tag 0x%02x in TBSCertificate" % t)
+            raise _bad("X.509: bad TBSCertificate")
         off = b
     return r
 
@@ -213,7 +217,7 @@ def cert_extensions(fields):
         return
     for t, a, b in der.iter_tlv(mv, 0, len(mv)):
         if t != der.SEQUENCE:
-            raise RemoteProtocolError("X.509: extension is not a SEQUENCE")
+            raise _bad("X.509: bad extensions")
         os_, oe = der.read(mv, a, der.OID, b)
         off = oe
         crit = False
@@ -222,5 +226,5 @@ def cert_extensions(fields):
             crit = off - c == 1 and mv[c] == 0xFF
         vs, ve = der.read(mv, off, der.OCTET_STRING, b)
         if ve != b:
-            raise RemoteProtocolError("X.509: trailing data in extension")
+            raise _bad("X.509: bad extensions")
         yield der.oid_str(mv[os_:oe]), crit, mv[vs:ve]
