@@ -41,6 +41,7 @@ class DtlsClient:
         timeout=30.0,
         suites=_d.CLIENT_SUITES,
         max_datagram=4096,
+        local_address=None,
         connect=True,
     ):
         if trust_cas is None and pin is None:
@@ -53,6 +54,7 @@ class DtlsClient:
         self.mtu = mtu
         self.timeout = timeout
         self.max_datagram = max_datagram
+        self.local_address = local_address  # (host, port) to bind the UDP socket to, if given
         self._pin = pin
         self._pin_error = None
         self._verify_error = None
@@ -98,6 +100,8 @@ class DtlsClient:
         family, stype, proto, _, sockaddr = infos[0]
         s = socket.socket(family, stype, proto)
         try:
+            if self.local_address is not None:
+                s.bind(self.local_address)
             s.connect(sockaddr)
         except OSError as e:
             s.close()
