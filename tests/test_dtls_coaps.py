@@ -167,7 +167,7 @@ def test_block2_follows_session_mtu(pki):
 
 
 def test_coaps_with_gcm_client(pki, server):
-    with dtls_client(pki, server.port, suites=[d.SUITE_GCM]) as dc:
+    with dtls_client(pki, server.port, ciphers=[d.SUITE_GCM]) as dc:
         who = json.loads(bytes(CoapClient(dc).request(GET, ["whoami"]).payload))
         assert who["cipher"] == d.SUITE_GCM
 

@@ -72,7 +72,7 @@ def test_bindings_differ_per_session(pki, server):
 
 
 def test_gcm_negotiates_when_client_offers_only_gcm(pki, server):
-    with client(pki, server.port, suites=[d.SUITE_GCM]) as c:
+    with client(pki, server.port, ciphers=[d.SUITE_GCM]) as c:
         assert c.cipher == d.SUITE_GCM
         c.send(b"x")
         assert c.recv(5) == b"echo x"
@@ -302,7 +302,7 @@ def test_server_bad_configuration():
     pytest.raises(LocalProtocolError, DtlsServer, p.server.cert, p.server.key, [], lambda *a: None)
     pytest.raises(LocalProtocolError, DtlsServer, p.server.cert, p.client.key, [p.ca.root.cert], lambda *a: None)
     pytest.raises(LocalProtocolError, DtlsServer, p.server.cert, p.server.key, [p.ca.root.cert], lambda *a: None,
-                  suites=["ECDHE-ECDSA-AES128-CCM8:ALL"])
+                  ciphers=["ECDHE-ECDSA-AES128-CCM8:ALL"])
     pytest.raises(LocalProtocolError, DtlsServer, p.server.cert, p.server.key, [p.ca.root.cert], lambda *a: None,
                   mtu=100)
     pytest.raises(LocalProtocolError, d.load_certificate, b"not a certificate")

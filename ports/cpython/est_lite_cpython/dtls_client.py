@@ -39,7 +39,7 @@ class DtlsClient:
         pin=None,
         mtu=_d.DEFAULT_MTU,
         timeout=30.0,
-        suites=_d.CLIENT_SUITES,
+        ciphers=_d.CLIENT_SUITES,
         max_datagram=4096,
         local_address=None,
         connect=True,
@@ -59,7 +59,7 @@ class DtlsClient:
         self._pin_error = None
         self._verify_error = None
         SSL = _d._ssl()
-        ctx = _d.base_context(False, suites, cert, key, chain)
+        ctx = _d.base_context(False, ciphers, cert, key, chain)
         if pin is None:
             _d.add_trust_anchors(ctx, trust_cas)
             ctx.set_verify(SSL.VERIFY_PEER, self._verify_cb)

@@ -183,7 +183,8 @@ class DtlsPeer:
     def __init__(self, server, address, conn, now):
         DtlsPeer._next_id += 1
         self.id = DtlsPeer._next_id
-        self.address = address
+        self.address = tuple(address[:2])  # (host, port)
+        self._sockaddr = address  # as the socket reported it (keeps IPv6 scope)
         self._server = server
         self._conn = conn
         self.established = False
@@ -245,7 +246,7 @@ class DtlsServer:
         on_established=None,
         on_closed=None,
         is_revoked=None,
-        suites=_d.SERVER_SUITES,
+        ciphers=_d.SERVER_SUITES,
         mtu=_d.DEFAULT_MTU,
         max_sessions=64,
         idle_timeout=120.0,
@@ -268,7 +269,7 @@ class DtlsServer:
         self.on_established = on_established
         self.on_closed = on_closed
         self.is_revoked = is_revoked
-        self.suites = tuple(suites)
+        self.ciphers = tuple(ciphers)
         self.mtu = mtu
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
@@ -278,7 +279,7 @@ class DtlsServer:
         self._cookie_lifetime = cookie_lifetime
         self._cookies = None
         self._contexts = {}  # trust-set fingerprint tuple -> SSL.Context
-        self.sessions = {}  # address -> DtlsPeer
+        self.sessions = {}  # socket address -> DtlsPeer
         self.stats = dict(
             datagrams=0,
             ignored=0,
@@ -329,7 +330,7 @@ class DtlsServer:
         ctx = self._contexts.get(fp)
         if ctx is not None:
             return ctx
-        ctx = _d.base_context(True, self.suites, self._cert, self._key, self._chain)
+        ctx = _d.base_context(True, self.ciphers, self._cert, self._key, self._chain)
         _d.add_trust_anchors(ctx, cas)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify_cb)
         ctx.set_verify_depth(self.verify_depth)
@@ -369,7 +370,6 @@ class DtlsServer:
 
     def _datagram(self, data, addr):
         self.stats["datagrams"] += 1
-        addr = tuple(addr[:2])
         if len(data) < _d.RECORD_HEADER or len(data) > self.max_datagram:
             self.stats["ignored"] += 1
             return
@@ -508,7 +508,7 @@ class DtlsServer:
 
     def _flush(self, peer):
         for dg in _d.drain_bio(peer._conn, self.mtu):
-            self._sendto(dg, peer.address)
+            self._sendto(dg, peer._sockaddr)
         if peer.closed:
             return
         if peer._retx is not None:
@@ -578,14 +578,14 @@ class DtlsServer:
             except SSL.Error:
                 pass
             for dg in _d.drain_bio(peer._conn, self.mtu):
-                self._sendto(dg, peer.address)
+                self._sendto(dg, peer._sockaddr)
         peer.closed = True
         for h in (peer._retx, peer._deadline):
             if h is not None:
                 h.cancel()
         peer._retx = peer._deadline = None
-        if self.sessions.get(peer.address) is peer:
-            del self.sessions[peer.address]
+        if self.sessions.get(peer._sockaddr) is peer:
+            del self.sessions[peer._sockaddr]
         peer._conn.set_app_data(None)
         log.debug("DTLS session with %s closed: %s", peer.address, reason)
         if peer.established and self.on_closed is not None:
@@ -610,7 +610,13 @@ class _Protocol(asyncio.DatagramProtocol):
         pass
 
     def datagram_received(self, data, addr):
-        self._server._datagram(data, addr)
+        try:
+            self._server._datagram(data, addr)
+        except Exception:  # noqa: BLE001 - a bug with one peer must not stop the endpoint for all
+            log.exception("DTLS server error on a datagram from %s; dropping its session", addr)
+            peer = self._server.sessions.get(addr)
+            if peer is not None:
+                self._server._close(peer, "internal error", notify=False)
 
     def error_received(self, exc):
         log.debug("UDP error (ignored): %s", exc)

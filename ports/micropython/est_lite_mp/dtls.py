@@ -70,7 +70,7 @@ class DtlsClient:
     """
 
     def __init__(self, host, port, cadata=None, server_hostname=None, cert=None, key=None, pin=None,
-                 timeout_ms=30000, max_datagram=1280, poll_ms=50, suites=SUITES):
+                 timeout_ms=30000, max_datagram=1280, poll_ms=50, ciphers=SUITES):
         if cadata is None and pin is None:
             raise LocalProtocolError("give cadata to verify the server, or a pin for bootstrap")
         if (cert is None) != (key is None):
@@ -87,7 +87,7 @@ class DtlsClient:
         self._key = key
         self._pin = pin
         self._pin_ok = False
-        self._suites = suites
+        self._ciphers = ciphers
         self._max = max_datagram
         self._buf = None
         self._sock = None
@@ -112,9 +112,9 @@ class DtlsClient:
                 cas = (cas,)
             for ca in cas:
                 ctx.load_verify_locations(_der(ca))
-        if self._suites:
+        if self._ciphers:
             have = ctx.get_ciphers()
-            mine = [s for s in self._suites if s in have]
+            mine = [s for s in self._ciphers if s in have]
             if mine:
                 ctx.set_ciphers(mine)
         return ctx
