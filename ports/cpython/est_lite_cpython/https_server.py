@@ -263,7 +263,7 @@ class EstHttpsServer:
     def __init__(self, service, cert_file, key_file, *, host="127.0.0.1", port=0, tls_min_version="1.2",
                  tls_max_version="1.3", realm=None, workers=32, backlog=256, io_timeout_s=10.0,
                  request_timeout_s=30.0, max_header_bytes=16384, max_body_bytes=65536,
-                 max_requests_per_connection=100, digest_nonce_lifetime_s=300):
+                 max_requests_per_connection=100, digest_nonce_lifetime_s=300, reuse_port=False):
         self.service = service
         self.host = host
         self.requested_port = port
@@ -275,6 +275,7 @@ class EstHttpsServer:
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
         self.max_requests_per_connection = max_requests_per_connection
+        self.reuse_port = reuse_port
         cfg = getattr(service, "config", None)
         self.realm = realm or getattr(cfg, "realm", None) or "est-lite"
         self.digest = DigestChallenger(self.realm, lifetime_s=digest_nonce_lifetime_s)
@@ -325,6 +326,9 @@ class EstHttpsServer:
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            # several server processes share the port; the kernel spreads connections
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind((self.host, self.requested_port))
         s.listen(self.backlog)
         s.settimeout(0.2)
