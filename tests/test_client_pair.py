@@ -538,3 +538,19 @@ def test_http_wrong_password_and_retry_after(ca):
 
 def test_aiocoap_constants_match():
     assert (int(CON), int(NON), int(ACK), int(RST)) == (N.CON, N.NON, N.ACK, N.RST)
+
+
+def test_private_constants_match_numbers():
+    # client.py keeps const-folded private copies of est_lite.numbers values
+    names = [k for k in vars(C) if k.startswith("_") and k[1:] in vars(N) and isinstance(getattr(C, k), int)]
+    assert len(names) >= 20
+    for k in names:
+        assert getattr(C, k) == getattr(N, k[1:]), k
+
+
+def test_http_operation_reexported():
+    from est_lite.client_http import HttpOperation
+
+    assert C.HttpOperation is HttpOperation
+    with pytest.raises(AttributeError):
+        C.NoSuchThing

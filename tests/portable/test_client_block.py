@@ -135,7 +135,7 @@ def test_block1_errors():
     r = req(op.send(0))
     op.receive_data(answer(r, N.CHANGED, V.LEAF, [cf(287), block(N.BLOCK1, 0, 1, 2)]), 0)
     e = raises(RemoteProtocolError, op.next_event)
-    assert "before the last Block1 block" in str(e)
+    assert "does not fit the Block1 upload" in str(e)
     op = C.CoapOperation(N.OP_SIMPLEENROLL, body=csr, szx=2)
     r = req(op.send(0))
     op.receive_data(answer(r, N.CONTINUE, b"", [block(N.BLOCK1, 1, 1, 2)]), 0)  # wrong number

@@ -1,0 +1,131 @@
+# EST over HTTP/1.1 (RFC 7030 as corrected by RFC 8951): the HTTP side of
+# est_lite.client, same flow table, same events. Kept apart so that a
+# CoAP-only device does not load it.
+
+from est_lite import http1
+from est_lite import numbers as N
+from est_lite.client import (
+    AUTH,
+    AWAIT_RESPONSE,
+    DEFAULT_RETRY_AFTER,
+    FINAL,
+    RETRY,
+    SEND,
+    SENDING,
+    AuthRequired,
+    CsrAttrs,
+    Operation,
+    RetryAfter,
+    _text,
+)
+from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, ServerError
+
+_CF = {N.MT_PKCS7: N.CF_PKCS7_CERTS, N.MT_CSRATTRS: N.CF_CSRATTRS, N.MT_PKIX_CERT: N.CF_PKIX_CERT}
+
+
+class HttpOperation(Operation):
+    """One EST operation over an HTTP/1.1 connection (the port's TLS stream).
+
+    host: the Host header; body: the CSR (DER) of POST operations (sent as
+    base64 lines); auth: (user, password) or None. With auth, one 401 is
+    answered automatically (Digest preferred, else Basic; cnonce, random
+    bytes or str from the port, is needed for Digest), and
+    preemptive_basic=True sends Basic with the first request already.
+    Without auth a 401 ends in an AuthRequired event. After a response that
+    does not keep the connection alive, need_new_connection is True: the
+    port must reconnect before sending the next request."""
+
+    def __init__(
+        self,
+        op,
+        label=None,
+        host="",
+        body=b"",
+        auth=None,
+        preemptive_basic=False,
+        cnonce=None,
+        accept=None,
+        public_key=None,
+        max_body=16384,
+        max_header=4096,
+        max_certs=8,
+    ):
+        super().__init__(op, body, public_key, max_body, max_certs)
+        self.method = "GET" if N.OP_METHODS[op] == N.GET else "POST"
+        self.path = N.https_path(op, label)
+        self.label = label
+        self.host = host
+        self.auth = auth
+        self.cnonce = cnonce
+        self.accept = accept
+        self._authz = http1.basic_auth(auth[0], auth[1]) if auth and preemptive_basic else None
+        self._tried = False  # the last request carried credentials
+        self._parser = http1.ResponseParser(max_header, max_body, self.method)
+        self.need_new_connection = False
+        self.response = None  # the last http1.Response
+
+    def send(self):
+        """The request bytes to write now, or None."""
+        if self.state not in SENDING:
+            return None
+        data = http1.build_est_request(
+            self.op, self.host, self._body, self.label, authorization=self._authz, accept=self.accept
+        )
+        self._tried = self._authz is not None
+        self._to(SEND)
+        self.need_new_connection = False
+        return data
+
+    def receive_data(self, data):
+        """Feed bytes read from the connection; b"" means EOF."""
+        if self.state == AWAIT_RESPONSE:
+            self._parser.receive_data(data)
+
+    def next_event(self):
+        if self.state == AWAIT_RESPONSE and self._exc is None:
+            try:
+                r = self._parser.next_event()
+                if r is not http1.NEED_DATA:
+                    self.response = r
+                    self.need_new_connection = not r.keep_alive
+                    self._parser.reset()
+                    self._handle(r)
+            except EstError as e:
+                self._fail(e)
+        return Operation.next_event(self)
+
+    def _handle(self, r):
+        s = r.status
+        if s == 202 or (s == 503 and r.retry_after is not None):
+            return self._finish(RETRY, RetryAfter(DEFAULT_RETRY_AFTER if r.retry_after is None else r.retry_after))
+        if s == 401:
+            ch = http1.parse_challenges([v for k, v in r.headers if k == "www-authenticate"])
+            if self.auth is None:
+                return self._finish(FINAL, AuthRequired(ch))
+            d = http1.pick_digest(ch)
+            if self._tried:
+                pass
+            elif d is not None:
+                if self.cnonce is None:
+                    raise LocalProtocolError("the server wants Digest authentication: give HttpOperation a cnonce")
+                self._authz = http1.digest_auth(d, self.method, self.path, self.auth[0], self.auth[1], self.cnonce)
+                return self._to(AUTH)
+            elif [1 for c in ch if c[0] == "basic"]:
+                self._authz = http1.basic_auth(self.auth[0], self.auth[1])
+                return self._to(AUTH)
+        if self.op == N.OP_CSRATTRS and s in (204, 404):
+            return self._finish(FINAL, CsrAttrs(None, b""))
+        if s != 200:
+            d = _text(r.body)
+            raise ServerError("the server answered %d %s %s" % (s, r.reason, d), None, s, d)
+        ct = r.content_type
+        if self.op == N.OP_SERVERKEYGEN:
+            if ct != N.MT_MULTIPART_MIXED or "boundary" not in r.params:
+                raise RemoteProtocolError("serverkeygen answer is not multipart/mixed with a boundary")
+            key, kt, certs = http1.split_serverkeygen(r.body, r.params["boundary"], self.max_body)
+            kt = N.CF_PKCS8 if kt == N.MT_PKCS8 else N.CF_PKCS7_SERVER_KEYGEN
+            return self._result(None, [(kt, key), (N.CF_PKCS7_CERTS, certs)])
+        cf = _CF.get(ct, -1) if ct else None
+        if cf == -1:
+            raise RemoteProtocolError("unexpected Content-Type %r" % ct)
+        self._result(cf, http1.decode_b64_body(r.body, self.max_body))
