@@ -237,3 +237,11 @@ def test_eof_errors():
 
 def test_all_errors_are_est_errors():
     assert issubclass(LimitError, RemoteProtocolError) and issubclass(RemoteProtocolError, EstError)
+
+
+def test_large_content_length_body_grows_past_preallocation():
+    body = bytes(range(256)) * 20 + b"end"
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    for step in (0, 1000, 4097):
+        r = parse(data, step)
+        assert len(r.body) == len(body) and r.body[-3:] == b"end" and r.body[:256] == bytes(range(256))
