@@ -41,6 +41,8 @@ if cfg.get("cert"):
     kw["key"] = rd(cfg["key"])
 if cfg.get("ca"):
     kw["cadata"] = rd(cfg["ca"])
+if cfg.get("cas"):
+    kw["cadata"] = [rd(p) for p in cfg["cas"]]
 if cfg.get("pin"):
     kw["pin"] = bytes.fromhex(cfg["pin"])
 if cfg.get("server_hostname"):
@@ -174,6 +176,11 @@ def test_untrusted_server_is_refused(files, server):
     assert not r["ok"] and r["error"] == "SecurityError", r
     assert "not correctly signed" in r["msg"] or "trusted" in r["msg"]
     assert wait_for(lambda: server.session_count() == 0)
+
+
+def test_several_trust_anchors(files, server):
+    r = run_client(files, server.port, ca=None, cas=[files["other_ca"], files["ca"]])
+    assert r["ok"] and r["replies"] == ["echo hello"], r
 
 
 def test_pinned_bootstrap(pki, files, server):
