@@ -155,3 +155,44 @@ def test_public_keys_match_cryptography_for_random_scalars():
         d = int.from_bytes(os.urandom(32), "big") % (p256.N - 1) + 1
         want = ec.derive_private_key(d, ec.SECP256R1()).public_key().public_numbers()
         assert p256.public_key(d) == (want.x, want.y)
+
+
+@needs_mp
+def test_exported_keys_load_into_micropython_tls():
+    """MicroPython's tls.SSLContext.load_cert_chain takes DER bytes: both
+    exports of the MicroPython port are accepted (a broken key is not)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    d = int.from_bytes(os.urandom(32), "big") % (p256.N - 1) + 1
+    k = ec.derive_private_key(d, ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(k.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(k, hashes.SHA256())
+    )
+    lines = run_mp(
+        """
+import tls, binascii
+cert = binascii.unhexlify(%r)
+k = crypto.P256Key(%d)
+for blob in (k.export_sec1(), k.export_pkcs8(), b"0\\x03\\x02\\x01\\x01"):
+    ctx = tls.SSLContext(tls.PROTOCOL_DTLS_CLIENT)
+    try:
+        ctx.load_cert_chain(cert, blob)
+        print("ok")
+    except Exception as e:
+        print("error")
+"""
+        % (cert.public_bytes(serialization.Encoding.DER).hex(), d)
+    )
+    assert lines == ["ok", "ok", "error"]
