@@ -190,3 +190,20 @@ def test_kill9_during_concurrent_enrollments(tmp_path):
     st = Store(os.path.join(d, "ca.db"))
     assert st.count_certificates() == len(serials) + 1
     assert serial_hex(r.certs()[0].serial_number) not in serials
+
+
+def test_example_config_loads_and_rejects_typos(tmp_path):
+    from est_lite_cpython.config import ConfigError, ServerConfig, load_config
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    cfg = load_config(os.path.join(here, "..", "examples", "server.toml"))
+    assert cfg.profile(None).auth == ("basic", "digest", "cert")
+    for bad, word in (({"profiles": {"default": {"validty_days": 3}}}, "unknown key"),
+                      ({"profiles": {"default": {"auth": []}}}, "at least one method"),
+                      ({"profiles": {"default": {"key_types": ["ec:P-999"]}}}, "not one of"),
+                      ({"profiles": {"cacerts": {}}}, "operation name"),
+                      ({"profiles": {"default": {"client_cert_trust": ["nope"]}}}, "not defined"),
+                      ({"profiles": {"default": {"csrattrs": ["ecPublicKey:P-7"]}}}, "curve")):
+        with pytest.raises(ConfigError) as ei:
+            ServerConfig(bad, base_dir=str(tmp_path), data_dir=str(tmp_path))
+        assert word in str(ei.value)

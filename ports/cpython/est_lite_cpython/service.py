@@ -41,7 +41,7 @@ from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProt
 
 from .auth import AuthenticationRequired, DefaultAuthenticator, UntrustedCertificate
 from .ca import IssueRequest
-from .store import APPROVED, ISSUED, PENDING, REJECTED
+from .store import APPROVED, ISSUED, PENDING, REJECTED  # noqa: F401
 
 
 # ---------------------------------------------------------------- errors
@@ -494,10 +494,17 @@ class EstService:
         if self.store is None:
             raise LocalProtocolError("manual approval needs a store (the CA backend has none)")
         spki = csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        kind = "skg" if op == "serverkeygen" else "enroll"
+        kind = {"serverkeygen": "skg", "simplereenroll": "reenroll"}.get(op, "enroll")
         fp = hashlib.sha256(b"\0".join([prof.label.encode(), kind.encode(), spki,
                                         csr.subject.public_bytes()])).hexdigest()
         r = self.store.find_request(fp)
+        if r is not None and r["status"] == ISSUED and kind != "skg" and r["serial"]:
+            der = self.store.get_certificate(r["serial"])
+            if der is not None:
+                old = x509.load_der_x509_certificate(der)
+                if old.not_valid_after_utc.timestamp() > self.store.clock() and not self.store.is_revoked(r["serial"]):
+                    return old, r["id"]  # the same request asked again: the same certificate
+            r = None  # expired or revoked since: a new request
         if r is None or (r["status"] == ISSUED and kind == "skg"):
             rid = self.store.add_request(fp, label=prof.label, op=op, subject=csr.subject.rfc4514_string(),
                                          csr_der=csr_der, requester=requester)
@@ -508,10 +515,6 @@ class EstService:
                                   prof.retry_after, r["id"])
         if r["status"] == REJECTED:
             raise RequestRejected("enrollment request %d was rejected%s" % (r["id"], ": %s" % r["reason"] if r["reason"] else ""))
-        if r["status"] == ISSUED and r["serial"]:
-            der = self.store.get_certificate(r["serial"])
-            if der is not None:
-                return x509.load_der_x509_certificate(der), r["id"]
-        if r["status"] in (APPROVED, ISSUED):
+        if r["status"] == APPROVED:
             return None, r["id"]
         raise LocalProtocolError("request %d has unknown status %r" % (r["id"], r["status"]))

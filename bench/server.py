@@ -1,0 +1,255 @@
+"""Benchmark of the reference EST server: enrollments per second over HTTPS,
+one TLS handshake per enrollment (as devices do), at several concurrencies,
+with p50/p99 latency, and the crypto-only floor measured in the same run.
+
+    python bench/server.py --transport https [--seconds 3] [--concurrency 1,4,16] [--auth basic|cert]
+
+The server runs in its own process (`est-lite serve`) on a fresh CA; the
+load generator runs in other processes with stdlib ssl and CSRs made before
+the clock starts. The crypto-only floor is what OpenSSL needs per enrollment
+on the server side, one core: the TLS handshake's ECDHE P-256 key generation
+and ECDH, the server's ECDSA P-256 signature, and issuing (verifying the CSR
+signature, signing the certificate) - plus, with --auth cert, verifying the
+client's CertificateVerify and certificate signatures. floor_ratio is the
+measured throughput divided by that floor (target >= 0.25).
+
+The last line printed is one JSON object.
+"""
+
+import argparse
+import base64
+import json
+import multiprocessing
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+CONFIG = """
+[ca]
+data_dir = "ca"
+
+[server]
+listen = "127.0.0.1"
+port = 0
+workers = %(workers)d
+
+[trust.idevid]
+certs = ["vendor.pem"]
+
+[profiles.default]
+key_types = ["ec:P-256"]
+auth = ["basic", "cert"]
+client_cert_trust = ["idevid"]
+"""
+
+
+def crypto_floor(auth, n=400):
+    """Seconds of OpenSSL work per enrollment (server side, one core)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from helpers_server import make_csr
+
+    from est_lite_cpython.ca import init_ca
+
+    d = tempfile.mkdtemp()
+    ca = init_ca(os.path.join(d, "ca"))
+    srv_key = ec.generate_private_key(ec.SECP256R1())
+    peer = ec.generate_private_key(ec.SECP256R1()).public_key()
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.load_der_x509_csr(make_csr("floor")[1])
+    pub = csr.public_key()
+    subj = csr.subject
+    transcript = os.urandom(64)
+    csig = client_key.sign(transcript, ec.ECDSA(hashes.SHA256()))
+    ccert = ca.issuer
+
+    def one():
+        eph = ec.generate_private_key(ec.SECP256R1())  # ECDHE key share
+        eph.exchange(ec.ECDH(), peer)  # shared secret
+        srv_key.sign(transcript, ec.ECDSA(hashes.SHA256()))  # CertificateVerify / ServerKeyExchange
+        if auth == "cert":
+            client_key.public_key().verify(csig, transcript, ec.ECDSA(hashes.SHA256()))  # client CertificateVerify
+            ccert.public_key().verify(ccert.signature, ccert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+        pub.verify(csr.signature, csr.tbs_certrequest_bytes, ec.ECDSA(hashes.SHA256()))  # CSR PoP signature
+        ca._key.sign(transcript, ec.ECDSA(hashes.SHA256()))  # certificate signature
+
+    for _ in range(20):
+        one()
+    t = time.perf_counter()
+    for _ in range(n):
+        one()
+    per = (time.perf_counter() - t) / n
+    del subj
+    ca.store.close()
+    return per
+
+
+def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q):
+    ctx = ssl.create_default_context(cafile=root)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    lat = []
+    errors = [0]
+    lock = threading.Lock()
+    end = start_at + seconds
+
+    def run(i):
+        mine = []
+        j = i
+        while time.time() < start_at:
+            time.sleep(0.001)
+        while time.time() < end:
+            body = bodies[j % len(bodies)]
+            j += threads
+            req = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
+                   auth_hdr + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            t0 = time.perf_counter()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                        t.sendall(req)
+                        buf = []
+                        while True:
+                            d = t.recv(65536)
+                            if not d:
+                                break
+                            buf.append(d)
+                ok = b"".join(buf).startswith(b"HTTP/1.1 200")
+            except (OSError, ssl.SSLError):
+                ok = False
+            if ok:
+                mine.append(time.perf_counter() - t0)
+            else:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            lat.extend(mine)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    q.put((lat, errors[0]))
+
+
+def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs):
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    nproc = max(1, min(procs, conc))
+    per = [conc // nproc + (1 if i < conc % nproc else 0) for i in range(nproc)]
+    start_at = time.time() + 0.5
+    ps = []
+    for i, th in enumerate(per):
+        chunk = bodies[i::nproc]
+        p = ctx.Process(target=_client_proc, args=(port, root, chunk, auth_hdr, cert, key, th, seconds, start_at, q))
+        p.start()
+        ps.append(p)
+    lat, errs = [], 0
+    for _ in ps:
+        la, e = q.get(timeout=seconds + 120)
+        lat.extend(la)
+        errs += e
+    for p in ps:
+        p.join(30)
+    lat.sort()
+    n = len(lat)
+    return {
+        "enrollments_per_s": n / seconds,
+        "p50_ms": 1000 * statistics.median(lat) if lat else None,
+        "p99_ms": 1000 * lat[min(n - 1, int(0.99 * n))] if lat else None,
+        "errors": errs,
+        "count": n,
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--transport", default="https", choices=["https"])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--auth", default="basic", choices=["basic", "cert"])
+    ap.add_argument("--workers", type=int, default=32, help="server worker threads")
+    ap.add_argument("--client-procs", type=int, default=2, help="load generator processes")
+    args = ap.parse_args(argv)
+    levels = [int(x) for x in args.concurrency.split(",")]
+
+    from helpers_server import PASSWORD, USER, issue_cert, make_csr, make_vendor_ca, write_identity
+
+    from est_lite_cpython.auth import PasswordFile
+    from est_lite_cpython.ca import init_ca
+
+    tmp = tempfile.mkdtemp(prefix="est-bench-")
+    init_ca(os.path.join(tmp, "ca"))
+    vendor = make_vendor_ca(tmp)
+    with open(os.path.join(tmp, "server.toml"), "w") as f:
+        f.write(CONFIG % {"workers": args.workers})
+    PasswordFile(os.path.join(tmp, "ca", "passwords")).set_password(USER, PASSWORD)
+    root = os.path.join(tmp, "ca", "root.pem")
+    cert = key = None
+    auth_hdr = b""
+    if args.auth == "cert":
+        k, c = issue_cert(vendor["cert"], vendor["key"], "bench-idevid")
+        cert, key = write_identity(tmp, "idevid", k, c)
+    else:
+        auth_hdr = b"Authorization: Basic " + base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()) + b"\r\n"
+
+    n_bodies = 2000
+    bodies = [base64.encodebytes(make_csr("bench-%d" % i)[1]) for i in range(n_bodies)]
+    floor = crypto_floor(args.auth)
+
+    pf = os.path.join(tmp, "port")
+    proc = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--config",
+                             os.path.join(tmp, "server.toml"), "--port-file", pf],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(400):
+            if os.path.exists(pf) and open(pf).read().strip():
+                break
+            time.sleep(0.025)
+        port = int(open(pf).read())
+        run_level(port, root, bodies[:50], auth_hdr, cert, key, 2, 0.5, 1)  # warm-up
+        results = {}
+        for c in levels:
+            results[c] = run_level(port, root, bodies, auth_hdr, cert, key, c, args.seconds, args.client_procs)
+            r = results[c]
+            print("concurrency %3d: %7.1f enrollments/s  p50 %6.1f ms  p99 %6.1f ms  errors %d" % (
+                c, r["enrollments_per_s"], r["p50_ms"] or -1, r["p99_ms"] or -1, r["errors"]), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    floor_per_s = 1.0 / floor
+    best = max(r["enrollments_per_s"] for r in results.values())
+    print("crypto-only floor: %.3f ms per enrollment = %.0f enrollments/s on one core" % (floor * 1000, floor_per_s))
+    print("best throughput / floor = %.2f (target >= 0.25); %d CPUs shared by server and load generator"
+          % (best / floor_per_s, os.cpu_count()))
+    out = {
+        "transport": args.transport,
+        "auth": args.auth,
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+        "enrollments_per_s": {str(c): round(r["enrollments_per_s"], 1) for c, r in results.items()},
+        "p50_ms": {str(c): round(r["p50_ms"], 2) if r["p50_ms"] else None for c, r in results.items()},
+        "p99_ms": {str(c): round(r["p99_ms"], 2) if r["p99_ms"] else None for c, r in results.items()},
+        "errors": {str(c): r["errors"] for c, r in results.items()},
+        "crypto_floor_ms": round(floor * 1000, 4),
+        "crypto_floor_per_s": round(floor_per_s, 1),
+        "floor_ratio": round(best / floor_per_s, 3),
+        "floor_ratio_by_concurrency": {str(c): round(r["enrollments_per_s"] / floor_per_s, 3) for c, r in results.items()},
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
