@@ -116,6 +116,7 @@ def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, star
             t0 = time.perf_counter()
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     with ctx.wrap_socket(s, server_hostname="localhost") as t:
                         t.sendall(req)
                         buf = []
@@ -143,12 +144,23 @@ def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, star
     q.put((lat, errors[0]))
 
 
-def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs):
+def proc_cpu_s(pid):
+    """user+system CPU seconds of a process (Linux /proc), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, server_pid=None):
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
     nproc = max(1, min(procs, conc))
     per = [conc // nproc + (1 if i < conc % nproc else 0) for i in range(nproc)]
     start_at = time.time() + 0.5
+    cpu0 = proc_cpu_s(server_pid) if server_pid else None
     ps = []
     for i, th in enumerate(per):
         chunk = bodies[i::nproc]
@@ -162,9 +174,11 @@ def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs):
         errs += e
     for p in ps:
         p.join(30)
+    cpu1 = proc_cpu_s(server_pid) if server_pid else None
     lat.sort()
     n = len(lat)
     return {
+        "server_cpu_ms": 1000 * (cpu1 - cpu0) / n if n and cpu0 is not None and cpu1 is not None else None,
         "enrollments_per_s": n / seconds,
         "p50_ms": 1000 * statistics.median(lat) if lat else None,
         "p99_ms": 1000 * lat[min(n - 1, int(0.99 * n))] if lat else None,
@@ -221,18 +235,25 @@ def main(argv=None):
         run_level(port, root, bodies[:50], auth_hdr, cert, key, 2, 0.5, 1)  # warm-up
         results = {}
         for c in levels:
-            results[c] = run_level(port, root, bodies, auth_hdr, cert, key, c, args.seconds, args.client_procs)
+            results[c] = run_level(port, root, bodies, auth_hdr, cert, key, c, args.seconds, args.client_procs,
+                                   proc.pid)
             r = results[c]
-            print("concurrency %3d: %7.1f enrollments/s  p50 %6.1f ms  p99 %6.1f ms  errors %d" % (
-                c, r["enrollments_per_s"], r["p50_ms"] or -1, r["p99_ms"] or -1, r["errors"]), flush=True)
+            print("concurrency %3d: %7.1f enrollments/s  p50 %6.1f ms  p99 %6.1f ms  server CPU %.2f ms/enrollment"
+                  "  errors %d" % (c, r["enrollments_per_s"], r["p50_ms"] or -1, r["p99_ms"] or -1,
+                                   r["server_cpu_ms"] or -1, r["errors"]), flush=True)
     finally:
         proc.terminate()
         proc.wait(10)
     floor_per_s = 1.0 / floor
     best = max(r["enrollments_per_s"] for r in results.values())
     print("crypto-only floor: %.3f ms per enrollment = %.0f enrollments/s on one core" % (floor * 1000, floor_per_s))
+    cpus = [r["server_cpu_ms"] for r in results.values() if r["server_cpu_ms"]]
+    cpu_ms = min(cpus) if cpus else None
     print("best throughput / floor = %.2f (target >= 0.25); %d CPUs shared by server and load generator"
           % (best / floor_per_s, os.cpu_count()))
+    if cpu_ms:
+        print("server CPU per enrollment %.2f ms = %.1f x the crypto floor (floor / server CPU = %.2f)"
+              % (cpu_ms, cpu_ms / (floor * 1000), floor * 1000 / cpu_ms))
     out = {
         "transport": args.transport,
         "auth": args.auth,
@@ -245,6 +266,9 @@ def main(argv=None):
         "crypto_floor_ms": round(floor * 1000, 4),
         "crypto_floor_per_s": round(floor_per_s, 1),
         "floor_ratio": round(best / floor_per_s, 3),
+        "server_cpu_ms_per_enrollment": {str(c): round(r["server_cpu_ms"], 3) if r["server_cpu_ms"] else None
+                                         for c, r in results.items()},
+        "floor_ratio_server_cpu": round(floor * 1000 / cpu_ms, 3) if cpu_ms else None,
         "floor_ratio_by_concurrency": {str(c): round(r["enrollments_per_s"] / floor_per_s, 3) for c, r in results.items()},
     }
     print(json.dumps(out))
