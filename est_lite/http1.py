@@ -116,7 +116,9 @@ def build_request(
     if path[:1] != "/":
         raise LocalProtocolError("path %r: no leading '/'" % path)
     _check("path", path, " ")
-    _check("host", host or "/", " /")
+    if not host:
+        raise LocalProtocolError("empty Host")
+    _check("host", host, " /")
     h = [
         ("Host", host),
         ("User-Agent", user_agent),
