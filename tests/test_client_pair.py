@@ -554,3 +554,16 @@ def test_http_operation_reexported():
     assert C.HttpOperation is HttpOperation
     with pytest.raises(AttributeError):
         C.NoSuchThing
+
+
+def test_docs_table_matches_the_code():
+    import pathlib
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "client.md").read_text()
+    rows = [r for r in text.splitlines() if r.startswith("| ") and r.count("|") == 4 and "state" not in r]
+    table = {}
+    for r in rows:
+        a, b, c = [x.strip() for x in r.strip("|").split("|")]
+        if a in C.STATE_NAMES and b in C.INPUT_NAMES:
+            table[(C.STATE_NAMES.index(a), C.INPUT_NAMES.index(b))] = C.STATE_NAMES.index(c)
+    assert table == C.TRANSITIONS
