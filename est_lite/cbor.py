@@ -104,8 +104,7 @@ def encode_multipart(parts):
     for cf, p in parts:
         if type(cf) is not int or not 0 <= cf < 65536 or not (p is None or isinstance(p, _BYTES)):
             raise LocalProtocolError("multipart part (%r, %r) needs a content-format 0..65535 and bytes or None" % (cf, type(p)))
-        items.append(cf)
-        items.append(p)
+        items += (cf, p)
     return encode(items)
 
 
@@ -113,13 +112,14 @@ def decode_multipart(data, max_items=8):
     """[(content_format, memoryview or None), ...] from application/multipart-core.
     max_items counts CBOR array elements (two per part)."""
     v = decode(data, 2, max_items)
-    if type(v) is not list or len(v) & 1:
-        raise RemoteProtocolError("multipart-core must be a CBOR array with an even number of items")
     parts = []
-    for i in range(0, len(v), 2):
-        cf = v[i]
-        p = v[i + 1]
-        if type(cf) is not int or cf > 65535 or type(p) is list or type(p) is int:
-            raise RemoteProtocolError("multipart-core part %d is not (content-format 0..65535, bytes or null)" % (i >> 1))
-        parts.append((cf, p))
-    return parts
+    if type(v) is list and not len(v) & 1:
+        for i in range(0, len(v), 2):
+            cf = v[i]
+            p = v[i + 1]
+            if type(cf) is not int or cf > 65535 or type(p) is list or type(p) is int:
+                break
+            parts.append((cf, p))
+        else:
+            return parts
+    raise RemoteProtocolError("not multipart-core: an array of content-format (0..65535), bytes-or-null pairs")
