@@ -429,7 +429,6 @@ class DtlsServer:
         self._progress(peer)
 
     def _feed(self, peer, data):
-        peer.last_rx = self._loop.time()
         peer._conn.bio_write(data)
         self._progress(peer)
 
@@ -470,6 +469,9 @@ class DtlsServer:
                 return
             if not data:
                 break
+            # only authenticated data keeps a session alive: garbage sent with
+            # a client's address must not defeat idle eviction
+            peer.last_rx = self._loop.time()
             try:
                 self.on_datagram(peer, data)
             except Exception:  # noqa: BLE001 - one bad request must not kill the endpoint
@@ -492,6 +494,7 @@ class DtlsServer:
         except NotImplementedError:  # pragma: no cover
             peer.max_payload = self.mtu - 64
         self.stats["handshakes"] += 1
+        peer.last_rx = self._loop.time()
         self._reschedule_deadline(peer)
         log.debug("DTLS session with %s up: %s", peer.address, peer.cipher)
         if self.on_established is not None:
