@@ -12,7 +12,7 @@ import textwrap
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.x509.oid import AttributeOID, NameOID
 
 USER, PASSWORD = "alice", "s3cret"
@@ -90,7 +90,9 @@ def make_csr(cn="device-1", key=None, *, sans=(), challenge=None, org=None, sign
             [x509.DNSName(s) if isinstance(s, str) else s for s in sans]), critical=False)
     if challenge is not None:
         b = b.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode() if isinstance(challenge, str) else challenge)
-    csr = b.sign(sign_key or key, hashes.SHA256())
+    sk = sign_key or key
+    alg = None if isinstance(sk, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)) else hashes.SHA256()
+    csr = b.sign(sk, alg)
     return key, der(csr)
 
 
