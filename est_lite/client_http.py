@@ -77,11 +77,17 @@ class HttpOperation(Operation):
         return data
 
     def receive_data(self, data):
-        """Feed bytes read from the connection; b"" means EOF."""
+        """Feed bytes read from the connection; b"" means EOF. They are
+        parsed at once, so nothing beyond max_header/max_body is buffered."""
         if self.state == AWAIT_RESPONSE:
             self._parser.receive_data(data)
+            self._poll()
 
     def next_event(self):
+        self._poll()
+        return Operation.next_event(self)
+
+    def _poll(self):
         if self.state == AWAIT_RESPONSE and self._exc is None:
             try:
                 r = self._parser.next_event()
@@ -92,7 +98,6 @@ class HttpOperation(Operation):
                     self._handle(r)
             except EstError as e:
                 self._fail(e)
-        return Operation.next_event(self)
 
     def _handle(self, r):
         s = r.status

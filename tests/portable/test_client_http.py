@@ -195,3 +195,19 @@ def test_malformed_answers():
     op.send()
     op.receive_data(response(200, "OK", [("Content-Type", N.MT_PKCS7)], b64(V.P7_CA)))
     raises(RemoteProtocolError, op.next_event)  # LimitError
+
+
+def test_receive_data_parses_at_once():
+    # the port may feed several reads before asking for the event: the
+    # answer is parsed as it comes, so an oversized body fails right away
+    op = C.HttpOperation(N.OP_CACERTS, host="h", max_body=1000)
+    op.send()
+    op.receive_data(b"HTTP/1.1 200 OK\r\nContent-Type: application/pkcs7-mime\r\n\r\n")
+    for _ in range(10):
+        op.receive_data(b"A" * 500)
+    assert op.state == C.ERROR
+    raises(RemoteProtocolError, op.next_event)
+    op = C.HttpOperation(N.OP_CACERTS, host="h")
+    op.send()
+    op.receive_data(response(200, "OK", [("Content-Type", N.MT_PKCS7)], b64(V.P7_CA)))
+    assert op.state == C.DONE and op.next_event().certs == [V.CA]
