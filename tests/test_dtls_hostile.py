@@ -156,7 +156,7 @@ def test_half_open_handshake_times_out(pki):
     only until handshake_timeout."""
     from OpenSSL import SSL
 
-    srv = ServerThread(pki, handshake_timeout=0.5)
+    srv = ServerThread(pki, handshake_timeout=1.5)
     s = udp()
     try:
         ctx = d.base_context(False, d.CLIENT_SUITES, pki.client.cert, pki.client.key)
@@ -171,8 +171,7 @@ def test_half_open_handshake_times_out(pki):
                 s.sendto(dg, ("127.0.0.1", srv.port))
             conn.bio_write(s.recv(4096))
         assert srv.session_count() == 1  # the cookie was good: now there is state
-        time.sleep(1.0)
-        assert srv.session_count() == 0
+        assert wait_for(lambda: srv.session_count() == 0, 5)
         assert srv.stats()["handshake_timeouts"] == 1
         assert srv.stats()["handshakes"] == 0
     finally:
@@ -204,26 +203,36 @@ def test_max_sessions_holds(pki):
 
 
 def test_idle_sessions_are_evicted_with_close_notify(pki):
-    srv = ServerThread(pki, idle_timeout=0.4)
+    srv = ServerThread(pki, idle_timeout=1.0)
     try:
         c = client(pki, srv.port)
         c.send(b"x")
         assert c.recv(5) == b"echo x"
-        time.sleep(0.3)
+        time.sleep(0.5)
         c.send(b"y")  # activity resets the idle clock
         assert c.recv(5) == b"echo y"
-        time.sleep(0.25)
+        time.sleep(0.4)
         assert srv.session_count() == 1
-        for _ in range(10):  # unauthenticated datagrams from its address do not keep it alive
+        # unauthenticated datagrams from its address for 1.5 s do not keep it
+        # alive: it goes at ~1.0 s (were they counted, it would live until 2.9 s)
+        for _ in range(15):
             c._sock.send(b"\x17\xfe\xfd\x00\x01" + os.urandom(30))
-            time.sleep(0.05)
-        time.sleep(0.1)
-        assert srv.session_count() == 0
+            time.sleep(0.1)
+        assert wait_for(lambda: srv.session_count() == 0, 0.5)
         assert srv.stats()["idle_evictions"] == 1
         with pytest.raises(TransportError):  # the eviction's close_notify
             c.recv(2)
     finally:
         srv.stop()
+
+
+def wait_for(fn, timeout):
+    end = time.monotonic() + timeout
+    while not fn():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def test_restarted_client_on_the_same_address_replaces_its_session(pki, server):
