@@ -396,9 +396,8 @@ class CoapOperation(Operation):
         self._off1 = 0  # offset of the Block1 block out
         self._b1 = False  # the request out carries Block1
         self._last1 = True  # ... and it is the last block
-        self._szx2 = szx  # Block2 size to ask for
-        self._asm = None  # coap.BlockAssembler of a Block2 transfer
-        self._cf2 = None
+        self.szx = szx  # Block2 size to ask for
+        self._asm = None  # coap.BlockAssembler of a Block2 transfer (.cf: its Content-Format)
         self.retransmissions = 0  # statistics for the port
         self.ignored = 0
 
@@ -468,8 +467,8 @@ class CoapOperation(Operation):
                     pl = pl[off:end]
                     if not off:
                         s1 = n
-            if self._szx2 < 6 and self._last1:
-                b2 = (0, 0, self._szx2)
+            if self.szx < 6 and self._last1:
+                b2 = (0, 0, self.szx)
         self._b1 = b1 is not None
         self._mid = self._mids.next()
         m = coap.request(
@@ -509,7 +508,7 @@ class CoapOperation(Operation):
                         self._t = now + self.separate_timeout
                         return
                     if mine:
-                        return self._response(m, True)
+                        return self._response(m, 1)
             elif not mine:
                 if t == _CON:
                     self._ctl = _empty(_RST, m.mid)
@@ -518,7 +517,7 @@ class CoapOperation(Operation):
                     self._ctl = _empty(_ACK, m.mid)
                 if m.mid != self._sep and self.state == AWAIT_RESPONSE:
                     self._sep = m.mid
-                    return self._response(m, False)
+                    return self._response(m, 0)
         self.ignored += 1
 
     def _response(self, m, piggybacked):
@@ -578,9 +577,9 @@ class CoapOperation(Operation):
                 if s2 is not None and coap.uint_decode(s2) > self.max_body:
                     raise LimitError("Size2 %d exceeds max_body=%d" % (coap.uint_decode(s2), self.max_body))
                 a = self._asm = coap.BlockAssembler(self.max_body)
-                self._cf2 = cf
+                a.cf = cf
             if a is not None:
-                if cf != self._cf2:
+                if cf != a.cf:
                     raise RemoteProtocolError("Content-Format changed between Block2 blocks")
                 body = a.add(num, more, szx, body)
                 if more:
