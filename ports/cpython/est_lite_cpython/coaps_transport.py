@@ -25,7 +25,6 @@ datagram.
 """
 
 import asyncio
-import logging
 
 from aiocoap import error, interfaces
 from aiocoap.numbers import COAPS_PORT

@@ -83,7 +83,9 @@ def load_certificate(obj):
             return x509.load_der_x509_certificate(data)
         except ValueError as e:
             raise LocalProtocolError("cannot load certificate: %s" % e)
-    raise LocalProtocolError("certificate must be DER/PEM bytes or a cryptography Certificate, not %s" % type(obj).__name__)
+    raise LocalProtocolError(
+        "certificate must be DER/PEM bytes or a cryptography Certificate, not %s" % type(obj).__name__
+    )
 
 
 def load_certificates(objs):
