@@ -321,24 +321,6 @@ def drain_bio(conn, mtu, bufsize=65536):
     return pack_datagrams(split_records(b"".join(parts)), mtu)
 
 
-def record_iter(datagram):
-    """Yield (content_type, version, epoch, seq_bytes, fragment_memoryview)
-    for each well-formed record of a received datagram; stops at the first
-    malformed one."""
-    mv = memoryview(datagram)
-    off = 0
-    n = len(mv)
-    while n - off >= RECORD_HEADER:
-        ctype = mv[off]
-        version, epoch = struct.unpack_from("!HH", mv, off + 1)
-        length = struct.unpack_from("!H", mv, off + 11)[0]
-        end = off + RECORD_HEADER + length
-        if end > n:
-            return
-        yield ctype, version, epoch, mv[off + 3 : off + 11], mv[off + RECORD_HEADER : end]
-        off = end
-
-
 # --- channel bindings -----------------------------------------------------------------------
 
 
