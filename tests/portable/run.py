@@ -1,5 +1,8 @@
 # Runs one portable test module under MicroPython (or CPython):
 #   micropython -X heapsize=64K tests/portable/run.py test_numbers
+#   micropython ... run.py --lib DIR test_numbers   (DIR first on sys.path:
+#       tests/test_micropython.py puts mpy-cross output of est_lite and
+#       est_lite_mp there, so the code under test loads as .mpy as on a device)
 # Calls every test_* function in name order, prints PASS/FAIL lines and a
 # closing "N passed, M failed" line; exits 1 if anything failed.
 import sys
@@ -12,6 +15,9 @@ for p in (_here, _root, _root + "/ports/micropython"):
 
 
 def main(argv):
+    if len(argv) > 2 and argv[1] == "--lib":
+        sys.path.insert(0, argv[2])
+        argv = argv[:1] + argv[3:]
     if len(argv) < 2:
         print("usage: run.py MODULE [TEST ...]")
         sys.exit(2)
