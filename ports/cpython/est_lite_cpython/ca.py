@@ -283,17 +283,11 @@ class LocalCA:
         if not_after > ca_after:
             not_after = ca_after
         is_ec = isinstance(public_key, ec.EllipticCurvePublicKey)
-        ku = x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=not is_ec,
-            data_encipherment=False,
-            key_agreement=is_ec,
-            key_cert_sign=False,
-            crl_sign=False,
-            encipher_only=False,
-            decipher_only=False,
-        )
+        ku = _KU_EC if is_ec else _KU_OTHER
+        eku = tuple(eku or ())
+        eku_ext = _EKU_CACHE.get(eku)
+        if eku_ext is None and eku:
+            eku_ext = _EKU_CACHE[eku] = x509.ExtendedKeyUsage([EKU_BY_NAME[e] for e in eku])
         for _ in range(_tries):
             b = (
                 x509.CertificateBuilder()
@@ -303,13 +297,13 @@ class LocalCA:
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(_dt(now - 60))
                 .not_valid_after(_dt(not_after))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(_BC_LEAF, critical=True)
                 .add_extension(ku, critical=True)
                 .add_extension(self._aki, critical=False)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             )
-            if eku:
-                b = b.add_extension(x509.ExtendedKeyUsage([EKU_BY_NAME[e] for e in eku]), critical=False)
+            if eku_ext is not None:
+                b = b.add_extension(eku_ext, critical=False)
             if sans:
                 b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
             cert = b.sign(self._key, hashes.SHA256())
@@ -343,6 +337,17 @@ class LocalCA:
             b = b.add_revoked_certificate(rb.build())
         return b.sign(self._key, hashes.SHA256())
 
+
+def _ku(is_ec):
+    return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=not is_ec,
+                         data_encipherment=False, key_agreement=is_ec, key_cert_sign=False, crl_sign=False,
+                         encipher_only=False, decipher_only=False)
+
+
+_KU_EC = _ku(True)
+_KU_OTHER = _ku(False)
+_BC_LEAF = x509.BasicConstraints(ca=False, path_length=None)
+_EKU_CACHE = {}
 
 _REASONS = {
     "unspecified": x509.ReasonFlags.unspecified,

@@ -165,6 +165,14 @@ class Store:
             der,
         )
 
+        if request_id is None:
+            # one statement = one implicit transaction (autocommit): durable on return
+            try:
+                self._db().execute("INSERT INTO certs VALUES (?,?,?,?,?,?,?,?,?)", row)
+            except sqlite3.IntegrityError:
+                raise DuplicateSerial("serial %s already issued" % serial) from None
+            return serial
+
         def tx(db):
             try:
                 db.execute("INSERT INTO certs VALUES (?,?,?,?,?,?,?,?,?)", row)
