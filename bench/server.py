@@ -248,8 +248,8 @@ def main(argv=None):
     ap.add_argument("--auth", default="basic", choices=["basic", "cert"])
     ap.add_argument("--workers", type=int, default=32, help="server worker threads")
     ap.add_argument("--client-procs", type=int, default=2, help="load generator processes (--client python)")
-    ap.add_argument("--client", default="curl", choices=["curl", "python"],
-                    help="load generator: curl --parallel (C, default) or Python stdlib ssl threads")
+    ap.add_argument("--client", default="python", choices=["python", "curl"],
+                    help="load generator: Python stdlib ssl threads in --client-procs processes (default; 1.9 ms CPU per enrollment) or curl --parallel (2.8 ms: loads the CA file per transfer)")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",")]
 
