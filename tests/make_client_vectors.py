@@ -43,7 +43,8 @@ def main():
         "P7_LEAF_CA": pkcs7.serialize_certificates([ca, leaf], der),  # leaf second on purpose
         "LEAF_KEY_P8": leaf_key.private_bytes(der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     }
-    # build the CsrAttrs DER properly (SEQUENCE OF AttrOrOID)
+    # CsrAttrs (SEQUENCE OF AttrOrOID): challengePassword, the ecPublicKey
+    # attribute {secp256r1}, ecdsa-with-SHA256
     cp = bytes.fromhex("06092a864886f70d010907")
     attr = bytes.fromhex("06072a8648ce3d0201") + bytes.fromhex("310a") + bytes.fromhex("06082a8648ce3d030107")
     attr = bytes((0x30, len(attr))) + attr

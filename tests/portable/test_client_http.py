@@ -1,4 +1,4 @@
-# micropython-heapsize: 256K
+# micropython-heapsize: 160K
 # Portable tests of est_lite/client.py: HttpOperation (EST over HTTP/1.1).
 from _util import raises
 
