@@ -1,0 +1,637 @@
+"""EST-coaps (RFC 9148) in front of an `EstService`, on aiocoap over our DTLS
+1.2 transport (X.509 client certificates, see coaps_transport.py).
+
+    srv = EstCoapsServer(service, cert, key, host="127.0.0.1", port=0)
+    port = srv.start()            # own event loop thread; or: await srv.start_async()
+    ...
+    srv.stop()
+
+    srv = EstCoapsServer.from_config(service, config)   # [coaps] section, server cert
+
+Resources (RFC 9148 §4, short names only; the HTTPS long names answer 4.04):
+
+    /.well-known/core                 link format, rt="ace.est.*" filter
+    /.well-known/est/[LABEL/]crts     GET   -> 2.05, 281 (default) or 287 (a one-certificate chain)
+    /.well-known/est/[LABEL/]att      GET   -> 2.05, 285 (empty payload: no attributes)
+    /.well-known/est/[LABEL/]sen      POST 286 -> 2.04, 281 or 287
+    /.well-known/est/[LABEL/]sren     POST 286 -> 2.04, 281 or 287
+    /.well-known/est/[LABEL/]skg      POST 286 -> 2.04, 62 [284 key, 281 certs]
+    /.well-known/est/[LABEL/]skc      POST 286 -> 2.04, 62 [284 key, 287 cert]
+
+Every resource authenticates the client: the DTLS handshake requires a
+certificate chaining to one of the trust sets the profiles use (revocation
+checked), and each request is then judged by the same `EstService` policy as
+over HTTPS (per-label trust sets, renewal rules, PoP, manual approval). There
+is no HTTP Basic/Digest over CoAP. Channel bindings (tls-unique, exporter)
+reach the service only when the session negotiated the extended master secret
+(RFC 7627); without it they are not unique to the session (MicroPython's Mbed
+TLS build does not negotiate it).
+
+Block-wise transfers (RFC 7959) are done here, not by aiocoap: Block1
+uploads are reassembled up to a limit (Size1 checked first, 4.13 carrying the
+limit in Size1), Block2 answers are served in the client's block size (or the
+session's largest) with Size2, and the follow-up requests of a POST answer
+(RFC 9148 Appendix B: Block2 only, no payload) find the answer by session and
+path. Errors: 4.00, 4.01, 4.03, 4.04, 4.05, 4.06, 4.08, 4.13, 4.15, 5.01, 5.03
+(+ Max-Age: manual approval), each with a short diagnostic payload.
+"""
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+
+import aiocoap
+import aiocoap.resource as resource
+from aiocoap.numbers.codes import Code
+
+from est_lite import cbor, numbers
+from est_lite.coap import BlockAssembler
+from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError
+
+from .coaps_transport import coaps_peer, coaps_server, create_coaps_server_context
+from .service import AuthContext, PendingApproval
+
+log = logging.getLogger("est_lite.coaps")
+
+GET, POST = Code.GET, Code.POST
+_DIAG_MAX = 120  # bytes of diagnostic payload (RFC 7252 §5.5.2: short, for humans)
+
+# content formats each operation can answer with; the first is the default
+_ACCEPT = {
+    numbers.OP_CACERTS: (numbers.CF_PKCS7_CERTS, numbers.CF_PKIX_CERT),
+    numbers.OP_CSRATTRS: (numbers.CF_CSRATTRS,),
+    numbers.OP_SIMPLEENROLL: (numbers.CF_PKCS7_CERTS, numbers.CF_PKIX_CERT),
+    numbers.OP_SIMPLEREENROLL: (numbers.CF_PKCS7_CERTS, numbers.CF_PKIX_CERT),
+    numbers.OP_SERVERKEYGEN: (numbers.CF_MULTIPART_CORE,),
+    numbers.OP_FULLCMC: (numbers.CF_PKCS7_CERTS,),
+}
+# discovery: (short name, rt, ct)
+_LINKS = (
+    ("crts", "ace.est.crts", '"281 287"'),
+    ("att", "ace.est.att", "285"),
+    ("sen", "ace.est.sen", '"281 287"'),
+    ("sren", "ace.est.sren", '"281 287"'),
+    ("skg", "ace.est.skg", "62"),
+    ("skc", "ace.est.skc", "62"),
+)
+
+
+class CoapError(EstError):
+    """A CoAP-level problem of one request (code set per instance)."""
+
+
+def _msg(code, payload=b"", **opts):
+    return aiocoap.Message(code=code, payload=payload, **opts)
+
+
+def error_response(e):
+    """aiocoap Message for an est_lite error: its coap_code hint, a short
+    diagnostic payload, Max-Age for PendingApproval, Size1 for a 4.13 that
+    knows the limit."""
+    code = getattr(e, "coap_code", 0xA0) or 0xA0
+    if code < 0x80:
+        code = 0xA0
+    text = e.msg if isinstance(e, EstError) else str(e)
+    diag = text.encode("utf-8", "replace")
+    if len(diag) > _DIAG_MAX:
+        diag = diag[: _DIAG_MAX - 3].decode("utf-8", "ignore").encode() + b"..."
+    opts = {}
+    if isinstance(e, PendingApproval):
+        opts["max_age"] = max(0, int(e.retry_after))
+    if getattr(e, "size1", None) is not None:
+        opts["size1"] = e.size1
+    return _msg(Code(code), diag, **opts)
+
+
+def auth_context(request):
+    """The AuthContext of a request that came over a coaps session (None if
+    it did not)."""
+    peer = coaps_peer(request)
+    if peer is None:
+        return None
+    ems = bool(peer.extended_master_secret)
+    return AuthContext("coaps", peer_chain=list(peer.peer_chain) or None,
+                       tls_unique=peer.tls_unique if ems else None,
+                       tls_exporter=peer.exporter if ems else None,
+                       tls_version="DTLSv1.2", remote=peer.address)
+
+
+class _Transfer:
+    __slots__ = ("asm", "body", "code", "cf", "expires", "limit")
+
+
+class EstResource(resource.Resource, resource.PathCapable):
+    """Every EST-coaps resource under /.well-known/est/ (a PathCapable
+    resource: labels are dynamic). `service` is an EstService (or anything
+    with its methods); blocking service calls run in `executor`.
+
+    Limits: max_body (bytes of a Block1 upload, also capped by the label's
+    max_csr_bytes), max_transfers_per_session (uploads and cached Block2
+    answers kept per DTLS session; the oldest is dropped), max_transfers (all
+    sessions), transfer_timeout (seconds a half-done transfer is kept)."""
+
+    def __init__(self, service, *, executor=None, max_body=16384, max_transfers=512, max_transfers_per_session=4,
+                 transfer_timeout=93.0, clock=time.monotonic):
+        super().__init__()
+        self.service = service
+        self.executor = executor
+        self.max_body = max_body
+        self.max_transfers = max_transfers
+        self.max_transfers_per_session = max_transfers_per_session
+        self.transfer_timeout = transfer_timeout
+        self.clock = clock
+        self._transfers = collections.OrderedDict()  # (session key, kind, path) -> _Transfer
+        self.stats = collections.Counter()
+
+    async def needs_blockwise_assembly(self, request):
+        return False
+
+    # -- transfer state --
+    def _purge(self, now):
+        t = self._transfers
+        while t:
+            k = next(iter(t))
+            if t[k].expires > now and len(t) <= self.max_transfers:
+                break
+            del t[k]
+
+    def _put(self, key, tr):
+        now = self.clock()
+        tr.expires = now + self.transfer_timeout
+        self._transfers.pop(key, None)
+        mine = [k for k in self._transfers if k[0] == key[0]]
+        while len(mine) >= self.max_transfers_per_session:
+            self._transfers.pop(mine.pop(0), None)
+        self._transfers[key] = tr
+        self._purge(now)
+
+    def _get(self, key):
+        self._purge(self.clock())
+        return self._transfers.get(key)
+
+    # -- helpers --
+    async def _call(self, fn, *args):
+        if self.executor is False:
+            return fn(*args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+    def _authenticate(self, name, label, ctx):
+        """Every resource authenticates the client: a certificate trusted for
+        this label, for enrollment or for re-enrollment."""
+        svc = self.service
+        prof = svc.profile(label)
+        try:
+            svc.authenticate(name, prof, ctx)
+        except EstError as first:
+            try:
+                svc.authenticate("simplereenroll", prof, ctx)
+            except EstError:
+                raise first from None
+
+    # -- rendering --
+    async def render(self, request):
+        self.stats["requests"] += 1
+        try:
+            return await self._render(request)
+        except EstError as e:
+            self.stats["errors"] += 1
+            if isinstance(e, PendingApproval):
+                self.stats["pending"] += 1
+            log.info("%s %s -> %s %s", _who(request), _path(request), numbers.code_str(getattr(e, "coap_code", 0xA0)),
+                     e.msg if isinstance(e, EstError) else e)
+            return error_response(e)
+
+    async def _render(self, request):
+        segs = [numbers.WELL_KNOWN, numbers.EST] + list(request.opt.uri_path)
+        try:
+            op, label, short = numbers.parse_path(segs)
+        except LocalProtocolError as e:
+            raise CoapError("no EST resource here: %s" % e, 0x84) from None
+        name = segs[-1].lower()
+        if not short:
+            raise CoapError("EST-coaps uses the short name %s, not %s (RFC 9148)" % (
+                numbers.COAP_NAMES[op], segs[-1]), 0x84)
+        if op == numbers.OP_FULLCMC:
+            raise CoapError("fullcmc (/cmc) is not implemented by this server; use /sen", 0xA1)
+        method = numbers.OP_METHODS[op]
+        if request.code != method:
+            raise CoapError("%s needs %s, not %s" % (name, "GET" if method == numbers.GET else "POST", request.code),
+                            0x85)
+        remote = request.remote
+        skey = getattr(remote, "blockwise_key", None) or id(remote)
+        rexp = min(6, getattr(remote, "maximum_block_size_exp", 6))
+        key = (skey, name, label or "")
+        b2 = request.opt.block2
+        if b2 is not None:
+            if b2.size_exponent > 6:
+                raise CoapError("Block2 SZX 7 is reserved", 0x80)
+            if b2.block_number > 0:
+                tr = self._get(key)
+                if tr is None or tr.body is None:
+                    if op in (numbers.OP_CACERTS, numbers.OP_CSRATTRS):
+                        tr = None  # GET: render again
+                    else:
+                        raise CoapError("no answer to continue: block %d of an unknown or expired transfer"
+                                        % b2.block_number, 0x88)
+                if tr is not None:
+                    self.stats["block2_followups"] += 1
+                    return self._answer(key, tr, b2, None, rexp)
+        ctx = auth_context(request)
+        if ctx is None:
+            raise CoapError("EST-coaps needs a DTLS session with a client certificate", 0x81)
+        accept = request.opt.accept
+        accept = None if accept is None else int(accept)
+        allowed = _ACCEPT[op]
+        if accept is not None and accept not in allowed:
+            raise CoapError("%s cannot answer in content format %d (available: %s)" % (
+                name, accept, " ".join(str(c) for c in allowed)), 0x86)
+        cf_out = accept if accept is not None else allowed[0]
+        if op == numbers.OP_SERVERKEYGEN and name == numbers.COAP_SKC:
+            cert_cf = numbers.CF_PKIX_CERT
+        elif op == numbers.OP_SERVERKEYGEN:
+            cert_cf = numbers.CF_PKCS7_CERTS
+        else:
+            cert_cf = cf_out
+        svc = self.service
+        if method == numbers.GET:
+            await self._call(self._authenticate, name, label, ctx)
+            if op == numbers.OP_CACERTS:
+                p7 = await self._call(svc.cacerts, label, ctx)
+                body = self._certs_body(p7, cert_cf, None)
+            else:
+                body = await self._call(svc.csrattrs, label, ctx)
+            tr = _Transfer()
+            tr.body, tr.code, tr.cf, tr.asm = bytes(body), Code.CONTENT, cf_out, None
+            return self._answer(key, tr, b2, None, rexp)
+        # POST: the CSR, maybe in Block1 blocks
+        cf_in = request.opt.content_format
+        b1 = request.opt.block1
+        if cf_in is None or int(cf_in) != numbers.CF_PKCS10:
+            if not (b1 is not None and b1.block_number > 0 and cf_in is None):
+                raise CoapError("%s takes a PKCS#10 CSR as Content-Format 286 (application/pkcs10), not %s" % (
+                    name, "none" if cf_in is None else int(cf_in)), 0x8F)
+        prof = svc.profile(label)
+        limit = min(self.max_body, getattr(prof, "max_csr_bytes", self.max_body))
+        payload = request.payload
+        if b1 is not None:
+            if b1.size_exponent > 6:
+                raise CoapError("Block1 SZX 7 is reserved", 0x80)
+            ukey = (skey, name + "/up", label or "")
+            if b1.block_number == 0:
+                await self._call(self._authenticate, name, label, ctx)  # before taking any more data
+                size1 = request.opt.size1
+                if size1 is not None and size1 > limit:
+                    e = CoapError("CSR of %d bytes exceeds the limit of %d bytes" % (size1, limit), 0x8D)
+                    e.size1 = limit
+                    raise e
+                tr = _Transfer()
+                tr.asm, tr.body, tr.code, tr.cf, tr.limit = BlockAssembler(max_body=limit), None, None, None, limit
+                self._put(ukey, tr)
+            else:
+                tr = self._get(ukey)
+                if tr is None or tr.asm is None:
+                    raise CoapError("block %d of an upload that was never started (or expired): send block 0 first"
+                                    % b1.block_number, 0x88)
+            try:
+                done = tr.asm.add(b1.block_number, b1.more, b1.size_exponent, payload)
+            except LimitError as e:
+                self._transfers.pop(ukey, None)
+                e2 = CoapError(e.msg, 0x8D)
+                e2.size1 = tr.limit
+                raise e2 from None
+            except RemoteProtocolError as e:
+                self._transfers.pop(ukey, None)
+                raise CoapError("Block1 upload out of order: %s" % e.msg, 0x88) from None
+            if done is None:
+                self._put(ukey, tr)
+                self.stats["block1_continue"] += 1
+                return _msg(Code.CONTINUE, block1=(b1.block_number, 1, b1.size_exponent))
+            self._transfers.pop(ukey, None)
+            payload = bytes(done)
+        elif len(payload) > limit:
+            e = CoapError("CSR of %d bytes exceeds the limit of %d bytes" % (len(payload), limit), 0x8D)
+            e.size1 = limit
+            raise e
+        csr = bytes(payload)
+        if op == numbers.OP_SERVERKEYGEN:
+            p8, p7, cert = await self._call(svc.serverkeygen, label, csr, ctx)
+            cpart = self._certs_body(p7, cert_cf, cert)
+            body = cbor.encode_multipart([(numbers.CF_PKCS8, p8), (cert_cf, cpart)])
+            self.stats["serverkeygen"] += 1
+        else:
+            fn = svc.simpleenroll if op == numbers.OP_SIMPLEENROLL else svc.simplereenroll
+            p7 = await self._call(fn, label, csr, ctx)
+            body = self._certs_body(p7, cert_cf, None)
+            self.stats["enrolled"] += 1
+        tr = _Transfer()
+        tr.body, tr.code, tr.cf, tr.asm = bytes(body), Code.CHANGED, cf_out, None
+        return self._answer(key, tr, b2, b1, rexp)
+
+    @staticmethod
+    def _certs_body(p7, cf, cert):
+        if cf != numbers.CF_PKIX_CERT:
+            return p7
+        if cert is not None:
+            from cryptography.hazmat.primitives import serialization
+
+            return cert.public_bytes(serialization.Encoding.DER)
+        from est_lite import pkcs7
+
+        certs = pkcs7.certificates(p7, max_certs=16)
+        if len(certs) != 1:
+            raise CoapError("the answer holds %d certificates; application/pkix-cert (287) carries one: "
+                            "ask for 281" % len(certs), 0x86)
+        return bytes(certs[0])
+
+    def _answer(self, key, tr, b2, b1, remote_exp):
+        """The answer, whole or as the block the client asked for (at most
+        the session's largest block, 16 << remote_exp)."""
+        body = tr.body
+        opts = {}
+        if b1 is not None:
+            opts["block1"] = (b1.block_number, 0, b1.size_exponent)
+        szx = remote_exp if b2 is None else min(b2.size_exponent, remote_exp)
+        size = 16 << szx
+        num = 0 if b2 is None else b2.block_number
+        if b2 is None and len(body) <= size:
+            return _msg(tr.code, body, content_format=tr.cf, **opts)
+        start = num * size
+        if start >= len(body) and not (start == 0 and not body):
+            raise CoapError("Block2 number %d is past the end of the %d-byte answer" % (num, len(body)), 0x82)
+        more = start + size < len(body)
+        if num == 0:
+            opts["size2"] = len(body)
+            if more:
+                self._put(key, tr)
+        elif not more:
+            self._transfers.pop(key, None)
+        return _msg(tr.code, body[start:start + size], content_format=tr.cf, block2=(num, int(more), szx), **opts)
+
+
+def _who(request):
+    peer = coaps_peer(request)
+    if peer is None:
+        return "?"
+    return "%s:%s" % peer.address[:2]
+
+
+def _path(request):
+    return "/" + "/".join(request.opt.uri_path)
+
+
+class CoreResource(resource.Resource):
+    """/.well-known/core: the EST resources of every label in link format
+    (RFC 6690), filtered by a query such as rt=ace.est* or rt=ace.est.sen."""
+
+    ct = numbers.CF_LINK_FORMAT
+
+    def __init__(self, service):
+        super().__init__()
+        self.service = service
+
+    def links(self):
+        out = []
+        profiles = getattr(self.service.config, "profiles", {"": None})
+        for label in sorted(profiles):
+            prof = profiles[label]
+            base = "/.well-known/est/" + (label + "/" if label else "")
+            for short, rt, ct in _LINKS:
+                if prof is not None and short in ("skg", "skc") and not prof.serverkeygen:
+                    continue
+                if prof is not None and short == "sren" and not prof.reenroll:
+                    continue
+                out.append((base + short, {"rt": rt, "ct": ct}))
+        return out
+
+    async def render_get(self, request):
+        filters = []
+        for q in request.opt.uri_query:
+            k, _, v = q.partition("=")
+            filters.append((k, v.strip('"')))
+        items = []
+        for href, attrs in self.links():
+            ok = True
+            for k, v in filters:
+                have = href if k == "href" else attrs.get(k, "").strip('"')
+                vals = have.split(" ") if k != "href" else [have]
+                if v.endswith("*"):
+                    ok = any(x.startswith(v[:-1]) for x in vals)
+                else:
+                    ok = v in vals
+                if not ok:
+                    break
+            if ok:
+                items.append("<%s>;rt=\"%s\";ct=%s" % (href, attrs["rt"], attrs["ct"]))
+        return _msg(Code.CONTENT, ",".join(items).encode(), content_format=numbers.CF_LINK_FORMAT)
+
+
+def build_site(service, **resource_options):
+    """An aiocoap Site with /.well-known/core and the EST resources."""
+    site = resource.Site()
+    site.add_resource([numbers.WELL_KNOWN, "core"], CoreResource(service))
+    est = EstResource(service, **resource_options)
+    site.add_resource([numbers.WELL_KNOWN, numbers.EST], est)
+    return site, est
+
+
+# ---------------------------------------------------------------- trust for the handshake
+
+
+def handshake_trust(service):
+    """Callable returning every CA certificate a profile of `service` trusts
+    for client certificates (enrollment or re-enrollment): the DTLS handshake
+    accepts their union, the service then applies each label's own sets."""
+
+    def cas():
+        cfg = service.config
+        names = set()
+        for prof in cfg.profiles.values():
+            names.update(prof.client_cert_trust)
+            names.update(prof.reenroll_trust)
+        out, seen = [], set()
+        for n in sorted(names):
+            certs = list(service.ca.ca_certs(None)) if n == "ca" else list(getattr(cfg.trust.get(n), "certs", []))
+            for c in certs:
+                fp = c.fingerprint(_sha256())
+                if fp not in seen:
+                    seen.add(fp)
+                    out.append(c)
+        return out
+
+    return cas
+
+
+def _sha256():
+    from cryptography.hazmat.primitives import hashes
+
+    return hashes.SHA256()
+
+
+def revocation_check(service):
+    """is_revoked(cert) for the DTLS handshake: this CA's store for the
+    certificates it issued, the configured CRLs for the other trust sets."""
+
+    def is_revoked(cert):
+        ca = service.ca
+        issuer = getattr(ca, "issuer", None)
+        if issuer is not None and cert.issuer == issuer.subject and cert != issuer and hasattr(ca, "is_revoked"):
+            if ca.is_revoked(cert):
+                return True
+        for t in getattr(service.config, "trust", {}).values():
+            for crl in t.crls:
+                if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number):
+                    return True
+        return False
+
+    return is_revoked
+
+
+# ---------------------------------------------------------------- the server
+
+
+class EstCoapsServer:
+    """EST-coaps server: aiocoap + our DTLS transport + EstResource.
+
+    cert/key: the server's certificate (DER, PEM, a PEM chain file's bytes,
+    or cryptography objects) and key; chain: certificates sent after the leaf
+    (default: none; a client that lacks an intermediate needs it here).
+    trusted_cas / is_revoked: default from the service's profiles and CA.
+    Other keywords: the DtlsServer options (mtu, max_sessions, idle_timeout,
+    handshake_timeout, ciphers, ...) and the EstResource limits (max_body,
+    max_transfers, max_transfers_per_session, transfer_timeout). workers:
+    threads for the blocking service calls."""
+
+    def __init__(self, service, cert, key, *, chain=(), host="127.0.0.1", port=5684, trusted_cas=None,
+                 is_revoked=None, workers=4, max_body=16384, max_transfers=512, max_transfers_per_session=4,
+                 transfer_timeout=93.0, **dtls_options):
+        self.service = service
+        self.cert, self.key, self.chain = cert, key, list(chain)
+        self.host = host
+        self.requested_port = port
+        self.port = None
+        self.trusted_cas = trusted_cas if trusted_cas is not None else handshake_trust(service)
+        self.is_revoked = is_revoked if is_revoked is not None else revocation_check(service)
+        self.workers = workers
+        self.dtls_options = dtls_options
+        self.resource_options = dict(max_body=max_body, max_transfers=max_transfers,
+                                     max_transfers_per_session=max_transfers_per_session,
+                                     transfer_timeout=transfer_timeout)
+        self.context = None
+        self.resource = None
+        self._executor = None
+        self._loop = None
+        self._thread = None
+
+    @classmethod
+    def from_config(cls, service, config, *, port=None, host=None):
+        """From a ServerConfig: its [coaps] section and the server certificate
+        (tls_cert / tls_key, default <data_dir>/server.pem)."""
+        import os
+
+        from . import dtls as _d
+
+        cert_file = config.tls_cert or os.path.join(config.data_dir, "server.pem")
+        key_file = config.tls_key or os.path.join(config.data_dir, "server.key")
+        try:
+            with open(cert_file, "rb") as f:
+                certs = _d.load_certificates(f.read())
+            with open(key_file, "rb") as f:
+                key = f.read()
+        except OSError as e:
+            raise LocalProtocolError("cannot read the server certificate/key for CoAPs: %s" % e) from None
+        mode = getattr(config, "coaps_send_chain", "intermediates")
+        if mode == "none":
+            chain = []
+        elif mode == "all":
+            chain = certs[1:]
+        else:  # the chain the client lacks: intermediates, never the root it trusts
+            chain = [c for c in certs[1:] if c.issuer != c.subject]
+        return cls(service, certs[0], key, chain=chain,
+                   host=host or getattr(config, "coaps_listen", None) or config.listen,
+                   port=getattr(config, "coaps_port", 5684) if port is None else port,
+                   mtu=getattr(config, "coaps_mtu", 1200),
+                   max_sessions=getattr(config, "coaps_max_sessions", 256),
+                   idle_timeout=getattr(config, "coaps_idle_timeout_s", 120.0),
+                   handshake_timeout=getattr(config, "coaps_handshake_timeout_s", 30.0),
+                   workers=getattr(config, "coaps_workers", 4),
+                   max_body=getattr(config, "coaps_max_body_bytes", 16384))
+
+    # -- asyncio --
+    async def start_async(self):
+        """Start on the running loop; returns the bound UDP port."""
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers,
+                                                               thread_name_prefix="est-coaps")
+        site, self.resource = build_site(self.service, executor=self._executor, **self.resource_options)
+        self.context, self.port = await create_coaps_server_context(
+            site, (self.host, self.requested_port), cert=self.cert, key=self.key, trusted_cas=self.trusted_cas,
+            chain=self.chain, is_revoked=self.is_revoked, **self.dtls_options)
+        log.info("EST-coaps server on %s port %d", self.host, self.port)
+        return self.port
+
+    async def stop_async(self):
+        if self.context is not None:
+            await self.context.shutdown()
+            self.context = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    @property
+    def dtls(self):
+        """The DtlsServer (stats, sessions)."""
+        return coaps_server(self.context) if self.context is not None else None
+
+    @property
+    def stats(self):
+        out = dict(self.resource.stats) if self.resource is not None else {}
+        d = self.dtls
+        if d is not None:
+            out.update({"dtls_" + k: v for k, v in d.stats.items()})
+            out["dtls_sessions"] = d.session_count
+        return out
+
+    @property
+    def url(self):
+        h = "[%s]" % self.host if ":" in self.host else self.host
+        return "coaps://%s:%d" % (h, self.port)
+
+    # -- own loop thread --
+    def start(self):
+        """Run on an event loop in a daemon thread; returns the UDP port."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="est-coaps-loop", daemon=True)
+        self._thread.start()
+        try:
+            return self.call(self.start_async())
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            raise
+
+    def call(self, coro, timeout=30):
+        """Run a coroutine on the server's loop thread (after start())."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self):
+        if self._loop is None:
+            return
+        try:
+            self.call(self.stop_async(), timeout=10)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            log.warning("CoAPs server did not stop cleanly")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._loop.is_running():
+            self._loop.close()
+        self._loop = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
