@@ -21,6 +21,10 @@ auth = ["cert"]
 client_cert_trust = ["ca", "idevid"]
 pop_exempt_transports = ["coaps"]
 
+[profiles.basiconly]
+auth = ["basic"]
+reenroll = false
+
 [profiles.mp]
 auth = ["cert"]
 client_cert_trust = ["ca", "idevid"]
@@ -156,3 +160,59 @@ class CoapsSession:
 
     def serverkeygen(self, csr, label=None, **kw):
         return self.op(N.OP_SERVERKEYGEN, label, csr, **kw)
+
+
+class RawCoap:
+    """Hand-made CoAP requests (est_lite.coap) over a DtlsClient: for the
+    error paths the EST client would never produce."""
+
+    def __init__(self, dtls):
+        self.dtls = dtls
+        self.mid = random.randrange(0x10000)
+
+    def request(self, code, path, payload=b"", *, options=(), timeout=5.0, **kw):
+        from est_lite import coap
+
+        self.mid = (self.mid + 1) & 0xFFFF
+        tok = os.urandom(4)
+        msg = coap.request(code, path, tok, self.mid, payload=payload, extra_options=list(options), **kw)
+        self.dtls.send(msg.encode())
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            data = self.dtls.recv(timeout=max(0.01, end - time.monotonic()))
+            if data is None:
+                break
+            resp = coap.decode(data)
+            if resp.type == 0 and resp.code >= 0x40:  # separate CON response: ACK it
+                self.dtls.send(coap.Message(type=2, code=0, mid=resp.mid).encode())
+            if resp.code >= 0x40 and bytes(resp.token) == tok:
+                return resp
+        raise AssertionError("no CoAP answer to %s" % "/".join(path))
+
+    def get_all(self, path, **kw):
+        """GET following Block2 (at the server's block size); returns
+        (first response, whole payload)."""
+        from est_lite import coap
+
+        first, parts, b2 = None, [], None
+        while True:
+            r = self.request(1, path, block2=b2, **kw)
+            first = first or r
+            parts.append(bytes(r.payload))
+            v = coap.opt(r, 23)
+            if v is None:
+                return first, b"".join(parts)
+            num, more, szx = coap.block_decode(v)
+            if not more:
+                return first, b"".join(parts)
+            b2 = (num + 1, 0, szx)
+
+    def path(self, name, label=None):
+        return [".well-known", "est"] + ([label] if label else []) + [name]
+
+
+def opt_uint(msg, number):
+    from est_lite import coap
+
+    v = coap.opt(msg, number)
+    return None if v is None else coap.uint_decode(v)

@@ -1,7 +1,10 @@
-"""`est-lite serve`: run the reference EST server over HTTPS.
+"""`est-lite serve`: run the reference EST server over HTTPS, and over
+EST-coaps (RFC 9148) too when the config has a [coaps] section or
+--coaps-port is given; both listeners share one EstService and CA.
 
     est-lite serve --data-dir est-data            # defaults + DIR/server.toml if present
     est-lite serve --config examples/server.toml
+    est-lite serve --data-dir est-data --coaps-port 5684
 """
 
 import logging
@@ -20,9 +23,24 @@ def cmd_serve(args):
                         format="%(asctime)s %(levelname)s %(message)s")
     srv = server_from_config(cfg, port=args.port, host=args.host)
     port = srv.start()
+    coaps = None
+    if getattr(args, "coaps_port", None) is not None or cfg.coaps_enabled:
+        from .coaps_server import EstCoapsServer
+
+        try:
+            coaps = EstCoapsServer.from_config(srv.service, cfg, port=args.coaps_port, host=args.host)
+            coaps.start()
+        except BaseException:
+            srv.stop()
+            raise
     labels = ", ".join(sorted(k or "(default)" for k in cfg.profiles))
     print("est-lite EST server on %s/.well-known/est/ (labels: %s; data %s)" % (srv.url, labels, cfg.data_dir),
           flush=True)
+    if coaps is not None:
+        print("est-lite EST-coaps server on %s/.well-known/est/" % coaps.url, flush=True)
+    if coaps is not None and getattr(args, "coaps_port_file", None):
+        with open(args.coaps_port_file, "w") as f:
+            f.write("%d\n" % coaps.port)
     if args.port_file:
         with open(args.port_file, "w") as f:
             f.write("%d\n" % port)
@@ -35,16 +53,22 @@ def cmd_serve(args):
         srv.serve_forever()
     except KeyboardInterrupt:
         srv.stop()
+    finally:
+        if coaps is not None:
+            coaps.stop()
     print("stopped", file=sys.stderr)
     return 0
 
 
 def register(sub):
-    p = sub.add_parser("serve", help="run the EST server (HTTPS)")
+    p = sub.add_parser("serve", help="run the EST server (HTTPS, and EST-coaps with [coaps] or --coaps-port)")
     p.add_argument("--config", help="TOML config (see examples/server.toml)")
     p.add_argument("--data-dir", help="CA data directory (overrides the config's ca.data_dir)")
     p.add_argument("--host", help="listen address (overrides the config)")
     p.add_argument("--port", type=int, help="TCP port, 0 = any free one (overrides the config)")
     p.add_argument("--port-file", help="write the port number here once listening")
+    p.add_argument("--coaps-port", type=int,
+                   help="also serve EST-coaps on this UDP port (0 = any free one; overrides [coaps] port)")
+    p.add_argument("--coaps-port-file", help="write the EST-coaps UDP port here once listening")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=cmd_serve)

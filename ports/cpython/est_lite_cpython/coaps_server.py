@@ -181,12 +181,14 @@ class EstResource(resource.Resource, resource.PathCapable):
 
     def _authenticate(self, name, label, ctx):
         """Every resource authenticates the client: a certificate trusted for
-        this label, for enrollment or for re-enrollment."""
+        this label, for enrollment or (if the label renews) re-enrollment."""
         svc = self.service
         prof = svc.profile(label)
         try:
             svc.authenticate(name, prof, ctx)
         except EstError as first:
+            if not getattr(prof, "reenroll", True):
+                raise
             try:
                 svc.authenticate("simplereenroll", prof, ctx)
             except EstError:
@@ -429,10 +431,19 @@ class CoreResource(resource.Resource):
         return _msg(Code.CONTENT, ",".join(items).encode(), content_format=numbers.CF_LINK_FORMAT)
 
 
+class _EstRoot(resource.Resource):
+    """/.well-known/est itself: not a resource, but say where they are."""
+
+    async def render(self, request):
+        return error_response(CoapError("the EST resources are /.well-known/est/[LABEL/]crts, att, sen, sren, skg, "
+                                        "skc", 0x84))
+
+
 def build_site(service, **resource_options):
     """An aiocoap Site with /.well-known/core and the EST resources."""
     site = resource.Site()
     site.add_resource([numbers.WELL_KNOWN, "core"], CoreResource(service))
+    site.add_resource([numbers.WELL_KNOWN, numbers.EST], _EstRoot())
     est = EstResource(service, **resource_options)
     site.add_resource([numbers.WELL_KNOWN, numbers.EST], est)
     return site, est

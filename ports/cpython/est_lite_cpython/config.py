@@ -136,6 +136,7 @@ class ServerConfig:
         ca = dict(data.pop("ca", {}) or {})
         trust = dict(data.pop("trust", {}) or {})
         profiles = dict(data.pop("profiles", {}) or {})
+        coaps = data.pop("coaps", None)
         if data:
             raise ConfigError("unknown section(s) %s" % ", ".join(sorted(data)))
 
@@ -163,6 +164,8 @@ class ServerConfig:
         self.digest_nonce_lifetime_s = _take(srv, "digest_nonce_lifetime_s", 300, int, w)
         if srv:
             raise ConfigError("server: unknown key(s) %s" % ", ".join(sorted(srv)))
+
+        self._coaps(coaps)
 
         self.data_dir = rel(data_dir or _take(ca, "data_dir", None, str, "ca")) or os.path.abspath("est-data")
         ca.pop("data_dir", None)
@@ -210,6 +213,28 @@ class ServerConfig:
                 if name != "ca" and name not in self.trust:
                     raise ConfigError("profiles.%s: trust set %r is not defined ([trust.%s])" % (label, name, name))
             self.profiles[key] = prof
+
+    def _coaps(self, coaps):
+        """[coaps]: the EST-coaps (RFC 9148) listener of `est-lite serve`,
+        on by default when the section exists (see coaps_server.py)."""
+        w = "coaps"
+        c = dict(coaps or {})
+        self.coaps_enabled = _take(c, "enabled", coaps is not None, bool, w)
+        self.coaps_listen = _take(c, "listen", None, str, w)  # default: server.listen
+        self.coaps_port = _take(c, "port", 5684, int, w)
+        self.coaps_mtu = _take(c, "mtu", 1200, int, w)
+        self.coaps_max_sessions = _take(c, "max_sessions", 256, int, w)
+        self.coaps_idle_timeout_s = _take(c, "idle_timeout_s", 120.0, (int, float), w)
+        self.coaps_handshake_timeout_s = _take(c, "handshake_timeout_s", 30.0, (int, float), w)
+        self.coaps_workers = _take(c, "workers", 4, int, w)
+        self.coaps_max_body_bytes = _take(c, "max_body_bytes", 16384, int, w)
+        self.coaps_send_chain = _take(c, "send_chain", "intermediates", str, w)
+        if self.coaps_send_chain not in ("intermediates", "none", "all"):
+            raise ConfigError("coaps.send_chain must be \"intermediates\", \"none\" or \"all\"")
+        if not 256 <= self.coaps_mtu <= 65507:
+            raise ConfigError("coaps.mtu must be 256..65507")
+        if c:
+            raise ConfigError("coaps: unknown key(s) %s" % ", ".join(sorted(c)))
 
     def profile(self, label):
         """The profile for a label ('' or None = default), or None if unknown."""
