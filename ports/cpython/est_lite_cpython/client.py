@@ -1,0 +1,128 @@
+"""The EST client runtime on CPython: est_lite_mp.client.EstClient (the
+same class and API as on a device) with pyOpenSSL transports, OpenSSL
+crypto, the monotonic clock and a system random source.
+
+    from est_lite_cpython.client import EstClient
+    from est_lite_cpython.credstore import CredStore
+
+    c = EstClient("https://est.example:8443", trust=[ca_pem], user="dev", password="pw")
+    r = c.provision(CredStore("/var/lib/est"), cn="gateway-1")
+    c.renew_if_needed(CredStore("/var/lib/est"))
+
+Beyond the portable client: PoP linking with the channel binding (TLS 1.2
+tls-unique, TLS 1.3 exporter, DTLS tls-unique), HTTP CONNECT proxies
+(proxy="http://[user:pw@]host:port"), CRL checks of the server's chain
+(crls=[...]), any signature algorithm when verifying the issued
+certificate, and trust/cert/key given as DER, PEM or cryptography objects.
+See docs/client-runtime.md.
+"""
+
+import os
+import random
+import time
+
+from est_lite.errors import LocalProtocolError
+from est_lite_mp import client as _portable
+from est_lite_mp.client import Result, parse_pin, parse_server  # noqa: F401 - re-exported
+
+from . import dtls as _d
+
+_sysrand = random.SystemRandom()
+
+
+def _der_list(objs):
+    from cryptography.hazmat.primitives import serialization
+
+    return [c.public_bytes(serialization.Encoding.DER) for c in _d.load_certificates(objs)]
+
+
+def load_crls(objs):
+    """cryptography CRL objects from PEM/DER bytes or objects (one or a list)."""
+    from cryptography import x509
+
+    if objs is None:
+        return []
+    if not isinstance(objs, (list, tuple)):
+        objs = [objs]
+    out = []
+    for o in objs:
+        if isinstance(o, x509.CertificateRevocationList):
+            out.append(o)
+            continue
+        data = bytes(o)
+        try:
+            out.append(x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----")
+                       else x509.load_der_x509_crl(data))
+        except ValueError as e:
+            raise LocalProtocolError("cannot load CRL: %s" % e) from None
+    return out
+
+
+class EstClient(_portable.EstClient):
+    """See est_lite_mp.client.EstClient; extra keywords: proxy (HTTPS only),
+    crls, tls_version ("1.2"/"1.3"), chain (intermediates sent after our
+    certificate), mtu (DTLS)."""
+
+    max_body = 16384
+
+    def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
+                 server_name=None, timeout=30, deadline=120, *, proxy=None, crls=None, tls_version=None, chain=(),
+                 mtu=1200):
+        if trust is not None:
+            trust = _der_list(trust)
+        super().__init__(server, trust, pin, cert, key, user, password, label, server_name, timeout, deadline)
+        if proxy and self.scheme != "https":
+            raise LocalProtocolError("an HTTP CONNECT proxy carries HTTPS only (CoAPs is UDP)")
+        self.proxy = proxy
+        self.crls = load_crls(crls)
+        self.tls_version = tls_version
+        self.chain = chain
+        self.mtu = mtu
+
+    def _mono(self):
+        return time.monotonic()
+
+    def _sleep(self, s):
+        if s > 0:
+            time.sleep(s)
+
+    def _rand_bytes(self, n):
+        return os.urandom(n)
+
+    def _rand(self):
+        return _sysrand.random()
+
+    def _crypto(self):
+        from . import crypto
+
+        return crypto
+
+    def _open_coaps(self, trust, pin, timeout):
+        from .transport_coaps import CoapsTransport
+
+        return CoapsTransport(self.host, self.port, trust=trust, pin=pin, server_name=self.server_name,
+                              cert=self.cert, key=self.key, chain=self.chain, timeout=timeout, crls=self.crls,
+                              mtu=self.mtu)
+
+    def _open_https(self, trust, pin, timeout):
+        from .transport_https import TlsTransport
+
+        return TlsTransport(self.host, self.port, trust=trust, pin=pin, server_name=self.server_name,
+                            cert=self.cert, key=self.key, chain=self.chain, proxy=self.proxy, timeout=timeout,
+                            crls=self.crls, tls_version=self.tls_version, pending_ok=self._anon)
+
+    def _verify_hook(self):
+        return verify_issued_by
+
+
+def verify_issued_by(issuer_der, cert_der):
+    """True if issuer's key signed cert (any algorithm cryptography knows)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        x509.load_der_x509_certificate(bytes(cert_der)).verify_directly_issued_by(
+            x509.load_der_x509_certificate(bytes(issuer_der)))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

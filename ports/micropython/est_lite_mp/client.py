@@ -1,0 +1,546 @@
+# est-lite client runtime: EST (HTTPS) and EST-coaps (DTLS) for a device.
+# Portable: this is the MicroPython client; est_lite_cpython.client
+# subclasses it with CPython transports and crypto (same API).
+#
+#   c = EstClient("coaps://est.example:5684", pin=fp, cert=idevid_der, key=idevid_key_der)
+#   r = c.provision(CredStore("/est"), cn="dev-42")   # cacerts, csrattrs, key, CSR, enroll, verify, store
+#   c.renew_if_needed(CredStore("/est"))              # re-enroll when a third of the validity is left
+#   c.close()
+#
+# Granular: cacerts() -> [DER], csrattrs() -> CsrAttrs or None,
+# enroll(csr) / reenroll(csr) -> Enrolled(cert, chain),
+# serverkeygen(csr) -> ServerKeyGen(key_der, key_type, cert, chain).
+# A csr is DER bytes, or a callable binding -> DER called for each attempt
+# with the channel binding of the session carrying it (None when the port
+# has none): RFC 7030 §3.5 PoP linking.
+#
+# Every operation is retried after 202 / 5.03 (Retry-After / Max-Age plus
+# jitter) and after link failures (exponential backoff) while the next try
+# fits before the deadline (seconds from the start of the call).
+# Imports are lazy: a CoAP-only enrollment never loads the HTTP modules.
+import time
+
+from est_lite.errors import EstError, LocalProtocolError, SecurityError, TransportError
+
+try:
+    _ticks = time.ticks_ms
+    _tdiff = time.ticks_diff
+except AttributeError:  # CPython
+    def _ticks():
+        return int(time.monotonic() * 1000)
+
+    def _tdiff(a, b):
+        return a - b
+
+_T0 = _ticks()
+
+
+def parse_server(uri):
+    """(scheme, host, port, label) from coaps://host[:port][/label] or
+    https://host[:port][/.well-known/est][/label]; IPv6 in brackets."""
+    i = uri.find("://")
+    scheme = uri[:i].lower() if i > 0 else ""
+    if scheme not in ("coaps", "https"):
+        raise LocalProtocolError("server must be a coaps:// or https:// URI, got %r" % uri)
+    rest = uri[i + 3:]
+    j = rest.find("/")
+    hp, path = (rest, "") if j < 0 else (rest[:j], rest[j:])
+    port = 5684 if scheme == "coaps" else 443
+    if hp.startswith("["):
+        k = hp.find("]")
+        host = hp[1:k]
+        p = hp[k + 1:]
+    else:
+        k = hp.rfind(":")
+        host, p = (hp, "") if k < 0 else (hp[:k], hp[k:])
+    if p:
+        try:
+            port = int(p[1:])
+        except ValueError:
+            port = 0
+        if not p.startswith(":") or not 0 < port < 65536:
+            raise LocalProtocolError("bad port in %r" % uri)
+    if not host:
+        raise LocalProtocolError("no host in %r" % uri)
+    segs = [s for s in path.split("/") if s]
+    if segs[:2] == [".well-known", "est"]:
+        segs = segs[2:]
+    if len(segs) > 1:
+        raise LocalProtocolError("server URI path may only name a label, got %r" % path)
+    return scheme, host, port, segs[0] if segs else None
+
+
+def parse_pin(pin):
+    """32 bytes from b'...' (32), 'sha256:<hex>' or '<hex>' (colons allowed)."""
+    if pin is None or isinstance(pin, bytes) and len(pin) == 32:
+        return pin
+    s = pin.decode() if isinstance(pin, (bytes, bytearray)) else str(pin)
+    if s.lower().startswith("sha256:"):
+        s = s[7:]
+    s = s.replace(":", "").strip()
+    try:
+        b = bytes.fromhex(s)
+    except ValueError:
+        b = b""
+    if len(b) != 32:
+        raise LocalProtocolError("pin must be sha256:<64 hex digits> (the SHA-256 of a server certificate)")
+    return b
+
+
+class Result:
+    """What provision() / renew_if_needed() did: cert, chain, ca (DER),
+    public_key, unmet (CSR attributes not satisfied), gen (store generation)."""
+
+    def __init__(self, cert, chain, ca, public_key, unmet, gen):
+        self.cert = cert
+        self.chain = chain
+        self.ca = ca
+        self.public_key = public_key
+        self.unmet = unmet
+        self.gen = gen
+
+
+# --- MicroPython transports (est_lite_cpython.client has its own) ---
+
+class _MpCoaps:
+    # est_lite_mp.dtls.DtlsClient: the first send runs the handshake
+    binding = None
+
+    def __init__(self, host, port, trust, pin, name, cert, key, timeout):
+        from est_lite_mp.dtls import DtlsClient
+
+        self._pin = pin
+        self._hit = False
+        self.c = DtlsClient(host, port, cadata=trust, server_hostname=name, cert=cert, key=key,
+                            pin=self._check if pin else None, timeout_ms=int(timeout * 1000))
+
+    def _check(self, der, depth):
+        # every certificate the server presents (top first); the leaf decides
+        import hashlib
+
+        self._hit = self._hit or hashlib.sha256(der).digest() == self._pin
+        return depth > 0 or self._hit
+
+    def connect(self):
+        self.c.connect()
+
+    def send(self, d):
+        self.c.send(d)
+
+    def recv_into(self, buf, timeout):
+        return self.c.recv_into(buf, max(0, int(timeout * 1000)))
+
+    def close(self):
+        self.c.close()
+
+
+class EstClient:
+    """server: coaps:// or https:// URI (an optional label as the path, or
+    label=). trust: CA certificates (DER, list) the server must chain to;
+    pin: bootstrap instead of trust -- SHA-256 of a certificate in the
+    server's chain (32 bytes or 'sha256:hex'), checked during the handshake;
+    after the first cacerts() the received CA certificates are the trust
+    anchors. cert/key: client certificate and key (DER) for the (D)TLS
+    handshake; user/password: HTTP Basic/Digest (HTTPS only).
+    server_name: the name the server certificate must cover (default: the
+    URI host). timeout: one handshake or request (s); deadline: default
+    overall limit of each call (s, None: no retries)."""
+
+    szx = 6
+    ack_timeout = 2
+    max_body = 4096
+    backoff = 5  # first backoff after a link failure (s)
+    idle_close = 30  # close the session before a longer retry wait (servers evict idle sessions)
+
+    def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
+                 server_name=None, timeout=30, deadline=120):
+        self.scheme, self.host, self.port, lab = parse_server(server)
+        self.label = label or lab
+        if label and lab and label != lab:
+            raise LocalProtocolError("label given twice: %r and %r" % (lab, label))
+        if trust is not None and not isinstance(trust, (list, tuple)):
+            trust = [trust]
+        self.pin = parse_pin(pin)
+        if trust is None and self.pin is None:
+            raise LocalProtocolError("give trust anchors (trust=) or a bootstrap pin (pin=); there is no implicit trust")
+        if (cert is None) != (key is None):
+            raise LocalProtocolError("cert and key go together")
+        if user is not None and self.scheme == "coaps":
+            raise LocalProtocolError("HTTP user/password do not exist over CoAPs (RFC 9148): use a client certificate")
+        self.trust = trust
+        self.cert, self.key = cert, key
+        self.auth = (user, password or "") if user is not None else None
+        self.server_name = server_name or self.host
+        self.timeout = timeout
+        self.deadline = deadline
+        self.bootstrapped = False  # the trust anchors came from a pinned cacerts()
+        self._t = None  # transport of the current session
+        self._last = None  # transport that carried the last answer
+        self._anon = False  # HTTPS bootstrap without credentials
+        self._mids = None
+        self._buf = None
+        self._end = None
+
+    # --- port hooks (est_lite_cpython.client overrides them) ---
+
+    def _mono(self):
+        return _tdiff(_ticks(), _T0) / 1000
+
+    def _sleep(self, s):
+        if s > 0:
+            time.sleep(s)
+
+    def _rand_bytes(self, n):
+        import os
+
+        return os.urandom(n)
+
+    def _rand(self):
+        b = self._rand_bytes(3)
+        return (b[0] << 16 | b[1] << 8 | b[2]) / 16777216
+
+    def _crypto(self):
+        from est_lite_mp import crypto
+
+        return crypto
+
+    def _open_coaps(self, trust, pin, timeout):
+        return _MpCoaps(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout)
+
+    def _open_https(self, trust, pin, timeout):
+        from est_lite_mp.https import TlsStream
+
+        return TlsStream(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout,
+                         self._anon)
+
+    def _make_key(self, key_backend):
+        return key_backend if key_backend is not None else self._crypto().P256Key.generate()
+
+    # --- sessions ---
+
+    def _left(self):
+        return None if self._end is None else self._end - self._mono()
+
+    def _session(self):
+        if self._t is None:
+            left = self._left()
+            to = self.timeout if left is None else max(0.5, min(self.timeout, left))
+            pin = self.pin if self.trust is None else None
+            t = self._open_coaps(self.trust, pin, to) if self.scheme == "coaps" else self._open_https(self.trust, pin,
+                                                                                                      to)
+            try:
+                t.connect()
+            except BaseException:
+                t.close()
+                raise
+            self._t = self._last = t
+            if self._mids is None and self.scheme == "coaps":
+                from est_lite.client import MidSource
+
+                self._mids = MidSource(self._rand_bytes(2))
+                self._buf = bytearray(1152)
+        return self._t
+
+    def close(self):
+        """End the session (DTLS/TLS); the next operation opens a new one."""
+        t = self._t
+        self._t = None
+        if t is not None:
+            t.close()
+
+    @property
+    def binding(self):
+        """Channel binding of the current session (tls-unique / exporter), or
+        None (no session yet, or the port has none: MicroPython)."""
+        return None if self._t is None else self._t.binding
+
+    # --- one attempt ---
+
+    def _coap_once(self, op, body, pk):
+        from est_lite import client as C
+
+        t = self._session()
+        o = C.CoapOperation(op, label=self.label, body=body, token=self._rand_bytes(4), mid=self._mids, szx=self.szx,
+                            public_key=pk, rand=self._rand, ack_timeout=self.ack_timeout, max_body=self.max_body,
+                            buf=self._buf)
+        rb = bytearray(1280)
+        mv = memoryview(rb)
+        while True:
+            now = self._mono()
+            d = o.send(now)
+            while d is not None:
+                t.send(d)
+                d = o.send(now)
+            ev = o.next_event()
+            if ev is not C.NEED_DATA:
+                return ev
+            n = t.recv_into(rb, o.next_timeout() - self._mono())
+            if n:
+                o.receive_data(mv[:n], self._mono())
+
+    def _http_once(self, op, csr, pk):
+        from est_lite import client as C
+        from est_lite.client_http import HttpOperation
+
+        host = self.host if ":" not in self.host else "[%s]" % self.host
+        if self.port != 443:
+            host = "%s:%d" % (host, self.port)
+        for _ in range(3):
+            t = self._session()
+            b = t.binding
+            o = HttpOperation(op, self.label, host=host, body=csr(b) if callable(csr) else csr, auth=self.auth,
+                              cnonce=self._rand_bytes(8).hex(), public_key=pk, max_body=self.max_body * 4)
+            while True:
+                if o.need_new_connection:
+                    self.close()
+                    t = self._session()
+                    if callable(csr) and t.binding != b:
+                        break  # the CSR is bound to the old connection: start over on this one
+                req = o.send()
+                if req is None:
+                    raise LocalProtocolError("HTTP operation stalled")
+                t.write(req)
+                ev = o.next_event()
+                while ev is C.NEED_DATA and o.state == C.AWAIT_RESPONSE:
+                    o.receive_data(t.read(2048))
+                    ev = o.next_event()
+                if ev is not C.NEED_DATA:
+                    if o.need_new_connection:
+                        self.close()
+                    return ev
+        raise TransportError("the server keeps closing the connection during authentication")
+
+    # --- retries ---
+
+    def _run(self, op, csr=None, pk=None):
+        from est_lite import client as C
+
+        outer = self._end is None
+        if outer and self.deadline is not None:
+            self._end = self._mono() + self.deadline
+        try:
+            attempt = 0
+            while True:
+                try:
+                    if self.scheme == "coaps":
+                        t = self._session()
+                        body = csr(t.binding) if callable(csr) else csr
+                        ev = self._coap_once(op, body or b"", pk)
+                    else:
+                        ev = self._http_once(op, csr or b"", pk)
+                except TransportError as e:
+                    self.close()
+                    if self._end is None:
+                        raise
+                    now = self._mono()
+                    try:
+                        when = C.retry_delay(None, attempt, now, self._end, self._rand(), base=self.backoff)
+                    except TransportError:
+                        raise TransportError("%s (gave up after %d attempts: deadline)" % (e, attempt + 1))
+                    self._sleep(when - now)
+                    attempt += 1
+                    continue
+                if isinstance(ev, C.RetryAfter):
+                    now = self._mono()
+                    when = C.retry_delay(ev.seconds, attempt, now, self._end, self._rand())
+                    if when - now > self.idle_close:
+                        self.close()
+                    self._sleep(when - now)
+                    attempt += 1
+                    continue
+                if isinstance(ev, C.AuthRequired):
+                    raise SecurityError("the server requires authentication (%s): give user/password or a client "
+                                        "certificate" % ", ".join([c[0] for c in ev.challenges]) or "HTTP 401")
+                return ev
+        finally:
+            if outer:
+                self._end = None
+
+    def _bootstrap(self):
+        if self.trust is None:
+            self.cacerts()
+
+    # --- EST operations ---
+
+    def cacerts(self):
+        """The CA certificates (list of DER). With a pin and no trust
+        anchors this is the bootstrap: they become the trust anchors."""
+        if self.trust is None and self.scheme == "https":
+            certs = self._https_bootstrap()
+        else:
+            certs = self._run(0).certs
+        if self.trust is None:
+            self.trust = certs
+            self.bootstrapped = True
+        return certs
+
+    def _https_bootstrap(self):
+        # /cacerts needs no credentials: fetch it without any (no client
+        # certificate, no password). If the pinned certificate was not in
+        # the chain the server presented, it must be in the answer and the
+        # server's chain must verify up to it; only then is the answer used.
+        saved = self.cert, self.key, self.auth
+        self.close()
+        self.cert = self.key = self.auth = None
+        self._anon = True
+        try:
+            certs = self._run(0).certs
+            t = self._last
+            if t.pending:
+                import hashlib
+
+                from est_lite_mp import certs as X
+
+                pinned = [c for c in certs if hashlib.sha256(c).digest() == self.pin]
+                if not pinned:
+                    raise SecurityError("bootstrap refused: the pinned certificate (sha256:%s) is neither in the "
+                                        "server's TLS chain nor in its CA certificates" % self.pin.hex())
+                chain = t.peer_der()
+                X.check_issued(chain[0], chain[1:] + certs, pinned, None, self._crypto().verify, self._verify_hook(),
+                               check_time=False)
+            return certs
+        finally:
+            self.close()
+            self.cert, self.key, self.auth = saved
+            self._anon = False
+
+    def csrattrs(self):
+        """est_lite.csrattrs.CsrAttrs, or None when the server has none."""
+        self._bootstrap()
+        return self._run(1).attrs
+
+    def enroll(self, csr, public_key=None):
+        """Enrolled(cert, chain). public_key (65 bytes) picks the issued
+        certificate among several."""
+        self._bootstrap()
+        return self._run(2, csr, public_key)
+
+    def reenroll(self, csr, public_key=None):
+        self._bootstrap()
+        return self._run(3, csr, public_key)
+
+    def serverkeygen(self, csr):
+        """ServerKeyGen(key_der, key_type, cert, chain)."""
+        self._bootstrap()
+        return self._run(4, csr)
+
+    # --- easy provisioning ---
+
+    def provision(self, store, cn=None, subject=None, dns=(), ip=(), uri=(), key_backend=None, deadline=None,
+                  pop=None, now=None, **names):
+        """Fetch the CA certificates and CSR attributes, make a key (or use
+        key_backend, a Signer), build the CSR honouring the attributes,
+        enroll, verify the certificate against the CA chain and the key,
+        and commit key, certificate and CA certificates to `store` (a
+        CredStore). subject: (oid, value) pairs; names: o=, ou=, c=,
+        serial_number=, ... as in CsrBuilder.subject. pop: put the channel
+        binding in challengePassword (None: when the server asks for it).
+        deadline overrides the client's for this call. Returns a Result."""
+        import gc
+
+        from est_lite.csr import CsrBuilder
+
+        if cn is not None:
+            names["cn"] = cn
+        b = CsrBuilder()
+        if subject or names:
+            b = b.subject(subject, **names)
+        if dns or ip or uri:
+            b = b.san(dns=list(dns), ip=list(ip), uri=list(uri))
+        return self._with_deadline(deadline, self._provision, store, b, key_backend, pop, now, False)
+
+    def _with_deadline(self, deadline, fn, *args):
+        if deadline is None:
+            deadline = self.deadline
+        self._end = None if deadline is None else self._mono() + deadline
+        try:
+            return fn(*args)
+        finally:
+            self._end = None
+
+    def _provision(self, store, b, key_backend, pop, now, renew, old=None):
+        import gc
+
+        if renew:
+            ca = self.trust
+        else:
+            ca = self.cacerts()
+        attrs = self.csrattrs()
+        if attrs is not None:
+            b = b.apply_csrattrs(attrs)
+        elif b._subject is None and not b._exts:
+            raise LocalProtocolError("give cn= (or other subject names) or a SAN for the certificate request")
+        ask = pop if pop is not None else attrs is not None and attrs.wants_challenge_password
+        key = self._make_key(key_backend)
+        gc.collect()
+
+        def make(binding):
+            x = b
+            if ask and binding:
+                x = x.challenge_password(binding)
+            return x.sign(key)
+
+        pk = key.public_key
+        ev = self._run(3 if renew else 2, make, pk)
+        unmet = [u for u in b.unmet if not (ask and u.startswith("challengePassword"))]
+        self.close()  # frees the session memory before the signature check
+        attrs = b = None
+        gc.collect()
+        from est_lite_mp import certs
+
+        certs.check_issued(ev.cert, ev.chain, ca, pk, self._crypto().verify, self._verify_hook(), now)
+        kd = _export(key)
+        gen = store.save(key=kd, cert=ev.cert, ca=ca, keep=("key",) if kd is None else ())
+        return Result(ev.cert, ev.chain, ca, pk, unmet, gen)
+
+    def _verify_hook(self):
+        return None
+
+    def renew_if_needed(self, store, threshold=None, rotate_key=True, key_backend=None, deadline=None, now=None):
+        """Re-enroll (simplereenroll, authenticated by the stored certificate)
+        when less than `threshold` seconds of validity are left (default: a
+        third of the certificate's lifetime). A new key unless
+        rotate_key=False (then the stored key signs the CSR). The new
+        credentials replace the old ones only once verified. Returns a
+        Result, or None when no renewal was due."""
+        from est_lite_mp import certs
+
+        c = store.load()
+        if c is None or c.cert is None or c.key is None and key_backend is None:
+            raise LocalProtocolError("the store holds no certificate and key to renew")
+        nb, na, subj, san = certs.renewal_info(c.cert)
+        t = certs.utc_seconds(now)
+        if t is None:
+            raise LocalProtocolError("renew_if_needed needs the time: set the clock or pass now=")
+        if threshold is None:
+            threshold = (na - nb) // 3
+        if na - t > threshold:
+            return None
+        if self.trust is None:
+            self.trust = c.ca or None
+            if self.trust is None:
+                raise LocalProtocolError("the store holds no CA certificates and no trust= was given")
+        self.close()
+        saved = self.cert, self.key
+        self.cert, self.key = c.cert, c.key
+        if c.key is None:
+            raise LocalProtocolError("the stored key is in a key backend: TLS client authentication needs it in "
+                                     "a DER file")
+        from est_lite.csr import CsrBuilder
+
+        b = CsrBuilder().subject(subj) if subj else CsrBuilder()
+        if san is not None:
+            b = b.extension("2.5.29.17", san[1], critical=san[0])
+        kb = key_backend
+        if kb is None and not rotate_key:
+            kb = self._crypto().P256Key.load_der(c.key)
+        try:
+            return self._with_deadline(deadline, self._provision, store, b, kb, None, now, True)
+        finally:
+            self.close()
+            self.cert, self.key = saved
+
+
+def _export(key):
+    f = getattr(key, "export_pkcs8", None)
+    return f() if f is not None else None
