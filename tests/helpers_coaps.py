@@ -115,8 +115,9 @@ class CoapsSession:
     """EST-coaps operations over one DTLS session with the core's
     CoapOperation (retransmissions, Block1/Block2, separate responses)."""
 
-    def __init__(self, dtls, *, rng=None):
+    def __init__(self, dtls, *, rng=None, ack_timeout=1.0):
         self.dtls = dtls
+        self.ack_timeout = ack_timeout
         self.rng = rng or random.Random(1)
         self.mids = C.MidSource(os.urandom(2))
         self.buf = bytearray(1152)
@@ -126,7 +127,7 @@ class CoapsSession:
            timeout=20.0):
         o = C.CoapOperation(op, label=label, body=body, token=os.urandom(4), mid=self.mids, szx=szx, accept=accept,
                             skc=skc, public_key=public_key, rand=self.rng.random, max_body=max_body, buf=self.buf,
-                            ack_timeout=1)
+                            ack_timeout=self.ack_timeout)
         self.last = o
         end = time.monotonic() + timeout
         while True:
