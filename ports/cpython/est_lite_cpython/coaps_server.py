@@ -119,6 +119,20 @@ def auth_context(request):
                        tls_version="DTLSv1.2", remote=peer.address)
 
 
+# options these resources act on (RFC 7252 §5.4.1: an unrecognized critical
+# option in a request is 4.02 Bad Option)
+_UNDERSTOOD = frozenset((3, 4, 6, 7, 11, 12, 14, 15, 17, 23, 27, 28, 60, 258))
+
+
+def check_critical_options(request):
+    for o in request.opt.option_list():
+        n = int(o.number)
+        if n & 1 and n not in _UNDERSTOOD:
+            if n in (35, 39):
+                raise CoapError("this server is not a forward proxy (Proxy-Uri/Proxy-Scheme)", 0xA5)
+            raise CoapError("critical option %d is not supported here" % n, 0x82)
+
+
 class _Transfer:
     __slots__ = ("asm", "body", "code", "cf", "expires", "limit")
 
@@ -208,6 +222,7 @@ class EstResource(resource.Resource, resource.PathCapable):
             return error_response(e)
 
     async def _render(self, request):
+        check_critical_options(request)
         segs = [numbers.WELL_KNOWN, numbers.EST] + list(request.opt.uri_path)
         try:
             op, label, short = numbers.parse_path(segs)

@@ -26,7 +26,7 @@ datagram.
 
 import asyncio
 
-from aiocoap import error, interfaces
+from aiocoap import Message, error, interfaces
 from aiocoap.numbers import COAPS_PORT
 from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin
@@ -121,6 +121,7 @@ class CoapsServerInterface(GenericMessageInterface):
     def __init__(self, mman, log, loop):
         super().__init__(mman, log, loop)
         self._remotes = {}  # peer id -> CoapsRemote
+        self.unparsable = 0  # datagrams of established sessions that are not CoAP
         self.server = None
         self.hostinfo_local = None
 
@@ -154,6 +155,18 @@ class CoapsServerInterface(GenericMessageInterface):
         if self._mman is None:
             return
         self._received_datagram(self._remote(peer), data)
+
+    def _received_datagram(self, address, datagram):
+        # aiocoap's version logs a warning per bad message and lets some
+        # decoding errors escape (a non-UTF-8 Uri-Path is a UnicodeDecodeError):
+        # an authenticated but misbehaving peer must not flood the log
+        try:
+            message = Message.decode(datagram, remote=address)
+        except (error.UnparsableMessage, ValueError) as e:  # UnicodeDecodeError is a ValueError
+            self.unparsable += 1
+            self._log.debug("Ignoring unparsable message from %s: %s", address, e)
+            return
+        self._mman.dispatch_message(message)
 
     def _session_closed(self, peer, reason):
         r = self._remotes.pop(peer.id, None)
