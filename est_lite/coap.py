@@ -1,58 +1,51 @@
 # CoAP messages (RFC 7252) and block-wise transfer helpers (RFC 7959).
 # Sans-IO: bytes in, Message out; Message in, bytes (or a caller's buffer) out.
 #
-# Ownership: decode() copies only the token (<= 8 bytes, hashable for request
-# matching). Option values and the payload of a decoded Message are
-# memoryview slices of the input: no copies. They compare equal to bytes
-# (`v == b"x"`) and bytes(v) copies them; if the input is a receive buffer you
-# will reuse, copy what you keep first.
+# decode() copies only the token (<= 8 bytes, hashable). Option values and
+# the payload are memoryview slices of the input (equal to bytes; bytes(v)
+# copies): copy what you keep before reusing a receive buffer.
 #
-# Options are a list of (number, value) pairs with bytes-like values (build
-# uint values with uint_encode, text with str.encode). Encoding writes them
-# sorted by number, keeping the given order of repeated options.
-try:
-    from micropython import const
-except ImportError:  # CPython
+# Options are a list of (number, value) pairs with bytes-like values. They
+# are written sorted by number, repeats in their given order.
+from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError, const
 
-    def const(x):
-        return x
-
-
-from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
-
-# option numbers used by request() (same values as est_lite.numbers)
-_URI_PATH = const(11)
-_CONTENT_FORMAT = const(12)
-_ACCEPT = const(17)
 _BLOCK2 = const(23)
 _BLOCK1 = const(27)
-_SIZE2 = const(28)
-_SIZE1 = const(60)
-
-_BYTES = (bytes, bytearray, memoryview)
 
 
 def _nib(v):  # option header nibble for a delta or length
     return v if v < 13 else 13 if v < 269 else 14
 
 
-def _put(buf, q, v):  # extended delta/length bytes; returns the next offset
+def _put(buf, q, v):  # extended delta/length bytes at q (buf None: none); returns the next offset
     if v > 268:
-        buf[q] = (v - 269) >> 8
-        buf[q + 1] = (v - 269) & 255
+        if buf is not None:
+            buf[q] = (v - 269) >> 8
+            buf[q + 1] = (v - 269) & 255
         return q + 2
     if v > 12:
-        buf[q] = v - 13
+        if buf is not None:
+            buf[q] = v - 13
         return q + 1
     return q
 
 
-def _get(mv, p, v):  # value of a delta/length nibble v with its extension at p
-    if v == 13:
-        return mv[p] + 13
-    if v == 14:
-        return (mv[p] << 8 | mv[p + 1]) + 269
-    return v
+def _sort(o):
+    # stable by number (MicroPython's sort is not stable); o itself if sorted
+    n = 0
+    for x in o:
+        if x[0] < n:
+            break
+        n = x[0]
+    else:
+        return o
+    out = []
+    for x in o:
+        i = len(out)
+        while i and out[i - 1][0] > x[0]:
+            i -= 1
+        out.insert(i, x)
+    return out
 
 
 class Message:
@@ -61,94 +54,66 @@ class Message:
         self.code = code
         self.mid = mid
         self.token = token
-        self.options = [] if options is None else options
+        self.options = options or []
         self.payload = payload
-
-    def _ordered(self):
-        # The options sorted by number, stable for repeats (MicroPython's
-        # sort is not stable): self.options itself when already in order.
-        opts = self.options
-        last = 0
-        for o in opts:
-            if o[0] < last:
-                break
-            last = o[0]
-        else:
-            return opts
-        out = []
-        for o in opts:  # insertion sort
-            i = len(out)
-            while i and out[i - 1][0] > o[0]:
-                i -= 1
-            out.insert(i, o)
-        return out
-
-    def _size(self, opts):
-        n = len(self.token)
-        if self.type >> 2 or self.code >> 8 or self.mid >> 16 or n > 8 or self.code == 0 and (n or opts or self.payload):
-            raise LocalProtocolError(
-                "bad CoAP type %r, code %r, mid %r or %d-byte token, or an Empty message with content"
-                % (self.type, self.code, self.mid, n)
-            )
-        n += 4
-        last = 0
-        for num, v in opts:
-            if not isinstance(v, _BYTES) or num - last < 0 or num > 65535 or len(v) > 65804:
-                raise LocalProtocolError("option %r: value must be bytes (at most 65804), number 0..65535" % (num,))
-            ln = len(v)
-            d = num - last
-            n += 1 + (d > 12) + (d > 268) + (ln > 12) + (ln > 268) + ln
-            last = num
-        if self.payload:
-            n += 1 + len(self.payload)
-        return n
 
     def size(self):
         """Encoded length in bytes."""
-        return self._size(self._ordered())
+        return self.encode_into(None)
 
     def encode_into(self, buf, off=0):
         """Write the message into buf (bytearray or writable memoryview) at
-        off; return the end offset. Allocates nothing when the options are
-        already sorted bytes-like values."""
-        opts = self._ordered()
-        end = off + self._size(opts)
-        if end > len(buf):
-            raise LocalProtocolError("buffer too small: the message needs %d bytes at offset %d" % (end - off, off))
-        tok = self.token
-        p = off + 4 + len(tok)
-        buf[off] = 0x40 | self.type << 4 | len(tok)
-        buf[off + 1] = self.code
-        buf[off + 2] = self.mid >> 8
-        buf[off + 3] = self.mid & 255
-        buf[off + 4 : p] = tok
+        off; return the end offset (buf None: only measure and validate)."""
+        o = _sort(self.options)
+        t = self.token
+        n = len(t)
+        c = self.code
+        pl = self.payload
+        if self.type >> 2 or c >> 8 or self.mid >> 16 or n > 8 or not c and (n or o or pl):
+            raise LocalProtocolError("bad CoAP type/code/mid, %d-byte token, or Empty message with content" % n)
+        if buf is not None:
+            if self.encode_into(None, off) > len(buf):
+                raise LocalProtocolError("CoAP buffer too small")
+            buf[off] = 0x40 | self.type << 4 | n
+            buf[off + 1] = c
+            buf[off + 2] = self.mid >> 8
+            buf[off + 3] = self.mid & 255
+            buf[off + 4 : off + 4 + n] = t
+        p = off + 4 + n
         last = 0
-        for num, v in opts:
+        for num, v in o:
+            if not isinstance(v, (bytes, bytearray, memoryview)) or num < last or num >> 16 or len(v) > 65804:
+                raise LocalProtocolError("bad CoAP option %r" % (num,))
             d = num - last
             last = num
-            ln = len(v)
-            buf[p] = _nib(d) << 4 | _nib(ln)
-            p = _put(buf, _put(buf, p + 1, d), ln)
-            buf[p : p + ln] = v
-            p += ln
-        if self.payload:
-            buf[p] = 0xFF
-            buf[p + 1 : end] = self.payload
-        return end
+            n = len(v)
+            if buf is not None:
+                buf[p] = _nib(d) << 4 | _nib(n)
+            p = _put(buf, _put(buf, p + 1, d), n)
+            if buf is not None:
+                buf[p : p + n] = v
+            p += n
+        if pl:
+            if buf is not None:
+                buf[p] = 0xFF
+                buf[p + 1 : p + 1 + len(pl)] = pl
+            p += 1 + len(pl)
+        return p
 
     def encode(self):
         buf = bytearray(self.size())
         self.encode_into(buf)
         return bytes(buf)
 
-    def _key(self):
-        return self.type, self.code, self.mid, self.token, self.payload, self._ordered()
+    def _k(self):
+        o = [(n, bytes(v) if type(v) is memoryview else v) for n, v in _sort(self.options)]
+        return self.type, self.code, self.mid, self.token, o, self.payload
 
     def __eq__(self, o):  # MicroPython derives != from this
-        return isinstance(o, Message) and self._key() == o._key()
+        return isinstance(o, Message) and self._k() == o._k()
 
     def __repr__(self):
-        return "<CoAP %r options=%r payload=%d bytes>" % (self._key()[:4], [(n, bytes(v) if isinstance(v, memoryview) else v) for n, v in self.options], len(self.payload))
+        return "<CoAP %r>" % (self._k(),)
 
 
 def decode(data, max_options=32, max_message=1152):
@@ -156,14 +121,14 @@ def decode(data, max_options=32, max_message=1152):
     format error and LimitError past max_options or max_message."""
     n = len(data)
     if n > max_message:
-        raise LimitError("CoAP message of %d bytes exceeds max_message=%d" % (n, max_message))
+        raise LimitError("CoAP message > max_message=%d" % max_message)
     mv = memoryview(data)
     b = mv[0] if n > 3 else 0
     p = 4 + (b & 15)
     if b >> 6 != 1 or b & 15 > 8 or p > n or mv[1] == 0 and n > 4:
-        raise RemoteProtocolError("bad CoAP header: %d bytes, first byte 0x%02x (version 1, token length 0..8; Empty message has no content)" % (n, b))
+        raise RemoteProtocolError("bad CoAP header or Empty message with content")
     msg = Message(b >> 4 & 3, mv[1], mv[2] << 8 | mv[3], bytes(mv[4:p]))
-    opts = msg.options
+    o = msg.options
     num = 0
     try:
         while p < n:
@@ -171,25 +136,30 @@ def decode(data, max_options=32, max_message=1152):
             p += 1
             if b == 0xFF:
                 if p == n:
-                    raise RemoteProtocolError("CoAP payload marker followed by an empty payload")
+                    raise IndexError
                 msg.payload = mv[p:]
                 break
-            d = b >> 4
-            ln = b & 15
-            if d == 15 or ln == 15:
-                raise RemoteProtocolError("reserved CoAP option nibble 15 (0x%02x)" % b)
-            num += _get(mv, p, d)
-            p += (d > 12) + (d > 13)
-            ln = _get(mv, p, ln)
-            p += (b & 15 > 12) + (b & 15 > 13)
-            if num > 65535 or p + ln > n:
+            # the delta, then the length: nibble 13 adds one byte, 14 two
+            for sh in (4, 0):
+                v = b >> sh & 15
+                if v == 13:
+                    v = mv[p] + 13
+                    p += 1
+                elif v == 14:
+                    v = (mv[p] << 8 | mv[p + 1]) + 269
+                    p += 2
+                elif v == 15:
+                    raise IndexError
+                if sh:
+                    num += v
+            if num >> 16 or p + v > n:
                 raise IndexError
-            if len(opts) >= max_options:
-                raise LimitError("more than max_options=%d CoAP options" % max_options)
-            opts.append((num, mv[p : p + ln]))
-            p += ln
+            if len(o) >= max_options:
+                raise LimitError("CoAP options > max_options=%d" % max_options)
+            o.append((num, mv[p : p + v]))
+            p += v
     except IndexError:
-        raise RemoteProtocolError("CoAP option %d truncated or numbered above 65535" % num)
+        raise RemoteProtocolError("bad CoAP option after %d" % num)
     return msg
 
 
@@ -198,7 +168,6 @@ def opt(msg, number):
     for n, v in msg.options:
         if n == number:
             return v
-    return None
 
 
 def opts(msg, number):
@@ -208,8 +177,8 @@ def opts(msg, number):
 
 def uint_encode(n):
     """Minimal big-endian bytes of a uint option value (0 -> b"")."""
-    if type(n) is not int or not 0 <= n <= 0xFFFFFFFF:
-        raise LocalProtocolError("uint option value %r is not in 0..2**32-1" % (n,))
+    if type(n) is not int or n >> 32 or n < 0:
+        raise LocalProtocolError("uint %r not 0..2**32-1" % (n,))
     k = 0
     while n >> (k << 3):
         k += 1
@@ -218,14 +187,14 @@ def uint_encode(n):
 
 def uint_decode(value, max_len=4):
     if len(value) > max_len:
-        raise RemoteProtocolError("uint option value of %d bytes, at most %d allowed" % (len(value), max_len))
+        raise RemoteProtocolError("uint option > %d bytes" % max_len)
     return int.from_bytes(value, "big")
 
 
 def szx_size(szx):
     """Block size for a SZX exponent 0..6 (16..1024 bytes)."""
     if not 0 <= szx <= 6:
-        raise LocalProtocolError("SZX %r is not 0..6" % (szx,))
+        raise LocalProtocolError("SZX %r not 0..6" % (szx,))
     return 16 << szx
 
 
@@ -233,13 +202,13 @@ def block_decode(value):
     """(num, m, szx) from a Block1/Block2 option value."""
     v = uint_decode(value, 3)
     if v & 7 == 7:
-        raise RemoteProtocolError("block option with reserved SZX 7")
+        raise RemoteProtocolError("block option with SZX 7")
     return v >> 4, v >> 3 & 1, v & 7
 
 
 def block_encode(num, m, szx):
-    if not 0 <= num < 1 << 20:
-        raise LocalProtocolError("block number %r is not 0..2**20-1" % (num,))
+    if num >> 20 or num < 0:
+        raise LocalProtocolError("block number %r not 0..2**20-1" % (num,))
     szx_size(szx)
     return uint_encode(num << 4 | (8 if m else 0) | szx)
 
@@ -260,45 +229,36 @@ def request(
     extra_options=(),
 ):
     """A validated request Message. path_segments are str (UTF-8) or bytes,
-    one Uri-Path option each; block1/block2 are (num, m, szx); the
-    extra_options (number, value) pairs, value bytes, str (UTF-8) or int
-    (uint), are merged in number order."""
-    o = []
-    for s in path_segments:
-        if isinstance(s, str):
-            s = s.encode()
-        if len(s) > 255:
-            raise LocalProtocolError("Uri-Path segment longer than 255 bytes")
-        o.append((_URI_PATH, s))
-    for num, v in (
-        (_CONTENT_FORMAT, content_format),
-        (_ACCEPT, accept),
-        (_BLOCK2, block2),
-        (_BLOCK1, block1),
-        (_SIZE2, size2),
-        (_SIZE1, size1),
-    ):
-        if v is not None:
-            o.append((num, block_encode(*v) if num in (_BLOCK1, _BLOCK2) else uint_encode(v)))
-    for num, v in extra_options:
-        o.append((num, v.encode() if isinstance(v, str) else uint_encode(v) if isinstance(v, int) else v))
-    msg = Message(type, code, mid, token, o, payload)
-    msg.options = msg._ordered()
-    msg._size(msg.options)  # validate now, not at send time
+    one Uri-Path option each; block1/block2 are (num, m, szx); extra_options
+    are (number, value) pairs, value bytes, str (UTF-8) or int (uint)."""
+    o = [(11, s) for s in path_segments]
+    for num, x in zip((12, 17, 23, 27, 28, 60), (content_format, accept, block2, block1, size2, size1)):
+        if x is not None:
+            o.append((num, block_encode(*x) if num == _BLOCK1 or num == _BLOCK2 else x))
+    v = []
+    for num, x in o + list(extra_options):
+        if isinstance(x, str):
+            x = x.encode()
+        elif isinstance(x, int):
+            x = uint_encode(x)
+        if num == 11 and len(x) > 255:
+            raise LocalProtocolError("Uri-Path > 255 bytes")
+        v.append((num, x))
+    msg = Message(type, code, mid, token, _sort(v), payload)
+    msg.encode_into(None)  # validate now, not at send time
     return msg
 
 
 def block_slice(body, num, szx):
     """(m, view) for block `num` of body: view is a memoryview slice and m is
-    1 when more blocks follow. Raises RemoteProtocolError for a block number
-    beyond the body (a peer asked for it)."""
+    1 when more blocks follow. RemoteProtocolError for a block number beyond
+    the body (a peer asked for it)."""
     size = szx_size(szx)
     n = len(body)
     off = num * size
-    if off > n or (off == n and num):
-        raise RemoteProtocolError("block %d of %d bytes is beyond the %d-byte body" % (num, size, n))
-    mv = body if isinstance(body, memoryview) else memoryview(body)
-    return (1 if off + size < n else 0), mv[off : off + size]
+    if off > n or off == n and num:
+        raise RemoteProtocolError("block %d beyond the body" % num)
+    return (1 if off + size < n else 0), memoryview(body)[off : off + size]
 
 
 def blocks(body, szx):
@@ -313,7 +273,7 @@ def blocks(body, szx):
 
 class BlockAssembler:
     """Reassembles a block-wise body (Block1 on a server, Block2 on a client).
-    Feed blocks in order with add(); it returns the body (a bytearray) once a
+    add() takes blocks in order and returns the body (a bytearray) once a
     block with M=0 arrives, else None. The block size may shrink during the
     transfer (RFC 7959 §2.3), never grow."""
 
@@ -332,16 +292,14 @@ class BlockAssembler:
         ln = len(payload)
         if self.done or szx > self.szx or num << (szx + 4) != got:
             raise RemoteProtocolError(
-                "block %d (SZX %d) out of sequence: gap, overlap, larger block size than SZX %d,"
-                " or after the last block; %d bytes received" % (num, szx, self.szx, got)
+                "block %d out of sequence (gap, overlap, larger SZX, after the last)" % num
             )
         if ln > 16 << szx or m and ln != 16 << szx:
-            raise RemoteProtocolError("block %d carries %d bytes, its block size is %d" % (num, ln, 16 << szx))
+            raise RemoteProtocolError("block %d: %d bytes for size %d" % (num, ln, 16 << szx))
         if got + ln > self.max_body:
-            raise LimitError("block-wise body exceeds max_body=%d bytes" % self.max_body)
-        self.body.extend(payload)
+            raise LimitError("block-wise body > max_body=%d" % self.max_body)
+        self.body += payload
         self.szx = szx
         if not m:
             self.done = True
             return self.body
-        return None

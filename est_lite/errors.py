@@ -7,31 +7,40 @@
 #     LimitError         the peer's data exceeds one of our named limits
 #   ServerError          the peer answered with a well-formed error status
 #   SecurityError        trust, identity or authentication failure
-#   TransportError       the link failed (raised by ports, never by the core)
+#   TransportError       the link failed
 #
 # Each error carries hints of the CoAP code and HTTP status it maps to, like
 # h11's ProtocolError.error_status_hint, so a server can answer with them.
+#
+# `const` is re-exported for the core modules: `from est_lite.errors import
+# const` and `_X = const(1)` are folded by mpy-cross like micropython.const,
+# and the CPython fallback lives here once instead of in every module.
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
 
 
 class EstError(Exception):
     coap_code = 0xA0  # 5.00
     http_status = 500
+    diagnostic = None  # ServerError: the peer's error text
 
-    def __init__(self, msg, coap_code=None, http_status=None):
+    def __init__(self, msg, coap_code=None, http_status=None, diagnostic=None):
         super().__init__(msg)
         self.msg = msg
-        if coap_code is not None:
+        if coap_code:
             self.coap_code = coap_code
-        if http_status is not None:
+        if http_status:
             self.http_status = http_status
-
-    def __str__(self):
-        return self.msg
+        if diagnostic is not None:
+            self.diagnostic = diagnostic
 
 
 class LocalProtocolError(EstError):
-    coap_code = 0xA0
-    http_status = 500
+    pass
 
 
 class RemoteProtocolError(EstError):
@@ -46,10 +55,6 @@ class LimitError(RemoteProtocolError):
 
 class ServerError(EstError):
     """A well-formed error answer from the peer (HTTP 4xx/5xx, CoAP 4.xx/5.xx)."""
-
-    def __init__(self, msg, coap_code=None, http_status=None, diagnostic=None):
-        super().__init__(msg, coap_code, http_status)
-        self.diagnostic = diagnostic
 
 
 class SecurityError(EstError):
