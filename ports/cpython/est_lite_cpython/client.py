@@ -23,7 +23,8 @@ import time
 
 from est_lite.errors import LocalProtocolError
 from est_lite_mp import client as _portable
-from est_lite_mp.client import Result, parse_pin, parse_server  # noqa: F401 - re-exported
+from est_lite_mp.client import parse_pin, parse_server  # noqa: F401 - re-exported
+from est_lite_mp.provision import Result  # noqa: F401 - re-exported
 
 from . import dtls as _d
 

@@ -87,19 +87,6 @@ def parse_pin(pin):
     return b
 
 
-class Result:
-    """What provision() / renew_if_needed() did: cert, chain, ca (DER),
-    public_key, unmet (CSR attributes not satisfied), gen (store generation)."""
-
-    def __init__(self, cert, chain, ca, public_key, unmet, gen):
-        self.cert = cert
-        self.chain = chain
-        self.ca = ca
-        self.public_key = public_key
-        self.unmet = unmet
-        self.gen = gen
-
-
 # --- MicroPython transports (est_lite_cpython.client has its own) ---
 
 class _MpCoaps:
@@ -177,7 +164,7 @@ class EstClient:
         self._t = None  # transport of the current session
         self._last = None  # transport that carried the last answer
         self._anon = False  # HTTPS bootstrap without credentials
-        self._mids = None
+        self._mid = None  # next CoAP message id (kept as an int: core modules may be reloaded)
         self._buf = None
         self._end = None
 
@@ -213,9 +200,6 @@ class EstClient:
         return TlsStream(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout,
                          self._anon)
 
-    def _make_key(self, key_backend):
-        return key_backend if key_backend is not None else self._crypto().P256Key.generate()
-
     # --- sessions ---
 
     def _left(self):
@@ -234,10 +218,9 @@ class EstClient:
                 t.close()
                 raise
             self._t = self._last = t
-            if self._mids is None and self.scheme == "coaps":
-                from est_lite.client import MidSource
-
-                self._mids = MidSource(self._rand_bytes(2))
+            if self._mid is None and self.scheme == "coaps":
+                b = self._rand_bytes(2)
+                self._mid = b[0] << 8 | b[1]
                 self._buf = bytearray(1152)
         return self._t
 
@@ -260,55 +243,27 @@ class EstClient:
         from est_lite import client as C
 
         t = self._session()
-        o = C.CoapOperation(op, label=self.label, body=body, token=self._rand_bytes(4), mid=self._mids, szx=self.szx,
+        ms = C.MidSource(self._mid)
+        o = C.CoapOperation(op, label=self.label, body=body, token=self._rand_bytes(4), mid=ms, szx=self.szx,
                             public_key=pk, rand=self._rand, ack_timeout=self.ack_timeout, max_body=self.max_body,
                             buf=self._buf)
         rb = bytearray(1280)
         mv = memoryview(rb)
-        while True:
-            now = self._mono()
-            d = o.send(now)
-            while d is not None:
-                t.send(d)
-                d = o.send(now)
-            ev = o.next_event()
-            if ev is not C.NEED_DATA:
-                return ev
-            n = t.recv_into(rb, o.next_timeout() - self._mono())
-            if n:
-                o.receive_data(mv[:n], self._mono())
-
-    def _http_once(self, op, csr, pk):
-        from est_lite import client as C
-        from est_lite.client_http import HttpOperation
-
-        host = self.host if ":" not in self.host else "[%s]" % self.host
-        if self.port != 443:
-            host = "%s:%d" % (host, self.port)
-        for _ in range(3):
-            t = self._session()
-            b = t.binding
-            o = HttpOperation(op, self.label, host=host, body=csr(b) if callable(csr) else csr, auth=self.auth,
-                              cnonce=self._rand_bytes(8).hex(), public_key=pk, max_body=self.max_body * 4)
+        try:
             while True:
-                if o.need_new_connection:
-                    self.close()
-                    t = self._session()
-                    if callable(csr) and t.binding != b:
-                        break  # the CSR is bound to the old connection: start over on this one
-                req = o.send()
-                if req is None:
-                    raise LocalProtocolError("HTTP operation stalled")
-                t.write(req)
+                now = self._mono()
+                d = o.send(now)
+                while d is not None:
+                    t.send(d)
+                    d = o.send(now)
                 ev = o.next_event()
-                while ev is C.NEED_DATA and o.state == C.AWAIT_RESPONSE:
-                    o.receive_data(t.read(2048))
-                    ev = o.next_event()
                 if ev is not C.NEED_DATA:
-                    if o.need_new_connection:
-                        self.close()
                     return ev
-        raise TransportError("the server keeps closing the connection during authentication")
+                n = t.recv_into(rb, o.next_timeout() - self._mono())
+                if n:
+                    o.receive_data(mv[:n], self._mono())
+        finally:
+            self._mid = ms.mid
 
     # --- retries ---
 
@@ -327,7 +282,9 @@ class EstClient:
                         body = csr(t.binding) if callable(csr) else csr
                         ev = self._coap_once(op, body or b"", pk)
                     else:
-                        ev = self._http_once(op, csr or b"", pk)
+                        from est_lite_mp.https import http_once
+
+                        ev = http_once(self, op, csr or b"", pk)
                 except TransportError as e:
                     self.close()
                     if self._end is None:
@@ -366,43 +323,15 @@ class EstClient:
         """The CA certificates (list of DER). With a pin and no trust
         anchors this is the bootstrap: they become the trust anchors."""
         if self.trust is None and self.scheme == "https":
-            certs = self._https_bootstrap()
+            from est_lite_mp.https import bootstrap
+
+            certs = bootstrap(self)
         else:
             certs = self._run(0).certs
         if self.trust is None:
             self.trust = certs
             self.bootstrapped = True
         return certs
-
-    def _https_bootstrap(self):
-        # /cacerts needs no credentials: fetch it without any (no client
-        # certificate, no password). If the pinned certificate was not in
-        # the chain the server presented, it must be in the answer and the
-        # server's chain must verify up to it; only then is the answer used.
-        saved = self.cert, self.key, self.auth
-        self.close()
-        self.cert = self.key = self.auth = None
-        self._anon = True
-        try:
-            certs = self._run(0).certs
-            t = self._last
-            if t.pending:
-                import hashlib
-
-                from est_lite_mp import certs as X
-
-                pinned = [c for c in certs if hashlib.sha256(c).digest() == self.pin]
-                if not pinned:
-                    raise SecurityError("bootstrap refused: the pinned certificate (sha256:%s) is neither in the "
-                                        "server's TLS chain nor in its CA certificates" % self.pin.hex())
-                chain = t.peer_der()
-                X.check_issued(chain[0], chain[1:] + certs, pinned, None, self._crypto().verify, self._verify_hook(),
-                               check_time=False)
-            return certs
-        finally:
-            self.close()
-            self.cert, self.key, self.auth = saved
-            self._anon = False
 
     def csrattrs(self):
         """est_lite.csrattrs.CsrAttrs, or None when the server has none."""
@@ -424,7 +353,7 @@ class EstClient:
         self._bootstrap()
         return self._run(4, csr)
 
-    # --- easy provisioning ---
+    # --- easy provisioning (est_lite_mp.provision) ---
 
     def provision(self, store, cn=None, subject=None, dns=(), ip=(), uri=(), key_backend=None, deadline=None,
                   pop=None, now=None, **names):
@@ -435,19 +364,25 @@ class EstClient:
         CredStore). subject: (oid, value) pairs; names: o=, ou=, c=,
         serial_number=, ... as in CsrBuilder.subject. pop: put the channel
         binding in challengePassword (None: when the server asks for it).
-        deadline overrides the client's for this call. Returns a Result."""
-        import gc
-
-        from est_lite.csr import CsrBuilder
+        deadline overrides the client's for this call. Returns a
+        provision.Result (cert, chain, ca, public_key, unmet, gen)."""
+        from est_lite_mp import provision
 
         if cn is not None:
             names["cn"] = cn
-        b = CsrBuilder()
-        if subject or names:
-            b = b.subject(subject, **names)
-        if dns or ip or uri:
-            b = b.san(dns=list(dns), ip=list(ip), uri=list(uri))
-        return self._with_deadline(deadline, self._provision, store, b, key_backend, pop, now, False)
+        return self._with_deadline(deadline, provision.provision, self, store, subject, names, dns, ip, uri,
+                                   key_backend, pop, now)
+
+    def renew_if_needed(self, store, threshold=None, rotate_key=True, key_backend=None, deadline=None, now=None):
+        """Re-enroll (simplereenroll, authenticated by the stored certificate)
+        when less than `threshold` seconds of validity are left (default: a
+        third of the certificate's lifetime). A new key unless
+        rotate_key=False. The new credentials replace the old ones only once
+        verified. Returns a provision.Result, or None when no renewal was
+        due."""
+        from est_lite_mp import provision
+
+        return self._with_deadline(deadline, provision.renew, self, store, threshold, rotate_key, key_backend, now)
 
     def _with_deadline(self, deadline, fn, *args):
         if deadline is None:
@@ -458,89 +393,8 @@ class EstClient:
         finally:
             self._end = None
 
-    def _provision(self, store, b, key_backend, pop, now, renew, old=None):
-        import gc
-
-        if renew:
-            ca = self.trust
-        else:
-            ca = self.cacerts()
-        attrs = self.csrattrs()
-        if attrs is not None:
-            b = b.apply_csrattrs(attrs)
-        elif b._subject is None and not b._exts:
-            raise LocalProtocolError("give cn= (or other subject names) or a SAN for the certificate request")
-        ask = pop if pop is not None else attrs is not None and attrs.wants_challenge_password
-        key = self._make_key(key_backend)
-        gc.collect()
-
-        def make(binding):
-            x = b
-            if ask and binding:
-                x = x.challenge_password(binding)
-            return x.sign(key)
-
-        pk = key.public_key
-        ev = self._run(3 if renew else 2, make, pk)
-        unmet = [u for u in b.unmet if not (ask and u.startswith("challengePassword"))]
-        self.close()  # frees the session memory before the signature check
-        attrs = b = None
-        gc.collect()
-        from est_lite_mp import certs
-
-        certs.check_issued(ev.cert, ev.chain, ca, pk, self._crypto().verify, self._verify_hook(), now)
-        kd = _export(key)
-        gen = store.save(key=kd, cert=ev.cert, ca=ca, keep=("key",) if kd is None else ())
-        return Result(ev.cert, ev.chain, ca, pk, unmet, gen)
-
     def _verify_hook(self):
         return None
 
-    def renew_if_needed(self, store, threshold=None, rotate_key=True, key_backend=None, deadline=None, now=None):
-        """Re-enroll (simplereenroll, authenticated by the stored certificate)
-        when less than `threshold` seconds of validity are left (default: a
-        third of the certificate's lifetime). A new key unless
-        rotate_key=False (then the stored key signs the CSR). The new
-        credentials replace the old ones only once verified. Returns a
-        Result, or None when no renewal was due."""
-        from est_lite_mp import certs
-
-        c = store.load()
-        if c is None or c.cert is None or c.key is None and key_backend is None:
-            raise LocalProtocolError("the store holds no certificate and key to renew")
-        nb, na, subj, san = certs.renewal_info(c.cert)
-        t = certs.utc_seconds(now)
-        if t is None:
-            raise LocalProtocolError("renew_if_needed needs the time: set the clock or pass now=")
-        if threshold is None:
-            threshold = (na - nb) // 3
-        if na - t > threshold:
-            return None
-        if self.trust is None:
-            self.trust = c.ca or None
-            if self.trust is None:
-                raise LocalProtocolError("the store holds no CA certificates and no trust= was given")
-        self.close()
-        saved = self.cert, self.key
-        self.cert, self.key = c.cert, c.key
-        if c.key is None:
-            raise LocalProtocolError("the stored key is in a key backend: TLS client authentication needs it in "
-                                     "a DER file")
-        from est_lite.csr import CsrBuilder
-
-        b = CsrBuilder().subject(subj) if subj else CsrBuilder()
-        if san is not None:
-            b = b.extension("2.5.29.17", san[1], critical=san[0])
-        kb = key_backend
-        if kb is None and not rotate_key:
-            kb = self._crypto().P256Key.load_der(c.key)
-        try:
-            return self._with_deadline(deadline, self._provision, store, b, kb, None, now, True)
-        finally:
-            self.close()
-            self.cert, self.key = saved
-
-
-def _export(key):
-    f = getattr(key, "export_pkcs8", None)
-    return f() if f is not None else None
+    def _make_key(self, key_backend):
+        return key_backend if key_backend is not None else self._crypto().P256Key.generate()

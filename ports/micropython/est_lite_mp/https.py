@@ -8,7 +8,9 @@
 # chain the server presents, checked in the verify callback during the
 # handshake (before our certificate is sent). No channel binding: this
 # `tls` has no tls-unique/exporter API (binding is None).
+import select
 import socket
+import time
 
 from est_lite.errors import SecurityError, TransportError
 
@@ -30,6 +32,7 @@ class TlsStream:
         self.cert, self.key = cert, key
         self.timeout = timeout
         self.s = None
+        self._poll = None
         self._hit = False
 
     def _check(self, der, depth):
@@ -85,32 +88,53 @@ class TlsStream:
         if self.pin is not None and not self._hit and not self.pending:
             self.close()
             raise SecurityError("the server certificate was never checked against the pin")
+        # stream read(n) of a blocking socket waits for all n bytes (no
+        # short reads): go non-blocking and poll with our own timeout
+        self.s.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(self.s, select.POLLIN)
 
     def peer_der(self):
         return self.chain
 
+    def _wait(self, start):
+        left = int(self.timeout * 1000) - time.ticks_diff(time.ticks_ms(), start)
+        if left <= 0:
+            self.close()
+            raise TransportError("no answer from %s within %d s" % (self.host, self.timeout))
+        for _ in self._poll.ipoll(min(left, 50)):
+            pass
+
     def write(self, data):
+        mv = memoryview(data)
+        start = time.ticks_ms()
         try:
-            self.s.write(data)
+            while mv:
+                n = self.s.write(mv)
+                if n:
+                    mv = mv[n:]
+                else:
+                    self._wait(start)
         except OSError as e:
             self.close()
             raise TransportError("writing to %s failed: %s" % (self.host, _one(e)))
 
     def read(self, n):
         """Up to n bytes; b"" when the server closed the connection."""
-        try:
-            d = self.s.read(n)
-        except OSError as e:
-            self.close()
-            raise TransportError("reading from %s failed: %s" % (self.host, _one(e)))
-        if d is None:
-            self.close()
-            raise TransportError("no answer from %s within %d s" % (self.host, self.timeout))
-        return d
+        start = time.ticks_ms()
+        while True:
+            try:
+                d = self.s.read(n)
+            except OSError as e:
+                self.close()
+                raise TransportError("reading from %s failed: %s" % (self.host, _one(e)))
+            if d is not None:
+                return d
+            self._wait(start)
 
     def close(self):
         s = self.s
-        self.s = None
+        self.s = self._poll = None
         if s is not None:
             try:
                 s.close()
@@ -120,3 +144,76 @@ class TlsStream:
 
 def _one(e):
     return " ".join([str(a) for a in e.args]).replace("\n", " ")
+
+
+# --- the HTTP side of est_lite_mp.client.EstClient (both ports) ---
+
+
+def http_once(cl, op, csr, pk):
+    """One attempt of EST operation op over HTTPS for EstClient cl: the
+    core's HttpOperation on cl's TLS session, reconnecting when the server
+    closes; a CSR bound to the channel (callable csr) is rebuilt for a new
+    connection."""
+    from est_lite import client as C
+    from est_lite.client_http import HttpOperation
+    from est_lite.errors import LocalProtocolError
+
+    host = cl.host if ":" not in cl.host else "[%s]" % cl.host
+    if cl.port != 443:
+        host = "%s:%d" % (host, cl.port)
+    for _ in range(3):
+        t = cl._session()
+        b = t.binding
+        o = HttpOperation(op, cl.label, host=host, body=csr(b) if callable(csr) else csr, auth=cl.auth,
+                          cnonce=cl._rand_bytes(8).hex(), public_key=pk, max_body=cl.max_body * 4)
+        while True:
+            if o.need_new_connection:
+                cl.close()
+                t = cl._session()
+                if callable(csr) and t.binding != b:
+                    break  # the CSR is bound to the old connection: start over on this one
+            req = o.send()
+            if req is None:
+                raise LocalProtocolError("HTTP operation stalled")
+            t.write(req)
+            ev = o.next_event()
+            while ev is C.NEED_DATA and o.state == C.AWAIT_RESPONSE:
+                o.receive_data(t.read(2048))
+                ev = o.next_event()
+            if ev is not C.NEED_DATA:
+                if o.need_new_connection:
+                    cl.close()
+                return ev
+    raise TransportError("the server keeps closing the connection during authentication")
+
+
+def bootstrap(cl):
+    """Pinned first /cacerts over HTTPS. /cacerts needs no credentials, so
+    it is fetched without any (no client certificate, no password). If the
+    pinned certificate was not in the chain the server presented, it must
+    be in the answer and the server's chain must verify up to it; only then
+    is the answer used. Returns the CA certificates."""
+    saved = cl.cert, cl.key, cl.auth
+    cl.close()
+    cl.cert = cl.key = cl.auth = None
+    cl._anon = True
+    try:
+        certs = cl._run(0).certs
+        t = cl._last
+        if t.pending:
+            import hashlib
+
+            from est_lite_mp import certs as X
+
+            pinned = [c for c in certs if hashlib.sha256(c).digest() == cl.pin]
+            if not pinned:
+                raise SecurityError("bootstrap refused: the pinned certificate (sha256:%s) is neither in the "
+                                    "server's TLS chain nor in its CA certificates" % cl.pin.hex())
+            chain = t.peer_der()
+            X.check_issued(chain[0], chain[1:] + certs, pinned, None, cl._crypto().verify, cl._verify_hook(),
+                           check_time=False)
+        return certs
+    finally:
+        cl.close()
+        cl.cert, cl.key, cl.auth = saved
+        cl._anon = False

@@ -1,0 +1,143 @@
+# Easy provisioning and renewal for est_lite_mp.client.EstClient (both
+# ports), loaded only when used. On MicroPython the modules of a finished
+# phase are dropped (sys.modules) so the heap holds one phase's code at a
+# time: cacerts/csrattrs, key + CSR, enroll, verification, store.
+import gc
+import sys
+
+from est_lite.errors import LocalProtocolError
+
+_MP = sys.implementation.name == "micropython"
+
+
+class Result:
+    """What provision() / renew() did: cert, chain, ca (DER), public_key,
+    unmet (CSR attributes not satisfied), gen (store generation)."""
+
+    def __init__(self, cert, chain, ca, public_key, unmet, gen):
+        self.cert = cert
+        self.chain = chain
+        self.ca = ca
+        self.public_key = public_key
+        self.unmet = unmet
+        self.gen = gen
+
+
+def drop(*names):
+    """MicroPython: forget modules so their code can be collected (they are
+    imported again when needed). Never est_lite.errors or est_lite_mp.p256
+    (which holds an installed table file)."""
+    if not _MP:
+        return
+    for n in names:
+        if n in sys.modules:
+            del sys.modules[n]
+            i = n.rfind(".")
+            p = sys.modules.get(n[:i])
+            if p is not None:
+                try:
+                    delattr(p, n[i + 1:])
+                except AttributeError:
+                    pass
+    gc.collect()
+
+
+_SESSION = ("est_lite.client", "est_lite.numbers", "est_lite.coap", "est_lite.pkcs7", "est_lite.csrattrs",
+            "est_lite.cbor", "est_lite.client_http", "est_lite.http1")
+_CRYPTO = ("est_lite.csr", "est_lite_mp.crypto", "est_lite_mp.keys")
+
+
+def _builder(subject, names, dns, ip, uri):
+    from est_lite.csr import CsrBuilder
+
+    b = CsrBuilder()
+    if subject or names:
+        b = b.subject(subject, **names)
+    if dns or ip or uri:
+        b = b.san(dns=list(dns), ip=list(ip), uri=list(uri))
+    return b
+
+
+def provision(cl, store, subject, names, dns, ip, uri, key_backend, pop, now):
+    ca = cl.cacerts()
+    return _enroll(cl, store, _builder(subject, names, dns, ip, uri), key_backend, pop, now, ca, False)
+
+
+def _enroll(cl, store, b, key_backend, pop, now, ca, renew):
+    attrs = cl.csrattrs()
+    if attrs is not None:
+        b = b.apply_csrattrs(attrs)
+    elif b._subject is None and not b._exts:
+        raise LocalProtocolError("give cn= (or other subject names) or a SAN for the certificate request")
+    ask = pop if pop is not None else attrs is not None and attrs.wants_challenge_password
+    unmet = [u for u in b.unmet if not (ask and u.startswith("challengePassword"))]
+    attrs = None
+    drop(*_SESSION)
+    key = cl._make_key(key_backend)
+    pk = key.public_key
+    t = cl._session()
+    if ask and t.binding is not None:
+        def csr(binding):  # PoP: bound to the session that carries it
+            x = b.challenge_password(binding) if binding else b
+            return x.sign(key)
+    else:
+        csr = b.sign(key)
+    kd = _export(key)
+    if _MP and not callable(csr):
+        key = b = None
+        drop(*_CRYPTO)
+    ev = cl._run(3 if renew else 2, csr, pk)
+    key = b = csr = None
+    cl.close()  # frees the session before the signature check
+    cert, chain = ev.cert, ev.chain
+    ev = None
+    drop(*_SESSION)
+    from est_lite_mp import certs
+
+    certs.check_issued(cert, chain, ca, pk, cl._crypto().verify, cl._verify_hook(), now)
+    drop("est_lite_mp.certs", "est_lite.pkcs7", *_CRYPTO)
+    gen = store.save(key=kd, cert=cert, ca=ca, keep=("key",) if kd is None else ())
+    return Result(cert, chain, ca, pk, unmet, gen)
+
+
+def renew(cl, store, threshold, rotate_key, key_backend, now):
+    from est_lite_mp import certs
+
+    c = store.load()
+    if c is None or c.cert is None or c.key is None:
+        raise LocalProtocolError("the store holds no certificate and key to renew (a key kept in a key backend "
+                                 "cannot authenticate TLS here)")
+    nb, na, subj, san = certs.renewal_info(c.cert)
+    t = certs.utc_seconds(now)
+    if t is None:
+        raise LocalProtocolError("renewal needs the time: set the clock or pass now=")
+    if threshold is None:
+        threshold = (na - nb) // 3
+    if na - t > threshold:
+        return None
+    if cl.trust is None:
+        if not c.ca:
+            raise LocalProtocolError("the store holds no CA certificates and no trust= was given")
+        cl.trust = c.ca
+    drop("est_lite_mp.certs", "est_lite.pkcs7")
+    cl.close()
+    saved = cl.cert, cl.key
+    cl.cert, cl.key = c.cert, c.key
+    from est_lite.csr import CsrBuilder
+
+    b = CsrBuilder().subject(subj) if subj else CsrBuilder()
+    if san is not None:
+        b = b.extension("2.5.29.17", san[1], critical=san[0])
+    if key_backend is None and not rotate_key:
+        key_backend = cl._crypto().P256Key.load_der(c.key)
+    c = None
+    try:
+        return _enroll(cl, store, b, key_backend, None, now, cl.trust, True)
+    finally:
+        cl.close()
+        cl.cert, cl.key = saved
+
+
+def _export(key):
+    f = getattr(key, "export_pkcs8", None)
+    return f() if f is not None else None

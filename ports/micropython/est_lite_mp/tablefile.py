@@ -1,0 +1,96 @@
+# The P-256 base-point table (p256_table.py) as a binary file read one
+# window at a time, for devices whose heap cannot hold the imported table
+# (38.5 KB from .mpy). Each k*G then reads 64 windows of 512 bytes (the top
+# one 1 KB): about 1.5 KB live instead of 38.5 KB, at the cost of 64 small
+# reads per scalar multiplication.
+#
+#   python -m est_lite_mp.tablefile p256_table.bin     # on a PC (CPython)
+#   mpremote cp p256_table.bin :/p256_table.bin
+#   from est_lite_mp import tablefile
+#   tablefile.install("/p256_table.bin")               # before key generation / signing
+#
+# Format: b"P256T" W n, then n big-endian 16-bit window lengths, then the
+# windows' point data back to back (exactly p256_table.T).
+
+_MAGIC = b"P256T"
+
+
+class FileTable:
+    """Sequence of the table's windows, read from the file on demand."""
+
+    def __init__(self, path):
+        f = open(path, "rb")
+        h = f.read(7)
+        if len(h) != 7 or h[:5] != _MAGIC:
+            f.close()
+            raise ValueError("%s is not a P-256 table file" % path)
+        self.w = h[5]
+        n = h[6]
+        lens = f.read(2 * n)
+        self._off = []
+        self._len = []
+        o = 7 + 2 * n
+        for i in range(n):
+            ln = lens[2 * i] << 8 | lens[2 * i + 1]
+            self._off.append(o)
+            self._len.append(ln)
+            o += ln
+        self._f = f
+
+    def __len__(self):
+        return len(self._len)
+
+    def __getitem__(self, i):
+        f = self._f
+        f.seek(self._off[i])
+        d = f.read(self._len[i])
+        if len(d) != self._len[i]:
+            raise ValueError("P-256 table file is truncated")
+        return d
+
+    def close(self):
+        self._f.close()
+
+
+def install(path):
+    """Make est_lite_mp.p256 read its base-point table from `path`."""
+    from est_lite_mp import p256
+
+    t = FileTable(path)
+    p256._tab = (t.w, t)
+    return t
+
+
+def uninstall():
+    from est_lite_mp import p256
+
+    t = p256._tab
+    p256._tab = None
+    if t is not None and isinstance(t[1], FileTable):
+        t[1].close()
+
+
+def write(path):
+    """Write the table file from p256_table (run where memory allows)."""
+    from est_lite_mp import p256_table as P
+
+    T = P.T
+    head = bytearray(_MAGIC)
+    head.append(P.W)
+    head.append(len(T))
+    for t in T:
+        head.append(len(t) >> 8)
+        head.append(len(t) & 255)
+    f = open(path, "wb")
+    try:
+        f.write(head)
+        for t in T:
+            f.write(t)
+    finally:
+        f.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    write(sys.argv[1] if len(sys.argv) > 1 else "p256_table.bin")
