@@ -335,9 +335,11 @@ class EstResource(resource.Resource, resource.PathCapable):
             raise e
         csr = bytes(payload)
         if op == numbers.OP_SERVERKEYGEN:
-            p8, p7, cert = await self._call(svc.serverkeygen, label, csr, ctx)
+            res = await self._call(svc.serverkeygen, label, csr, ctx)
+            p8, p7, cert = res
             cpart = self._certs_body(p7, cert_cf, cert)
-            body = cbor.encode_multipart([(numbers.CF_PKCS8, p8), (cert_cf, cpart)])
+            # 284 PKCS#8, or 280 when a proxy passes a CMS-protected key through
+            body = cbor.encode_multipart([(getattr(res, "key_cf", numbers.CF_PKCS8), p8), (cert_cf, cpart)])
             self.stats["serverkeygen"] += 1
         else:
             fn = svc.simpleenroll if op == numbers.OP_SIMPLEENROLL else svc.simplereenroll

@@ -1,0 +1,486 @@
+"""EST proxy / Registration Authority (RFC 7030 §2.6 + §3.7, RFC 9148 §5).
+
+Devices talk EST-coaps (or EST over HTTPS) to the proxy; the proxy
+authenticates them with its own profiles (trust sets, passwords, PoP,
+renewal rules: the same `EstService` policy code as the reference server)
+and forwards each accepted request to an upstream EST server over HTTPS,
+authenticated there as an RA by a TLS client certificate carrying
+id-kp-cmcRA. Upstream answers are mapped back: certificates as they come,
+202 + Retry-After as 5.03 + Max-Age (or 202 over HTTPS), errors per the
+RFC 9148 §5 table.
+
+    up = Upstream("https://ca.example:8443", ca_file="upstream-root.pem",
+                  ra_cert="ra.pem", ra_key="ra.key")
+    svc = ProxyService(up, config)                      # an EstService
+    EstCoapsServer.from_config(svc, config).start()     # devices over CoAPs
+    server_from_service(svc, config).start()            # devices over HTTPS
+
+`ProxyService` is an `EstService` whose CA backend is `UpstreamCA`: the
+trust set "ca" means the upstream's CA certificates (fetched from its
+/cacerts, cached for `cacerts_ttl` seconds), so devices renew the
+certificates the upstream issued through the RA.
+
+Re-enrollment: the proxy checks the renewal itself (the device's current
+certificate authenticates the session; subject and SANs kept) and forwards
+the CSR as `reenroll_as` = "simplereenroll" (default; upstream servers that
+let an RA renew on a device's behalf) or "simpleenroll" (upstreams that,
+like est-lite's reference server, tie simplereenroll to the TLS client
+certificate being renewed).
+"""
+
+import logging
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from est_lite import http1, numbers
+from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError
+
+from .service import EstService, OperationNotAllowed, PendingApproval
+
+log = logging.getLogger("est_lite.proxy")
+
+ID_KP_CMC_RA = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")
+
+# RFC 9148 §5: HTTP status from the EST server -> CoAP code for the device
+HTTP_TO_COAP = {
+    400: 0x80, 401: 0x81, 403: 0x83, 404: 0x84, 405: 0x85, 406: 0x86, 408: 0x88, 413: 0x8D, 415: 0x8F,
+    500: 0xA0, 501: 0xA1, 502: 0xA2, 503: 0xA3, 504: 0xA4,
+}
+
+
+def coap_code_for_http(status):
+    """The CoAP code a proxy answers for an upstream HTTP error status."""
+    c = HTTP_TO_COAP.get(status)
+    if c is not None:
+        return c
+    return 0x80 if 400 <= status < 500 else 0xA2
+
+
+class UpstreamError(EstError):
+    """The upstream EST server answered with an error, or could not be
+    reached. `http_status` / `coap_code` say what the device gets."""
+
+    def __init__(self, msg, http_status, coap_code, upstream_status=None):
+        super().__init__(msg, coap_code, http_status)
+        self.upstream_status = upstream_status
+
+
+class KeygenResult(tuple):
+    """(pkcs8_or_cms_key, pkcs7, cert) with `key_cf`: 284 (PKCS#8) or 280
+    (CMS-protected key, RFC 7030 §4.4.2) as the upstream sent it."""
+
+    key_cf = numbers.CF_PKCS8
+
+
+def _decode_body(resp):
+    from .https_server import decode_body
+
+    return decode_body(bytes(resp.body), resp.header("content-transfer-encoding"))
+
+
+def _ra_check(cert_file):
+    with open(cert_file, "rb") as f:
+        data = f.read()
+    certs = x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [x509.load_der_x509_certificate(data)]
+    try:
+        ekus = certs[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        ekus = []
+    if ID_KP_CMC_RA not in ekus:
+        raise LocalProtocolError("RA certificate %s has no id-kp-cmcRA (1.3.6.1.5.5.7.3.28) extended key usage: "
+                                 "an upstream EST server cannot tell it is an RA" % cert_file)
+    return certs[0]
+
+
+class Upstream:
+    """HTTPS client of the upstream EST server, authenticated as an RA.
+
+    url: "https://host:port" (an optional path prefix replaces
+    /.well-known/est); ca_file: PEM of the CA(s) that issued the upstream's
+    TLS certificate (None: the system store); ra_cert / ra_key: PEM files of
+    the RA identity (id-kp-cmcRA required unless require_ra_eku=False);
+    server_name: name to verify in the upstream certificate (default: the
+    URL's host); auth: optional (user, password) for HTTP Basic in addition;
+    label_map: {local label: upstream label}; timeout: seconds per request;
+    max_body: bytes of an answer."""
+
+    def __init__(self, url, *, ca_file=None, ra_cert=None, ra_key=None, server_name=None, auth=None,
+                 label_map=None, timeout=30.0, max_body=65536, require_ra_eku=True):
+        u = urllib.parse.urlsplit(url)
+        if u.scheme != "https" or not u.hostname:
+            raise LocalProtocolError("upstream must be an https:// URL, not %r" % url)
+        self.url = url
+        self.host = u.hostname
+        self.port = u.port or 443
+        self.prefix = (u.path.rstrip("/") or "/.well-known/est") + "/"
+        self.host_header = u.netloc
+        self.server_name = server_name or u.hostname
+        self.auth = auth
+        self.label_map = dict(label_map or {})
+        self.timeout = timeout
+        self.max_body = max_body
+        self.ra_cert = _ra_check(ra_cert) if (ra_cert and require_ra_eku) else None
+        ctx = ssl.create_default_context(cafile=ca_file)
+        if ra_cert:
+            ctx.load_cert_chain(ra_cert, ra_key)
+        self._ctx = ctx
+        self.stats = {"requests": 0, "errors": 0}
+
+    def path(self, op, label):
+        label = self.label_map.get(label or "", label) or None
+        numbers.check_label(label)
+        return self.prefix + (label + "/" if label else "") + numbers.HTTP_NAMES[op]
+
+    def exchange(self, op, label, der=b""):
+        """One request on a new TLS connection; returns the http1.Response.
+        Raises UpstreamError when the upstream cannot be reached or answers
+        garbage."""
+        path = self.path(op, label)
+        method = "GET" if numbers.OP_METHODS[op] == numbers.GET else "POST"
+        headers = ()
+        authz = http1.basic_auth(*self.auth) if self.auth else None
+        if method == "GET":
+            req = http1.build_request("GET", path, self.host_header, authorization=authz, keep_alive=False,
+                                      headers=headers)
+        else:
+            req = http1.build_request("POST", path, self.host_header, content_type=numbers.MT_PKCS10,
+                                      body=http1.b64_encode_lines(der), authorization=authz, keep_alive=False,
+                                      headers=headers)
+        self.stats["requests"] += 1
+        p = http1.ResponseParser(max_header=16384, max_body=self.max_body, method=method)
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout) as s:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with self._ctx.wrap_socket(s, server_hostname=self.server_name) as t:
+                    t.sendall(req)
+                    while True:
+                        ev = p.next_event()
+                        if ev is not http1.NEED_DATA:
+                            return ev
+                        try:
+                            data = t.recv(65536)
+                        except ssl.SSLEOFError:
+                            data = b""
+                        p.receive_data(data)
+        except socket.timeout:
+            self.stats["errors"] += 1
+            raise UpstreamError("the upstream EST server %s did not answer within %.0f s" % (self.url, self.timeout),
+                                504, 0xA4) from None
+        except (ssl.SSLError, OSError) as e:
+            self.stats["errors"] += 1
+            raise UpstreamError("cannot reach the upstream EST server %s: %s" % (self.url, e), 502, 0xA2) from None
+        except EstError as e:
+            self.stats["errors"] += 1
+            raise UpstreamError("the upstream EST server %s answered garbage: %s" % (self.url, e), 502, 0xA2) from None
+
+    def check(self, resp, what):
+        """Raise for an answer that is not a success (202 -> PendingApproval)."""
+        st = resp.status
+        if st == 202 or (st == 503 and resp.header("retry-after")):
+            ra = resp.retry_after
+            ra = 60 if ra is None else ra
+            text = _text(resp) or "the upstream EST server asks to retry later"
+            raise PendingApproval("%s: %s" % (what, text), ra)
+        if 200 <= st < 300:
+            return
+        text = _text(resp)
+        msg = "upstream EST server answered %d to %s%s" % (st, what, (": " + text) if text else "")
+        http_status = 502 if st in (401, 407) else (st if 400 <= st < 600 else 502)
+        raise UpstreamError(msg, http_status, coap_code_for_http(st), st)
+
+    # -- operations --
+    def cacerts(self, label):
+        """(pkcs7 DER, [certificates])."""
+        r = self.exchange(numbers.OP_CACERTS, label)
+        self.check(r, "cacerts")
+        der = _decode_body(r)
+        return der, _p7_certs(der)
+
+    def csrattrs(self, label):
+        r = self.exchange(numbers.OP_CSRATTRS, label)
+        if r.status in (204, 404):
+            return b""
+        self.check(r, "csrattrs")
+        return _decode_body(r) if r.body.strip() else b""
+
+    def enroll(self, op, label, csr_der):
+        """(pkcs7 DER, [certificates]) for simpleenroll / simplereenroll."""
+        r = self.exchange(op, label, csr_der)
+        self.check(r, numbers.HTTP_NAMES[op])
+        der = _decode_body(r)
+        return der, _p7_certs(der)
+
+    def serverkeygen(self, label, csr_der):
+        """(key DER, key content format 284/280, pkcs7 DER)."""
+        r = self.exchange(numbers.OP_SERVERKEYGEN, label, csr_der)
+        self.check(r, "serverkeygen")
+        if r.content_type != "multipart/mixed" or "boundary" not in r.params:
+            raise UpstreamError("upstream serverkeygen answer is not multipart/mixed", 502, 0xA2)
+        try:
+            parts = http1.parse_multipart(bytes(r.body), r.params["boundary"])
+        except EstError as e:
+            raise UpstreamError("upstream serverkeygen answer: %s" % e, 502, 0xA2) from None
+        from .https_server import decode_body
+
+        key = kcf = p7 = None
+        for part in parts:
+            ct = part.content_type
+            body = decode_body(bytes(part.body), part.header("content-transfer-encoding"))
+            if ct == numbers.MT_PKCS8:
+                key, kcf = body, numbers.CF_PKCS8
+            elif ct == numbers.MT_PKCS7 and part.params.get("smime-type", "").lower() == "server-generated-key":
+                key, kcf = body, numbers.CF_PKCS7_SERVER_KEYGEN
+            elif ct == numbers.MT_PKCS7:
+                p7 = body
+        if key is None or p7 is None:
+            raise UpstreamError("upstream serverkeygen answer lacks the key or the certificate part", 502, 0xA2)
+        return key, kcf, p7
+
+
+def _text(resp, limit=160):
+    if resp.content_type not in ("text/plain", ""):
+        return ""
+    t = bytes(resp.body[:limit]).decode("utf-8", "replace").strip()
+    return " ".join(t.split())
+
+
+def _p7_certs(der):
+    try:
+        return pkcs7.load_der_pkcs7_certificates(der)
+    except ValueError as e:
+        raise UpstreamError("upstream answer is not a certs-only PKCS#7: %s" % e, 502, 0xA2) from None
+
+
+def _leaf_for(certs, public_key):
+    want = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for c in certs:
+        if c.public_key().public_bytes(serialization.Encoding.DER,
+                                       serialization.PublicFormat.SubjectPublicKeyInfo) == want:
+            return c
+    raise UpstreamError("the upstream answer holds no certificate for the requested key", 502, 0xA2)
+
+
+class UpstreamCA:
+    """CA backend of the proxy's EstService: ca_certs from the upstream's
+    /cacerts (cached), issue() forwards the CSR. issued_by_me / is_revoked
+    serve the "ca" trust set (devices the upstream certified)."""
+
+    def __init__(self, upstream, *, cacerts_ttl=300.0, reenroll_as="simplereenroll", clock=time.monotonic):
+        if reenroll_as not in ("simplereenroll", "simpleenroll"):
+            raise LocalProtocolError("reenroll_as must be simplereenroll or simpleenroll")
+        self.upstream = upstream
+        self.cacerts_ttl = cacerts_ttl
+        self.reenroll_as = reenroll_as
+        self.clock = clock
+        self.store = None  # no local approvals: the upstream decides
+        self._cache = {}  # label -> (time, pkcs7 der, [certs])
+        self._lock = threading.Lock()
+        self._refreshing = set()
+
+    def fetch(self, label=None):
+        der, certs = self.upstream.cacerts(label)
+        if not certs:
+            raise UpstreamError("upstream /cacerts holds no certificate", 502, 0xA2)
+        with self._lock:
+            self._cache[label or ""] = (self.clock(), der, certs)
+        return der, certs
+
+    def cached(self, label=None):
+        """(pkcs7 der, certs): from the cache; a stale entry is refreshed in
+        the background (only the very first fetch blocks)."""
+        key = label or ""
+        with self._lock:
+            ent = self._cache.get(key)
+            stale = ent is not None and self.clock() - ent[0] > self.cacerts_ttl and key not in self._refreshing
+            if stale:
+                self._refreshing.add(key)
+        if ent is None:
+            return self.fetch(label)
+        if stale:
+            threading.Thread(target=self._refresh, args=(label,), daemon=True).start()
+        return ent[1], ent[2]
+
+    def _refresh(self, label):
+        try:
+            self.fetch(label)
+        except EstError as e:
+            log.warning("refreshing upstream cacerts failed (keeping the old ones): %s", e)
+        finally:
+            with self._lock:
+                self._refreshing.discard(label or "")
+
+    # -- backend interface --
+    def ca_certs(self, label=None):
+        return list(self.cached(label)[1])
+
+    @property
+    def issuer(self):
+        """The upstream's issuing CA: the certificate of /cacerts that issued
+        none of the others (or the only one)."""
+        certs = self.ca_certs(None)
+        leafish = [c for c in certs if not any(o.issuer == c.subject and o is not c for o in certs)]
+        return leafish[0] if leafish else certs[0]
+
+    def issue(self, req):
+        op = numbers.OP_SIMPLEENROLL
+        if req.op == "simplereenroll" and self.reenroll_as == "simplereenroll":
+            op = numbers.OP_SIMPLEREENROLL
+        csr_der = req.csr.public_bytes(serialization.Encoding.DER)
+        _, certs = self.upstream.enroll(op, req.label, csr_der)
+        return _leaf_for(certs, req.public_key)
+
+    def is_revoked(self, cert):
+        return False
+
+    def issued_by_me(self, cert):
+        from cryptography.exceptions import InvalidSignature
+
+        for ca in self.ca_certs(None):
+            if cert.issuer == ca.subject:
+                try:
+                    cert.verify_directly_issued_by(ca)
+                    return True
+                except (ValueError, TypeError, InvalidSignature):
+                    continue
+        return False
+
+
+class ProxyService(EstService):
+    """EstService that forwards to an upstream EST server as an RA (see the
+    module docstring). `csrattrs_from`: "upstream" (forward) or "local" (the
+    profiles' csrattrs)."""
+
+    def __init__(self, upstream, config, authenticator=None, *, cacerts_ttl=300.0, reenroll_as="simplereenroll",
+                 csrattrs_from="upstream"):
+        ca = upstream if isinstance(upstream, UpstreamCA) else UpstreamCA(upstream, cacerts_ttl=cacerts_ttl,
+                                                                          reenroll_as=reenroll_as)
+        super().__init__(ca, config, authenticator, store=None)
+        self.upstream = ca.upstream
+        if csrattrs_from not in ("upstream", "local"):
+            raise LocalProtocolError("csrattrs_from must be upstream or local")
+        self.csrattrs_from = csrattrs_from
+
+    def prefetch(self):
+        """Fetch the upstream CA certificates now (call before serving: the
+        DTLS handshake asks for them)."""
+        for label in self.config.profiles:
+            self.ca.fetch(label or None)
+
+    def cacerts(self, label, ctx):
+        self.profile(label)
+        return self.ca.cached(label or None)[0]  # the upstream's PKCS#7, as it sent it
+
+    def csrattrs(self, label, ctx):
+        if self.csrattrs_from == "local":
+            return super().csrattrs(label, ctx)
+        prof = self.profile(label)
+        if prof.csrattrs_auth:
+            self.authenticate("csrattrs", prof, ctx)
+        return self.upstream.csrattrs(label or None)
+
+    def serverkeygen(self, label, csr_der, ctx):
+        prof = self.profile(label)
+        if not prof.serverkeygen:
+            raise OperationNotAllowed("serverkeygen is disabled for this label")
+        _requester, cert_id = self.authenticate("serverkeygen", prof, ctx)
+        try:
+            csr = self._load_csr(prof, csr_der)
+            self._check_pop(prof, csr, ctx, cert_id)
+            self._check_subject(prof, csr)
+        except (ValueError, TypeError) as e:
+            raise RemoteProtocolError("CSR cannot be parsed: %s" % e) from None
+        key, kcf, p7 = self.upstream.serverkeygen(label or None, csr.public_bytes(serialization.Encoding.DER))
+        certs = _p7_certs(p7)
+        subjects = {c.issuer for c in certs}
+        leaf = next((c for c in certs if c.subject not in subjects), certs[0]) if certs else None
+        if leaf is None:
+            raise UpstreamError("upstream serverkeygen answer holds no certificate", 502, 0xA2)
+        res = KeygenResult((key, p7, leaf))
+        res.key_cf = kcf
+        return res
+
+
+# ---------------------------------------------------------------- configuration
+
+
+class ProxyConfig:
+    """The [proxy] section of a proxy config file (the other sections are a
+    ServerConfig: [server] listener and TLS certificate, [coaps], [trust.*],
+    [profiles.*] for authenticating devices)."""
+
+    def __init__(self, data, *, base_dir="."):
+        import os
+
+        from .config import ConfigError, _take
+
+        d = dict(data or {})
+        w = "proxy"
+
+        def rel(p):
+            return p if p is None or os.path.isabs(p) else os.path.normpath(os.path.join(base_dir, p))
+
+        self.upstream = _take(d, "upstream", None, str, w)
+        if not self.upstream:
+            raise ConfigError("proxy.upstream is required (https://host:port of the upstream EST server)")
+        self.upstream_ca = rel(_take(d, "upstream_ca", None, str, w))
+        self.ra_cert = rel(_take(d, "ra_cert", None, str, w))
+        self.ra_key = rel(_take(d, "ra_key", None, str, w))
+        if not self.ra_cert or not self.ra_key:
+            raise ConfigError("proxy.ra_cert and proxy.ra_key are required (the RA's TLS client identity)")
+        self.upstream_server_name = _take(d, "upstream_server_name", None, str, w)
+        auth = _take(d, "upstream_auth", None, str, w)
+        self.upstream_auth = tuple(auth.split(":", 1)) if auth else None
+        if auth and len(self.upstream_auth) != 2:
+            raise ConfigError("proxy.upstream_auth must be user:password")
+        self.timeout_s = _take(d, "timeout_s", 30.0, (int, float), w)
+        self.cacerts_ttl_s = _take(d, "cacerts_ttl_s", 300.0, (int, float), w)
+        self.reenroll_as = _take(d, "reenroll_as", "simplereenroll", str, w)
+        if self.reenroll_as not in ("simplereenroll", "simpleenroll"):
+            raise ConfigError("proxy.reenroll_as must be \"simplereenroll\" or \"simpleenroll\"")
+        self.csrattrs_from = _take(d, "csrattrs_from", "upstream", str, w)
+        if self.csrattrs_from not in ("upstream", "local"):
+            raise ConfigError("proxy.csrattrs_from must be \"upstream\" or \"local\"")
+        self.labels = dict(_take(d, "labels", {}, dict, w))
+        self.require_ra_eku = _take(d, "require_ra_eku", True, bool, w)
+        if d:
+            raise ConfigError("proxy: unknown key(s) %s" % ", ".join(sorted(d)))
+
+    def upstream_client(self):
+        return Upstream(self.upstream, ca_file=self.upstream_ca, ra_cert=self.ra_cert, ra_key=self.ra_key,
+                        server_name=self.upstream_server_name, auth=self.upstream_auth, label_map=self.labels,
+                        timeout=self.timeout_s, require_ra_eku=self.require_ra_eku)
+
+
+def load_proxy_config(path):
+    """(ServerConfig, ProxyConfig) from one TOML file."""
+    import os
+    import tomllib
+
+    from .config import ConfigError, ServerConfig
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("cannot read config %s: %s" % (path, e)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config %s: %s" % (path, e)) from None
+    base = os.path.dirname(os.path.abspath(path))
+    pdata = data.pop("proxy", None)
+    if pdata is None:
+        raise ConfigError("%s has no [proxy] section" % path)
+    return ServerConfig(data, base_dir=base), ProxyConfig(pdata, base_dir=base)
+
+
+def proxy_from_config(config, pconfig, *, authenticator=None):
+    """The ProxyService for a (ServerConfig, ProxyConfig)."""
+    return ProxyService(pconfig.upstream_client(), config, authenticator, cacerts_ttl=pconfig.cacerts_ttl_s,
+                        reenroll_as=pconfig.reenroll_as, csrattrs_from=pconfig.csrattrs_from)
