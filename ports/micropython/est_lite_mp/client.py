@@ -293,7 +293,7 @@ class EstClient:
                     try:
                         when = C.retry_delay(None, attempt, now, self._end, self._rand(), base=self.backoff)
                     except TransportError:
-                        raise TransportError("%s (gave up after %d attempts: deadline)" % (e, attempt + 1))
+                        raise TransportError("%s (gave up after %d attempt(s): deadline)" % (e, attempt + 1))
                     self._sleep(when - now)
                     attempt += 1
                     continue

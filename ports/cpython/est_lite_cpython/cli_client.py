@@ -1,0 +1,363 @@
+"""`est-lite cacerts|csrattrs|enroll|reenroll|serverkeygen`: the EST client.
+
+    est-lite cacerts  --server https://est.example:8443 --pin sha256:... --out dev1
+    est-lite enroll   --server https://est.example:8443 --trust dev1/ca.pem --user alice --password s3cret \\
+                      --cn dev-1 --dns dev-1.example --out dev1
+    est-lite reenroll --server coaps://est.example --out dev1          # renews the credentials in dev1
+    est-lite serverkeygen --server ... --cn dev-2 --out dev2 --json
+
+--out DIR is a credential store (est_lite_cpython.credstore: atomic, 0600)
+plus PEM copies cert.pem, key.pem, ca.pem. Every failure exits non-zero
+with one line on stderr.
+"""
+
+import json
+import os
+import sys
+
+from est_lite.errors import EstError, LocalProtocolError
+
+
+def _read(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise LocalProtocolError("cannot read %s %s: %s" % (what, path, e.strerror or e)) from None
+
+
+def _store(args):
+    from .credstore import CredStore
+
+    return CredStore(args.out) if args.out else None
+
+
+def _client(args, cert=None, key=None):
+    from .client import EstClient
+
+    trust = None
+    if args.trust:
+        trust = _trust_files(args.trust)
+    elif not args.pin and args.out:
+        # a store from an earlier run supplies the trust anchors
+        c = _load_store(args)
+        if c is not None and c.ca:
+            trust = c.ca
+    if cert is None and args.cert:
+        if not args.key:
+            raise LocalProtocolError("--cert needs --key")
+        cert, key = _read(args.cert, "--cert"), _read(args.key, "--key")
+    password = args.password
+    if args.user and password is None:
+        password = os.environ.get("EST_PASSWORD")
+        if password is None:
+            raise LocalProtocolError("--user needs --password (or EST_PASSWORD in the environment)")
+    crls = [_read(p, "--crl") for p in args.crl] if args.crl else None
+    return EstClient(args.server, trust=trust, pin=args.pin, cert=cert, key=key, user=args.user, password=password,
+                     label=args.label, server_name=args.server_name, timeout=args.timeout, deadline=args.deadline,
+                     proxy=args.proxy, crls=crls, tls_version=args.tls_version)
+
+
+def _trust_files(paths):
+    from . import dtls as _d
+
+    out = []
+    for p in paths:
+        data = _read(p, "--trust")
+        out += _d.load_certificates(data) if b"-----BEGIN" in data else [_d.load_certificate(data)]
+    return out
+
+
+def _load_store(args):
+    s = _store(args)
+    return s.load() if s is not None else None
+
+
+def _pem(der, kind="CERTIFICATE"):
+    import base64
+
+    b = base64.b64encode(der).decode()
+    return "-----BEGIN %s-----\n%s\n-----END %s-----\n" % (
+        kind, "\n".join(b[i:i + 64] for i in range(0, len(b), 64)), kind)
+
+
+def _describe(der):
+    import hashlib
+
+    from cryptography import x509
+
+    c = x509.load_der_x509_certificate(der)
+    return {"subject": c.subject.rfc4514_string(), "issuer": c.issuer.rfc4514_string(),
+            "serial": "%x" % c.serial_number, "not_after": c.not_valid_after_utc.isoformat(),
+            "sha256": hashlib.sha256(der).hexdigest()}
+
+
+def _write_pem_copies(store):
+    # convenience PEM files next to the store (each written atomically)
+    for name, data in store.pem_files().items():
+        p = os.path.join(store.path, name)
+        tmp = p + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+
+
+def _emit(args, obj, text):
+    if args.json:
+        print(json.dumps(obj, indent=1, sort_keys=True))
+    else:
+        print(text)
+
+
+def _builder_args(args):
+    names = {}
+    for k in ("cn", "o", "ou", "c", "l", "st", "serial_number"):
+        v = getattr(args, k, None)
+        if v:
+            names[k] = v
+    return names
+
+
+# --- commands ---
+
+
+def cmd_cacerts(args):
+    c = _client(args)
+    try:
+        certs = c.cacerts()
+    finally:
+        c.close()
+    store = _store(args)
+    if store is not None:
+        store.save(ca=certs, keep=("key", "cert")) if store.load() is not None else store.save(ca=certs)
+        _write_pem_copies(store)
+    info = [_describe(x) for x in certs]
+    _emit(args, {"certs": info, "bootstrapped": c.bootstrapped, "out": args.out},
+          "".join(_pem(x) for x in certs) if store is None else
+          "%d CA certificate(s) written to %s (%s)" % (len(certs), args.out,
+                                                      ", ".join(i["subject"] for i in info)))
+    return 0
+
+
+def cmd_csrattrs(args):
+    c = _client(args)
+    try:
+        a = c.csrattrs()
+    finally:
+        c.close()
+    if a is None:
+        _emit(args, {"attributes": None}, "the server asks for no CSR attributes")
+        return 0
+    obj = {"oids": a.oids, "attributes": [o for o, _ in a.attributes],
+           "challenge_password": a.wants_challenge_password, "key_curve": a.key_curve,
+           "signature_alg": a.signature_alg, "hash_alg": a.hash_alg,
+           "extensions": [{"oid": o, "critical": crit, "value": None if v is None else bytes(v).hex()}
+                          for o, crit, v in a.extensions],
+           "unparsed": list(a.unparsed)}
+    lines = ["challengePassword: %s" % ("asked" if a.wants_challenge_password else "not asked")]
+    for k in ("key_curve", "signature_alg", "hash_alg"):
+        if obj[k]:
+            lines.append("%s: %s" % (k, obj[k]))
+    lines += ["OID %s" % o for o in a.oids]
+    lines += ["attribute %s" % o for o in obj["attributes"]]
+    lines += ["extension %s%s" % (e["oid"], " (value given)" if e["value"] else "") for e in obj["extensions"]]
+    _emit(args, obj, "\n".join(lines))
+    return 0
+
+
+def _result(args, store, r, what):
+    if store is not None:
+        _write_pem_copies(store)
+    info = _describe(r.cert)
+    _emit(args, {"cert": info, "unmet": list(r.unmet), "generation": r.gen, "out": args.out},
+          "%s: %s, valid until %s, serial %s -> %s%s" % (
+              what, info["subject"], info["not_after"], info["serial"], args.out,
+              "" if not r.unmet else " (not satisfied: %s)" % "; ".join(r.unmet)))
+
+
+def cmd_enroll(args):
+    names = _builder_args(args)
+    if args.csr:
+        return _enroll_csr(args)
+    store = _store(args)
+    if store is None:
+        raise LocalProtocolError("enroll needs --out DIR for the new key and certificate (or --csr FILE)")
+    c = _client(args)
+    try:
+        r = c.provision(store, subject=None, dns=args.dns or (), ip=args.ip or (), uri=args.uri or (), **names)
+    finally:
+        c.close()
+    _result(args, store, r, "enrolled")
+    return 0
+
+
+def _enroll_csr(args):
+    data = _read(args.csr, "--csr")
+    if data.lstrip().startswith(b"-----"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            data = x509.load_pem_x509_csr(data).public_bytes(serialization.Encoding.DER)
+        except ValueError as e:
+            raise LocalProtocolError("cannot read --csr: %s" % e) from None
+    c = _client(args)
+    try:
+        ev = c.enroll(data)
+    finally:
+        c.close()
+    if args.out:
+        os.makedirs(args.out, mode=0o700, exist_ok=True)
+        with open(os.path.join(args.out, "cert.pem"), "w") as f:
+            f.write(_pem(ev.cert))
+    _emit(args, {"cert": _describe(ev.cert), "out": args.out}, _pem(ev.cert) if not args.out else
+          "enrolled: %s -> %s/cert.pem" % (_describe(ev.cert)["subject"], args.out))
+    return 0
+
+
+def cmd_reenroll(args):
+    store = _store(args)
+    if store is None:
+        raise LocalProtocolError("reenroll needs --out DIR (a store from enroll, or where to write the new pair)")
+    if args.cert:
+        # current credentials from files: put them in the store first (atomically)
+        from cryptography.hazmat.primitives import serialization
+
+        from . import dtls as _d
+
+        cert = _d.load_certificate(_read(args.cert, "--cert")).public_bytes(serialization.Encoding.DER)
+        key = _d.load_private_key(_read(args.key or "", "--key")).private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        old = store.load()
+        ca = old.ca if old is not None else []
+        if args.trust:
+            ca = [x.public_bytes(serialization.Encoding.DER) for x in _trust_files(args.trust)]
+        store.save(key=key, cert=cert, ca=ca)
+    c = _client(args)  # renew_if_needed authenticates with the stored certificate
+    try:
+        r = c.renew_if_needed(store, threshold=float("inf"), rotate_key=not args.keep_key)
+    finally:
+        c.close()
+    _result(args, store, r, "re-enrolled")
+    return 0
+
+
+def cmd_serverkeygen(args):
+    from est_lite.csr import CsrBuilder
+
+    from .crypto import P256Key
+
+    names = _builder_args(args)
+    b = CsrBuilder()
+    if names:
+        b = b.subject(**names)
+    if args.dns or args.ip or args.uri:
+        b = b.san(dns=args.dns or [], ip=args.ip or [], uri=args.uri or [])
+    if not names and not (args.dns or args.ip or args.uri):
+        raise LocalProtocolError("give --cn (or other subject names) or a SAN")
+    csr = b.sign(P256Key.generate())  # the server makes the real key; this one only signs the request
+    c = _client(args)
+    try:
+        ca = c.cacerts() if c.trust is None else None
+        ev = c.serverkeygen(csr)
+        ca = ca or c.trust
+    finally:
+        c.close()
+    if ev.key_type != 284:
+        raise LocalProtocolError("the server returned an encrypted key (CMS, content format %d): not supported"
+                                 % ev.key_type)
+    key = P256Key.load_der(ev.key_der)
+    from est_lite_mp import certs as X
+
+    from .client import verify_issued_by
+
+    X.check_issued(ev.cert, ev.chain, ca, key.public_key, None, verify_issued_by)
+    store = _store(args)
+    gen = None
+    if store is not None:
+        gen = store.save(key=key.export_pkcs8(), cert=ev.cert, ca=ca)
+        _write_pem_copies(store)
+    info = _describe(ev.cert)
+    _emit(args, {"cert": info, "generation": gen, "out": args.out},
+          "server-generated key and certificate: %s, valid until %s -> %s" % (
+              info["subject"], info["not_after"], args.out) if store is not None else
+          _pem(ev.cert) + _pem(ev.key_der, "PRIVATE KEY"))
+    return 0
+
+
+def _common(p):
+    p.add_argument("--server", required=True, help="https://host[:port][/label] or coaps://host[:port][/label]")
+    p.add_argument("--label", help="EST label (path segment)")
+    p.add_argument("--trust", action="append", metavar="PEM", help="CA certificate(s) the server must chain to")
+    p.add_argument("--pin", metavar="sha256:HEX",
+                   help="bootstrap: SHA-256 of a server chain certificate (checked in the handshake, or of the CA "
+                        "in the /cacerts answer over HTTPS); the received CAs become the trust anchors")
+    p.add_argument("--server-name", help="name/IP the server certificate must cover (default: the URI host)")
+    p.add_argument("--cert", help="client certificate (PEM/DER) for TLS/DTLS")
+    p.add_argument("--key", help="its private key (PEM/DER)")
+    p.add_argument("--user", help="HTTP Basic/Digest user (HTTPS only)")
+    p.add_argument("--password", help="HTTP password (or EST_PASSWORD in the environment)")
+    p.add_argument("--proxy", help="HTTP CONNECT proxy, http://[user:pw@]host:port (HTTPS only)")
+    p.add_argument("--crl", action="append", metavar="FILE", help="CRL (PEM/DER) to check the server's chain")
+    p.add_argument("--tls-version", choices=("1.2", "1.3"), help="force a TLS version (HTTPS)")
+    p.add_argument("--timeout", type=float, default=30, help="seconds per handshake/request (default 30)")
+    p.add_argument("--deadline", type=float, default=120,
+                   help="overall seconds, retries after 202/5.03 and link failures included (default 120)")
+    p.add_argument("--out", metavar="DIR", help="credential store directory (key, cert, CA; PEM copies)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _subject(p):
+    p.add_argument("--cn", help="subject common name")
+    p.add_argument("--o", help="subject organization")
+    p.add_argument("--ou", help="subject organizational unit")
+    p.add_argument("--c", help="subject country (2 letters)")
+    p.add_argument("--l", help="subject locality")
+    p.add_argument("--st", help="subject state")
+    p.add_argument("--serial-number", dest="serial_number", help="subject serialNumber")
+    p.add_argument("--dns", action="append", help="subjectAltName DNS name (repeatable)")
+    p.add_argument("--ip", action="append", help="subjectAltName IP address (repeatable)")
+    p.add_argument("--uri", action="append", help="subjectAltName URI (repeatable)")
+
+
+def _wrap(fn):
+    def run(args):
+        try:
+            return fn(args)
+        except EstError as e:
+            e.msg = " ".join(str(e).split())  # one line on stderr
+            raise
+        except OSError as e:
+            raise LocalProtocolError("%s: %s" % (e.filename or "I/O", e.strerror or e)) from None
+    return run
+
+
+def register(sub):
+    p = sub.add_parser("cacerts", help="EST client: fetch the CA certificates")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_cacerts))
+    p = sub.add_parser("csrattrs", help="EST client: show the CSR attributes the server wants")
+    _common(p)
+    p.set_defaults(func=_wrap(cmd_csrattrs))
+    p = sub.add_parser("enroll", help="EST client: new key, CSR (honouring csrattrs), certificate into --out")
+    _common(p)
+    _subject(p)
+    p.add_argument("--csr", help="enroll this CSR (PEM/DER) as it is instead")
+    p.set_defaults(func=_wrap(cmd_enroll))
+    p = sub.add_parser("reenroll", help="EST client: renew the certificate in --out (or --cert/--key)")
+    _common(p)
+    p.add_argument("--keep-key", action="store_true", help="keep the key (default: a new key)")
+    p.set_defaults(func=_wrap(cmd_reenroll))
+    p = sub.add_parser("serverkeygen", help="EST client: key and certificate made by the server")
+    _common(p)
+    _subject(p)
+    p.set_defaults(func=_wrap(cmd_serverkeygen))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from .cli import main
+
+    sys.exit(main())
