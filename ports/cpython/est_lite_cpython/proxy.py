@@ -371,8 +371,13 @@ class ProxyService(EstService):
     def prefetch(self):
         """Fetch the upstream CA certificates now (call before serving: the
         DTLS handshake asks for them)."""
+        self.ca.fetch(None)
         for label in self.config.profiles:
-            self.ca.fetch(label or None)
+            if label:
+                try:
+                    self.ca.fetch(label)
+                except EstError as e:  # fetched again when a device asks
+                    log.warning("upstream cacerts for label %s: %s", label, e)
 
     def cacerts(self, label, ctx):
         self.profile(label)
