@@ -14,32 +14,32 @@
 #       d = sock.recv(timeout=op.next_timeout() - now())
 #       if d: op.receive_data(d, now())
 #
-# The flow of every operation (both transports) is the table TRANSITIONS;
-# CoAP message-layer reliability (RFC 7252 §4) sits beside it in
-# CoapOperation.
+# The flow of every operation (both transports) is the table _T below
+# (TRANSITIONS as a dict); CoAP message-layer reliability (RFC 7252 §4) sits
+# beside it in CoapOperation.
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
-
-
-from est_lite import numbers as N
-from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, ServerError, TransportError
+from est_lite.errors import (
+    EstError,
+    LimitError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ServerError,
+    TransportError,
+    const,
+)
 
 # Private copies of est_lite.numbers values: mpy-cross folds them into the
-# bytecode (no name lookups, no stored names). tests/test_client_pair.py
-# checks they equal the numbers module.
+# bytecode (no name lookups, no stored names, numbers is not loaded).
+# tests/test_client_pair.py checks they equal the numbers module.
 _CON = const(0)
 _ACK = const(2)
 _RST = const(3)
 _GET = const(1)
-_CONTINUE = const(0x5f)
+_POST = const(2)
+_CONTINUE = const(0x5F)
 _NOT_FOUND = const(0x84)
-_REQUEST_ENTITY_TOO_LARGE = const(0x8d)
-_SERVICE_UNAVAILABLE = const(0xa3)
+_REQUEST_ENTITY_TOO_LARGE = const(0x8D)
+_SERVICE_UNAVAILABLE = const(0xA3)
 _CONTENT_FORMAT = const(12)
 _MAX_AGE = const(14)
 _BLOCK2 = const(23)
@@ -65,7 +65,6 @@ AUTH_CONTINUE = const(4)  # HTTP 401 and we hold credentials: the request is to 
 DONE = const(5)  # a result event is ready
 RETRY_AFTER = const(6)  # the peer asked us to come back later (RetryAfter event)
 ERROR = const(7)  # failed; next_event() raises the error
-STATE_NAMES = ("IDLE", "AWAIT_RESPONSE", "BLOCK1_CONTINUE", "BLOCK2_CONTINUE", "AUTH_CONTINUE", "DONE", "RETRY_AFTER", "ERROR")
 
 # --- inputs ---
 SEND = const(0)  # local: a request goes out
@@ -75,37 +74,32 @@ FINAL = const(3)  # peer: the whole final answer
 RETRY = const(4)  # peer: HTTP 202 / 503 + Retry-After, CoAP 5.03 (+ Max-Age)
 AUTH = const(5)  # peer: HTTP 401 with a challenge we can answer
 FAIL = const(6)  # error status, malformed answer, link gave up, ...
-INPUT_NAMES = ("SEND", "CONTINUE1", "MORE2", "FINAL", "RETRY", "AUTH", "FAIL")
 
-# (state, input) -> next state. Anything else is illegal: a local input
-# (SEND) raises LocalProtocolError, a peer input RemoteProtocolError.
-TRANSITIONS = {
-    (IDLE, SEND): AWAIT_RESPONSE,
-    (IDLE, FAIL): ERROR,
-    (AWAIT_RESPONSE, CONTINUE1): BLOCK1_CONTINUE,
-    (AWAIT_RESPONSE, MORE2): BLOCK2_CONTINUE,
-    (AWAIT_RESPONSE, FINAL): DONE,
-    (AWAIT_RESPONSE, RETRY): RETRY_AFTER,
-    (AWAIT_RESPONSE, AUTH): AUTH_CONTINUE,
-    (AWAIT_RESPONSE, FAIL): ERROR,
-    (BLOCK1_CONTINUE, SEND): AWAIT_RESPONSE,
-    (BLOCK1_CONTINUE, FAIL): ERROR,
-    (BLOCK2_CONTINUE, SEND): AWAIT_RESPONSE,
-    (BLOCK2_CONTINUE, FAIL): ERROR,
-    (AUTH_CONTINUE, SEND): AWAIT_RESPONSE,
-    (AUTH_CONTINUE, FAIL): ERROR,
-}
+_SN = "IDLE AWAIT_RESPONSE BLOCK1_CONTINUE BLOCK2_CONTINUE AUTH_CONTINUE DONE RETRY_AFTER ERROR"
+_IN = "SEND CONTINUE1 MORE2 FINAL RETRY AUTH FAIL"
+
+# The table: next state for (state, input). One row of 7 inputs (SEND,
+# CONTINUE1, MORE2, FINAL, RETRY, AUTH, FAIL) per state; "-" is illegal: a
+# local input (SEND) raises LocalProtocolError, a peer input
+# RemoteProtocolError. DONE, RETRY_AFTER and ERROR are final (no row).
+_T = (
+    b"1-----7"  # IDLE
+    b"-235647"  # AWAIT_RESPONSE
+    b"1-----7"  # BLOCK1_CONTINUE
+    b"1-----7"  # BLOCK2_CONTINUE
+    b"1-----7"  # AUTH_CONTINUE
+)
 # states in which send() has a new request to emit
 SENDING = (IDLE, BLOCK1_CONTINUE, BLOCK2_CONTINUE, AUTH_CONTINUE)
 
 
 def transition(state, inp):
-    """Next state for (state, input) from TRANSITIONS, or raise."""
-    nxt = TRANSITIONS.get((state, inp))
-    if nxt is None:
-        msg = "%s not allowed in state %s" % (INPUT_NAMES[inp], STATE_NAMES[state])
-        raise LocalProtocolError(msg) if inp == SEND else RemoteProtocolError(msg)
-    return nxt
+    """Next state for (state, input) from the table, or raise."""
+    n = _T[state * 7 + inp] - 48 if state < DONE else -1
+    if n < 0:
+        m = "%s not allowed in state %s" % (_IN.split()[inp], _SN.split()[state])
+        raise LocalProtocolError(m) if inp == SEND else RemoteProtocolError(m)
+    return n
 
 
 NEED_DATA = "NEED_DATA"  # the same object as est_lite.http1.NEED_DATA
@@ -113,34 +107,34 @@ NEED_DATA = "NEED_DATA"  # the same object as est_lite.http1.NEED_DATA
 
 # --- result events ---
 class Event:
-    _f = ()
+    _f = ""
 
-    def __init__(self, *args):
-        for i in range(len(self._f)):
-            setattr(self, self._f[i], args[i])
+    def __init__(self, *a):
+        for k, v in zip(self._f.split(), a):
+            setattr(self, k, v)
 
     def __repr__(self):
-        return "%s%r" % (type(self).__name__, tuple([getattr(self, k) for k in self._f]))
+        return "%s%r" % (type(self).__name__, tuple(getattr(self, k) for k in self._f.split()))
 
 
 class CaCerts(Event):
     """certs: list of DER certificates (bytes), in the order received."""
 
-    _f = ("certs",)
+    _f = "certs"
 
 
 class CsrAttrs(Event):
     """attrs: the decoded est_lite.csrattrs.CsrAttrs, or None when the server
     has none (empty body, HTTP 204/404, CoAP 4.04); der: the raw body."""
 
-    _f = ("attrs", "der")
+    _f = "attrs der"
 
 
 class Enrolled(Event):
     """cert: the issued certificate (DER bytes); chain: the other
     certificates of the answer (DER bytes)."""
 
-    _f = ("cert", "chain")
+    _f = "cert chain"
 
 
 class ServerKeyGen(Event):
@@ -148,24 +142,33 @@ class ServerKeyGen(Event):
     plain PKCS#8) or CF_PKCS7_SERVER_KEYGEN (280, CMS-protected); cert, chain
     as in Enrolled."""
 
-    _f = ("key_der", "key_type", "cert", "chain")
+    _f = "key_der key_type cert chain"
 
 
 class RetryAfter(Event):
     """The server has no answer yet: repeat the operation (a new operation
     object) after `seconds` (see retry_delay)."""
 
-    _f = ("seconds",)
+    _f = "seconds"
 
 
 class AuthRequired(Event):
     """HTTP 401 and the operation had no credentials. challenges: the parsed
     WWW-Authenticate challenges [(scheme, {param: value})]."""
 
-    _f = ("challenges",)
+    _f = "challenges"
 
 
 DEFAULT_RETRY_AFTER = const(60)  # CoAP Max-Age default (RFC 7252 §5.10.5); also HTTP 202 without Retry-After
+
+
+def _rand(r):
+    # a float in [0, 1) from the port (or a callable returning one)
+    if callable(r):
+        r = r()
+    if not 0 <= r < 1:
+        raise LocalProtocolError("rand must be in [0, 1)")
+    return r
 
 
 def retry_delay(retry_after, attempt, now, deadline, rand, jitter=0.25, base=5, cap=3600):
@@ -174,12 +177,10 @@ def retry_delay(retry_after, attempt, now, deadline, rand, jitter=0.25, base=5, 
     cap). Jitter of up to jitter * delay is added, never subtracted; rand in
     [0, 1) comes from the port. Raises TransportError when that time is past
     `deadline` (None: no deadline)."""
-    if not 0 <= rand < 1:
-        raise LocalProtocolError("rand must be in [0, 1)")
     d = min(cap, base << min(attempt, 20)) if retry_after is None else max(0, retry_after)
-    t = now + d + d * jitter * rand
+    t = now + d + d * jitter * _rand(rand)
     if deadline is not None and t > deadline:
-        raise TransportError("giving up: the next attempt (in %d s) would be past the deadline" % (t - now))
+        raise TransportError("next attempt past the deadline")
     return t
 
 
@@ -204,16 +205,12 @@ class MidSource:
 
 def _certs(cf, der, max_certs):
     if cf == _CF_PKIX_CERT:
-        certs = [bytes(der)]
-    elif cf == _CF_PKCS7_CERTS:
-        from est_lite import pkcs7
+        return [bytes(der)]
+    if cf != _CF_PKCS7_CERTS:
+        raise RemoteProtocolError("unexpected content format %r" % (cf,))
+    from est_lite import pkcs7
 
-        certs = [bytes(c) for c in pkcs7.certificates(der, max_certs=max_certs)]
-    else:
-        raise RemoteProtocolError("certificates in unexpected content format %r" % (cf,))
-    if not certs:
-        raise RemoteProtocolError("no certificate in the answer")
-    return certs
+    return [bytes(c) for c in pkcs7.certificates(der, max_certs=max_certs)]
 
 
 def _leaf(certs, pk):
@@ -225,15 +222,13 @@ def _leaf(certs, pk):
 
         f = [pkcs7.cert_tbs_fields(c) for c in certs]
         issuers = [bytes(x["issuer"]) for x in f]
-        leaf = None
         for i in range(len(certs)):
             if bytes(f[i]["public_key"]) == bytes(pk) if pk is not None else bytes(f[i]["subject"]) not in issuers:
                 leaf = certs[i]
                 break
-        if leaf is None:
+        else:
             if pk is not None:
-                raise RemoteProtocolError("no certificate in the answer carries our public key")
-            leaf = certs[0]
+                raise RemoteProtocolError("no certificate with our public key")
     return leaf, [c for c in certs if c is not leaf]
 
 
@@ -254,12 +249,11 @@ def decode_result(op, cf, body, public_key=None, max_certs=8):
                 break
         else:
             if key and certs:
-                leaf, chain = _leaf(certs, None)
-                return ServerKeyGen(key[0], key[1], leaf, chain)
-        raise RemoteProtocolError("serverkeygen answer needs one key part and one certificate part")
+                return ServerKeyGen(key[0], key[1], *_leaf(certs, None))
+        raise RemoteProtocolError("serverkeygen: need one key and one certificate part")
     if op == _OP_CSRATTRS:
         if cf not in (None, _CF_CSRATTRS):
-            raise RemoteProtocolError("csrattrs in unexpected content format %r" % (cf,))
+            raise RemoteProtocolError("unexpected content format %r" % (cf,))
         der = bytes(body)
         if not der:
             return CsrAttrs(None, der)
@@ -269,8 +263,7 @@ def decode_result(op, cf, body, public_key=None, max_certs=8):
     certs = _certs(_CF_PKCS7_CERTS if cf is None else cf, body, max_certs)
     if op == _OP_CACERTS:
         return CaCerts(certs)
-    leaf, chain = _leaf(certs, public_key)
-    return Enrolled(leaf, chain)
+    return Enrolled(*_leaf(certs, public_key))
 
 
 def _text(payload, limit=200):
@@ -293,8 +286,8 @@ class Operation:
     def __init__(self, op, body, public_key, max_body, max_certs):
         if op not in (0, 1, 2, 3, 4):
             raise LocalProtocolError("unsupported EST operation %r" % (op,))
-        if (N.OP_METHODS[op] == _GET) == bool(body):
-            raise LocalProtocolError(N.HTTP_NAMES[op] + (" takes no body" if body else " needs the CSR (DER) as body"))
+        if (op < 2) == bool(body):
+            raise LocalProtocolError("no body for cacerts/csrattrs, the CSR for the others")
         self.op = op
         self._body = body
         self.public_key = None if op == _OP_SERVERKEYGEN else public_key
@@ -305,7 +298,7 @@ class Operation:
         self.state = transition(self.state, inp)
 
     def _fail(self, exc):
-        if self.state not in (DONE, RETRY_AFTER, ERROR):
+        if self.state < DONE:
             self._to(FAIL)
             self._exc = exc
 
@@ -321,7 +314,7 @@ class Operation:
         the error that ended the operation."""
         if self._exc is not None:
             raise self._exc
-        return NEED_DATA if self._event is None else self._event
+        return self._event or NEED_DATA
 
 
 # --- CoAP (RFC 7252 reliability, RFC 7959 block-wise, RFC 9148 EST) ---
@@ -370,26 +363,26 @@ class CoapOperation(Operation):
     ):
         super().__init__(op, body, public_key, max_body, max_certs)
         if not 0 <= szx <= 6 or len(token) > 8:
-            raise LocalProtocolError("szx must be 0..6 and the token at most 8 bytes")
-        self._path = N.coap_path(op, label, skc)
-        self._body = memoryview(body)
+            raise LocalProtocolError("szx 0..6, token <= 8 bytes")
+        from est_lite import paths
+
+        self._path = paths.coap_path(op, label, skc)
         self.token = bytes(token)
         self._mids = mid if isinstance(mid, MidSource) else MidSource(mid)
         self.accept = accept
-        self._rand = rand
+        self.rand = rand
         self.ack_timeout = ack_timeout
         self.ack_random_factor = ack_random_factor
         self.max_retransmit = max_retransmit
         self.separate_timeout = separate_timeout
-        self._buf = bytearray(max_message) if buf is None else buf
-        self._mv = memoryview(self._buf)
-        self._n = 0  # length of the request in _buf
+        self._mv = memoryview(buf or bytearray(max_message))
+        self._n = 0  # length of the request in _mv
         self._mid = -1  # message id of the request out
         self._sep = -1  # message id of the last separate response taken
         self._ctl = None  # an ACK or RST to send
         self._acked = False  # empty ACK seen: wait for the separate response
         self._t = 0  # time of the next retransmission or give-up
-        self._timeout = 0
+        self._tmo = 0  # current retransmission timeout
         self._tries = 0
         self._now = 0
         self._szx1 = szx  # Block1 size in use
@@ -412,30 +405,23 @@ class CoapOperation(Operation):
             return c
         st = self.state
         if st in SENDING:
-            r = self._rand() if callable(self._rand) else self._rand
-            if not 0 <= r < 1:
-                raise LocalProtocolError("rand must be in [0, 1)")
+            r = _rand(self.rand)
             self._build()
             self._to(SEND)
             self._acked = False
             self._tries = 0
-            self._timeout = self.ack_timeout * (1 + (self.ack_random_factor - 1) * r)
+            self._tmo = self.ack_timeout * (1 + (self.ack_random_factor - 1) * r)
         elif st != AWAIT_RESPONSE or now < self._t:
             return None
-        elif self._acked or self._tries >= self.max_retransmit:
-            self._fail(
-                TransportError(
-                    "no separate response %d s after the ACK" % self.separate_timeout
-                    if self._acked
-                    else "no answer after %d retransmissions" % self._tries
-                )
-            )
-            return None
+        elif self._acked:
+            return self._fail(TransportError("no separate response %d s after the ACK" % self.separate_timeout))
+        elif self._tries >= self.max_retransmit:
+            return self._fail(TransportError("no answer after %d retransmissions" % self._tries))
         else:
             self._tries += 1
             self.retransmissions += 1
-            self._timeout *= 2
-        self._t = now + (self.separate_timeout if self._acked else self._timeout)
+            self._tmo *= 2
+        self._t = now + (self.separate_timeout if self._acked else self._tmo)
         return self._mv[: self._n]
 
     def next_timeout(self):
@@ -443,7 +429,8 @@ class CoapOperation(Operation):
         or giving up); a time <= now means at once; None: nothing scheduled."""
         if self._ctl is not None or self.state in SENDING:
             return self._now
-        return self._t if self.state == AWAIT_RESPONSE else None
+        if self.state == AWAIT_RESPONSE:
+            return self._t
 
     def _build(self):
         from est_lite import coap
@@ -454,25 +441,24 @@ class CoapOperation(Operation):
         if self.state == BLOCK2_CONTINUE:
             b2 = (a.next_num(), 0, a.szx)
         else:
-            if self._body:
+            body = self._body
+            if body:
                 cf = _CF_PKCS10
-                pl = self._body
-                n = len(pl)
+                pl = body
                 z = self._szx1
-                off = self._off1
-                if n > 16 << z:
-                    end = off + (16 << z)
-                    self._last1 = end >= n
-                    b1 = (off >> (4 + z), not self._last1, z)
-                    pl = pl[off:end]
-                    if not off:
-                        s1 = n
+                if len(body) > 16 << z:
+                    num = self._off1 >> (4 + z)
+                    m, pl = coap.block_slice(body, num, z)
+                    self._last1 = not m
+                    b1 = (num, m, z)
+                    if not num:
+                        s1 = len(body)
             if self.szx < 6 and self._last1:
                 b2 = (0, 0, self.szx)
         self._b1 = b1 is not None
         self._mid = self._mids.next()
         m = coap.request(
-            N.OP_METHODS[self.op],
+            _POST if self.op > 1 else _GET,
             self._path,
             self.token,
             self._mid,
@@ -483,7 +469,7 @@ class CoapOperation(Operation):
             block2=b2,
             size1=s1,
         )
-        self._n = m.encode_into(self._buf)
+        self._n = m.encode_into(self._mv)
 
     def receive_data(self, data, now):
         """Feed one datagram. Malformed, duplicate, late and foreign ones are
@@ -498,7 +484,7 @@ class CoapOperation(Operation):
             m = None
         if m is not None:
             t = m.type
-            mine = m.code >= 0x40 and bytes(m.token) == self.token
+            mine = m.code >= 0x40 and m.token == self.token
             if t >= _ACK:  # ACK or RST
                 if m.mid == self._mid and self.state == AWAIT_RESPONSE and not self._acked:
                     if t == _RST:
@@ -509,10 +495,9 @@ class CoapOperation(Operation):
                         return
                     if mine:
                         return self._response(m, 1)
-            elif not mine:
-                if t == _CON:
-                    self._ctl = _empty(_RST, m.mid)
-            else:
+            elif t == _CON and not mine:
+                self._ctl = _empty(_RST, m.mid)
+            elif mine:
                 if t == _CON:
                     self._ctl = _empty(_ACK, m.mid)
                 if m.mid != self._sep and self.state == AWAIT_RESPONSE:
@@ -526,7 +511,7 @@ class CoapOperation(Operation):
                 # a block that does not fit: a late separate answer to an
                 # earlier request is dropped; a piggybacked one is an error
                 if piggybacked:
-                    raise RemoteProtocolError("block number in the answer does not match the request")
+                    raise RemoteProtocolError("answer for another block")
                 self.ignored += 1
         except EstError as e:
             self._fail(e)
@@ -537,9 +522,11 @@ class CoapOperation(Operation):
 
         code = m.code
         opt = coap.opt
+        u = coap.uint_decode
+        cs = "%d.%02d" % (code >> 5, code & 31)
         if code == _SERVICE_UNAVAILABLE:
             v = opt(m, _MAX_AGE)
-            return self._finish(RETRY, RetryAfter(DEFAULT_RETRY_AFTER if v is None else coap.uint_decode(v)))
+            return self._finish(RETRY, RetryAfter(DEFAULT_RETRY_AFTER if v is None else u(v)))
         if code == _NOT_FOUND and self.op == _OP_CSRATTRS:
             return self._finish(FINAL, CsrAttrs(None, b""))
         b1 = opt(m, _BLOCK1)
@@ -553,45 +540,45 @@ class CoapOperation(Operation):
                 return True
         if code >= 0x80:
             d = _text(m.payload)
-            raise ServerError("the server answered %s %s" % (N.code_str(code), d), code, None, d)
+            raise ServerError("the server answered %s %s" % (cs, d), code, None, d)
         if code >= 0x60:
-            raise RemoteProtocolError("unexpected answer code " + N.code_str(code))
+            raise RemoteProtocolError("unexpected code " + cs)
         if code == _CONTINUE or not self._last1:
             if code != _CONTINUE or self._last1 or b1 is None:
-                raise RemoteProtocolError("answer %s does not fit the Block1 upload" % N.code_str(code))
+                raise RemoteProtocolError("answer %s does not fit the Block1 upload" % cs)
             self._off1 += 16 << self._szx1
             self._szx1 = min(szx, self._szx1)  # the server may ask for smaller blocks (RFC 7959 §2.3)
             return self._to(CONTINUE1)
         cf = opt(m, _CONTENT_FORMAT)
         if cf is not None:
-            cf = coap.uint_decode(cf)
+            cf = u(cf)
         body = m.payload
         b2 = opt(m, _BLOCK2)
         a = self._asm
         if b2 is not None:
             num, more, szx = coap.block_decode(b2)
-            if num << (4 + szx) != (0 if a is None else len(a.body)):
+            if num << (4 + szx) != (len(a.body) if a else 0):
                 return True
             if a is None and more:
                 s2 = opt(m, _SIZE2)
-                if s2 is not None and coap.uint_decode(s2) > self.max_body:
-                    raise LimitError("Size2 %d exceeds max_body=%d" % (coap.uint_decode(s2), self.max_body))
+                if s2 is not None and u(s2) > self.max_body:
+                    raise LimitError("Size2 %d > max_body=%d" % (u(s2), self.max_body))
                 a = self._asm = coap.BlockAssembler(self.max_body)
                 a.cf = cf
-            if a is not None:
+            if a:
                 if cf != a.cf:
-                    raise RemoteProtocolError("Content-Format changed between Block2 blocks")
+                    raise RemoteProtocolError("Content-Format changed in Block2")
                 body = a.add(num, more, szx, body)
                 if more:
                     return self._to(MORE2)
                 self._asm = None
-        elif a is not None:
-            raise RemoteProtocolError("Block2 option missing in a block-wise answer")
+        elif a:
+            raise RemoteProtocolError("Block2 missing")
         if len(body) > self.max_body:
-            raise LimitError("answer of %d bytes exceeds max_body=%d" % (len(body), self.max_body))
+            raise LimitError("answer > max_body=%d" % self.max_body)
         if self.op == _OP_SERVERKEYGEN:
             if cf != _CF_MULTIPART_CORE:
-                raise RemoteProtocolError("serverkeygen answer is not multipart-core (62) but %r" % (cf,))
+                raise RemoteProtocolError("serverkeygen: content format %r, not 62" % (cf,))
             from est_lite import cbor
 
             body = cbor.decode_multipart(body)
@@ -605,9 +592,17 @@ def _empty(t, mid):
 
 def __getattr__(name):
     # HttpOperation lives in client_http.py so that a CoAP-only device does
-    # not load it; `from est_lite.client import HttpOperation` still works
+    # not load it (`from est_lite.client import HttpOperation` still works);
+    # the name tuples and the TRANSITIONS dict are made from the table when
+    # asked for
     if name == "HttpOperation":
-        from est_lite.client_http import HttpOperation
+        from est_lite import client_http
 
-        return HttpOperation
+        return client_http.HttpOperation
+    if name == "STATE_NAMES":
+        return tuple(_SN.split())
+    if name == "INPUT_NAMES":
+        return tuple(_IN.split())
+    if name == "TRANSITIONS":
+        return {(s, i): _T[s * 7 + i] - 48 for s in range(5) for i in range(7) if _T[s * 7 + i] > 48}
     raise AttributeError(name)

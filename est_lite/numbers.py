@@ -2,15 +2,7 @@
 # (aiocoap keeps one module per registry in numbers/; a single small module
 # is cheaper on a device.)
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
-
-
-from est_lite.errors import LocalProtocolError
+from est_lite.errors import LocalProtocolError, const
 
 # --- CoAP message types (RFC 7252 §3) ---
 CON = const(0)
@@ -141,12 +133,18 @@ OP_SIMPLEREENROLL = const(3)
 OP_SERVERKEYGEN = const(4)
 OP_FULLCMC = const(5)
 
-# HTTPS names (RFC 7030 §3.2.2) and CoAP short names (RFC 9148 §5.1)
-HTTP_NAMES = ("cacerts", "csrattrs", "simpleenroll", "simplereenroll", "serverkeygen", "fullcmc")
-COAP_NAMES = ("crts", "att", "sen", "sren", "skg", "cmc")
-# serverkeygen has a second CoAP resource: the certificate returned as
-# application/pkix-cert instead of PKCS#7 (RFC 9148 §5.8)
-COAP_SKC = "skc"
+# HTTPS names (RFC 7030 §3.2.2), CoAP short names (RFC 9148 §5.1), paths
+# and labels: in est_lite.paths (the client modules import only that)
+from est_lite.paths import (  # noqa: E402,F401
+    COAP_NAMES,
+    COAP_SKC,
+    HTTP_NAMES,
+    check_label,
+    coap_path,
+    https_path,
+    is_operation_name,
+    op_from_name,
+)
 
 # method of each operation (GET for cacerts/csrattrs, POST otherwise)
 OP_METHODS = (GET, GET, POST, POST, POST, POST)
@@ -154,75 +152,6 @@ OP_METHODS = (GET, GET, POST, POST, POST, POST)
 WELL_KNOWN = ".well-known"
 EST = "est"
 HTTP_PREFIX = "/.well-known/est/"
-
-_ALL_NAMES = HTTP_NAMES + COAP_NAMES + (COAP_SKC,)
-
-
-def op_from_name(name):
-    """Operation index for an HTTP or CoAP operation name (case-insensitive),
-    or -1 if the name is not an EST operation."""
-    if isinstance(name, (bytes, bytearray, memoryview)):
-        try:
-            name = str(bytes(name), "ascii")
-        except Exception:
-            return -1
-    n = name.lower()
-    for i in range(len(HTTP_NAMES)):
-        if n == HTTP_NAMES[i] or n == COAP_NAMES[i]:
-            return i
-    if n == COAP_SKC:
-        return OP_SERVERKEYGEN
-    return -1
-
-
-def is_operation_name(name):
-    return op_from_name(name) >= 0
-
-
-def check_label(label):
-    """Validate an EST label (RFC 7030 §3.2.2): one non-empty path segment of
-    printable ASCII, never '/', never an operation name. Returns the label as
-    str, or None for no label."""
-    if label is None:
-        return None
-    if isinstance(label, (bytes, bytearray)):
-        try:
-            label = str(bytes(label), "ascii")
-        except Exception:
-            raise LocalProtocolError("label must be ASCII")
-    if not isinstance(label, str):
-        raise LocalProtocolError("label must be a string")
-    if not label:
-        return None
-    if len(label) > 63:
-        raise LocalProtocolError("label longer than 63 characters")
-    for ch in label:
-        o = ord(ch)
-        if o <= 0x20 or o >= 0x7F or ch in "/?#%\\":
-            raise LocalProtocolError("label %r: only one path segment of printable ASCII is allowed" % label)
-    if label in (".", ".."):
-        raise LocalProtocolError("label may not be '.' or '..'")
-    if is_operation_name(label):
-        raise LocalProtocolError("label %r is an EST operation name" % label)
-    return label
-
-
-def https_path(op, label=None):
-    """'/.well-known/est/[label/]simpleenroll'"""
-    label = check_label(label)
-    name = HTTP_NAMES[op]
-    if label is None:
-        return HTTP_PREFIX + name
-    return HTTP_PREFIX + label + "/" + name
-
-
-def coap_path(op, label=None, skc=False):
-    """The CoAP Uri-Path segments, e.g. ['.well-known', 'est', 'sen']."""
-    label = check_label(label)
-    name = COAP_SKC if (skc and op == OP_SERVERKEYGEN) else COAP_NAMES[op]
-    if label is None:
-        return [WELL_KNOWN, EST, name]
-    return [WELL_KNOWN, EST, label, name]
 
 
 def parse_path(segments):
@@ -239,4 +168,4 @@ def parse_path(segments):
     label = None
     if n == 4:
         label = check_label(segments[2])
-    return op, label, name.lower() in COAP_NAMES or name.lower() == COAP_SKC
+    return op, label, name.lower() in COAP_NAMES + (COAP_SKC,)
