@@ -176,7 +176,12 @@ class CredStore:
             tmp = self._read("manifest.tmp")
             if tmp is None:
                 return None
-            m = self._parse(tmp)  # a complete manifest.tmp: the commit was cut between remove and rename
+            try:
+                m = self._parse(tmp)  # a complete manifest.tmp: the commit was cut between remove and rename
+            except StoreError:
+                # cut while writing the first manifest.tmp (the old manifest
+                # is removed only once a new one is complete): never committed
+                return None
             os.rename(self._p("manifest.tmp"), self._p("manifest"))
             return m
         return self._parse(data)
