@@ -329,6 +329,7 @@ def _wrap(fn):
             return fn(args)
         except EstError as e:
             e.msg = " ".join(str(e).split())  # one line on stderr
+            e.args = (e.msg,)
             raise
         except OSError as e:
             raise LocalProtocolError("%s: %s" % (e.filename or "I/O", e.strerror or e)) from None
