@@ -3,6 +3,15 @@ one TLS handshake per enrollment (as devices do), at several concurrencies,
 with p50/p99 latency, and the crypto-only floor measured in the same run.
 
     python bench/server.py --transport https [--seconds 3] [--concurrency 1,4,16] [--auth basic|cert]
+    python bench/server.py --transport coaps [...]     # EST-coaps: one DTLS handshake per enrollment
+    python bench/server.py --transport both [...]      # HTTPS (--auth cert) and CoAPs in the same run
+
+EST-coaps authenticates with the client certificate (an IDevID here; there is
+no HTTP Basic over CoAP): --transport coaps implies --auth cert, and the load
+generator is the CPython DtlsClient (pyOpenSSL) with the core's
+CoapOperation. --transport both prints a JSON object with "https", "coaps"
+(each the shape of a single run) and "coaps_over_https" (best throughput
+ratio).
 
 The server runs in its own process (`est-lite serve`) on a fresh CA; the
 load generator runs in other processes with stdlib ssl and CSRs made before
@@ -147,17 +156,91 @@ def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, star
     q.put((lat, errors[0]))
 
 
+def _coaps_client_proc(port, root_der, csrs, cert_der, key_der, threads, seconds, start_at, q):
+    """Enrollments over EST-coaps: a new DTLS session (full handshake,
+    cookie exchange) per enrollment, POST /sen with the core's
+    CoapOperation."""
+    from est_lite import client as C
+    from est_lite import numbers as N
+    from est_lite.errors import EstError
+    from est_lite_cpython.dtls_client import ClientContext, DtlsClient
+
+    cctx = ClientContext([root_der], cert=cert_der, key=key_der)  # loaded once, like the HTTPS client's SSLContext
+    lat = []
+    errors = [0]
+    lock = threading.Lock()
+    end = start_at + seconds
+
+    def one(csr):
+        with DtlsClient("127.0.0.1", port, context=cctx, timeout=30) as dc:
+            op = C.CoapOperation(N.OP_SIMPLEENROLL, body=csr, token=os.urandom(4), mid=C.MidSource(os.urandom(2)))
+            while True:
+                d = op.send(time.monotonic())
+                while d is not None:
+                    dc.send(bytes(d))
+                    d = op.send(time.monotonic())
+                ev = op.next_event()
+                if ev is not C.NEED_DATA:
+                    return type(ev).__name__ == "Enrolled"
+                t = op.next_timeout()
+                data = dc.recv(timeout=1.0 if t is None else max(0.001, min(1.0, t - time.monotonic())))
+                if data:
+                    op.receive_data(data, time.monotonic())
+
+    def run(i):
+        mine = []
+        j = i
+        while time.time() < start_at:
+            time.sleep(0.001)
+        while time.time() < end:
+            csr = csrs[j % len(csrs)]
+            j += threads
+            t0 = time.perf_counter()
+            try:
+                ok = one(csr)
+            except (OSError, EstError):
+                ok = False
+            if ok:
+                mine.append(time.perf_counter() - t0)
+            else:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            lat.extend(mine)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    q.put((lat, errors[0]))
+
+
 def proc_cpu_s(pid):
-    """user+system CPU seconds of a process (Linux /proc), or None."""
+    """user+system CPU seconds of a process and its child processes (the
+    EST-coaps worker processes; Linux /proc), or None."""
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+    try:
+        kids = set()
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                kids.update(int(x) for x in f.read().split())
+    except OSError:
+        kids = set()
+    for k in kids:
+        c = proc_cpu_s(k)
+        if c:
+            total += c
+    return total
 
 
-def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, server_pid=None):
+def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, server_pid=None, coaps=None):
+    """coaps: None for HTTPS, else (root_der, csrs_der, cert_der, key_der)."""
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
     nproc = max(1, min(procs, conc))
@@ -166,8 +249,13 @@ def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, ser
     cpu0 = proc_cpu_s(server_pid) if server_pid else None
     ps = []
     for i, th in enumerate(per):
-        chunk = bodies[i::nproc]
-        p = ctx.Process(target=_client_proc, args=(port, root, chunk, auth_hdr, cert, key, th, seconds, start_at, q))
+        if coaps is not None:
+            root_der, csrs, cert_der, key_der = coaps
+            p = ctx.Process(target=_coaps_client_proc,
+                            args=(port, root_der, csrs[i::nproc], cert_der, key_der, th, seconds, start_at, q))
+        else:
+            chunk = bodies[i::nproc]
+            p = ctx.Process(target=_client_proc, args=(port, root, chunk, auth_hdr, cert, key, th, seconds, start_at, q))
         p.start()
         ps.append(p)
     lat, errs = [], 0
@@ -240,92 +328,23 @@ def run_level_curl(port, root, body_files, user, cert, key, conc, seconds, serve
     }
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--transport", default="https", choices=["https"])
-    ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--concurrency", default="1,4,16")
-    ap.add_argument("--auth", default="basic", choices=["basic", "cert"])
-    ap.add_argument("--workers", type=int, default=32, help="server worker threads")
-    ap.add_argument("--client-procs", type=int, default=2, help="load generator processes (--client python)")
-    ap.add_argument("--client", default="python", choices=["python", "curl"],
-                    help="load generator: Python stdlib ssl threads in --client-procs processes (default; 1.9 ms CPU per enrollment) or curl --parallel (2.8 ms: loads the CA file per transfer)")
-    args = ap.parse_args(argv)
-    levels = [int(x) for x in args.concurrency.split(",")]
-
-    from helpers_server import PASSWORD, USER, issue_cert, make_csr, make_vendor_ca, write_identity
-
-    from est_lite_cpython.auth import PasswordFile
-    from est_lite_cpython.ca import init_ca
-
-    tmp = tempfile.mkdtemp(prefix="est-bench-")
-    init_ca(os.path.join(tmp, "ca"))
-    vendor = make_vendor_ca(tmp)
-    with open(os.path.join(tmp, "server.toml"), "w") as f:
-        f.write(CONFIG % {"workers": args.workers})
-    PasswordFile(os.path.join(tmp, "ca", "passwords")).set_password(USER, PASSWORD)
-    root = os.path.join(tmp, "ca", "root.pem")
-    cert = key = None
-    auth_hdr = b""
-    if args.auth == "cert":
-        k, c = issue_cert(vendor["cert"], vendor["key"], "bench-idevid")
-        cert, key = write_identity(tmp, "idevid", k, c)
-    else:
-        auth_hdr = b"Authorization: Basic " + base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()) + b"\r\n"
-
-    n_bodies = 2000
-    bodies = [base64.encodebytes(make_csr("bench-%d" % i)[1]) for i in range(n_bodies)]
-    floor = crypto_floor(args.auth)
-
-    pf = os.path.join(tmp, "port")
-    proc = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--config",
-                             os.path.join(tmp, "server.toml"), "--port-file", pf],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(400):
-            if os.path.exists(pf) and open(pf).read().strip():
-                break
-            time.sleep(0.025)
-        port = int(open(pf).read())
-        run_level(port, root, bodies[:50], auth_hdr, cert, key, 2, 0.5, 1)  # warm-up
-        body_files = []
-        if args.client == "curl":
-            for i, b in enumerate(bodies):
-                p = os.path.join(tmp, "csr%d.b64" % i)
-                with open(p, "wb") as f:
-                    f.write(b)
-                body_files.append(p)
-        results = {}
-        rate = 300.0
-        for c in levels:
-            if args.client == "curl":
-                results[c] = run_level_curl(port, root, body_files, None if cert else "%s:%s" % (USER, PASSWORD),
-                                            cert, key, c, args.seconds, proc.pid, rate)
-                rate = max(rate, results[c]["enrollments_per_s"])
-            else:
-                results[c] = run_level(port, root, bodies, auth_hdr, cert, key, c, args.seconds, args.client_procs,
-                                       proc.pid)
-            r = results[c]
-            print("concurrency %3d: %7.1f enrollments/s  p50 %6.1f ms  p99 %6.1f ms  server CPU %.2f ms/enrollment"
-                  "  errors %d" % (c, r["enrollments_per_s"], r["p50_ms"] or -1, r["p99_ms"] or -1,
-                                   r["server_cpu_ms"] or -1, r["errors"]), flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def summarize(transport, args, auth, results, floor):
+    """The JSON object of one transport's run (and the human lines)."""
     floor_per_s = 1.0 / floor
     best = max(r["enrollments_per_s"] for r in results.values())
-    print("crypto-only floor: %.3f ms per enrollment = %.0f enrollments/s on one core" % (floor * 1000, floor_per_s))
+    print("[%s] crypto-only floor: %.3f ms per enrollment = %.0f enrollments/s on one core"
+          % (transport, floor * 1000, floor_per_s))
     cpus = [r["server_cpu_ms"] for r in results.values() if r["server_cpu_ms"]]
     cpu_ms = min(cpus) if cpus else None
-    print("best throughput / floor = %.2f (target >= 0.25); %d CPUs shared by server and load generator"
-          % (best / floor_per_s, os.cpu_count()))
+    print("[%s] best throughput / floor = %.2f (target >= 0.25); %d CPUs shared by server and load generator"
+          % (transport, best / floor_per_s, os.cpu_count()))
     if cpu_ms:
-        print("server CPU per enrollment %.2f ms = %.1f x the crypto floor (floor / server CPU = %.2f)"
-              % (cpu_ms, cpu_ms / (floor * 1000), floor * 1000 / cpu_ms))
-    out = {
-        "transport": args.transport,
-        "client": args.client,
-        "auth": args.auth,
+        print("[%s] server CPU per enrollment %.2f ms = %.1f x the crypto floor (floor / server CPU = %.2f)"
+              % (transport, cpu_ms, cpu_ms / (floor * 1000), floor * 1000 / cpu_ms))
+    return {
+        "transport": transport,
+        "client": args.client if transport == "https" else "python",
+        "auth": auth,
         "seconds": args.seconds,
         "cpus": os.cpu_count(),
         "enrollments_per_s": {str(c): round(r["enrollments_per_s"], 1) for c, r in results.items()},
@@ -340,7 +359,124 @@ def main(argv=None):
         "floor_ratio_server_cpu": round(floor * 1000 / cpu_ms, 3) if cpu_ms else None,
         "floor_ratio_by_concurrency": {str(c): round(r["enrollments_per_s"] / floor_per_s, 3) for c, r in results.items()},
     }
-    print(json.dumps(out))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--transport", default="https", choices=["https", "coaps", "both"])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--auth", default="basic", choices=["basic", "cert"])
+    ap.add_argument("--workers", type=int, default=32, help="server worker threads")
+    ap.add_argument("--client-procs", type=int, default=2, help="load generator processes (--client python)")
+    ap.add_argument("--coaps-workers", type=int, default=None,
+                    help="EST-coaps service threads ([coaps] workers; default: on the event loop for the built-in CA)")
+    ap.add_argument("--coaps-processes", type=int, default=2,
+                    help="EST-coaps server processes on one UDP port ([coaps] processes, SO_REUSEPORT)")
+    ap.add_argument("--client", default="python", choices=["python", "curl"],
+                    help="HTTPS load generator: Python stdlib ssl threads in --client-procs processes (default; 1.9 ms CPU per enrollment) or curl --parallel (2.8 ms: loads the CA file per transfer)")
+    args = ap.parse_args(argv)
+    levels = [int(x) for x in args.concurrency.split(",")]
+    transports = ["coaps", "https"] if args.transport == "both" else [args.transport]
+    auth = "cert" if args.transport != "https" else args.auth  # CoAPs: certificates only; both: the same auth
+
+    from helpers_server import PASSWORD, USER, der, issue_cert, make_csr, make_vendor_ca, write_identity
+
+    from est_lite_cpython.auth import PasswordFile
+    from est_lite_cpython.ca import init_ca
+
+    tmp = tempfile.mkdtemp(prefix="est-bench-")
+    init_ca(os.path.join(tmp, "ca"))
+    vendor = make_vendor_ca(tmp)
+    with open(os.path.join(tmp, "server.toml"), "w") as f:
+        f.write(CONFIG % {"workers": args.workers})
+        if "coaps" in transports:
+            f.write("\n[coaps]\nport = 0\nprocesses = %d\n" % args.coaps_processes)
+            if args.coaps_workers is not None:
+                f.write("workers = %d\n" % args.coaps_workers)
+    PasswordFile(os.path.join(tmp, "ca", "passwords")).set_password(USER, PASSWORD)
+    root = os.path.join(tmp, "ca", "root.pem")
+    cert = key = None
+    auth_hdr = b""
+    coaps_id = None
+    if auth == "cert":
+        k, c = issue_cert(vendor["cert"], vendor["key"], "bench-idevid")
+        cert, key = write_identity(tmp, "idevid", k, c)
+        from cryptography.hazmat.primitives import serialization
+
+        from est_lite_cpython.ca import LocalCA
+
+        ca = LocalCA(os.path.join(tmp, "ca"))
+        coaps_id = (der(ca.root), der(c), k.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                            serialization.NoEncryption()))
+        ca.store.close()
+    else:
+        auth_hdr = b"Authorization: Basic " + base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()) + b"\r\n"
+
+    n_bodies = 2000
+    csrs = [make_csr("bench-%d" % i)[1] for i in range(n_bodies)]
+    bodies = [base64.encodebytes(x) for x in csrs]
+    floor = crypto_floor(auth)
+    coaps_args = None if coaps_id is None else (coaps_id[0], csrs, coaps_id[1], coaps_id[2])
+
+    pf = os.path.join(tmp, "port")
+    cpf = os.path.join(tmp, "coaps-port")
+    cmd = [sys.executable, "-m", "est_lite_cpython.cli", "serve", "--config", os.path.join(tmp, "server.toml"),
+           "--port-file", pf]
+    if "coaps" in transports:
+        cmd += ["--coaps-port", "0", "--coaps-port-file", cpf]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    outs = {}
+    try:
+        for _ in range(400):
+            if os.path.exists(pf) and open(pf).read().strip():
+                break
+            time.sleep(0.025)
+        port = int(open(pf).read())
+        cport = int(open(cpf).read()) if "coaps" in transports else None
+        for transport in transports:
+            if transport == "coaps":
+                run_level(cport, root, None, None, None, None, 2, 0.5, 1, coaps=coaps_args)  # warm-up
+            else:
+                run_level(port, root, bodies[:50], auth_hdr, cert, key, 2, 0.5, 1)  # warm-up
+            body_files = []
+            if args.client == "curl" and transport == "https":
+                for i, b in enumerate(bodies):
+                    p = os.path.join(tmp, "csr%d.b64" % i)
+                    with open(p, "wb") as f:
+                        f.write(b)
+                    body_files.append(p)
+            results = {}
+            rate = 300.0
+            for c in levels:
+                if transport == "coaps":
+                    results[c] = run_level(cport, root, None, None, None, None, c, args.seconds, args.client_procs,
+                                           proc.pid, coaps=coaps_args)
+                elif args.client == "curl":
+                    results[c] = run_level_curl(port, root, body_files, None if cert else "%s:%s" % (USER, PASSWORD),
+                                                cert, key, c, args.seconds, proc.pid, rate)
+                    rate = max(rate, results[c]["enrollments_per_s"])
+                else:
+                    results[c] = run_level(port, root, bodies, auth_hdr, cert, key, c, args.seconds, args.client_procs,
+                                           proc.pid)
+                r = results[c]
+                print("[%s] concurrency %3d: %7.1f enrollments/s  p50 %6.1f ms  p99 %6.1f ms  server CPU %.2f ms/"
+                      "enrollment  errors %d" % (transport, c, r["enrollments_per_s"], r["p50_ms"] or -1,
+                                                 r["p99_ms"] or -1, r["server_cpu_ms"] or -1, r["errors"]), flush=True)
+            outs[transport] = summarize(transport, args, auth, results, floor)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    if len(transports) == 1:
+        print(json.dumps(outs[transports[0]]))
+        return 0
+    best = {t: max(o["enrollments_per_s"].values()) for t, o in outs.items()}
+    by_c = {str(c): round(outs["coaps"]["enrollments_per_s"][str(c)] / outs["https"]["enrollments_per_s"][str(c)], 3)
+            if outs["https"]["enrollments_per_s"][str(c)] else None for c in levels}
+    print("CoAPs / HTTPS best throughput = %.2f (target >= 1)" % (best["coaps"] / best["https"]))
+    print(json.dumps({"transport": "both", "https": outs["https"], "coaps": outs["coaps"],
+                      "coaps_over_https": round(best["coaps"] / best["https"], 3),
+                      "coaps_over_https_by_concurrency": by_c}))
     return 0
 
 

@@ -115,3 +115,40 @@ def test_config_rejects_unknown_coaps_keys():
         ServerConfig({"coaps": {"portt": 1}})
     with pytest.raises(ConfigError):
         ServerConfig({"coaps": {"send_chain": "everything"}})
+
+
+def test_serve_with_two_coaps_processes(tmp_path):
+    """[coaps] processes = 2: a second process serves the same UDP port
+    (SO_REUSEPORT); sessions from many client ports all complete, and every
+    certificate lands in the one store."""
+    from est_lite_cpython.ca import LocalCA, init_ca
+    from est_lite_cpython.dtls_client import ClientContext, DtlsClient
+
+    data = tmp_path / "data"
+    init_ca(str(data))
+    cfg = tmp_path / "server.toml"
+    cfg.write_text('[ca]\ndata_dir = "data"\n[server]\nport = 0\nworkers = 2\n[coaps]\nport = 0\nprocesses = 2\n'
+                   '[profiles.default]\nauth = ["cert"]\n')
+    pf, cpf = tmp_path / "port", tmp_path / "cport"
+    proc = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--config", str(cfg),
+                             "--port-file", str(pf), "--coaps-port-file", str(cpf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_file(pf, proc, timeout=60)
+        cport = int(open(cpf).read())
+        ca = LocalCA(str(data))
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = ca.issue_raw(key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mp-dev")]))
+        ctx = ClientContext([ca.root], cert=cert, key=key)
+        serials = set()
+        for i in range(12):
+            nkey, csr = make_csr("two-procs-%d" % i)
+            with DtlsClient("127.0.0.1", cport, context=ctx, timeout=10) as dc:
+                ev = CoapsSession(dc).enroll(csr, public_key=point(nkey))
+            serials.add(x509.load_der_x509_certificate(ev.cert).serial_number)
+        assert len(serials) == 12 and all(ca.store.has_serial(s) for s in serials)
+        kids = open("/proc/%d/task/%d/children" % (proc.pid, proc.pid)).read().split()
+        assert len(kids) >= 1  # the worker process
+        ca.store.close()
+    finally:
+        stop(proc)

@@ -24,13 +24,23 @@ def cmd_serve(args):
     srv = server_from_config(cfg, port=args.port, host=args.host)
     port = srv.start()
     coaps = None
+    stop_workers = None
     if getattr(args, "coaps_port", None) is not None or cfg.coaps_enabled:
         from .coaps_server import EstCoapsServer
 
+        procs = cfg.coaps_processes
         try:
-            coaps = EstCoapsServer.from_config(srv.service, cfg, port=args.coaps_port, host=args.host)
+            coaps = EstCoapsServer.from_config(srv.service, cfg, port=args.coaps_port, host=args.host,
+                                               reuse_port=procs > 1)
             coaps.start()
+            if procs > 1:  # more processes on the same UDP port (SO_REUSEPORT)
+                from .coaps_server import start_worker_processes
+
+                stop_workers = start_worker_processes(procs - 1, args.config, args.data_dir or data_dir,
+                                                      coaps.host, coaps.port)
         except BaseException:
+            if coaps is not None:
+                coaps.stop()
             srv.stop()
             raise
     labels = ", ".join(sorted(k or "(default)" for k in cfg.profiles))
@@ -54,6 +64,8 @@ def cmd_serve(args):
     except KeyboardInterrupt:
         srv.stop()
     finally:
+        if stop_workers is not None:
+            stop_workers()
         if coaps is not None:
             coaps.stop()
     print("stopped", file=sys.stderr)

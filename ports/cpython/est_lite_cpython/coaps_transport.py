@@ -135,8 +135,9 @@ class CoapsServerInterface(GenericMessageInterface):
             if on_closed is not None:
                 on_closed(peer, reason)
 
+        reuse_port = dtls_options.pop("reuse_port", False)
         self.server = DtlsServer(cert, key, trusted_cas, self._datagram, on_closed=closed, **dtls_options)
-        host, port = await self.server.start(bind)
+        host, port = await self.server.start(bind, reuse_port=reuse_port)
         self.hostinfo_local = hostportjoin(host, None if port == COAPS_PORT else port)
         self._pool = _Pool(self.server)
         return self
@@ -197,8 +198,9 @@ async def create_coaps_server_context(
 ):
     """An aiocoap Context serving `site` over coaps:// on `bind`. Returns
     (context, bound_port). `dtls_options` go to DtlsServer (chain, is_revoked,
-    mtu, max_sessions, idle_timeout, handshake_timeout, suites, ...); the
-    DtlsServer itself is `coaps_server(context)`."""
+    mtu, max_sessions, idle_timeout, handshake_timeout, suites, ...) and
+    reuse_port to DtlsServer.start; the DtlsServer itself is
+    `coaps_server(context)`."""
     from aiocoap import Context
 
     loop = asyncio.get_running_loop()

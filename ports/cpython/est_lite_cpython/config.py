@@ -226,7 +226,10 @@ class ServerConfig:
         self.coaps_max_sessions = _take(c, "max_sessions", 256, int, w)
         self.coaps_idle_timeout_s = _take(c, "idle_timeout_s", 120.0, (int, float), w)
         self.coaps_handshake_timeout_s = _take(c, "handshake_timeout_s", 30.0, (int, float), w)
-        self.coaps_workers = _take(c, "workers", 4, int, w)
+        self.coaps_workers = _take(c, "workers", None, int, w)  # None: 0 for the built-in CA (on the loop), 4 otherwise
+        self.coaps_processes = _take(c, "processes", 1, int, w)
+        if self.coaps_processes < 1 or (self.coaps_workers is not None and self.coaps_workers < 0):
+            raise ConfigError("coaps.processes must be >= 1 and coaps.workers >= 0")
         self.coaps_max_body_bytes = _take(c, "max_body_bytes", 16384, int, w)
         self.coaps_send_chain = _take(c, "send_chain", "intermediates", str, w)
         if self.coaps_send_chain not in ("intermediates", "none", "all"):

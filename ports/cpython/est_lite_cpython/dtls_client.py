@@ -25,6 +25,42 @@ from est_lite.errors import LocalProtocolError, SecurityError, TransportError
 from . import dtls as _d
 
 
+def _shared_verify_cb(conn, x509, errno, depth, ok):
+    client = conn.get_app_data()
+    if not ok and client is not None and client._verify_error is None:
+        client._verify_error = "server certificate at depth %d: %s (%s)" % (
+            depth, _d.verify_error_string(errno), _d.subject_text(x509),
+        )
+    return bool(ok)
+
+
+class ClientContext:
+    """One OpenSSL client context (suites, our certificate and key, the
+    trusted CAs) that many DtlsClient sessions can share, so each session
+    does not load keys and trust anchors again:
+
+        ctx = ClientContext([ca_der], cert=cert, key=key)
+        with DtlsClient("est.example", 5684, context=ctx) as c: ...
+
+    pinned=True builds a context for pinned bootstrap (the `pin` callback of
+    the DtlsClient decides; no trust anchors)."""
+
+    def __init__(self, trust_cas=None, cert=None, key=None, *, chain=(), ciphers=_d.CLIENT_SUITES, pinned=False):
+        SSL = _d._ssl()
+        if trust_cas is None and not pinned:
+            raise LocalProtocolError("give trust_cas to verify the server, or pinned=True for bootstrap")
+        ctx = _d.base_context(False, ciphers, cert, key, chain)
+        if not pinned:
+            _d.add_trust_anchors(ctx, trust_cas)
+            ctx.set_verify(SSL.VERIFY_PEER, _shared_verify_cb)
+        else:
+            # OpenSSL still checks the handshake signatures with the leaf's key;
+            # the trust decision is the pin's, taken right after the handshake.
+            ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)
+        self.ctx = ctx
+        self.pinned = pinned
+
+
 class DtlsClient:
     def __init__(
         self,
@@ -43,8 +79,12 @@ class DtlsClient:
         max_datagram=4096,
         local_address=None,
         connect=True,
+        context=None,
     ):
-        if trust_cas is None and pin is None:
+        if context is not None:
+            if context.pinned != (pin is not None):
+                raise LocalProtocolError("a pinned ClientContext needs a pin, and a pin needs a pinned ClientContext")
+        elif trust_cas is None and pin is None:
             raise LocalProtocolError("give trust_cas to verify the server, or an explicit pin callback for bootstrap")
         if timeout is None or timeout <= 0:
             raise LocalProtocolError("timeout must be a positive number of seconds")
@@ -58,16 +98,9 @@ class DtlsClient:
         self._pin = pin
         self._pin_error = None
         self._verify_error = None
-        SSL = _d._ssl()
-        ctx = _d.base_context(False, ciphers, cert, key, chain)
-        if pin is None:
-            _d.add_trust_anchors(ctx, trust_cas)
-            ctx.set_verify(SSL.VERIFY_PEER, self._verify_cb)
-        else:
-            # OpenSSL still checks the handshake signatures with the leaf's key;
-            # the trust decision is the pin's, taken right after the handshake.
-            ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)
-        self._ctx = ctx
+        if context is None:
+            context = ClientContext(trust_cas, cert, key, chain=chain, ciphers=ciphers, pinned=pin is not None)
+        self._ctx = context.ctx
         self._conn = None
         self._sock = None
         self.established = False
@@ -135,13 +168,6 @@ class DtlsClient:
 
     # -- handshake --
 
-    def _verify_cb(self, conn, x509, errno, depth, ok):
-        if not ok and self._verify_error is None:
-            self._verify_error = "server certificate at depth %d: %s (%s)" % (
-                depth, _d.verify_error_string(errno), _d.subject_text(x509),
-            )
-        return bool(ok)
-
     def handshake(self):
         """Run the handshake (cookie exchange and retransmissions included)
         within `timeout` seconds, then check the server's identity."""
@@ -152,6 +178,7 @@ class DtlsClient:
             raise LocalProtocolError("this DtlsClient is closed")
         self._open_socket()
         self._conn = _d.new_connection(self._ctx, self.mtu)
+        self._conn.set_app_data(self)
         if self.server_name and not _is_ip(self.server_name):
             self._conn.set_tlsext_host_name(self.server_name.encode("idna"))
         self._conn.set_connect_state()

@@ -279,6 +279,7 @@ class DtlsServer:
         self._cookie_lifetime = cookie_lifetime
         self._cookies = None
         self._contexts = {}  # trust-set fingerprint tuple -> SSL.Context
+        self._last_cas = (None, None)  # (list object trusted_cas() returned, its fingerprint tuple)
         self.sessions = {}  # socket address -> DtlsPeer
         self.stats = dict(
             datagrams=0,
@@ -298,11 +299,26 @@ class DtlsServer:
 
     # -- lifecycle --
 
-    async def start(self, bind=("127.0.0.1", 0)):
-        """Bind the UDP socket; returns the bound (host, port)."""
+    async def start(self, bind=("127.0.0.1", 0), *, reuse_port=False):
+        """Bind the UDP socket; returns the bound (host, port). reuse_port:
+        SO_REUSEPORT, so several processes can serve one port (the kernel
+        hashes each client's address to one socket, so a DTLS session stays
+        with the process that holds it)."""
+        import socket
+
         self._loop = asyncio.get_running_loop()
         self._cookies = CookieJar(self._cookie_lifetime, self._loop.time())
-        self._transport, _ = await self._loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=bind)
+        infos = socket.getaddrinfo(bind[0], bind[1], 0, socket.SOCK_DGRAM)
+        fam, _, _, _, addr = infos[0]
+        sock = socket.socket(fam, socket.SOCK_DGRAM)
+        try:
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(addr)
+        except OSError:
+            sock.close()
+            raise
+        self._transport, _ = await self._loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         self.local_address = self._transport.get_extra_info("sockname")[:2]
         return self.local_address
 
@@ -323,12 +339,16 @@ class DtlsServer:
     def _context(self):
         SSL = _d._ssl()
         cas = self._trusted_cas() if callable(self._trusted_cas) else self._trusted_cas
+        if cas is self._last_cas[0] and self._last_cas[1] in self._contexts:
+            return self._contexts[self._last_cas[1]]  # the same list object as last time: no re-hashing
+        src = cas
         cas = _d.load_certificates(cas)
         if not cas:
             raise LocalProtocolError("trusted_cas is empty: no client could ever be accepted")
         fp = tuple(_d.fingerprint(c) for c in cas)
         ctx = self._contexts.get(fp)
         if ctx is not None:
+            self._last_cas = (src, fp)
             return ctx
         ctx = _d.base_context(True, self.ciphers, self._cert, self._key, self._chain)
         _d.add_trust_anchors(ctx, cas)
@@ -342,6 +362,7 @@ class DtlsServer:
         if len(self._contexts) >= 8:
             self._contexts.pop(next(iter(self._contexts)))
         self._contexts[fp] = ctx
+        self._last_cas = (src, fp)
         return ctx
 
     def _verify_cb(self, conn, x509, errno, depth, ok):
