@@ -15,7 +15,7 @@
 # the whole response: a client MUST ignore what it does not understand.
 
 from est_lite import der
-from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
+from est_lite.errors import LimitError, RemoteProtocolError
 
 CHALLENGE_PASSWORD = "1.2.840.113549.1.9.7"
 EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
@@ -254,77 +254,3 @@ def decode(data, max_items=32, max_size=4096):
         else:
             raise _bad("entry: tag 0x%02x is neither OID nor Attribute" % t)
     return res
-
-
-# ---------------------------------------------------------------- encoder
-
-
-def _ext(oid, critical, value):
-    parts = [der.oid(oid)]
-    if critical:
-        parts.append(der.boolean(True))
-    if value is not None:
-        parts.append(der.octet_string(value))
-    return der.seq(*parts)
-
-
-def extension_request(extensions):
-    """Item for encode(): an extensionRequest attribute from
-    [(oid, critical, value_der_or_None)]. If any value is None the
-    RFC 9908 extensionReqTemplate type is used."""
-    if not extensions:
-        raise LocalProtocolError("extension_request needs at least one extension")
-    tmpl = False
-    exts = []
-    for oid, crit, val in extensions:
-        tmpl = tmpl or val is None
-        exts.append(_ext(oid, crit, val))
-    return (EXTENSION_REQ_TEMPLATE if tmpl else EXTENSION_REQUEST, [der.seq(*exts)])
-
-
-def template(subject=(), key_alg=None, key_params=None, extensions=(), attributes=()):
-    """Item for encode(): an RFC 9908 CertificationRequestInfoTemplate.
-    subject: [(type_oid, value_der_or_None)] one RDN each; extensions as for
-    extension_request; attributes: extra [(type_oid, [value_der])]."""
-    parts = [der.integer(0)]
-    if subject:
-        rdns = []
-        for ty, val in subject:
-            rdns.append(der.set_of(der.seq(der.oid(ty), val or b"")))
-        parts.append(der.seq(*rdns))
-    if key_alg:
-        alg = der.seq(der.oid(key_alg), der.oid(key_params) if key_params else b"")
-        parts.append(der.tlv(0xA0, alg))
-    attrs = []
-    if extensions:
-        attrs.append(_attr(*extension_request(extensions)))
-    for ty, vals in attributes:
-        attrs.append(_attr(ty, vals))
-    parts.append(der.tlv(0xA1, *sorted(attrs)))
-    return (CSR_TEMPLATE, [der.seq(*parts)])
-
-
-def _attr(ty, vals):
-    if not vals:
-        raise LocalProtocolError("attribute %s needs at least one value" % ty)
-    for v in vals:
-        try:
-            ok = der.read_tlv(v, 0, None, len(v))[2] == len(v)
-        except RemoteProtocolError:
-            ok = False
-        if not ok:
-            raise LocalProtocolError("attribute %s: each value must be one DER element" % ty)
-    return der.seq(der.oid(ty), der.set_of(*vals))
-
-
-def encode(items):
-    """CsrAttrs DER from items, in order: each a dotted OID (str) or a
-    (type_oid, [value_der, ...]) attribute (see extension_request and
-    template for the structured ones)."""
-    parts = []
-    for it in items:
-        if isinstance(it, str):
-            parts.append(der.oid(it))
-        else:
-            parts.append(_attr(it[0], it[1]))
-    return der.seq(*parts)

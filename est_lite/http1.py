@@ -574,19 +574,6 @@ def parse_multipart(body, boundary, max_parts=8):
         parts.append(Part(_headers(lines[1:]), mv[min(a + skip, e) : e]))
 
 
-def build_multipart(parts, boundary):
-    """multipart/mixed body of parts [(content_type, der)], each base64 in
-    64-column lines with Content-Transfer-Encoding: base64."""
-    d = _delim(boundary)
-    out = []
-    for ct, der in parts:
-        _check("content type", ct, "")
-        out.append(b"%s\r\nContent-Type: %s\r\nContent-Transfer-Encoding: base64\r\n\r\n" % (d, ct.encode()))
-        out.append(b64_encode_lines(der))
-    out.append(d + b"--\r\n")
-    return b"".join(out)
-
-
 def split_serverkeygen(body, boundary, max_out=8192):
     """(key_der, key_type, certs_der) from a serverkeygen multipart body, in
     any part order. key_type: MT_PKCS8 (plain PKCS#8) or MT_PKCS7_SERVER_KEYGEN

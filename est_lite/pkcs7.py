@@ -15,7 +15,7 @@
 # lengths (read_tlv rejects them with a message saying so).
 
 from est_lite import der
-from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
+from est_lite.errors import LimitError, RemoteProtocolError
 
 
 def _bad(what):
@@ -72,29 +72,6 @@ def certificates(data, max_certs=8, max_size=0x10000):
     if not certs:
         raise RemoteProtocolError("PKCS#7: no certificates in certs-only response")
     return certs
-
-
-def build_certs_only(certs, sort=True):
-    """Certs-only SignedData (DER) holding the given DER certificates. DER
-    orders the SET OF certificates (sort=True); sort=False keeps the given
-    order, as many servers do (readers must not rely on either)."""
-    if not certs:
-        raise LocalProtocolError("build_certs_only needs at least one certificate")
-    for c in certs:
-        try:
-            ok = der.read(c, 0, der.SEQUENCE, None, len(c))[1] == len(c)
-        except RemoteProtocolError:
-            ok = False
-        if not ok:
-            raise LocalProtocolError("each certificate must be one DER SEQUENCE")
-    sd = der.seq(
-        b"\x02\x01\x01",  # version 1
-        b"\x31\x00",  # digestAlgorithms: empty
-        der.seq(der.oid(der.OID_DATA)),
-        der.tlv(0xA0, *(sorted(bytes(c) for c in certs) if sort else certs)),
-        b"\x31\x00",  # signerInfos: empty
-    )
-    return der.seq(der.oid(der.OID_SIGNED_DATA), der.tlv(0xA0, sd))
 
 
 # ---------------------------------------------------------------- X.509 view

@@ -21,6 +21,7 @@ from est_lite import cbor
 from est_lite import client as C
 from est_lite import numbers as N
 from est_lite.errors import ServerError, TransportError
+from est_lite_cpython import codec_server as W
 
 DER = serialization.Encoding.DER
 CSRATTRS = bytes.fromhex("302c06092a864886f70d0109073015" "06072a8648ce3d0201310a06082a8648ce3d03010706082a8648ce3d040302")
@@ -177,7 +178,7 @@ class CoapServer:
                 part = (N.CF_PKIX_CERT, cert.public_bytes(DER))
             else:
                 part = (N.CF_PKCS7_CERTS, self.ca.p7([cert]))
-            kind, payload = N.CF_MULTIPART_CORE, cbor.encode_multipart([(N.CF_PKCS8, p8), part])
+            kind, payload = N.CF_MULTIPART_CORE, W.encode_multipart([(N.CF_PKCS8, p8), part])
         code = Code.CHANGED if m.code == Code.POST else Code.CONTENT
         want = min(self.szx, 6 if b2 is None else b2.size_exponent)
         if len(payload) > 16 << want:

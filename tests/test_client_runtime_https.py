@@ -131,12 +131,12 @@ def test_pinned_bootstrap_with_the_server_certificate(est_server):
 def test_wrong_pin_refused_and_no_credential_sent(tmp_path, est_server):
     # an impostor answers /cacerts with its own CA: the pin (our real root)
     # matches nothing; the client presented no certificate and no password
-    from est_lite import pkcs7
+    from est_lite_cpython.codec_server import build_certs_only
 
     imp = None
 
     def answer(data):
-        p7 = pkcs7.build_certs_only([der(imp.ca["cert"])])
+        p7 = build_certs_only([der(imp.ca["cert"])])
         import base64
 
         b = base64.encodebytes(p7)

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from est_lite import http1 as h
 from est_lite import numbers as n
+from est_lite_cpython import codec_server as W
 
 DER = bytes(range(256)) * 3 + b"\x30\x82"
 
@@ -289,7 +290,7 @@ def test_digest_md5_matches_urllib(qop):
 
 def test_our_multipart_parses_in_email():
     key, certs = bytes(range(100)), bytes(range(255, 0, -1))
-    body = bytes(h.build_multipart([(n.MT_PKCS8, key), (n.MT_PKCS7_CERTS, certs)], "estBoundary"))
+    body = bytes(W.build_multipart([(n.MT_PKCS8, key), (n.MT_PKCS7_CERTS, certs)], "estBoundary"))
     msg = email.message_from_bytes(b"Content-Type: multipart/mixed; boundary=estBoundary\r\n\r\n" + body)
     parts = msg.get_payload()
     assert [p.get_content_type() for p in parts] == ["application/pkcs8", "application/pkcs7-mime"]

@@ -12,6 +12,9 @@ _root = _here + "/../.."
 for p in (_here, _root, _root + "/ports/micropython"):
     if p not in sys.path:
         sys.path.insert(0, p)
+# last: est_lite_cpython.codec_server (server-side encoders, plain Python)
+# builds test inputs; nothing else of the CPython port is imported here
+sys.path.append(_root + "/ports/cpython")
 
 
 def main(argv):

@@ -10,6 +10,7 @@ from est_lite import client as C
 from est_lite import coap
 from est_lite import numbers as N
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, ServerError, TransportError
+from est_lite_cpython import codec_server as W
 
 # --- the state table ---
 def test_table_walks_and_rejects():
@@ -274,15 +275,15 @@ def test_serverkeygen_multipart_core():
 
     for skc, certpart, leaf in ((False, (N.CF_PKCS7_CERTS, V.P7_LEAF_CA), V.LEAF), (True, (N.CF_PKIX_CERT, V.LEAF), V.LEAF)):
         op = C.CoapOperation(N.OP_SERVERKEYGEN, body=b"csr", skc=skc, szx=3, public_key=V.CA_PUB)
-        body = cbor.encode_multipart([(N.CF_PKCS8, V.LEAF_KEY_P8), certpart])
+        body = W.encode_multipart([(N.CF_PKCS8, V.LEAF_KEY_P8), certpart])
         ev, n = serve_get(op, body, N.CF_MULTIPART_CORE, 3)
         assert isinstance(ev, C.ServerKeyGen)
         assert ev.key_der == V.LEAF_KEY_P8 and ev.key_type == N.CF_PKCS8 and ev.cert == leaf
     bad = (
-        (N.CF_PKIX_CERT, cbor.encode_multipart([(N.CF_PKCS8, V.LEAF_KEY_P8), (N.CF_PKIX_CERT, V.LEAF)])),
-        (N.CF_MULTIPART_CORE, cbor.encode_multipart([(N.CF_PKCS8, V.LEAF_KEY_P8)])),
-        (N.CF_MULTIPART_CORE, cbor.encode_multipart([(N.CF_PKCS8, None), (N.CF_PKIX_CERT, V.LEAF)])),
-        (N.CF_MULTIPART_CORE, cbor.encode_multipart([(0, b"x"), (N.CF_PKIX_CERT, V.LEAF)])),
+        (N.CF_PKIX_CERT, W.encode_multipart([(N.CF_PKCS8, V.LEAF_KEY_P8), (N.CF_PKIX_CERT, V.LEAF)])),
+        (N.CF_MULTIPART_CORE, W.encode_multipart([(N.CF_PKCS8, V.LEAF_KEY_P8)])),
+        (N.CF_MULTIPART_CORE, W.encode_multipart([(N.CF_PKCS8, None), (N.CF_PKIX_CERT, V.LEAF)])),
+        (N.CF_MULTIPART_CORE, W.encode_multipart([(0, b"x"), (N.CF_PKIX_CERT, V.LEAF)])),
         (N.CF_MULTIPART_CORE, b"\xa0"),
     )
     for fmt, body in bad:

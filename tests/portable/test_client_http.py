@@ -7,6 +7,7 @@ from est_lite import client as C
 from est_lite import http1
 from est_lite import numbers as N
 from est_lite.errors import LocalProtocolError, RemoteProtocolError, ServerError
+from est_lite_cpython import codec_server as W
 
 
 def response(status, reason, headers=(), body=b""):
@@ -160,7 +161,7 @@ def test_csrattrs_paths():
 
 
 def test_serverkeygen_multipart_mixed():
-    body = http1.build_multipart([(N.MT_PKCS8, V.LEAF_KEY_P8), (N.MT_PKCS7_CERTS, V.P7_LEAF_CA)], "estBoundary")
+    body = W.build_multipart([(N.MT_PKCS8, V.LEAF_KEY_P8), (N.MT_PKCS7_CERTS, V.P7_LEAF_CA)], "estBoundary")
     op = C.HttpOperation(N.OP_SERVERKEYGEN, host="h", body=b"csr")
     op.send()
     op.receive_data(response(200, "OK", [("Content-Type", "multipart/mixed; boundary=estBoundary")], body))

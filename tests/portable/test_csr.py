@@ -7,6 +7,7 @@ from _util import b64, raises, unhex
 from est_lite import csrattrs, der
 from est_lite.csr import CsrBuilder, parse_ip
 from est_lite.errors import LocalProtocolError
+from est_lite_cpython import codec_server as W
 
 PUB = b"\x04" + bytes(range(1, 65))
 SIG = unhex("3006020101020102")
@@ -312,11 +313,11 @@ def test_apply_csrattrs():
     items = [
         "1.2.840.113549.1.9.7",
         ("1.2.840.10045.2.1", [der.oid("1.2.840.10045.3.1.7")]),
-        csrattrs.extension_request([("2.5.29.17", True, san), ("2.5.29.37", False, None)]),
+        W.extension_request([("2.5.29.17", True, san), ("2.5.29.37", False, None)]),
         "1.2.840.10045.4.3.2",
         "1.3.6.1.1.1.1.22",
     ]
-    a = csrattrs.decode(csrattrs.encode(items))
+    a = csrattrs.decode(W.csrattrs_encode(items))
     b = CsrBuilder().challenge_password("pw").apply_csrattrs(a)
     assert b.unmet == ("extension 2.5.29.37: to be filled in by the client",)
     assert b.ignored == ("OID 1.3.6.1.1.1.1.22",)
@@ -328,16 +329,16 @@ def test_apply_csrattrs():
     b3 = CsrBuilder().san(dns=["other.example"]).apply_csrattrs(a)
     assert "2.5.29.17" in b3.unmet[1]
     # template: subject with all values is adopted; with a blank one it is unmet
-    tpl = csrattrs.template(
+    tpl = W.csrattrs_template(
         subject=[("2.5.4.3", der.utf8("given")), ("2.5.4.11", der.utf8("unit"))],
         key_alg="1.2.840.10045.2.1",
         key_params="1.2.840.10045.3.1.7",
     )
-    b4 = CsrBuilder().apply_csrattrs(csrattrs.decode(csrattrs.encode([tpl])), strict=True)
+    b4 = CsrBuilder().apply_csrattrs(csrattrs.decode(W.csrattrs_encode([tpl])), strict=True)
     _, subject, _, _, _, _ = _parse(b4.sign(FakeSigner()))
     assert b"given" in subject and b"unit" in subject
-    tpl = csrattrs.template(subject=[("2.5.4.3", None), ("2.5.4.5", None)], key_alg="1.2.840.113549.1.1.1")
-    b5 = CsrBuilder().subject(cn="me").apply_csrattrs(csrattrs.decode(csrattrs.encode([tpl])))
+    tpl = W.csrattrs_template(subject=[("2.5.4.3", None), ("2.5.4.5", None)], key_alg="1.2.840.113549.1.1.1")
+    b5 = CsrBuilder().subject(cn="me").apply_csrattrs(csrattrs.decode(W.csrattrs_encode([tpl])))
     assert len(b5.unmet) == 2
     assert "1.2.840.113549.1.1.1" in b5.unmet[0] and "2.5.4.5" in b5.unmet[1]
     # nothing requested: nothing unmet

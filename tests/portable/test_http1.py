@@ -8,6 +8,7 @@ from _util import raises
 from est_lite import http1 as h
 from est_lite import numbers as n
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError
+from est_lite_cpython import codec_server as W
 
 KEY = bytes(range(200))
 CERTS = bytes(range(255, 40, -1))
@@ -319,11 +320,11 @@ def test_multipart_rejections():
 
 
 def test_build_multipart_roundtrip():
-    body = h.build_multipart([(n.MT_PKCS8, KEY), (n.MT_PKCS7_CERTS, CERTS)], "estServerKeyGenBoundary")
+    body = W.build_multipart([(n.MT_PKCS8, KEY), (n.MT_PKCS7_CERTS, CERTS)], "estServerKeyGenBoundary")
     assert body.startswith(b"--estServerKeyGenBoundary\r\nContent-Type: application/pkcs8\r\n")
     assert body.endswith(b"\r\n--estServerKeyGenBoundary--\r\n")
     assert h.split_serverkeygen(body, "estServerKeyGenBoundary") == (KEY, n.MT_PKCS8, CERTS)
-    raises(LocalProtocolError, h.build_multipart, [("a\r\nb", b"")], "x")
+    raises(LocalProtocolError, W.build_multipart, [("a\r\nb", b"")], "x")
 
 
 def test_parse_media_type():
