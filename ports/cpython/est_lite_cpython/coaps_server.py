@@ -211,9 +211,13 @@ class EstResource(resource.Resource, resource.PathCapable):
 
     # -- rendering --
     async def render(self, request):
+        return await self.render_path(request, request.opt.uri_path)
+
+    async def render_path(self, request, path):
+        """Render `request` for the path segments below /.well-known/est."""
         self.stats["requests"] += 1
         try:
-            return await self._render(request)
+            return await self._render(request, path)
         except EstError as e:
             self.stats["errors"] += 1
             if isinstance(e, PendingApproval):
@@ -222,9 +226,9 @@ class EstResource(resource.Resource, resource.PathCapable):
                      e.msg if isinstance(e, EstError) else e)
             return error_response(e)
 
-    async def _render(self, request):
+    async def _render(self, request, path):
         check_critical_options(request)
-        segs = [numbers.WELL_KNOWN, numbers.EST] + list(request.opt.uri_path)
+        segs = [numbers.WELL_KNOWN, numbers.EST] + list(path)
         try:
             op, label, short = numbers.parse_path(segs)
         except LocalProtocolError as e:
@@ -449,22 +453,42 @@ class CoreResource(resource.Resource):
         return _msg(Code.CONTENT, ",".join(items).encode(), content_format=numbers.CF_LINK_FORMAT)
 
 
-class _EstRoot(resource.Resource):
-    """/.well-known/est itself: not a resource, but say where they are."""
+_CORE = (numbers.WELL_KNOWN, "core")
+
+
+class EstSite(resource.Resource, resource.PathCapable):
+    """The root resource: /.well-known/core and everything under
+    /.well-known/est/, dispatched without aiocoap's Site (which copies every
+    request to strip its path)."""
+
+    def __init__(self, service, **resource_options):
+        super().__init__()
+        self.core = CoreResource(service)
+        self.est = EstResource(service, **resource_options)
+
+    async def needs_blockwise_assembly(self, request):
+        return tuple(request.opt.uri_path) == _CORE  # aiocoap's Block2 for a long discovery answer
 
     async def render(self, request):
-        return error_response(CoapError("the EST resources are /.well-known/est/[LABEL/]crts, att, sen, sren, skg, "
-                                        "skc", 0x84))
+        path = request.opt.uri_path
+        if len(path) >= 2 and path[0] == numbers.WELL_KNOWN and path[1] == numbers.EST:
+            if len(path) == 2 or path[2:] == ("",):
+                return error_response(CoapError("the EST resources are /.well-known/est/[LABEL/]crts, att, sen, "
+                                                "sren, skg, skc", 0x84))
+            return await self.est.render_path(request, path[2:])
+        if tuple(path) == _CORE:
+            if request.code != GET:
+                return error_response(CoapError("/.well-known/core takes GET", 0x85))
+            return await self.core.render_get(request)
+        return error_response(CoapError("no resource at /%s (EST is under /.well-known/est/)" % "/".join(path)[:60],
+                                        0x84))
 
 
 def build_site(service, **resource_options):
-    """An aiocoap Site with /.well-known/core and the EST resources."""
-    site = resource.Site()
-    site.add_resource([numbers.WELL_KNOWN, "core"], CoreResource(service))
-    site.add_resource([numbers.WELL_KNOWN, numbers.EST], _EstRoot())
-    est = EstResource(service, **resource_options)
-    site.add_resource([numbers.WELL_KNOWN, numbers.EST], est)
-    return site, est
+    """The root resource serving /.well-known/core and the EST resources,
+    and the EstResource (limits, stats)."""
+    site = EstSite(service, **resource_options)
+    return site, site.est
 
 
 # ---------------------------------------------------------------- trust for the handshake
@@ -475,7 +499,19 @@ def handshake_trust(service):
     for client certificates (enrollment or re-enrollment): the DTLS handshake
     accepts their union, the service then applies each label's own sets."""
 
+    last = [None, None]  # (time, list): the same list object while nothing changed
+
     def cas():
+        now = time.monotonic()
+        if last[1] is not None and now - last[0] < 10.0:
+            return last[1]
+        out = _collect()
+        if last[1] is None or [c.fingerprint(_sha256()) for c in out] != [c.fingerprint(_sha256()) for c in last[1]]:
+            last[1] = out
+        last[0] = now
+        return last[1]
+
+    def _collect():
         cfg = service.config
         names = set()
         for prof in cfg.profiles.values():
@@ -535,7 +571,7 @@ class EstCoapsServer:
     threads for the blocking service calls."""
 
     def __init__(self, service, cert, key, *, chain=(), host="127.0.0.1", port=5684, trusted_cas=None,
-                 is_revoked=None, workers=4, max_body=16384, max_transfers=512, max_transfers_per_session=4,
+                 is_revoked=None, workers=None, max_body=16384, max_transfers=512, max_transfers_per_session=4,
                  transfer_timeout=93.0, **dtls_options):
         self.service = service
         self.cert, self.key, self.chain = cert, key, list(chain)
@@ -544,6 +580,10 @@ class EstCoapsServer:
         self.port = None
         self.trusted_cas = trusted_cas if trusted_cas is not None else handshake_trust(service)
         self.is_revoked = is_revoked if is_revoked is not None else revocation_check(service)
+        if workers is None:  # our own CA answers in well under a millisecond: on the loop (no GIL hand-offs)
+            from .ca import LocalCA
+
+            workers = 0 if isinstance(getattr(service, "ca", None), LocalCA) else 4
         self.workers = workers
         self.dtls_options = dtls_options
         self.resource_options = dict(max_body=max_body, max_transfers=max_transfers,
@@ -556,9 +596,10 @@ class EstCoapsServer:
         self._thread = None
 
     @classmethod
-    def from_config(cls, service, config, *, port=None, host=None):
+    def from_config(cls, service, config, *, port=None, host=None, **options):
         """From a ServerConfig: its [coaps] section and the server certificate
-        (tls_cert / tls_key, default <data_dir>/server.pem)."""
+        (tls_cert / tls_key, default <data_dir>/server.pem); `options`
+        override constructor arguments."""
         import os
 
         from . import dtls as _d
@@ -579,22 +620,24 @@ class EstCoapsServer:
             chain = certs[1:]
         else:  # the chain the client lacks: intermediates, never the root it trusts
             chain = [c for c in certs[1:] if c.issuer != c.subject]
-        return cls(service, certs[0], key, chain=chain,
-                   host=host or getattr(config, "coaps_listen", None) or config.listen,
-                   port=getattr(config, "coaps_port", 5684) if port is None else port,
-                   mtu=getattr(config, "coaps_mtu", 1200),
-                   max_sessions=getattr(config, "coaps_max_sessions", 256),
-                   idle_timeout=getattr(config, "coaps_idle_timeout_s", 120.0),
-                   handshake_timeout=getattr(config, "coaps_handshake_timeout_s", 30.0),
-                   workers=getattr(config, "coaps_workers", 4),
-                   max_body=getattr(config, "coaps_max_body_bytes", 16384))
+        kw = dict(chain=chain, host=host or getattr(config, "coaps_listen", None) or config.listen,
+                  port=getattr(config, "coaps_port", 5684) if port is None else port,
+                  mtu=getattr(config, "coaps_mtu", 1200),
+                  max_sessions=getattr(config, "coaps_max_sessions", 256),
+                  idle_timeout=getattr(config, "coaps_idle_timeout_s", 120.0),
+                  handshake_timeout=getattr(config, "coaps_handshake_timeout_s", 30.0),
+                  workers=getattr(config, "coaps_workers", None),
+                  max_body=getattr(config, "coaps_max_body_bytes", 16384))
+        kw.update(options)
+        return cls(service, certs[0], key, **kw)
 
     # -- asyncio --
     async def start_async(self):
         """Start on the running loop; returns the bound UDP port."""
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers,
-                                                               thread_name_prefix="est-coaps")
-        site, self.resource = build_site(self.service, executor=self._executor, **self.resource_options)
+        if self.workers:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers,
+                                                                   thread_name_prefix="est-coaps")
+        site, self.resource = build_site(self.service, executor=self._executor or False, **self.resource_options)
         self.context, self.port = await create_coaps_server_context(
             site, (self.host, self.requested_port), cert=self.cert, key=self.key, trusted_cas=self.trusted_cas,
             chain=self.chain, is_revoked=self.is_revoked, **self.dtls_options)
@@ -664,3 +707,76 @@ class EstCoapsServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# ---------------------------------------------------------------- more processes
+
+
+def _worker_main(config_path, data_dir, host, port, conn):
+    """A child process serving the same UDP port (SO_REUSEPORT) from the
+    same config and store; exits when the parent closes the pipe."""
+    import signal
+
+    from .ca import LocalCA
+    from .config import load_config
+    from .service import EstService
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cfg = load_config(config_path, data_dir=data_dir)
+    ca = LocalCA(cfg.data_dir, synchronous=cfg.synchronous)
+    srv = EstCoapsServer.from_config(EstService(ca, cfg), cfg, port=port, host=host, reuse_port=True)
+    try:
+        srv.start()
+        conn.send("ready")
+        try:
+            conn.recv()  # blocks until the parent says stop or goes away
+        except EOFError:
+            pass
+    finally:
+        srv.stop()
+        ca.store.close()
+
+
+def start_worker_processes(n, config_path, data_dir, host, port, timeout=60.0):
+    """Start n more processes serving EST-coaps on (host, port) from the
+    config file (the caller's own server must use reuse_port=True). Returns
+    a stop() function. The kernel keeps each client address on one process,
+    so a DTLS session and its cookie exchange stay where they started."""
+    import multiprocessing
+
+    mp = multiprocessing.get_context("spawn")
+    procs = []
+    try:
+        for _ in range(n):
+            parent, child = mp.Pipe()
+            p = mp.Process(target=_worker_main, args=(config_path, data_dir, host, port, child), daemon=True,
+                           name="est-coaps-worker")
+            p.start()
+            child.close()
+            procs.append((p, parent))
+        for p, parent in procs:
+            if not parent.poll(timeout) or parent.recv() != "ready":
+                raise LocalProtocolError("an EST-coaps worker process did not start")
+    except BaseException:
+        _stop_workers(procs)
+        raise
+
+    def stop():
+        _stop_workers(procs)
+
+    stop.pids = [p.pid for p, _ in procs]
+    return stop
+
+
+def _stop_workers(procs):
+    for p, parent in procs:
+        try:
+            parent.send("stop")
+        except (OSError, EOFError):
+            pass
+        parent.close()
+    for p, _ in procs:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
