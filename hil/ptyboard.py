@@ -42,6 +42,7 @@ class PtyBoard:
         self._child = None
         self._child_m = None
         self._raw = False
+        self._at_prompt = False
         self._stop = threading.Event()
         self._thread = None
         self.device = None
@@ -127,6 +128,7 @@ class PtyBoard:
                     break
                 buf += d
             os.write(self._host_m, RAW_BANNER)
+            self._at_prompt = True
 
     def _pump(self):
         while not self._stop.is_set():
@@ -145,6 +147,14 @@ class PtyBoard:
                         self._raw = True
                     elif b == 2:
                         self._raw = False
+                    elif b == 3 and not self._at_prompt and self._child is not None:
+                        # a board's UART checks the interrupt character while code
+                        # runs; the unix port only reads it at the prompt: signal it
+                        try:
+                            self._child.send_signal(signal.SIGINT)
+                        except OSError:
+                            pass
+                self._at_prompt = False
                 if self._child_m is not None:
                     try:
                         os.write(self._child_m, data)
@@ -156,6 +166,7 @@ class PtyBoard:
                 except OSError:
                     data = b""
                 if data:
+                    self._at_prompt = data.endswith(b">") or data.endswith(b">>> ")
                     os.write(self._host_m, data)
                 else:
                     self._soft_reboot()
