@@ -68,7 +68,8 @@ def _fp(creds):
 
 class Campaign:
     def __init__(self, workdir, server=None, heap="256K", seed=None, ops=("renew", "renew", "renew", "provision"),
-                 modes=("time", "point"), transport="coaps", progress=None, keep_broken=True):
+                 modes=("time", "point"), transport="coaps", progress=None, keep_broken=True, fixed_points=None,
+                 unsafe_store=False):
         self.workdir = os.path.abspath(workdir)
         self.seed = seed if seed is not None else random.randrange(1 << 30)
         self.rng = random.Random(self.seed)
@@ -78,6 +79,8 @@ class Campaign:
         self.heap = heap
         self.progress = progress
         self.keep_broken = keep_broken
+        self.fixed_points = list(fixed_points) if fixed_points else None
+        self.unsafe_store = unsafe_store  # control runs: a store that is known to break
         self._own_server = server is None
         self.server = server
         self.board = None
@@ -104,7 +107,7 @@ class Campaign:
             steps = ([{"do": "wipe"}] if op == "provision" else [])
             if op == "renew":
                 self._ensure_enrolled()
-            steps.append({"do": op, "cut": {"at": None}})
+            steps.append({"do": op, "cut": {"at": None}, "unsafe_store": self.unsafe_store})
             res = self._run(steps)
             if not res.ok:
                 raise RuntimeError("calibration run of %s failed: %s\n%s" % (op, res.failure(), res.output[-2000:]))
@@ -140,9 +143,14 @@ class Campaign:
             cut = _Cut(idx, mode, offset)
             steps.append({"do": op})
         else:
-            at = self.rng.randrange(self.points[op])
+            if self.fixed_points:
+                at = self.fixed_points[i % len(self.fixed_points)]
+            else:
+                at = self.rng.randrange(self.points[op])
             cut = _Cut(idx, mode, at)
             steps.append({"do": op, "cut": {"at": at}})
+        if self.unsafe_store:
+            steps[-1]["unsafe_store"] = True
         before = None if op == "provision" else _fp(S.read_store(self.board))
         issued0 = self.server.issued_count()
         res = self._run(steps, on_record=cut)

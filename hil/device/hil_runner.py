@@ -98,6 +98,17 @@ def _store(cfg, st):
             cutter.point("remove", name)
             credstore.CredStore._remove(self, name)
 
+    if st.get("unsafe_store"):
+        # a deliberately broken store for the campaign's control run: the
+        # manifest is rewritten in place, so a cut in that write destroys it
+        class UnsafeStore(CutStore):
+            def _write(self, name, data):
+                if name == "manifest.tmp":
+                    CutStore._write(self, "manifest", data)
+                CutStore._write(self, name, data)
+
+        return UnsafeStore(cfg["store"]), cutter
+
     credstore.os = _OsProxy(cutter)
     return CutStore(cfg["store"]), cutter
 
