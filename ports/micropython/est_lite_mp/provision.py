@@ -42,9 +42,9 @@ def drop(*names):
     gc.collect()
 
 
-_SESSION = ("est_lite.client", "est_lite.numbers", "est_lite.coap", "est_lite.pkcs7", "est_lite.csrattrs",
-            "est_lite.cbor", "est_lite.client_http", "est_lite.http1")
-_CRYPTO = ("est_lite.csr", "est_lite_mp.crypto", "est_lite_mp.keys")
+_SESSION = ("est_lite.client", "est_lite.numbers", "est_lite.paths", "est_lite.coap", "est_lite.pkcs7",
+            "est_lite.csrattrs", "est_lite.der", "est_lite.cbor", "est_lite.client_http", "est_lite.http1")
+_CRYPTO = ("est_lite.csr", "est_lite.csrattrs", "est_lite_mp.crypto", "est_lite_mp.keys")
 
 
 def _builder(subject, names, dns, ip, uri):
@@ -60,42 +60,102 @@ def _builder(subject, names, dns, ip, uri):
 
 def provision(cl, store, subject, names, dns, ip, uri, key_backend, pop, now):
     ca = cl.cacerts()
-    return _enroll(cl, store, _builder(subject, names, dns, ip, uri), key_backend, pop, now, ca, False)
+    return _enroll(cl, store, (subject, names, dns, ip, uri), key_backend, pop, now, ca, False)
 
 
-def _enroll(cl, store, b, key_backend, pop, now, ca, renew):
-    attrs = cl.csrattrs()
-    if attrs is not None:
+# Each phase runs in its own function and hands back plain data: MicroPython's
+# GC scans the C stack conservatively, and a live frame's value stack keeps
+# stale pointers (an event, a key) that would pin a dropped module's code.
+
+
+def _attrs_der(cl):
+    cl._bootstrap()
+    return cl._run(1).der
+
+
+def _builder_for(what, der, ask):
+    # -> (CsrBuilder following the CSR attributes, ask for PoP, unmet)
+    b = _builder(*what) if isinstance(what, tuple) else what
+    attrs = None
+    if der:
+        from est_lite import csrattrs
+
+        attrs = csrattrs.decode(der)
         b = b.apply_csrattrs(attrs)
     elif b._subject is None and not b._exts:
         raise LocalProtocolError("give cn= (or other subject names) or a SAN for the certificate request")
-    ask = pop if pop is not None else attrs is not None and attrs.wants_challenge_password
+    if ask is None:
+        ask = attrs is not None and attrs.wants_challenge_password
     unmet = [u for u in b.unmet if not (ask and u.startswith("challengePassword"))]
-    attrs = None
-    drop(*_SESSION)
+    return b, ask, unmet
+
+
+def _info(what, der, pk, pop):
+    b, ask, unmet = _builder_for(what, der, pop)
+    return b.request_info(pk), unmet
+
+
+def _keygen(cl, key_backend, keep):
     key = cl._make_key(key_backend)
-    pk = key.public_key
-    t = cl._session()
-    if ask and t.binding is not None:
+    kd = _export(key)
+    return (key if keep or kd is None else None), key.public_key, kd
+
+
+def _sign(cl, kd, info):
+    return cl._crypto().P256Key.load_der(kd).sign(info)
+
+
+def _make_csr(cl, what, der, key_backend, pop):
+    # -> (csr bytes or callable binding -> bytes, public key, exported key, unmet)
+    lean = _MP and cl._session().binding is None
+    key, pk, kd = _keygen(cl, key_backend, not lean)
+    if key is None:
+        # MicroPython: the CSR code and the key code are never loaded at
+        # the same time (key -> request info -> signature -> DER)
+        drop(*_CRYPTO)
+        info, unmet = _info(what, der, pk, pop)
+        drop(*_CRYPTO)
+        sig = _sign(cl, kd, info)
+        drop(*_CRYPTO)
+        from est_lite import der as D
+
+        return D.seq(info, D.seq(D.oid(D.OID_ECDSA_SHA256)), D.bit_string(sig)), pk, kd, unmet
+    b, ask, unmet = _builder_for(what, der, pop)
+    if ask and cl._session().binding is not None:
         def csr(binding):  # PoP: bound to the session that carries it
             x = b.challenge_password(binding) if binding else b
             return x.sign(key)
     else:
         csr = b.sign(key)
-    kd = _export(key)
-    if _MP and not callable(csr):
-        key = b = None
-        drop(*_CRYPTO)
-    ev = cl._run(3 if renew else 2, csr, pk)
-    key = b = csr = None
-    cl.close()  # frees the session before the signature check
-    cert, chain = ev.cert, ev.chain
-    ev = None
-    drop(*_SESSION)
+    return csr, pk, kd, unmet
+
+
+def _issue(cl, op, csr, pk):
+    ev = cl._run(op, csr, pk)
+    return ev.cert, ev.chain
+
+
+def _check(cl, cert, chain, ca, pk, now):
     from est_lite_mp import certs
 
     certs.check_issued(cert, chain, ca, pk, cl._crypto().verify, cl._verify_hook(), now)
-    drop("est_lite_mp.certs", "est_lite.pkcs7", *_CRYPTO)
+
+
+def _enroll(cl, store, what, key_backend, pop, now, ca, renew):
+    drop("est_lite.pkcs7", "est_lite.der")
+    der = _attrs_der(cl)
+    drop(*_SESSION)
+    csr, pk, kd, unmet = _make_csr(cl, what, der, key_backend, pop)
+    der = None
+    if not callable(csr):
+        drop(*_CRYPTO)
+    cert, chain = _issue(cl, 3 if renew else 2, csr, pk)
+    csr = None
+    cl.close()  # frees the session before the signature check
+    drop(*_SESSION)
+    drop(*_CRYPTO)
+    _check(cl, cert, chain, ca, pk, now)
+    drop("est_lite_mp.certs", "est_lite.pkcs7", "est_lite.der", *_CRYPTO)
     gen = store.save(key=kd, cert=cert, ca=ca, keep=("key",) if kd is None else ())
     return Result(cert, chain, ca, pk, unmet, gen)
 

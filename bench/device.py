@@ -1,0 +1,264 @@
+"""Device benchmarks of the MicroPython client runtime (issue #6).
+
+    python bench/device.py [--runs 9] [--loss 0.2] [--delay-ms 0] [--ack-timeout 2] [--skip-lossy]
+
+Against the reference server (hil.refserver, in this process) over
+EST-coaps, the MicroPython unix port running est_lite + est_lite_mp as .mpy
+with the P-256 table read from a file (est_lite_mp.tablefile):
+
+- heap: a full CoAPs enrollment -- EstClient.provision(): cacerts, csrattrs,
+  key generation, CSR honouring the attributes, enroll, verification of the
+  issued certificate, commit to a credential store -- at the smallest
+  `-X heapsize` (1 KB bisection) that completes it
+  (`min_heapsize_passing`), minus the same for an empty module
+  (`heap_peak_bytes`, the issue's definition). The .mpy code is loaded into
+  the GC heap on the unix port, so this counts the loaded code too; the
+  same measured with the modules in a ROMFS image (vfs.VfsRom: bytecode in
+  place, as from a device's flash) is `romfs_heap_peak_bytes` (the image is
+  in the heap as well and is subtracted with the empty-script baseline).
+- size: `.mpy` of the core (est_lite) and the MicroPython port (est_lite_mp)
+  together, without the build-time generator and the P-256 table data
+  (`mpy_total_bytes`); the subset a CoAPs-only device loads
+  (`coaps_device_mpy_bytes`); per module in `mpy_modules`.
+- loss: enrollment time (inside the device process, from EstClient() to the
+  committed store) through hil.lossy.LossyRelay on loopback, lossless and
+  with `--loss` datagram loss in both directions, `--runs` each, in the same
+  run: `lossless_median_ms`, `lossy_median_ms`, `loss_ratio`.
+
+The last line is one JSON object.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+import _mp  # noqa: E402
+
+HEAP_TARGET = 16 * 1024
+MPY_TARGET = 24 * 1024
+LOSS_TARGET = 3.0
+
+DRIVER = r"""
+import gc, json, sys, time
+gc.collect()
+
+
+def _rd(p):
+    f = open(p, "rb")
+    d = f.read()
+    f.close()
+    return d
+
+
+def main():
+    f = open(sys.argv[1])
+    cfg = json.load(f)
+    f.close()
+    from est_lite_mp import tablefile
+    tablefile.install(cfg["table"])
+    from est_lite_mp.client import EstClient
+    from est_lite_mp.credstore import CredStore
+    trust = [_rd(cfg["trust"])]
+    cert = _rd(cfg["cert"])
+    key = _rd(cfg["key"])
+    times = []
+    for i in range(cfg["runs"]):
+        store = CredStore(cfg["store"] + "-%d" % i)
+        gc.collect()
+        t0 = time.ticks_ms()
+        c = EstClient(cfg["server"], trust=trust, cert=cert, key=key, deadline=cfg["deadline"])
+        c.ack_timeout = cfg["ack_timeout"]
+        c.provision(store, cn="bench-%d" % i)
+        c.close()
+        times.append(time.ticks_diff(time.ticks_ms(), t0))
+        c = store = None
+        gc.collect()
+    print("TIMES " + json.dumps(times))
+    print("DONE")
+
+
+main()
+"""
+
+EMPTY = "print('DONE')\n"
+ROM_PRELUDE = ("import vfs,sys\nf=open(%r,'rb');_i=f.read();f.close();del f\n"
+               "vfs.mount(vfs.VfsRom(_i),'/rom');sys.path.insert(0,'/rom')\n")
+
+# what a CoAPs-only device loads for provision()
+COAPS_DEVICE = ["est_lite/" + m for m in ("__init__", "errors", "numbers", "coap", "client", "der", "pkcs7", "csr",
+                                          "csrattrs")] + \
+               ["est_lite_mp/" + m for m in ("__init__", "client", "dtls", "crypto", "keys", "p256", "credstore",
+                                             "provision", "certs", "tablefile")]
+
+
+def build_lib(d):
+    """est_lite, est_lite_mp, the drivers as .mpy in d; the table file."""
+    lib = pathlib.Path(d) / "lib"
+    sizes = {}
+    for pkg, src in (("est_lite", _mp.ROOT / "est_lite"), ("est_lite_mp", _mp.ROOT / "ports" / "micropython" /
+                                                           "est_lite_mp")):
+        (lib / pkg).mkdir(parents=True)
+        for py in sorted(src.glob("*.py")):
+            if py.name.startswith("gen_"):
+                continue
+            out = lib / pkg / (py.stem + ".mpy")
+            subprocess.run([_mp.MPY_CROSS, "-o", str(out), str(py)], check=True)
+            sizes[pkg + "/" + py.stem] = out.stat().st_size
+    for name, text in (("bench_enroll", DRIVER), ("bench_empty", EMPTY)):
+        src = pathlib.Path(d) / (name + ".py")
+        src.write_text(text)
+        subprocess.run([_mp.MPY_CROSS, "-o", str(lib / (name + ".mpy")), str(src)], check=True)
+    table = pathlib.Path(d) / "p256_table.bin"
+    sys.path.insert(0, str(_mp.ROOT / "ports" / "micropython"))
+    from est_lite_mp import tablefile
+
+    tablefile.write(str(table))
+    return lib, table, sizes
+
+
+def run_module(lib, module, args, heap=None, rom=None, timeout=600):
+    cmd = [_mp.MICROPYTHON]
+    if heap:
+        cmd += ["-X", "heapsize=%d" % heap]
+    env = dict(os.environ, MICROPYPATH=str(lib))
+    if rom:
+        cmd += ["-c", ROM_PRELUDE % rom + "sys.argv.clear();sys.argv.extend([%r]+%r)\nimport %s\n" % (module, list(args), module)]
+        env["MICROPYPATH"] = ""
+    else:
+        cmd += ["-m", module] + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def min_heap(lib, module, args, rom=None, lo=2, hi=1024):
+    """Smallest heapsize (KB steps) at which the module prints DONE."""
+
+    def ok(kb):
+        try:
+            p = run_module(lib, module, args, kb * 1024, rom)
+        except subprocess.TimeoutExpired:
+            return False
+        return p.returncode == 0 and "DONE" in p.stdout
+
+    if not ok(hi):
+        p = run_module(lib, module, args, hi * 1024, rom)
+        raise RuntimeError("%s fails even with %d KB: %s%s" % (module, hi, p.stdout, p.stderr))
+    if ok(lo):
+        return lo * 1024
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi * 1024
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=9, help="enrollments per link condition (default 9)")
+    ap.add_argument("--loss", type=float, default=0.2, help="datagram loss each way (default 0.2)")
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="one-way link delay of the relay (default 0)")
+    ap.add_argument("--ack-timeout", type=float, default=2.0, help="CoAP ACK_TIMEOUT of the device (default 2, RFC 7252)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--skip-lossy", action="store_true")
+    ap.add_argument("--skip-heap", action="store_true")
+    a = ap.parse_args()
+    _mp.need_tools()
+    from hil.lossy import LossyRelay
+    from hil.refserver import RefServer
+
+    res = {}
+    with tempfile.TemporaryDirectory() as d:
+        lib, table, sizes = build_lib(d)
+        table_mpy = sizes.pop("est_lite_mp/p256_table")
+        total = sum(sizes.values())
+        dev = sum(sizes[m] for m in COAPS_DEVICE)
+        res.update(mpy_total_bytes=total, mpy_target_bytes=MPY_TARGET, coaps_device_mpy_bytes=dev,
+                   mpy_core_bytes=sum(v for k, v in sizes.items() if k.startswith("est_lite/")),
+                   mpy_port_bytes=sum(v for k, v in sizes.items() if k.startswith("est_lite_mp/")),
+                   p256_table_mpy_bytes=table_mpy, p256_table_file_bytes=table.stat().st_size, mpy_modules=sizes)
+        print("mpy: core + port %d B (target %d), CoAPs device subset %d B" % (total, MPY_TARGET, dev), flush=True)
+
+        srv = RefServer(os.path.join(d, "srv"), validity_days=30).start()
+        try:
+            cert, key = srv.factory.idevid("bench-device")
+            files = {}
+            for name, data in (("cert", cert), ("key", key), ("trust", srv.root_der)):
+                files[name] = os.path.join(d, name + ".der")
+                with open(files[name], "wb") as f:
+                    f.write(data)
+
+            def cfg(server, runs, name, ack_timeout=2.0):
+                p = os.path.join(d, name + ".json")
+                store = os.path.join(d, "store-" + name + "-" + os.urandom(4).hex())
+                with open(p, "w") as f:
+                    json.dump(dict(files, server=server, runs=runs, store=store, table=str(table), deadline=600,
+                                   ack_timeout=ack_timeout), f)
+                return p
+
+            if not a.skip_heap:
+                heap_cfg = cfg(srv.url("coaps"), 1, "heap")
+
+                class Fresh(list):  # a new store directory for every bisection step
+                    def __iter__(self):
+                        with open(heap_cfg) as f:
+                            c = json.load(f)
+                        c["store"] = os.path.join(d, "store-h-" + os.urandom(4).hex())
+                        with open(heap_cfg, "w") as f:
+                            json.dump(c, f)
+                        return iter([heap_cfg])
+
+                base = min_heap(lib, "bench_empty", [])
+                need = min_heap(lib, "bench_enroll", Fresh())
+                res.update(min_heapsize_passing=need, empty_baseline_heapsize=base, heap_peak_bytes=need - base,
+                           heap_target_bytes=HEAP_TARGET, passes_32k=need <= 32 * 1024)
+                print("heap: full CoAPs enrollment needs -X heapsize=%d (empty %d): peak %d B" % (need, base,
+                                                                                                   need - base),
+                      flush=True)
+                rom = os.path.join(d, "lib.romfs")
+                p = subprocess.run(["mpremote", "romfs", "-o", rom, "build", str(lib)], capture_output=True,
+                                   text=True)
+                if p.returncode == 0:
+                    rbase = min_heap(lib, "bench_empty", [], rom=rom)
+                    rneed = min_heap(lib, "bench_enroll", Fresh(), rom=rom)
+                    res.update(romfs_min_heapsize=rneed, romfs_baseline_heapsize=rbase,
+                               romfs_heap_peak_bytes=rneed - rbase, romfs_image_bytes=os.path.getsize(rom))
+                    print("heap (ROMFS image in place): %d B" % (rneed - rbase), flush=True)
+                else:
+                    res["romfs_error"] = (p.stderr or p.stdout).strip()[-300:]
+
+            if not a.skip_lossy:
+                for name, loss in (("lossless", 0.0), ("lossy", a.loss)):
+                    relay = LossyRelay(("127.0.0.1", srv.coaps_port), loss=loss, seed=a.seed,
+                                       delay=(a.delay_ms / 1000.0, a.delay_ms / 1000.0))
+                    host, port = relay.start()
+                    try:
+                        p = run_module(lib, "bench_enroll", [cfg("coaps://%s:%d" % (host, port), a.runs, name,
+                                                                 a.ack_timeout)], 1024 * 1024, timeout=3600)
+                    finally:
+                        relay.stop()
+                    if p.returncode != 0 or "TIMES " not in p.stdout:
+                        raise RuntimeError("%s enrollments failed: %s%s" % (name, p.stdout, p.stderr))
+                    times = json.loads(p.stdout.split("TIMES ", 1)[1].splitlines()[0])
+                    res[name + "_median_ms"] = statistics.median(times)
+                    res[name + "_ms"] = times
+                    res[name + "_relay"] = relay.stats
+                    print("%s: median %.0f ms of %s" % (name, statistics.median(times), times), flush=True)
+                res.update(loss_ratio=round(res["lossy_median_ms"] / res["lossless_median_ms"], 2),
+                           loss_target_ratio=LOSS_TARGET, loss=a.loss, delay_ms=a.delay_ms,
+                           ack_timeout_s=a.ack_timeout, runs=a.runs)
+        finally:
+            srv.stop()
+    print(json.dumps(res, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
