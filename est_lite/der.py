@@ -2,24 +2,17 @@
 #
 # Reader: functions take a buffer (bytes, bytearray or, best, a memoryview)
 # and absolute offsets, and return offsets; slicing a memoryview with them
-# gives views, not copies. Only what DER allows is accepted: single-byte
-# tags, definite and minimal lengths, every element inside its parent.
-# Any malformed input raises RemoteProtocolError (LimitError for a named
-# limit); IndexError/ValueError never escape.
+# gives views, not copies. Only DER is accepted: single-byte tags, definite
+# and minimal lengths, every element inside its parent. Malformed input
+# raises RemoteProtocolError (LimitError for a named limit);
+# IndexError/ValueError never escape.
 #
 # Writer: functions return bytes. tlv(tag, *parts) joins the parts once
 # behind one header; header(tag, n) lets a caller assemble big structures
-# from a list of parts with a single final b"".join.
+# from a list of parts with a single final b"".join. (check, null and
+# implicit, used only by tests and servers, are in est_lite_cpython.codec_server.)
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
-
-
-from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
+from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError, const
 
 # --- universal tags ---
 BOOLEAN = const(0x01)
@@ -40,7 +33,7 @@ CONTEXT = const(0x80)  # class bits of a context-specific tag ([n] = 0x80|n, con
 
 # Default limits (named keyword arguments everywhere)
 MAX_LENGTH = const(0x10000)  # largest content length read_tlv accepts
-MAX_DEPTH = const(12)  # nesting levels check() descends
+MAX_DEPTH = const(12)  # nesting levels codec_server.der_check descends
 MAX_INT_BYTES = const(33)  # read_int: 32-byte scalars plus a sign byte
 
 # --- OID contents we use (DER contents, without tag and length) ---
@@ -68,30 +61,26 @@ def read_tlv(buf, off=0, end=None, max_length=MAX_LENGTH):
     if off + 2 > end:
         raise _err("truncated", off)
     tag = buf[off]
-    if tag & 0x1F == 0x1F:
-        raise _err("high tag number form", off)
     n = buf[off + 1]
     p = off + 2
+    if tag & 0x1F == 0x1F:
+        raise _err("high tag number form", off)
     if n & 0x80:
         k = n & 0x7F
-        if k == 0:
+        if not k:
             raise _err("indefinite length (BER)", off)
         if k > 4:
             raise LimitError("DER: %d-byte length field" % k)
         if p + k > end:
             raise _err("truncated", off)
-        if buf[p] == 0:
-            raise _err("non-minimal length", off)
-        n = 0
-        for i in range(k):
-            n = (n << 8) | buf[p + i]
+        n = int.from_bytes(buf[p : p + k], "big")
         p += k
-        if n < 0x80:
+        if n >> (8 * k - 8) == 0 or n < 0x80:
             raise _err("non-minimal length", off)
     if n > max_length:
         raise LimitError("DER: %d-byte element > max_length=%d" % (n, max_length))
     if p + n > end:
-        raise _err("length past end of container", off)
+        raise _err("length past end", off)
     return tag, p, p + n
 
 
@@ -113,59 +102,24 @@ def iter_tlv(buf, start, end, max_length=MAX_LENGTH):
         start = e
 
 
-def check(buf, start=0, end=None, max_depth=MAX_DEPTH, max_length=MAX_LENGTH):
-    """Validate that buf[start:end] is a sequence of well-formed TLVs,
-    descending into constructed ones (without recursion) up to max_depth
-    levels. Returns the number of top-level elements."""
-    if end is None:
-        end = len(buf)
-    stack = [end]
-    off = start
-    count = 0
-    while True:
-        while off == stack[-1]:
-            stack.pop()
-            if not stack:
-                return count
-        t, s, e = read_tlv(buf, off, stack[-1], max_length)
-        if len(stack) == 1:
-            count += 1
-        if t & CONSTRUCTED and s < e:
-            if len(stack) > max_depth:
-                raise LimitError("DER: nesting > max_depth=%d" % max_depth)
-            stack.append(e)
-            off = s
-        else:
-            off = e
-
-
 def read_int(buf, start, end, max_bytes=MAX_INT_BYTES):
     """INTEGER contents -> int (signed). Rejects empty and non-minimal
     encodings."""
     n = end - start
-    if n <= 0:
-        raise _err("empty INTEGER", start)
     if n > max_bytes:
         raise LimitError("DER: %d-byte INTEGER > max_bytes=%d" % (n, max_bytes))
-    b0 = buf[start]
-    if n > 1:
-        b1 = buf[start + 1] & 0x80
-        if (b0 == 0 and not b1) or (b0 == 0xFF and b1):
-            raise _err("non-minimal INTEGER", start)
-    v = 0
-    for i in range(start, end):
-        v = (v << 8) | buf[i]
-    if b0 & 0x80:
+    v = int.from_bytes(buf[start:end], "big")
+    if n < 1 or n > 1 and (v >> (8 * n - 9)) in (0, 0x1FF):
+        raise _err("empty or non-minimal INTEGER", start)
+    if v >> (8 * n - 1):
         v -= 1 << (8 * n)
     return v
 
 
 def read_bit_string(buf, start, end):
     """BIT STRING contents -> (unused_bits, data_start, data_end)."""
-    if end <= start:
-        raise _err("empty BIT STRING", start)
-    u = buf[start]
-    if u > 7 or (u and end == start + 1):
+    u = buf[start] if end > start else 8
+    if u > 7 or u and end == start + 1:
         raise _err("bad BIT STRING", start)
     return u, start + 1, end
 
@@ -173,23 +127,19 @@ def read_bit_string(buf, start, end):
 def oid_str(content):
     """OID contents (bytes/memoryview) -> dotted text '1.2.840.10045.2.1'."""
     n = len(content)
-    if n == 0:
-        raise RemoteProtocolError("DER: bad OID")
     if n > 64:
         raise LimitError("DER: %d-byte OID" % n)
-    if content[n - 1] & 0x80:
+    if not n or content[n - 1] & 0x80:
         raise RemoteProtocolError("DER: bad OID")
     out = []
     v = 0
-    fresh = True
     for b in content:
-        if fresh and b == 0x80:
+        if not v and b == 0x80:
             raise RemoteProtocolError("DER: bad OID")
         v = (v << 7) | (b & 0x7F)
-        fresh = not b & 0x80
-        if fresh:
+        if not b & 0x80:
             if not out:
-                x = 0 if v < 40 else (1 if v < 80 else 2)
+                x = min(v // 40, 2)
                 out.append(str(x))
                 v -= 40 * x
             out.append(str(v))
@@ -200,23 +150,18 @@ def oid_str(content):
 def oid_bytes(text):
     """Dotted OID text -> DER contents (bytes). LocalProtocolError for
     malformed text."""
-    try:
-        arcs = [int(a) for a in text.split(".") if not a.strip("0123456789")]
-        ok = len(arcs) == text.count(".") + 1 > 1 and arcs[0] < 3 and (arcs[0] == 2 or arcs[1] < 40)
-    except (AttributeError, TypeError, ValueError):
-        ok = False
-    if not ok:
+    p = text.split(".") if isinstance(text, str) else ()
+    if len(p) < 2 or [x for x in p if not x or x.strip("0123456789")] or int(p[0]) > 2 or int(p[0]) < 2 and int(p[1]) > 39:
         raise LocalProtocolError("not a dotted OID: %r" % (text,))
-    a0 = arcs.pop(0)
-    arcs[0] += 40 * a0
-    out = []
-    for v in arcs:
-        k = len(out)
-        out.append(v & 0x7F)
-        v >>= 7
-        while v:
-            out.insert(k, 0x80 | (v & 0x7F))
-            v >>= 7
+    out = bytearray()
+    for i in range(1, len(p)):
+        v = int(p[i]) + (40 * int(p[0]) if i == 1 else 0)
+        k = 7
+        while v >> k:
+            k += 7
+        while k:
+            k -= 7
+            out.append(v >> k & 0x7F | (0x80 if k else 0))
     return bytes(out)
 
 
@@ -229,17 +174,14 @@ def header(tag, n):
         return bytes((tag, n))
     if n >> 24:
         raise LocalProtocolError("DER: too long")
-    k = 1 if n < 0x100 else (2 if n < 0x10000 else 3)
+    k = 1 if n < 0x100 else 2 if n < 0x10000 else 3
     return bytes((tag, 0x80 | k)) + n.to_bytes(k, "big")
 
 
 def tlv(tag, *parts):
     """One element whose content is the concatenation of parts (bytes,
     bytearray or memoryview)."""
-    ps = [header(tag, sum(len(p) for p in parts))]
-    for p in parts:
-        ps.append(bytes(p) if isinstance(p, memoryview) else p)
-    return b"".join(ps)
+    return b"".join([header(tag, sum(len(p) for p in parts))] + [bytes(p) if type(p) is memoryview else p for p in parts])
 
 
 def seq(*parts):
@@ -248,33 +190,24 @@ def seq(*parts):
 
 def set_of(*parts):
     """SET OF: DER orders the encoded elements as octet strings."""
-    ps = [bytes(p) for p in parts]
-    ps.sort()
-    return tlv(SET, *ps)
+    return tlv(SET, *sorted(bytes(p) for p in parts))
 
 
 def integer(n):
     """INTEGER in minimal two's complement (any sign)."""
     k = 1
-    if n >= 0:
-        while n >= 1 << (8 * k - 1):
-            k += 1
-    else:
-        while n < -(1 << (8 * k - 1)):
-            k += 1
-        n += 1 << (8 * k)
-    return header(INTEGER, k) + n.to_bytes(k, "big")
+    while not -(1 << (8 * k - 1)) <= n < 1 << (8 * k - 1):
+        k += 1
+    return header(INTEGER, k) + (n % (1 << (8 * k))).to_bytes(k, "big")
 
 
 def oid(o):
     """OBJECT IDENTIFIER from dotted text or from ready contents (bytes)."""
-    if isinstance(o, str):
-        o = oid_bytes(o)
-    return tlv(OID, o)
+    return tlv(OID, oid_bytes(o) if isinstance(o, str) else o)
 
 
 def bit_string(data, unused=0):
-    if not 0 <= unused <= 7 or (unused and not data):
+    if not 0 <= unused <= 7 or unused and not data:
         raise LocalProtocolError("bad BIT STRING unused bits")
     return tlv(BIT_STRING, bytes((unused,)), data)
 
@@ -283,17 +216,17 @@ def octet_string(data):
     return tlv(OCTET_STRING, data)
 
 
+def is_printable_char(c):
+    """PrintableString alphabet (X.680 §41.4) for a byte value."""
+    return 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c in b" '()+,-./:=?"
+
+
 def _text(tag, s, ok=None):
     b = s.encode() if isinstance(s, str) else bytes(s)
     for c in b:
         if ok and not ok(c):
             raise LocalProtocolError("character %r not allowed in %r" % (chr(c), s))
     return tlv(tag, b)
-
-
-def is_printable_char(c):
-    """PrintableString alphabet (X.680 §41.4) for a byte value."""
-    return 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122 or c in b" '()+,-./:=?"
 
 
 def utf8(s):
@@ -308,10 +241,6 @@ def ia5(s):
     return _text(IA5_STRING, s, lambda c: c < 0x80)
 
 
-def null():
-    return b"\x05\x00"
-
-
 def boolean(v):
     return b"\x01\x01\xff" if v else b"\x01\x01\x00"
 
@@ -319,9 +248,3 @@ def boolean(v):
 def explicit(n, inner):
     """[n] EXPLICIT: constructed context tag around one encoded element."""
     return tlv(0xA0 | n, inner)
-
-
-def implicit(n, content, constructed=False):
-    """[n] IMPLICIT: context tag around raw contents (constructed when the
-    underlying type is, e.g. SET OF / SEQUENCE)."""
-    return tlv((0xA0 if constructed else 0x80) | n, content)

@@ -151,7 +151,7 @@ def test_decode_errors():
     raises(R, csrattrs.decode, b"\x30\x04\x30\x02\x06\x00")  # empty OID
     raises(R, csrattrs.decode, der.seq(der.seq(der.oid(CP))))  # attribute without values
     raises(R, csrattrs.decode, der.seq(der.seq(der.oid(CP), b"\x31\x00")))  # empty value set
-    raises(R, csrattrs.decode, der.seq(der.seq(der.oid(CP), der.set_of(der.null()), der.null())))
+    raises(R, csrattrs.decode, der.seq(der.seq(der.oid(CP), der.set_of(W.der_null()), W.der_null())))
     raises(R, csrattrs.decode, b"\x30\x80\x00\x00")  # BER indefinite length
     raises(R, csrattrs.decode, b64(RFC8951_B64)[:-1])  # truncated
     e = raises(LimitError, csrattrs.decode, W.csrattrs_encode([CP] * 5), max_items=4)

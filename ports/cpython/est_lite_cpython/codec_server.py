@@ -10,6 +10,8 @@
 #   extension_request(extensions)           was est_lite.csrattrs.extension_request
 #   csrattrs_template(subject=, ...)        was est_lite.csrattrs.template
 #   build_multipart(parts, boundary)        was est_lite.http1.build_multipart
+#   der_check(buf, ...), der_null(),        were est_lite.der.check, der.null,
+#   der_implicit(n, content, constructed)   der.implicit
 #
 # The decoders stay in the core (cbor.decode, pkcs7.certificates,
 # csrattrs.decode, http1.parse_multipart).
@@ -193,3 +195,44 @@ def build_multipart(parts, boundary):
         out.append(b64_encode_lines(body))
     out.append(b"--%s--\r\n" % d)
     return b"".join(out)
+
+
+# ---------------------------------------------------------------- DER helpers
+
+
+def der_check(buf, start=0, end=None, max_depth=der.MAX_DEPTH, max_length=der.MAX_LENGTH):
+    """Validate that buf[start:end] is a sequence of well-formed DER TLVs,
+    descending into constructed ones (without recursion) up to max_depth
+    levels. Returns the number of top-level elements. (was est_lite.der.check)"""
+    from est_lite.errors import LimitError
+
+    if end is None:
+        end = len(buf)
+    stack = [end]
+    off = start
+    count = 0
+    while True:
+        while off == stack[-1]:
+            stack.pop()
+            if not stack:
+                return count
+        t, s, e = der.read_tlv(buf, off, stack[-1], max_length)
+        if len(stack) == 1:
+            count += 1
+        if t & der.CONSTRUCTED and s < e:
+            if len(stack) > max_depth:
+                raise LimitError("DER: nesting > max_depth=%d" % max_depth)
+            stack.append(e)
+            off = s
+        else:
+            off = e
+
+
+def der_null():
+    """DER NULL (was est_lite.der.null)."""
+    return b"\x05\x00"
+
+
+def der_implicit(n, content, constructed=False):
+    """[n] IMPLICIT: context tag around raw contents (was est_lite.der.implicit)."""
+    return der.tlv((0xA0 if constructed else 0x80) | n, content)
