@@ -25,8 +25,11 @@ datagram.
 """
 
 import asyncio
+import collections
+import os
 
-from aiocoap import Message, error, interfaces
+from aiocoap import ACK, CON, NON, Message, error, interfaces
+from aiocoap.numbers.codes import Code
 from aiocoap.numbers import COAPS_PORT
 from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin
@@ -34,6 +37,7 @@ from aiocoap.util import hostportjoin
 from .dtls_server import DtlsServer
 
 _COAP_OVERHEAD = 64  # header, token and options budget next to a block's payload
+_ANSWERS_KEPT = 16  # answers kept per session for retransmitted CON requests (fast path)
 
 
 def _block_exp_for(max_payload):
@@ -56,6 +60,7 @@ class CoapsRemote(interfaces.EndpointAddress):
     def __init__(self, interface, peer):
         self._interface = interface
         self.peer = peer
+        self.answered = collections.OrderedDict()  # CON message id -> answer bytes (fast path deduplication)
         self.maximum_block_size_exp = _block_exp_for(peer.max_payload or 0)
 
     def __repr__(self):
@@ -122,6 +127,8 @@ class CoapsServerInterface(GenericMessageInterface):
         super().__init__(mman, log, loop)
         self._remotes = {}  # peer id -> CoapsRemote
         self.unparsable = 0  # datagrams of established sessions that are not CoAP
+        self.fast_render = None  # site.fast_render: synchronous answers without aiocoap's exchange machinery
+        self._mid = int.from_bytes(os.urandom(2), "big")
         self.server = None
         self.hostinfo_local = None
 
@@ -167,7 +174,43 @@ class CoapsServerInterface(GenericMessageInterface):
             self.unparsable += 1
             self._log.debug("Ignoring unparsable message from %s: %s", address, e)
             return
+        if self.fast_render is not None and message.mtype in (CON, NON) and message.code.is_request():
+            if self._fast(address, message):
+                return
         self._mman.dispatch_message(message)
+
+    def _fast(self, remote, request):
+        """Answer a request at once if the site can render it synchronously
+        (site.fast_render returns a response, or None to let aiocoap handle
+        it): piggybacked on the ACK of a CON, or a NON for a NON, with the
+        answers to recent CON message ids kept per session so a
+        retransmission gets the same answer (RFC 7252 §4.5)."""
+        answered = remote.answered
+        if request.mtype is CON:
+            cached = answered.get(request.mid)
+            if cached is not None:
+                remote.send(cached)
+                return True
+        try:
+            response = self.fast_render(request)
+        except Exception:  # noqa: BLE001 - a bug in one request must not take the session down
+            self._log.exception("fast render of %s failed", request)
+            response = Message(code=Code.INTERNAL_SERVER_ERROR)
+        if response is None:
+            return False
+        response.token = request.token
+        if request.mtype is CON:
+            response.mtype, response.mid = ACK, request.mid
+        else:
+            self._mid = (self._mid + 1) & 0xFFFF
+            response.mtype, response.mid = NON, self._mid
+        data = response.encode()
+        if request.mtype is CON:
+            answered[request.mid] = data
+            while len(answered) > _ANSWERS_KEPT:
+                answered.pop(next(iter(answered)))
+        remote.send(data)
+        return True
 
     def _session_closed(self, peer, reason):
         r = self._remotes.pop(peer.id, None)
@@ -209,6 +252,7 @@ async def create_coaps_server_context(
 
     async def construct(mman):
         t = await CoapsServerInterface.create(mman, ctx.log, loop, bind, cert, key, trusted_cas, **dtls_options)
+        t.fast_render = getattr(site, "fast_render", None)
         made.append(t)
         return t
 

@@ -53,12 +53,18 @@ DEFAULT_MTU = 1200  # RFC 9148 / RFC 7925: stay well below 1280 (IPv6 minimum)
 MIN_MTU = 256  # below this a P-256 handshake cannot make progress in OpenSSL
 
 
+_SSL = None
+
+
 def _ssl():
-    try:
-        from OpenSSL import SSL
-    except ImportError as e:  # pragma: no cover - dependency missing
-        raise LocalProtocolError("DTLS needs pyOpenSSL: pip install 'est-lite[cpython]' (%s)" % e)
-    return SSL
+    global _SSL
+    if _SSL is None:
+        try:
+            from OpenSSL import SSL
+        except ImportError as e:  # pragma: no cover - dependency missing
+            raise LocalProtocolError("DTLS needs pyOpenSSL: pip install 'est-lite[cpython]' (%s)" % e)
+        _SSL = SSL
+    return _SSL
 
 
 # --- certificates and keys ---------------------------------------------------------------

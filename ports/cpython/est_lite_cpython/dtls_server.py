@@ -144,12 +144,11 @@ class CookieJar:
 
     @staticmethod
     def _mac(secret, addr, info):
-        m = hmac.new(secret, digestmod=hashlib.sha256)
-        m.update(("%s|%d|" % (addr[0], addr[1])).encode())
+        parts = [("%s|%d|" % (addr[0], addr[1])).encode()]
         for part in (info.client_version, info.random, info.session_id, info.suites, info.compression):
-            m.update(struct.pack("!H", len(part)))
-            m.update(part)
-        return m.digest()[:_COOKIE_LEN]
+            parts.append(struct.pack("!H", len(part)))
+            parts.append(part)
+        return hmac.digest(secret, b"".join(parts), hashlib.sha256)[:_COOKIE_LEN]
 
     def make(self, addr, info, now):
         self._maybe_rotate(now)
