@@ -235,3 +235,34 @@ def test_session_limit_refuses_new_clients_but_keeps_existing_ones(srv, dev):
             c.close()
     assert wait_sessions(srv, 0) == 0
     still_serves(srv, dev, "after-limit")
+
+
+def test_device_on_a_trust_set_crl_is_refused_in_the_handshake(srv):
+    """A [trust.NAME] CRL is checked by the DTLS handshake (and by the
+    policy): a revoked IDevID gets no session and nothing is issued."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+
+    from helpers_coaps import idevid_device
+
+    good = idevid_device(srv, "vendor-good")
+    bad = idevid_device(srv, "vendor-revoked")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(srv.vendor["cert"].subject)
+           .last_update(now - datetime.timedelta(minutes=1)).next_update(now + datetime.timedelta(days=1))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(bad.cert.serial_number)
+                                    .revocation_date(now - datetime.timedelta(minutes=1)).build())
+           .sign(srv.vendor["key"], hashes.SHA256()))
+    crls = srv.config.trust["idevid"].crls
+    crls.append(crl)
+    try:
+        before = srv.issued_count()
+        with pytest.raises((SecurityError, TransportError)):
+            srv.dtls_client(bad, timeout=5)
+        with srv.dtls_client(good) as dc:  # the same vendor's other devices are fine
+            key, csr = make_csr("vendor-good")
+            assert CoapsSession(dc).enroll(csr, public_key=point(key)).cert
+        assert srv.issued_count() == before + 1
+    finally:
+        crls.remove(crl)
