@@ -73,7 +73,11 @@ def cmd_run(args):
     B, S = _sub("bundle"), _sub("scenario")
     R = _sub("refserver")
     names = args.scenarios or [n for n in S.names() if n != "powercut"]
-    scns = [S.load(n) for n in names]
+    try:
+        scns = [S.load(n) for n in names]
+    except ValueError as e:
+        print("est-lite hil run: %s" % e, file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="est-lite-hil-") as d:
         bundle = args.bundle
         if bundle is None:
