@@ -15,65 +15,47 @@
 #   public_key   65 bytes, uncompressed P-256 point 0x04||X||Y (or a method returning it)
 #   sign(msg)    DER ECDSA-Sig-Value over SHA-256(msg) (the signer hashes)
 
-import binascii
-
 from est_lite import der
 from est_lite.errors import LocalProtocolError, RemoteProtocolError
 
-# subject keyword -> (OID, string kind, max length); kinds: u UTF8, p Printable, i IA5
-_NAMES = {
-    "c": ("2.5.4.6", "p", 2),
-    "st": ("2.5.4.8", "u", 128),
-    "l": ("2.5.4.7", "u", 128),
-    "o": ("2.5.4.10", "u", 64),
-    "ou": ("2.5.4.11", "u", 64),
-    "cn": ("2.5.4.3", "u", 64),
-    "serial_number": ("2.5.4.5", "p", 64),
-    "email": ("1.2.840.113549.1.9.1", "i", 255),
-}
-_ORDER = ("c", "st", "l", "o", "ou", "cn", "serial_number", "email")
+# subject keywords in the order they are written, and for each: the last arc
+# of 2.5.4.x (0: emailAddress 1.2.840.113549.1.9.1), the string kind (p
+# PrintableString, u UTF8String, i IA5String) and the X.520 upper bound
+_KW = ("c", "st", "l", "o", "ou", "cn", "serial_number", "email")
+_SPEC = ((6, "p", 2), (8, "u", 128), (7, "u", 128), (10, "u", 64), (11, "u", 64), (3, "u", 64), (5, "p", 64), (0, "i", 255))
 
-_KP = "1.3.6.1.5.5.7.3."
-EKU_NAMES = {
-    "serverAuth": _KP + "1",
-    "clientAuth": _KP + "2",
-    "codeSigning": _KP + "3",
-    "emailProtection": _KP + "4",
-    "timeStamping": _KP + "8",
-    "OCSPSigning": _KP + "9",
-    "cmcCA": _KP + "27",
-    "cmcRA": _KP + "28",
-    "cmcArchive": _KP + "29",
-}
-_KU_BITS = (
-    "digital_signature",
-    "content_commitment",
-    "key_encipherment",
-    "data_encipherment",
-    "key_agreement",
-    "key_cert_sign",
-    "crl_sign",
-    "encipher_only",
-    "decipher_only",
+EKU_NAMES = dict(
+    zip(
+        "serverAuth clientAuth codeSigning emailProtection timeStamping OCSPSigning cmcCA cmcRA cmcArchive".split(),
+        ["1.3.6.1.5.5.7.3." + x for x in "1 2 3 4 8 9 27 28 29".split()],
+    )
 )
+# keyUsage bits 0..8, keyword names
+_KU = "digital_signature content_commitment key_encipherment data_encipherment key_agreement key_cert_sign crl_sign encipher_only decipher_only"
 
 _SAN = "2.5.29.17"
 _CP = "1.2.840.113549.1.9.7"
 _EXT_REQ = "1.2.840.113549.1.9.14"
-# what apply_csrattrs() accepts as a hash/signature requirement
-_OK_SIG = ("1.2.840.10045.4.3.2", "2.16.840.1.101.3.4.2.1")
 
 
 def _err(msg):
     return LocalProtocolError(msg)
 
 
+def _spec(k):
+    # (oid, kind, maxlen) for a subject keyword or a dotted OID
+    for i in range(8):
+        a, kind, n = _SPEC[i]
+        o = "2.5.4.%d" % a if a else "1.2.840.113549.1.9.1"
+        if k in (_KW[i], o):
+            return o, kind, n
+    der.oid_bytes(k)  # validates the dotted text
+    return k, "u", 255
+
+
 def _string(kind, value, what, maxlen):
-    if not isinstance(value, str) or not 0 < len(value) <= maxlen:
-        raise _err("%s must be a str of 1..%d characters" % (what, maxlen))
-    for ch in value:
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
-            raise _err("%s contains a control character" % what)
+    if not isinstance(value, str) or not 0 < len(value) <= maxlen or [c for c in value if c < " " or c == "\x7f"]:
+        raise _err("%s: 1..%d characters, no control characters" % (what, maxlen))
     return (der.printable if kind == "p" else der.ia5 if kind == "i" else der.utf8)(value)
 
 
@@ -84,14 +66,14 @@ def _one_der(v, what):
     except RemoteProtocolError:
         ok = False
     if not ok:
-        raise _err("%s must be exactly one DER element" % what)
+        raise _err(what + ": not one DER element")
     return v
 
 
 def _ascii(s, what):
     # non-empty printable ASCII without spaces -> bytes
-    if not isinstance(s, str) or not s or [c for c in s if not 0x20 < ord(c) < 0x7F]:
-        raise _err("%s %r: must be printable ASCII without spaces" % (what, s))
+    if not isinstance(s, str) or not s or [c for c in s if not " " < c < "\x7f"]:
+        raise _err("%s %r: not printable ASCII" % (what, s))
     return s.encode()
 
 
@@ -99,36 +81,19 @@ def _dns(name):
     labels = name.split(".") if isinstance(name, str) else ()
     if labels and labels[0] == "*" and len(labels) > 1:
         labels = labels[1:]
-    ok = labels and len(name) <= 253
     for lab in labels:
-        if not 0 < len(lab) <= 63 or lab[0] == "-" or lab[-1] == "-" or [c for c in lab if not (c.isalpha() or c.isdigit() or c == "-") or ord(c) > 0x7F]:
-            ok = False
-    if not ok:
+        if not 0 < len(lab) < 64 or "-" in (lab[0], lab[-1]) or [c for c in lab if not (c.isalpha() or c.isdigit() or c == "-") or c > "\x7f"]:
+            labels = ()
+    if not labels or len(name) > 253:
         raise _err("bad DNS name %r" % (name,))
     return name.encode()
 
 
 def _ipv4(s):
     p = s.split(".")
-    if len(p) != 4 or [x for x in p if not 0 < len(x) < 4 or x.strip("0123456789") or (x[0] == "0" and len(x) > 1) or int(x) > 255]:
-        return None
-    return bytes([int(x) for x in p])
-
-
-def parse_ip(text):
-    """IPv4 dotted quad or IPv6 text -> 4 or 16 bytes (4/16 bytes pass
-    through); LocalProtocolError if malformed."""
-    if isinstance(text, (bytes, bytearray)) and len(text) in (4, 16):
-        return bytes(text)
-    r = None
-    if isinstance(text, str):
-        if ":" not in text:
-            r = _ipv4(text)
-        else:
-            r = _ipv6(text)
-    if r is None:
-        raise _err("bad IP address %r" % (text,))
-    return r
+    if len(p) != 4 or [x for x in p if not 0 < len(x) < 4 or x.strip("0123456789") or x[0] == "0" and len(x) > 1]:
+        raise ValueError
+    return bytes([int(x) for x in p])  # ValueError above 255
 
 
 def _ipv6(text):
@@ -136,8 +101,6 @@ def _ipv6(text):
     if "." in text:  # embedded IPv4 tail (::ffff:192.0.2.1)
         i = text.rfind(":")
         tail = _ipv4(text[i + 1 :])
-        if tail is None:
-            return None
         text = text[: i + 1]
         if text[-2:] != "::":
             text = text[:-1]
@@ -146,7 +109,7 @@ def _ipv6(text):
     for h in halves:
         g = h.split(":") if h else []
         if len(halves) > 2 or [x for x in g if not 0 < len(x) <= 4 or x.strip("0123456789abcdefABCDEF")]:
-            return None
+            raise ValueError
         parts.append([int(x, 16) for x in g])
     want = 8 - len(tail) // 2
     words = parts[0]
@@ -154,12 +117,19 @@ def _ipv6(text):
         fill = want - len(words) - len(parts[1])
         words = words + [0] * fill + parts[1] if fill > 0 else ()
     if len(words) != want:
-        return None
+        raise ValueError
     return b"".join([w.to_bytes(2, "big") for w in words]) + tail
 
 
-def _ext_der(oid, critical, value):
-    return der.seq(der.oid(oid), der.boolean(True) if critical else b"", der.octet_string(value))
+def parse_ip(text):
+    """IPv4 dotted quad or IPv6 text -> 4 or 16 bytes (4/16 bytes pass
+    through); LocalProtocolError if malformed."""
+    if isinstance(text, (bytes, bytearray)) and len(text) in (4, 16):
+        return bytes(text)
+    try:
+        return (_ipv6 if ":" in text else _ipv4)(text)
+    except (TypeError, ValueError):
+        raise _err("bad IP address %r" % (text,))
 
 
 class CsrBuilder:
@@ -173,11 +143,10 @@ class CsrBuilder:
         self.unmet = unmet  # from apply_csrattrs: requirements not satisfied
         self.ignored = ignored  # from apply_csrattrs: entries not understood
 
-    def _replace(self, **kw):
-        d = {"_subject": self._subject, "_cp": self._cp, "_exts": self._exts, "_attrs": self._attrs,
-             "unmet": self.unmet, "ignored": self.ignored}
-        d.update(kw)
-        return CsrBuilder(**d)
+    def _set(self, name, v):
+        b = CsrBuilder(self._subject, self._cp, self._exts, self._attrs, self.unmet, self.ignored)
+        setattr(b, name, v)
+        return b
 
     def _find_ext(self, oid):
         for e in self._exts:
@@ -186,8 +155,8 @@ class CsrBuilder:
 
     def _add_ext(self, oid, critical, value, what):
         if self._find_ext(oid):
-            raise _err("%s may only be set once" % what)
-        return self._replace(_exts=self._exts + ((oid, bool(critical), value),))
+            raise _err(what + " may only be set once")
+        return self._set("_exts", self._exts + ((oid, bool(critical), value),))
 
     # ------------------------------------------------------------ setters
 
@@ -201,38 +170,32 @@ class CsrBuilder:
             raise _err("subject may only be set once")
         items = list(pairs or ())
         for k in names:
-            if k not in _NAMES:
-                raise _err("unknown subject keyword %r (use %s)" % (k, ", ".join(_ORDER)))
-        for k in _ORDER:
+            if k not in _KW:
+                raise _err("unknown subject keyword %r (use %s)" % (k, ", ".join(_KW)))
+        for k in _KW:
             v = names.get(k)
             for x in v if isinstance(v, (list, tuple)) else () if v is None else (v,):
                 items.append((k, x))
         if not items:
-            raise _err("subject needs at least one attribute")
+            raise _err("empty subject")
         out = []
         for k, v in items:
-            spec = _NAMES.get(k)
-            oid = spec[0] if spec else k
-            der.oid_bytes(oid)  # validates dotted text
-            for s in _NAMES.values():
-                if s[0] == oid:
-                    spec = s
-            kind, maxlen = spec[1:] if spec else ("u", 255)
+            oid, kind, n = _spec(k)
             if isinstance(v, (bytes, bytearray, memoryview)):
-                val = _one_der(v, "subject value " + oid)
+                v = _one_der(v, "subject value " + oid)
             else:
-                if maxlen == 2 and not (isinstance(v, str) and len(v) == 2 and v.isalpha()):
-                    raise _err("country must be 2 letters, got %r" % (v,))
-                val = _string(kind, v, "subject " + k, maxlen)
-            out.append((oid, val))
-        return self._replace(_subject=tuple(out))
+                if n == 2 and not (isinstance(v, str) and len(v) == 2 and v.isalpha()):
+                    raise _err("country %r: 2 letters" % (v,))
+                v = _string(kind, v, "subject " + k, n)
+            out.append((oid, v))
+        return self._set("_subject", tuple(out))
 
     def san(self, dns=(), ip=(), uri=(), email=(), critical=False):
         """subjectAltName from lists of DNS names, IP addresses (IPv4/IPv6
         text or 4/16 bytes), URIs and e-mail addresses. If the subject is
         left empty the extension is marked critical (RFC 5280 §4.2.1.6)."""
         if [x for x in (dns, ip, uri, email) if isinstance(x, (str, bytes))]:
-            raise _err("san() takes lists, e.g. dns=['a.example']")
+            raise _err("san() takes lists")
         names = [der.tlv(0x81, _ascii(e, "e-mail")) for e in email]
         names += [der.tlv(0x82, _dns(d)) for d in dns]
         for u in uri:
@@ -241,24 +204,25 @@ class CsrBuilder:
             names.append(der.tlv(0x86, u.encode()))
         names += [der.tlv(0x87, parse_ip(a)) for a in ip]
         if not names:
-            raise _err("san() needs at least one name")
+            raise _err("san() without names")
         return self._add_ext(_SAN, critical, der.seq(*names), "subjectAltName")
 
     def key_usage(self, critical=True, **bits):
         """keyUsage; keywords digital_signature, content_commitment,
         key_encipherment, data_encipherment, key_agreement, key_cert_sign,
         crl_sign, encipher_only, decipher_only (True to set)."""
+        ku = _KU.split()
         v = 0
         for k in bits:
-            if k not in _KU_BITS:
+            if k not in ku:
                 raise _err("unknown key usage %r" % k)
             if bits[k]:
-                v |= 0x8000 >> _KU_BITS.index(k)
-        if not v or (v & 0x0180 and not v & 0x0800):
-            raise _err("key_usage needs a usage (encipher_only/decipher_only need key_agreement)")
+                v |= 0x8000 >> ku.index(k)
+        if not v or v & 0x0180 and not v & 0x0800:
+            raise _err("key_usage: none, or encipher/decipher_only without key_agreement")
         n = 2 if v & 0xFF else 1
         unused = 0
-        while not v & (1 << unused):
+        while not v >> unused & 1:
             unused += 1
         data = v.to_bytes(2, "big")[:n]
         return self._add_ext("2.5.29.15", critical, der.bit_string(data, unused - 8 * (2 - n)), "key_usage")
@@ -269,7 +233,7 @@ class CsrBuilder:
         or dotted OIDs."""
         oids = [EKU_NAMES.get(u, u) for u in usages]
         if not oids or len(set(oids)) != len(oids):
-            raise _err("extended_key_usage needs distinct usages")
+            raise _err("extended_key_usage: none or repeated")
         return self._add_ext("2.5.29.37", critical, der.seq(*[der.oid(o) for o in oids]), "extended_key_usage")
 
     def extension(self, oid, value, critical=False):
@@ -286,26 +250,28 @@ class CsrBuilder:
         if self._cp is not None:
             raise _err("challenge_password may only be set once")
         if isinstance(value, (bytes, bytearray, memoryview)) and len(value):
-            value = binascii.b2a_base64(bytes(value)).strip().decode()
+            from binascii import b2a_base64
+
+            value = b2a_base64(bytes(value)).strip().decode()
         kind = "p"
-        if isinstance(value, str) and [c for c in value if ord(c) > 0x7F or not der.is_printable_char(ord(c))]:
+        if isinstance(value, str) and [c for c in value if c > "\x7f" or not der.is_printable_char(ord(c))]:
             kind = "u"
-        return self._replace(_cp=_string(kind, value, "challenge password", 255))
+        return self._set("_cp", _string(kind, value, "challenge password", 255))
 
     def attribute(self, oid, values):
         """Any other CSR attribute: oid (dotted) and its values (one DER
         element or a list of them)."""
         der.oid_bytes(oid)
         if oid in (_CP, _EXT_REQ):
-            raise _err("use challenge_password()/extension setters for " + oid)
+            raise _err("set %s with challenge_password()/extension()" % oid)
         if [a for a in self._attrs if a[0] == oid]:
             raise _err("attribute %s may only be set once" % oid)
         if isinstance(values, (bytes, bytearray, memoryview)):
             values = [values]
-        vals = tuple(_one_der(v, "attribute value") for v in values)
+        vals = tuple([_one_der(v, "attribute value") for v in values])
         if not vals:
             raise _err("attribute %s needs a value" % oid)
-        return self._replace(_attrs=self._attrs + ((oid, vals),))
+        return self._set("_attrs", self._attrs + ((oid, vals),))
 
     # ------------------------------------------------------------ csrattrs
 
@@ -317,44 +283,11 @@ class CsrBuilder:
         curve, a challengePassword not yet set, a template extension the
         caller must fill in) and .ignored lists entries not understood (RFC
         7030: a client ignores those). strict=True raises LocalProtocolError
-        if anything is unmet."""
-        from est_lite import csrattrs as ca
+        if anything is unmet. (The code is in est_lite.csrattrs: loaded only
+        when used.)"""
+        from est_lite import csrattrs
 
-        b = self
-        unmet = list(self.unmet)
-        ignored = list(self.ignored)
-        t = attrs.template or {}
-        if attrs.wants_challenge_password and b._cp is None:
-            unmet.append("challengePassword (call challenge_password() with the channel binding)")
-        for what, got, ok in (
-            ("key curve", attrs.key_curve, (None, ca.P256)),
-            ("key algorithm", t.get("key_alg"), (None, ca.EC_PUBLIC_KEY)),
-            ("signature algorithm", attrs.signature_alg, (None,) + _OK_SIG),
-        ):
-            if got not in ok:
-                unmet.append("%s %s (only P-256 / ecdsa-with-SHA256 supported)" % (what, got))
-        for oid, crit, val in attrs.extensions:
-            have = b._find_ext(oid)
-            if have is None and val is not None:
-                b = b._add_ext(oid, crit, val, oid)
-            elif have is None or (val is not None and have[2] != val):
-                unmet.append("extension %s: %s" % (oid, "to be filled in by the client" if have is None else "server value differs"))
-        subj = t.get("subject")
-        if subj:
-            if b._subject is None and None not in [v for _, v in subj]:
-                b = b._replace(_subject=tuple(subj))
-            else:
-                mine = [o for o, _ in b._subject or ()]
-                unmet += ["subject attribute " + o for o, _ in subj if o not in mine]
-        mine = [o for o, _ in b._subject or ()] + [e[0] for e in b._exts]
-        known = (ca.CHALLENGE_PASSWORD,) + tuple(ca._HASHES) + ca._CURVES
-        ignored += ["OID " + o for o in attrs.oids if o not in known and o not in mine]
-        skip = (ca.CHALLENGE_PASSWORD, ca.EXTENSION_REQUEST, ca.EXTENSION_REQ_TEMPLATE, ca.CSR_TEMPLATE, ca.EC_PUBLIC_KEY)
-        ignored += ["attribute " + o for o, _ in attrs.attributes if o not in skip]
-        ignored += ["malformed " + u for u in attrs.unparsed]
-        if strict and unmet:
-            raise _err("cannot satisfy CSR attributes: " + "; ".join(unmet))
-        return b._replace(unmet=tuple(unmet), ignored=tuple(ignored))
+        return csrattrs.apply(self, attrs, strict)
 
     # ------------------------------------------------------------ output
 
@@ -363,9 +296,9 @@ class CsrBuilder:
         bytes to sign (for signers that are not a simple object)."""
         pk = bytes(public_key)
         if len(pk) != 65 or pk[0] != 4:
-            raise _err("public key must be a 65-byte uncompressed P-256 point 0x04||X||Y (only P-256 is supported)")
+            raise _err("public key: not a 65-byte 0x04||X||Y point (only P-256)")
         rdns = [der.tlv(der.SET, der.seq(der.oid(o), v)) for o, v in self._subject or ()]
-        exts = [_ext_der(o, c or (o == _SAN and not rdns), v) for o, c, v in self._exts]
+        exts = [der.seq(der.oid(o), der.boolean(1) if c or o == _SAN and not rdns else b"", der.octet_string(v)) for o, c, v in self._exts]
         attrs = [der.seq(der.oid(o), der.set_of(*v)) for o, v in self._attrs]
         if self._cp is not None:
             attrs.append(der.seq(der.oid(_CP), der.tlv(der.SET, self._cp)))
@@ -389,7 +322,7 @@ class CsrBuilder:
         except RemoteProtocolError:
             ok = False
         if not ok:
-            raise _err("signer must return a DER ECDSA signature SEQUENCE { r INTEGER, s INTEGER }")
+            raise _err("signer: not a DER ECDSA signature")
         return der.seq(info, der.seq(der.oid(der.OID_ECDSA_SHA256)), der.bit_string(sig))
 
     def sign(self, signer):

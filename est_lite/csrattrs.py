@@ -15,7 +15,7 @@
 # the whole response: a client MUST ignore what it does not understand.
 
 from est_lite import der
-from est_lite.errors import LimitError, RemoteProtocolError
+from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
 
 CHALLENGE_PASSWORD = "1.2.840.113549.1.9.7"
 EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
@@ -25,19 +25,13 @@ P256 = "1.2.840.10045.3.1.7"
 CSR_TEMPLATE = "1.2.840.113549.1.9.16.2.61"  # id-aa-certificationRequestInfoTemplate
 EXTENSION_REQ_TEMPLATE = "1.2.840.113549.1.9.16.2.62"  # id-aa-extensionReqTemplate
 
-# signature or hash algorithm OID -> hash name
-_HASHES = {
-    "1.2.840.10045.4.3.2": "sha256",  # ecdsa-with-SHA256
-    "1.2.840.10045.4.3.3": "sha384",
-    "1.2.840.10045.4.3.4": "sha512",
-    "1.2.840.113549.1.1.11": "sha256",  # sha256WithRSAEncryption
-    "1.2.840.113549.1.1.12": "sha384",
-    "1.2.840.113549.1.1.13": "sha512",
-    "2.16.840.1.101.3.4.2.1": "sha256",
-    "2.16.840.1.101.3.4.2.2": "sha384",
-    "2.16.840.1.101.3.4.2.3": "sha512",
-}
-_CURVES = ("1.2.840.10045.3.1.7", "1.3.132.0.34", "1.3.132.0.35")
+# signature or hash algorithm OIDs, by hash: ecdsa-with-SHAx, shaxWithRSAEncryption, SHA-x
+_HASHES = (
+    ("sha256", "1.2.840.10045.4.3.2", "1.2.840.113549.1.1.11", "2.16.840.1.101.3.4.2.1"),
+    ("sha384", "1.2.840.10045.4.3.3", "1.2.840.113549.1.1.12", "2.16.840.1.101.3.4.2.2"),
+    ("sha512", "1.2.840.10045.4.3.4", "1.2.840.113549.1.1.13", "2.16.840.1.101.3.4.2.3"),
+)
+_CURVES = (P256, "1.3.132.0.34", "1.3.132.0.35")
 
 
 class CsrAttrs:
@@ -52,11 +46,12 @@ class CsrAttrs:
     unparsed    short descriptions of values we kept but could not interpret
     """
 
+    template = None
+
     def __init__(self):
         self.oids = []
         self.attributes = []
         self.extensions = []
-        self.template = None
         self.unparsed = []
 
     def __len__(self):
@@ -64,12 +59,7 @@ class CsrAttrs:
 
     def has(self, oid):
         """True if oid is requested, bare or as an attribute type."""
-        if oid in self.oids:
-            return True
-        for t, _ in self.attributes:
-            if t == oid:
-                return True
-        return False
+        return oid in self.oids or oid in [t for t, _ in self.attributes]
 
     def values(self, oid):
         """Values (DER bytes) of the first attribute of that type, or []."""
@@ -80,10 +70,8 @@ class CsrAttrs:
 
     @property
     def wants_challenge_password(self):
-        if self.has(CHALLENGE_PASSWORD):
-            return True
         t = self.template
-        return t is not None and _has_attr(t["attributes"], CHALLENGE_PASSWORD)
+        return self.has(CHALLENGE_PASSWORD) or t is not None and CHALLENGE_PASSWORD in [a for a, _ in t["attributes"]]
 
     @property
     def key_curve(self):
@@ -98,29 +86,26 @@ class CsrAttrs:
         for o in self.oids:
             if o in _CURVES:
                 return o
-        return None
 
     @property
     def signature_alg(self):
         """First bare OID that names a signature or hash algorithm, or None."""
-        for o in self.oids:
-            if o in _HASHES:
-                return o
-        return None
+        return (self._sig() or (None,))[0]
 
     @property
     def hash_alg(self):
         """'sha256', 'sha384', 'sha512' or None."""
-        o = self.signature_alg
-        return _HASHES[o] if o else None
+        return (self._sig() or (0, None))[1]
+
+    def _sig(self):
+        for o in self.oids:
+            for h in _HASHES:
+                if o in h[1:]:
+                    return o, h[0]
 
     @property
     def extension_oids(self):
         return [e[0] for e in self.extensions]
-
-
-def _has_attr(attrs, oid):
-    return [1 for t, _ in attrs if t == oid] != []
 
 
 def _oid_value(v):
@@ -252,5 +237,52 @@ def decode(data, max_items=32, max_size=4096):
                 except RemoteProtocolError as ex:
                     res.unparsed.append("%s: %s" % (ty, ex))
         else:
-            raise _bad("entry: tag 0x%02x is neither OID nor Attribute" % t)
+            raise _bad("entry tag 0x%02x (not OID or Attribute)" % t)
     return res
+
+
+# ---------------------------------------------------------------- following them
+
+
+def apply(builder, attrs, strict=False):
+    """est_lite.csr.CsrBuilder.apply_csrattrs (see there): a new builder
+    following attrs, with .unmet and .ignored."""
+    b = builder
+    unmet = list(builder.unmet)
+    ignored = list(builder.ignored)
+    t = attrs.template or {}
+    if attrs.wants_challenge_password and b._cp is None:
+        unmet.append("challengePassword (challenge_password())")
+    for what, got, ok in (
+        ("key curve", attrs.key_curve, (P256,)),
+        ("key algorithm", t.get("key_alg"), (EC_PUBLIC_KEY,)),
+        ("signature algorithm", attrs.signature_alg, ("1.2.840.10045.4.3.2", "2.16.840.1.101.3.4.2.1")),
+    ):
+        if got is not None and got not in ok:
+            unmet.append("%s %s (only P-256 / ecdsa-with-SHA256 supported)" % (what, got))
+    for oid, crit, val in attrs.extensions:
+        have = b._find_ext(oid)
+        if have is None and val is not None:
+            b = b._add_ext(oid, crit, val, oid)
+        elif have is None or val is not None and have[2] != val:
+            unmet.append("extension %s: %s" % (oid, "to be filled in by the client" if have is None else "server value differs"))
+    subj = t.get("subject")
+    if subj:
+        if b._subject is None and None not in [v for _, v in subj]:
+            b = b._set("_subject", tuple(subj))
+        else:
+            mine = [o for o, _ in b._subject or ()]
+            unmet += ["subject attribute " + o for o, _ in subj if o not in mine]
+    mine = [o for o, _ in b._subject or ()] + [e[0] for e in b._exts]
+    known = [CHALLENGE_PASSWORD] + list(_CURVES)
+    for h in _HASHES:
+        known += h[1:]
+    skip = (CHALLENGE_PASSWORD, EXTENSION_REQUEST, EXTENSION_REQ_TEMPLATE, CSR_TEMPLATE, EC_PUBLIC_KEY)
+    ignored += ["OID " + o for o in attrs.oids if o not in known and o not in mine]
+    ignored += ["attribute " + o for o, _ in attrs.attributes if o not in skip]
+    ignored += ["malformed " + u for u in attrs.unparsed]
+    if strict and unmet:
+        raise LocalProtocolError("cannot satisfy CSR attributes: " + "; ".join(unmet))
+    b = b._set("unmet", tuple(unmet))
+    b.ignored = tuple(ignored)
+    return b
