@@ -243,7 +243,7 @@ def main(argv=None):
     cfg = load_config(os.path.join(tmp, "server.toml"))
     https = server_from_config(cfg)
     port = https.start()
-    coaps = EstCoapsServer.from_config(https.service, cfg, port=0)
+    coaps = EstCoapsServer.from_config(https.service, cfg, port=0, mtu=args.mtu)
     cport = coaps.start()
     try:
         ca = https.service.ca
