@@ -2,28 +2,15 @@
 # est_lite.client, same flow table, same events. Kept apart so that a
 # CoAP-only device does not load it.
 
+from est_lite import client as C
 from est_lite import http1
-from est_lite import numbers as N
-from est_lite.client import (
-    AUTH,
-    AWAIT_RESPONSE,
-    DEFAULT_RETRY_AFTER,
-    FINAL,
-    RETRY,
-    SEND,
-    SENDING,
-    AuthRequired,
-    CsrAttrs,
-    Operation,
-    RetryAfter,
-    _text,
-)
 from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, ServerError
 
-_CF = {N.MT_PKCS7: N.CF_PKCS7_CERTS, N.MT_CSRATTRS: N.CF_CSRATTRS, N.MT_PKIX_CERT: N.CF_PKIX_CERT}
+# response media type -> CoAP content format (numbers.CF_*), for decode_result
+_CF = {"application/pkcs7-mime": 281, "application/csrattrs": 285, "application/pkix-cert": 287}
 
 
-class HttpOperation(Operation):
+class HttpOperation(C.Operation):
     """One EST operation over an HTTP/1.1 connection (the port's TLS stream).
 
     host: the Host header; body: the CSR (DER) of POST operations (sent as
@@ -51,8 +38,10 @@ class HttpOperation(Operation):
         max_certs=8,
     ):
         super().__init__(op, body, public_key, max_body, max_certs)
-        self.method = "GET" if N.OP_METHODS[op] == N.GET else "POST"
-        self.path = N.https_path(op, label)
+        from est_lite.paths import https_path
+
+        self.method = "POST" if op > 1 else "GET"
+        self.path = https_path(op, label)
         self.label = label
         self.host = host
         self.auth = auth
@@ -66,29 +55,28 @@ class HttpOperation(Operation):
 
     def send(self):
         """The request bytes to write now, or None."""
-        if self.state not in SENDING:
-            return None
-        data = http1.build_est_request(
-            self.op, self.host, self._body, self.label, authorization=self._authz, accept=self.accept
-        )
-        self._tried = self._authz is not None
-        self._to(SEND)
-        self.need_new_connection = False
-        return data
+        if self.state in C.SENDING:
+            data = http1.build_est_request(
+                self.op, self.host, self._body, self.label, authorization=self._authz, accept=self.accept
+            )
+            self._tried = self._authz is not None
+            self._to(C.SEND)
+            self.need_new_connection = False
+            return data
 
     def receive_data(self, data):
         """Feed bytes read from the connection; b"" means EOF. They are
         parsed at once, so nothing beyond max_header/max_body is buffered."""
-        if self.state == AWAIT_RESPONSE:
+        if self.state == C.AWAIT_RESPONSE:
             self._parser.receive_data(data)
             self._poll()
 
     def next_event(self):
         self._poll()
-        return Operation.next_event(self)
+        return C.Operation.next_event(self)
 
     def _poll(self):
-        if self.state == AWAIT_RESPONSE and self._exc is None:
+        if self.state == C.AWAIT_RESPONSE and self._exc is None:
             try:
                 r = self._parser.next_event()
                 if r is not http1.NEED_DATA:
@@ -101,35 +89,35 @@ class HttpOperation(Operation):
 
     def _handle(self, r):
         s = r.status
-        if s == 202 or (s == 503 and r.retry_after is not None):
-            return self._finish(RETRY, RetryAfter(DEFAULT_RETRY_AFTER if r.retry_after is None else r.retry_after))
+        a = self.auth
+        if s == 202 or s == 503 and r.retry_after is not None:
+            return self._finish(C.RETRY, C.RetryAfter(C.DEFAULT_RETRY_AFTER if r.retry_after is None else r.retry_after))
         if s == 401:
             ch = http1.parse_challenges([v for k, v in r.headers if k == "www-authenticate"])
-            if self.auth is None:
-                return self._finish(FINAL, AuthRequired(ch))
+            if a is None:
+                return self._finish(C.FINAL, C.AuthRequired(ch))
             d = http1.pick_digest(ch)
             if self._tried:
                 pass
             elif d is not None:
                 if self.cnonce is None:
                     raise LocalProtocolError("the server wants Digest authentication: give HttpOperation a cnonce")
-                self._authz = http1.digest_auth(d, self.method, self.path, self.auth[0], self.auth[1], self.cnonce)
-                return self._to(AUTH)
-            elif [1 for c in ch if c[0] == "basic"]:
-                self._authz = http1.basic_auth(self.auth[0], self.auth[1])
-                return self._to(AUTH)
-        if self.op == N.OP_CSRATTRS and s in (204, 404):
-            return self._finish(FINAL, CsrAttrs(None, b""))
+                self._authz = http1.digest_auth(d, self.method, self.path, a[0], a[1], self.cnonce)
+                return self._to(C.AUTH)
+            elif "basic" in [c[0] for c in ch]:
+                self._authz = http1.basic_auth(a[0], a[1])
+                return self._to(C.AUTH)
+        if self.op == 1 and s in (204, 404):
+            return self._finish(C.FINAL, C.CsrAttrs(None, b""))
         if s != 200:
-            d = _text(r.body)
+            d = C._text(r.body)
             raise ServerError("the server answered %d %s %s" % (s, r.reason, d), None, s, d)
         ct = r.content_type
-        if self.op == N.OP_SERVERKEYGEN:
-            if ct != N.MT_MULTIPART_MIXED or "boundary" not in r.params:
+        if self.op == 4:
+            if ct != "multipart/mixed" or "boundary" not in r.params:
                 raise RemoteProtocolError("serverkeygen answer is not multipart/mixed with a boundary")
             key, kt, certs = http1.split_serverkeygen(r.body, r.params["boundary"], self.max_body)
-            kt = N.CF_PKCS8 if kt == N.MT_PKCS8 else N.CF_PKCS7_SERVER_KEYGEN
-            return self._result(None, [(kt, key), (N.CF_PKCS7_CERTS, certs)])
+            return self._result(None, [(284 if kt == "application/pkcs8" else 280, key), (281, certs)])
         cf = _CF.get(ct, -1) if ct else None
         if cf == -1:
             raise RemoteProtocolError("unexpected Content-Type %r" % ct)

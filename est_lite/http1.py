@@ -9,33 +9,16 @@
 # - parse_challenges / pick_digest (WWW-Authenticate, RFC 7235 / 7616)
 # The port owns the socket and feeds bytes in. See docs/http1.md.
 
-try:
-    from micropython import const
-except ImportError:  # CPython
+from binascii import a2b_base64, b2a_base64
 
-    def const(x):
-        return x
+from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError, const
 
-
-from binascii import a2b_base64, b2a_base64, hexlify
-
-from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
-from est_lite.numbers import (
-    MT_PKCS7,
-    MT_PKCS7_SERVER_KEYGEN,
-    MT_PKCS8,
-    MT_PKCS10,
-    OP_FULLCMC,
-    OP_METHODS,
-    POST,
-    https_path,
-)
+_MT_PKCS7 = "application/pkcs7-mime"  # = numbers.MT_PKCS7 (numbers is not loaded here)
+_MT_PKCS8 = "application/pkcs8"
 
 NEED_DATA = "NEED_DATA"
 RETRY_AFTER_DEFAULT = const(60)  # seconds, for a Retry-After in HTTP-date form
 
-_TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_DIGITS = "0123456789"
 _B64WIN = const(1024)  # input bytes per base64 decoding window
 _PREALLOC = const(4096)  # a Content-Length body is allocated up to this at once, then grows as bytes arrive
 
@@ -50,14 +33,14 @@ _DONE = const(6)
 _GONE = const(7)  # the Response was returned
 
 
-def _only(s, chars):
+def _only(s, chars="0123456789"):
     # non-empty and every character in chars (int()/isdigit() accept too much)
-    if not s:
-        return False
-    for c in s:
-        if c not in chars:
-            return False
-    return True
+    return s != "" and not s.strip(chars)
+
+
+def _istok(s):
+    # a non-empty RFC 9110 token
+    return s != "" and not [c for c in s if c <= " " or c >= "\x7f" or c in '"(),/:;<=>?@[\\]{}']
 
 
 def _text(b):
@@ -111,7 +94,7 @@ def build_request(
 ):
     """Request bytes. Content-Length goes with every body and every method
     but GET/HEAD; Content-Transfer-Encoding (None to omit) only with a body."""
-    if not _only(method, _TCHARS):
+    if not _istok(method):
         raise LocalProtocolError("bad HTTP method %r" % method)
     if path[:1] != "/":
         raise LocalProtocolError("path %r: no leading '/'" % path)
@@ -133,7 +116,7 @@ def build_request(
     out = ["%s %s HTTP/1.1\r\n" % (method, path)]
     for name, value in h:
         if value:
-            if not _only(name, _TCHARS):
+            if not _istok(name):
                 raise LocalProtocolError("bad header name %r" % name)
             _check("header value", value, "")
             out.append("%s: %s\r\n" % (name, value))
@@ -145,10 +128,12 @@ def build_est_request(op, host, der=b"", label=None, **kw):
     """Request for EST operation op (numbers.OP_*): GET for cacerts and
     csrattrs; otherwise POST of base64(der) as application/pkcs10
     (application/pkcs7-mime for fullcmc). Other keywords: build_request."""
+    from est_lite.paths import https_path
+
     path = https_path(op, label)
-    if OP_METHODS[op] != POST:
+    if op < 2:
         return build_request("GET", path, host, **kw)
-    return build_request("POST", path, host, MT_PKCS7 if op == OP_FULLCMC else MT_PKCS10, b64_encode_lines(der), **kw)
+    return build_request("POST", path, host, _MT_PKCS7 if op == 5 else "application/pkcs10", b64_encode_lines(der), **kw)
 
 
 # ---------------------------------------------------------------- authentication
@@ -157,12 +142,12 @@ def build_est_request(op, host, der=b"", label=None, **kw):
 def basic_auth(user, password):
     """Authorization value for HTTP Basic (RFC 7617), UTF-8."""
     if ":" in user:
-        raise LocalProtocolError("a Basic user-id may not contain ':'")
+        raise LocalProtocolError("Basic user-id with ':'")
     return "Basic " + str(b2a_base64(("%s:%s" % (user, password)).encode(), newline=False), "ascii")
 
 
 def _tok(s, i):
-    while i < len(s) and s[i] in _TCHARS:
+    while i < len(s) and _istok(s[i]):
         i += 1
     return i
 
@@ -244,8 +229,10 @@ def digest_auth(challenge, method, uri, user, password, cnonce, nc=1):
     a = alg.upper()
     sess = a[-5:] == "-SESS"
     fn = getattr(hashlib, {"MD5": "md5", "SHA-256": "sha256"}.get(a[:-5] if sess else a, "-"), None)
+    from binascii import hexlify
+
     if fn is None:
-        raise LocalProtocolError("Digest algorithm %s unavailable (have MD5, SHA-256)" % alg)
+        raise LocalProtocolError("Digest algorithm %s unavailable (MD5, SHA-256 are)" % alg)
 
     def H(*x):
         return str(hexlify(fn(":".join(x).encode()).digest()), "ascii")
@@ -297,7 +284,7 @@ def _headers(lines):
             out[-1] = (out[-1][0], out[-1][1] + " " + line.strip(" \t"))
             continue
         name, colon, value = line.partition(":")
-        if not colon or not _only(name, _TCHARS):
+        if not colon or not _istok(name):
             raise RemoteProtocolError("malformed header line %r" % line[:60])
         out.append((name.lower(), value.strip(" \t")))
     return out
@@ -339,7 +326,7 @@ class Response(Part):
         self.keep_alive = "keep-alive" in c if version == "HTTP/1.0" else "close" not in c
         v = self.header("retry-after")
         if v is not None:
-            v = (int(v) if len(v) < 10 else 999999999) if _only(v, _DIGITS) else RETRY_AFTER_DEFAULT
+            v = (int(v) if len(v) < 10 else 999999999) if _only(v) else RETRY_AFTER_DEFAULT
         self.retry_after = v
 
     def __repr__(self):
@@ -382,7 +369,7 @@ class ResponseParser:
     def next_event(self):
         buf = self._buf
         if self._state == _GONE:
-            raise LocalProtocolError("call reset() for the next response")
+            raise LocalProtocolError("reset() for the next response")
         while self._state < _DONE:
             st = self._state
             if st <= _CDATA and st != _HEAD:  # _LEN, _CDATA
@@ -409,7 +396,7 @@ class ResponseParser:
                         self._head()
             elif st == _CEND:
                 if line:
-                    raise RemoteProtocolError("chunk data not followed by CRLF")
+                    raise RemoteProtocolError("no CRLF after chunk data")
                 self._state = _CSIZE
                 self._n = 0
             elif st == _TRAIL:
@@ -457,7 +444,7 @@ class ResponseParser:
         self._lines = []
         self._n = 0
         v, c, reason = (lines[0] + "  ").split(" ", 2)
-        if v not in ("HTTP/1.1", "HTTP/1.0") or len(c) != 3 or not _only(c, _DIGITS) or not "100" <= c < "600":
+        if v not in ("HTTP/1.1", "HTTP/1.0") or len(c) != 3 or not _only(c) or not "100" <= c < "600":
             raise RemoteProtocolError("bad HTTP status line %r" % lines[0][:60])
         if c < "200":  # 1xx: informational, skipped
             return
@@ -473,7 +460,7 @@ class ResponseParser:
             self._state = _CSIZE
         elif cl != {""}:
             n = cl.pop()
-            if cl or not _only(n, _DIGITS):
+            if cl or not _only(n):
                 raise RemoteProtocolError("bad Content-Length %r" % r.header("content-length"))
             if len(n) > 12 or int(n) > self.max_body:
                 raise _limit("Content-Length " + n, "max_body", self.max_body)
@@ -565,7 +552,7 @@ def parse_multipart(body, boundary, max_parts=8):
         if b >= 0 and (a < 0 or b < a):
             a, skip = b, 2
         if a < 0:
-            raise _mp("no blank line after part headers")
+            raise _mp("no blank line after headers")
         lines = [x[:-1] if x[-1:] == "\r" else x for x in _text(body[i:a]).split("\n")]
         if lines[0].strip(" \t"):
             raise _mp("junk after boundary")
@@ -580,11 +567,11 @@ def split_serverkeygen(body, boundary, max_out=8192):
     (CMS-protected key: the caller decides); certs_der: certs-only PKCS#7."""
     key = kt = certs = None
     for p in parse_multipart(body, boundary):
-        if p.content_type == MT_PKCS8:
-            key, kt = p, MT_PKCS8
-        elif p.content_type == MT_PKCS7:
+        if p.content_type == _MT_PKCS8:
+            key, kt = p, _MT_PKCS8
+        elif p.content_type == _MT_PKCS7:
             if p.params.get("smime-type", "").lower() == "server-generated-key":
-                key, kt = p, MT_PKCS7_SERVER_KEYGEN
+                key, kt = p, _MT_PKCS7 + "; smime-type=server-generated-key"
             else:
                 certs = p
     if key is None or certs is None:
