@@ -285,8 +285,7 @@ class AsyncTls(_Base):
             except asyncio.TimeoutError:
                 raise TransportError("no answer from %s:%s in %.0f s" % (self.host, self.port, timeout))
             if not data:
-                self._conn.bio_write_eof() if hasattr(self._conn, "bio_write_eof") else None
-                return b""
+                return b""  # the peer closed the TCP connection
             self._conn.bio_write(data)
 
     def close(self):
