@@ -1,4 +1,4 @@
-# micropython-heapsize: 160K
+# micropython-heapsize: 112K
 # Portable tests of est_lite/client.py: RFC 7959 block-wise transfers in
 # both directions (CPython and the MicroPython unix port).
 from _util import raises

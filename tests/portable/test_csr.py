@@ -1,4 +1,4 @@
-# micropython-heapsize: 192K
+# micropython-heapsize: 128K
 # Portable tests for est_lite.csr (CPython and MicroPython). The signer is a
 # deterministic fake (fixed key, fixed signature): these tests check
 # structure; tests/test_asn1_interop.py checks real signatures.

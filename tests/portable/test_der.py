@@ -1,4 +1,4 @@
-# micropython-heapsize: 96K
+# micropython-heapsize: 88K
 # Portable tests for est_lite.der (CPython and MicroPython).
 from _util import raises, unhex
 

@@ -1,5 +1,5 @@
 # Portable tests for est_lite/http1.py (CPython via pytest, MicroPython via run.py).
-# micropython-heapsize: 192K
+# micropython-heapsize: 128K
 import binascii
 import hashlib
 

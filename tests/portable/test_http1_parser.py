@@ -1,5 +1,5 @@
 # Portable tests for est_lite.http1.ResponseParser (CPython via pytest, MicroPython via run.py).
-# micropython-heapsize: 192K
+# micropython-heapsize: 176K
 from _util import raises
 
 from est_lite import http1 as h

@@ -1,4 +1,4 @@
-# micropython-heapsize: 128K
+# micropython-heapsize: 112K
 # Portable tests for est_lite.pkcs7 (CPython and MicroPython).
 # Vectors: tests/vectors/rfc7030_*.b64 (see tests/vectors/rfc7030_README.md
 # for where the bytes come from).
