@@ -266,3 +266,33 @@ def test_device_on_a_trust_set_crl_is_refused_in_the_handshake(srv):
         assert srv.issued_count() == before + 1
     finally:
         crls.remove(crl)
+
+
+def test_late_duplicate_clienthello_keeps_the_session(srv, dev):
+    """A network that duplicates datagrams may deliver the ClientHello that
+    carried the cookie again after the handshake: the established session
+    must survive it (RFC 6347 §4.2.8; found by the HIL fleet simulator)."""
+    from est_lite_cpython import dtls as d
+    from est_lite_cpython.dtls_client import DtlsClient
+
+    class Recording(DtlsClient):
+        sent = None
+
+        def _send_pending(self):
+            for dg in d.drain_bio(self._conn, self.mtu):
+                (self.sent if self.sent is not None else []).append(dg)
+                self._sock.send(dg)
+
+    c = Recording("127.0.0.1", srv.coaps_port, [srv.ca.root], cert=dev.cert, key=dev.key, timeout=10, connect=False)
+    c.sent = []
+    c.handshake()
+    try:
+        hellos = [dg for dg in c.sent if dg[0] == 22 and dg[13] == 1]
+        assert len(hellos) == 2  # without and with the cookie
+        before = srv.coaps_stats()["dtls_handshakes"]
+        c._sock.send(hellos[-1])  # the duplicate, late
+        time.sleep(0.2)
+        assert CoapsSession(c).cacerts().certs  # the session still works
+        assert srv.coaps_stats()["dtls_handshakes"] == before
+    finally:
+        c.close()

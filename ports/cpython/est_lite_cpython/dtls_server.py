@@ -198,6 +198,7 @@ class DtlsPeer:
         self.extended_master_secret = None
         self.max_payload = None
         self.verify_error = None
+        self._hello_random = None  # random of the ClientHello (with cookie) that opened the session
         self._retx = None
         self._deadline = None
 
@@ -417,13 +418,19 @@ class DtlsServer:
             self.stats["hello_verify_sent"] += 1
             return
         if peer is not None:
+            if info.random == peer._hello_random:
+                # the ClientHello that opened this session, delivered again
+                # (a network that duplicates datagrams, or a replay): not a
+                # new handshake, and no reason to drop the session
+                self.stats["ignored"] += 1
+                return
             self._close(peer, "client started a new handshake", notify=False)
         if len(self.sessions) >= self.max_sessions:
             self.stats["refused_full"] += 1
             return
-        self._new_session(addr, data, info.cookie, now)
+        self._new_session(addr, data, info.cookie, now, info.random)
 
-    def _new_session(self, addr, data, cookie, now):
+    def _new_session(self, addr, data, cookie, now, random=None):
         SSL = _d._ssl()
         try:
             conn = _d.new_connection(self._context(), self.mtu)
@@ -432,6 +439,7 @@ class DtlsServer:
             return
         peer = DtlsPeer(self, addr, conn, now)
         peer._cookie = cookie
+        peer._hello_random = random
         conn.set_app_data(peer)
         conn.set_accept_state()
         conn.bio_write(data)
