@@ -340,6 +340,23 @@ class CoapOperation(Operation):
     bytearray to encode requests into (shared by a session), else one of
     max_message bytes is made. `now`: seconds from any monotonic clock."""
 
+    # per-operation state (class attributes are the initial values)
+    _n = 0  # length of the request in _mv
+    _mid = -1  # message id of the request out
+    _sep = -1  # message id of the last separate response taken
+    _ctl = None  # an ACK or RST to send
+    _acked = False  # empty ACK seen: wait for the separate response
+    _t = 0  # time of the next retransmission or give-up
+    _tmo = 0  # current retransmission timeout
+    _tries = 0
+    _now = 0
+    _off1 = 0  # offset of the Block1 block out
+    _b1 = False  # the request out carries Block1
+    _last1 = True  # ... and it is the last block
+    _asm = None  # coap.BlockAssembler of a Block2 transfer (.cf: its Content-Format)
+    retransmissions = 0  # statistics for the port
+    ignored = 0
+
     def __init__(
         self,
         op,
@@ -376,23 +393,8 @@ class CoapOperation(Operation):
         self.max_retransmit = max_retransmit
         self.separate_timeout = separate_timeout
         self._mv = memoryview(buf or bytearray(max_message))
-        self._n = 0  # length of the request in _mv
-        self._mid = -1  # message id of the request out
-        self._sep = -1  # message id of the last separate response taken
-        self._ctl = None  # an ACK or RST to send
-        self._acked = False  # empty ACK seen: wait for the separate response
-        self._t = 0  # time of the next retransmission or give-up
-        self._tmo = 0  # current retransmission timeout
-        self._tries = 0
-        self._now = 0
         self._szx1 = szx  # Block1 size in use
-        self._off1 = 0  # offset of the Block1 block out
-        self._b1 = False  # the request out carries Block1
-        self._last1 = True  # ... and it is the last block
         self.szx = szx  # Block2 size to ask for
-        self._asm = None  # coap.BlockAssembler of a Block2 transfer (.cf: its Content-Format)
-        self.retransmissions = 0  # statistics for the port
-        self.ignored = 0
 
     def send(self, now):
         """The next datagram to send now (a memoryview valid until the next
@@ -482,6 +484,7 @@ class CoapOperation(Operation):
             m = coap.decode(data)
         except EstError:
             m = None
+        pig = -1  # the answer to take: 1 piggybacked, 0 separate, -1 none
         if m is not None:
             t = m.type
             mine = m.code >= 0x40 and m.token == self.token
@@ -494,7 +497,7 @@ class CoapOperation(Operation):
                         self._t = now + self.separate_timeout
                         return
                     if mine:
-                        return self._response(m, 1)
+                        pig = 1
             elif t == _CON and not mine:
                 self._ctl = _empty(_RST, m.mid)
             elif mine:
@@ -502,15 +505,12 @@ class CoapOperation(Operation):
                     self._ctl = _empty(_ACK, m.mid)
                 if m.mid != self._sep and self.state == AWAIT_RESPONSE:
                     self._sep = m.mid
-                    return self._response(m, 0)
-        self.ignored += 1
-
-    def _response(self, m, piggybacked):
+                    pig = 0
         try:
-            if self._handle(m):
+            if pig < 0 or self._handle(m):
                 # a block that does not fit: a late separate answer to an
                 # earlier request is dropped; a piggybacked one is an error
-                if piggybacked:
+                if pig > 0:
                     raise RemoteProtocolError("answer for another block")
                 self.ignored += 1
         except EstError as e:
