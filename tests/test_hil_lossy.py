@@ -136,14 +136,11 @@ def test_bad_parameters():
             LossyRelay(("127.0.0.1", 9), **kw)
 
 
-@pytest.mark.xfail(strict=True, reason="est_lite_cpython.dtls_server closes an established session when a "
-                                       "duplicated (or replayed) ClientHello with a valid cookie arrives "
-                                       "(RFC 6347 4.2.8: keep it until the new handshake completes); reported")
 def test_a_late_duplicate_clienthello_does_not_kill_the_session(tmp_path):
     """A network that duplicates datagrams can deliver the client's second
     ClientHello (with the cookie) again after the handshake: the session
-    must survive it. Found by the fleet simulator (60-90 s stalls at
-    10% loss with duplication)."""
+    must survive it (RFC 6347 4.2.8). Found by the fleet simulator (60-90 s
+    stalls at 10% loss with duplication); fixed in dtls_server."""
     import asyncio
     import os
 
