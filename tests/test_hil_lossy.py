@@ -2,13 +2,17 @@
 delay on loopback, per direction, one upstream socket per device; and what
 a duplicated DTLS ClientHello does to the reference server."""
 
+import pathlib as _pl
+import sys as _sys
 import socket
 import threading
 import time
 
 import pytest
 
-from hil.lossy import LossyRelay
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
+
+from hil.lossy import LossyRelay  # noqa: E402
 
 
 class Echo:

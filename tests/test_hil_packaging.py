@@ -3,6 +3,8 @@ ports/micropython/package.json (mip from the sources) and the .mpy bundle
 (hil/bundle.py) name exactly the device code, and the bundle loads on the
 MicroPython unix port."""
 
+import pathlib as _pl
+import sys as _sys
 import json
 import os
 import pathlib
@@ -12,7 +14,9 @@ import sys
 
 import pytest
 
-from hil import bundle
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
+
+from hil import bundle  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MP = ROOT / "ports" / "micropython"

