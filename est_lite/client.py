@@ -392,6 +392,7 @@ class CoapOperation(Operation):
         self.ack_random_factor = ack_random_factor
         self.max_retransmit = max_retransmit
         self.separate_timeout = separate_timeout
+        self._body = memoryview(body)
         self._mv = memoryview(buf or bytearray(max_message))
         self._szx1 = szx  # Block1 size in use
         self.szx = szx  # Block2 size to ask for
@@ -443,18 +444,19 @@ class CoapOperation(Operation):
         if self.state == BLOCK2_CONTINUE:
             b2 = (a.next_num(), 0, a.szx)
         else:
-            body = self._body
-            if body:
+            pl = self._body
+            n = len(pl)
+            if n:
                 cf = _CF_PKCS10
-                pl = body
                 z = self._szx1
-                if len(body) > 16 << z:
-                    num = self._off1 >> (4 + z)
-                    m, pl = coap.block_slice(body, num, z)
-                    self._last1 = not m
-                    b1 = (num, m, z)
-                    if not num:
-                        s1 = len(body)
+                off = self._off1
+                if n > 16 << z:
+                    end = off + (16 << z)
+                    self._last1 = end >= n
+                    b1 = (off >> (4 + z), not self._last1, z)
+                    pl = pl[off:end]
+                    if not off:
+                        s1 = n
             if self.szx < 6 and self._last1:
                 b2 = (0, 0, self.szx)
         self._b1 = b1 is not None
@@ -523,7 +525,6 @@ class CoapOperation(Operation):
         code = m.code
         opt = coap.opt
         u = coap.uint_decode
-        cs = "%d.%02d" % (code >> 5, code & 31)
         if code == _SERVICE_UNAVAILABLE:
             v = opt(m, _MAX_AGE)
             return self._finish(RETRY, RetryAfter(DEFAULT_RETRY_AFTER if v is None else u(v)))
@@ -538,6 +539,7 @@ class CoapOperation(Operation):
                 return self._to(CONTINUE1)
             if self._b1 and num != self._off1 >> (4 + self._szx1):
                 return True
+        cs = "%d.%02d" % (code >> 5, code & 31)
         if code >= 0x80:
             d = _text(m.payload)
             raise ServerError("the server answered %s %s" % (cs, d), code, None, d)

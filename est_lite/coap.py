@@ -11,6 +11,7 @@ from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError,
 
 _BLOCK2 = const(23)
 _BLOCK1 = const(27)
+_BYTES = (bytes, bytearray, memoryview)
 
 
 def _nib(v):  # option header nibble for a delta or length
@@ -82,7 +83,7 @@ class Message:
         p = off + 4 + n
         last = 0
         for num, v in o:
-            if not isinstance(v, (bytes, bytearray, memoryview)) or num < last or num >> 16 or len(v) > 65804:
+            if not isinstance(v, _BYTES) or num < last or num >> 16 or len(v) > 65804:
                 raise LocalProtocolError("bad CoAP option %r" % (num,))
             d = num - last
             last = num
@@ -231,20 +232,19 @@ def request(
     """A validated request Message. path_segments are str (UTF-8) or bytes,
     one Uri-Path option each; block1/block2 are (num, m, szx); extra_options
     are (number, value) pairs, value bytes, str (UTF-8) or int (uint)."""
-    o = [(11, s) for s in path_segments]
-    for num, x in zip((12, 17, 23, 27, 28, 60), (content_format, accept, block2, block1, size2, size1)):
-        if x is not None:
-            o.append((num, block_encode(*x) if num == _BLOCK1 or num == _BLOCK2 else x))
-    v = []
-    for num, x in o + list(extra_options):
-        if isinstance(x, str):
-            x = x.encode()
-        elif isinstance(x, int):
-            x = uint_encode(x)
-        if num == 11 and len(x) > 255:
+    o = []
+    for s in path_segments:
+        if isinstance(s, str):
+            s = s.encode()
+        if len(s) > 255:
             raise LocalProtocolError("Uri-Path > 255 bytes")
-        v.append((num, x))
-    msg = Message(type, code, mid, token, _sort(v), payload)
+        o.append((11, s))
+    for num, x in ((12, content_format), (17, accept), (23, block2), (27, block1), (28, size2), (60, size1)):
+        if x is not None:
+            o.append((num, block_encode(*x) if num == _BLOCK1 or num == _BLOCK2 else uint_encode(x)))
+    for num, x in extra_options:
+        o.append((num, x.encode() if isinstance(x, str) else uint_encode(x) if isinstance(x, int) else x))
+    msg = Message(type, code, mid, token, _sort(o), payload)
     msg.encode_into(None)  # validate now, not at send time
     return msg
 
@@ -298,7 +298,7 @@ class BlockAssembler:
             raise RemoteProtocolError("block %d: %d bytes for size %d" % (num, ln, 16 << szx))
         if got + ln > self.max_body:
             raise LimitError("block-wise body > max_body=%d" % self.max_body)
-        self.body += payload
+        self.body.extend(payload)
         self.szx = szx
         if not m:
             self.done = True

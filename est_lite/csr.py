@@ -44,10 +44,11 @@ def _err(msg):
 
 def _spec(k):
     # (oid, kind, maxlen) for a subject keyword or a dotted OID
-    for i in range(8):
-        a, kind, n = _SPEC[i]
+    i = _KW.index(k) if k in _KW else -1
+    for j in range(8):
+        a, kind, n = _SPEC[j]
         o = "2.5.4.%d" % a if a else "1.2.840.113549.1.9.1"
-        if k in (_KW[i], o):
+        if i == j or i < 0 and k == o:
             return o, kind, n
     der.oid_bytes(k)  # validates the dotted text
     return k, "u", 255

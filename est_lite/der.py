@@ -73,7 +73,9 @@ def read_tlv(buf, off=0, end=None, max_length=MAX_LENGTH):
             raise LimitError("DER: %d-byte length field" % k)
         if p + k > end:
             raise _err("truncated", off)
-        n = int.from_bytes(buf[p : p + k], "big")
+        n = 0
+        for i in range(p, p + k):  # no slice: nothing allocated per element
+            n = n << 8 | buf[i]
         p += k
         if n >> (8 * k - 8) == 0 or n < 0x80:
             raise _err("non-minimal length", off)
@@ -108,7 +110,9 @@ def read_int(buf, start, end, max_bytes=MAX_INT_BYTES):
     n = end - start
     if n > max_bytes:
         raise LimitError("DER: %d-byte INTEGER > max_bytes=%d" % (n, max_bytes))
-    v = int.from_bytes(buf[start:end], "big")
+    v = 0
+    for i in range(start, end):
+        v = v << 8 | buf[i]
     if n < 1 or n > 1 and (v >> (8 * n - 9)) in (0, 0x1FF):
         raise _err("empty or non-minimal INTEGER", start)
     if v >> (8 * n - 1):
@@ -181,7 +185,10 @@ def header(tag, n):
 def tlv(tag, *parts):
     """One element whose content is the concatenation of parts (bytes,
     bytearray or memoryview)."""
-    return b"".join([header(tag, sum(len(p) for p in parts))] + [bytes(p) if type(p) is memoryview else p for p in parts])
+    ps = [header(tag, sum(len(p) for p in parts))]
+    for p in parts:
+        ps.append(bytes(p) if type(p) is memoryview else p)
+    return b"".join(ps)
 
 
 def seq(*parts):
