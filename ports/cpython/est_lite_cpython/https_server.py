@@ -1,7 +1,7 @@
 """EST over HTTPS (RFC 7030 + RFC 8951) in front of an `EstService`.
 
-Stack: a listening socket, one accept thread and a fixed pool of worker
-threads; each worker drives one pyOpenSSL `SSL.Connection` over a blocking
+Stack: a listening socket and a fixed pool of worker threads that each
+accept() on it directly; each worker drives one pyOpenSSL `SSL.Connection` over a blocking
 socket (kernel SO_RCVTIMEO/SO_SNDTIMEO bound every read and write) and parses
 HTTP/1.1 itself (EST needs only Content-Length/chunked bodies and a few
 headers). pyOpenSSL gives the TLS object directly: the peer certificate
@@ -21,7 +21,6 @@ import base64
 import binascii
 import logging
 import os
-import queue
 import socket
 import struct
 import threading
@@ -282,7 +281,7 @@ class EstHttpsServer:
         self.ctx = self._make_context(cert_file, key_file, tls_min_version, tls_max_version)
         self._sock = None
         self._threads = []
-        self._queue = queue.Queue(maxsize=backlog)
+        self._family = socket.AF_INET
         self._stopping = threading.Event()
         self._live = set()
         self._live_lock = threading.Lock()
@@ -331,13 +330,14 @@ class EstHttpsServer:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind((self.host, self.requested_port))
         s.listen(self.backlog)
-        s.settimeout(0.2)
         self._sock = s
+        self._family = fam
         self.port = s.getsockname()[1]
         self._stopping.clear()
-        t = threading.Thread(target=self._accept_loop, name="est-accept", daemon=True)
-        t.start()
-        self._threads = [t]
+        # no accept thread: every worker blocks in accept() on the listening
+        # socket (the kernel wakes one per connection), so a connection costs
+        # no queue hand-off and no extra GIL switch
+        self._threads = []
         for i in range(self.workers):
             w = threading.Thread(target=self._worker, name="est-worker-%d" % i, daemon=True)
             w.start()
@@ -349,6 +349,10 @@ class EstHttpsServer:
         self._stopping.set()
         if self._sock is not None:
             try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the workers blocked in accept()
+            except OSError:
+                pass
+            try:
                 self._sock.close()
             except OSError:
                 pass
@@ -358,11 +362,6 @@ class EstHttpsServer:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        for _ in range(self.workers):
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                break
         end = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, end - time.monotonic()))
@@ -390,36 +389,22 @@ class EstHttpsServer:
         return "https://%s:%d" % (h, self.port)
 
     # -- threads --
-    def _accept_loop(self):
+    def _worker(self):
+        lsock = self._sock
+        raw_accept = lsock._accept  # (fd, addr) without socket.accept()'s enum look-ups
+        fam = self._family
         while not self._stopping.is_set():
             try:
-                s, addr = self._sock.accept()
-            except socket.timeout:
-                continue
+                fd, addr = raw_accept()
             except OSError:
                 if self._stopping.is_set():
                     return
-                time.sleep(0.01)
+                time.sleep(0.01)  # EMFILE and friends: back off, keep serving
                 continue
-            while not self._stopping.is_set():
-                try:
-                    self._queue.put((s, addr), timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            else:
+            s = socket.socket(fam, socket.SOCK_STREAM, 0, fd)
+            if self._stopping.is_set():
                 s.close()
-
-    def _worker(self):
-        while True:
-            item = self._queue.get()
-            if item is None or self._stopping.is_set():
-                if item is not None:
-                    item[0].close()
-                if item is None:
-                    return
-                continue
-            s, addr = item
+                return
             with self._live_lock:
                 self._live.add(s)
             try:
