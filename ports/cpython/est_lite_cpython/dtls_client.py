@@ -6,14 +6,22 @@ pyOpenSSL Connection on memory BIOs.
         reply = c.recv(timeout=5.0)      # bytes, or None on timeout
         c.tls_unique, c.exporter, c.peer_chain
 
-The server is verified twice: its chain must end in one of `trust_cas`, and
-its certificate's subjectAltName must cover `server_name` (default: `host`;
-a DNS name or an IP literal). Either failure is a SecurityError.
+The server is verified inside the handshake, before our certificate goes
+out (OpenSSL's verify callback; a failure aborts the handshake with a
+SecurityError): its chain must end in one of `trust_cas` (and pass the
+`crls`, if given), and its certificate's subjectAltName must cover
+`server_name` (default: `host`; a DNS name or an IP literal).
 
-Pinned bootstrap (RFC 7030 §4.1.1, the first /cacerts): pass `pin`, a
-callable receiving the server's chain (leaf first, cryptography
-certificates) and returning True to accept; it replaces both checks above,
-so it must compare something strong (e.g. `dtls.fingerprint(chain[0])`).
+Pinned bootstrap (RFC 7030 §4.1.1, the first /cacerts): `pin` replaces both
+checks, also inside the handshake. It is either
+  - 32 bytes, the SHA-256 of one certificate of the chain the server
+    presents (`dtls.fingerprint(cert)`): the server certificate itself, or
+    a CA certificate the server sends after it; every certificate below the
+    pinned one must be signed by the next one (check_pin), or
+  - a callable receiving the presented chain (leaf first, cryptography
+    certificates) and returning True to accept; it must compare something
+    strong, and it runs inside OpenSSL's callback (exceptions count as a
+    refusal).
 """
 
 import select
@@ -25,13 +33,83 @@ from est_lite.errors import LocalProtocolError, SecurityError, TransportError
 from . import dtls as _d
 
 
+def check_pin(pin, chain):
+    """None if the presented `chain` (cryptography certificates, leaf first)
+    satisfies the bootstrap `pin`, else the reason (a sentence). A 32-byte
+    pin must be the SHA-256 of a certificate of the chain, and each
+    certificate below it must be signed by the one after it (so a CA pin
+    cannot be met by a forged leaf that only names the CA as its issuer).
+    A callable pin gets the chain and decides."""
+    if not chain:
+        return "the server sent no certificate"
+    if callable(pin):
+        try:
+            ok = pin(list(chain))
+        except Exception as e:  # noqa: BLE001 - runs inside OpenSSL's callback
+            return "the pin callback failed: %s" % e
+        return None if ok else "server certificate chain does not match the pinned bootstrap identity"
+    fps = [_d.fingerprint(c) for c in chain]
+    if pin not in fps:
+        return ("server's certificate chain does not contain the pinned certificate (sha256:%s); pin the "
+                "server certificate or one the server sends in its chain" % bytes(pin).hex())
+    for i in range(fps.index(pin)):
+        if not _issued_by(chain[i], chain[i + 1]):
+            return ("server's certificate chain contains the pinned certificate (sha256:%s) but %s is not "
+                    "signed by %s" % (bytes(pin).hex(), chain[i].subject.rfc4514_string(),
+                                      chain[i + 1].subject.rfc4514_string()))
+    return None
+
+
+def _issued_by(cert, issuer):
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _check_pin_arg(pin):
+    if pin is None or callable(pin):
+        return pin
+    if isinstance(pin, (bytes, bytearray)) and len(pin) == 32:
+        return bytes(pin)
+    raise LocalProtocolError("pin must be the 32-byte SHA-256 of a server certificate or a callable(chain)")
+
+
 def _shared_verify_cb(conn, x509, errno, depth, ok):
+    # Runs inside the handshake, before our Certificate flight; False aborts
+    # the handshake. Must not raise.
     client = conn.get_app_data()
-    if not ok and client is not None and client._verify_error is None:
-        client._verify_error = "server certificate at depth %d: %s (%s)" % (
-            depth, _d.verify_error_string(errno), _d.subject_text(x509),
-        )
-    return bool(ok)
+    if client is None:
+        return False
+    try:
+        if client._pin is not None:
+            # the pin decides (OpenSSL has no trust anchors here and reports
+            # every certificate as unverified); decided on the presented
+            # chain at depth 0, which OpenSSL always visits last
+            if depth:
+                return True
+            if client._pin_error is None and not client._pin_ok:
+                chain = _d.peer_chain(conn)
+                client._pin_error = check_pin(client._pin, chain)
+                client._pin_ok = client._pin_error is None
+            return client._pin_ok
+        if not ok:
+            if client._verify_error is None:
+                client._verify_error = "server certificate at depth %d: %s (%s)" % (
+                    depth, _d.verify_error_string(errno), _d.subject_text(x509),
+                )
+            return False
+        if depth == 0:
+            _d.check_server_name(x509.to_cryptography(), client.server_name)
+        return True
+    except SecurityError as e:
+        client._verify_error = str(e)
+    except Exception as e:  # noqa: BLE001 - must not unwind through OpenSSL
+        client._verify_error = "server certificate check failed: %s" % e
+    return False
 
 
 class ClientContext:
@@ -42,21 +120,32 @@ class ClientContext:
         ctx = ClientContext([ca_der], cert=cert, key=key)
         with DtlsClient("est.example", 5684, context=ctx) as c: ...
 
-    pinned=True builds a context for pinned bootstrap (the `pin` callback of
-    the DtlsClient decides; no trust anchors)."""
+    pinned=True builds a context for pinned bootstrap (the `pin` of each
+    DtlsClient decides, inside the handshake; no trust anchors). `crls`
+    (cryptography CRL objects) are checked by OpenSSL for every certificate
+    of the server's chain (trust-anchor mode)."""
 
-    def __init__(self, trust_cas=None, cert=None, key=None, *, chain=(), ciphers=_d.CLIENT_SUITES, pinned=False):
+    def __init__(self, trust_cas=None, cert=None, key=None, *, chain=(), ciphers=_d.CLIENT_SUITES, pinned=False,
+                 crls=None):
         SSL = _d._ssl()
         if trust_cas is None and not pinned:
             raise LocalProtocolError("give trust_cas to verify the server, or pinned=True for bootstrap")
         ctx = _d.base_context(False, ciphers, cert, key, chain)
+        if pinned and crls:
+            raise LocalProtocolError("crls need trust anchors; a pinned context has none")
         if not pinned:
             _d.add_trust_anchors(ctx, trust_cas)
-            ctx.set_verify(SSL.VERIFY_PEER, _shared_verify_cb)
-        else:
-            # OpenSSL still checks the handshake signatures with the leaf's key;
-            # the trust decision is the pin's, taken right after the handshake.
-            ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)
+            if crls:
+                from OpenSSL import crypto
+
+                store = ctx.get_cert_store()
+                for crl in crls:
+                    store.add_crl(crl)
+                store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
+        # one callback for both modes: the DtlsClient of the connection (its
+        # app data) holds the pin or the server name. OpenSSL still checks the
+        # handshake signatures with the leaf's key in pinned mode.
+        ctx.set_verify(SSL.VERIFY_PEER, _shared_verify_cb)
         self.ctx = ctx
         self.pinned = pinned
 
@@ -80,7 +169,9 @@ class DtlsClient:
         local_address=None,
         connect=True,
         context=None,
+        crls=None,
     ):
+        pin = _check_pin_arg(pin)
         if context is not None:
             if context.pinned != (pin is not None):
                 raise LocalProtocolError("a pinned ClientContext needs a pin, and a pin needs a pinned ClientContext")
@@ -97,9 +188,11 @@ class DtlsClient:
         self.local_address = local_address  # (host, port) to bind the UDP socket to, if given
         self._pin = pin
         self._pin_error = None
+        self._pin_ok = False
         self._verify_error = None
         if context is None:
-            context = ClientContext(trust_cas, cert, key, chain=chain, ciphers=ciphers, pinned=pin is not None)
+            context = ClientContext(trust_cas, cert, key, chain=chain, ciphers=ciphers, pinned=pin is not None,
+                                    crls=crls)
         self._ctx = context.ctx
         self._conn = None
         self._sock = None
@@ -177,6 +270,8 @@ class DtlsClient:
         if self.closed:
             raise LocalProtocolError("this DtlsClient is closed")
         self._open_socket()
+        self._pin_error = self._verify_error = None
+        self._pin_ok = False
         self._conn = _d.new_connection(self._ctx, self.mtu)
         self._conn.set_app_data(self)
         if self.server_name and not _is_ip(self.server_name):
@@ -198,10 +293,10 @@ class DtlsClient:
         except SSL.Error as e:
             self._send_pending_quietly()
             self._abort()
-            msg = "DTLS handshake with %s:%s failed: %s" % (self.host, self.port, _err(e))
-            if self._verify_error:
-                msg += " - " + self._verify_error
-            raise SecurityError(msg)
+            why = self._pin_error or self._verify_error
+            if why:
+                raise SecurityError("DTLS handshake with %s:%s refused: %s" % (self.host, self.port, why)) from None
+            raise SecurityError("DTLS handshake with %s:%s failed: %s" % (self.host, self.port, _err(e))) from None
         except TransportError:
             self._abort()
             raise
@@ -209,17 +304,12 @@ class DtlsClient:
         conn = self._conn
         self.peer_chain = _d.peer_chain(conn)
         self.verified_chain = _d.verified_chain(conn)
-        try:
-            if self._pin is not None:
-                if not self.peer_chain or not self._pin(list(self.peer_chain)):
-                    raise SecurityError("server certificate chain does not match the pinned bootstrap identity")
-            else:
-                if not self.peer_chain:
-                    raise SecurityError("server sent no certificate")
-                _d.check_server_name(self.peer_chain[0], self.server_name)
-        except SecurityError:
+        # the verify callback has decided; this only guards against a handshake
+        # that completed without it (it would be an OpenSSL behaviour change)
+        if not self.peer_chain or (self._pin is not None and not self._pin_ok):
             self.close()
-            raise
+            raise SecurityError("DTLS handshake with %s:%s: the server's certificate was not checked"
+                                % (self.host, self.port))
         self.established = True
         self.tls_unique = _d.tls_unique(conn, server=False)
         self.exporter = _d.exporter(conn)

@@ -6,17 +6,16 @@ with the server checked *inside* the handshake.
     t.binding      # tls-unique of the session (RFC 5929), for PoP linking
     t.close()
 
-DtlsClient checks a bootstrap pin after the handshake, when our certificate
-has already been sent. Here the pin (SHA-256 of one certificate of the chain
-the server presents) is checked in OpenSSL's verify callback, so a mismatch
-aborts the handshake before our Certificate flight; the server name is
-checked there as well in trust-anchor mode. `crls` (cryptography CRLs) are
-checked by OpenSSL for the server's chain.
+The server is checked inside the handshake by DtlsClient itself (see
+est_lite_cpython.dtls_client): trust anchors + server name, or the pin (the
+SHA-256 of one certificate of the chain the server presents, with the chain
+below it verified). A mismatch aborts the handshake before our Certificate
+flight. `crls` (cryptography CRLs) are checked by OpenSSL for the server's
+chain.
 """
 
-from est_lite.errors import LocalProtocolError, SecurityError
+from est_lite.errors import LocalProtocolError
 
-from . import dtls as _d
 from .dtls_client import DtlsClient
 
 
@@ -28,64 +27,16 @@ class CoapsTransport:
         self.host, self.port = host, port
         self.server_name = server_name or host
         self.pin = pin
-        self._seen = []
-        self._error = None
-        self.client = DtlsClient(host, port, trust_cas=trust, server_name=self.server_name, cert=cert, key=key,
-                                 chain=chain, pin=self._pin_after if pin is not None else None, mtu=mtu,
-                                 timeout=timeout, local_address=local_address, connect=False)
-        from OpenSSL import SSL, crypto
-
-        ctx = self.client._ctx  # noqa: SLF001 - replace the verify callback (see module comment)
-        if pin is None and crls:
-            store = ctx.get_cert_store()
-            for crl in crls:
-                store.add_crl(crl)
-            store.set_flags(crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL)
-        ctx.set_verify(SSL.VERIFY_PEER, self._verify)
+        self.client = DtlsClient(host, port, trust_cas=trust if pin is None else None, server_name=self.server_name,
+                                 cert=cert, key=key, chain=chain, pin=pin, mtu=mtu, timeout=timeout,
+                                 local_address=local_address, connect=False, crls=crls if pin is None else None)
         self.binding = None
         self.peer_chain = []
-
-    def _verify(self, conn, x509, errno, depth, ok):
-        try:
-            cert = x509.to_cryptography()
-            if self.pin is not None:
-                self._seen.append(_d.fingerprint(cert))
-                if depth or self.pin in self._seen:
-                    return True
-                self._error = ("server's certificate chain does not contain the pinned certificate "
-                               "(sha256:%s); pin the server certificate or one the server sends in its chain"
-                               % self.pin.hex())
-                return False
-            if not ok:
-                if self._error is None:
-                    self._error = "server certificate at depth %d: %s (%s)" % (
-                        depth, _d.verify_error_string(errno), cert.subject.rfc4514_string())
-                return False
-            if depth == 0:
-                _d.check_server_name(cert, self.server_name)
-            return True
-        except SecurityError as e:
-            self._error = str(e)
-        except Exception as e:  # noqa: BLE001 - must not unwind through OpenSSL
-            self._error = "server certificate check failed: %s" % e
-        return False
-
-    def _pin_after(self, chain):
-        # DtlsClient's own check after the handshake: the same rule again
-        return any(_d.fingerprint(c) == self.pin for c in chain)
 
     def connect(self):
         if self.client.established:
             return
-        self._seen = []
-        self._error = None
-        try:
-            self.client.handshake()
-        except SecurityError as e:
-            if self._error:
-                raise SecurityError("DTLS handshake with %s:%d refused: %s" % (self.host, self.port, self._error)) \
-                    from None
-            raise SecurityError(str(e)) from None
+        self.client.handshake()
         self.binding = self.client.tls_unique
         self.peer_chain = list(self.client.peer_chain)
 

@@ -10,8 +10,9 @@ The server is checked inside the handshake, before our certificate is sent:
 its chain must end in `trust` and its certificate must cover `server_name`
 (DNS or IP subjectAltName). Pinned bootstrap (RFC 7030 §4.1.1): `pin`, the
 SHA-256 of one certificate of the chain the server presents, replaces both
-checks; a mismatch aborts the handshake. `crls`: CRLs (cryptography objects)
-checked by OpenSSL for every certificate of the server's chain.
+checks (every certificate below the pinned one must be signed by the next:
+dtls_client.check_pin); a mismatch aborts the handshake. `crls`: CRLs
+(cryptography objects) checked by OpenSSL for every certificate of the server's chain.
 
 pyOpenSSL rather than `ssl`: it gives tls-unique on TLS 1.2 and the
 exporter on TLS 1.3 (stdlib ssl has no exporter), used for PoP linking.
@@ -25,6 +26,7 @@ import struct
 from est_lite.errors import LocalProtocolError, SecurityError, TransportError
 
 from . import dtls as _d
+from .dtls_client import check_pin
 
 TLS_VERSIONS = ("1.2", "1.3")
 
@@ -95,7 +97,7 @@ class TlsTransport:
         self.binding = None
         self.version = None
         self.peer_chain = []  # cryptography certificates, leaf first
-        self._seen = []
+        self._pin_ok = None
         self._error = None
 
     # -- setup --
@@ -139,18 +141,21 @@ class TlsTransport:
         try:
             cert = x509.to_cryptography()
             if self.pin is not None:
-                self._seen.append(_d.fingerprint(cert))
+                # the pin decides, on the presented chain, at depth 0 (which
+                # OpenSSL visits last); deeper calls only report that the
+                # chain does not end in a trust anchor (there is none here)
                 if depth:
                     return True
-                if self.pin in self._seen:
-                    return True
-                if self.pending_ok:
-                    self.pending = True
-                    return True
-                self._error = ("server's certificate chain does not contain the pinned certificate "
-                               "(sha256:%s); pin the server certificate or one the server sends in its chain"
-                               % self.pin.hex())
-                return False
+                if self._pin_ok is None:
+                    chain = _d.peer_chain(conn)
+                    why = check_pin(self.pin, chain)
+                    if why is not None and self.pending_ok and self.pin not in [_d.fingerprint(c) for c in chain]:
+                        self.pending = True  # nothing secret goes out; EstClient checks the answer
+                        why = None
+                    self._pin_ok = why is None
+                    if why is not None:
+                        self._error = why
+                return self._pin_ok
             if not ok:
                 if self._error is None:
                     self._error = "server certificate at depth %d: %s (%s)" % (
@@ -227,7 +232,7 @@ class TlsTransport:
         if not _is_ip(self.server_name):
             c.set_tlsext_host_name(self.server_name.encode("idna"))
         c.set_connect_state()
-        self._seen = []
+        self._pin_ok = None
         self._error = None
         self.pending = False
         try:
@@ -242,6 +247,10 @@ class TlsTransport:
         except OSError as e:
             s.close()
             raise TransportError("TLS handshake with %s:%d: %s" % (self.host, self.port, e)) from None
+        if self.pin is not None and not self._pin_ok:  # the callback did not run: never trust that
+            s.close()
+            raise SecurityError("TLS handshake with %s:%d: the server's certificate was not checked"
+                                % (self.host, self.port))
         self.conn, self.sock = c, s
         self.version = c.get_protocol_version_name()
         self.peer_chain = [x for x in (c.get_peer_cert_chain(as_cryptography=True) or [])]

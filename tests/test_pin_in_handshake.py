@@ -1,0 +1,240 @@
+"""Pinned bootstrap is decided inside the (D)TLS handshake, before our
+certificate (or any password) goes out -- and a CA pin is not met by a
+forged leaf that merely names the pinned CA as its issuer and sends the
+(public) CA certificate after it. Impostor servers record what they get."""
+
+import datetime
+import socket
+import struct
+import threading
+from types import SimpleNamespace
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from helpers_dtls import LossyRelay, Pki, ServerThread
+
+from est_lite.errors import LocalProtocolError, SecurityError
+from est_lite_cpython.dtls import fingerprint
+from est_lite_cpython.dtls_client import ClientContext, DtlsClient, check_pin
+from est_lite_cpython.transport_coaps import CoapsTransport
+from est_lite_cpython.transport_https import TlsTransport
+
+
+def der(c):
+    return c.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def pki():
+    p = Pki()
+    root = p.ca.root.cert
+    evil = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    forged = (
+        x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=localhost"))
+        .issuer_name(root.subject).public_key(evil.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier(ski.digest, None, None), critical=False)
+        .sign(evil, hashes.SHA256())  # names the real root as issuer, signed by the impostor
+    )
+    p.forged = SimpleNamespace(cert=forged, key=evil)
+    return p
+
+
+def test_check_pin_rules(pki):
+    root, leaf = pki.ca.root.cert, pki.server.cert
+    assert check_pin(fingerprint(root), [leaf, root]) is None
+    assert check_pin(fingerprint(leaf), [leaf]) is None
+    assert "not signed" in check_pin(fingerprint(root), [pki.forged.cert, root])
+    assert "does not contain the pinned" in check_pin(fingerprint(root), [leaf])
+    assert check_pin(fingerprint(root), []) == "the server sent no certificate"
+    assert "pin callback failed" in check_pin(lambda ch: 1 / 0, [leaf])
+    pytest.raises(LocalProtocolError, DtlsClient, "127.0.0.1", 1, pin=b"short", connect=False)
+
+
+# -- DTLS --------------------------------------------------------------------------------------
+
+
+def _dtls_server(pki, ident):
+    view = SimpleNamespace(server=ident, ca=pki.ca)
+    return ServerThread(view, chain=[pki.ca.root.cert])
+
+
+def _recording_relay(port):
+    up = []
+
+    def keep(direction, i, data):
+        if direction == "up":
+            up.append(bytes(data))
+        return False
+
+    return LossyRelay(("127.0.0.1", port), keep), up
+
+
+def _sent_cert(up, cert):
+    return any(der(cert) in d for d in up)
+
+
+@pytest.mark.parametrize("how", ["DtlsClient", "ClientContext", "CoapsTransport"])
+def test_dtls_forged_chain_refused_before_the_client_certificate(pki, how):
+    imp = _dtls_server(pki, pki.forged)
+    relay, up = _recording_relay(imp.port)
+    pin = fingerprint(pki.ca.root.cert)
+    kw = dict(cert=pki.client.cert, key=pki.client.key)
+    try:
+        with pytest.raises(SecurityError, match="not signed by"):
+            if how == "DtlsClient":
+                DtlsClient("127.0.0.1", relay.port, pin=pin, timeout=5, **kw)
+            elif how == "ClientContext":
+                ctx = ClientContext(pinned=True, **kw)
+                DtlsClient("127.0.0.1", relay.port, pin=pin, timeout=5, context=ctx)
+            else:
+                CoapsTransport("127.0.0.1", relay.port, pin=pin, timeout=5, **kw).connect()
+        assert up and not _sent_cert(up, pki.client.cert)
+        assert imp.stats()["handshakes"] == 0
+    finally:
+        relay.close()
+        imp.stop()
+
+
+@pytest.mark.parametrize("pin_of", ["root", "leaf", "callable"])
+def test_dtls_genuine_server_with_pin(pki, pin_of):
+    srv = _dtls_server(pki, pki.server)
+    relay, up = _recording_relay(srv.port)
+    pin = {"root": fingerprint(pki.ca.root.cert), "leaf": fingerprint(pki.server.cert),
+           "callable": lambda chain: chain[0] == pki.server.cert}[pin_of]
+    try:
+        # no trust anchors and a name the certificate does not cover: the pin decides
+        with DtlsClient("127.0.0.1", relay.port, pin=pin, server_name="whatever", timeout=5,
+                        cert=pki.client.cert, key=pki.client.key) as c:
+            c.send(b"x")
+            assert c.recv(5) == b"echo x"
+        assert _sent_cert(up, pki.client.cert)  # control: the recorder does see it when it goes out
+    finally:
+        relay.close()
+        srv.stop()
+
+
+def test_dtls_trust_mode_checks_the_name_in_the_handshake(pki):
+    srv = _dtls_server(pki, pki.server)
+    relay, up = _recording_relay(srv.port)
+    try:
+        with pytest.raises(SecurityError, match="evil.example"):
+            DtlsClient("127.0.0.1", relay.port, [pki.ca.root.cert], server_name="evil.example", timeout=5,
+                       cert=pki.client.cert, key=pki.client.key)
+        assert up and not _sent_cert(up, pki.client.cert)
+    finally:
+        relay.close()
+        srv.stop()
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+class TlsImpostor:
+    """TLS server presenting `ident` + the root; asks for (and records) a
+    client certificate and the first request bytes."""
+
+    def __init__(self, pki, ident, version):
+        from OpenSSL import SSL
+
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        v = SSL.TLS1_2_VERSION if version == "1.2" else SSL.TLS1_3_VERSION
+        ctx.set_min_proto_version(v)
+        ctx.set_max_proto_version(v)
+        ctx.use_certificate(ident.cert)
+        ctx.use_privatekey(ident.key)
+        ctx.add_extra_chain_cert(pki.ca.root.cert)
+        ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)
+        self.ctx = ctx
+        self.records = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        from OpenSSL import SSL
+
+        while not self._stop.is_set():
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                continue
+            rec = {"client_cert": None, "data": b""}
+            self.records.append(rec)
+            s.settimeout(None)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 2, 0))
+            try:
+                t = SSL.Connection(self.ctx, s)
+                t.set_accept_state()
+                t.do_handshake()
+                pc = t.get_peer_certificate(as_cryptography=True)
+                rec["client_cert"] = None if pc is None else der(pc)
+                rec["data"] = t.recv(4096)
+            except (OSError, SSL.Error):
+                pass
+            finally:
+                s.close()
+
+    def close(self):
+        self._stop.set()
+        self._t.join(5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_tls_forged_chain_refused_before_the_client_certificate(pki, version):
+    imp = TlsImpostor(pki, pki.forged, version)
+    try:
+        t = TlsTransport("localhost", imp.port, pin=fingerprint(pki.ca.root.cert), cert=pki.client.cert,
+                         key=pki.client.key, timeout=5, tls_version=version)
+        with pytest.raises(SecurityError, match="not signed by"):
+            t.connect()
+        # anonymous bootstrap (pending_ok): the pinned CA is in the chain, so
+        # the chain must verify -- it is not left to the /cacerts answer
+        t = TlsTransport("localhost", imp.port, pin=fingerprint(pki.ca.root.cert), timeout=5, tls_version=version,
+                         pending_ok=True)
+        with pytest.raises(SecurityError, match="not signed by"):
+            t.connect()
+        assert imp.records and all(r["client_cert"] is None and r["data"] == b"" for r in imp.records)
+    finally:
+        imp.close()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_tls_genuine_server_with_a_ca_pin(pki, version):
+    imp = TlsImpostor(pki, pki.server, version)
+    try:
+        t = TlsTransport("localhost", imp.port, pin=fingerprint(pki.ca.root.cert), cert=pki.client.cert,
+                         key=pki.client.key, timeout=5, tls_version=version)
+        t.connect()
+        t.write(b"GET / HTTP/1.1\r\n\r\n")
+        t.close()
+        imp._stop.set()
+        imp._t.join(5)
+        assert imp.records[0]["client_cert"] == der(pki.client.cert)  # control: the recorder sees it
+    finally:
+        imp.close()
+
+
+def test_est_client_over_https_sends_no_password_to_a_forged_chain(pki):
+    from est_lite_cpython.client import EstClient
+
+    imp = TlsImpostor(pki, pki.forged, "1.3")
+    try:
+        c = EstClient("https://localhost:%d" % imp.port, pin=fingerprint(pki.ca.root.cert), cert=pki.client.cert,
+                      key=pki.client.key, user="dev", password="secret", deadline=None, timeout=5)
+        with pytest.raises(SecurityError, match="not signed by"):
+            c.cacerts()
+        assert all(r["client_cert"] is None and r["data"] == b"" for r in imp.records)
+    finally:
+        imp.close()
