@@ -28,6 +28,12 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CORE = ROOT / "est_lite"
 PORT = ROOT / "ports" / "micropython" / "est_lite_mp"
+if not CORE.is_dir() or not PORT.is_dir():  # installed as est_lite_hil, not a source checkout
+    import est_lite
+    import est_lite_mp
+
+    CORE = pathlib.Path(est_lite.__file__).resolve().parent
+    PORT = pathlib.Path(est_lite_mp.__file__).resolve().parent
 DEVICE = pathlib.Path(__file__).resolve().parent / "device"
 SOURCE_PACKAGE_JSON = ROOT / "ports" / "micropython" / "package.json"
 VERSION = "0.1.0"
