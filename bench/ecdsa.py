@@ -79,7 +79,7 @@ def run_mp(mpy_dir, body, heapsize=None):
 TIMED = """
 import time
 from est_lite_mp import crypto, p256
-p256._table()
+p256.table()
 k = crypto.P256Key(%d)
 sig = k.sign(b"v")
 op = %%d
@@ -117,7 +117,7 @@ def mp_batch(mpy_dir, op, n):
 SQUEEZE = """
 import gc
 from est_lite_mp import crypto, p256
-p256._table()
+p256.table()
 class K:
     pass
 k = K()
@@ -172,7 +172,7 @@ def squeeze_peak(mpy_dir, work, step=64):
 IMPORTED = """
 import gc
 from est_lite_mp import crypto, p256
-p256._table()
+p256.table()
 gc.collect()
 print('DONE')
 """

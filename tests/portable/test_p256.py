@@ -173,3 +173,43 @@ def test_decompress():
         bad += 1
     assert bad < 50
     assert p256.decompress(P, 0) is None
+
+
+class _Counting:
+    # the set_table protocol over the built-in table, counting window reads
+    def __init__(self, w, T):
+        self.w = w
+        self.T = T
+        self.reads = 0
+
+    def __len__(self):
+        return len(self.T)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.T[i]
+
+
+def test_set_table_public_protocol():
+    w, T = p256.table()
+    src = _Counting(w, T)
+    k = 0x1234567890ABCDEF1234567890ABCDEF
+    want = _aff(p256.mul(k, p256.GX, p256.GY))
+    assert p256.set_table(src) is None  # the built-in table was in use
+    try:
+        assert p256.table() == (w, src)
+        assert _aff(p256.mul_base(k)) == want
+        assert 0 < src.reads <= len(T)
+        # bad sources are refused and leave the current one in place
+        bad = _Counting(w, T[:-1])
+        raises(LocalProtocolError, p256.set_table, bad)
+        bad = _Counting(1, T)
+        raises(LocalProtocolError, p256.set_table, bad)
+        bad = _Counting("4", T)
+        raises(LocalProtocolError, p256.set_table, bad)
+        raises(LocalProtocolError, p256.set_table, T)  # no w
+        assert p256.table() == (w, src)
+    finally:
+        assert p256.set_table(None) is src
+    assert p256.table()[1] is T
+    assert _aff(p256.mul_base(k)) == want

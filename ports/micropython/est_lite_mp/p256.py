@@ -33,10 +33,39 @@ GY = const(0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5)
 _IPAD = const(0x36363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636)
 _OPAD = const(0x5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C)
 
-_tab = None
+_tab = None  # (w, windows) in use, made on first use
+_src = None  # what set_table was given (None: the built-in p256_table)
 
 
-def _table():
+def set_table(t):
+    """Where mul_base reads the base-point table from; returns the previous
+    source (None for the built-in one). `t` is None (the built-in
+    p256_table module, imported on first use) or an object with
+      t.w     the window width in bits (2..8)
+      len(t)  the number of windows, (256 + w - 1) // w
+      t[i]    window i as bytes (or any buffer): the affine points
+              d * 2^(w*i) * G for d = 1 .. 2^(w-1) (the last window
+              d = 1 .. 2^(256 - w*i)), X || Y, 32 bytes big-endian each
+    -- the layout gen_p256_table.py writes (tablefile.FileTable reads it
+    from a file one window at a time). A window is asked for once per
+    scalar multiplication at most and not kept."""
+    global _tab, _src
+    if t is not None:
+        w = getattr(t, "w", None)
+        if not isinstance(w, int) or not 2 <= w <= 8:
+            raise LocalProtocolError("P-256 table: w must be the window width in bits (2..8)")
+        if len(t) != (256 + w - 1) // w:
+            raise LocalProtocolError("P-256 table: %d windows of %d bits, expected %d" % (len(t), w,
+                                                                                        (256 + w - 1) // w))
+    prev = _src
+    _src = t
+    _tab = None if t is None else (t.w, t)
+    return prev
+
+
+def table():
+    """(w, windows) that mul_base uses (loads the built-in table if no
+    source was set)."""
     global _tab
     if _tab is None:
         from est_lite_mp import p256_table
@@ -98,7 +127,7 @@ def mul_base(k):
     """k * G as Jacobian (X, Y, Z), for 0 <= k < 2^256, from the table.
     The mixed addition is written out here: a call costs as much as a few
     multiplications on MicroPython."""
-    w, T = _table()
+    w, T = table()
     p = P
     fb = int.from_bytes
     half = 1 << (w - 1)

@@ -9,6 +9,7 @@
 #   from est_lite_mp import tablefile
 #   tablefile.install("/p256_table.bin")               # before key generation / signing
 #
+# FileTable follows the table protocol of p256.set_table (w, len, [i]).
 # Format: b"P256T" W n, then n big-endian 16-bit window lengths, then the
 # windows' point data back to back (exactly p256_table.T).
 
@@ -53,21 +54,28 @@ class FileTable:
 
 
 def install(path):
-    """Make est_lite_mp.p256 read its base-point table from `path`."""
+    """Make est_lite_mp.p256 read its base-point table from `path`
+    (p256.set_table with a FileTable); returns the FileTable."""
     from est_lite_mp import p256
 
     t = FileTable(path)
-    p256._tab = (t.w, t)
+    try:
+        prev = p256.set_table(t)
+    except BaseException:
+        t.close()
+        raise
+    if isinstance(prev, FileTable):
+        prev.close()
     return t
 
 
 def uninstall():
+    """Back to the built-in table; closes an installed FileTable."""
     from est_lite_mp import p256
 
-    t = p256._tab
-    p256._tab = None
-    if t is not None and isinstance(t[1], FileTable):
-        t[1].close()
+    t = p256.set_table(None)
+    if isinstance(t, FileTable):
+        t.close()
 
 
 def write(path):
