@@ -6,6 +6,7 @@ per EST label. See examples/server.toml for every key with its default.
     [trust.NAME]          CA certificates trusted for client certificates
                           (e.g. a vendor's IDevID CAs); "ca" is built in and
                           means this server's own CA (operational certs)
+                          or RA certificates (ra_trust, RFC 7030 §3.7)
     [profiles.default]    profile of /.well-known/est/ (no label)
     [profiles.LABEL]      profile of /.well-known/est/LABEL/
 
@@ -72,6 +73,12 @@ class Profile:
         self.auth = _list_of(_take(kw, "auth", ["basic", "digest", "cert"], None, where), AUTH_METHODS, where, "auth")
         self.client_cert_trust = _list_of(_take(kw, "client_cert_trust", ["ca"], None, where), None, where, "client_cert_trust")
         self.reenroll_trust = _list_of(_take(kw, "reenroll_trust", ["ca"], None, where), None, where, "reenroll_trust")
+        # Registration Authorities (RFC 7030 §3.7): a TLS client certificate
+        # with id-kp-cmcRA chaining to one of these sets requests for devices
+        # (simplereenroll: the device's certificate is found in the store);
+        # their requests skip the PoP check -- the RA checked the device's
+        # channel binding on the device's own link (RFC 7030 §3.5)
+        self.ra_trust = _list_of(_take(kw, "ra_trust", [], None, where), None, where, "ra_trust")
         self.csrattrs_auth = _take(kw, "csrattrs_auth", False, bool, where)
         self.pop = _take(kw, "pop", "if-present", str, where)
         if self.pop not in POP_MODES:
@@ -162,6 +169,8 @@ class ServerConfig:
         self.request_timeout_s = _take(srv, "request_timeout_s", 30.0, (int, float), w)
         self.max_requests_per_connection = _take(srv, "max_requests_per_connection", 100, int, w)
         self.digest_nonce_lifetime_s = _take(srv, "digest_nonce_lifetime_s", 300, int, w)
+        # default ra_trust of every profile that sets none (see Profile)
+        self.ra_trust = _list_of(_take(srv, "ra_trust", [], None, w), None, w, "ra_trust")
         if srv:
             raise ConfigError("server: unknown key(s) %s" % ", ".join(sorted(srv)))
 
@@ -208,8 +217,10 @@ class ServerConfig:
                     numbers.check_label(key)
                 except LocalProtocolError as e:
                     raise ConfigError("profiles.%s: %s" % (label, e)) from None
-            prof = Profile(key, **dict(p or {}))
-            for name in prof.client_cert_trust + prof.reenroll_trust + prof.pop_exempt_trust:
+            p = dict(p or {})
+            p.setdefault("ra_trust", list(self.ra_trust))
+            prof = Profile(key, **p)
+            for name in prof.client_cert_trust + prof.reenroll_trust + prof.pop_exempt_trust + prof.ra_trust:
                 if name != "ca" and name not in self.trust:
                     raise ConfigError("profiles.%s: trust set %r is not defined ([trust.%s])" % (label, name, name))
             self.profiles[key] = prof

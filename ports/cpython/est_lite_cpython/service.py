@@ -106,6 +106,30 @@ class AuthContext:
         return None
 
 
+ID_KP_CMC_RA = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")
+
+
+class RaIdentity:
+    """A client authenticated as a Registration Authority (RFC 7030 §3.7):
+    its TLS certificate carries id-kp-cmcRA and chains to one of the
+    profile's `ra_trust` sets. It requests on behalf of devices."""
+
+    def __init__(self, cert_id):
+        self.cert_id = cert_id  # auth.CertIdentity of the RA's own certificate
+        self.leaf = cert_id.leaf
+        self.chain = cert_id.chain
+        self.trust_name = cert_id.trust_name
+        self.subject = cert_id.subject
+
+
+def has_ra_eku(cert):
+    """True if the certificate's extendedKeyUsage lists id-kp-cmcRA."""
+    try:
+        return ID_KP_CMC_RA in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, ValueError, TypeError):
+        return False
+
+
 # ---------------------------------------------------------------- csrattrs DER
 
 
@@ -334,6 +358,9 @@ class EstService:
     def authenticate(self, op, prof, ctx):
         """Returns (requester text, CertIdentity or None); raises when the
         client is not authenticated for op under profile prof."""
+        ra = self._ra_identity(prof, ctx)
+        if ra is not None:
+            return "ra:%s serial=%x" % (ra.subject, ra.leaf.serial_number), ra
         cert_id = None
         cert_err = None
         reenroll = op == "simplereenroll"
@@ -367,6 +394,52 @@ class EstService:
         raise AuthenticationRequired("authentication required (accepted: %s)" % ", ".join(
             {"basic": "HTTP Basic", "digest": "HTTP Digest", "cert": "TLS client certificate"}[m] for m in prof.auth))
 
+    def _ra_identity(self, prof, ctx):
+        """RaIdentity when the TLS client certificate carries id-kp-cmcRA
+        and chains to one of prof.ra_trust, else None (the client is then
+        authenticated like any other). A revoked or expired RA certificate
+        raises SecurityError."""
+        if not prof.ra_trust or not ctx.peer_chain or not has_ra_eku(ctx.peer_chain[0]):
+            return None
+        try:
+            cert_id = self.authenticator.verify_client_cert(ctx.peer_chain, prof.ra_trust, prof.label)
+        except UntrustedCertificate:
+            return None
+        if ctx.http_auth_error is not None:
+            raise ctx.http_auth_error
+        return RaIdentity(cert_id)
+
+    def _current_certificate(self, prof, csr):
+        """For an RA's simplereenroll: the newest certificate this CA issued
+        to the CSR's subject that is neither revoked nor expired."""
+        store = getattr(self.ca, "store", None)
+        if store is None:
+            raise OperationNotAllowed("simplereenroll by an RA needs the CA's certificate store (this CA backend "
+                                      "has none); the RA can use simpleenroll")
+        subject = csr.subject
+        find = getattr(store, "find_certificates_by_subject", None)
+        if find is not None:
+            ders = find(subject.rfc4514_string())
+        else:  # the store's table, newest first
+            cur = store._db().execute("SELECT der FROM certs WHERE subject=? ORDER BY issued_at DESC, rowid DESC",
+                                      (subject.rfc4514_string(),))
+            ders = [bytes(r[0]) for r in cur]
+        now = store.clock()
+        seen = 0
+        for der in ders:
+            c = x509.load_der_x509_certificate(der)
+            if c.subject != subject:
+                continue
+            seen += 1
+            if c.not_valid_after_utc.timestamp() <= now or self.ca.is_revoked(c) or not self.ca.issued_by_me(c):
+                continue
+            return c
+        if seen:
+            raise SecurityError("simplereenroll by an RA: every certificate issued to %s is revoked or expired; "
+                                "the device must enroll again" % subject.rfc4514_string())
+        raise SecurityError("simplereenroll by an RA: this CA has issued no certificate to %s, so there is "
+                            "nothing to renew (use simpleenroll)" % subject.rfc4514_string())
+
     # -- enrollment --
     def _enroll(self, op, label, csr_der, ctx, server_key=None):
         prof = self.profile(label)
@@ -380,8 +453,13 @@ class EstService:
             self._check_pop(prof, csr, ctx, cert_id)
             subject = csr.subject
             sans = self._check_subject(prof, csr)
+            renewing = None
             if op == "simplereenroll":
-                self._check_renewal(csr, sans, cert_id.leaf)
+                # an RA renews a device's certificate found in the store; a
+                # device renews the certificate it authenticated with
+                renewing = self._current_certificate(prof, csr) if isinstance(cert_id, RaIdentity) \
+                    else cert_id.leaf
+                self._check_renewal(csr, sans, renewing)
             pub = server_key.public_key() if server_key is not None else csr.public_key()
         except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as e:
             # cryptography parses lazily: any malformed part of the CSR
@@ -392,7 +470,7 @@ class EstService:
             if done is not None:
                 return done
         req = IssueRequest(pub, subject, sans=sans, label=prof.label, profile=prof, csr=csr, requester=requester,
-                           request_id=request_id, op=op, renewing=cert_id.leaf if op == "simplereenroll" else None)
+                           request_id=request_id, op=op, renewing=renewing)
         return self.ca.issue(req)
 
     def _load_csr(self, prof, der):
@@ -460,6 +538,11 @@ class EstService:
             raise RemoteProtocolError("simplereenroll must keep the subjectAltName of the certificate being renewed")
 
     def _check_pop(self, prof, csr, ctx, cert_id):
+        if isinstance(cert_id, RaIdentity):
+            # RFC 7030 §3.5: the RA checked the device's challengePassword on
+            # the device's own link; this connection's binding is the RA's
+            # (configuring ra_trust is what trusts the RA to do so)
+            return
         try:
             attr = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD)
             cp = attr.value
