@@ -174,3 +174,28 @@ def test_proxy_passes_simplereenroll_and_pop_linked_csrs(up, px, monkeypatch):
             CoapsSession(dc).reenroll(make_csr("px-ra-dev")[1])
     assert e.value.coap_code in (N.BAD_REQUEST, N.FORBIDDEN, N.UNAUTHORIZED)
     assert calls == ["CN=est-lite RA"]
+
+
+def test_example_config_commented_coaps_and_ra_sections_are_valid(tmp_path):
+    # uncomment [coaps], the RA keys and [profiles.ra] of examples/server.toml: they must load
+    import re
+    import tomllib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    text = open(os.path.join(here, "..", "examples", "server.toml")).read()
+    out, on = [], False
+    for line in text.splitlines():
+        if re.match(r"# \[(coaps|profiles\.ra)\]", line):
+            on = True
+        elif not line.startswith("# ") or line.startswith("# /"):
+            on = False
+        if on or line.startswith("# ra_trust"):
+            line = line[2:]
+        out.append(line)
+    data = tomllib.loads("\n".join(out))
+    assert "coaps" in data and "ra" in data["profiles"]
+    data["profiles"]["ra"]["ra_trust"] = ["ca"]  # [trust.ra] needs a file
+    cfg = ServerConfig(data, base_dir=str(tmp_path))
+    assert cfg.coaps_enabled and cfg.coaps_port == 5684 and cfg.coaps_workers == 0
+    assert cfg.profile("ra").ra_trust == ("ca",) and cfg.profile("ra").pop == "required"
+    assert cfg.profile("").ra_trust == ()
