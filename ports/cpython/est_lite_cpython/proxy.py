@@ -23,9 +23,15 @@ certificates the upstream issued through the RA.
 Re-enrollment: the proxy checks the renewal itself (the device's current
 certificate authenticates the session; subject and SANs kept) and forwards
 the CSR as `reenroll_as` = "simplereenroll" (default; upstream servers that
-let an RA renew on a device's behalf) or "simpleenroll" (upstreams that,
-like est-lite's reference server, tie simplereenroll to the TLS client
-certificate being renewed).
+let an RA renew on a device's behalf: est-lite's reference server does for
+RAs in the label's `ra_trust`, renewing the device's certificate from its
+store) or "simpleenroll" (upstreams that tie simplereenroll to the TLS
+client certificate being renewed).
+
+PoP linking: a device's challengePassword is checked against the device's
+own session with the proxy (the profile's `pop`, in EstService) before
+anything is forwarded; the CSR goes upstream unchanged, where an RA's
+requests are not PoP-checked (RFC 7030 §3.5; est-lite: `ra_trust`).
 """
 
 import logging

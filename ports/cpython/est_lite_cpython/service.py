@@ -23,6 +23,13 @@ Exceptions (all `est_lite.errors.EstError`):
     OperationNotAllowed (403 / 4.03; profile disables it)
 
 Every 4xx carries a message meant for the person reading the client log.
+
+Registration Authorities (RFC 7030 §3.7): a TLS client certificate with
+id-kp-cmcRA that chains to one of the profile's `ra_trust` sets makes the
+client an RA (`RaIdentity`): it requests for devices, simplereenroll renews
+the newest unrevoked, unexpired certificate this CA issued to the CSR's
+subject, and its requests are not PoP-checked (the RA checks each device's
+binding on the device's link, RFC 7030 §3.5). See docs/server.md.
 """
 
 import base64
