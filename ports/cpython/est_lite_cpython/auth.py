@@ -335,6 +335,20 @@ def digest_response(params, user, password, method, uri, *, cnonce=None, nc=1):
 # ---------------------------------------------------------------- client certificates
 
 
+class VerifiedChain(list):
+    """The certificates a (D)TLS peer sent (leaf first), plus `path`: the
+    chain OpenSSL already verified in the handshake (leaf ... trust anchor),
+    or None. verify_client_cert then checks no signature twice when that
+    path ends in an anchor of the trust set being checked; validity periods
+    and revocation are checked as for any chain."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, certs=(), path=None):
+        super().__init__(certs)
+        self.path = list(path) if path else None
+
+
 class DefaultAuthenticator:
     """Passwords from a PasswordFile; client certificates against this
     server's CA ("ca", revocation from its store) and the [trust.NAME] sets of
@@ -381,8 +395,12 @@ class DefaultAuthenticator:
             anchors, crls, own = self._anchors(name)
             if not anchors:
                 continue
+            pre = getattr(chain, "path", None)
             try:
-                path = self._build(leaf, extra, anchors)
+                if pre and len(pre) <= self.max_chain + 1 and pre[0] == leaf and pre[-1] in anchors:
+                    path = [leaf] + pre[1:]  # every signature on it already verified by OpenSSL in the handshake
+                else:
+                    path = self._build(leaf, extra, anchors)
             except SecurityError as e:
                 last_err = e
                 continue

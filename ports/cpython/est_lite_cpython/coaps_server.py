@@ -51,6 +51,7 @@ from est_lite import numbers
 from est_lite.coap import BlockAssembler
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError
 
+from .auth import VerifiedChain
 from .codec_server import encode_multipart
 from .coaps_transport import coaps_peer, coaps_server, create_coaps_server_context
 from .service import AuthContext, PendingApproval
@@ -114,7 +115,10 @@ def auth_context(request):
     if peer is None:
         return None
     ems = bool(peer.extended_master_secret)
-    return AuthContext("coaps", peer_chain=list(peer.peer_chain) or None,
+    # the chain OpenSSL verified in the handshake rides along, so the service
+    # does not verify its signatures again
+    chain = VerifiedChain(peer.peer_chain, getattr(peer, "verified_chain", None)) if peer.peer_chain else None
+    return AuthContext("coaps", peer_chain=chain,
                        tls_unique=peer.tls_unique if ems else None,
                        tls_exporter=peer.exporter if ems else None,
                        tls_version="DTLSv1.2", remote=peer.address)
