@@ -298,13 +298,14 @@ class CsrBuilder:
         pk = bytes(public_key)
         if len(pk) != 65 or pk[0] != 4:
             raise _err("public key: not a 65-byte 0x04||X||Y point (only P-256)")
-        rdns = [der.tlv(der.SET, der.seq(der.oid(o), v)) for o, v in self._subject or ()]
+        # 0x31: SET (of one AttributeTypeAndValue, so no sorting)
+        rdns = [der.tlv(0x31, der.seq(der.oid(o), v)) for o, v in self._subject or ()]
         exts = [der.seq(der.oid(o), der.boolean(1) if c or o == _SAN and not rdns else b"", der.octet_string(v)) for o, c, v in self._exts]
         attrs = [der.seq(der.oid(o), der.set_of(*v)) for o, v in self._attrs]
         if self._cp is not None:
-            attrs.append(der.seq(der.oid(_CP), der.tlv(der.SET, self._cp)))
+            attrs.append(der.seq(der.oid(_CP), der.tlv(0x31, self._cp)))
         if exts:
-            attrs.append(der.seq(der.oid(_EXT_REQ), der.tlv(der.SET, der.seq(*exts))))
+            attrs.append(der.seq(der.oid(_EXT_REQ), der.tlv(0x31, der.seq(*exts))))
         attrs.sort()
         spki = der.seq(der.seq(der.oid(der.OID_EC_PUBLIC_KEY), der.oid(der.OID_P256)), der.bit_string(pk))
         return der.seq(b"\x02\x01\x00", der.seq(*rdns), spki, der.tlv(0xA0, *attrs))
@@ -315,9 +316,9 @@ class CsrBuilder:
         ECDSA-SHA256 signature over them."""
         sig = bytes(signature)
         try:
-            s, e = der.read(sig, 0, der.SEQUENCE)
+            s, e = der.read(sig, 0, 0x30)  # SEQUENCE { INTEGER r, INTEGER s }
             for _ in (1, 2):
-                a, s = der.read(sig, s, der.INTEGER, e)
+                a, s = der.read(sig, s, 2, e)
                 der.read_int(sig, a, s)
             ok = e == len(sig) == s
         except RemoteProtocolError:

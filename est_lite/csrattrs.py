@@ -15,7 +15,11 @@
 # the whole response: a client MUST ignore what it does not understand.
 
 from est_lite import der
-from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError
+from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError, const
+
+_SEQ = const(0x30)  # = _SEQ etc.: folded by mpy-cross, no attribute lookups
+_SET = const(0x31)
+_OID = const(0x06)
 
 CHALLENGE_PASSWORD = "1.2.840.113549.1.9.7"
 EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
@@ -111,7 +115,7 @@ class CsrAttrs:
 def _oid_value(v):
     """Dotted text if the DER value v is an OBJECT IDENTIFIER, else None."""
     try:
-        s, e = der.read(v, 0, der.OID)
+        s, e = der.read(v, 0, _OID)
         if e == len(v):
             return der.oid_str(memoryview(v)[s:e])
     except RemoteProtocolError:
@@ -138,14 +142,14 @@ def _elems(mv, s, e, tag, out, max_items):
 
 
 def _read_oid(mv, off, end):
-    s, e = der.read(mv, off, der.OID, end)
+    s, e = der.read(mv, off, _OID, end)
     return der.oid_str(mv[s:e]), e
 
 
 def _attribute(mv, s, e, max_items):
     """Attribute contents -> (type_oid, [value bytes])."""
     t, off = _read_oid(mv, s, e)
-    vs, ve = der.read(mv, off, der.SET, e)
+    vs, ve = der.read(mv, off, _SET, e)
     vals = [bytes(mv[x:b]) for _, x, _, b in _elems(mv, vs, ve, 0, (), max_items)]
     if ve != e or not vals:
         raise _bad("attribute " + t)
@@ -155,20 +159,20 @@ def _attribute(mv, s, e, max_items):
 def _extensions(v, out, max_items):
     """Parse Extensions / ExtensionTemplates (a SEQUENCE OF) into out."""
     mv = memoryview(v)
-    s, e = der.read(mv, 0, der.SEQUENCE)
+    s, e = der.read(mv, 0, _SEQ)
     if e != len(mv):
         raise _bad("extensions")
-    for _, _, a, b in _elems(mv, s, e, der.SEQUENCE, out, max_items):
+    for _, _, a, b in _elems(mv, s, e, _SEQ, out, max_items):
         oid, off = _read_oid(mv, a, b)
         crit = False
         val = None
-        if off < b and mv[off] == der.BOOLEAN:
-            cs, off = der.read(mv, off, der.BOOLEAN, b)
+        if off < b and mv[off] == 1:  # BOOLEAN critical
+            cs, off = der.read(mv, off, 1, b)
             if off - cs != 1 or mv[cs] not in (0, 0xFF):
                 raise _bad("BOOLEAN")
             crit = mv[cs] == 0xFF
         if off < b:
-            cs, off = der.read(mv, off, der.OCTET_STRING, b)
+            cs, off = der.read(mv, off, 4, b)  # OCTET STRING extnValue
             val = bytes(mv[cs:off])
         if off != b:
             raise _bad("extension " + oid)
@@ -177,29 +181,29 @@ def _extensions(v, out, max_items):
 
 def _template(v, res, max_items):
     mv = memoryview(v)
-    s, e = der.read(mv, 0, der.SEQUENCE)
-    vs, off = der.read(mv, s, der.INTEGER, e)
+    s, e = der.read(mv, 0, _SEQ)
+    vs, off = der.read(mv, s, 2, e)  # INTEGER version
     if der.read_int(mv, vs, off) != 0:
         raise _bad("template version")
     subj = []
     tpl = {"subject": subj, "key_alg": None, "key_params": None, "attributes": []}
-    if off < e and mv[off] == der.SEQUENCE:  # subject NameTemplate
-        ns, off = der.read(mv, off, der.SEQUENCE, e)
-        for _, _, a, b in _elems(mv, ns, off, der.SET, (), max_items):
-            for _, _, c, d in _elems(mv, a, b, der.SEQUENCE, subj, max_items):
+    if off < e and mv[off] == _SEQ:  # subject NameTemplate
+        ns, off = der.read(mv, off, _SEQ, e)
+        for _, _, a, b in _elems(mv, ns, off, _SET, (), max_items):
+            for _, _, c, d in _elems(mv, a, b, _SEQ, subj, max_items):
                 ty, p = _read_oid(mv, c, d)
                 if p < d and der.read_tlv(mv, p, d)[2] != d:
                     raise _bad("subject template")
                 subj.append((ty, bytes(mv[p:d]) if p < d else None))
     if off < e and mv[off] == 0xA0:  # [0] SubjectPublicKeyInfoTemplate
         ks, off = der.read(mv, off, 0xA0, e)
-        als, ale = der.read(mv, ks, der.SEQUENCE, off)
+        als, ale = der.read(mv, ks, _SEQ, off)
         tpl["key_alg"], p = _read_oid(mv, als, ale)
         tpl["key_params"] = _oid_value(bytes(mv[p:ale]))
     as_, ae = der.read(mv, off, 0xA1, e)  # [1] attributes
     if ae != e:
         raise _bad("template")
-    for _, _, a, b in _elems(mv, as_, ae, der.SEQUENCE, (), max_items):
+    for _, _, a, b in _elems(mv, as_, ae, _SEQ, (), max_items):
         ty, vals = _attribute(mv, a, b, max_items)
         if ty in (EXTENSION_REQUEST, EXTENSION_REQ_TEMPLATE):
             _extensions(vals[0], res.extensions, max_items)
@@ -217,13 +221,13 @@ def decode(data, max_items=32, max_size=4096):
     if n == 0:
         return res
     mv = memoryview(data)
-    s, e = der.read(mv, 0, der.SEQUENCE)
+    s, e = der.read(mv, 0, _SEQ)
     if e != n:
         raise _bad("trailing data")
     for t, _, a, b in _elems(mv, s, e, 0, (), max_items):
-        if t == der.OID:
+        if t == _OID:
             res.oids.append(der.oid_str(mv[a:b]))
-        elif t == der.SEQUENCE:
+        elif t == _SEQ:
             ty, vals = _attribute(mv, a, b, max_items)
             res.attributes.append((ty, vals))
             if ty in (EXTENSION_REQUEST, EXTENSION_REQ_TEMPLATE, CSR_TEMPLATE):

@@ -15,7 +15,13 @@
 # lengths (read_tlv rejects them with a message saying so).
 
 from est_lite import der
-from est_lite.errors import LimitError, RemoteProtocolError
+from est_lite.errors import LimitError, RemoteProtocolError, const
+
+_SEQ = const(0x30)  # = _SEQ etc.: folded by mpy-cross, no attribute lookups
+_SET = const(0x31)
+_INT = const(0x02)
+_OID = const(0x06)
+_BITS = const(0x03)
 
 
 def _bad(what):
@@ -24,17 +30,17 @@ def _bad(what):
 
 def _content_info(mv, n):
     """-> (signedData_start, signedData_end) after checking the wrapper."""
-    s, e = der.read(mv, 0, der.SEQUENCE, n, n)
+    s, e = der.read(mv, 0, _SEQ, n, n)
     for i in range(e, n):
         if mv[i]:
             raise _bad("PKCS#7: trailing bytes")
-    os_, off = der.read(mv, s, der.OID, e)
+    os_, off = der.read(mv, s, _OID, e)
     if mv[os_:off] != der.OID_SIGNED_DATA:
         raise _bad("PKCS#7: content type is not signedData")
     xs, xe = der.read(mv, off, 0xA0, e, n)
     if xe != e:
         raise _bad("PKCS#7: trailing bytes")
-    ss, se = der.read(mv, xs, der.SEQUENCE, xe, n)
+    ss, se = der.read(mv, xs, _SEQ, xe, n)
     if se != xe:
         raise _bad("PKCS#7: trailing bytes")
     return ss, se
@@ -49,24 +55,24 @@ def certificates(data, max_certs=8, max_size=0x10000):
         raise LimitError("PKCS#7: %d bytes exceeds max_size=%d" % (n, max_size))
     mv = data if isinstance(data, memoryview) else memoryview(data)
     s, e = _content_info(mv, n)
-    vs, off = der.read(mv, s, der.INTEGER, e)
+    vs, off = der.read(mv, s, _INT, e)
     der.read_int(mv, vs, off)  # version: any value, but a valid INTEGER
-    _, off = der.read(mv, off, der.SET, e, n)  # digestAlgorithms
-    es, off = der.read(mv, off, der.SEQUENCE, e, n)  # encapContentInfo
-    der.read(mv, es, der.OID, off)
+    _, off = der.read(mv, off, _SET, e, n)  # digestAlgorithms
+    es, off = der.read(mv, off, _SEQ, e, n)  # encapContentInfo
+    der.read(mv, es, _OID, off)
     certs = []
     if off < e and mv[off] == 0xA0:
         p, off = der.read(mv, off, 0xA0, e, n)
         while p < off:
             t, _, b = der.read_tlv(mv, p, off, n)
-            if t == der.SEQUENCE:  # skip other CertificateChoices
+            if t == _SEQ:  # skip other CertificateChoices
                 if len(certs) >= max_certs:
                     raise LimitError("PKCS#7: more than max_certs=%d certificates" % max_certs)
                 certs.append(mv[p:b])
             p = b
     if off < e and mv[off] == 0xA1:  # crls: ignored
         _, off = der.read(mv, off, 0xA1, e, n)
-    _, off = der.read(mv, off, der.SET, e, n)  # signerInfos
+    _, off = der.read(mv, off, _SET, e, n)  # signerInfos
     if off != e:
         raise _bad("PKCS#7: trailing bytes")
     if not certs:
@@ -78,32 +84,17 @@ def certificates(data, max_certs=8, max_size=0x10000):
 
 
 def _time(mv, off, end):
+    # UTCTime YYMMDDHHMMSSZ or GeneralizedTime YYYYMMDDHHMMSSZ (RFC 5280 forms)
     t, s, e = der.read_tlv(mv, off, end)
-    n = e - s
-    if t == der.UTC_TIME and n == 13:
-        k = 2
-    elif t == der.GENERALIZED_TIME and n == 15:
-        k = 4
-    else:
-        raise _bad("X.509: bad time")
-    if mv[e - 1] != 0x5A:  # 'Z'
-        raise _bad("X.509: bad time")
-    v = []
-    i = s
-    for w in (k, 2, 2, 2, 2, 2):
-        x = 0
-        for j in range(i, i + w):
-            c = mv[j] - 48
-            if not 0 <= c <= 9:
-                raise _bad("X.509: bad time")
-            x = x * 10 + c
-        v.append(x)
-        i += w
-    if k == 2:
-        v[0] += 1900 if v[0] >= 50 else 2000
-    if not (1 <= v[1] <= 12 and 1 <= v[2] <= 31 and v[3] < 24 and v[4] < 60 and v[5] < 61):
-        raise _bad("X.509: bad time")
-    return tuple(v), e
+    k = e - s - 11 if t in (0x17, 0x18) and e - s == 2 * t - 33 else 0  # UTCTime: 13 bytes, 2-digit year
+    d = bytes(mv[s : e - 1])
+    if k and mv[e - 1] == 0x5A and d.isdigit():  # 'Z'
+        v = [int(d[:k])] + [int(d[i : i + 2]) for i in range(k, k + 10, 2)]
+        if k == 2:
+            v[0] += 1900 if v[0] >= 50 else 2000
+        if 1 <= v[1] <= 12 and 1 <= v[2] <= 31 and v[3] < 24 and v[4] < 60 and v[5] < 61:
+            return tuple(v), e
+    raise _bad("X.509: bad time")
 
 
 def cert_tbs_fields(cert, max_length=0x10000):
@@ -120,16 +111,16 @@ def cert_tbs_fields(cert, max_length=0x10000):
       extensions: memoryview of the Extensions SEQUENCE contents, or None"""
     mv = cert if isinstance(cert, memoryview) else memoryview(cert)
     n = len(mv)
-    cs, ce = der.read(mv, 0, der.SEQUENCE, n, max_length)
+    cs, ce = der.read(mv, 0, _SEQ, n, max_length)
     if ce != n:
         raise _bad("X.509: trailing bytes")
-    ts, te = der.read(mv, cs, der.SEQUENCE, ce, max_length)
+    ts, te = der.read(mv, cs, _SEQ, ce, max_length)
     r = {"tbs": mv[cs:te]}
-    as_, ae = der.read(mv, te, der.SEQUENCE, ce)
+    as_, ae = der.read(mv, te, _SEQ, ce)
     r["sig_alg_der"] = mv[te:ae]
-    os_, oe = der.read(mv, as_, der.OID, ae)
+    os_, oe = der.read(mv, as_, _OID, ae)
     r["sig_alg"] = der.oid_str(mv[os_:oe])
-    bs, be = der.read(mv, ae, der.BIT_STRING, ce, max_length)
+    bs, be = der.read(mv, ae, _BITS, ce, max_length)
     if be != ce:
         raise _bad("X.509: trailing bytes")
     u, bs, be = der.read_bit_string(mv, bs, be)
@@ -140,43 +131,43 @@ def cert_tbs_fields(cert, max_length=0x10000):
     ver = 1
     if off < te and mv[off] == 0xA0:
         vs, off = der.read(mv, off, 0xA0, te)
-        a, b = der.read(mv, vs, der.INTEGER, off)
+        a, b = der.read(mv, vs, _INT, off)
         ver = der.read_int(mv, a, b) + 1
         if not 1 <= ver <= 3 or b != off:
             raise _bad("X.509: bad version")
     r["version"] = ver
-    a, off = der.read(mv, off, der.INTEGER, te)
+    a, off = der.read(mv, off, _INT, te)
     r["serial"] = der.read_int(mv, a, off)
-    _, off = der.read(mv, off, der.SEQUENCE, te)  # signature AlgorithmIdentifier
+    _, off = der.read(mv, off, _SEQ, te)  # signature AlgorithmIdentifier
     s0 = off
-    _, off = der.read(mv, off, der.SEQUENCE, te)
+    _, off = der.read(mv, off, _SEQ, te)
     r["issuer"] = mv[s0:off]
-    vs, ve = der.read(mv, off, der.SEQUENCE, te)
+    vs, ve = der.read(mv, off, _SEQ, te)
     r["not_before"], p = _time(mv, vs, ve)
     r["not_after"], p = _time(mv, p, ve)
     if p != ve:
         raise _bad("X.509: bad time")
     s0 = ve
-    _, off = der.read(mv, ve, der.SEQUENCE, te)
+    _, off = der.read(mv, ve, _SEQ, te)
     r["subject"] = mv[s0:off]
     s0 = off
-    ks, off = der.read(mv, off, der.SEQUENCE, te)
+    ks, off = der.read(mv, off, _SEQ, te)
     r["spki"] = mv[s0:off]
-    als, ale = der.read(mv, ks, der.SEQUENCE, off)
-    a, b = der.read(mv, als, der.OID, ale)
+    als, ale = der.read(mv, ks, _SEQ, off)
+    a, b = der.read(mv, als, _OID, ale)
     r["key_alg"] = der.oid_str(mv[a:b])
     r["key_params"] = None
-    if b < ale and mv[b] == der.OID:
-        c, d = der.read(mv, b, der.OID, ale)
+    if b < ale and mv[b] == _OID:
+        c, d = der.read(mv, b, _OID, ale)
         r["key_params"] = der.oid_str(mv[c:d])
-    ps, pe = der.read(mv, ale, der.BIT_STRING, off)
+    ps, pe = der.read(mv, ale, _BITS, off)
     u, ps, pe = der.read_bit_string(mv, ps, pe)
     r["public_key"] = mv[ps:pe]
     r["extensions"] = None
     while off < te:  # issuerUniqueID [1], subjectUniqueID [2], extensions [3]
         t, a, b = der.read_tlv(mv, off, te)
         if t == 0xA3:
-            xs, xe = der.read(mv, a, der.SEQUENCE, b)
+            xs, xe = der.read(mv, a, _SEQ, b)
             if xe != b:
                 raise _bad("X.509: bad extensions")
             r["extensions"] = mv[xs:xe]
@@ -193,9 +184,9 @@ def cert_extensions(fields):
     if mv is None:
         return
     for t, a, b in der.iter_tlv(mv, 0, len(mv)):
-        if t != der.SEQUENCE:
+        if t != _SEQ:
             raise _bad("X.509: bad extensions")
-        os_, oe = der.read(mv, a, der.OID, b)
+        os_, oe = der.read(mv, a, _OID, b)
         off = oe
         crit = False
         if off < b and mv[off] == der.BOOLEAN:
