@@ -173,6 +173,8 @@ class DtlsClient:
     ):
         pin = _check_pin_arg(pin)
         if context is not None:
+            if crls:
+                raise LocalProtocolError("crls belong to the ClientContext when one is shared")
             if context.pinned != (pin is not None):
                 raise LocalProtocolError("a pinned ClientContext needs a pin, and a pin needs a pinned ClientContext")
         elif trust_cas is None and pin is None:
