@@ -295,3 +295,39 @@ def test_micropython_ca_pin_genuine_server(pki, tmp_path):
                    "not this engineer's files (see the report)")
 def test_micropython_ca_pin_forged_chain_refused(pki, tmp_path):
     assert "REFUSED" in _mp_pinned(pki, pki.forged, tmp_path)
+
+
+def _crl(pki, revoked=()):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateRevocationListBuilder().issuer_name(pki.ca.root.cert.subject)
+         .last_update(now - datetime.timedelta(minutes=5)).next_update(now + datetime.timedelta(days=1)))
+    for c in revoked:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(c.serial_number)
+                                      .revocation_date(now - datetime.timedelta(minutes=1)).build())
+    return b.sign(pki.ca.root.key, hashes.SHA256())
+
+
+@pytest.mark.parametrize("how", ["DtlsClient", "CoapsTransport"])
+def test_dtls_crls_checked_in_the_handshake(pki, how):
+    srv = _dtls_server(pki, pki.server)
+    relay, up = _recording_relay(srv.port)
+    kw = dict(cert=pki.client.cert, key=pki.client.key, timeout=5)
+    try:
+        with pytest.raises(SecurityError, match="revoked"):
+            if how == "DtlsClient":
+                DtlsClient("127.0.0.1", relay.port, [pki.ca.root.cert], server_name="localhost",
+                           crls=[_crl(pki, [pki.server.cert])], **kw)
+            else:
+                CoapsTransport("127.0.0.1", relay.port, trust=[pki.ca.root.cert], server_name="localhost",
+                               crls=[_crl(pki, [pki.server.cert])], **kw).connect()
+        assert up and not _sent_cert(up, pki.client.cert)
+        # control: a CRL that does not list the server certificate
+        c = DtlsClient("127.0.0.1", relay.port, [pki.ca.root.cert], server_name="localhost", crls=[_crl(pki)], **kw)
+        c.close()
+        assert _sent_cert(up, pki.client.cert)
+        ctx = ClientContext([pki.ca.root.cert], crls=[_crl(pki)])
+        pytest.raises(LocalProtocolError, DtlsClient, "127.0.0.1", 1, context=ctx, crls=[_crl(pki)], connect=False)
+        pytest.raises(LocalProtocolError, ClientContext, pinned=True, crls=[_crl(pki)])
+    finally:
+        relay.close()
+        srv.stop()
