@@ -26,6 +26,7 @@ clients never send close_notify).
 """
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import logging
@@ -318,8 +319,8 @@ class DtlsServer:
         except OSError:
             sock.close()
             raise
-        self._transport, _ = await self._loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
-        self.local_address = self._transport.get_extra_info("sockname")[:2]
+        self._transport = _UdpEndpoint(self._loop, sock, self)
+        self.local_address = sock.getsockname()[:2]
         return self.local_address
 
     def close(self):
@@ -631,29 +632,85 @@ def _listen_cookie_ok(conn, cookie):
     return peer is not None and peer._cookie == bytes(cookie)
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    """asyncio datagram protocol forwarding to the server."""
+class _UdpEndpoint:
+    """The UDP socket on the event loop, without asyncio's datagram
+    transport: one reader callback drains up to `batch` datagrams per
+    wake-up (asyncio's transport takes one per event-loop iteration), and
+    datagrams go out with a direct sendto; only when the kernel's send
+    buffer is full are they queued (at most `max_queued`, then dropped like
+    a lost datagram: DTLS and CoAP retransmit)."""
 
-    def __init__(self, server):
+    def __init__(self, loop, sock, server, *, batch=32, max_queued=512):
+        sock.setblocking(False)
+        self._loop = loop
+        self._sock = sock
         self._server = server
+        self._batch = batch
+        self._max_queued = max_queued
+        self._queued = collections.deque()
+        self._bufsize = server.max_datagram + 1  # a longer datagram arrives truncated to this and is ignored
+        self._closed = False
+        loop.add_reader(sock.fileno(), self._read_ready)
 
-    def connection_made(self, transport):
-        pass
+    def _read_ready(self):
+        recvfrom = self._sock.recvfrom
+        server = self._server
+        size = self._bufsize
+        for _ in range(self._batch):
+            try:
+                data, addr = recvfrom(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. ECONNREFUSED from an ICMP error: nothing to read, keep serving
+                log.debug("UDP error (ignored): %s", e)
+                continue
+            try:
+                server._datagram(data, addr)
+            except Exception:  # noqa: BLE001 - a bug with one peer must not stop the endpoint for all
+                log.exception("DTLS server error on a datagram from %s; dropping its session", addr)
+                peer = server.sessions.get(addr)
+                if peer is not None:
+                    server._close(peer, "internal error", notify=False)
+            if self._closed:
+                return
 
-    def datagram_received(self, data, addr):
-        try:
-            self._server._datagram(data, addr)
-        except Exception:  # noqa: BLE001 - a bug with one peer must not stop the endpoint for all
-            log.exception("DTLS server error on a datagram from %s; dropping its session", addr)
-            peer = self._server.sessions.get(addr)
-            if peer is not None:
-                self._server._close(peer, "internal error", notify=False)
+    def sendto(self, data, addr):
+        if self._closed:
+            return
+        if not self._queued:
+            try:
+                self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self._sock.fileno(), self._write_ready)
+            except OSError as e:
+                log.debug("UDP send to %s failed (ignored): %s", addr, e)
+                return
+        if len(self._queued) < self._max_queued:
+            self._queued.append((bytes(data), addr))
 
-    def error_received(self, exc):
-        log.debug("UDP error (ignored): %s", exc)
+    def _write_ready(self):
+        while self._queued:
+            data, addr = self._queued[0]
+            try:
+                self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("UDP send to %s failed (ignored): %s", addr, e)
+            self._queued.popleft()
+        self._loop.remove_writer(self._sock.fileno())
 
-    def connection_lost(self, exc):
-        pass
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        fd = self._sock.fileno()
+        self._loop.remove_reader(fd)
+        if self._queued:
+            self._loop.remove_writer(fd)
+            self._queued.clear()
+        self._sock.close()
 
 
 async def create_dtls_server(cert, key, trusted_cas, on_datagram, bind=("127.0.0.1", 0), **options):
