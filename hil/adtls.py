@@ -27,7 +27,9 @@ from est_lite_cpython import dtls as _d
 
 def client_context(datagram=True, cert=None, key=None, trust_cas=None, ciphers=_d.CLIENT_SUITES):
     """An OpenSSL client context: DTLS 1.2 (our suites) or TLS 1.2/1.3.
-    Peer verification is done after the handshake (pin or trust + name)."""
+    The server is verified inside the handshake, before our certificate goes
+    out: the connection's owner (app data) holds the pin or the expected
+    name, checked by `_verify` (and once more after the handshake)."""
     SSL = _d._ssl()
     if datagram:
         ctx = _d.base_context(False, ciphers, cert, key)
@@ -40,10 +42,32 @@ def client_context(datagram=True, cert=None, key=None, trust_cas=None, ciphers=_
             ctx.use_privatekey(_d.load_private_key(key))
     if trust_cas is not None:
         _d.add_trust_anchors(ctx, trust_cas)
-        ctx.set_verify(SSL.VERIFY_PEER, lambda conn, x509, errno, depth, ok: bool(ok))
-    else:
-        ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)  # the pin decides after the handshake
+    ctx.set_verify(SSL.VERIFY_PEER, _verify)
     return ctx
+
+
+def _verify(conn, x509, errno, depth, ok):
+    """OpenSSL's verify callback: a leaf pin (SHA-256 of the server
+    certificate) or trust anchors plus the server name decide before the
+    client's certificate is sent."""
+    owner = conn.get_app_data()
+    if owner is None:
+        return False
+    if owner.pin is not None:
+        if depth != 0:
+            return True  # the pinned leaf decides
+        from cryptography.hazmat.primitives import serialization
+
+        der = x509.to_cryptography().public_bytes(serialization.Encoding.DER)
+        return hashlib.sha256(der).digest() == owner.pin
+    if not ok:
+        return False
+    if depth == 0:
+        try:
+            _d.check_server_name(x509.to_cryptography(), owner.server_name)
+        except SecurityError:
+            return False
+    return True
 
 
 class _Base:
@@ -117,6 +141,7 @@ class AsyncDtls(_Base):
         self._transport, self._proto = await loop.create_datagram_endpoint(_Datagrams,
                                                                            remote_addr=(self.host, self.port))
         self._conn = _d.new_connection(self._ctx, self.mtu)
+        self._conn.set_app_data(self)
         self._conn.set_connect_state()
         end = loop.time() + timeout
         try:
@@ -229,6 +254,7 @@ class AsyncTls(_Base):
         except (OSError, asyncio.TimeoutError) as e:
             raise TransportError("cannot connect to %s:%s: %s" % (self.host, self.port, e))
         self._conn = SSL.Connection(self._ctx, None)
+        self._conn.set_app_data(self)
         if self.server_name and not _is_ip(self.server_name):
             self._conn.set_tlsext_host_name(self.server_name.encode("idna"))
         self._conn.set_connect_state()
