@@ -91,7 +91,8 @@ class HttpOperation(C.Operation):
         s = r.status
         a = self.auth
         if s == 202 or s == 503 and r.retry_after is not None:
-            return self._finish(C.RETRY, C.RetryAfter(C.DEFAULT_RETRY_AFTER if r.retry_after is None else r.retry_after))
+            v = r.retry_after
+            return self._finish(C.RETRY, C.RetryAfter(C.DEFAULT_RETRY_AFTER if v is None else v))
         if s == 401:
             ch = http1.parse_challenges([v for k, v in r.headers if k == "www-authenticate"])
             if a is None:

@@ -22,7 +22,9 @@ from est_lite.errors import LocalProtocolError, RemoteProtocolError
 # of 2.5.4.x (0: emailAddress 1.2.840.113549.1.9.1), the string kind (p
 # PrintableString, u UTF8String, i IA5String) and the X.520 upper bound
 _KW = ("c", "st", "l", "o", "ou", "cn", "serial_number", "email")
-_SPEC = ((6, "p", 2), (8, "u", 128), (7, "u", 128), (10, "u", 64), (11, "u", 64), (3, "u", 64), (5, "p", 64), (0, "i", 255))
+_SPEC = (
+    (6, "p", 2), (8, "u", 128), (7, "u", 128), (10, "u", 64), (11, "u", 64), (3, "u", 64), (5, "p", 64), (0, "i", 255)
+)
 
 EKU_NAMES = dict(
     zip(
@@ -31,7 +33,10 @@ EKU_NAMES = dict(
     )
 )
 # keyUsage bits 0..8, keyword names
-_KU = "digital_signature content_commitment key_encipherment data_encipherment key_agreement key_cert_sign crl_sign encipher_only decipher_only"
+_KU = (
+    "digital_signature content_commitment key_encipherment data_encipherment key_agreement key_cert_sign"
+    " crl_sign encipher_only decipher_only"
+)
 
 _SAN = "2.5.29.17"
 _CP = "1.2.840.113549.1.9.7"
@@ -83,7 +88,8 @@ def _dns(name):
     if labels and labels[0] == "*" and len(labels) > 1:
         labels = labels[1:]
     for lab in labels:
-        if not 0 < len(lab) < 64 or "-" in (lab[0], lab[-1]) or [c for c in lab if not (c.isalpha() or c.isdigit() or c == "-") or c > "\x7f"]:
+        bad = [c for c in lab if not (c.isalpha() or c.isdigit() or c == "-") or c > "\x7f"]
+        if not 0 < len(lab) < 64 or "-" in (lab[0], lab[-1]) or bad:
             labels = ()
     if not labels or len(name) > 253:
         raise _err("bad DNS name %r" % (name,))
@@ -300,7 +306,10 @@ class CsrBuilder:
             raise _err("public key: not a 65-byte 0x04||X||Y point (only P-256)")
         # 0x31: SET (of one AttributeTypeAndValue, so no sorting)
         rdns = [der.tlv(0x31, der.seq(der.oid(o), v)) for o, v in self._subject or ()]
-        exts = [der.seq(der.oid(o), der.boolean(1) if c or o == _SAN and not rdns else b"", der.octet_string(v)) for o, c, v in self._exts]
+        exts = [
+            der.seq(der.oid(o), der.boolean(1) if c or o == _SAN and not rdns else b"", der.octet_string(v))
+            for o, c, v in self._exts
+        ]
         attrs = [der.seq(der.oid(o), der.set_of(*v)) for o, v in self._attrs]
         if self._cp is not None:
             attrs.append(der.seq(der.oid(_CP), der.tlv(0x31, self._cp)))

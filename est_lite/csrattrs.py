@@ -269,7 +269,8 @@ def apply(builder, attrs, strict=False):
         if have is None and val is not None:
             b = b._add_ext(oid, crit, val, oid)
         elif have is None or val is not None and have[2] != val:
-            unmet.append("extension %s: %s" % (oid, "to be filled in by the client" if have is None else "server value differs"))
+            why = "to be filled in by the client" if have is None else "server value differs"
+            unmet.append("extension %s: %s" % (oid, why))
     subj = t.get("subject")
     if subj:
         if b._subject is None and None not in [v for _, v in subj]:

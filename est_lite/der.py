@@ -155,7 +155,8 @@ def oid_bytes(text):
     """Dotted OID text -> DER contents (bytes). LocalProtocolError for
     malformed text."""
     p = text.split(".") if isinstance(text, str) else ()
-    if len(p) < 2 or [x for x in p if not x or x.strip("0123456789")] or int(p[0]) > 2 or int(p[0]) < 2 and int(p[1]) > 39:
+    bad = len(p) < 2 or [x for x in p if not x or x.strip("0123456789")]
+    if bad or int(p[0]) > 2 or int(p[0]) < 2 and int(p[1]) > 39:
         raise LocalProtocolError("not a dotted OID: %r" % (text,))
     out = bytearray()
     for i in range(1, len(p)):

@@ -133,7 +133,8 @@ def build_est_request(op, host, der=b"", label=None, **kw):
     path = https_path(op, label)
     if op < 2:
         return build_request("GET", path, host, **kw)
-    return build_request("POST", path, host, _MT_PKCS7 if op == 5 else "application/pkcs10", b64_encode_lines(der), **kw)
+    ct = _MT_PKCS7 if op == 5 else "application/pkcs10"
+    return build_request("POST", path, host, ct, b64_encode_lines(der), **kw)
 
 
 # ---------------------------------------------------------------- authentication

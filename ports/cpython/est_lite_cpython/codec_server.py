@@ -67,7 +67,9 @@ def encode_multipart(parts):
     items = []
     for cf, p in parts:
         if type(cf) is not int or not 0 <= cf < 65536 or not (p is None or isinstance(p, _BYTES)):
-            raise LocalProtocolError("multipart part (%r, %r) needs a content-format 0..65535 and bytes or None" % (cf, type(p)))
+            raise LocalProtocolError(
+                "multipart part (%r, %r) needs a content-format 0..65535 and bytes or None" % (cf, type(p))
+            )
         items += (cf, p)
     return cbor_encode(items)
 
