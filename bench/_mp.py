@@ -72,5 +72,9 @@ def mpy_size(py_path):
     """Bytes of the .mpy that mpy-cross makes from one source file."""
     with tempfile.TemporaryDirectory() as d:
         out = pathlib.Path(d) / (pathlib.Path(py_path).stem + ".mpy")
-        subprocess.run([MPY_CROSS, "-o", str(out), str(py_path)], check=True, capture_output=True)
+        # -s: the source name stored in the .mpy, as a device build stores it
+        # (package/module.py), not this machine's absolute path
+        src = pathlib.Path(py_path)
+        name = "%s/%s" % (src.parent.name, src.name)
+        subprocess.run([MPY_CROSS, "-s", name, "-o", str(out), str(py_path)], check=True, capture_output=True)
         return out.stat().st_size
