@@ -240,18 +240,25 @@ def test_est_client_over_https_sends_no_password_to_a_forged_chain(pki):
         imp.close()
 
 
-# -- the MicroPython port's CoAPs transport (est_lite_mp.client._MpCoaps) ------------------------
+# -- the MicroPython port: est_lite_mp.client._MpCoaps (CoAPs) and est_lite_mp.https.TlsStream ------------
+# (both decide in Mbed TLS's verify callback through est_lite_mp.certs.PinCheck)
 
-MP_SCRIPT = """
+MP_HEAD = """
 import sys
 sys.path[:0] = %r
-from est_lite_mp.client import _MpCoaps
 def rd(n):
+    if n is None:
+        return None
     f = open(n, "rb")
     d = f.read()
     f.close()
     return d
-t = _MpCoaps("127.0.0.1", %d, None, bytes.fromhex("%s"), "localhost", rd("%s"), rd("%s"), 5)
+pin = bytes.fromhex("%s")
+"""
+
+MP_COAPS = """
+from est_lite_mp.client import _MpCoaps
+t = _MpCoaps("127.0.0.1", %d, None, pin, "localhost", rd(%r), rd(%r), 5)
 try:
     t.connect()
     t.send(b"hi")
@@ -260,10 +267,35 @@ try:
     print("ACCEPTED", bytes(b[:n]))
 except Exception as e:
     print("REFUSED", type(e).__name__, e)
+t.close()
+"""
+
+MP_TLS = """
+from est_lite_mp.https import TlsStream
+t = TlsStream("localhost", %d, None, pin, "localhost", rd(%r), rd(%r), 5, %r)
+try:
+    t.connect()
+    t.write(b"GET / HTTP/1.1\\r\\n\\r\\n")
+    print("ACCEPTED pending=%%s" %% t.pending)
+except Exception as e:
+    print("REFUSED", type(e).__name__, e)
+t.close()
+"""
+
+MP_EST = """
+from est_lite_mp.client import EstClient
+c = EstClient("https://localhost:%d", pin=pin, cert=rd(%r), key=rd(%r), user="dev", password="secret",
+              deadline=None, timeout=5)
+try:
+    c.cacerts()
+    print("ACCEPTED")
+except Exception as e:
+    print("REFUSED", type(e).__name__, e)
+c.close()
 """
 
 
-def _mp_pinned(pki, ident, tmp_path):
+def _mp_run(pki, tmp_path, pin_cert, body, *args, creds=True):
     import os
     import shutil
     import subprocess
@@ -271,30 +303,97 @@ def _mp_pinned(pki, ident, tmp_path):
     mp = shutil.which("micropython")
     assert mp, "micropython is part of the dev setup"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    (tmp_path / "c.der").write_bytes(der(pki.client.cert))
-    (tmp_path / "k.der").write_bytes(pki.client.key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    c = k = None
+    if creds:
+        c, k = str(tmp_path / "c.der"), str(tmp_path / "k.der")
+        (tmp_path / "c.der").write_bytes(der(pki.client.cert))
+        (tmp_path / "k.der").write_bytes(pki.client.key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    script = (MP_HEAD % ([root, os.path.join(root, "ports", "micropython")], fingerprint(pin_cert).hex())
+              + body % (args[:1] + (c, k) + args[1:]))
+    (tmp_path / "s.py").write_text(script)
+    r = subprocess.run([mp, "-X", "heapsize=256K", str(tmp_path / "s.py")], capture_output=True, text=True,
+                       timeout=60)
+    return r.stdout + r.stderr
+
+
+def _mp_pinned(pki, ident, tmp_path, pin_cert=None):
+    """_MpCoaps with a pin against a DTLS server presenting `ident` + the
+    root, through a relay recording what the device sends."""
     srv = _dtls_server(pki, ident)
+    relay, up = _recording_relay(srv.port)
     try:
-        script = MP_SCRIPT % ([root, os.path.join(root, "ports", "micropython")], srv.port,
-                              fingerprint(pki.ca.root.cert).hex(), tmp_path / "c.der", tmp_path / "k.der")
-        (tmp_path / "s.py").write_text(script)
-        r = subprocess.run([mp, "-X", "heapsize=256K", str(tmp_path / "s.py")], capture_output=True, text=True,
-                           timeout=60)
-        return r.stdout + r.stderr
+        out = _mp_run(pki, tmp_path, pin_cert or pki.ca.root.cert, MP_COAPS, relay.port)
+        return out, _sent_cert(up, pki.client.cert), up
     finally:
+        relay.close()
         srv.stop()
 
 
-def test_micropython_ca_pin_genuine_server(pki, tmp_path):
-    assert "ACCEPTED b'echo hi'" in _mp_pinned(pki, pki.server, tmp_path)
+@pytest.mark.parametrize("pin_of", ["root", "leaf"])
+def test_micropython_ca_pin_genuine_server(pki, tmp_path, pin_of):
+    pin_cert = pki.ca.root.cert if pin_of == "root" else pki.server.cert
+    out, sent, _ = _mp_pinned(pki, pki.server, tmp_path, pin_cert)
+    assert "ACCEPTED b'echo hi'" in out, out
+    assert sent  # control: the recorder does see the device certificate when it goes out
 
 
-@pytest.mark.xfail(strict=True, reason="est_lite_mp.client._MpCoaps._check (and est_lite_mp.https TlsStream._check) "
-                   "accept a CA pin anywhere in the presented chain without checking the signatures below it; "
-                   "not this engineer's files (see the report)")
 def test_micropython_ca_pin_forged_chain_refused(pki, tmp_path):
-    assert "REFUSED" in _mp_pinned(pki, pki.forged, tmp_path)
+    out, sent, up = _mp_pinned(pki, pki.forged, tmp_path)
+    assert "REFUSED SecurityError" in out and "not signed by" in out and "CN=localhost (depth 0)" in out, out
+    assert up and not sent  # refused in the handshake, before the device certificate went out
+
+
+def test_micropython_pin_not_in_the_chain_refused(pki, tmp_path):
+    out, sent, up = _mp_pinned(pki, pki.server, tmp_path, pki.client.cert)
+    assert "REFUSED SecurityError" in out and "does not contain the pinned" in out, out
+    assert up and not sent
+
+
+def _mp_tls(pki, ident, tmp_path, creds, pending_ok=False, pin_cert=None):
+    imp = TlsImpostor(pki, ident, "1.2")
+    try:
+        out = _mp_run(pki, tmp_path, pin_cert or pki.ca.root.cert, MP_TLS, imp.port, pending_ok, creds=creds)
+        imp._stop.set()
+        imp._t.join(5)
+        return out, imp.records
+    finally:
+        imp.close()
+
+
+@pytest.mark.parametrize("creds", [True, False])
+def test_micropython_tls_forged_chain_refused(pki, tmp_path, creds):
+    # with a client certificate, and anonymous (the HTTPS bootstrap: pending_ok) -- the pinned CA is in
+    # the chain, so the chain must verify; it is not left to the /cacerts answer
+    out, recs = _mp_tls(pki, pki.forged, tmp_path, creds, pending_ok=not creds)
+    assert "REFUSED SecurityError" in out and "not signed by" in out, out
+    assert recs and all(r["client_cert"] is None and r["data"] == b"" for r in recs)
+
+
+@pytest.mark.parametrize("creds", [True, False])
+def test_micropython_tls_genuine_server_with_a_ca_pin(pki, tmp_path, creds):
+    out, recs = _mp_tls(pki, pki.server, tmp_path, creds, pending_ok=not creds)
+    assert "ACCEPTED pending=False" in out, out
+    assert recs[0]["client_cert"] == (der(pki.client.cert) if creds else None)
+    assert recs[0]["data"].startswith(b"GET / ")
+
+
+def test_micropython_tls_pin_not_in_chain_is_pending_only_when_anonymous(pki, tmp_path):
+    out, recs = _mp_tls(pki, pki.server, tmp_path, False, pending_ok=True, pin_cert=pki.client.cert)
+    assert "ACCEPTED pending=True" in out, out  # EstClient then checks the chain against /cacerts
+    out, recs = _mp_tls(pki, pki.server, tmp_path, True, pin_cert=pki.client.cert)
+    assert "REFUSED SecurityError" in out and "does not contain the pinned" in out, out
+    assert all(r["client_cert"] is None and r["data"] == b"" for r in recs)
+
+
+def test_micropython_est_client_sends_no_password_to_a_forged_chain(pki, tmp_path):
+    imp = TlsImpostor(pki, pki.forged, "1.2")
+    try:
+        out = _mp_run(pki, tmp_path, pki.ca.root.cert, MP_EST, imp.port)
+        assert "REFUSED SecurityError" in out and "not signed by" in out, out
+        assert imp.records and all(r["client_cert"] is None and r["data"] == b"" for r in imp.records)
+    finally:
+        imp.close()
 
 
 def _crl(pki, revoked=()):

@@ -6,8 +6,10 @@
 # trust: CA DER list (Mbed TLS checks the chain and the name against the
 # DNS/IP subjectAltNames); pin instead: SHA-256 of a certificate of the
 # chain the server presents, checked in the verify callback during the
-# handshake (before our certificate is sent). No channel binding: this
-# `tls` has no tls-unique/exporter API (binding is None).
+# handshake (before our certificate is sent); every certificate below the
+# pinned one must be signed by the next (est_lite_mp.certs.PinCheck).
+# No channel binding: this `tls` has no tls-unique/exporter API (binding
+# is None).
 import select
 import socket
 import time
@@ -33,21 +35,31 @@ class TlsStream:
         self.timeout = timeout
         self.s = None
         self._poll = None
-        self._hit = False
+        self._pc = None
+        if pin is not None:
+            from est_lite_mp.certs import PinCheck
+
+            self._pc = PinCheck(pin, None)
+
+    @property
+    def _hit(self):
+        return self._pc is not None and self._pc.hit
 
     def _check(self, der, depth):
-        import hashlib
-
+        # The verify callback (top of the chain first, the leaf at depth 0
+        # decides): the pinned certificate must be in the chain and every
+        # certificate below it signed by the next (certs.PinCheck). Must
+        # return 0 or a negative Mbed TLS error, and must not raise.
         try:
-            self._hit = self._hit or hashlib.sha256(der).digest() == self.pin
+            ok = self._pc(der, depth)
             if self.pending_ok:
                 self.chain.insert(0, bytes(der))  # called top first: leaf ends up first
-                if not depth and not self._hit:
-                    self.pending = True
+                if not depth and not self._pc.hit:
+                    self.pending = True  # bootstrap() checks the chain against the /cacerts answer
                     return 0
-        except Exception:  # noqa: BLE001 - must not raise inside Mbed TLS
+        except Exception:  # noqa: BLE001 - must not raise inside Mbed TLS (MemoryError)
             return _VERIFY_FAILED
-        return 0 if depth or self._hit else _VERIFY_FAILED
+        return 0 if ok else _VERIFY_FAILED
 
     def connect(self):
         import tls
@@ -73,19 +85,20 @@ class TlsStream:
             ctx.verify_mode = tls.CERT_REQUIRED
             for ca in self.trust:
                 ctx.load_verify_locations(bytes(ca))
-        self._hit = self.pending = False
+        self.pending = False
         self.chain = []
         try:
             self.s = ctx.wrap_socket(raw, server_hostname=self.name)
         except (OSError, ValueError) as e:
             raw.close()
-            if self.pin is not None and not self._hit and not self.pending:
-                raise SecurityError("TLS handshake with %s refused: the server's chain does not contain the pinned "
-                                    "certificate" % self.host)
+            pc = self._pc
+            if pc is not None and pc.why is not None and not self.pending:
+                raise SecurityError("TLS handshake with %s refused before anything was sent: %s"
+                                    % (self.host, pc.why))
             if isinstance(e, ValueError) or (e.args and isinstance(e.args[0], int) and e.args[0] < 0):
                 raise SecurityError("TLS handshake with %s failed: %s" % (self.host, _one(e)))
             raise TransportError("TLS handshake with %s failed: %s" % (self.host, _one(e)))
-        if self.pin is not None and not self._hit and not self.pending:
+        if self.pin is not None and not self.pending and (not self._hit or self._pc.why is not None):
             self.close()
             raise SecurityError("the server certificate was never checked against the pin")
         # stream read(n) of a blocking socket waits for all n bytes (no
