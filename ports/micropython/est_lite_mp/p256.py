@@ -51,12 +51,9 @@ def set_table(t):
     scalar multiplication at most and not kept."""
     global _tab, _src
     if t is not None:
-        w = getattr(t, "w", None)
-        if not isinstance(w, int) or not 2 <= w <= 8:
-            raise LocalProtocolError("P-256 table: w must be the window width in bits (2..8)")
-        if len(t) != (256 + w - 1) // w:
-            raise LocalProtocolError("P-256 table: %d windows of %d bits, expected %d" % (len(t), w,
-                                                                                        (256 + w - 1) // w))
+        w = getattr(t, "w", 0)
+        if not (isinstance(w, int) and 2 <= w <= 8 and len(t) == (255 + w) // w):
+            raise LocalProtocolError("P-256 table: bad w or window count")
     prev = _src
     _src = t
     _tab = None if t is None else (t.w, t)
