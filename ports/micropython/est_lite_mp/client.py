@@ -96,23 +96,26 @@ class _MpCoaps:
     def __init__(self, host, port, trust, pin, name, cert, key, timeout):
         from est_lite_mp.dtls import DtlsClient
 
-        self._pin = pin
-        self._hit = False
+        self._pc = None
+        if pin:
+            from est_lite_mp.certs import PinCheck
+
+            # the verify callback: pinned certificate in the chain, the ones below it signed by the next
+            self._pc = PinCheck(pin, None)
         self.c = DtlsClient(host, port, cadata=trust, server_hostname=name, cert=cert, key=key,
-                            pin=self._check if pin else None, timeout_ms=int(timeout * 1000))
-
-    def _check(self, der, depth):
-        # every certificate the server presents (top first); the leaf decides
-        import hashlib
-
-        self._hit = self._hit or hashlib.sha256(der).digest() == self._pin
-        return depth > 0 or self._hit
+                            pin=self._pc, timeout_ms=int(timeout * 1000))
 
     def connect(self):
         self.c.connect()
 
     def send(self, d):
-        self.c.send(d)
+        try:
+            self.c.send(d)  # the first one runs the handshake
+        except SecurityError:
+            pc = self._pc
+            if pc is not None and pc.why is not None:
+                raise SecurityError("DTLS handshake refused before our certificate was sent: %s" % pc.why)
+            raise
 
     def recv_into(self, buf, timeout):
         return self.c.recv_into(buf, max(0, int(timeout * 1000)))
