@@ -1,6 +1,7 @@
 """Device benchmarks of the MicroPython client runtime (issue #6).
 
     python bench/device.py [--runs 9] [--loss 0.2] [--delay-ms 0] [--ack-timeout 2] [--skip-lossy]
+                           [--no-adaptive] [--rto-initial-ms 1000] [--rto-min-ms 100] [--seed 7]
 
 Against the reference server (hil.refserver, in this process) over
 EST-coaps, the MicroPython unix port running est_lite + est_lite_mp as .mpy
@@ -23,7 +24,10 @@ with the P-256 table read from a file (est_lite_mp.tablefile):
 - loss: enrollment time (inside the device process, from EstClient() to the
   committed store) through hil.lossy.LossyRelay on loopback, lossless and
   with `--loss` datagram loss in both directions, `--runs` each, in the same
-  run: `lossless_median_ms`, `lossy_median_ms`, `loss_ratio`.
+  run: `lossless_median_ms`, `lossy_median_ms`, `loss_ratio`. The device
+  uses RTT-based timers (EstClient.adaptive, est_lite_mp.rto) unless
+  --no-adaptive; --rto-initial-ms / --rto-min-ms set their initial value
+  and floor.
 
 The last line is one JSON object.
 """
@@ -76,6 +80,9 @@ def main():
         t0 = time.ticks_ms()
         c = EstClient(cfg["server"], trust=trust, cert=cert, key=key, deadline=cfg["deadline"])
         c.ack_timeout = cfg["ack_timeout"]
+        c.adaptive = cfg["adaptive"]
+        c.rto_initial_ms = cfg["rto_initial_ms"]
+        c.rto_min_ms = cfg["rto_min_ms"]
         c.provision(store, cn="bench-%d" % i)
         c.close()
         times.append(time.ticks_diff(time.ticks_ms(), t0))
@@ -167,6 +174,11 @@ def main():
     ap.add_argument("--loss", type=float, default=0.2, help="datagram loss each way (default 0.2)")
     ap.add_argument("--delay-ms", type=float, default=0.0, help="one-way link delay of the relay (default 0)")
     ap.add_argument("--ack-timeout", type=float, default=2.0, help="CoAP ACK_TIMEOUT of the device (default 2, RFC 7252)")
+    ap.add_argument("--no-adaptive", action="store_true",
+                    help="RFC 7252 fixed ACK_TIMEOUT and Mbed TLS handshake timers only (the client before issue #6)")
+    ap.add_argument("--rto-initial-ms", type=int, default=1000,
+                    help="handshake resend timer before any RTT sample (default 1000, RFC 6347/8961)")
+    ap.add_argument("--rto-min-ms", type=int, default=100, help="floor of the measured RTO (default 100)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--skip-lossy", action="store_true")
     ap.add_argument("--skip-heap", action="store_true")
@@ -196,12 +208,13 @@ def main():
                 with open(files[name], "wb") as f:
                     f.write(data)
 
-            def cfg(server, runs, name, ack_timeout=2.0):
+            def cfg(server, runs, name, ack_timeout=2.0, adaptive=True):
                 p = os.path.join(d, name + ".json")
                 store = os.path.join(d, "store-" + name + "-" + os.urandom(4).hex())
                 with open(p, "w") as f:
                     json.dump(dict(files, server=server, runs=runs, store=store, table=str(table), deadline=600,
-                                   ack_timeout=ack_timeout), f)
+                                   ack_timeout=ack_timeout, adaptive=adaptive, rto_initial_ms=a.rto_initial_ms,
+                                   rto_min_ms=a.rto_min_ms), f)
                 return p
 
             if not a.skip_heap:
@@ -242,7 +255,8 @@ def main():
                     host, port = relay.start()
                     try:
                         p = run_module(lib, "bench_enroll", [cfg("coaps://%s:%d" % (host, port), a.runs, name,
-                                                                 a.ack_timeout)], 1024 * 1024, timeout=3600)
+                                                                 a.ack_timeout, not a.no_adaptive)], 1024 * 1024,
+                                     timeout=3600)
                     finally:
                         relay.stop()
                     if p.returncode != 0 or "TIMES " not in p.stdout:
@@ -254,7 +268,8 @@ def main():
                     print("%s: median %.0f ms of %s" % (name, statistics.median(times), times), flush=True)
                 res.update(loss_ratio=round(res["lossy_median_ms"] / res["lossless_median_ms"], 2),
                            loss_target_ratio=LOSS_TARGET, loss=a.loss, delay_ms=a.delay_ms,
-                           ack_timeout_s=a.ack_timeout, runs=a.runs)
+                           ack_timeout_s=a.ack_timeout, runs=a.runs, adaptive=not a.no_adaptive,
+                           rto_initial_ms=a.rto_initial_ms, rto_min_ms=a.rto_min_ms, seed=a.seed)
         finally:
             srv.stop()
     print(json.dumps(res, sort_keys=True))

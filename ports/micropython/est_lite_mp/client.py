@@ -93,7 +93,7 @@ class _MpCoaps:
     # est_lite_mp.dtls.DtlsClient: the first send runs the handshake
     binding = None
 
-    def __init__(self, host, port, trust, pin, name, cert, key, timeout):
+    def __init__(self, host, port, trust, pin, name, cert, key, timeout, rto=None):
         from est_lite_mp.dtls import DtlsClient
 
         self._pc = None
@@ -103,7 +103,7 @@ class _MpCoaps:
             # the verify callback: pinned certificate in the chain, the ones below it signed by the next
             self._pc = PinCheck(pin, None)
         self.c = DtlsClient(host, port, cadata=trust, server_hostname=name, cert=cert, key=key,
-                            pin=self._pc, timeout_ms=int(timeout * 1000))
+                            pin=self._pc, timeout_ms=int(timeout * 1000), rto=rto)
 
     def connect(self):
         self.c.connect()
@@ -141,6 +141,18 @@ class EstClient:
     max_body = 4096
     backoff = 5  # first backoff after a link failure (s)
     idle_close = 30  # close the session before a longer retry wait (servers evict idle sessions)
+    # RTT-based timers (docs/client-runtime.md, "Datagram loss"): the DTLS
+    # handshake's round trips and every CoAP exchange feed an RFC 6298
+    # estimator (est_lite_mp.rto) kept for the client's life; a lost
+    # handshake flight is resent after its RTO (MicroPython port) and each
+    # CoAP request's ACK_TIMEOUT is the RTO, with more retransmissions so
+    # the give-up span stays RFC 7252's. adaptive = False: ack_timeout and
+    # Mbed TLS's 1 s handshake timer, as before.
+    adaptive = True
+    rto_initial_ms = 1000  # handshake resend timer before any sample (RFC 6347 / RFC 8961: 1 s)
+    rto_min_ms = 100  # floor of a measured RTO
+    rto_max_ms = 60000
+    max_retransmit = 4  # RFC 7252 MAX_RETRANSMIT at ack_timeout
 
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
                  server_name=None, timeout=30, deadline=120):
@@ -170,6 +182,7 @@ class EstClient:
         self._mid = None  # next CoAP message id (kept as an int: core modules may be reloaded)
         self._buf = None
         self._end = None
+        self.rto = None  # est_lite_mp.rto.Rto, made with the first session when adaptive
 
     # --- port hooks (est_lite_cpython.client overrides them) ---
 
@@ -195,7 +208,7 @@ class EstClient:
         return crypto
 
     def _open_coaps(self, trust, pin, timeout):
-        return _MpCoaps(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout)
+        return _MpCoaps(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout, self.rto)
 
     def _open_https(self, trust, pin, timeout):
         from est_lite_mp.https import TlsStream
@@ -210,6 +223,10 @@ class EstClient:
 
     def _session(self):
         if self._t is None:
+            if self.adaptive and self.rto is None and self.scheme == "coaps":
+                from est_lite_mp.rto import Rto
+
+                self.rto = Rto(initial_ms=self.rto_initial_ms, min_ms=self.rto_min_ms, max_ms=self.rto_max_ms)
             left = self._left()
             to = self.timeout if left is None else max(0.5, min(self.timeout, left))
             pin = self.pin if self.trust is None else None
@@ -242,29 +259,65 @@ class EstClient:
 
     # --- one attempt ---
 
+    def _coap_timers(self):
+        # (ack_timeout s, max_retransmit) for the next request
+        r = self.rto
+        if r is None or not r.samples:
+            return self.ack_timeout, self.max_retransmit
+        ms = r.timeout()
+        n = self.max_retransmit
+        t = ms
+        while t < self.ack_timeout * 1000 and n < 12:
+            t <<= 1  # as many more doublings as the RTO is below ACK_TIMEOUT
+            n += 1
+        return ms / 1000, n
+
     def _coap_once(self, op, body, pk):
         from est_lite import client as C
 
         t = self._session()
         ms = C.MidSource(self._mid)
+        at, mr = self._coap_timers()
         o = C.CoapOperation(op, label=self.label, body=body, token=self._rand_bytes(4), mid=ms, szx=self.szx,
-                            public_key=pk, rand=self._rand, ack_timeout=self.ack_timeout, max_body=self.max_body,
-                            buf=self._buf)
+                            public_key=pk, rand=self._rand, ack_timeout=at, max_retransmit=mr,
+                            max_body=self.max_body, buf=self._buf)
         rb = bytearray(1280)
         mv = memoryview(rb)
+        rto = self.rto
+        sent = None  # time a confirmable request went out (RTT sample unless it is retransmitted)
+        rx = 0
         try:
             while True:
                 now = self._mono()
+                if rto is not None and rto.samples:
+                    o.ack_timeout, o.max_retransmit = self._coap_timers()  # read for each new request
                 d = o.send(now)
                 while d is not None:
-                    t.send(d)
+                    k = rto.samples if rto is not None else 0
+                    t.send(d)  # the first datagram of a session runs the DTLS handshake
+                    if rto is not None and rto.samples != k and not o.retransmissions:
+                        # the handshake measured the RTT and delayed this first
+                        # transmission: its timer starts now, at the new RTO
+                        # (CoapOperation computed it before; same random factor)
+                        at, o.max_retransmit = self._coap_timers()
+                        now = self._mono()
+                        o._tmo = o._tmo * at / o.ack_timeout
+                        o.ack_timeout = at
+                        o._t = now + o._tmo
+                    if not d[0] & 0x30:  # CON: a request
+                        sent = now if sent is None and o.retransmissions == rx else -1
                     d = o.send(now)
                 ev = o.next_event()
                 if ev is not C.NEED_DATA:
                     return ev
                 n = t.recv_into(rb, o.next_timeout() - self._mono())
                 if n:
-                    o.receive_data(mv[:n], self._mono())
+                    now = self._mono()
+                    if rto is not None and sent is not None and sent >= 0:
+                        rto.sample(int((now - sent) * 1000))
+                    sent = None
+                    rx = o.retransmissions
+                    o.receive_data(mv[:n], now)
         finally:
             self._mid = ms.mid
 

@@ -18,6 +18,14 @@
 # - verify_callback(cert_memoryview, depth) must return 0 or a NEGATIVE
 #   Mbed TLS error: a positive value leaks out of write() as a byte count.
 # - close() sends no close_notify; servers evict idle sessions.
+# - Mbed TLS resends a lost handshake flight after 1 s at the earliest
+#   (doubling) and this `tls` cannot change that. wrap_socket() takes any
+#   stream (readinto/write/ioctl), so the UDP socket goes in through _Link,
+#   which keeps our last handshake flight and resends it after an RTT-based
+#   timeout (est_lite_mp.rto); the server takes the copy as a retransmission
+#   and resends its own flight (RFC 6347 §4.2.4), and Mbed TLS drops the
+#   duplicates it then receives (record sequence numbers / message_seq).
+import io
 import select
 import socket
 import time
@@ -50,9 +58,140 @@ _ERR_SSL_FATAL_ALERT = const(-0x7780)
 _ERR_SSL_PEER_CLOSE_NOTIFY = const(-0x7880)
 _POLLIN = const(1)
 _POLLOUT = const(4)
+_MP_STREAM_POLL = const(3)
+_MP_STREAM_CLOSE = const(4)
+_FLIGHT_GAP_MS = const(300)  # writes further apart than this are not one flight
+_HS_INITIAL_MS = const(1000)  # resend timer without an estimator (RFC 6347: 1 s)
+_NEVER = const(1 << 29)
+_SEQ_GAP = const(24)
 
 # Offered in this order where the build has them (this build has no CCM).
 SUITES = ("TLS-ECDHE-ECDSA-WITH-AES-128-CCM-8", "TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256")
+
+
+class _Link(io.IOBase):
+    # The connected, non-blocking UDP socket as Mbed TLS sees it. While
+    # `hs` is set it records the handshake flight being written (the writes
+    # after the last datagram read) and feeds the estimator one RTT sample
+    # per flight: from the LAST transmission of the flight (ours or Mbed
+    # TLS's) to the next datagram read. Karn's rule would take no sample
+    # from a resent flight; then one early loss leaves the estimator empty
+    # for the whole handshake. A reply to an earlier copy makes the sample
+    # too small: the floor (Rto.min_ms) and the per-flight backoff bound the
+    # cost to an early duplicate flight.
+    def __init__(self, sock, rto, max_flight):
+        self.s = sock
+        self.rto = rto
+        self.max = max_flight
+        self.p = select.poll()
+        self.p.register(sock, _POLLIN)
+        self.hs = True
+        self.f = []  # datagrams of our current flight
+        self.n = 0  # their bytes
+        self.rx = True  # a datagram was read since the last write: the next write starts a flight
+        self.t = _ticks()  # last write, resend or read
+        self.t0 = None  # last transmission of the flight, for an RTT sample
+        self.tries = 0  # transmissions of the current flight after the first
+        self.resent = 0  # statistics: flights we resent
+        self.seq = 0  # next record sequence number for our resent epoch-0 records
+
+    def readinto(self, b):
+        n = self.s.readinto(b)
+        if n and self.hs:
+            now = _ticks()
+            if self.t0 is not None and self.rto is not None:
+                self.rto.sample(_diff(now, self.t0))
+            self.t0 = None
+            self.rx = True
+            self.t = now
+        return n
+
+    def write(self, b):
+        if self.hs:
+            now = _ticks()
+            if self.rx or _diff(now, self.t) > _FLIGHT_GAP_MS:
+                if self.rx:  # a new flight
+                    self.tries = 0
+                    self.rx = False
+                else:  # Mbed TLS resending the flight on its own timer (new record numbers)
+                    self.tries += 1
+                self.t0 = now
+                self.f = []
+                self.n = 0
+            if self.n + len(b) <= self.max:
+                d = bytearray(b)
+                self.f.append(d)
+                self.n += len(d)
+                # resent epoch-0 records get numbers _SEQ_GAP above Mbed TLS's, so
+                # the peer's replay check (RFC 6347 §4.1.2.6) takes them and Mbed
+                # TLS's own later records stay inside the peer's 64-record window
+                m = _records(d, None) + _SEQ_GAP
+                if m > self.seq:
+                    self.seq = m
+            self.t = now
+        return self.s.write(b)
+
+    def due(self):
+        """ms until our resend of the flight is due (<= 0: now)."""
+        if not self.f:
+            return _NEVER
+        # also after part of the answer came: the peer resends its whole
+        # flight when ours arrives again
+        t = _HS_INITIAL_MS if self.rto is None else self.rto.timeout(self.tries)
+        return t - _diff(_ticks(), self.t)
+
+    def resend(self):
+        for d in self.f:
+            self.seq = _records(d, self.seq)
+            try:
+                self.s.write(d)
+            except OSError:
+                pass
+        self.tries += 1
+        self.resent += 1
+        self.t = self.t0 = _ticks()
+
+    def wait(self, ms):
+        for _ in self.p.ipoll(ms):
+            pass
+
+    def ioctl(self, req, arg):
+        if req == _MP_STREAM_POLL:
+            r = _POLLOUT & arg
+            for _o, ev in self.p.ipoll(0):
+                r |= ev & arg
+            return r
+        if req == _MP_STREAM_CLOSE:
+            self.f = None
+            self.s.close()
+        return 0
+
+
+def _records(d, seq):
+    # Walk the DTLS records of datagram d (bytearray). seq None: the largest
+    # epoch-0 sequence number in it (-1: none). Else renumber its epoch-0
+    # (plaintext handshake) records seq, seq+1, ... and return the next
+    # number; encrypted records (epoch 1: our Finished) cannot be renumbered
+    # and go out as they are (the peer drops them as replays).
+    off = 0
+    top = -1
+    n = len(d)
+    while off + 13 <= n:
+        if d[off + 3] == 0 and d[off + 4] == 0:
+            if seq is None:
+                v = 0
+                for i in range(off + 5, off + 11):
+                    v = v << 8 | d[i]
+                if v > top:
+                    top = v
+            else:
+                v = seq
+                for i in range(off + 10, off + 4, -1):
+                    d[i] = v & 0xFF
+                    v >>= 8
+                seq += 1
+        off += 13 + (d[off + 11] << 8 | d[off + 12])
+    return top if seq is None else seq
 
 
 class DtlsClient:
@@ -67,10 +206,14 @@ class DtlsClient:
                      (der_memoryview, depth) -> bool
     timeout_ms       handshake deadline
     max_datagram     receive buffer size (one decrypted datagram)
+    rto              est_lite_mp.rto.Rto: resend a lost handshake flight after
+                     its timeout (before Mbed TLS's own 1 s timer) and feed it
+                     the handshake's round trips; None: Mbed TLS timers only
+    max_flight       bytes of our last handshake flight kept for resending
     """
 
     def __init__(self, host, port, cadata=None, server_hostname=None, cert=None, key=None, pin=None,
-                 timeout_ms=30000, max_datagram=1280, poll_ms=50, ciphers=SUITES):
+                 timeout_ms=30000, max_datagram=1280, poll_ms=50, ciphers=SUITES, rto=None, max_flight=4096):
         if cadata is None and pin is None:
             raise LocalProtocolError("give cadata to verify the server, or a pin for bootstrap")
         if (cert is None) != (key is None):
@@ -92,7 +235,14 @@ class DtlsClient:
         self._buf = None
         self._sock = None
         self._ss = None
-        self._poll = None
+        self._link = None
+        self.rto = rto
+        self._max_flight = max_flight
+
+    @property
+    def resent(self):
+        """Handshake flights we resent ahead of Mbed TLS (statistics)."""
+        return 0 if self._link is None else self._link.resent
 
     # -- setup --
 
@@ -157,7 +307,8 @@ class DtlsClient:
             s.connect(ai[-1])
             s.setblocking(False)
             ctx = self._context()
-            self._ss = ctx.wrap_socket(s, server_hostname=self.server_hostname, do_handshake_on_connect=False)
+            link = _Link(s, self.rto, self._max_flight)
+            self._ss = ctx.wrap_socket(link, server_hostname=self.server_hostname, do_handshake_on_connect=False)
         except OSError as e:
             s.close()
             raise TransportError("DTLS setup for %s failed: %s" % (self.host, e))
@@ -165,8 +316,7 @@ class DtlsClient:
             s.close()
             raise LocalProtocolError("DTLS setup for %s failed: %s" % (self.host, e))
         self._sock = s
-        self._poll = select.poll()
-        self._poll.register(self._ss, _POLLIN)
+        self._link = link
 
     # -- data --
 
@@ -179,34 +329,33 @@ class DtlsClient:
         ss = self._ss
         start = _ticks()
         limit = self.timeout_ms if timeout_ms is None else timeout_ms
+        link = self._link
+        while True:
+            try:
+                n = ss.send(data)
+            except OSError as e:
+                self._fail(e)
+            except ValueError as e:  # certificate verification (Mbed TLS verify info)
+                self._abort()
+                if self._pin is not None:
+                    raise SecurityError("server certificate does not match the bootstrap pin")
+                raise SecurityError("server certificate rejected: %s" % _oneline(e))
+            if n is not None:
+                break
+            left = limit - _diff(_ticks(), start)
+            if left <= 0:
+                self._abort()
+                if self.established:
+                    raise TransportError("DTLS send to %s timed out" % self.host)
+                raise TransportError("DTLS handshake with %s:%d timed out after %d ms"
+                                     % (self.host, self.port, limit))
+            due = link.due()
+            if due <= 0:
+                link.resend()
+                due = link.due()
+            link.wait(min(left, self.poll_ms, due))
         if not self.established:
-            self._poll.modify(ss, _POLLOUT)
-        try:
-            while True:
-                try:
-                    n = ss.send(data)
-                except OSError as e:
-                    self._fail(e)
-                except ValueError as e:  # certificate verification (Mbed TLS verify info)
-                    self._abort()
-                    if self._pin is not None:
-                        raise SecurityError("server certificate does not match the bootstrap pin")
-                    raise SecurityError("server certificate rejected: %s" % _oneline(e))
-                if n is not None:
-                    break
-                left = limit - _diff(_ticks(), start)
-                if left <= 0:
-                    self._abort()
-                    if self.established:
-                        raise TransportError("DTLS send to %s timed out" % self.host)
-                    raise TransportError("DTLS handshake with %s:%d timed out after %d ms"
-                                         % (self.host, self.port, limit))
-                for _ in self._poll.ipoll(min(left, self.poll_ms)):
-                    pass
-        finally:
-            if self._poll is not None and self._ss is not None and not self.established:
-                self._poll.modify(ss, _POLLIN)
-        if not self.established:
+            link.hs = False
             if self._pin is not None and not self._pin_ok:
                 self._abort()
                 raise SecurityError("server certificate was never checked against the pin")
@@ -235,8 +384,7 @@ class DtlsClient:
             left = limit - _diff(_ticks(), start)
             if left <= 0:
                 return None
-            for _ in self._poll.ipoll(min(left, self.poll_ms)):
-                pass
+            self._link.wait(min(left, self.poll_ms))
 
     def recv(self, timeout_ms=None):
         """One decrypted datagram as bytes, or None after timeout_ms."""
@@ -256,7 +404,6 @@ class DtlsClient:
     def _abort(self):
         ss = self._ss
         self._ss = None
-        self._poll = None
         self.established = False
         if ss is not None:
             try:
