@@ -175,7 +175,10 @@ class PinCheck:
         if self._n > self.max_below:
             self.why = "more than %d certificates below the pinned one (max_below)" % self.max_below
             return
+        import gc
+
         f = _fields(der)
+        gc.collect()  # the verification peaks at ~16 KB; run it on a collected heap
         if not _signed_by(f, None, up[0], self.verify):
             self.why = ("server's certificate chain contains the pinned certificate (sha256:%s) but %s is not "
                         "signed by %s" % (self.pin.hex(), _label(f, depth), up[1]))
