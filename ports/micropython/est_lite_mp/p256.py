@@ -53,7 +53,7 @@ def set_table(t):
     if t is not None:
         w = getattr(t, "w", 0)
         if not (isinstance(w, int) and 2 <= w <= 8 and len(t) == (255 + w) // w):
-            raise LocalProtocolError("P-256 table: bad w or window count")
+            raise LocalProtocolError("P-256 table: bad w or number of windows")
     prev = _src
     _src = t
     _tab = None if t is None else (t.w, t)
