@@ -25,7 +25,7 @@ with the P-256 table read from a file (est_lite_mp.tablefile):
   committed store) through hil.lossy.LossyRelay on loopback, lossless and
   with `--loss` datagram loss in both directions, `--runs` each, in the same
   run: `lossless_median_ms`, `lossy_median_ms`, `loss_ratio`. The device
-  uses RTT-based timers (EstClient.adaptive, est_lite_mp.rto) unless
+  uses RTT-based timers (EstClient.adaptive, est_lite_mp.client.Rto) unless
   --no-adaptive; --rto-initial-ms / --rto-min-ms set their initial value
   and floor.
 

@@ -1,5 +1,5 @@
 """The MicroPython client's RTT-based timers under datagram loss (issue #6):
-est_lite_mp.rto fed by the DTLS handshake and the CoAP exchanges,
+est_lite_mp.client.Rto fed by the DTLS handshake and the CoAP exchanges,
 est_lite_mp.dtls._Link resending a lost handshake flight (epoch-0 records
 renumbered so the server's replay check takes them) before Mbed TLS's 1 s
 timer. The device is the MicroPython unix port running the sources; the

@@ -1,9 +1,9 @@
 # micropython-heapsize: 128K
-# est_lite_mp.rto: RFC 6298 estimator in integer ms (CPython and MicroPython).
+# est_lite_mp.client.Rto: RFC 6298 estimator in integer ms (CPython and MicroPython).
 from _util import raises
 
 from est_lite.errors import LocalProtocolError
-from est_lite_mp.rto import Rto
+from est_lite_mp.client import Rto
 
 
 def test_initial_before_any_sample():

@@ -22,7 +22,7 @@
 #   (doubling) and this `tls` cannot change that. wrap_socket() takes any
 #   stream (readinto/write/ioctl), so the UDP socket goes in through _Link,
 #   which keeps our last handshake flight and resends it after an RTT-based
-#   timeout (est_lite_mp.rto); the server takes the copy as a retransmission
+#   timeout (est_lite_mp.client.Rto); the server takes the copy as a retransmission
 #   and resends its own flight (RFC 6347 §4.2.4), and Mbed TLS drops the
 #   duplicates it then receives (record sequence numbers / message_seq).
 import io
@@ -206,7 +206,7 @@ class DtlsClient:
                      (der_memoryview, depth) -> bool
     timeout_ms       handshake deadline
     max_datagram     receive buffer size (one decrypted datagram)
-    rto              est_lite_mp.rto.Rto: resend a lost handshake flight after
+    rto              est_lite_mp.client.Rto: resend a lost handshake flight after
                      its timeout (before Mbed TLS's own 1 s timer) and feed it
                      the handshake's round trips; None: Mbed TLS timers only
     max_flight       bytes of our last handshake flight kept for resending
