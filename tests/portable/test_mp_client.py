@@ -1,4 +1,4 @@
-# micropython-heapsize: 192K
+# micropython-heapsize: 256K
 # Portable tests for the client runtime's pure parts (CPython and the
 # MicroPython unix port): server URIs, pins, UTC arithmetic, X.509 name
 # pairs, the issued-certificate check with the port's verify, the retry loop
