@@ -59,35 +59,18 @@ def point(cert):
     return cert.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
-class ImpostorTls:
-    """A TLS server with its own CA on 127.0.0.1 that asks for a client
-    certificate (optional) and records what each connection sent: the
-    client certificate (if any) and the bytes received. `answer(data)`
-    returns the bytes to send back (default: nothing, close)."""
+class RecordingTls:
+    """A TLS server on 127.0.0.1 with the given pyOpenSSL server context
+    (which should ask for a client certificate and accept any) that records
+    what each connection sent: `connections` holds dicts with handshake
+    (bool), client_cert (DER or None) and data (the bytes received up to the
+    end of the first request head). `answer(data)` returns the bytes to send
+    back (default: nothing, close)."""
 
-    def __init__(self, tmp, answer=None):
-        from helpers_server import issue_cert, key_pem, make_vendor_ca, pem
-
-        sub = os.path.join(str(tmp), "impostor")
-        os.makedirs(sub, exist_ok=True)
-        self.ca = make_vendor_ca(sub, "Impostor CA")
-        key, cert = issue_cert(self.ca["cert"], self.ca["key"], "localhost", sans=["localhost"])
-        cp, kp = os.path.join(sub, "srv.pem"), os.path.join(sub, "srv.key")
-        with open(cp, "wb") as f:
-            f.write(pem(cert) + pem(self.ca["cert"]))
-        with open(kp, "wb") as f:
-            f.write(key_pem(key))
-        self.cert = cert
-        from OpenSSL import SSL
-
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)  # the client certificate comes in the handshake
-        ctx.use_certificate_chain_file(cp)
-        ctx.use_privatekey_file(kp)
-        ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)  # ask for a client certificate, accept any: we record
+    def __init__(self, ctx, answer=None):
         self.ctx = ctx
         self.answer = answer
-        self.connections = []  # dicts: handshake (bool), client_cert (bytes or None), data (bytes)
+        self.connections = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -98,6 +81,8 @@ class ImpostorTls:
         self._t.start()
 
     def _run(self):
+        from OpenSSL import SSL
+
         while not self._stop.is_set():
             try:
                 s, _ = self.sock.accept()
@@ -105,8 +90,6 @@ class ImpostorTls:
                 continue
             rec = {"handshake": False, "client_cert": None, "data": b""}
             self.connections.append(rec)
-            from OpenSSL import SSL
-
             s.settimeout(None)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 3, 0))
             try:
@@ -129,10 +112,40 @@ class ImpostorTls:
             finally:
                 s.close()
 
-    def close(self):
+    def stop(self):
+        """Stop accepting (the recorded connections stay readable)."""
         self._stop.set()
         self._t.join(5)
+
+    def close(self):
+        self.stop()
         self.sock.close()
+
+
+class ImpostorTls(RecordingTls):
+    """A RecordingTls with its own CA (TLS 1.2, so the client certificate
+    comes in the handshake) presenting a certificate for localhost."""
+
+    def __init__(self, tmp, answer=None):
+        from helpers_server import issue_cert, key_pem, make_vendor_ca, pem
+        from OpenSSL import SSL
+
+        sub = os.path.join(str(tmp), "impostor")
+        os.makedirs(sub, exist_ok=True)
+        self.ca = make_vendor_ca(sub, "Impostor CA")
+        key, cert = issue_cert(self.ca["cert"], self.ca["key"], "localhost", sans=["localhost"])
+        cp, kp = os.path.join(sub, "srv.pem"), os.path.join(sub, "srv.key")
+        with open(cp, "wb") as f:
+            f.write(pem(cert) + pem(self.ca["cert"]))
+        with open(kp, "wb") as f:
+            f.write(key_pem(key))
+        self.cert = cert
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)  # the client certificate comes in the handshake
+        ctx.use_certificate_chain_file(cp)
+        ctx.use_privatekey_file(kp)
+        ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)  # ask for a client certificate, accept any: we record
+        super().__init__(ctx, answer)
 
 
 class ConnectProxy:

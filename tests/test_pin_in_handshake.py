@@ -4,15 +4,13 @@ forged leaf that merely names the pinned CA as its issuer and sends the
 (public) CA certificate after it. Impostor servers record what they get."""
 
 import datetime
-import socket
-import struct
-import threading
 from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from helpers_client import RecordingTls
 from helpers_dtls import LossyRelay, Pki, ServerThread
 
 from est_lite.errors import LocalProtocolError, SecurityError
@@ -135,60 +133,20 @@ def test_dtls_trust_mode_checks_the_name_in_the_handshake(pki):
 # -- TLS ---------------------------------------------------------------------------------------
 
 
-class TlsImpostor:
-    """TLS server presenting `ident` + the root; asks for (and records) a
-    client certificate and the first request bytes."""
+def TlsImpostor(pki, ident, version):
+    """A recording TLS server presenting `ident` + the root at one TLS
+    version; asks for (and records) a client certificate and the request."""
+    from OpenSSL import SSL
 
-    def __init__(self, pki, ident, version):
-        from OpenSSL import SSL
-
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        v = SSL.TLS1_2_VERSION if version == "1.2" else SSL.TLS1_3_VERSION
-        ctx.set_min_proto_version(v)
-        ctx.set_max_proto_version(v)
-        ctx.use_certificate(ident.cert)
-        ctx.use_privatekey(ident.key)
-        ctx.add_extra_chain_cert(pki.ca.root.cert)
-        ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)
-        self.ctx = ctx
-        self.records = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        from OpenSSL import SSL
-
-        while not self._stop.is_set():
-            try:
-                s, _ = self.sock.accept()
-            except OSError:
-                continue
-            rec = {"client_cert": None, "data": b""}
-            self.records.append(rec)
-            s.settimeout(None)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 2, 0))
-            try:
-                t = SSL.Connection(self.ctx, s)
-                t.set_accept_state()
-                t.do_handshake()
-                pc = t.get_peer_certificate(as_cryptography=True)
-                rec["client_cert"] = None if pc is None else der(pc)
-                rec["data"] = t.recv(4096)
-            except (OSError, SSL.Error):
-                pass
-            finally:
-                s.close()
-
-    def close(self):
-        self._stop.set()
-        self._t.join(5)
-        self.sock.close()
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    v = SSL.TLS1_2_VERSION if version == "1.2" else SSL.TLS1_3_VERSION
+    ctx.set_min_proto_version(v)
+    ctx.set_max_proto_version(v)
+    ctx.use_certificate(ident.cert)
+    ctx.use_privatekey(ident.key)
+    ctx.add_extra_chain_cert(pki.ca.root.cert)
+    ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)
+    return RecordingTls(ctx)
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
@@ -205,7 +163,7 @@ def test_tls_forged_chain_refused_before_the_client_certificate(pki, version):
                          pending_ok=True)
         with pytest.raises(SecurityError, match="not signed by"):
             t.connect()
-        assert imp.records and all(r["client_cert"] is None and r["data"] == b"" for r in imp.records)
+        assert imp.connections and all(r["client_cert"] is None and r["data"] == b"" for r in imp.connections)
     finally:
         imp.close()
 
@@ -219,9 +177,8 @@ def test_tls_genuine_server_with_a_ca_pin(pki, version):
         t.connect()
         t.write(b"GET / HTTP/1.1\r\n\r\n")
         t.close()
-        imp._stop.set()
-        imp._t.join(5)
-        assert imp.records[0]["client_cert"] == der(pki.client.cert)  # control: the recorder sees it
+        imp.stop()
+        assert imp.connections[0]["client_cert"] == der(pki.client.cert)  # control: the recorder sees it
     finally:
         imp.close()
 
@@ -235,7 +192,7 @@ def test_est_client_over_https_sends_no_password_to_a_forged_chain(pki):
                       key=pki.client.key, user="dev", password="secret", deadline=None, timeout=5)
         with pytest.raises(SecurityError, match="not signed by"):
             c.cacerts()
-        assert all(r["client_cert"] is None and r["data"] == b"" for r in imp.records)
+        assert all(r["client_cert"] is None and r["data"] == b"" for r in imp.connections)
     finally:
         imp.close()
 
@@ -354,9 +311,8 @@ def _mp_tls(pki, ident, tmp_path, creds, pending_ok=False, pin_cert=None):
     imp = TlsImpostor(pki, ident, "1.2")
     try:
         out = _mp_run(pki, tmp_path, pin_cert or pki.ca.root.cert, MP_TLS, imp.port, pending_ok, creds=creds)
-        imp._stop.set()
-        imp._t.join(5)
-        return out, imp.records
+        imp.stop()
+        return out, imp.connections
     finally:
         imp.close()
 
@@ -391,7 +347,7 @@ def test_micropython_est_client_sends_no_password_to_a_forged_chain(pki, tmp_pat
     try:
         out = _mp_run(pki, tmp_path, pki.ca.root.cert, MP_EST, imp.port)
         assert "REFUSED SecurityError" in out and "not signed by" in out, out
-        assert imp.records and all(r["client_cert"] is None and r["data"] == b"" for r in imp.records)
+        assert imp.connections and all(r["client_cert"] is None and r["data"] == b"" for r in imp.connections)
     finally:
         imp.close()
 
