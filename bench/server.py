@@ -116,10 +116,11 @@ def crypto_floor(auth, n=400):
     return per
 
 
-def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q):
-    ctx = ssl.create_default_context(cafile=root)
-    if cert:
-        ctx.load_cert_chain(cert, key)
+def _drive(one, items, errors_caught, threads, seconds, start_at, q):
+    """The load generator's loop, shared by both transports: `threads`
+    threads start together at `start_at` and call `one(item)` (True on a
+    200 / 2.04 enrollment) for `seconds`, each on its own share of `items`;
+    puts (latencies, errors, this process's CPU seconds) on `q`."""
     lat = []
     errors = [0]
     lock = threading.Lock()
@@ -131,24 +132,12 @@ def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, star
         while time.time() < start_at:
             time.sleep(0.001)
         while time.time() < end:
-            body = bodies[j % len(bodies)]
+            item = items[j % len(items)]
             j += threads
-            req = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
-                   auth_hdr + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             t0 = time.perf_counter()
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    with ctx.wrap_socket(s, server_hostname="localhost") as t:
-                        t.sendall(req)
-                        buf = []
-                        while True:
-                            d = t.recv(65536)
-                            if not d:
-                                break
-                            buf.append(d)
-                ok = b"".join(buf).startswith(b"HTTP/1.1 200")
-            except (OSError, ssl.SSLError):
+                ok = one(item)
+            except errors_caught:
                 ok = False
             if ok:
                 mine.append(time.perf_counter() - t0)
@@ -167,6 +156,29 @@ def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, star
     q.put((lat, errors[0], _self_cpu_s() - cpu0))
 
 
+def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q):
+    ctx = ssl.create_default_context(cafile=root)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+
+    def one(body):
+        req = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
+               auth_hdr + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                t.sendall(req)
+                buf = []
+                while True:
+                    d = t.recv(65536)
+                    if not d:
+                        break
+                    buf.append(d)
+        return b"".join(buf).startswith(b"HTTP/1.1 200")
+
+    _drive(one, bodies, (OSError, ssl.SSLError), threads, seconds, start_at, q)
+
+
 def _coaps_client_proc(port, root_der, csrs, cert_der, key_der, threads, seconds, start_at, q):
     """Enrollments over EST-coaps: a new DTLS session (full handshake,
     cookie exchange) per enrollment, POST /sen with the core's
@@ -177,10 +189,6 @@ def _coaps_client_proc(port, root_der, csrs, cert_der, key_der, threads, seconds
     from est_lite_cpython.dtls_client import ClientContext, DtlsClient
 
     cctx = ClientContext([root_der], cert=cert_der, key=key_der)  # loaded once, like the HTTPS client's SSLContext
-    lat = []
-    errors = [0]
-    lock = threading.Lock()
-    end = start_at + seconds
 
     def one(csr):
         with DtlsClient("127.0.0.1", port, context=cctx, timeout=30) as dc:
@@ -198,34 +206,7 @@ def _coaps_client_proc(port, root_der, csrs, cert_der, key_der, threads, seconds
                 if data:
                     op.receive_data(data, time.monotonic())
 
-    def run(i):
-        mine = []
-        j = i
-        while time.time() < start_at:
-            time.sleep(0.001)
-        while time.time() < end:
-            csr = csrs[j % len(csrs)]
-            j += threads
-            t0 = time.perf_counter()
-            try:
-                ok = one(csr)
-            except (OSError, EstError):
-                ok = False
-            if ok:
-                mine.append(time.perf_counter() - t0)
-            else:
-                with lock:
-                    errors[0] += 1
-        with lock:
-            lat.extend(mine)
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    cpu0 = _self_cpu_s()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    q.put((lat, errors[0], _self_cpu_s() - cpu0))
+    _drive(one, csrs, (OSError, EstError), threads, seconds, start_at, q)
 
 
 def _self_cpu_s():
