@@ -23,3 +23,35 @@ def unhex(s):
 
 def b64(s):
     return binascii.a2b_base64("".join(s.split()))
+
+
+def vector(name):
+    """One payload of RFC 9148 Appendix A/B from tests/vectors, as bytes."""
+    here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+    parts = []
+    found = False
+    with open(here + "/../vectors/rfc9148_appendix.txt") as f:
+        for line in f:
+            line = line.strip()
+            if line[:1] == "[":
+                if found:
+                    break
+                found = line == "[" + name + "]"
+            elif found and line[:1] != "#":
+                parts.append(line)
+    assert found, name
+    return unhex("".join(parts))
+
+
+def coap_roundtrip(wire):
+    """Decode a CoAP datagram, check both encoders give the same bytes back
+    (encode_into at an offset, touching nothing around it); the Message."""
+    from est_lite import coap
+
+    m = coap.decode(wire)
+    assert m.encode() == wire
+    buf = bytearray(len(wire) + 7)
+    assert m.encode_into(buf, 3) == 3 + len(wire)
+    assert bytes(buf[3 : 3 + len(wire)]) == wire
+    assert buf[:3] == bytearray(3) and buf[-4:] == bytearray(4)
+    return m

@@ -1,27 +1,9 @@
 # Portable tests of est_lite/cbor.py: the CBOR subset of application/multipart-core.
-from _util import raises, unhex
+from _util import raises, unhex, vector
 
 from est_lite import cbor
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError
 from est_lite_cpython import codec_server as W
-
-
-def vector(name):
-    """One payload of RFC 9148 Appendix A/B from tests/vectors, as bytes."""
-    here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-    parts = []
-    found = False
-    with open(here + "/../vectors/rfc9148_appendix.txt") as f:
-        for line in f:
-            line = line.strip()
-            if line[:1] == "[":
-                if found:
-                    break
-                found = line == "[" + name + "]"
-            elif found and line[:1] != "#":
-                parts.append(line)
-    assert found, name
-    return unhex("".join(parts))
 
 
 def test_uint_encodings():

@@ -1,5 +1,6 @@
 # Portable tests of est_lite/coap.py (CPython and the MicroPython unix port).
-from _util import unhex
+from _util import coap_roundtrip as _roundtrip
+from _util import unhex, vector
 
 from est_lite import coap
 
@@ -19,34 +20,6 @@ class n:  # the est_lite.numbers values used here (not imported: saves MicroPyth
     URI_HOST = 3
     URI_PATH = 11
     URI_PORT = 7
-
-
-def vector(name):
-    """One payload of RFC 9148 Appendix A/B from tests/vectors, as bytes."""
-    here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-    parts = []
-    found = False
-    with open(here + "/../vectors/rfc9148_appendix.txt") as f:
-        for line in f:
-            line = line.strip()
-            if line[:1] == "[":
-                if found:
-                    break
-                found = line == "[" + name + "]"
-            elif found and line[:1] != "#":
-                parts.append(line)
-    assert found, name
-    return unhex("".join(parts))
-
-
-def _roundtrip(wire):
-    m = coap.decode(wire)
-    assert m.encode() == wire
-    buf = bytearray(len(wire) + 7)
-    assert m.encode_into(buf, 3) == 3 + len(wire)
-    assert bytes(buf[3 : 3 + len(wire)]) == wire
-    assert buf[:3] == bytearray(3) and buf[-4:] == bytearray(4)
-    return m
 
 
 # --- RFC 9148 Appendix A and B -------------------------------------------

@@ -1,4 +1,5 @@
 # Portable tests of est_lite/coap.py: header and option framing, errors, limits.
+from _util import coap_roundtrip as _roundtrip
 from _util import raises
 
 from est_lite import coap
@@ -10,16 +11,6 @@ class n:  # the est_lite.numbers values used here (not imported: saves MicroPyth
     GET = 1
     NON = 1
     POST = 2
-
-
-def _roundtrip(wire):
-    m = coap.decode(wire)
-    assert m.encode() == wire
-    buf = bytearray(len(wire) + 7)
-    assert m.encode_into(buf, 3) == 3 + len(wire)
-    assert bytes(buf[3 : 3 + len(wire)]) == wire
-    assert buf[:3] == bytearray(3) and buf[-4:] == bytearray(4)
-    return m
 
 
 # --- header and option framing -------------------------------------------
