@@ -117,6 +117,31 @@ def parse_client_hello(datagram):
     return ClientHelloInfo(bytes(mv[3:11]), client_version, random, session_id, cookie, suites, compression)
 
 
+def handshake_progress(datagram):
+    """How far the plaintext (epoch-0) handshake records of a datagram reach:
+    the largest (message_seq, fragment end) among them, or None if it holds
+    none. A client that repeats a flight sends nothing beyond what it sent
+    before, so a datagram whose progress is not above the session's best is
+    a retransmission. Never raises on malformed input."""
+    mv = memoryview(datagram)
+    n = len(mv)
+    off = 0
+    best = None
+    while n - off >= _d.RECORD_HEADER:
+        rlen = struct.unpack_from("!H", mv, off + 11)[0]
+        end = off + _d.RECORD_HEADER + rlen
+        if end > n:
+            break
+        if mv[off] == _d.CT_HANDSHAKE and mv[off + 3] == 0 and mv[off + 4] == 0 and rlen >= 12:
+            h = off + _d.RECORD_HEADER
+            seq = struct.unpack_from("!H", mv, h + 4)[0]
+            fend = int.from_bytes(mv[h + 6 : h + 9], "big") + int.from_bytes(mv[h + 9 : h + 12], "big")
+            if best is None or (seq, fend) > best:
+                best = (seq, fend)
+        off = end
+    return best
+
+
 def build_hello_verify_request(info, cookie):
     """The HelloVerifyRequest record answering `info` (RFC 6347 §4.2.1): record
     and server_version DTLS 1.0, the ClientHello's record sequence number,
@@ -200,6 +225,9 @@ class DtlsPeer:
         self.max_payload = None
         self.verify_error = None
         self._hello_random = None  # random of the ClientHello (with cookie) that opened the session
+        self._hs_progress = (-1, 0)  # furthest client handshake fragment seen (handshake_progress)
+        self._flight = None  # our last handshake flight (datagrams), kept to answer a repeated client flight
+        self._flight_at = 0.0  # when it last went out
         self._retx = None
         self._deadline = None
 
@@ -234,6 +262,10 @@ class DtlsServer:
     on_closed          callable(peer, reason) when an established session ends
     is_revoked         callable(cryptography cert) -> bool, asked for each
                        certificate of a verified client chain (optional)
+    flight_resend_gap  when a client repeats its last handshake flight (ours
+                       was lost), our last flight goes out again at once
+                       (RFC 6347 §4.2.4) instead of on OpenSSL's own timer
+                       (1 s, doubling), at most once per this many seconds
     """
 
     def __init__(
@@ -255,6 +287,7 @@ class DtlsServer:
         cookie_lifetime=300.0,
         max_datagram=4096,
         verify_depth=4,
+        flight_resend_gap=0.02,
     ):
         if max_sessions < 1:
             raise LocalProtocolError("max_sessions must be at least 1")
@@ -277,6 +310,7 @@ class DtlsServer:
         self.handshake_timeout = handshake_timeout
         self.max_datagram = max_datagram
         self.verify_depth = verify_depth
+        self.flight_resend_gap = flight_resend_gap
         self._cookie_lifetime = cookie_lifetime
         self._cookies = None
         self._contexts = {}  # trust-set fingerprint tuple -> SSL.Context
@@ -291,6 +325,7 @@ class DtlsServer:
             handshake_failures=0,
             handshake_timeouts=0,
             idle_evictions=0,
+            flight_resends=0,
         )
         self._transport = None
         self._loop = None
@@ -441,6 +476,7 @@ class DtlsServer:
         peer = DtlsPeer(self, addr, conn, now)
         peer._cookie = cookie
         peer._hello_random = random
+        peer._hs_progress = handshake_progress(data) or peer._hs_progress
         conn.set_app_data(peer)
         conn.set_accept_state()
         conn.bio_write(data)
@@ -458,8 +494,30 @@ class DtlsServer:
         self._progress(peer)
 
     def _feed(self, peer, data):
+        repeat = False
+        if peer._flight is not None:
+            p = handshake_progress(data)
+            if p is not None:
+                if p > peer._hs_progress:
+                    peer._hs_progress = p
+                else:
+                    repeat = True
         peer._conn.bio_write(data)
-        self._progress(peer)
+        sent = self._progress(peer)
+        if repeat and not sent and not peer.closed and peer._flight is not None:
+            self._resend_flight(peer)
+
+    def _resend_flight(self, peer):
+        """The client sent its last flight again, so ours did not arrive:
+        send it again now, as it went out (same records: the client has not
+        seen their sequence numbers). OpenSSL would wait for its timer."""
+        now = self._loop.time()
+        if now - peer._flight_at < self.flight_resend_gap:
+            return
+        peer._flight_at = now
+        self.stats["flight_resends"] += 1
+        for dg in peer._flight:
+            self._sendto(dg, peer._sockaddr)
 
     def _progress(self, peer):
         SSL = _d._ssl()
@@ -468,8 +526,7 @@ class DtlsServer:
             try:
                 conn.do_handshake()
             except SSL.WantReadError:
-                self._flush(peer)
-                return
+                return self._flush_flight(peer)
             except SSL.Error as e:
                 self._flush(peer)  # the alert, if OpenSSL wrote one
                 self.stats["handshake_failures"] += 1
@@ -478,10 +535,13 @@ class DtlsServer:
                     peer.address, _d.ssl_error_text(e), (" - " + peer.verify_error) if peer.verify_error else "",
                 )
                 self._close(peer, "handshake failed", notify=False)
-                return
+                return True
+            sent = self._flush_flight(peer)  # ChangeCipherSpec + Finished
             self._established(peer)
             if peer.closed:
-                return
+                return sent
+        else:
+            sent = False
         while True:
             try:
                 data = conn.recv(65535)
@@ -490,14 +550,15 @@ class DtlsServer:
             except SSL.ZeroReturnError:
                 self._flush(peer)
                 self._close(peer, "client sent close_notify", notify=False)
-                return
+                return True
             except SSL.Error as e:
                 self._flush(peer)
                 log.info("DTLS session with %s failed: %s", peer.address, _d.ssl_error_text(e))
                 self._close(peer, "DTLS error", notify=False)
-                return
+                return True
             if not data:
                 break
+            peer._flight = None  # the client has our Finished: nothing left to repeat
             # only authenticated data keeps a session alive: garbage sent with
             # a client's address must not defeat idle eviction
             peer.last_rx = self._loop.time()
@@ -506,8 +567,8 @@ class DtlsServer:
             except Exception:  # noqa: BLE001 - one bad request must not kill the endpoint
                 log.exception("on_datagram handler failed for %s", peer.address)
             if peer.closed:
-                return
-        self._flush(peer)
+                return True
+        return bool(self._flush(peer)) or sent
 
     def _established(self, peer):
         conn = peer._conn
@@ -539,16 +600,27 @@ class DtlsServer:
             self._transport.sendto(datagram, addr)
 
     def _flush(self, peer):
-        for dg in _d.drain_bio(peer._conn, self.mtu):
+        """Send what OpenSSL wrote; returns the datagrams."""
+        dgs = _d.drain_bio(peer._conn, self.mtu)
+        for dg in dgs:
             self._sendto(dg, peer._sockaddr)
         if peer.closed:
-            return
+            return dgs
         if peer._retx is not None:
             peer._retx.cancel()
             peer._retx = None
         t = peer._conn.DTLSv1_get_timeout()
         if t is not None:
             peer._retx = self._loop.call_later(max(t, 0.001), self._retransmit, peer)
+        return dgs
+
+    def _flush_flight(self, peer):
+        """_flush during the handshake: a new flight is remembered."""
+        dgs = self._flush(peer)
+        if dgs:
+            peer._flight = dgs
+            peer._flight_at = self._loop.time()
+        return bool(dgs)
 
     def _retransmit(self, peer):
         SSL = _d._ssl()

@@ -1,0 +1,144 @@
+"""The DTLS server answers a repeated client flight with its own last flight
+at once (RFC 6347 §4.2.4), instead of waiting for OpenSSL's retransmission
+timer (1 s, doubling): a lost ServerHello..ServerHelloDone flight, and a lost
+ChangeCipherSpec + Finished after the server has finished its handshake.
+
+The client here is raw pyOpenSSL on memory BIOs, driven by hand so that the
+test decides which datagrams are lost and repeats the client's datagrams
+verbatim (as the MicroPython port's `_Link` does)."""
+
+import socket
+
+import pytest
+
+from est_lite_cpython import dtls as d
+from est_lite_cpython.dtls_server import handshake_progress
+from helpers_dtls import Pki, ServerThread
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return Pki()
+
+
+class Client:
+    def __init__(self, pki, port):
+        from OpenSSL import SSL
+
+        self.SSL = SSL
+        ctx = d.base_context(False, d.CLIENT_SUITES, pki.client.cert, pki.client.key)
+        d.add_trust_anchors(ctx, [pki.ca.root.cert])
+        ctx.set_verify(SSL.VERIFY_PEER, lambda *a: a[-1])
+        self.conn = d.new_connection(ctx, d.DEFAULT_MTU)
+        self.conn.set_connect_state()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.connect(("127.0.0.1", port))
+
+    def step(self):
+        """Run the handshake as far as it goes; return the datagrams it wrote
+        (not sent) and whether it is complete."""
+        try:
+            self.conn.do_handshake()
+            done = True
+        except self.SSL.WantReadError:
+            done = False
+        return d.drain_bio(self.conn, d.DEFAULT_MTU), done
+
+    def send(self, dgs):
+        for dg in dgs:
+            self.sock.send(dg)
+
+    def receive(self, quiet=0.3, first=10.0):
+        """Datagrams until `quiet` seconds pass without one (the first may
+        take up to `first` seconds)."""
+        out = []
+        self.sock.settimeout(first)
+        while True:
+            try:
+                out.append(self.sock.recv(65535))
+            except socket.timeout:
+                return out
+            self.sock.settimeout(quiet)
+
+    def feed(self, dgs):
+        for dg in dgs:
+            self.conn.bio_write(dg)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_handshake_progress_reads_plaintext_handshake_fragments():
+    hs = b"\x0b" + (100).to_bytes(3, "big") + (2).to_bytes(2, "big") + (40).to_bytes(3, "big") + (60).to_bytes(3, "big")
+    rec = b"\x16\xfe\xfd" + b"\x00\x00" + b"\x00" * 6 + len(hs + b"x" * 60).to_bytes(2, "big") + hs + b"x" * 60
+    assert handshake_progress(rec) == (2, 100)
+    enc = b"\x16\xfe\xfd" + b"\x00\x01" + b"\x00" * 6 + (40).to_bytes(2, "big") + b"y" * 40  # epoch 1: unreadable
+    ccs = b"\x14\xfe\xfd\x00\x00" + b"\x00" * 6 + b"\x00\x01\x01"
+    assert handshake_progress(rec + ccs + enc) == (2, 100)
+    assert handshake_progress(ccs + enc) is None
+    assert handshake_progress(rec[:-1]) is None  # truncated record: ignored, no exception
+    assert handshake_progress(b"\x16\xfe") is None
+
+
+def test_lost_server_flights_are_resent_when_the_client_repeats(pki):
+    server = ServerThread(pki)
+    c = Client(pki, server.port)
+    try:
+        # flight 1 -> HelloVerifyRequest
+        out, _ = c.step()
+        c.send(out)
+        c.feed(c.receive())
+        # flight 3 (ClientHello with cookie) -> flight 4, which we "lose"
+        flight3, _ = c.step()
+        c.send(flight3)
+        lost4 = c.receive()
+        assert lost4
+        # the client repeats flight 3 verbatim: the server's flight 4 comes back
+        # as it first went out (OpenSSL's own timer would renumber the records)
+        c.send(flight3)
+        again4 = c.receive()
+        assert set(lost4) <= set(again4)
+        c.feed(again4)
+        # flight 5 -> the server finishes and sends CCS + Finished, which we "lose"
+        flight5, done = c.step()
+        assert flight5 and not done
+        c.send(flight5)
+        lost6 = c.receive()
+        assert lost6
+        assert server.call(lambda: len(server.server.sessions)) == 1
+        c.send(flight5)
+        again6 = c.receive()
+        assert set(lost6) <= set(again6)
+        c.feed(again6)
+        _, done = c.step()
+        assert done
+        assert server.stats()["flight_resends"] == 2
+        # the session works; once application data came, there is nothing left to repeat
+        c.conn.send(b"ping")
+        c.send(d.drain_bio(c.conn, d.DEFAULT_MTU))
+        c.feed(c.receive())
+        assert c.conn.recv(100) == b"echo ping"
+        c.send(flight5)
+        assert c.receive(first=0.5) == []
+        assert server.stats()["flight_resends"] == 2
+    finally:
+        c.close()
+        server.stop()
+
+
+def test_a_client_flight_seen_once_is_not_answered_twice(pki):
+    """A lossless handshake: no resend (the client never repeats)."""
+    server = ServerThread(pki)
+    c = Client(pki, server.port)
+    try:
+        for _ in range(5):
+            out, done = c.step()
+            if done:
+                break
+            c.send(out)
+            c.feed(c.receive())
+        assert done
+        assert server.stats()["flight_resends"] == 0
+    finally:
+        c.close()
+        server.stop()
