@@ -295,6 +295,24 @@ def _pkcs7(certs):
     return pkcs7.serialize_certificates(list(certs), serialization.Encoding.DER)
 
 
+# ContentInfo{signedData} around SignedData{version 1, digestAlgorithms {},
+# encapContentInfo {id-data}, certificates [0] ..., signerInfos {}}
+_P7_OID = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02"
+_P7_HEAD = b"\x02\x01\x01\x31\x00\x30\x0b\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"
+
+
+def _pkcs7_der(cert_ders):
+    """Certs-only PKCS#7 (RFC 7030 4.1.3 / 4.2.3) from certificate DER,
+    assembled by hand: the bytes `pkcs7.serialize_certificates` makes (the
+    SET OF in DER order), without loading the certificates."""
+    ders = list(cert_ders)
+    if len(ders) > 1:  # X.690 11.6: SET OF components in ascending order, shorter ones padded with 0s
+        n = max(len(d) for d in ders)
+        ders.sort(key=lambda d: bytes(d) + b"\x00" * (n - len(d)))
+    signed = _tlv(0x30, _P7_HEAD + _tlv(0xA0, b"".join(ders)) + b"\x31\x00")
+    return _tlv(0x30, _P7_OID + _tlv(0xA0, signed))
+
+
 # ---------------------------------------------------------------- service
 
 
@@ -340,18 +358,18 @@ class EstService:
 
     def simpleenroll(self, label, csr_der, ctx):
         cert = self._enroll("simpleenroll", label, csr_der, ctx)
-        return _pkcs7([cert])
+        return _pkcs7_der([cert.public_bytes(serialization.Encoding.DER)])
 
     def simplereenroll(self, label, csr_der, ctx):
         cert = self._enroll("simplereenroll", label, csr_der, ctx)
-        return _pkcs7([cert])
+        return _pkcs7_der([cert.public_bytes(serialization.Encoding.DER)])
 
     def serverkeygen(self, label, csr_der, ctx):
         """Returns (pkcs8_der, pkcs7_der, certificate)."""
         key = ec.generate_private_key(ec.SECP256R1())
         cert = self._enroll("serverkeygen", label, csr_der, ctx, server_key=key)
         p8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        return p8, _pkcs7([cert]), cert
+        return p8, _pkcs7_der([cert.public_bytes(serialization.Encoding.DER)]), cert
 
     def fullcmc(self, label, body, ctx):
         self.profile(label)
@@ -456,10 +474,10 @@ class EstService:
             raise OperationNotAllowed("simplereenroll is disabled for this label")
         requester, cert_id = self.authenticate(op, prof, ctx)
         try:
-            csr = self._load_csr(prof, csr_der)
+            csr, csr_pub = self._load_csr_key(prof, csr_der)
             self._check_pop(prof, csr, ctx, cert_id)
             subject = csr.subject
-            sans = self._check_subject(prof, csr)
+            sans = self._check_subject(prof, csr, subject)
             renewing = None
             if op == "simplereenroll":
                 # an RA renews a device's certificate found in the store; a
@@ -467,7 +485,7 @@ class EstService:
                 renewing = self._current_certificate(prof, csr) if isinstance(cert_id, RaIdentity) \
                     else cert_id.leaf
                 self._check_renewal(csr, sans, renewing)
-            pub = server_key.public_key() if server_key is not None else csr.public_key()
+            pub = server_key.public_key() if server_key is not None else csr_pub
         except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as e:
             # cryptography parses lazily: any malformed part of the CSR
             raise RemoteProtocolError("CSR cannot be parsed: %s" % e) from None
@@ -481,6 +499,10 @@ class EstService:
         return self.ca.issue(req)
 
     def _load_csr(self, prof, der):
+        return self._load_csr_key(prof, der)[0]
+
+    def _load_csr_key(self, prof, der):
+        """(CSR, its public key): parsed, signature verified, key type allowed."""
         if len(der) > prof.max_csr_bytes:
             raise LimitError("CSR of %d bytes exceeds the limit of %d bytes" % (len(der), prof.max_csr_bytes))
         der = trim_der(der, max_len=prof.max_csr_bytes)
@@ -495,16 +517,17 @@ class EstService:
         if not ok:
             raise RemoteProtocolError("CSR signature does not verify: the request was not signed by the key it carries")
         try:
-            kt = key_type(csr.public_key())
+            pub = csr.public_key()
+            kt = key_type(pub)
         except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise RemoteProtocolError("CSR public key is not usable: %s" % e) from None
         if kt not in prof.key_types:
             raise RemoteProtocolError("key type %s is not allowed for this label (allowed: %s)" % (kt, ", ".join(prof.key_types)))
-        return csr
+        return csr, pub
 
-    def _check_subject(self, prof, csr):
+    def _check_subject(self, prof, csr, subject=None):
         """Validate subject fields and SANs; return the SANs to certify."""
-        subj = csr.subject
+        subj = csr.subject if subject is None else subject
         missing = [f for f in prof.subject_required if not subj.get_attributes_for_oid(_SUBJECT_OIDS[f])]
         if missing:
             raise RemoteProtocolError("CSR subject lacks required field(s) %s (subject is %r)" % (

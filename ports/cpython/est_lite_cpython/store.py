@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS meta(
 );
 """
 
+_INSERT_CERT = "INSERT INTO certs VALUES (?,?,?,?,?,?,?,?,?)"
+
 PENDING = "pending"
 APPROVED = "approved"
 REJECTED = "rejected"
@@ -151,38 +153,33 @@ class Store:
         transaction."""
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        serial = serial_hex(cert.serial_number)
-        der = cert.public_bytes(Encoding.DER)
-        row = (
-            serial,
-            label or "",
-            cert.subject.rfc4514_string(),
-            int(cert.not_valid_before_utc.timestamp()),
-            int(cert.not_valid_after_utc.timestamp()),
-            self._now(),
-            requester,
-            request_id,
-            der,
-        )
+        return self.add_issued(cert.serial_number, cert.public_bytes(Encoding.DER), cert.subject.rfc4514_string(),
+                               int(cert.not_valid_before_utc.timestamp()), int(cert.not_valid_after_utc.timestamp()),
+                               label=label, requester=requester, request_id=request_id)
 
+    def add_issued(self, serial, der, subject, not_before, not_after, *, label="", requester=None, request_id=None):
+        """add_certificate from the fields the CA already knows (serial int,
+        certificate DER, subject as RFC 4514 text, validity as Unix times):
+        no certificate parsing. Same durability and DuplicateSerial."""
+        serial = "%x" % serial
+        row = (serial, label or "", subject, int(not_before), int(not_after), self._now(), requester, request_id, der)
         if request_id is None:
             # one statement = one implicit transaction (autocommit): durable on return
             try:
-                self._db().execute("INSERT INTO certs VALUES (?,?,?,?,?,?,?,?,?)", row)
+                self._db().execute(_INSERT_CERT, row)
             except sqlite3.IntegrityError:
                 raise DuplicateSerial("serial %s already issued" % serial) from None
             return serial
 
         def tx(db):
             try:
-                db.execute("INSERT INTO certs VALUES (?,?,?,?,?,?,?,?,?)", row)
+                db.execute(_INSERT_CERT, row)
             except sqlite3.IntegrityError:
                 raise DuplicateSerial("serial %s already issued" % serial) from None
-            if request_id is not None:
-                db.execute(
-                    "UPDATE requests SET status=?, serial=?, decided=COALESCE(decided, ?) WHERE id=?",
-                    (ISSUED, serial, self._now(), request_id),
-                )
+            db.execute(
+                "UPDATE requests SET status=?, serial=?, decided=COALESCE(decided, ?) WHERE id=?",
+                (ISSUED, serial, self._now(), request_id),
+            )
 
         self._write(tx)
         return serial
