@@ -162,7 +162,7 @@ class PasswordFile:
             rec = self._users.get(user)
             if rec is None:
                 return False
-            key = hmac.new(self._secret, ("%s\0%s" % (user, password)).encode("utf-8"), hashlib.sha256).digest()
+            key = hmac.digest(self._secret, ("%s\0%s" % (user, password)).encode("utf-8"), "sha256")
             if key in self._ok:
                 return True
         try:

@@ -441,9 +441,10 @@ def _der_int(v):
 def _der_time(t):
     """UTCTime before 2050, GeneralizedTime from 2050 on (RFC 5280 4.1.2.5)."""
     g = time.gmtime(t)
+    rest = (g.tm_mon, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec)
     if g.tm_year < 2050:
-        return _tlv(0x17, b"%02d%02d%02d%02d%02d%02dZ" % (g.tm_year % 100, g.tm_mon, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec))
-    return _tlv(0x18, b"%04d%02d%02d%02d%02d%02dZ" % (g.tm_year, g.tm_mon, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec))
+        return _tlv(0x17, b"%02d%02d%02d%02d%02d%02dZ" % ((g.tm_year % 100,) + rest))
+    return _tlv(0x18, b"%04d%02d%02d%02d%02d%02dZ" % ((g.tm_year,) + rest))
 
 
 def _ext_der(oid_der, critical, value):

@@ -17,8 +17,8 @@ several workers proceed in parallel.
     srv.stop()
 """
 
-import base64
 import binascii
+import functools
 import logging
 import os
 import socket
@@ -63,8 +63,10 @@ class _Closed(Exception):
 
 def b64_lines(der, width=64):
     """base64 in 64-column CRLF-terminated lines (RFC 8951 interop)."""
-    s = base64.b64encode(der)
-    return b"".join(s[i:i + width] + b"\r\n" for i in range(0, len(s), width))
+    s = binascii.b2a_base64(der, newline=False)
+    if not s:
+        return b""
+    return b"\r\n".join([s[i:i + width] for i in range(0, len(s), width)]) + b"\r\n"
 
 
 def decode_body(body, content_transfer_encoding=None):
@@ -335,6 +337,11 @@ class EstHttpsServer:
         if self.reuse_port:
             # several server processes share the port; the kernel spreads connections
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # accepted sockets inherit these (Linux copies the listener's socket
+        # options): no setsockopt calls per connection
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval())
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval())
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.bind((self.host, self.requested_port))
         s.listen(self.backlog)
         self._sock = s
@@ -403,10 +410,11 @@ class EstHttpsServer:
         while not self._stopping.is_set():
             try:
                 fd, addr = raw_accept()
-            except OSError:
+            except OSError as e:
                 if self._stopping.is_set():
                     return
-                time.sleep(0.01)  # EMFILE and friends: back off, keep serving
+                if not isinstance(e, BlockingIOError):  # EAGAIN: SO_RCVTIMEO of an idle listener
+                    time.sleep(0.01)  # EMFILE and friends: back off, keep serving
                 continue
             s = socket.socket(fam, socket.SOCK_STREAM, 0, fd)
             if self._stopping.is_set():
@@ -427,12 +435,15 @@ class EstHttpsServer:
                     pass
 
     # -- one connection --
+    def _timeval(self):
+        return struct.pack("ll", int(self.io_timeout_s), int((self.io_timeout_s % 1) * 1e6))
+
     def _handle(self, s, addr):
-        s.settimeout(None)
-        tv = struct.pack("ll", int(self.io_timeout_s), int((self.io_timeout_s % 1) * 1e6))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # blocking socket, kernel timeouts and TCP_NODELAY come from the
+        # listening socket (see start); a process-wide default timeout
+        # would have made the socket non-blocking: undo that
+        if socket.getdefaulttimeout() is not None:
+            s.settimeout(None)
         tls = SSL.Connection(self.ctx, s)
         tls.set_accept_state()
         self.stats["connections"] += 1
@@ -494,7 +505,8 @@ class EstHttpsServer:
         version = tls.get_protocol_version_name()
         info = {"remote": addr, "tls_version": version, "peer_chain": None, "tls_unique": None, "tls_exporter": None}
         if version == "TLSv1.3":
-            info["tls_exporter"] = tls.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+            # computed on first use (AuthContext): only PoP-linked CSRs need it
+            info["tls_exporter"] = functools.partial(tls.export_keying_material, b"EXPORTER-Channel-Binding", 32)
         else:
             # full handshake (no resumption): the client's Finished came first
             info["tls_unique"] = tls.get_peer_finished()
@@ -593,7 +605,7 @@ class EstHttpsServer:
         try:
             if scheme == "basic":
                 try:
-                    raw = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
+                    raw = binascii.a2b_base64(rest.strip(), strict_mode=True).decode("utf-8")
                 except (binascii.Error, ValueError):
                     raise AuthenticationRequired("malformed HTTP Basic credentials") from None
                 user, sep, pw = raw.partition(":")
@@ -614,18 +626,17 @@ class EstHttpsServer:
         return ctx
 
     def _send(self, conn, status, ctype, body, close, *, b64=False, extra=()):
-        lines = ["HTTP/1.1 %d %s" % (status, _REASONS.get(status, "Status"))]
+        head = "HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Status"))
         if ctype:
-            lines.append("Content-Type: " + ctype)
+            head += "Content-Type: " + ctype + "\r\n"
         if b64:
-            lines.append("Content-Transfer-Encoding: base64")
-        lines.append("Content-Length: %d" % len(body))
+            head += "Content-Transfer-Encoding: base64\r\n"
+        head += "Content-Length: %d\r\n" % len(body)
         for k, v in extra:
-            lines.append("%s: %s" % (k, v))
+            head += "%s: %s\r\n" % (k, v)
         if close:
-            lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        conn.send(head + body)
+            head += "Connection: close\r\n"
+        conn.send(b"".join((head.encode("latin-1"), b"\r\n", body)))
 
     def _send_error(self, conn, label, e, *, close):
         status = getattr(e, "http_status", 500) or 500

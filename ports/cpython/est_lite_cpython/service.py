@@ -95,12 +95,26 @@ class AuthContext:
         self.transport = transport  # "https" or "coaps" (or "proxy")
         self.peer_chain = peer_chain  # [x509.Certificate] leaf first, key possession proven by (D)TLS; or None
         self.tls_unique = tls_unique  # bytes (TLS 1.2 / DTLS 1.2) or None
-        self.tls_exporter = tls_exporter  # bytes, RFC 9266 tls-exporter (TLS 1.3) or None
+        # bytes, RFC 9266 tls-exporter (TLS 1.3) or None; a front end may pass
+        # a function returning it, called once on first use (most requests
+        # never need the binding)
+        self._tls_exporter = tls_exporter
         self.tls_version = tls_version  # e.g. "TLSv1.3"
         self.http_user = http_user  # user name the front end verified (Basic/Digest)
         self.http_scheme = http_scheme  # "basic" / "digest"
         self.http_auth_error = http_auth_error  # AuthenticationRequired when credentials were wrong
         self.remote = remote  # (host, port)
+
+    @property
+    def tls_exporter(self):
+        v = self._tls_exporter
+        if callable(v):
+            v = self._tls_exporter = v()
+        return v
+
+    @tls_exporter.setter
+    def tls_exporter(self, v):
+        self._tls_exporter = v
 
     def channel_binding(self):
         """(name, bytes) of the binding a PoP-linked CSR must carry, or None."""
@@ -582,15 +596,16 @@ class EstService:
             raise RemoteProtocolError("CSR attributes cannot be parsed: %s" % e) from None
         exempt = ctx.transport in prof.pop_exempt_transports or (
             cert_id is not None and cert_id.trust_name in prof.pop_exempt_trust)
-        binding = ctx.channel_binding()
         if cp is None:
             if prof.pop == "required" and not exempt:
+                binding = ctx.channel_binding()
                 if binding is None:
                     raise SecurityError("this label requires PoP linking, but this connection offers no channel "
                                         "binding (a client that cannot link must be exempted in the profile)")
                 raise SecurityError("this label requires PoP linking: put base64(%s) of this TLS connection in the "
                                     "CSR's challengePassword" % binding[0])
             return
+        binding = ctx.channel_binding()
         if binding is None:
             if prof.pop == "required" and not exempt:
                 raise SecurityError("CSR carries challengePassword but this connection has no channel binding to check it against")
