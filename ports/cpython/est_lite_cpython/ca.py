@@ -21,9 +21,13 @@ that forwards the request to an external CA:
 """
 
 import datetime
-import hashlib
 import os
 import time
+
+try:  # CPython's own SHA-1: the SKI hash without the system libcrypto (cold per request)
+    from _sha1 import sha1 as _sha1
+except ImportError:  # pragma: no cover - builds without the builtin module
+    from hashlib import sha1 as _sha1
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -345,7 +349,7 @@ class LocalCA:
         spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         if isinstance(public_key, ec.EllipticCurvePublicKey):
             point = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-            ski = b"\x04\x14" + hashlib.sha1(point).digest()
+            ski = b"\x04\x14" + _sha1(point).digest()
             ku = _KU_EC_DER
         else:
             ski = x509.SubjectKeyIdentifier.from_public_key(public_key).public_bytes()

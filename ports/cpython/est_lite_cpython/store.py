@@ -102,6 +102,8 @@ class Store:
         self._local = threading.local()
         self._all = []
         self._all_lock = threading.Lock()
+        self._wconn = None
+        self._wlock = threading.Lock()
         new = not os.path.exists(self.path)
         db = self._db()
         db.executescript(_SCHEMA)
@@ -109,16 +111,31 @@ class Store:
             os.chmod(self.path, 0o600)
 
     # -- connections --
+    def _connect(self):
+        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=%s" % self.synchronous)
+        db.execute("PRAGMA foreign_keys=ON")
+        with self._all_lock:
+            self._all.append(db)
+        return db
+
     def _db(self):
+        """This thread's connection (reads)."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=%s" % self.synchronous)
-            db.execute("PRAGMA foreign_keys=ON")
-            self._local.db = db
-            with self._all_lock:
-                self._all.append(db)
+            db = self._local.db = self._connect()
+        return db
+
+    def _wdb(self):
+        """The connection every write of this Store goes through, one per
+        Store and used under _wlock. SQLite drops a connection's page cache
+        whenever another connection has written: with one connection per
+        worker thread, each insert began by re-reading the B-tree pages
+        (pread calls); the single writer keeps them cached."""
+        db = self._wconn
+        if db is None:
+            db = self._wconn = self._connect()
         return db
 
     def close(self):
@@ -130,17 +147,19 @@ class Store:
                     pass
             self._all = []
         self._local = threading.local()
+        self._wconn = None
 
     def _write(self, fn):
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            r = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return r
+        with self._wlock:
+            db = self._wdb()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                r = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return r
 
     def _now(self):
         return int(self.clock())
@@ -166,7 +185,8 @@ class Store:
         if request_id is None:
             # one statement = one implicit transaction (autocommit): durable on return
             try:
-                self._db().execute(_INSERT_CERT, row)
+                with self._wlock:
+                    self._wdb().execute(_INSERT_CERT, row)
             except sqlite3.IntegrityError:
                 raise DuplicateSerial("serial %s already issued" % serial) from None
             return serial
