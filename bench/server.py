@@ -179,34 +179,123 @@ def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, star
     _drive(one, bodies, (OSError, ssl.SSLError), threads, seconds, start_at, q)
 
 
-def _coaps_client_proc(port, root_der, csrs, cert_der, key_der, threads, seconds, start_at, q):
-    """Enrollments over EST-coaps: a new DTLS session (full handshake,
-    cookie exchange) per enrollment, POST /sen with the core's
-    CoapOperation."""
-    from est_lite import client as C
-    from est_lite import numbers as N
-    from est_lite.errors import EstError
-    from est_lite_cpython.dtls_client import ClientContext, DtlsClient
+def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost"):
+    """The CoAPs load generator's one enrollment: returns one(csr_der) ->
+    True for a 2.04 certs-only answer. A new DTLS 1.2 session per
+    enrollment, as lean as the stdlib-ssl HTTPS generator: pyOpenSSL on
+    memory BIOs driven directly (no DtlsClient layers, no asyncio). Per
+    enrollment: ClientHello, HelloVerifyRequest, ClientHello with the
+    cookie, full handshake with our client certificate, the server's chain
+    verified by OpenSSL against `root_der` and its name checked by OpenSSL
+    (`server_name`, as the HTTPS generator's server_hostname),
+    retransmission on OpenSSL's timer; then POST /.well-known/est/sen (CON,
+    Content-Format 286) encoded by the core's est_lite.coap, the answer
+    decoded by it and accepted only as 2.04 with our token and a non-empty
+    281 certs-only payload; close_notify. Failures raise OSError (DTLS,
+    timeout) or EstError (undecodable answer)."""
+    from OpenSSL._util import lib as _lib
 
-    cctx = ClientContext([root_der], cert=cert_der, key=key_der)  # loaded once, like the HTTPS client's SSLContext
+    from est_lite import coap as CO
+    from est_lite import numbers as N
+    from est_lite_cpython import dtls as _d
+
+    SSL = _d._ssl()
+    WantRead = SSL.WantReadError
+    mtu = _d.DEFAULT_MTU
+    addr = ("127.0.0.1", port)
+    ctx = _d.base_context(False, _d.CLIENT_SUITES, cert_der, key_der)  # loaded once, like the HTTPS SSLContext
+    _d.add_trust_anchors(ctx, [root_der])
+    ctx.set_verify(SSL.VERIFY_PEER)  # OpenSSL's own verification, no Python callback (as stdlib ssl)
+    host = bytes(server_name)
+    mid = [int.from_bytes(os.urandom(2), "big")]
+
+    def flush(conn, s):
+        try:
+            out = conn.bio_read(65536)
+        except WantRead:
+            return
+        if len(out) <= mtu:
+            s.send(out)  # whole records: they fit one datagram
+        else:
+            for dg in _d.pack_datagrams(_d.split_records(out), mtu):
+                s.send(dg)
+
+    def feed(conn, s, deadline):
+        """One datagram into the connection, or OpenSSL's retransmission."""
+        now = time.monotonic()
+        if now >= deadline:
+            raise OSError("DTLS/CoAP exchange timed out")
+        t = conn.DTLSv1_get_timeout()
+        s.settimeout(min(deadline - now, 1.0 if t is None else max(t, 0.001)))
+        try:
+            conn.bio_write(s.recv(4096))
+        except socket.timeout:
+            if t is not None:
+                conn.DTLSv1_handle_timeout()
+                flush(conn, s)
 
     def one(csr):
-        with DtlsClient("127.0.0.1", port, context=cctx, timeout=30) as dc:
-            op = C.CoapOperation(N.OP_SIMPLEENROLL, body=csr, token=os.urandom(4), mid=C.MidSource(os.urandom(2)))
+        conn = SSL.Connection(ctx, None)
+        conn.set_ciphertext_mtu(mtu)
+        if not _lib.X509_VERIFY_PARAM_set1_host(_lib.SSL_get0_param(conn._ssl), host, len(host)):
+            raise OSError("cannot set the expected server name")
+        conn.set_connect_state()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.connect(addr)
+            deadline = time.monotonic() + 30
             while True:
-                d = op.send(time.monotonic())
-                while d is not None:
-                    dc.send(bytes(d))
-                    d = op.send(time.monotonic())
-                ev = op.next_event()
-                if ev is not C.NEED_DATA:
-                    return type(ev).__name__ == "Enrolled"
-                t = op.next_timeout()
-                data = dc.recv(timeout=1.0 if t is None else max(0.001, min(1.0, t - time.monotonic())))
-                if data:
-                    op.receive_data(data, time.monotonic())
+                try:
+                    conn.do_handshake()
+                    break
+                except WantRead:
+                    pass
+                flush(conn, s)
+                feed(conn, s, deadline)
+            flush(conn, s)
+            mid[0] = (mid[0] + 1) & 0xFFFF
+            token = os.urandom(4)
+            req = CO.request(N.POST, (".well-known", "est", "sen"), token, mid[0], type=N.CON,
+                             content_format=N.CF_PKCS10, payload=csr).encode()
+            conn.send(req)
+            flush(conn, s)
+            sent_at, tries = time.monotonic(), 0
+            while True:
+                try:
+                    data = conn.recv(65535)
+                except WantRead:
+                    if time.monotonic() - sent_at > 2.0 and tries < 4:  # RFC 7252 ACK_TIMEOUT, CON retransmission
+                        conn.send(req)
+                        sent_at, tries = time.monotonic(), tries + 1
+                    flush(conn, s)
+                    feed(conn, s, deadline)
+                    continue
+                m = CO.decode(data)
+                if m.token != token:
+                    continue  # an empty ACK, or not ours
+                if m.type == N.CON:  # separate response: acknowledge it
+                    conn.send(CO.Message(2, 0, m.mid).encode())
+                    flush(conn, s)
+                cf = CO.opt(m, N.CONTENT_FORMAT)
+                ok = (m.code == N.CHANGED and cf is not None and CO.uint_decode(cf) == N.CF_PKCS7_CERTS
+                      and len(m.payload) > 0)
+                break
+            conn.shutdown()  # close_notify: the server forgets the session now
+            flush(conn, s)
+            return ok
+        except SSL.Error as e:
+            raise OSError("DTLS: %s" % _d.ssl_error_text(e))
+        finally:
+            s.close()
 
-    _drive(one, csrs, (OSError, EstError), threads, seconds, start_at, q)
+    return one
+
+
+def _coaps_client_proc(port, root_der, csrs, cert_der, key_der, threads, seconds, start_at, q):
+    """EST-coaps load: coaps_enroller's one() in `threads` threads."""
+    from est_lite.errors import EstError
+
+    _drive(coaps_enroller(port, root_der, cert_der, key_der), csrs, (OSError, EstError), threads, seconds, start_at, q)
 
 
 def _self_cpu_s():
