@@ -142,3 +142,49 @@ def test_a_client_flight_seen_once_is_not_answered_twice(pki):
     finally:
         c.close()
         server.stop()
+
+
+def _seqs(dg):
+    out, off = [], 0
+    while off + 13 <= len(dg):
+        out.append((int.from_bytes(dg[off + 3 : off + 5], "big"),
+                    int.from_bytes(dg[off + 5 : off + 11], "big")))
+        off += 13 + int.from_bytes(dg[off + 11 : off + 13], "big")
+    return out
+
+
+def test_server_records_continue_from_the_client_hello_number(pki):
+    """A ClientHello resent with a higher record number (a client's own
+    retransmission, or the MicroPython port's resend) gets a HelloVerifyRequest
+    with that number; the server's plaintext records must continue above it,
+    or a client with a replay window (Mbed TLS) drops the ServerHello."""
+    server = ServerThread(pki)
+    c = Client(pki, server.port)
+    try:
+        out, _ = c.step()
+        first = bytearray(out[0])
+        first[5:11] = (40).to_bytes(6, "big")  # the first ClientHello "resent" as record 40
+        c.send([bytes(first)])
+        hvr = c.receive()
+        assert _seqs(hvr[0]) == [(0, 40)]
+        c.feed(hvr)
+        flight3, _ = c.step()
+        again = bytearray(flight3[0])
+        again[5:11] = (41).to_bytes(6, "big")
+        c.send([bytes(again)])
+        flight4 = c.receive()
+        seqs = [s for dg in flight4 for s in _seqs(dg)]
+        assert seqs[0] == (0, 41) and [q for _, q in seqs] == list(range(41, 41 + len(seqs)))
+        for _ in range(4):
+            c.feed(flight4)
+            out, done = c.step()
+            if done:
+                break
+            c.send(out)
+            flight4 = c.receive()
+        assert done
+        epoch0 = [s for dg in flight4 for s in _seqs(dg) if s[0] == 0]  # the CCS of the last flight
+        assert epoch0 and epoch0[0][1] > 41
+    finally:
+        c.close()
+        server.stop()

@@ -225,6 +225,8 @@ class DtlsPeer:
         self.max_payload = None
         self.verify_error = None
         self._hello_random = None  # random of the ClientHello (with cookie) that opened the session
+        self._hello_seq = 0  # record number of that ClientHello
+        self._seq_shift = None  # added to the numbers of our plaintext records (see _renumber)
         self._hs_progress = (-1, 0)  # furthest client handshake fragment seen (handshake_progress)
         self._flight = None  # our last handshake flight (datagrams), kept to answer a repeated client flight
         self._flight_at = 0.0  # when it last went out
@@ -464,9 +466,9 @@ class DtlsServer:
         if len(self.sessions) >= self.max_sessions:
             self.stats["refused_full"] += 1
             return
-        self._new_session(addr, data, info.cookie, now, info.random)
+        self._new_session(addr, data, info.cookie, now, info.random, int.from_bytes(info.record_seq[2:], "big"))
 
-    def _new_session(self, addr, data, cookie, now, random=None):
+    def _new_session(self, addr, data, cookie, now, random=None, hello_seq=0):
         SSL = _d._ssl()
         try:
             conn = _d.new_connection(self._context(), self.mtu)
@@ -477,6 +479,7 @@ class DtlsServer:
         peer._cookie = cookie
         peer._hello_random = random
         peer._hs_progress = handshake_progress(data) or peer._hs_progress
+        peer._hello_seq = hello_seq
         conn.set_app_data(peer)
         conn.set_accept_state()
         conn.bio_write(data)
@@ -602,6 +605,8 @@ class DtlsServer:
     def _flush(self, peer):
         """Send what OpenSSL wrote; returns the datagrams."""
         dgs = _d.drain_bio(peer._conn, self.mtu)
+        if dgs and (peer._seq_shift is None or peer._seq_shift):
+            dgs = [_renumber(peer, dg) for dg in dgs]
         for dg in dgs:
             self._sendto(dg, peer._sockaddr)
         if peer.closed:
@@ -697,6 +702,35 @@ class DtlsServer:
                 self.on_closed(peer, reason)
             except Exception:  # noqa: BLE001
                 log.exception("on_closed handler failed for %s", peer.address)
+
+
+def _renumber(peer, dg):
+    """Our plaintext (epoch-0) records continue from the record number of
+    the ClientHello that opened the session, as RFC 6347 §4.2.1 has the
+    HelloVerifyRequest do and as OpenSSL 1.1 did. OpenSSL 3 starts the
+    ServerHello at 1 whatever the ClientHello carried, so after a resent
+    first ClientHello (record 1, 2, ...) our HelloVerifyRequest already used
+    that number and Mbed TLS drops the ServerHello as a replay; the client
+    only gets past it on OpenSSL's retransmission a second later. Epoch-0
+    record numbers are not covered by any MAC, so shifting them is safe;
+    encrypted records are left alone."""
+    mv = memoryview(dg)
+    n = len(mv)
+    off = 0
+    out = None
+    while n - off >= _d.RECORD_HEADER:
+        rlen = struct.unpack_from("!H", mv, off + 11)[0]
+        if mv[off + 3] == 0 and mv[off + 4] == 0:
+            seq = int.from_bytes(mv[off + 5 : off + 11], "big")
+            if peer._seq_shift is None:
+                peer._seq_shift = max(0, peer._hello_seq - seq)
+            if not peer._seq_shift:
+                return dg
+            if out is None:
+                out = bytearray(dg)
+            out[off + 5 : off + 11] = (seq + peer._seq_shift).to_bytes(6, "big")
+        off += _d.RECORD_HEADER + rlen
+    return dg if out is None else bytes(out)
 
 
 def _listen_cookie_ok(conn, cookie):
