@@ -68,8 +68,11 @@ client_cert_trust = ["idevid"]
 """
 
 
-def crypto_floor(auth, n=400):
-    """Seconds of OpenSSL work per enrollment (server side, one core)."""
+def crypto_floor(auth, n=400, touch_mb=0):
+    """Seconds of OpenSSL work per enrollment (server side, one core).
+    touch_mb > 0: the same operations with touch_mb MB of other memory
+    read between two enrollments (not timed), as a server's other work per
+    enrollment does; the mean of n enrollments (diagnostic, not the floor)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -101,6 +104,16 @@ def crypto_floor(auth, n=400):
 
     for _ in range(20):
         one()
+    if touch_mb:
+        other = bytearray(touch_mb << 20)
+        total = 0.0
+        for _ in range(n):
+            other.find(1)  # reads it all (memchr): evicts the operations' code and data from the caches
+            t = time.thread_time()
+            one()
+            total += time.thread_time() - t
+        ca.store.close()
+        return total / n
     per = None
     # CPU time of this thread (not wall time), best of 5 batches: the floor
     # is OpenSSL's work per enrollment on one core and must not include the
@@ -490,9 +503,20 @@ def main(argv=None):
                     help="runs per level, the best counts (default 1; 2 with --transport both)")
     ap.add_argument("--coaps-processes", type=int, default=2,
                     help="EST-coaps server processes on one UDP port ([coaps] processes, SO_REUSEPORT)")
+    ap.add_argument("--floor-cache-sweep", action="store_true",
+                    help="only measure the crypto floor, hot and with 1/2/4/16 MB of other memory read between "
+                         "enrollments (how much the same OpenSSL work costs once the caches are cold)")
     ap.add_argument("--client", default="python", choices=["python", "curl"],
                     help="HTTPS load generator: Python stdlib ssl threads in --client-procs processes (default; 1.9 ms CPU per enrollment) or curl --parallel (2.8 ms: loads the CA file per transfer)")
     args = ap.parse_args(argv)
+    if args.floor_cache_sweep:
+        out = {"crypto_floor_ms": round(1000 * crypto_floor(args.auth), 4)}
+        for mb in (1, 2, 4, 16):
+            out["floor_ms_with_%dMB_between" % mb] = round(1000 * crypto_floor(args.auth, 200, touch_mb=mb), 4)
+            print("floor with %2d MB of other memory read between enrollments: %.3f ms"
+                  % (mb, out["floor_ms_with_%dMB_between" % mb]), flush=True)
+        print(json.dumps(out))
+        return 0
     levels = [int(x) for x in args.concurrency.split(",")]
     if args.repeat is None:
         args.repeat = 2 if args.transport == "both" else 1
