@@ -120,7 +120,7 @@ def auth_context(request):
     chain = VerifiedChain(peer.peer_chain, getattr(peer, "verified_chain", None)) if peer.peer_chain else None
     return AuthContext("coaps", peer_chain=chain,
                        tls_unique=peer.tls_unique if ems else None,
-                       tls_exporter=peer.exporter if ems else None,
+                       tls_exporter=(lambda: peer.exporter) if ems else None,
                        tls_version="DTLSv1.2", remote=peer.address)
 
 

@@ -310,8 +310,35 @@ def pack_datagrams(records, mtu):
     return out
 
 
+def _bio_pending_fn():
+    """BIO_ctrl_pending on the BIO OpenSSL writes to, or None if this
+    pyOpenSSL does not expose it (then drain_bio reads until WantReadError)."""
+    try:
+        from OpenSSL._util import lib
+
+        fn = lib.BIO_ctrl_pending
+    except (ImportError, AttributeError):  # pragma: no cover - other pyOpenSSL
+        return None
+    return lambda conn: fn(conn._from_ssl)
+
+
+_bio_pending = None
+
+
 def drain_bio(conn, mtu, bufsize=65536):
-    """Everything OpenSSL wants to send, as a list of datagrams <= mtu."""
+    """Everything OpenSSL wants to send, as a list of datagrams <= mtu.
+
+    The memory BIO holds whole records only, so output that fits one MTU is
+    one datagram as it is (no splitting and packing); an empty BIO is asked
+    with BIO_ctrl_pending rather than by catching WantReadError."""
+    global _bio_pending
+    if _bio_pending is None:
+        _bio_pending = _bio_pending_fn() or (lambda conn: 1)
+    try:
+        if not _bio_pending(conn):
+            return []
+    except AttributeError:  # pragma: no cover - a Connection without memory BIOs
+        pass
     SSL = _ssl()
     parts = []
     while True:
@@ -322,9 +349,14 @@ def drain_bio(conn, mtu, bufsize=65536):
         if not chunk:
             break
         parts.append(chunk)
+        if len(chunk) < bufsize:
+            break  # the memory BIO hands out everything it holds at once
     if not parts:
         return []
-    return pack_datagrams(split_records(b"".join(parts)), mtu)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    if len(data) <= mtu:
+        return [data]
+    return pack_datagrams(split_records(data), mtu)
 
 
 # --- channel bindings -----------------------------------------------------------------------

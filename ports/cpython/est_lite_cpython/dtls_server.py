@@ -200,8 +200,8 @@ class DtlsPeer:
     After the handshake: `address`, `peer_chain` (what the client sent, leaf
     first, cryptography certificates), `verified_chain` (leaf ... trust
     anchor), `tls_unique`, `exporter` (RFC 5705, label EXPORTER-Channel-Binding,
-    32 bytes), `cipher`, `extended_master_secret`, `max_payload` (largest
-    datagram `send()` fits in one MTU-sized record)."""
+    32 bytes; computed on first use), `cipher`, `extended_master_secret`,
+    `max_payload` (largest datagram `send()` fits in one MTU-sized record)."""
 
     _next_id = 0
 
@@ -219,11 +219,12 @@ class DtlsPeer:
         self.peer_chain = []
         self.verified_chain = []
         self.tls_unique = None
-        self.exporter = None
+        self._exporter = None
         self.cipher = None
         self.extended_master_secret = None
         self.max_payload = None
         self.verify_error = None
+        self._vcerts = {}  # depth -> cryptography certificate, filled by the verify callback
         self._hello_random = None  # random of the ClientHello (with cookie) that opened the session
         self._hello_seq = 0  # record number of that ClientHello
         self._seq_shift = None  # added to the numbers of our plaintext records (see _renumber)
@@ -239,6 +240,18 @@ class DtlsPeer:
     @property
     def peer_certificate(self):
         return self.peer_chain[0] if self.peer_chain else None
+
+    @property
+    def exporter(self):
+        """RFC 5705 exporter (label EXPORTER-Channel-Binding, 32 bytes), or
+        None before the handshake; computed on first use (most sessions
+        never need a channel binding)."""
+        if self._exporter is None and self.established:
+            try:
+                self._exporter = _d.exporter(self._conn)
+            except _d._ssl().Error:  # pragma: no cover - OpenSSL without the session's secrets
+                return None
+        return self._exporter
 
     def send(self, data):
         """Encrypt one datagram and send it to the peer."""
@@ -411,9 +424,12 @@ class DtlsServer:
                     depth, _d.verify_error_string(errno), _d.subject_text(x509),
                 )
             return False
+        cert = x509.to_cryptography()  # once: the revocation hook and verified_chain share it
+        if peer is not None and peer._vcerts is not None:
+            peer._vcerts[depth] = cert
         if self.is_revoked is not None:
             try:
-                revoked = self.is_revoked(x509.to_cryptography())
+                revoked = self.is_revoked(cert)
             except Exception:  # noqa: BLE001 - a failing revocation hook must fail closed
                 log.exception("is_revoked hook failed; refusing the client")
                 revoked = True
@@ -576,10 +592,17 @@ class DtlsServer:
     def _established(self, peer):
         conn = peer._conn
         peer.established = True
-        peer.peer_chain = _d.peer_chain(conn)
-        peer.verified_chain = _d.verified_chain(conn)
+        # the chain the verify callback saw (depth 0 .. n, already converted
+        # for the revocation check), else OpenSSL's record of it
+        vc = peer._vcerts
+        n = len(vc)
+        if n and all(i in vc for i in range(n)):
+            peer.verified_chain = [vc[i] for i in range(n)]
+        else:
+            peer.verified_chain = _d.verified_chain(conn)
+        peer._vcerts = None
+        peer.peer_chain = _server_peer_chain(conn, peer.verified_chain)
         peer.tls_unique = _d.tls_unique(conn, server=True)
-        peer.exporter = _d.exporter(conn)
         peer.cipher = conn.get_cipher_name()
         peer.extended_master_secret = _d.extended_master_secret(conn)
         try:
@@ -731,6 +754,20 @@ def _renumber(peer, dg):
             out[off + 5 : off + 11] = (seq + peer._seq_shift).to_bytes(6, "big")
         off += _d.RECORD_HEADER + rlen
     return dg if out is None else bytes(out)
+
+
+def _server_peer_chain(conn, verified):
+    """What the client sent, leaf first. On the server side OpenSSL's
+    SSL_get_peer_cert_chain leaves the client's own certificate out (it
+    holds only the certificates sent after it), so the leaf comes from the
+    verified chain (its depth 0 is the certificate the client presented)."""
+    leaf = verified[0] if verified else conn.get_peer_certificate(as_cryptography=True)
+    if leaf is None:
+        return []
+    extra = conn.get_peer_cert_chain(as_cryptography=True) or []
+    if extra and extra[0] == leaf:
+        extra = extra[1:]
+    return [leaf] + list(extra)
 
 
 def _listen_cookie_ok(conn, cookie):
