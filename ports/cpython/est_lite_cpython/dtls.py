@@ -311,15 +311,17 @@ def pack_datagrams(records, mtu):
 
 
 def _bio_pending_fn():
-    """BIO_ctrl_pending on the BIO OpenSSL writes to, or None if this
+    """Bytes waiting in the memory BIO OpenSSL writes to (BIO_get_mem_data,
+    the one pending-length call the binding exports), or None if this
     pyOpenSSL does not expose it (then drain_bio reads until WantReadError)."""
     try:
-        from OpenSSL._util import lib
+        from OpenSSL._util import ffi, lib
 
-        fn = lib.BIO_ctrl_pending
+        fn = lib.BIO_get_mem_data
+        null = ffi.NULL
     except (ImportError, AttributeError):  # pragma: no cover - other pyOpenSSL
         return None
-    return lambda conn: fn(conn._from_ssl)
+    return lambda conn: fn(conn._from_ssl, null)
 
 
 _bio_pending = None
@@ -330,7 +332,7 @@ def drain_bio(conn, mtu, bufsize=65536):
 
     The memory BIO holds whole records only, so output that fits one MTU is
     one datagram as it is (no splitting and packing); an empty BIO is asked
-    with BIO_ctrl_pending rather than by catching WantReadError."""
+    for its length rather than read until WantReadError."""
     global _bio_pending
     if _bio_pending is None:
         _bio_pending = _bio_pending_fn() or (lambda conn: 1)

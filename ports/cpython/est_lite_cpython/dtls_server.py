@@ -232,7 +232,6 @@ class DtlsPeer:
         self._flight = None  # our last handshake flight (datagrams), kept to answer a repeated client flight
         self._flight_at = 0.0  # when it last went out
         self._retx = None
-        self._deadline = None
 
     def __repr__(self):
         return "<DtlsPeer #%d %s %s>" % (self.id, self.address, "up" if self.established else "handshaking")
@@ -344,6 +343,10 @@ class DtlsServer:
         )
         self._transport = None
         self._loop = None
+        self._sweep = None  # the one timer for handshake and idle deadlines (armed while sessions exist)
+        # deadlines are checked this often: late by at most this much, and no
+        # timer per session to create and cancel
+        self._sweep_interval = max(0.05, min(1.0, min(handshake_timeout, idle_timeout) / 8.0))
         self.local_address = None
         # build one context now so configuration errors surface at construction
         self._context()
@@ -377,6 +380,9 @@ class DtlsServer:
         """Send close_notify to every session and close the socket."""
         for peer in list(self.sessions.values()):
             self._close(peer, "server shutting down", notify=True)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -402,6 +408,7 @@ class DtlsServer:
             self._last_cas = (src, fp)
             return ctx
         ctx = _d.base_context(True, self.ciphers, self._cert, self._key, self._chain)
+        ctx.set_options(SSL.OP_NO_RENEGOTIATION)  # as RFC 7925 has it; so no handshake (nor its timers) once up
         _d.add_trust_anchors(ctx, cas)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify_cb)
         ctx.set_verify_depth(self.verify_depth)
@@ -451,6 +458,9 @@ class DtlsServer:
         peer = self.sessions.get(addr)
         if peer is not None and not peer.established:
             self._feed(peer, data)  # handshake in progress (includes retransmitted ClientHellos)
+            return
+        if peer is not None and not (data[0] == _d.CT_HANDSHAKE and data[3] == 0 and data[4] == 0):
+            self._feed(peer, data)  # not an epoch-0 handshake record: not a new ClientHello
             return
         info = parse_client_hello(data)
         if info is None:
@@ -509,7 +519,8 @@ class DtlsServer:
             self.stats["ignored"] += 1
             return
         self.sessions[addr] = peer
-        peer._deadline = self._loop.call_later(self.handshake_timeout, self._check_deadline, peer)
+        if self._sweep is None:
+            self._sweep = self._loop.call_later(self._sweep_interval, self._sweep_deadlines)
         self._progress(peer)
 
     def _feed(self, peer, data):
@@ -611,7 +622,6 @@ class DtlsServer:
             peer.max_payload = self.mtu - 64
         self.stats["handshakes"] += 1
         peer.last_rx = self._loop.time()
-        self._reschedule_deadline(peer)
         log.debug("DTLS session with %s up: %s", peer.address, peer.cipher)
         if self.on_established is not None:
             try:
@@ -632,14 +642,21 @@ class DtlsServer:
             dgs = [_renumber(peer, dg) for dg in dgs]
         for dg in dgs:
             self._sendto(dg, peer._sockaddr)
-        if peer.closed:
-            return dgs
-        if peer._retx is not None:
-            peer._retx.cancel()
-            peer._retx = None
+        if peer.closed or (peer.established and peer._retx is None):
+            return dgs  # no OpenSSL timer runs in an established session (renegotiation is off)
         t = peer._conn.DTLSv1_get_timeout()
-        if t is not None:
-            peer._retx = self._loop.call_later(max(t, 0.001), self._retransmit, peer)
+        retx = peer._retx
+        if t is None:
+            if retx is not None:
+                retx.cancel()
+                peer._retx = None
+            return dgs
+        when = self._loop.time() + max(t, 0.001)
+        if retx is not None:
+            if abs(retx.when() - when) < 0.002:
+                return dgs  # the same OpenSSL deadline: keep the timer
+            retx.cancel()
+        peer._retx = self._loop.call_at(when, self._retransmit, peer)
         return dgs
 
     def _flush_flight(self, peer):
@@ -675,30 +692,26 @@ class DtlsServer:
 
     # -- timeouts --
 
-    def _reschedule_deadline(self, peer):
-        if peer._deadline is not None:
-            peer._deadline.cancel()
-        if peer.established:
-            delay = peer.last_rx + self.idle_timeout - self._loop.time()
-        else:
-            delay = peer.created + self.handshake_timeout - self._loop.time()
-        peer._deadline = self._loop.call_later(max(delay, 0.001), self._check_deadline, peer)
+    def _sweep_deadlines(self):
+        """Every sweep interval while sessions exist: end handshakes older
+        than handshake_timeout and sessions idle for idle_timeout."""
+        self._sweep = None
+        now = self._loop.time()
+        for peer in list(self.sessions.values()):
+            self._check_deadline(peer, now)
+        if self.sessions and self._transport is not None:
+            self._sweep = self._loop.call_later(self._sweep_interval, self._sweep_deadlines)
 
-    def _check_deadline(self, peer):
-        peer._deadline = None
+    def _check_deadline(self, peer, now):
         if peer.closed:
             return
-        now = self._loop.time()
         if not peer.established:
             if now - peer.created >= self.handshake_timeout:
                 self.stats["handshake_timeouts"] += 1
                 self._close(peer, "handshake timeout", notify=False)
-                return
         elif now - peer.last_rx >= self.idle_timeout:
             self.stats["idle_evictions"] += 1
             self._close(peer, "idle timeout", notify=True)
-            return
-        self._reschedule_deadline(peer)
 
     def _close(self, peer, reason, notify):
         if peer.closed:
@@ -712,10 +725,9 @@ class DtlsServer:
             for dg in _d.drain_bio(peer._conn, self.mtu):
                 self._sendto(dg, peer._sockaddr)
         peer.closed = True
-        for h in (peer._retx, peer._deadline):
-            if h is not None:
-                h.cancel()
-        peer._retx = peer._deadline = None
+        if peer._retx is not None:
+            peer._retx.cancel()
+            peer._retx = None
         if self.sessions.get(peer._sockaddr) is peer:
             del self.sessions[peer._sockaddr]
         peer._conn.set_app_data(None)
