@@ -287,6 +287,9 @@ class EstHttpsServer:
         self._threads = []
         self._family = socket.AF_INET
         self._stopping = threading.Event()
+        self._lf_lock = threading.Lock()  # leader/followers state (see _worker)
+        self._leading = False
+        self._idle = []
         self._live = set()
         self._live_lock = threading.Lock()
         self.stats = {"connections": 0, "requests": 0, "errors": 0}
@@ -363,13 +366,17 @@ class EstHttpsServer:
         self._stopping.set()
         if self._sock is not None:
             try:
-                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the workers blocked in accept()
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the worker blocked in accept()
             except OSError:
                 pass
             try:
                 self._sock.close()
             except OSError:
                 pass
+        with self._lf_lock:  # and the idle ones (a worker checks _stopping under this lock before waiting)
+            while self._idle:
+                self._idle.pop().release()
+            self._leading = False
         with self._live_lock:
             for s in list(self._live):
                 try:
@@ -404,18 +411,47 @@ class EstHttpsServer:
 
     # -- threads --
     def _worker(self):
+        """Leader/followers: one worker at a time (the leader) blocks in
+        accept(); the idle others wait on their own lock, the most recently
+        idle on top. After accepting, the leader wakes the top one as the
+        next leader and handles its connection. The kernel would wake the
+        accept() waiter that has waited longest, so connections rotated
+        through all the workers, each time on a stack and thread state that
+        had left the CPU caches; here the same few workers take turns."""
         lsock = self._sock
         raw_accept = lsock._accept  # (fd, addr) without socket.accept()'s enum look-ups
         fam = self._family
-        while not self._stopping.is_set():
-            try:
-                fd, addr = raw_accept()
-            except OSError as e:
+        wake = threading.Lock()
+        wake.acquire()
+        lf = self._lf_lock
+        idle = self._idle
+        while True:
+            with lf:
                 if self._stopping.is_set():
                     return
-                if not isinstance(e, BlockingIOError):  # EAGAIN: SO_RCVTIMEO of an idle listener
-                    time.sleep(0.01)  # EMFILE and friends: back off, keep serving
-                continue
+                follow = self._leading
+                if follow:
+                    idle.append(wake)
+                else:
+                    self._leading = True
+            if follow:
+                wake.acquire()  # released by the leader (or by stop())
+                if self._stopping.is_set():
+                    return
+            while True:
+                try:
+                    fd, addr = raw_accept()
+                    break
+                except OSError as e:
+                    if self._stopping.is_set():
+                        return
+                    if not isinstance(e, BlockingIOError):  # EAGAIN: SO_RCVTIMEO of an idle listener
+                        time.sleep(0.01)  # EMFILE and friends: back off, keep serving
+            with lf:  # hand the lead on before handling the connection
+                if idle:
+                    idle.pop().release()
+                else:
+                    self._leading = False
             s = socket.socket(fam, socket.SOCK_STREAM, 0, fd)
             if self._stopping.is_set():
                 s.close()
