@@ -1,8 +1,10 @@
 """EST over HTTPS (RFC 7030 + RFC 8951) in front of an `EstService`.
 
-Stack: a listening socket and a fixed pool of worker threads that each
-accept() on it directly; each worker drives one pyOpenSSL `SSL.Connection` over a blocking
-socket (kernel SO_RCVTIMEO/SO_SNDTIMEO bound every read and write) and parses
+Stack: a listening socket and a fixed pool of worker threads taking turns
+at accept() on it (leader/followers, most recently idle worker next); each
+worker drives one pyOpenSSL `SSL.Connection` over a blocking socket (kernel
+SO_RCVTIMEO/SO_SNDTIMEO, set on the listener and inherited, bound every
+read and write) and parses
 HTTP/1.1 itself (EST needs only Content-Length/chunked bodies and a few
 headers). pyOpenSSL gives the TLS object directly: the peer certificate
 chain, tls-unique (`get_peer_finished()`, TLS 1.2) and the RFC 9266
