@@ -361,6 +361,110 @@ def drain_bio(conn, mtu, bufsize=65536):
     return pack_datagrams(split_records(data), mtu)
 
 
+class RawOps:
+    """The per-datagram Connection calls of the DTLS server without
+    pyOpenSSL's Python wrappers and without an exception for the common
+    "nothing more to read" outcome: SSL_do_handshake, SSL_read, SSL_write
+    and the memory BIOs through the binding pyOpenSSL itself calls, with
+    pyOpenSSL's own error translation (`Connection._raise_ssl_error`) for
+    every other outcome, so errors are the same exceptions as before. One
+    instance per thread (it owns a read buffer). `raw_ops()` returns None
+    when this pyOpenSSL lacks the attributes it relies on."""
+
+    def __init__(self, ffi, lib, bufsize=65536):
+        self._ffi = ffi
+        self._lib = lib
+        self._want_read = lib.SSL_ERROR_WANT_READ
+        self._null = ffi.NULL
+        self._bufsize = bufsize
+        self._buf = ffi.new("char[]", bufsize)
+
+    def handshake(self, conn):
+        """True when the handshake is complete, False while it waits for
+        the peer; raises what Connection.do_handshake raises otherwise."""
+        ssl = conn._ssl
+        r = self._lib.SSL_do_handshake(ssl)
+        if r == 1:
+            return True
+        if self._lib.SSL_get_error(ssl, r) == self._want_read and self._quiet(conn):
+            return False
+        conn._raise_ssl_error(ssl, r)
+        return False  # not reached: pyOpenSSL raised
+
+    def read(self, conn):
+        """One decrypted record's bytes, or None when OpenSSL needs more
+        input; raises what Connection.recv raises otherwise (ZeroReturnError
+        for close_notify, ...)."""
+        ssl = conn._ssl
+        r = self._lib.SSL_read(ssl, self._buf, self._bufsize)
+        if r > 0:
+            return self._ffi.buffer(self._buf, r)[:]
+        if self._lib.SSL_get_error(ssl, r) == self._want_read and self._quiet(conn):
+            return None
+        conn._raise_ssl_error(ssl, r)
+        return None  # not reached: pyOpenSSL raised
+
+    @staticmethod
+    def _quiet(conn):
+        """No exception from a Python callback waits to be re-raised (what
+        Connection._raise_ssl_error checks before anything else)."""
+        ctx = conn._context
+        for h in (ctx._verify_helper, ctx._alpn_select_helper, ctx._ocsp_helper):
+            if h is not None and h._problems:
+                return False
+        return True
+
+    def write(self, conn, data):
+        """Encrypt one datagram's worth (Connection.send)."""
+        ssl = conn._ssl
+        r = self._lib.SSL_write(ssl, data, len(data))
+        if r <= 0:
+            conn._raise_ssl_error(ssl, r)
+        return r
+
+    def bio_write(self, conn, data):
+        """Hand one received datagram to OpenSSL (Connection.bio_write)."""
+        if self._lib.BIO_write(conn._into_ssl, data, len(data)) != len(data):
+            conn.bio_write(data)  # pyOpenSSL's error handling
+
+    def drain(self, conn, mtu):
+        """drain_bio in one BIO_read."""
+        bio = conn._from_ssl
+        n = self._lib.BIO_get_mem_data(bio, self._null)
+        if n <= 0:
+            return []
+        buf = self._buf if n <= self._bufsize else self._ffi.new("char[]", n)
+        r = self._lib.BIO_read(bio, buf, n)
+        if r <= 0:
+            return []
+        data = self._ffi.buffer(buf, r)[:]
+        if r <= mtu:
+            return [data]
+        return pack_datagrams(split_records(data), mtu)
+
+
+def raw_ops():
+    """A RawOps for the calling thread, or None (see RawOps)."""
+    try:
+        from OpenSSL import SSL
+        from OpenSSL._util import ffi, lib
+
+        for name in ("SSL_do_handshake", "SSL_read", "SSL_write", "SSL_get_error", "BIO_read", "BIO_write",
+                     "BIO_get_mem_data", "SSL_ERROR_WANT_READ"):
+            getattr(lib, name)
+        ctx = SSL.Context(SSL.DTLS_METHOD)
+        ctx.set_verify(SSL.VERIFY_PEER, lambda *a: True)
+        conn = SSL.Connection(ctx, None)
+        for name in ("_ssl", "_into_ssl", "_from_ssl", "_context", "_raise_ssl_error"):
+            getattr(conn, name)
+        for name in ("_verify_helper", "_alpn_select_helper", "_ocsp_helper"):
+            getattr(ctx, name)
+        ctx._verify_helper._problems
+    except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
+        return None
+    return RawOps(ffi, lib)
+
+
 # --- channel bindings -----------------------------------------------------------------------
 
 

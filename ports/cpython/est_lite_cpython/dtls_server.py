@@ -330,6 +330,7 @@ class DtlsServer:
         self.flight_resend_gap = flight_resend_gap
         self._cookie_lifetime = cookie_lifetime
         self._cookies = None
+        self._raw = _d.raw_ops()  # pyOpenSSL's calls without its wrappers (None: the public API)
         self._contexts = {}  # trust-set fingerprint tuple -> SSL.Context
         self._last_cas = (None, None)  # (list object trusted_cas() returned, its fingerprint tuple)
         self.sessions = {}  # socket address -> DtlsPeer
@@ -511,7 +512,7 @@ class DtlsServer:
         peer._hello_seq = hello_seq
         conn.set_app_data(peer)
         conn.set_accept_state()
-        conn.bio_write(data)
+        self._bio_write(conn, data)
         try:
             conn.DTLSv1_listen()
         except SSL.WantReadError:
@@ -535,7 +536,7 @@ class DtlsServer:
                     peer._hs_progress = p
                 else:
                     repeat = True
-        peer._conn.bio_write(data)
+        self._bio_write(peer._conn, data)
         sent = self._progress(peer)
         if repeat and not sent and not peer.closed and peer._flight is not None:
             self._resend_flight(peer)
@@ -557,9 +558,7 @@ class DtlsServer:
         conn = peer._conn
         if not peer.established:
             try:
-                conn.do_handshake()
-            except SSL.WantReadError:
-                return self._flush_flight(peer)
+                done = self._do_handshake(conn)
             except SSL.Error as e:
                 self._flush(peer)  # the alert, if OpenSSL wrote one
                 self.stats["handshake_failures"] += 1
@@ -569,6 +568,8 @@ class DtlsServer:
                 )
                 self._close(peer, "handshake failed", notify=False)
                 return True
+            if not done:
+                return self._flush_flight(peer)
             sent = self._flush_flight(peer)  # ChangeCipherSpec + Finished
             self._established(peer)
             if peer.closed:
@@ -577,9 +578,7 @@ class DtlsServer:
             sent = False
         while True:
             try:
-                data = conn.recv(65535)
-            except SSL.WantReadError:
-                break
+                data = self._recv(conn)
             except SSL.ZeroReturnError:
                 self._flush(peer)
                 self._close(peer, "client sent close_notify", notify=False)
@@ -602,6 +601,38 @@ class DtlsServer:
             if peer.closed:
                 return True
         return bool(self._flush(peer)) or sent
+
+    # the Connection calls of every datagram: RawOps when available
+
+    def _do_handshake(self, conn):
+        """True once the handshake is complete, False while it waits."""
+        if self._raw is not None:
+            return self._raw.handshake(conn)
+        try:
+            conn.do_handshake()
+        except _d._ssl().WantReadError:
+            return False
+        return True
+
+    def _recv(self, conn):
+        """One decrypted datagram, or None when there is none."""
+        if self._raw is not None:
+            return self._raw.read(conn)
+        try:
+            return conn.recv(65535)
+        except _d._ssl().WantReadError:
+            return None
+
+    def _bio_write(self, conn, data):
+        if self._raw is not None:
+            self._raw.bio_write(conn, data)
+        else:
+            conn.bio_write(data)
+
+    def _drain(self, conn):
+        if self._raw is not None:
+            return self._raw.drain(conn, self.mtu)
+        return _d.drain_bio(conn, self.mtu)
 
     def _established(self, peer):
         conn = peer._conn
@@ -640,7 +671,7 @@ class DtlsServer:
 
     def _flush(self, peer):
         """Send what OpenSSL wrote; returns the datagrams."""
-        dgs = _d.drain_bio(peer._conn, self.mtu)
+        dgs = self._drain(peer._conn)
         if dgs and (peer._seq_shift is None or peer._seq_shift):
             dgs = [_renumber(peer, dg) for dg in dgs]
         for dg in dgs:
@@ -688,7 +719,10 @@ class DtlsServer:
     def _send_app(self, peer, data):
         SSL = _d._ssl()
         try:
-            peer._conn.send(bytes(data))
+            if self._raw is not None:
+                self._raw.write(peer._conn, bytes(data))
+            else:
+                peer._conn.send(bytes(data))
         except SSL.Error as e:
             raise LocalProtocolError("cannot send %d bytes to %s: %s" % (len(data), peer.address, _d.ssl_error_text(e)))
         self._flush(peer)
