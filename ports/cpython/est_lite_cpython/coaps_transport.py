@@ -34,6 +34,9 @@ from aiocoap.numbers import COAPS_PORT
 from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin
 
+from est_lite import coap as _coap
+from est_lite.errors import EstError
+
 from .dtls_server import DtlsServer
 
 _COAP_OVERHEAD = 64  # header, token and options budget next to a block's payload
@@ -46,6 +49,77 @@ def _block_exp_for(max_payload):
     while exp > 0 and (16 << exp) + _COAP_OVERHEAD > max_payload:
         exp -= 1
     return exp
+
+
+# --- requests the fast path can read without aiocoap's decoder ------------------------------
+
+_URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT = 11, 12, 15, 17
+_PLAIN_OPTIONS = frozenset((_URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT))
+
+
+class _OptionNumber:
+    __slots__ = ("number",)
+
+    def __init__(self, number):
+        self.number = number
+
+
+class _PlainOptions:
+    """The `request.opt` attributes the EST resources read, for a request
+    that carries only Uri-Path, Uri-Query, Content-Format and Accept."""
+
+    __slots__ = ("uri_path", "uri_query", "content_format", "accept", "_numbers")
+    block1 = block2 = size1 = size2 = None
+
+    def option_list(self):
+        return [_OptionNumber(n) for n in self._numbers]
+
+
+class PlainRequest:
+    """A CoAP request decoded by est_lite.coap (about a fifth of aiocoap's
+    Message.decode), with the attributes of aiocoap's Message that the EST
+    resources use: code, mtype, mid, token, payload, remote, opt."""
+
+    __slots__ = ("code", "mtype", "mid", "token", "payload", "remote", "opt")
+
+    def __repr__(self):
+        return "<PlainRequest %d.%02d mid %d %s>" % (self.code >> 5, self.code & 31, self.mid, self.opt.uri_path)
+
+
+def plain_request(datagram, remote):
+    """A PlainRequest for a CON or NON request whose options are all of the
+    plain kind (each of Content-Format and Accept at most once, UTF-8 path
+    and query), else None: the caller then decodes with aiocoap, which
+    keeps every other case (and every error) as it was."""
+    try:
+        m = _coap.decode(datagram)
+    except EstError:
+        return None
+    code = m.code
+    if m.type > 1 or not 1 <= code <= 31:
+        return None
+    path, query, cf, acc, nums = [], [], None, None, []
+    try:
+        for n, v in m.options:
+            if n == _URI_PATH:
+                path.append(str(v, "utf-8"))
+            elif n == _URI_QUERY:
+                query.append(str(v, "utf-8"))
+            elif n == _CONTENT_FORMAT and cf is None and len(v) <= 2:
+                cf = int.from_bytes(v, "big")
+            elif n == _ACCEPT and acc is None and len(v) <= 2:
+                acc = int.from_bytes(v, "big")
+            else:
+                return None
+            nums.append(n)
+    except UnicodeDecodeError:
+        return None
+    o = _PlainOptions()
+    o.uri_path, o.uri_query, o.content_format, o.accept, o._numbers = tuple(path), tuple(query), cf, acc, nums
+    r = PlainRequest()
+    r.code, r.mtype, r.mid, r.token, r.payload, r.remote, r.opt = (
+        code, CON if m.type == 0 else NON, m.mid, m.token, bytes(m.payload), remote, o)
+    return r
 
 
 class CoapsRemote(interfaces.EndpointAddress):
@@ -165,6 +239,12 @@ class CoapsServerInterface(GenericMessageInterface):
         self._received_datagram(self._remote(peer), data)
 
     def _received_datagram(self, address, datagram):
+        if self.fast_render is not None:
+            # the common request (an EST operation without block-wise options)
+            # goes through est_lite.coap's decoder, not aiocoap's
+            req = plain_request(datagram, address)
+            if req is not None and self._fast(address, req):
+                return
         # aiocoap's version logs a warning per bad message and lets some
         # decoding errors escape (a non-UTF-8 Uri-Path is a UnicodeDecodeError):
         # an authenticated but misbehaving peer must not flood the log
