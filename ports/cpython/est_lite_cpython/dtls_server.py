@@ -331,6 +331,7 @@ class DtlsServer:
         self._cookie_lifetime = cookie_lifetime
         self._cookies = None
         self._raw = _d.raw_ops()  # pyOpenSSL's calls without its wrappers (None: the public API)
+        self._ca_cache = {}  # DER -> cryptography certificate of CA certificates in client chains
         self._contexts = {}  # trust-set fingerprint tuple -> SSL.Context
         self._last_cas = (None, None)  # (list object trusted_cas() returned, its fingerprint tuple)
         self.sessions = {}  # socket address -> DtlsPeer
@@ -427,6 +428,25 @@ class DtlsServer:
         self._last_cas = (src, fp)
         return ctx
 
+    def _ca_certificate(self, x509, depth):
+        """The cryptography certificate of a pyOpenSSL X509 seen in the
+        verify callback. The CA certificates above the leaf are the same few
+        in every handshake: they are kept by DER (at most 64), so their
+        parsed names (the revocation check compares them) are built once."""
+        from OpenSSL import crypto
+        from cryptography import x509 as cx509
+
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, x509)
+        cache = self._ca_cache
+        cert = cache.get(der)
+        if cert is None:
+            cert = cx509.load_der_x509_certificate(der)
+            if depth > 0:
+                if len(cache) >= 64:
+                    cache.pop(next(iter(cache)))
+                cache[der] = cert
+        return cert
+
     def _verify_cb(self, conn, x509, errno, depth, ok):
         peer = conn.get_app_data()
         if not ok:
@@ -435,7 +455,7 @@ class DtlsServer:
                     depth, _d.verify_error_string(errno), _d.subject_text(x509),
                 )
             return False
-        cert = x509.to_cryptography()  # once: the revocation hook and verified_chain share it
+        cert = self._ca_certificate(x509, depth)  # once: the revocation hook and verified_chain share it
         if peer is not None and peer._vcerts is not None:
             peer._vcerts[depth] = cert
         if self.is_revoked is not None:
