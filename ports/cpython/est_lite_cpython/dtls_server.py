@@ -206,6 +206,12 @@ class DtlsPeer:
     32 bytes; computed on first use), `cipher`, `extended_master_secret`,
     `max_payload` (largest datagram `send()` fits in one MTU-sized record)."""
 
+    __slots__ = (
+        "id", "address", "_sockaddr", "_server", "_conn", "established", "closed", "created", "last_rx",
+        "peer_chain", "verified_chain", "tls_unique", "_exporter", "cipher", "extended_master_secret",
+        "max_payload", "verify_error", "_vcerts", "_hello_random", "_hello_seq", "_seq_shift", "_hs_progress",
+        "_flight", "_flight_at", "_retx", "_cookie", "__weakref__",
+    )
     _next_id = 0
 
     def __init__(self, server, address, conn, now):
@@ -235,6 +241,7 @@ class DtlsPeer:
         self._flight = None  # our last handshake flight (datagrams), kept to answer a repeated client flight
         self._flight_at = 0.0  # when it last went out
         self._retx = None
+        self._cookie = None
 
     def __repr__(self):
         return "<DtlsPeer #%d %s %s>" % (self.id, self.address, "up" if self.established else "handshaking")
