@@ -357,12 +357,19 @@ class DefaultAuthenticator:
     server's CA ("ca", revocation from its store) and the [trust.NAME] sets of
     the config (revocation from their CRL files)."""
 
-    def __init__(self, ca, config=None, passwords=None, *, clock=time.time, max_chain=5):
+    def __init__(self, ca, config=None, passwords=None, *, clock=time.time, max_chain=5, max_cached_signatures=4096):
         self.ca = ca
         self.config = config
         self.passwords = passwords
         self.clock = clock
         self.max_chain = max_chain
+        # (certificate DER, issuer DER) pairs whose signature verified: a
+        # device that connects again (cacerts, csrattrs, then simpleenroll;
+        # renewals) costs no second ECDSA verification. A signature over
+        # fixed bytes under a fixed key never changes; validity periods and
+        # revocation are still checked on every request.
+        self.max_cached_signatures = max_cached_signatures
+        self._sig_ok = {}
 
     # -- passwords --
     def verify_password(self, username, password, label):
@@ -435,16 +442,25 @@ class DefaultAuthenticator:
 
     def _build(self, leaf, extra, anchors):
         from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.serialization import Encoding
         from cryptography.x509 import BasicConstraints, ExtensionNotFound
+
+        cache = self._sig_ok
 
         def signed_by(c, issuer):
             if c.issuer != issuer.subject:
                 return False
+            key = (c.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER))
+            if key in cache:
+                return True
             try:
                 c.verify_directly_issued_by(issuer)
-                return True
             except (InvalidSignature, ValueError, TypeError):
                 return False
+            if len(cache) >= self.max_cached_signatures:
+                cache.clear()
+            cache[key] = True
+            return True
 
         def is_ca(c):
             try:

@@ -236,6 +236,7 @@ class LocalCA:
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issuer.public_key())
         self._issuer_der = self.issuer.public_bytes(serialization.Encoding.DER)
         # the fixed parts of every certificate, DER-encoded once (see _issue_der)
+        self._mine = {}  # DER of certificates whose signature by the issuing CA verified (issued_by_me)
         self._fast = isinstance(self._key, ec.EllipticCurvePrivateKey)
         self._ca_after = int(self.issuer.not_valid_after_utc.timestamp())
         self._issuer_name_der = self.issuer.subject.public_bytes()
@@ -278,10 +279,16 @@ class LocalCA:
     def issued_by_me(self, cert):
         if cert.issuer != self.issuer.subject:
             return False
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if der in self._mine:  # verified before: the same bytes verify the same way
+            return True
         try:
             cert.verify_directly_issued_by(self.issuer)
         except (ValueError, TypeError, InvalidSignature):
             return False
+        if len(self._mine) >= 4096:
+            self._mine.clear()
+        self._mine[der] = True
         return True
 
     # -- issuing --
