@@ -134,6 +134,7 @@ class CoapsRemote(interfaces.EndpointAddress):
     def __init__(self, interface, peer):
         self._interface = interface
         self.peer = peer
+        self.via_aiocoap = False  # a message went to aiocoap's machinery (which then may hold state for us)
         self.answered = collections.OrderedDict()  # CON message id -> answer bytes (fast path deduplication)
         self.maximum_block_size_exp = _block_exp_for(peer.max_payload or 0)
 
@@ -257,6 +258,7 @@ class CoapsServerInterface(GenericMessageInterface):
         if self.fast_render is not None and message.mtype in (CON, NON) and message.code.is_request():
             if self._fast(address, message):
                 return
+        address.via_aiocoap = True
         self._mman.dispatch_message(message)
 
     def _fast(self, remote, request):
@@ -294,7 +296,7 @@ class CoapsServerInterface(GenericMessageInterface):
 
     def _session_closed(self, peer, reason):
         r = self._remotes.pop(peer.id, None)
-        if r is not None and self._mman is not None:
+        if r is not None and r.via_aiocoap and self._mman is not None:  # fast-path-only sessions left nothing there
             self._received_exception(r, error.NetworkError("DTLS session closed: %s" % reason))
 
     async def determine_remote(self, request):

@@ -468,12 +468,23 @@ def raw_ops():
 # --- channel bindings -----------------------------------------------------------------------
 
 
+_LIB = []  # [OpenSSL._util.lib] once imported, [None] if unavailable
+
+
+def _lib():
+    if not _LIB:
+        try:
+            from OpenSSL._util import lib
+        except ImportError:  # pragma: no cover - pyOpenSSL without its binding module
+            lib = None
+        _LIB.append(lib)
+    return _LIB[0]
+
+
 def _session_reused(conn):
     try:
-        from OpenSSL._util import lib
-
-        return bool(lib.SSL_session_reused(conn._ssl))
-    except (ImportError, AttributeError):  # pragma: no cover - older pyOpenSSL
+        return bool(_lib().SSL_session_reused(conn._ssl))
+    except AttributeError:  # pragma: no cover - older pyOpenSSL
         return False
 
 
@@ -481,10 +492,8 @@ def extended_master_secret(conn):
     """True if RFC 7627 extended master secret was negotiated (None if this
     pyOpenSSL cannot tell)."""
     try:
-        from OpenSSL._util import lib
-
-        return bool(lib.SSL_get_extms_support(conn._ssl) == 1)
-    except (ImportError, AttributeError):  # pragma: no cover
+        return bool(_lib().SSL_get_extms_support(conn._ssl) == 1)
+    except AttributeError:  # pragma: no cover
         return None
 
 
