@@ -8,10 +8,13 @@ with p50/p99 latency, and the crypto-only floor measured in the same run.
 
 EST-coaps authenticates with the client certificate (an IDevID here; there is
 no HTTP Basic over CoAP): --transport coaps implies --auth cert, and the load
-generator is the CPython DtlsClient (pyOpenSSL) with the core's
-CoapOperation. --transport both prints a JSON object with "https", "coaps"
-(each the shape of a single run) and "coaps_over_https" (best throughput
-ratio).
+generator is coaps_enroller (pyOpenSSL on memory BIOs driven directly, the
+request encoded and the answer decoded by the core's est_lite.coap: a new
+DTLS handshake with the cookie exchange per enrollment, the server verified
+by OpenSSL like the stdlib-ssl HTTPS generator does). --transport both prints
+a JSON object with "https", "coaps" (each the shape of a single run, with
+"server" saying what served and loaded it) and "coaps_over_https" (best
+throughput ratio).
 
 The server runs in its own process (`est-lite serve`) on a fresh CA; the
 load generator runs in other processes with stdlib ssl and CSRs made before
@@ -442,6 +445,19 @@ FLOOR_RATIO_DEFINITION = (
     "floor, i.e. the throughput ratio a server would reach on one core of its own. Both target >= 0.25.")
 
 
+def server_model(transport, args):
+    """What serves each transport in this run and what loads it (the JSON's
+    "server"), so a reader sees what the two throughputs compare."""
+    if transport == "coaps":
+        svc = ("the service on the loop" if not args.coaps_workers
+               else "the service in %d threads" % args.coaps_workers)
+        return ("est-lite serve: %d process(es) on one UDP port (SO_REUSEPORT), each one asyncio event loop with %s; "
+                "load: coaps_enroller (pyOpenSSL memory-BIO DTLS client) in %d processes"
+                % (args.coaps_processes, svc, args.client_procs))
+    return ("est-lite serve: 1 process, %d worker threads; load: %s in %d processes"
+            % (args.workers, "stdlib ssl" if args.client == "python" else "curl --parallel", args.client_procs))
+
+
 def summarize(transport, args, auth, results, floor):
     """The JSON object of one transport's run (and the human lines)."""
     floor_per_s = 1.0 / floor
@@ -471,6 +487,7 @@ def summarize(transport, args, auth, results, floor):
         "seconds": args.seconds,
         "cpus": ncpu,
         "cpus_shared_with_load_generator": True,
+        "server": server_model(transport, args),
         "enrollments_per_s": {str(c): round(r["enrollments_per_s"], 1) for c, r in results.items()},
         "p50_ms": {str(c): round(r["p50_ms"], 2) if r["p50_ms"] else None for c, r in results.items()},
         "p99_ms": {str(c): round(r["p99_ms"], 2) if r["p99_ms"] else None for c, r in results.items()},
@@ -502,7 +519,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs per level, the best counts (default 1; 2 with --transport both)")
     ap.add_argument("--coaps-processes", type=int, default=2,
-                    help="EST-coaps server processes on one UDP port ([coaps] processes, SO_REUSEPORT)")
+                    help="EST-coaps server processes on one UDP port ([coaps] processes, SO_REUSEPORT; default 2, "
+                         "one per CPU here, as a user serving a 2-CPU host would set it; HTTPS is one process with "
+                         "--workers threads; the JSON's \"server\" says what ran)")
     ap.add_argument("--floor-cache-sweep", action="store_true",
                     help="only measure the crypto floor, hot and with 1/2/4/16 MB of other memory read between "
                          "enrollments (how much the same OpenSSL work costs once the caches are cold)")
