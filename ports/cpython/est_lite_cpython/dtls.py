@@ -32,6 +32,11 @@ SUITE_CCM8 = "ECDHE-ECDSA-AES128-CCM8"
 SUITE_GCM = "ECDHE-ECDSA-AES128-GCM-SHA256"
 SERVER_SUITES = (SUITE_CCM8, SUITE_GCM)  # server preference order
 CLIENT_SUITES = (SUITE_CCM8, SUITE_GCM)
+# ECDHE groups, preferred first: X25519 (what TLS 1.3 peers use; a third of
+# P-256's ECDH work in OpenSSL) and P-256, the group RFC 7925 makes mandatory
+# (a device that offers only P-256 gets P-256). Certificates and signatures
+# stay ECDSA P-256 either way.
+GROUPS = b"X25519:P-256"
 
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 EXPORTER_LENGTH = 32
@@ -224,7 +229,8 @@ def cipher_string(suites):
 
 
 def base_context(server, suites, cert=None, key=None, chain=()):
-    """A DTLS 1.2 context for one role with our suites, P-256 and ECDSA only,
+    """A DTLS 1.2 context for one role with our suites, ECDHE over X25519 or
+    P-256 (GROUPS) and ECDSA only,
     no session cache or tickets (every handshake is full, so tls-unique is the
     client's Finished), and only the certificates we name on the wire."""
     SSL = _ssl()
@@ -240,7 +246,8 @@ def base_context(server, suites, cert=None, key=None, chain=()):
         ctx.set_cipher_list(cipher_string(suites))
     except SSL.Error as e:
         raise LocalProtocolError("OpenSSL rejected cipher suites %r: %s" % (suites, e))
-    ctx.set_tmp_ecdh(ec.SECP256R1())
+    if not _set_groups(ctx, GROUPS):
+        ctx.set_tmp_ecdh(ec.SECP256R1())  # a binding without the groups call: P-256 alone
     if cert is not None:
         if key is None:
             raise LocalProtocolError("a certificate needs its private key")
@@ -255,6 +262,30 @@ def base_context(server, suites, cert=None, key=None, chain=()):
     elif key is not None:
         raise LocalProtocolError("a private key was given without its certificate")
     return ctx
+
+
+def _set_groups(ctx, groups):
+    """SSL_CTX_set1_curves_list (= set1_groups_list) through the binding;
+    False if it is not exported."""
+    lib = _lib()
+    fn = getattr(lib, "SSL_CTX_set1_curves_list", None)
+    if fn is None:  # pragma: no cover - older binding
+        return False
+    if fn(ctx._context, groups) != 1:
+        raise LocalProtocolError("OpenSSL rejected the ECDHE groups %r" % groups)
+    return True
+
+
+def group_name(conn):
+    """The negotiated ECDHE group ("x25519", "prime256v1", ...), or None."""
+    lib = _lib()
+    fn = getattr(lib, "SSL_get0_group_name", None)
+    if fn is None:  # pragma: no cover
+        return None
+    from OpenSSL._util import ffi
+
+    p = fn(conn._ssl)
+    return ffi.string(p).decode() if p != ffi.NULL else None
 
 
 def new_connection(ctx, mtu):
