@@ -1,7 +1,7 @@
 """Device benchmarks of the MicroPython client runtime (issue #6).
 
     python bench/device.py [--runs 9] [--loss 0.2] [--delay-ms 0] [--ack-timeout 2] [--skip-lossy]
-                           [--no-adaptive] [--rto-initial-ms 1000] [--rto-min-ms 100] [--seed 7]
+                           [--no-adaptive] [--rto-initial-ms 1000] [--rto-min-ms 20] [--no-rtt-share] [--seed 7]
 
 Against the reference server (hil.refserver, in this process) over
 EST-coaps, the MicroPython unix port running est_lite + est_lite_mp as .mpy
@@ -10,7 +10,8 @@ with the P-256 table read from a file (est_lite_mp.tablefile):
 - heap: a full CoAPs enrollment -- EstClient.provision(): cacerts, csrattrs,
   key generation, CSR honouring the attributes, enroll, verification of the
   issued certificate, commit to a credential store -- at the smallest
-  `-X heapsize` (1 KB bisection) that completes it
+  `-X heapsize` (1 KB bisection) that completes it `--heap-tries` (3) times
+  in a row
   (`min_heapsize_passing`), minus the same for an empty module
   (`heap_peak_bytes`, the issue's definition). The .mpy code is loaded into
   the GC heap on the unix port, so this counts the loaded code too; the
@@ -83,6 +84,7 @@ def main():
         c.adaptive = cfg["adaptive"]
         c.rto_initial_ms = cfg["rto_initial_ms"]
         c.rto_min_ms = cfg["rto_min_ms"]
+        c.rtt_keep_s = cfg["rtt_keep_s"]
         c.provision(store, cn="bench-%d" % i)
         c.close()
         times.append(time.ticks_diff(time.ticks_ms(), t0))
@@ -144,15 +146,22 @@ def run_module(lib, module, args, heap=None, rom=None, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def min_heap(lib, module, args, rom=None, lo=2, hi=1024):
-    """Smallest heapsize (KB steps) at which the module prints DONE."""
+def min_heap(lib, module, args, rom=None, lo=2, hi=1024, tries=1):
+    """Smallest heapsize (KB steps) at which the module prints DONE, `tries`
+    times in a row. One run is not enough for an enrollment: the key, the
+    signatures and the serial number are random, so their sizes and the
+    heap's fragmentation differ between runs, and a size that passed once
+    can fail with a MemoryError the next time."""
 
     def ok(kb):
-        try:
-            p = run_module(lib, module, args, kb * 1024, rom)
-        except subprocess.TimeoutExpired:
-            return False
-        return p.returncode == 0 and "DONE" in p.stdout
+        for _ in range(tries):
+            try:
+                p = run_module(lib, module, args, kb * 1024, rom)
+            except subprocess.TimeoutExpired:
+                return False
+            if p.returncode != 0 or "DONE" not in p.stdout:
+                return False
+        return True
 
     if not ok(hi):
         p = run_module(lib, module, args, hi * 1024, rom)
@@ -178,7 +187,11 @@ def main():
                     help="RFC 7252 fixed ACK_TIMEOUT and Mbed TLS handshake timers only (the client before issue #6)")
     ap.add_argument("--rto-initial-ms", type=int, default=1000,
                     help="handshake resend timer before any RTT sample (default 1000, RFC 6347/8961)")
-    ap.add_argument("--rto-min-ms", type=int, default=100, help="floor of the measured RTO (default 100)")
+    ap.add_argument("--rto-min-ms", type=int, default=20, help="floor of the measured RTO (default 20)")
+    ap.add_argument("--no-rtt-share", action="store_true",
+                    help="every enrollment starts with no RTT knowledge (EstClient.rtt_keep_s = 0): first contact")
+    ap.add_argument("--heap-tries", type=int, default=3,
+                    help="an enrollment must complete this many times in a row at a heap size (default 3)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--skip-lossy", action="store_true")
     ap.add_argument("--skip-heap", action="store_true")
@@ -214,7 +227,7 @@ def main():
                 with open(p, "w") as f:
                     json.dump(dict(files, server=server, runs=runs, store=store, table=str(table), deadline=600,
                                    ack_timeout=ack_timeout, adaptive=adaptive, rto_initial_ms=a.rto_initial_ms,
-                                   rto_min_ms=a.rto_min_ms), f)
+                                   rto_min_ms=a.rto_min_ms, rtt_keep_s=0 if a.no_rtt_share else 600), f)
                 return p
 
             if not a.skip_heap:
@@ -230,8 +243,9 @@ def main():
                         return iter([heap_cfg])
 
                 base = min_heap(lib, "bench_empty", [])
-                need = min_heap(lib, "bench_enroll", Fresh())
+                need = min_heap(lib, "bench_enroll", Fresh(), tries=a.heap_tries)
                 res.update(min_heapsize_passing=need, empty_baseline_heapsize=base, heap_peak_bytes=need - base,
+                           heap_tries=a.heap_tries,
                            heap_target_bytes=HEAP_TARGET, passes_32k=need <= 32 * 1024)
                 print("heap: full CoAPs enrollment needs -X heapsize=%d (empty %d): peak %d B" % (need, base,
                                                                                                    need - base),
@@ -241,7 +255,7 @@ def main():
                                    text=True)
                 if p.returncode == 0:
                     rbase = min_heap(lib, "bench_empty", [], rom=rom)
-                    rneed = min_heap(lib, "bench_enroll", Fresh(), rom=rom)
+                    rneed = min_heap(lib, "bench_enroll", Fresh(), rom=rom, tries=a.heap_tries)
                     res.update(romfs_min_heapsize=rneed, romfs_baseline_heapsize=rbase,
                                romfs_heap_peak_bytes=rneed - rbase, romfs_image_bytes=os.path.getsize(rom))
                     print("heap (ROMFS image in place): %d B" % (rneed - rbase), flush=True)
@@ -269,7 +283,8 @@ def main():
                 res.update(loss_ratio=round(res["lossy_median_ms"] / res["lossless_median_ms"], 2),
                            loss_target_ratio=LOSS_TARGET, loss=a.loss, delay_ms=a.delay_ms,
                            ack_timeout_s=a.ack_timeout, runs=a.runs, adaptive=not a.no_adaptive,
-                           rto_initial_ms=a.rto_initial_ms, rto_min_ms=a.rto_min_ms, seed=a.seed)
+                           rto_initial_ms=a.rto_initial_ms, rto_min_ms=a.rto_min_ms, seed=a.seed,
+                           rtt_shared=not a.no_rtt_share)
         finally:
             srv.stop()
     print(json.dumps(res, sort_keys=True))

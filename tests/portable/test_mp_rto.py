@@ -114,3 +114,73 @@ def test_dtls_resend_renumbers_epoch0_records():
     t[12] = 200
     assert dtls._records(t, None) == 2
     assert dtls._records(bytearray(), None) == -1
+
+
+class _NoWire:
+    # a transport that connects to nothing (EstClient._session() only calls connect)
+    binding = None
+
+    def connect(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _client(host="est.example", port=5684, **attrs):
+    from est_lite_mp.client import EstClient
+
+    c = EstClient("coaps://%s:%d" % (host, port), trust=[b"anchor"])
+    c._open_coaps = lambda trust, pin, timeout: _NoWire()
+    for k in attrs:
+        setattr(c, k, attrs[k])
+    return c
+
+
+def test_rtt_estimate_seeds_the_next_client_to_the_same_server():
+    # RFC 9040 temporal sharing: a new client to a server starts from the last
+    # session's SRTT/RTTVAR instead of the 1 s of no knowledge
+    from est_lite_mp import client as mc
+
+    mc._PATHS.clear()
+    a = _client()
+    a._session()
+    assert a.rto.timeout() == 1000  # nothing known yet
+    a.rto.sample(30)
+    a.rto.sample(34)
+    learned = a.rto.timeout()
+    assert learned < 1000
+    a.close()
+    b = _client()
+    b._session()
+    assert b.rto.timeout() == learned and b.rto.samples == 0
+    assert b._coap_timers() == (b.ack_timeout, b.max_retransmit)  # CoAP keeps RFC 7252 timers until b measures
+    b.rto.sample(40)  # b's own samples continue from the shared estimate
+    s8 = a.rto._s8
+    assert b.rto.srtt == (s8 + 40 - (s8 >> 3)) >> 3 and b.rto.samples == 1
+    # another server, or sharing switched off: no knowledge
+    c = _client(port=5685)
+    c._session()
+    assert c.rto.timeout() == 1000
+    d = _client(rtt_keep_s=0)
+    d._session()
+    assert d.rto.timeout() == 1000
+    mc._PATHS.clear()
+
+
+def test_rtt_sharing_keeps_few_servers_and_needs_a_sample():
+    from est_lite_mp import client as mc
+
+    mc._PATHS.clear()
+    e = _client()
+    e._session()
+    e.close()  # no sample taken: nothing to share
+    assert not mc._PATHS
+    for p in range(6):
+        f = _client(port=6000 + p)
+        f._session()
+        f.rto.sample(20)
+        f.close()
+    assert len(mc._PATHS) == mc._PATHS_MAX
+    assert ("est.example", 6005) in mc._PATHS
+    mc._PATHS.clear()

@@ -94,6 +94,14 @@ def parse_pin(pin):
 # one .mpy less to ship; est_lite_mp.dtls takes any object with
 # sample()/timeout()).
 _G = 1  # clock granularity (ms), RFC 6298 §2.3 "max(G, K*RTTVAR)"
+# Temporal sharing (RFC 9040 §4.2, as Linux TCP's metrics cache): the last
+# SRTT/RTTVAR per server (host, port) -> [s8, v4, ticks], seeding the
+# estimator of the next client to that server, so a process that enrolls
+# again (renewal, a gateway or station enrolling many identities) does not
+# start from the 1 s of "no knowledge". Kept EstClient.rtt_keep_s, at most
+# _PATHS_MAX servers.
+_PATHS = {}
+_PATHS_MAX = 4
 
 
 class Rto:
@@ -227,8 +235,9 @@ class EstClient:
     # Mbed TLS's 1 s handshake timer, as before.
     adaptive = True
     rto_initial_ms = 1000  # handshake resend timer before any sample (RFC 6347 / RFC 8961: 1 s)
-    rto_min_ms = 100  # floor of a measured RTO
+    rto_min_ms = 20  # floor of a measured RTO (2 ticks of a 100 Hz RTOS; RFC 9002 has only the clock's)
     rto_max_ms = 60000
+    rtt_keep_s = 600  # reuse a server's RTT estimate this long after a session (0: never)
     max_retransmit = 4  # RFC 7252 MAX_RETRANSMIT at ack_timeout
 
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
@@ -301,7 +310,10 @@ class EstClient:
     def _session(self):
         if self._t is None:
             if self.adaptive and self.rto is None and self.scheme == "coaps":
-                self.rto = Rto(initial_ms=self.rto_initial_ms, min_ms=self.rto_min_ms, max_ms=self.rto_max_ms)
+                r = self.rto = Rto(initial_ms=self.rto_initial_ms, min_ms=self.rto_min_ms, max_ms=self.rto_max_ms)
+                c = _PATHS.get((self.host, self.port))
+                if c is not None and _tdiff(_ticks(), c[2]) < self.rtt_keep_s * 1000:
+                    r._s8, r._v4 = c[0], c[1]  # no sample of ours yet: r.samples stays 0
             left = self._left()
             to = self.timeout if left is None else max(0.5, min(self.timeout, left))
             pin = self.pin if self.trust is None else None
@@ -323,6 +335,12 @@ class EstClient:
         """End the session (DTLS/TLS); the next operation opens a new one."""
         t = self._t
         self._t = None
+        r = self.rto
+        if r is not None and r.samples and self.rtt_keep_s:
+            k = (self.host, self.port)
+            if k not in _PATHS and len(_PATHS) >= _PATHS_MAX:
+                _PATHS.pop(next(iter(_PATHS)))
+            _PATHS[k] = [r._s8, r._v4, _ticks()]
         if t is not None:
             t.close()
 
