@@ -47,7 +47,7 @@ import aiocoap
 import aiocoap.resource as resource
 from aiocoap.numbers.codes import Code
 
-from est_lite import numbers
+from est_lite import coap, numbers
 from est_lite.coap import BlockAssembler
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError
 
@@ -85,12 +85,48 @@ class CoapError(EstError):
     """A CoAP-level problem of one request (code set per instance)."""
 
 
+# the response options the resources set, by aiocoap's keyword
+_OPTION_NUMBERS = {"content_format": 12, "max_age": 14, "block2": 23, "block1": 27, "size2": 28, "size1": 60}
+
+
+class PlainResponse:
+    """A response of the EST resources: code, payload and the options of
+    `_OPTION_NUMBERS`, encoded by est_lite.coap when the transport's fast
+    path sends it (`encode()`, after it set token, mtype and mid), or turned
+    into an aiocoap Message where aiocoap sends it (`to_message()`)."""
+
+    __slots__ = ("code", "payload", "opts", "token", "mtype", "mid")
+
+    def __init__(self, code, payload=b"", opts=None):
+        self.code = code
+        self.payload = payload
+        self.opts = opts or {}
+        self.token = b""
+        self.mtype = None
+        self.mid = 0
+
+    def encode(self):
+        o = []
+        for k, v in self.opts.items():
+            n = _OPTION_NUMBERS[k]
+            o.append((n, coap.block_encode(*v) if n == 23 or n == 27 else coap.uint_encode(int(v))))
+        return coap.Message(int(self.mtype), int(self.code), self.mid, bytes(self.token), o,
+                            bytes(self.payload)).encode()
+
+    def to_message(self):
+        return aiocoap.Message(code=Code(int(self.code)), payload=bytes(self.payload), **self.opts)
+
+
+def _as_message(response):
+    return response.to_message() if isinstance(response, PlainResponse) else response
+
+
 def _msg(code, payload=b"", **opts):
-    return aiocoap.Message(code=code, payload=payload, **opts)
+    return PlainResponse(code, payload, opts)
 
 
 def error_response(e):
-    """aiocoap Message for an est_lite error: its coap_code hint, a short
+    """The response (PlainResponse) for an est_lite error: its coap_code hint, a short
     diagnostic payload, Max-Age for PendingApproval, Size1 for a 4.13 that
     knows the limit."""
     code = getattr(e, "coap_code", 0xA0) or 0xA0
@@ -215,7 +251,7 @@ class EstResource(resource.Resource, resource.PathCapable):
 
     # -- rendering --
     async def render(self, request):
-        return await self.render_path(request, request.opt.uri_path)
+        return _as_message(await self.render_path(request, request.opt.uri_path))
 
     async def render_path(self, request, path):
         """Render `request` for the path segments below /.well-known/est."""
@@ -454,7 +490,7 @@ class CoreResource(resource.Resource):
                     break
             if ok:
                 items.append("<%s>;rt=\"%s\";ct=%s" % (href, attrs["rt"], attrs["ct"]))
-        return _msg(Code.CONTENT, ",".join(items).encode(), content_format=numbers.CF_LINK_FORMAT)
+        return _as_message(_msg(Code.CONTENT, ",".join(items).encode(), content_format=numbers.CF_LINK_FORMAT))
 
 
 _CORE = (numbers.WELL_KNOWN, "core")
@@ -492,6 +528,9 @@ class EstSite(resource.Resource, resource.PathCapable):
         raise LocalProtocolError("EST rendering suspended although the service runs on the event loop")
 
     async def render(self, request):
+        return _as_message(await self._render_any(request))
+
+    async def _render_any(self, request):
         path = request.opt.uri_path
         if len(path) >= 2 and path[0] == numbers.WELL_KNOWN and path[1] == numbers.EST:
             if len(path) == 2 or path[2:] == ("",):

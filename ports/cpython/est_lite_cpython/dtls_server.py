@@ -208,7 +208,7 @@ class DtlsPeer:
 
     __slots__ = (
         "id", "address", "_sockaddr", "_server", "_conn", "established", "closed", "created", "last_rx",
-        "peer_chain", "verified_chain", "tls_unique", "_exporter", "cipher", "extended_master_secret",
+        "peer_chain", "verified_chain", "tls_unique", "_exporter", "_cipher", "extended_master_secret",
         "max_payload", "verify_error", "_vcerts", "_hello_random", "_hello_seq", "_seq_shift", "_hs_progress",
         "_flight", "_flight_at", "_retx", "_cookie", "__weakref__",
     )
@@ -229,7 +229,7 @@ class DtlsPeer:
         self.verified_chain = []
         self.tls_unique = None
         self._exporter = None
-        self.cipher = None
+        self._cipher = None
         self.extended_master_secret = None
         self.max_payload = None
         self.verify_error = None
@@ -249,6 +249,13 @@ class DtlsPeer:
     @property
     def peer_certificate(self):
         return self.peer_chain[0] if self.peer_chain else None
+
+    @property
+    def cipher(self):
+        """The negotiated suite's OpenSSL name (None before the handshake)."""
+        if self._cipher is None and self.established:
+            self._cipher = self._conn.get_cipher_name()
+        return self._cipher
 
     @property
     def exporter(self):
@@ -675,7 +682,6 @@ class DtlsServer:
         peer._vcerts = None
         peer.peer_chain = _server_peer_chain(conn, peer.verified_chain)
         peer.tls_unique = _d.tls_unique(conn, server=True)
-        peer.cipher = conn.get_cipher_name()
         peer.extended_master_secret = _d.extended_master_secret(conn)
         try:
             peer.max_payload = conn.get_cleartext_mtu()
@@ -683,7 +689,8 @@ class DtlsServer:
             peer.max_payload = self.mtu - 64
         self.stats["handshakes"] += 1
         peer.last_rx = self._loop.time()
-        log.debug("DTLS session with %s up: %s", peer.address, peer.cipher)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("DTLS session with %s up: %s", peer.address, peer.cipher)
         if self.on_established is not None:
             try:
                 self.on_established(peer)
