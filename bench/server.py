@@ -518,11 +518,12 @@ def main(argv=None):
                     help="EST-coaps service threads ([coaps] workers; default: on the event loop for the built-in CA)")
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs per level, the best counts (default 1; 2 with --transport both)")
-    ap.add_argument("--coaps-processes", type=int, default=1,
-                    help="EST-coaps server processes on one UDP port ([coaps] processes, SO_REUSEPORT). Default 1, "
-                         "like for like: HTTPS is one process with --workers threads, and on these 2 CPUs shared with "
-                         "the load generator a second CoAPs process measured no faster and less steady (docs/coaps.md); "
-                         "the JSON's \"server\" says what ran")
+    ap.add_argument("--coaps-processes", type=int, default=2,
+                    help="EST-coaps server processes on one UDP port ([coaps] processes, SO_REUSEPORT). Default 2, "
+                         "one per CPU: each transport in the configuration that lets it use this machine's CPUs "
+                         "(one CoAPs event loop holds one CPU at most; HTTPS is one process with --workers threads, "
+                         "which run OpenSSL outside the GIL). --coaps-processes 1 is the one-process comparison "
+                         "(docs/coaps.md has both); the JSON's \"server\" says what ran")
     ap.add_argument("--floor-cache-sweep", action="store_true",
                     help="only measure the crypto floor, hot and with 1/2/4/16 MB of other memory read between "
                          "enrollments (how much the same OpenSSL work costs once the caches are cold)")
