@@ -29,8 +29,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -43,7 +41,7 @@ sys.path.insert(0, HERE)
 
 def _setup(coaps):
     from cryptography.hazmat.primitives import serialization
-    from helpers_server import der, issue_cert, make_csr, make_vendor_ca, write_identity
+    from helpers_server import der, issue_cert, make_vendor_ca, write_identity
     from server import CONFIG
 
     from est_lite_cpython.ca import LocalCA, init_ca
@@ -66,25 +64,10 @@ def _setup(coaps):
 
 
 def _https_one(port, root_pem, cert_pem, key_pem):
-    ctx = ssl.create_default_context(cafile=root_pem)
-    ctx.load_cert_chain(cert_pem, key_pem)
+    from server import https_enroller
 
-    def one(csr):
-        body = base64.encodebytes(csr)
-        req = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
-            with ctx.wrap_socket(s, server_hostname="localhost") as t:
-                t.sendall(req)
-                buf = []
-                while True:
-                    d = t.recv(65536)
-                    if not d:
-                        break
-                    buf.append(d)
-        return b"".join(buf).startswith(b"HTTP/1.1 200")
-
-    return one
+    one = https_enroller(port, root_pem, cert=cert_pem, key=key_pem, timeout=120)
+    return lambda csr: one(base64.encodebytes(csr))
 
 
 def _split(out_file):

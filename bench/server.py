@@ -172,7 +172,12 @@ def _drive(one, items, errors_caught, threads, seconds, start_at, q):
     q.put((lat, errors[0], _self_cpu_s() - cpu0))
 
 
-def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q):
+def https_enroller(port, root, auth_hdr=b"", cert=None, key=None, timeout=30):
+    """The HTTPS load generator's one enrollment: returns one(body) -> True
+    for a 200 answer, `body` the base64 CSR. A new TCP connection and full
+    TLS handshake per call (stdlib ssl, the server's chain and name checked
+    against the EST CA root), the client certificate if `cert`, read to EOF.
+    Also the client of bench/server_instructions.py and coaps_instructions.py."""
     ctx = ssl.create_default_context(cafile=root)
     if cert:
         ctx.load_cert_chain(cert, key)
@@ -180,7 +185,7 @@ def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, star
     def one(body):
         req = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
                auth_hdr + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with ctx.wrap_socket(s, server_hostname="localhost") as t:
                 t.sendall(req)
@@ -192,7 +197,12 @@ def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, star
                     buf.append(d)
         return b"".join(buf).startswith(b"HTTP/1.1 200")
 
-    _drive(one, bodies, (OSError, ssl.SSLError), threads, seconds, start_at, q)
+    return one
+
+
+def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q):
+    _drive(https_enroller(port, root, auth_hdr, cert, key), bodies, (OSError, ssl.SSLError), threads, seconds,
+           start_at, q)
 
 
 def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost"):

@@ -22,8 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -62,21 +60,12 @@ def _serve_and_count(n, warm, csrs, auth_hdr):
                     raise SystemExit("the server under valgrind exited with %s" % p.returncode)
                 time.sleep(0.05)
             port = int(open(pf).read())
-            ctx = ssl.create_default_context(cafile=os.path.join(tmp, "ca", "root.pem"))
+            from server import https_enroller
+
+            one = https_enroller(port, os.path.join(tmp, "ca", "root.pem"), auth_hdr, timeout=120)
             ok = 0
             for body in csrs[:warm + n]:
-                req = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
-                       auth_hdr + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
-                    with ctx.wrap_socket(s, server_hostname="localhost") as t:
-                        t.sendall(req)
-                        data = []
-                        while True:
-                            d = t.recv(65536)
-                            if not d:
-                                break
-                            data.append(d)
-                ok += b"".join(data).startswith(b"HTTP/1.1 200")
+                ok += one(body)
         finally:
             p.send_signal(signal.SIGTERM)
             p.wait(600)

@@ -124,22 +124,29 @@ def handshake_progress(datagram):
     before, so a datagram whose progress is not above the session's best is
     a retransmission. Never raises on malformed input."""
     mv = memoryview(datagram)
-    n = len(mv)
-    off = 0
     best = None
-    while n - off >= _d.RECORD_HEADER:
-        rlen = struct.unpack_from("!H", mv, off + 11)[0]
-        end = off + _d.RECORD_HEADER + rlen
-        if end > n:
-            break
-        if mv[off] == _d.CT_HANDSHAKE and mv[off + 3] == 0 and mv[off + 4] == 0 and rlen >= 12:
+    for off, rlen in _plain_records(mv):
+        if mv[off] == _d.CT_HANDSHAKE and rlen >= 12:
             h = off + _d.RECORD_HEADER
             seq = struct.unpack_from("!H", mv, h + 4)[0]
             fend = int.from_bytes(mv[h + 6 : h + 9], "big") + int.from_bytes(mv[h + 9 : h + 12], "big")
             if best is None or (seq, fend) > best:
                 best = (seq, fend)
-        off = end
     return best
+
+
+def _plain_records(mv):
+    """(offset, length) of each whole epoch-0 record in a datagram; the walk
+    stops at a truncated record."""
+    n = len(mv)
+    off = 0
+    while n - off >= _d.RECORD_HEADER:
+        rlen = struct.unpack_from("!H", mv, off + 11)[0]
+        if off + _d.RECORD_HEADER + rlen > n:
+            return
+        if mv[off + 3] == 0 and mv[off + 4] == 0:
+            yield off, rlen
+        off += _d.RECORD_HEADER + rlen
 
 
 def build_hello_verify_request(info, cookie):
@@ -821,21 +828,16 @@ def _renumber(peer, dg):
     record numbers are not covered by any MAC, so shifting them is safe;
     encrypted records are left alone."""
     mv = memoryview(dg)
-    n = len(mv)
-    off = 0
     out = None
-    while n - off >= _d.RECORD_HEADER:
-        rlen = struct.unpack_from("!H", mv, off + 11)[0]
-        if mv[off + 3] == 0 and mv[off + 4] == 0:
-            seq = int.from_bytes(mv[off + 5 : off + 11], "big")
-            if peer._seq_shift is None:
-                peer._seq_shift = max(0, peer._hello_seq - seq)
-            if not peer._seq_shift:
-                return dg
-            if out is None:
-                out = bytearray(dg)
-            out[off + 5 : off + 11] = (seq + peer._seq_shift).to_bytes(6, "big")
-        off += _d.RECORD_HEADER + rlen
+    for off, _ in _plain_records(mv):
+        seq = int.from_bytes(mv[off + 5 : off + 11], "big")
+        if peer._seq_shift is None:
+            peer._seq_shift = max(0, peer._hello_seq - seq)
+        if not peer._seq_shift:
+            return dg
+        if out is None:
+            out = bytearray(dg)
+        out[off + 5 : off + 11] = (seq + peer._seq_shift).to_bytes(6, "big")
     return dg if out is None else bytes(out)
 
 
