@@ -125,6 +125,21 @@ def issue_cert(issuer_cert, issuer_key, cn, *, days=365, not_before_days=-1, key
     return key, b.sign(issuer_key, hashes.SHA256())
 
 
+class TrustStub:
+    """What DefaultAuthenticator reads of one [trust.NAME] set."""
+
+    def __init__(self, certs, crls=()):
+        self.certs = list(certs)
+        self.crls = list(crls)
+
+
+class ConfigStub:
+    """A config with only trust sets: ConfigStub(idevid=TrustStub([...]))."""
+
+    def __init__(self, **trust):
+        self.trust = trust
+
+
 def write_identity(tmp, name, key, cert, chain=()):
     """Write key and cert(+chain) PEM files; returns (cert_path, key_path)."""
     cp, kp = os.path.join(tmp, name + ".crt"), os.path.join(tmp, name + ".key")

@@ -8,22 +8,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from helpers_server import issue_cert, make_vendor_ca
+from helpers_server import ConfigStub, TrustStub, issue_cert, make_vendor_ca
 
 from est_lite.errors import SecurityError
 from est_lite_cpython.auth import DefaultAuthenticator, UntrustedCertificate
 from est_lite_cpython.ca import init_ca
-
-
-class _Trust:
-    def __init__(self, certs, crls=()):
-        self.certs = list(certs)
-        self.crls = list(crls)
-
-
-class _Config:
-    def __init__(self, **trust):
-        self.trust = trust
 
 
 def _counting(monkeypatch):
@@ -40,7 +29,7 @@ def _counting(monkeypatch):
 
 def test_second_connection_skips_the_signature_check(tmp_path, monkeypatch):
     vendor = make_vendor_ca(str(tmp_path))
-    a = DefaultAuthenticator(None, _Config(idevid=_Trust([vendor["cert"]])))
+    a = DefaultAuthenticator(None, ConfigStub(idevid=TrustStub([vendor["cert"]])))
     _, leaf = issue_cert(vendor["cert"], vendor["key"], "dev-1")
     calls = _counting(monkeypatch)
     for _ in range(3):
@@ -52,7 +41,7 @@ def test_second_connection_skips_the_signature_check(tmp_path, monkeypatch):
 
 def test_forged_certificate_with_the_same_names_is_verified_and_refused(tmp_path, monkeypatch):
     vendor = make_vendor_ca(str(tmp_path))
-    a = DefaultAuthenticator(None, _Config(idevid=_Trust([vendor["cert"]])))
+    a = DefaultAuthenticator(None, ConfigStub(idevid=TrustStub([vendor["cert"]])))
     _, leaf = issue_cert(vendor["cert"], vendor["key"], "dev-1")
     a.verify_client_cert([leaf], ["idevid"])
     # same subject, issuer name and serial, signed by another key
@@ -70,7 +59,7 @@ def test_forged_certificate_with_the_same_names_is_verified_and_refused(tmp_path
 def test_expiry_and_revocation_still_checked_after_caching(tmp_path):
     ca = init_ca(str(tmp_path / "ca"))
     now = [ca.clock()]
-    a = DefaultAuthenticator(ca, _Config(), clock=lambda: now[0])
+    a = DefaultAuthenticator(ca, ConfigStub(), clock=lambda: now[0])
     key = ec.generate_private_key(ec.SECP256R1())
     cert = ca.issue_raw(key.public_key(), x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "dev")]), days=2)
     assert a.verify_client_cert([cert], ["ca"]).trust_name == "ca"
@@ -87,7 +76,7 @@ def test_expiry_and_revocation_still_checked_after_caching(tmp_path):
 
 def test_cache_is_bounded(tmp_path):
     vendor = make_vendor_ca(str(tmp_path))
-    a = DefaultAuthenticator(None, _Config(idevid=_Trust([vendor["cert"]])), max_cached_signatures=3)
+    a = DefaultAuthenticator(None, ConfigStub(idevid=TrustStub([vendor["cert"]])), max_cached_signatures=3)
     for i in range(7):
         _, leaf = issue_cert(vendor["cert"], vendor["key"], "dev-%d" % i)
         a.verify_client_cert([leaf], ["idevid"])

@@ -8,27 +8,16 @@ import datetime
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from helpers_server import issue_cert, make_vendor_ca
+from helpers_server import ConfigStub, TrustStub, issue_cert, make_vendor_ca
 
 from est_lite.errors import SecurityError
 from est_lite_cpython.auth import DefaultAuthenticator, UntrustedCertificate, VerifiedChain
 
 
-class _Trust:
-    def __init__(self, certs, crls=()):
-        self.certs = list(certs)
-        self.crls = list(crls)
-
-
-class _Config:
-    def __init__(self, **trust):
-        self.trust = trust
-
-
 def _auth(tmp_path, crls=()):
     vendor = make_vendor_ca(str(tmp_path))
     other = make_vendor_ca(str(tmp_path), name="Other CA")
-    cfg = _Config(idevid=_Trust([vendor["cert"]], crls), other=_Trust([other["cert"]]))
+    cfg = ConfigStub(idevid=TrustStub([vendor["cert"]], crls), other=TrustStub([other["cert"]]))
     return DefaultAuthenticator(None, cfg), vendor, other
 
 
@@ -67,7 +56,7 @@ def test_verified_path_still_checks_validity_and_crl(tmp_path):
            .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(bad.serial_number)
                                     .revocation_date(now - datetime.timedelta(hours=1)).build())
            .sign(vendor["key"], hashes.SHA256()))
-    a = DefaultAuthenticator(None, _Config(idevid=_Trust([vendor["cert"]], [crl])))
+    a = DefaultAuthenticator(None, ConfigStub(idevid=TrustStub([vendor["cert"]], [crl])))
     with pytest.raises(SecurityError, match="revoked"):
         a.verify_client_cert(VerifiedChain([bad], [bad, vendor["cert"]]), ["idevid"])
     with pytest.raises(SecurityError, match="expired"):
