@@ -59,18 +59,12 @@ def point(cert):
     return cert.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
-class RecordingTls:
-    """A TLS server on 127.0.0.1 with the given pyOpenSSL server context
-    (which should ask for a client certificate and accept any) that records
-    what each connection sent: `connections` holds dicts with handshake
-    (bool), client_cert (DER or None) and data (the bytes received up to the
-    end of the first request head). `answer(data)` returns the bytes to send
-    back (default: nothing, close)."""
+class _LoopbackServer:
+    """A TCP listener on 127.0.0.1 with an accept loop on a daemon thread;
+    subclasses handle each accepted socket in `_serve(sock)` (on the loop
+    thread) and stop with stop()/close()."""
 
-    def __init__(self, ctx, answer=None):
-        self.ctx = ctx
-        self.answer = answer
-        self.connections = []
+    def __init__(self):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -81,45 +75,63 @@ class RecordingTls:
         self._t.start()
 
     def _run(self):
-        from OpenSSL import SSL
-
         while not self._stop.is_set():
             try:
                 s, _ = self.sock.accept()
             except OSError:
                 continue
-            rec = {"handshake": False, "client_cert": None, "data": b""}
-            self.connections.append(rec)
-            s.settimeout(None)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 3, 0))
-            try:
-                t = SSL.Connection(self.ctx, s)
-                t.set_accept_state()
-                t.do_handshake()
-                rec["handshake"] = True
-                pc = t.get_peer_certificate(as_cryptography=True)
-                rec["client_cert"] = None if pc is None else der(pc)
-                while b"\r\n\r\n" not in rec["data"]:
-                    d = t.recv(4096)
-                    if not d:
-                        break
-                    rec["data"] += d
-                if self.answer is not None and rec["data"]:
-                    t.sendall(self.answer(rec["data"]))
-                t.shutdown()
-            except (OSError, SSL.Error):
-                pass
-            finally:
-                s.close()
+            self._serve(s)
 
     def stop(self):
-        """Stop accepting (the recorded connections stay readable)."""
+        """Stop accepting."""
         self._stop.set()
         self._t.join(5)
 
     def close(self):
         self.stop()
         self.sock.close()
+
+
+class RecordingTls(_LoopbackServer):
+    """A TLS server on 127.0.0.1 with the given pyOpenSSL server context
+    (which should ask for a client certificate and accept any) that records
+    what each connection sent: `connections` holds dicts with handshake
+    (bool), client_cert (DER or None) and data (the bytes received up to the
+    end of the first request head). `answer(data)` returns the bytes to send
+    back (default: nothing, close)."""
+
+    def __init__(self, ctx, answer=None):
+        self.ctx = ctx
+        self.answer = answer
+        self.connections = []  # stay readable after stop()
+        super().__init__()
+
+    def _serve(self, s):
+        from OpenSSL import SSL
+
+        rec = {"handshake": False, "client_cert": None, "data": b""}
+        self.connections.append(rec)
+        s.settimeout(None)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 3, 0))
+        try:
+            t = SSL.Connection(self.ctx, s)
+            t.set_accept_state()
+            t.do_handshake()
+            rec["handshake"] = True
+            pc = t.get_peer_certificate(as_cryptography=True)
+            rec["client_cert"] = None if pc is None else der(pc)
+            while b"\r\n\r\n" not in rec["data"]:
+                d = t.recv(4096)
+                if not d:
+                    break
+                rec["data"] += d
+            if self.answer is not None and rec["data"]:
+                t.sendall(self.answer(rec["data"]))
+            t.shutdown()
+        except (OSError, SSL.Error):
+            pass
+        finally:
+            s.close()
 
 
 class ImpostorTls(RecordingTls):
@@ -148,7 +160,7 @@ class ImpostorTls(RecordingTls):
         super().__init__(ctx, answer)
 
 
-class ConnectProxy:
+class ConnectProxy(_LoopbackServer):
     """A minimal HTTP CONNECT proxy on 127.0.0.1 (one thread per tunnel);
     records the CONNECT request lines and Proxy-Authorization values."""
 
@@ -156,22 +168,10 @@ class ConnectProxy:
         self.requests = []
         self.auth = []
         self.require_auth = require_auth
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        super().__init__()
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._tunnel, args=(c,), daemon=True).start()
+    def _serve(self, c):
+        threading.Thread(target=self._tunnel, args=(c,), daemon=True).start()
 
     def _tunnel(self, c):
         c.settimeout(5)
@@ -213,8 +213,3 @@ class ConnectProxy:
                     (b if s is a else a).sendall(d)
         finally:
             b.close()
-
-    def close(self):
-        self._stop.set()
-        self._t.join(5)
-        self.sock.close()
