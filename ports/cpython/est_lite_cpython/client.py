@@ -17,7 +17,6 @@ certificate, and trust/cert/key given as DER, PEM or cryptography objects.
 See docs/client-runtime.md.
 """
 
-import os
 import random
 import time
 
@@ -82,13 +81,6 @@ class EstClient(_portable.EstClient):
 
     def _mono(self):
         return time.monotonic()
-
-    def _sleep(self, s):
-        if s > 0:
-            time.sleep(s)
-
-    def _rand_bytes(self, n):
-        return os.urandom(n)
 
     def _rand(self):
         return _sysrand.random()

@@ -255,23 +255,28 @@ class ServerConfig:
         return self.profiles.get(label or "")
 
 
+def read_toml(path):
+    """The parsed TOML file; ConfigError (one line) if it cannot be read or parsed."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("cannot read config %s: %s" % (path, e)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config %s: %s" % (path, e)) from None
+
+
 def load_config(path=None, *, data_dir=None):
     """ServerConfig from a TOML file (relative paths resolve against the
     file's directory). Without a file: defaults, with data_dir/server.toml
     used if it exists."""
-    import tomllib
-
     if path is None and data_dir is not None:
         cand = os.path.join(data_dir, "server.toml")
         if os.path.exists(cand):
             path = cand
     if path is None:
         return ServerConfig({}, base_dir=os.getcwd(), data_dir=os.path.abspath(data_dir) if data_dir else None)
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError("cannot read config %s: %s" % (path, e)) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("config %s: %s" % (path, e)) from None
+    data = read_toml(path)
     return ServerConfig(data, base_dir=os.path.dirname(os.path.abspath(path)), data_dir=os.path.abspath(data_dir) if data_dir else None)

@@ -473,17 +473,9 @@ class ProxyConfig:
 def load_proxy_config(path):
     """(ServerConfig, ProxyConfig) from one TOML file."""
     import os
-    import tomllib
+    from .config import ConfigError, ServerConfig, read_toml
 
-    from .config import ConfigError, ServerConfig
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError("cannot read config %s: %s" % (path, e)) from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("config %s: %s" % (path, e)) from None
+    data = read_toml(path)
     base = os.path.dirname(os.path.abspath(path))
     pdata = data.pop("proxy", None)
     if pdata is None:
