@@ -255,7 +255,7 @@ class AsyncTls(_Base):
             raise TransportError("cannot connect to %s:%s: %s" % (self.host, self.port, e))
         self._conn = SSL.Connection(self._ctx, None)
         self._conn.set_app_data(self)
-        if self.server_name and not _is_ip(self.server_name):
+        if self.server_name and not _d.is_ip(self.server_name):
             self._conn.set_tlsext_host_name(self.server_name.encode("idna"))
         self._conn.set_connect_state()
         try:
@@ -323,13 +323,3 @@ class AsyncTls(_Base):
                 self._writer.close()
             except Exception:  # noqa: BLE001 - closing a broken socket
                 pass
-
-
-def _is_ip(name):
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-        return True
-    except ValueError:
-        return False

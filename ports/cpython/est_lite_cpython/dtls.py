@@ -179,6 +179,19 @@ def _dns_match(pattern, host):
     return pattern == host
 
 
+def ip_of(name):
+    """The IP address a server name spells (brackets allowed), or None for a host name."""
+    try:
+        return ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_ip(name):
+    """True if the server name is an IP address (no SNI is sent for one)."""
+    return ip_of(name) is not None
+
+
 def check_server_name(cert, name):
     """Raise SecurityError unless `cert`'s subjectAltName covers `name` (a DNS
     name or an IP address literal). The subject CN is not consulted (RFC 6125
@@ -190,10 +203,7 @@ def check_server_name(cert, name):
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise SecurityError("server certificate has no subjectAltName, cannot match %r" % name)
-    try:
-        ip = ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        ip = None
+    ip = ip_of(name)
     if ip is not None:
         if ip in san.get_values_for_type(x509.IPAddress):
             return

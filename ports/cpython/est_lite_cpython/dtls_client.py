@@ -276,7 +276,7 @@ class DtlsClient:
         self._pin_ok = False
         self._conn = _d.new_connection(self._ctx, self.mtu)
         self._conn.set_app_data(self)
-        if self.server_name and not _is_ip(self.server_name):
+        if self.server_name and not _d.is_ip(self.server_name):
             self._conn.set_tlsext_host_name(self.server_name.encode("idna"))
         self._conn.set_connect_state()
         deadline = time.monotonic() + self.timeout
@@ -404,16 +404,6 @@ class DtlsClient:
     def _require_up(self):
         if not self.established or self.closed:
             raise LocalProtocolError("DTLS session is not established")
-
-
-def _is_ip(name):
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 _err = _d.ssl_error_text

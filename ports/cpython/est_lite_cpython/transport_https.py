@@ -229,7 +229,7 @@ class TlsTransport:
         ctx = self._context()
         s = self._tcp()
         c = SSL.Connection(ctx, s)
-        if not _is_ip(self.server_name):
+        if not _d.is_ip(self.server_name):
             c.set_tlsext_host_name(self.server_name.encode("idna"))
         c.set_connect_state()
         self._pin_ok = None
@@ -311,13 +311,3 @@ class TlsTransport:
 
 def sha256(data):
     return hashlib.sha256(data).digest()
-
-
-def _is_ip(name):
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-        return True
-    except ValueError:
-        return False
