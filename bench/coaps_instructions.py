@@ -50,7 +50,7 @@ def _setup(coaps):
     init_ca(os.path.join(tmp, "ca"))
     vendor = make_vendor_ca(tmp)
     with open(os.path.join(tmp, "server.toml"), "w") as f:
-        f.write(CONFIG % {"workers": 2})
+        f.write(CONFIG % {"workers": 2, "io": ""})
         if coaps:
             f.write("\n[coaps]\nport = 0\nprocesses = 1\n")
     k, c = issue_cert(vendor["cert"], vendor["key"], "instr-idevid")

@@ -60,6 +60,7 @@ data_dir = "ca"
 listen = "127.0.0.1"
 port = 0
 workers = %(workers)d
+%(io)s
 
 [trust.idevid]
 certs = ["vendor.pem"]
@@ -464,8 +465,10 @@ def server_model(transport, args):
         return ("est-lite serve: %d process(es) on one UDP port (SO_REUSEPORT), each one asyncio event loop with %s; "
                 "load: coaps_enroller (pyOpenSSL memory-BIO DTLS client) in %d processes"
                 % (args.coaps_processes, svc, args.client_procs))
-    return ("est-lite serve: 1 process, %d worker threads; load: %s in %d processes"
-            % (args.workers, "stdlib ssl" if args.client == "python" else "curl --parallel", args.client_procs))
+    io = ("%d worker threads" % args.workers if args.io == "threads"
+          else "one event-loop thread answering on the loop")
+    return ("est-lite serve: 1 process, %s; load: %s in %d processes"
+            % (io, "stdlib ssl" if args.client == "python" else "curl --parallel", args.client_procs))
 
 
 def summarize(transport, args, auth, results, floor):
@@ -522,7 +525,9 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--auth", default="basic", choices=["basic", "cert"])
-    ap.add_argument("--workers", type=int, default=32, help="server worker threads")
+    ap.add_argument("--workers", type=int, default=32, help="server worker threads (--io threads)")
+    ap.add_argument("--io", choices=["loop", "threads"], default=None,
+                    help="HTTPS connection handling ([server] io); default: the server's (loop, with the built-in CA)")
     ap.add_argument("--client-procs", type=int, default=2, help="load generator processes (--client python)")
     ap.add_argument("--coaps-workers", type=int, default=None,
                     help="EST-coaps service threads ([coaps] workers; default: on the event loop for the built-in CA)")
@@ -563,7 +568,7 @@ def main(argv=None):
     init_ca(os.path.join(tmp, "ca"))
     vendor = make_vendor_ca(tmp)
     with open(os.path.join(tmp, "server.toml"), "w") as f:
-        f.write(CONFIG % {"workers": args.workers})
+        f.write(CONFIG % {"workers": args.workers, "io": 'io = "%s"' % args.io if args.io else ""})
         if "coaps" in transports:
             f.write("\n[coaps]\nport = 0\nprocesses = %d\n" % args.coaps_processes)
             if args.coaps_workers is not None:

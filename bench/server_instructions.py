@@ -45,7 +45,7 @@ def _serve_and_count(n, warm, csrs, auth_hdr):
         PasswordFile(os.path.join(tmp, "ca", "passwords")).set_password(USER, PASSWORD)
         make_vendor_ca(tmp)
         with open(os.path.join(tmp, "server.toml"), "w") as f:
-            f.write(CONFIG % {"workers": 2})
+            f.write(CONFIG % {"workers": 2, "io": ""})
         pf = os.path.join(tmp, "port")
         out = os.path.join(tmp, "cachegrind.out")
         p = subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=" + out,

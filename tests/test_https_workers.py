@@ -1,4 +1,4 @@
-"""The HTTPS server's worker pool (leader/followers accept) and the lazy
+"""The HTTPS server's worker pool (io = "threads") (leader/followers accept) and the lazy
 TLS 1.3 exporter: parallel clients on fewer workers than connections are
 all served, stop() with idle followers waiting leaves no worker
 behind, the exporter is computed only when a PoP check needs it,
@@ -16,7 +16,7 @@ from est_lite_cpython.service import AuthContext
 
 def _server(tmp_path, workers):
     assert "workers = 8" in BASE_CONFIG
-    return EstTestServer(tmp_path, config_text=BASE_CONFIG.replace("workers = 8", "workers = %d" % workers))
+    return EstTestServer(tmp_path, config_text=BASE_CONFIG.replace("workers = 8", 'workers = %d\nio = "threads"' % workers))
 
 
 def _alive(threads):
@@ -74,14 +74,14 @@ def test_listener_options_reach_accepted_sockets(tmp_path):
     seen = {}
     orig = srv.server._handle
 
-    def spy(s, addr):
+    def spy(s, addr, ops=None):
         tv = struct.unpack("ll", s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
         seen["rcvtimeo"] = tv[0] + tv[1] / 1e6
         tv = struct.unpack("ll", s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16))
         seen["sndtimeo"] = tv[0] + tv[1] / 1e6
         seen["nodelay"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         seen["blocking"] = s.getblocking()
-        return orig(s, addr)
+        return orig(s, addr, ops)
 
     srv.server._handle = spy
     try:

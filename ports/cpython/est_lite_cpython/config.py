@@ -163,6 +163,13 @@ class ServerConfig:
         self.realm = _take(srv, "realm", "est-lite", str, w)
         self.password_file = rel(_take(srv, "password_file", None, str, w))
         self.workers = _take(srv, "workers", 32, int, w)
+        # None: "loop" with the built-in CA and authenticator, "threads" otherwise
+        self.io = _take(srv, "io", None, str, w)
+        if self.io not in (None, "loop", "threads"):
+            raise ConfigError('server.io must be "loop" or "threads"')
+        self.max_connections = _take(srv, "max_connections", 1024, int, w)
+        if self.workers < 1 or self.max_connections < 1:
+            raise ConfigError("server.workers and server.max_connections must be >= 1")
         self.max_header_bytes = _take(srv, "max_header_bytes", 16384, int, w)
         self.max_body_bytes = _take(srv, "max_body_bytes", 65536, int, w)
         self.io_timeout_s = _take(srv, "io_timeout_s", 10.0, (int, float), w)
