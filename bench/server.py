@@ -467,8 +467,10 @@ def server_model(transport, args):
                 % (args.coaps_processes, svc, args.client_procs))
     io = ("%d worker threads" % args.workers if args.io == "threads"
           else "one event-loop thread answering on the loop")
-    return ("est-lite serve: 1 process, %s; load: %s in %d processes"
-            % (io, "stdlib ssl" if args.client == "python" else "curl --parallel", args.client_procs))
+    procs = ("1 process," if args.https_processes == 1
+             else "%d processes on one TCP port (SO_REUSEPORT), each" % args.https_processes)
+    return ("est-lite serve: %s %s; load: %s in %d processes"
+            % (procs, io, "stdlib ssl" if args.client == "python" else "curl --parallel", args.client_procs))
 
 
 def summarize(transport, args, auth, results, floor):
@@ -526,6 +528,8 @@ def main(argv=None):
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--auth", default="basic", choices=["basic", "cert"])
     ap.add_argument("--workers", type=int, default=32, help="server worker threads (--io threads)")
+    ap.add_argument("--https-processes", type=int, default=1,
+                    help="HTTPS server processes on the port ([server] processes; one event loop each)")
     ap.add_argument("--io", choices=["loop", "threads"], default=None,
                     help="HTTPS connection handling ([server] io); default: the server's (loop, with the built-in CA)")
     ap.add_argument("--client-procs", type=int, default=2, help="load generator processes (--client python)")
@@ -568,7 +572,8 @@ def main(argv=None):
     init_ca(os.path.join(tmp, "ca"))
     vendor = make_vendor_ca(tmp)
     with open(os.path.join(tmp, "server.toml"), "w") as f:
-        f.write(CONFIG % {"workers": args.workers, "io": 'io = "%s"' % args.io if args.io else ""})
+        f.write(CONFIG % {"workers": args.workers, "io": ('io = "%s"\n' % args.io if args.io else "") +
+                          "processes = %d" % args.https_processes})
         if "coaps" in transports:
             f.write("\n[coaps]\nport = 0\nprocesses = %d\n" % args.coaps_processes)
             if args.coaps_workers is not None:

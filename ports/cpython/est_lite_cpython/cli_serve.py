@@ -21,10 +21,21 @@ def cmd_serve(args):
     cfg = load_config(args.config, data_dir=data_dir)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
-    srv = server_from_config(cfg, port=args.port, host=args.host)
+    hprocs = getattr(cfg, "processes", 1)
+    srv = server_from_config(cfg, port=args.port, host=args.host, reuse_port=hprocs > 1)
     port = srv.start()
     coaps = None
     stop_workers = None
+    stop_https_workers = None
+    if hprocs > 1:  # more processes on the same TCP port (SO_REUSEPORT), one event loop each
+        from .serve_procs import start_worker_processes
+
+        try:
+            stop_https_workers = start_worker_processes("https", hprocs - 1, args.config, args.data_dir or data_dir,
+                                                        srv.host, port, digest_secret=srv.digest_secret())
+        except BaseException:
+            srv.stop()
+            raise
     if getattr(args, "coaps_port", None) is not None or cfg.coaps_enabled:
         from .coaps_server import EstCoapsServer
 
@@ -41,6 +52,8 @@ def cmd_serve(args):
         except BaseException:
             if coaps is not None:
                 coaps.stop()
+            if stop_https_workers is not None:
+                stop_https_workers()
             srv.stop()
             raise
     labels = ", ".join(sorted(k or "(default)" for k in cfg.profiles))
@@ -66,6 +79,8 @@ def cmd_serve(args):
     finally:
         if stop_workers is not None:
             stop_workers()
+        if stop_https_workers is not None:
+            stop_https_workers()
         if coaps is not None:
             coaps.stop()
     print("stopped", file=sys.stderr)

@@ -773,71 +773,9 @@ class EstCoapsServer:
 # ---------------------------------------------------------------- more processes
 
 
-def _worker_main(config_path, data_dir, host, port, conn):
-    """A child process serving the same UDP port (SO_REUSEPORT) from the
-    same config and store; exits when the parent closes the pipe."""
-    import signal
-
-    from .ca import LocalCA
-    from .config import load_config
-    from .service import EstService
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cfg = load_config(config_path, data_dir=data_dir)
-    ca = LocalCA(cfg.data_dir, synchronous=cfg.synchronous)
-    srv = EstCoapsServer.from_config(EstService(ca, cfg), cfg, port=port, host=host, reuse_port=True)
-    try:
-        srv.start()
-        conn.send("ready")
-        try:
-            conn.recv()  # blocks until the parent says stop or goes away
-        except EOFError:
-            pass
-    finally:
-        srv.stop()
-        ca.store.close()
-
-
 def start_worker_processes(n, config_path, data_dir, host, port, timeout=60.0):
-    """Start n more processes serving EST-coaps on (host, port) from the
-    config file (the caller's own server must use reuse_port=True). Returns
-    a stop() function. The kernel keeps each client address on one process,
-    so a DTLS session and its cookie exchange stay where they started."""
-    import multiprocessing
+    """Start n more processes serving EST-coaps on (host, port) (the
+    caller's own server must use reuse_port=True); see serve_procs."""
+    from .serve_procs import start_worker_processes as start
 
-    mp = multiprocessing.get_context("spawn")
-    procs = []
-    try:
-        for _ in range(n):
-            parent, child = mp.Pipe()
-            p = mp.Process(target=_worker_main, args=(config_path, data_dir, host, port, child), daemon=True,
-                           name="est-coaps-worker")
-            p.start()
-            child.close()
-            procs.append((p, parent))
-        for p, parent in procs:
-            if not parent.poll(timeout) or parent.recv() != "ready":
-                raise LocalProtocolError("an EST-coaps worker process did not start")
-    except BaseException:
-        _stop_workers(procs)
-        raise
-
-    def stop():
-        _stop_workers(procs)
-
-    stop.pids = [p.pid for p, _ in procs]
-    return stop
-
-
-def _stop_workers(procs):
-    for p, parent in procs:
-        try:
-            parent.send("stop")
-        except (OSError, EOFError):
-            pass
-        parent.close()
-    for p, _ in procs:
-        p.join(10)
-        if p.is_alive():
-            p.kill()
-            p.join(5)
+    return start("coaps", n, config_path, data_dir, host, port, timeout=timeout)

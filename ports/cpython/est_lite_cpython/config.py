@@ -168,8 +168,9 @@ class ServerConfig:
         if self.io not in (None, "loop", "threads"):
             raise ConfigError('server.io must be "loop" or "threads"')
         self.max_connections = _take(srv, "max_connections", 1024, int, w)
-        if self.workers < 1 or self.max_connections < 1:
-            raise ConfigError("server.workers and server.max_connections must be >= 1")
+        self.processes = _take(srv, "processes", 1, int, w)  # more: SO_REUSEPORT, one event loop each
+        if self.workers < 1 or self.max_connections < 1 or self.processes < 1:
+            raise ConfigError("server.workers, server.max_connections and server.processes must be >= 1")
         self.max_header_bytes = _take(srv, "max_header_bytes", 16384, int, w)
         self.max_body_bytes = _take(srv, "max_body_bytes", 65536, int, w)
         self.io_timeout_s = _take(srv, "io_timeout_s", 10.0, (int, float), w)

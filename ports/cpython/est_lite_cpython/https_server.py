@@ -354,7 +354,7 @@ class EstHttpsServer:
                  tls_max_version="1.3", realm=None, workers=32, backlog=256, io_timeout_s=10.0,
                  request_timeout_s=30.0, max_header_bytes=16384, max_body_bytes=65536,
                  max_requests_per_connection=100, digest_nonce_lifetime_s=300, reuse_port=False, io=None,
-                 max_connections=1024):
+                 max_connections=1024, digest_secret=None):
         if io is None:
             io = "loop" if _blocks_never(service) else "threads"
         if io not in ("loop", "threads"):
@@ -380,6 +380,8 @@ class EstHttpsServer:
         cfg = getattr(service, "config", None)
         self.realm = realm or getattr(cfg, "realm", None) or "est-lite"
         self.digest = DigestChallenger(self.realm, lifetime_s=digest_nonce_lifetime_s)
+        if digest_secret is not None:  # another process's (see digest_secret())
+            self.digest._key, self.digest._opaque = digest_secret
         self.ctx = self._make_context(cert_file, key_file, tls_min_version, tls_max_version)
         self._sock = None
         self._threads = []
@@ -393,8 +395,14 @@ class EstHttpsServer:
         self._wake = None  # (reader, writer) socket pair that wakes the loop
         self.stats = {"connections": 0, "requests": 0, "errors": 0}
 
+    def digest_secret(self):
+        """What another server process needs to accept this one's HTTP
+        Digest nonces (its nonce MAC key and opaque value); pass it as
+        `digest_secret`. The nonce-count replay check stays per process."""
+        return self.digest._key, self.digest._opaque
+
     @classmethod
-    def from_config(cls, service, config, *, port=None, host=None):
+    def from_config(cls, service, config, *, port=None, host=None, reuse_port=False, digest_secret=None):
         cert = config.tls_cert or os.path.join(config.data_dir, "server.pem")
         key = config.tls_key or os.path.join(config.data_dir, "server.key")
         return cls(service, cert, key, host=host or config.listen, port=config.port if port is None else port,
@@ -403,7 +411,8 @@ class EstHttpsServer:
                    request_timeout_s=config.request_timeout_s, max_header_bytes=config.max_header_bytes,
                    max_body_bytes=config.max_body_bytes, max_requests_per_connection=config.max_requests_per_connection,
                    digest_nonce_lifetime_s=config.digest_nonce_lifetime_s, io=getattr(config, "io", None),
-                   max_connections=getattr(config, "max_connections", 1024))
+                   max_connections=getattr(config, "max_connections", 1024), reuse_port=reuse_port,
+                   digest_secret=digest_secret)
 
     def _make_context(self, cert_file, key_file, vmin, vmax):
         if vmin not in _TLS_VERSIONS or vmax not in _TLS_VERSIONS or _TLS_VERSIONS[vmin] > _TLS_VERSIONS[vmax]:
@@ -980,11 +989,12 @@ def _blocks_never(service):
         type(getattr(service, "authenticator", None)) is DefaultAuthenticator
 
 
-def server_from_config(config, *, port=None, host=None, ca=None, authenticator=None, csrattrs_provider=None):
+def server_from_config(config, *, port=None, host=None, ca=None, authenticator=None, csrattrs_provider=None,
+                       reuse_port=False):
     """Build CA, service and HTTPS server from a ServerConfig (not started)."""
     from .ca import LocalCA
     from .service import EstService
 
     ca = ca or LocalCA(config.data_dir, synchronous=config.synchronous)
     svc = EstService(ca, config, authenticator, csrattrs_provider)
-    return EstHttpsServer.from_config(svc, config, port=port, host=host)
+    return EstHttpsServer.from_config(svc, config, port=port, host=host, reuse_port=reuse_port)
