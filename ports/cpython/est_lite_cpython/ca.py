@@ -193,12 +193,19 @@ def init_ca(
 
 
 class IssueRequest:
-    """What the service asks a CA backend to certify."""
+    """What the service asks a CA backend to certify.
+
+    `public_key` and `subject` may be given as None together with the
+    request's `csr` (and `spki_der` for the key): they are then built from
+    it on first use, so a backend that reads only the DER hints below (the
+    built-in LocalCA) never makes the cryptography objects. A backend that
+    reads `req.public_key` / `req.subject` sees the same objects as ever."""
 
     def __init__(self, public_key, subject, *, sans=(), label="", profile=None, csr=None, requester=None,
-                 request_id=None, op="simpleenroll", renewing=None):
-        self.public_key = public_key  # cryptography public key
-        self.subject = subject  # x509.Name
+                 request_id=None, op="simpleenroll", renewing=None, spki_der=None, subject_der=None,
+                 subject_text=None):
+        self._public_key = public_key  # cryptography public key (or None: from spki_der)
+        self._subject = subject  # x509.Name (or None: the CSR's subject)
         self.sans = list(sans)  # [x509.GeneralName]
         self.label = label or ""
         self.profile = profile  # config.Profile (validity_days, eku, ...)
@@ -207,6 +214,36 @@ class IssueRequest:
         self.request_id = request_id  # approval request id, if any
         self.op = op
         self.renewing = renewing  # x509.Certificate being renewed (simplereenroll)
+        # optional DER of the same fields, sliced from the CSR by the service
+        # (backends may ignore them): SubjectPublicKeyInfo of public_key, Name
+        # of subject, and subject.rfc4514_string()
+        self.spki_der = spki_der
+        self.subject_der = subject_der
+        self.subject_text = subject_text
+
+    @property
+    def public_key(self):
+        k = self._public_key
+        if k is None:
+            k = self._public_key = serialization.load_der_public_key(self.spki_der)
+        return k
+
+    @public_key.setter
+    def public_key(self, k):
+        self._public_key = k
+        self.spki_der = None
+
+    @property
+    def subject(self):
+        n = self._subject
+        if n is None:
+            n = self._subject = self.csr.subject
+        return n
+
+    @subject.setter
+    def subject(self, n):
+        self._subject = n
+        self.subject_der = self.subject_text = None
 
 
 class LocalCA:
@@ -241,6 +278,10 @@ class LocalCA:
         self._ca_after = int(self.issuer.not_valid_after_utc.timestamp())
         self._issuer_name_der = self.issuer.subject.public_bytes()
         self._aki_ext_der = _ext_der(_OID_AKI, False, self._aki.public_bytes())
+        self._alg_issuer_der = _ALG_ECDSA_SHA256 + self._issuer_name_der
+        self._ext_head_ec = _BC_LEAF_DER + _KU_EC_DER + self._aki_ext_der
+        self._ext_head_other = _BC_LEAF_DER + _KU_OTHER_DER + self._aki_ext_der
+        self._validity = (None, None, b"")  # (not_before, not_after, Validity DER) of the last certificate
 
     # -- paths --
     def path(self, name):
@@ -259,18 +300,32 @@ class LocalCA:
         return list(self.chain)
 
     def issue(self, req):
+        return self._issue_req(req, False)
+
+    def issue_der(self, req):
+        """issue() returning the certificate's DER instead of an
+        x509.Certificate (no certificate object is built on the hand-DER
+        path; EstService uses this when the backend has it)."""
+        return self._issue_req(req, True)
+
+    def _issue_req(self, req, as_der):
         prof = req.profile
         days = prof.validity_days if prof is not None else 365
         eku = prof.eku if prof is not None else ("clientAuth",)
         return self.issue_raw(
-            req.public_key,
-            req.subject,
+            req._public_key if req.spki_der is not None else req.public_key,
+            req._subject if req.subject_der is not None else req.subject,
             sans=req.sans,
             days=days,
             eku=eku,
             label=req.label,
             requester=req.requester,
             request_id=req.request_id,
+            spki_der=req.spki_der,
+            subject_der=req.subject_der,
+            subject_text=req.subject_text,
+            as_der=as_der,
+            _req=req,
         )
 
     def is_revoked(self, cert):
@@ -293,11 +348,15 @@ class LocalCA:
 
     # -- issuing --
     def issue_raw(self, public_key, subject, *, sans=(), days=365, eku=("clientAuth",), label="", requester=None,
-                  request_id=None, _tries=5, fast=None):
-        """Issue and store a certificate; returns the x509.Certificate.
-        fast=None picks the hand-assembled DER path when the CA key is an EC
-        key (the same certificate fields as the CertificateBuilder path,
-        fast=False, in a fraction of the Python objects)."""
+                  request_id=None, _tries=5, fast=None, spki_der=None, subject_der=None, subject_text=None,
+                  as_der=False, _req=None):
+        """Issue and store a certificate; returns the x509.Certificate (its
+        DER with as_der=True). fast=None picks the hand-assembled DER path
+        when the CA key is an EC key (the same certificate fields as the
+        CertificateBuilder path, fast=False, in a fraction of the Python
+        objects). spki_der / subject_der / subject_text: the DER of
+        public_key and subject and the subject's RFC 4514 text when the
+        caller has them (public_key / subject may then be None)."""
         now = int(self.clock())
         not_after = now + int(days) * 86400
         if not_after > self._ca_after:
@@ -307,19 +366,28 @@ class LocalCA:
             fast = self._fast
         for _ in range(_tries):
             if fast:
-                serial, der, subject_text = self._issue_der(public_key, subject, sans, eku, now - 60, not_after)
+                serial, der, subject_text = self._issue_der(public_key, subject, sans, eku, now - 60, not_after,
+                                                            spki_der=spki_der, subject_der=subject_der,
+                                                            subject_text=subject_text)
                 try:
                     self.store.add_issued(serial, der, subject_text, now - 60, not_after, label=label,
                                           requester=requester, request_id=request_id)
                 except DuplicateSerial:
                     continue  # 2**-159 odds; draw a new serial
-                return x509.load_der_x509_certificate(der)
+                return der if as_der else x509.load_der_x509_certificate(der)
+            if _req is not None:  # the builder needs the objects
+                public_key, subject = _req.public_key, _req.subject
+            elif public_key is None or subject is None:
+                if public_key is None:
+                    public_key = serialization.load_der_public_key(spki_der)
+                if subject is None:
+                    raise LocalProtocolError("issue_raw without the hand-DER path needs the subject as an x509.Name")
             cert = self._issue_builder(public_key, subject, sans, eku, now - 60, not_after)
             try:
                 self.store.add_certificate(cert, label=label, requester=requester, request_id=request_id)
             except DuplicateSerial:
                 continue
-            return cert
+            return cert.public_bytes(serialization.Encoding.DER) if as_der else cert
         raise LocalProtocolError("could not draw a unique serial number in %d tries" % _tries)
 
     def _issue_builder(self, public_key, subject, sans, eku, not_before, not_after):
@@ -346,40 +414,59 @@ class LocalCA:
             b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
         return b.sign(self._key, hashes.SHA256())
 
-    def _issue_der(self, public_key, subject, sans, eku, not_before, not_after):
+    def _issue_der(self, public_key, subject, sans, eku, not_before, not_after, *, spki_der=None, subject_der=None,
+                   subject_text=None):
         """(serial, certificate DER, subject RFC 4514 text): the TBSCertificate
-        assembled from precomputed DER pieces (issuer name, AKI, constant
-        extensions) and the request's subject and public key, signed with
-        ecdsa-with-SHA256 by the CA key. Field for field what
-        _issue_builder makes (tests/test_ca_fastpath.py compares them)."""
+        assembled from precomputed DER pieces (version, signature algorithm and
+        issuer name, BasicConstraints + KeyUsage + AKI, the validity of this
+        second) and the request's subject and public key (their DER, as given
+        or encoded here), signed with ecdsa-with-SHA256 by the CA key. Field
+        for field what _issue_builder makes (tests/test_ca_fastpath.py
+        compares them)."""
         serial = int.from_bytes(os.urandom(20), "big") >> 1  # x509.random_serial_number()
-        spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            point = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-            ski = b"\x04\x14" + _sha1(point).digest()
-            ku = _KU_EC_DER
+        if spki_der is None:
+            spki_der = public_key.public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        point = ec_spki_point(spki_der)
+        if point is not None:
+            head = self._ext_head_ec  # BasicConstraints, KeyUsage (EC), AKI
+            ski = _sha1(point).digest()
         else:
-            ski = x509.SubjectKeyIdentifier.from_public_key(public_key).public_bytes()
-            ku = _KU_OTHER_DER
-        exts = [_BC_LEAF_DER, ku, self._aki_ext_der, _ext_der(_OID_SKI, False, ski)]
+            if public_key is None:
+                public_key = serialization.load_der_public_key(spki_der)
+            if isinstance(public_key, ec.EllipticCurvePublicKey):  # a curve without a fixed SPKI prefix here
+                point = public_key.public_bytes(serialization.Encoding.X962,
+                                                serialization.PublicFormat.UncompressedPoint)
+                ski = _sha1(point).digest()
+                head = self._ext_head_ec
+            else:
+                ski = x509.SubjectKeyIdentifier.from_public_key(public_key).public_bytes()[2:]
+                head = self._ext_head_other
+        if subject_der is None:
+            subject_der = subject.public_bytes()
+        if subject_text is None:
+            subject_text = subject.rfc4514_string()
+        exts = [head, _SKI_EXT_HEAD, ski]
         if eku:
             exts.append(_eku_der(eku))
         if sans:
             exts.append(_ext_der(_OID_SAN, False, x509.SubjectAlternativeName(list(sans)).public_bytes()))
-        ext_seq = _tlv(0x30, b"".join(exts))
-        tbs = _tlv(0x30, b"".join((
-            b"\xa0\x03\x02\x01\x02",  # [0] version v3
-            _der_int(serial),
-            _ALG_ECDSA_SHA256,
-            self._issuer_name_der,
-            _tlv(0x30, _der_time(not_before) + _der_time(not_after)),
-            subject.public_bytes(),
-            spki,
-            _tlv(0xA3, ext_seq),
-        )))
+        ext_body = b"".join(exts)
+        n = len(ext_body)
+        h30 = _hdr(0x30, n)
+        n += len(h30)
+        hA3 = _hdr(0xA3, n)
+        v = self._validity
+        if v[0] != not_before or v[1] != not_after:  # one entry: every enrollment of this second shares it
+            v = self._validity = (not_before, not_after, _tlv(0x30, _der_time(not_before) + _der_time(not_after)))
+        tbs = b"".join((_V3_SERIAL_HEAD, _der_int(serial), self._alg_issuer_der, v[2], subject_der, spki_der,
+                        hA3, h30, ext_body))
+        tbs = _hdr(0x30, len(tbs)) + tbs
         sig = self._key.sign(tbs, _ECDSA_SHA256)
-        der = _tlv(0x30, b"".join((tbs, _ALG_ECDSA_SHA256, _tlv(0x03, b"\x00" + sig))))
-        return serial, der, subject.rfc4514_string()
+        n = len(sig) + 1
+        hbit = _hdr(0x03, n)
+        n += len(tbs) + len(_ALG_ECDSA_SHA256) + len(hbit)
+        return serial, b"".join((_hdr(0x30, n), tbs, _ALG_ECDSA_SHA256, hbit, b"\x00", sig)), subject_text
 
     # -- revocation --
     def revoke(self, serial, reason="unspecified"):
@@ -444,6 +531,17 @@ def _tlv(tag, body):
     return bytes((tag,)) + _der_len(len(body)) + body
 
 
+def _hdr(tag, n):
+    """Tag and length octets of a DER element with n content bytes."""
+    if n < 0x80:
+        return bytes((tag, n))
+    if n < 0x100:
+        return bytes((tag, 0x81, n))
+    if n < 0x10000:
+        return bytes((tag, 0x82, n >> 8, n & 0xFF))
+    return bytes((tag,)) + _der_len(n)
+
+
 def _der_int(v):
     """INTEGER of a non-negative int (minimal two's complement)."""
     return _tlv(0x02, v.to_bytes(v.bit_length() // 8 + 1, "big"))
@@ -475,6 +573,36 @@ _BC_LEAF_DER = _ext_der(_OID_BC, True, _BC_LEAF.public_bytes())
 _KU_EC_DER = _ext_der(_OID_KU, True, _KU_EC.public_bytes())
 _KU_OTHER_DER = _ext_der(_OID_KU, True, _KU_OTHER.public_bytes())
 _EKU_DER = {}
+_V3_SERIAL_HEAD = b"\xa0\x03\x02\x01\x02"  # [0] version v3 (the serial INTEGER follows)
+# SubjectKeyIdentifier extension up to the 20-byte SHA-1 key id (RFC 5280 4.2.1.2 method 1)
+_SKI_EXT_HEAD = b"\x30\x1d" + _OID_SKI + b"\x04\x16\x04\x14"
+# SubjectPublicKeyInfo DER of the named-curve EC keys up to the uncompressed point
+# (the bytes cryptography writes): prefix -> point length
+EC_SPKI_PREFIXES = {
+    bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200"): ("ec:P-256", 65),
+    bytes.fromhex("3076301006072a8648ce3d020106052b81040022036200"): ("ec:P-384", 97),
+    bytes.fromhex("30819b301006072a8648ce3d020106052b8104002303818600"): ("ec:P-521", 133),
+}
+_EC_SPKI_BY_LEN = {len(p) + n: (p, kt) for p, (kt, n) in EC_SPKI_PREFIXES.items()}
+
+
+def ec_spki_key_type(spki):
+    """'ec:P-256' / 'ec:P-384' / 'ec:P-521' when spki (bytes) is the
+    SubjectPublicKeyInfo of a named-curve EC key with an uncompressed point
+    exactly as cryptography encodes it, else None."""
+    e = _EC_SPKI_BY_LEN.get(len(spki))
+    if e is None or spki[len(e[0])] != 4 or spki[:len(e[0])] != e[0]:
+        return None
+    return e[1]
+
+
+def ec_spki_point(spki):
+    """The uncompressed point of such an EC SubjectPublicKeyInfo (the bytes
+    the SKI hashes), or None for any other key or encoding."""
+    e = _EC_SPKI_BY_LEN.get(len(spki))
+    if e is None or spki[len(e[0])] != 4 or spki[:len(e[0])] != e[0]:
+        return None
+    return spki[len(e[0]):]
 
 
 def _eku_der(eku):

@@ -47,7 +47,7 @@ from cryptography.x509.oid import AttributeOID, NameOID
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
 
 from .auth import AuthenticationRequired, DefaultAuthenticator, UntrustedCertificate
-from .ca import IssueRequest
+from .ca import IssueRequest, _hdr, ec_spki_key_type
 from .store import APPROVED, ISSUED, PENDING, REJECTED  # noqa: F401
 
 
@@ -302,6 +302,8 @@ def trim_der(der, *, max_len=65536):
         raise LimitError("request body of %d bytes exceeds the limit of %d" % (n, max_len))
     if len(mv) < off + n:
         raise RemoteProtocolError("request body is truncated: DER says %d bytes, %d present" % (off + n, len(mv)))
+    if len(mv) == off + n and isinstance(der, bytes):
+        return der
     return bytes(mv[:off + n])
 
 
@@ -323,8 +325,111 @@ def _pkcs7_der(cert_ders):
     if len(ders) > 1:  # X.690 11.6: SET OF components in ascending order, shorter ones padded with 0s
         n = max(len(d) for d in ders)
         ders.sort(key=lambda d: bytes(d) + b"\x00" * (n - len(d)))
-    signed = _tlv(0x30, _P7_HEAD + _tlv(0xA0, b"".join(ders)) + b"\x31\x00")
-    return _tlv(0x30, _P7_OID + _tlv(0xA0, signed))
+    n = sum(len(d) for d in ders)
+    h_certs = _hdr(0xA0, n)  # certificates [0] IMPLICIT
+    n += len(_P7_HEAD) + len(h_certs) + 2  # + signerInfos SET {}
+    h_signed = _hdr(0x30, n)
+    n += len(h_signed)
+    h_content = _hdr(0xA0, n)  # content [0] EXPLICIT
+    n += len(_P7_OID) + len(h_content)
+    return b"".join([_hdr(0x30, n), _P7_OID, h_content, h_signed, _P7_HEAD, h_certs] + ders + [b"\x31\x00"])
+
+
+# ---------------------------------------------------------------- CSR DER slices
+#
+# The common device CSR (single-valued RDNs of plain text, a named-curve EC
+# key, no attributes) is read here once from its DER: the subject and key
+# DER go into the certificate as they are, and cryptography's objects for
+# the subject, the key and the attributes are never built. Any other shape
+# takes cryptography's path. The DER has been loaded by cryptography (and
+# its signature verified) before: these slices never see bytes it rejected.
+
+# attribute type (OID DER) -> name in the RFC 4514 text cryptography writes
+# (its short names, else the dotted OID)
+_RFC4514_NAMES = {_oid(o.dotted_string): n for o, n in (
+    (NameOID.COMMON_NAME, "CN"), (NameOID.LOCALITY_NAME, "L"), (NameOID.STATE_OR_PROVINCE_NAME, "ST"),
+    (NameOID.ORGANIZATION_NAME, "O"), (NameOID.ORGANIZATIONAL_UNIT_NAME, "OU"), (NameOID.COUNTRY_NAME, "C"),
+    (NameOID.STREET_ADDRESS, "STREET"), (NameOID.DOMAIN_COMPONENT, "DC"), (NameOID.USER_ID, "UID"),
+    (NameOID.SERIAL_NUMBER, NameOID.SERIAL_NUMBER.dotted_string),
+    (NameOID.EMAIL_ADDRESS, NameOID.EMAIL_ADDRESS.dotted_string))}
+# value bytes that need no RFC 4514 escaping and are valid in each string type
+_SAFE_PRINTABLE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()-./:=?"
+_SAFE_TEXT = {0x13: _SAFE_PRINTABLE, 0x0C: _SAFE_PRINTABLE + b"_@", 0x16: _SAFE_PRINTABLE + b"_@"}
+
+
+def _tl(d, i):
+    """(content start, content end) of the DER element whose length octets
+    begin at d[i]; IndexError for a length form not used below 64 KB."""
+    n = d[i]
+    if n < 0x80:
+        return i + 1, i + 1 + n
+    if n == 0x81:
+        return i + 2, i + 2 + d[i + 1]
+    if n == 0x82:
+        return i + 3, i + 3 + (d[i + 1] << 8 | d[i + 2])
+    raise IndexError
+
+
+def csr_slices(der):
+    """(subject DER, subject RFC 4514 text, set of subject attribute OID DERs,
+    SubjectPublicKeyInfo DER, key type, no attributes) of a CSR in the
+    common shape described above, or None. der: bytes of a CSR that
+    cryptography loaded."""
+    try:
+        if der[0] != 0x30:
+            return None
+        i = _tl(der, 1)[0]
+        if der[i] != 0x30:
+            return None
+        i, cri_end = _tl(der, i + 1)
+        if der[i:i + 3] != b"\x02\x01\x00" or der[i + 3] != 0x30:  # version 0, subject Name
+            return None
+        i += 3
+        j, subj_end = _tl(der, i + 1)
+        subject = der[i:subj_end]
+        if der[subj_end] != 0x30:
+            return None
+        spki_end = _tl(der, subj_end + 1)[1]
+        spki = der[subj_end:spki_end]
+        kt = ec_spki_key_type(spki)
+        if kt is None:
+            return None
+        if der[spki_end] != 0xA0:
+            return None
+        no_attrs = der[spki_end + 1] == 0 and spki_end + 2 == cri_end
+        oids = set()
+        text = []
+        while j < subj_end:  # RDN SET { AttributeTypeAndValue SEQUENCE { OID, value } }
+            if der[j] != 0x31:
+                return None
+            k, rdn_end = _tl(der, j + 1)
+            if der[k] != 0x30:
+                return None
+            k, atv_end = _tl(der, k + 1)
+            if atv_end != rdn_end or der[k] != 0x06:  # one attribute per RDN
+                return None
+            oid_end = _tl(der, k + 1)[1]
+            oid = der[k:oid_end]
+            name = _RFC4514_NAMES.get(oid)
+            safe = _SAFE_TEXT.get(der[oid_end])
+            if name is None or safe is None:
+                return None
+            v0, v1 = _tl(der, oid_end + 1)
+            value = der[v0:v1]
+            if v1 != atv_end or not value or value[0] == 0x20 or value[-1] == 0x20 or value.translate(None, safe):
+                return None
+            oids.add(oid)
+            text.append(name + "=" + value.decode("ascii"))
+            j = rdn_end
+        if j != subj_end:
+            return None
+    except IndexError:
+        return None
+    text.reverse()
+    return subject, ",".join(text), oids, spki, kt, no_attrs
+
+
+_REQUIRED_OIDS = {k: _oid(v.dotted_string) for k, v in _SUBJECT_OIDS.items()}  # subject field name -> OID DER
 
 
 # ---------------------------------------------------------------- service
@@ -371,12 +476,10 @@ class EstService:
         return self.csrattrs_provider.get(label or "", prof, ctx)
 
     def simpleenroll(self, label, csr_der, ctx):
-        cert = self._enroll("simpleenroll", label, csr_der, ctx)
-        return _pkcs7_der([cert.public_bytes(serialization.Encoding.DER)])
+        return _pkcs7_der([self._enroll("simpleenroll", label, csr_der, ctx, as_der=True)])
 
     def simplereenroll(self, label, csr_der, ctx):
-        cert = self._enroll("simplereenroll", label, csr_der, ctx)
-        return _pkcs7_der([cert.public_bytes(serialization.Encoding.DER)])
+        return _pkcs7_der([self._enroll("simplereenroll", label, csr_der, ctx, as_der=True)])
 
     def serverkeygen(self, label, csr_der, ctx):
         """Returns (pkcs8_der, pkcs7_der, certificate)."""
@@ -480,7 +583,8 @@ class EstService:
                             "nothing to renew (use simpleenroll)" % subject.rfc4514_string())
 
     # -- enrollment --
-    def _enroll(self, op, label, csr_der, ctx, server_key=None):
+    def _enroll(self, op, label, csr_der, ctx, server_key=None, as_der=False):
+        """The issued certificate (its DER with as_der=True)."""
         prof = self.profile(label)
         if op == "serverkeygen" and not prof.serverkeygen:
             raise OperationNotAllowed("serverkeygen is disabled for this label")
@@ -488,10 +592,16 @@ class EstService:
             raise OperationNotAllowed("simplereenroll is disabled for this label")
         requester, cert_id = self.authenticate(op, prof, ctx)
         try:
-            csr, csr_pub = self._load_csr_key(prof, csr_der)
-            self._check_pop(prof, csr, ctx, cert_id)
-            subject = csr.subject
-            sans = self._check_subject(prof, csr, subject)
+            csr, csr_pub, sl = self._load_csr_slices(prof, csr_der)
+            # sl: the CSR's DER slices (csr_slices), or None (then csr_pub is set)
+            no_attrs = sl is not None and sl[5]
+            self._check_pop(prof, csr, ctx, cert_id, no_attributes=no_attrs)
+            if no_attrs and prof.san != "require" and all(_REQUIRED_OIDS[f] in sl[2] for f in prof.subject_required):
+                sans = []  # no extensionRequest, so no SAN; the required fields are there
+                subject = None  # the CA takes sl's DER and text
+            else:  # checks (and raises) with cryptography's objects
+                subject = csr.subject
+                sans = self._check_subject(prof, csr, subject)
             renewing = None
             if op == "simplereenroll":
                 # an RA renews a device's certificate found in the store; a
@@ -507,16 +617,31 @@ class EstService:
         if prof.manual_approval:
             done, request_id = self._approval(prof, op, csr, csr_der, requester)
             if done is not None:
-                return done
+                return done.public_bytes(serialization.Encoding.DER) if as_der else done
         req = IssueRequest(pub, subject, sans=sans, label=prof.label, profile=prof, csr=csr, requester=requester,
-                           request_id=request_id, op=op, renewing=renewing)
+                           request_id=request_id, op=op, renewing=renewing,
+                           spki_der=sl[3] if sl is not None and server_key is None else None,
+                           subject_der=sl[0] if sl is not None else None,
+                           subject_text=sl[1] if sl is not None else None)
+        if as_der:
+            issue_der = getattr(self.ca, "issue_der", None)
+            if issue_der is not None:
+                return issue_der(req)
+            return self.ca.issue(req).public_bytes(serialization.Encoding.DER)
         return self.ca.issue(req)
 
     def _load_csr(self, prof, der):
-        return self._load_csr_key(prof, der)[0]
+        return self._load_csr_slices(prof, der)[0]
 
     def _load_csr_key(self, prof, der):
         """(CSR, its public key): parsed, signature verified, key type allowed."""
+        csr, pub, _ = self._load_csr_slices(prof, der)
+        return csr, (csr.public_key() if pub is None else pub)
+
+    def _load_csr_slices(self, prof, der):
+        """(CSR, public key, None) or (CSR, None, csr_slices(der)): parsed,
+        signature verified, key type allowed. The slices come when the CSR
+        has the common shape; the public key object is then not built."""
         if len(der) > prof.max_csr_bytes:
             raise LimitError("CSR of %d bytes exceeds the limit of %d bytes" % (len(der), prof.max_csr_bytes))
         der = trim_der(der, max_len=prof.max_csr_bytes)
@@ -530,6 +655,9 @@ class EstService:
             raise RemoteProtocolError("CSR signature cannot be checked: %s" % e) from None
         if not ok:
             raise RemoteProtocolError("CSR signature does not verify: the request was not signed by the key it carries")
+        sl = csr_slices(der)
+        if sl is not None and sl[4] in prof.key_types:
+            return csr, None, sl
         try:
             pub = csr.public_key()
             kt = key_type(pub)
@@ -537,7 +665,7 @@ class EstService:
             raise RemoteProtocolError("CSR public key is not usable: %s" % e) from None
         if kt not in prof.key_types:
             raise RemoteProtocolError("key type %s is not allowed for this label (allowed: %s)" % (kt, ", ".join(prof.key_types)))
-        return csr, pub
+        return csr, pub, None
 
     def _check_subject(self, prof, csr, subject=None):
         """Validate subject fields and SANs; return the SANs to certify."""
@@ -581,19 +709,24 @@ class EstService:
         if sorted(map(repr, old_sans)) != sorted(map(repr, sans)):
             raise RemoteProtocolError("simplereenroll must keep the subjectAltName of the certificate being renewed")
 
-    def _check_pop(self, prof, csr, ctx, cert_id):
+    def _check_pop(self, prof, csr, ctx, cert_id, no_attributes=False):
+        """no_attributes=True: the caller read from the DER that the CSR has
+        no attributes (so no challengePassword)."""
         if isinstance(cert_id, RaIdentity):
             # RFC 7030 §3.5: the RA checked the device's challengePassword on
             # the device's own link; this connection's binding is the RA's
             # (configuring ra_trust is what trusts the RA to do so)
             return
-        try:
-            attr = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD)
-            cp = attr.value
-        except x509.AttributeNotFound:
+        if no_attributes:
             cp = None
-        except (ValueError, TypeError) as e:
-            raise RemoteProtocolError("CSR attributes cannot be parsed: %s" % e) from None
+        else:
+            try:
+                attr = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD)
+                cp = attr.value
+            except x509.AttributeNotFound:
+                cp = None
+            except (ValueError, TypeError) as e:
+                raise RemoteProtocolError("CSR attributes cannot be parsed: %s" % e) from None
         exempt = ctx.transport in prof.pop_exempt_transports or (
             cert_id is not None and cert_id.trust_name in prof.pop_exempt_trust)
         if cp is None:
