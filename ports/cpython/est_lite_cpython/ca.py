@@ -282,6 +282,7 @@ class LocalCA:
         self._ext_head_ec = _BC_LEAF_DER + _KU_EC_DER + self._aki_ext_der
         self._ext_head_other = _BC_LEAF_DER + _KU_OTHER_DER + self._aki_ext_der
         self._validity = (None, None, b"")  # (not_before, not_after, Validity DER) of the last certificate
+        self._ext_cache = {}  # (extensions before the SKI, EKU names) -> _ext_wrap(...)
 
     # -- paths --
     def path(self, name):
@@ -446,21 +447,20 @@ class LocalCA:
             subject_der = subject.public_bytes()
         if subject_text is None:
             subject_text = subject.rfc4514_string()
-        exts = [head, _SKI_EXT_HEAD, ski]
-        if eku:
-            exts.append(_eku_der(eku))
         if sans:
-            exts.append(_ext_der(_OID_SAN, False, x509.SubjectAlternativeName(list(sans)).public_bytes()))
-        ext_body = b"".join(exts)
-        n = len(ext_body)
-        h30 = _hdr(0x30, n)
-        n += len(h30)
-        hA3 = _hdr(0xA3, n)
+            tail = _eku_der(eku) if eku else b""
+            tail += _ext_der(_OID_SAN, False, x509.SubjectAlternativeName(list(sans)).public_bytes())
+            ext = _ext_wrap(head + _SKI_EXT_HEAD, tail)
+        else:  # the same extensions around each SKI: headers cached per (key class, EKU)
+            ext = self._ext_cache.get((head, eku))
+            if ext is None:
+                ext = self._ext_cache[(head, eku)] = _ext_wrap(head + _SKI_EXT_HEAD, _eku_der(eku) if eku else b"")
         v = self._validity
         if v[0] != not_before or v[1] != not_after:  # one entry: every enrollment of this second shares it
             v = self._validity = (not_before, not_after, _tlv(0x30, _der_time(not_before) + _der_time(not_after)))
-        tbs = b"".join((_V3_SERIAL_HEAD, _der_int(serial), self._alg_issuer_der, v[2], subject_der, spki_der,
-                        hA3, h30, ext_body))
+        sb = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # INTEGER: minimal two's complement
+        tbs = b"".join((_V3_SERIAL_HEAD, bytes((0x02, len(sb))), sb, self._alg_issuer_der, v[2], subject_der, spki_der,
+                        ext[0], ski, ext[1]))
         tbs = _hdr(0x30, len(tbs)) + tbs
         sig = self._key.sign(tbs, _ECDSA_SHA256)
         n = len(sig) + 1
@@ -529,6 +529,14 @@ def _der_len(n):
 
 def _tlv(tag, body):
     return bytes((tag,)) + _der_len(len(body)) + body
+
+
+def _ext_wrap(before, after):
+    """(the [3] extensions DER up to the 20-byte SKI key id, the DER after
+    it): before ends with _SKI_EXT_HEAD."""
+    n = len(before) + 20 + len(after)
+    h30 = _hdr(0x30, n)
+    return _hdr(0xA3, n + len(h30)) + h30 + before, after
 
 
 def _hdr(tag, n):

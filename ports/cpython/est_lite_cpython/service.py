@@ -35,6 +35,7 @@ binding on the device's link, RFC 7030 §3.5). See docs/server.md.
 import base64
 import hashlib
 import hmac
+import struct
 import threading
 
 from cryptography import x509
@@ -287,6 +288,12 @@ def key_type(pub):
 def trim_der(der, *, max_len=65536):
     """Drop bytes after the first DER element (tolerated trailing bytes) and
     check the outer element is a complete SEQUENCE."""
+    if type(der) is bytes and len(der) > 3 and der[0] == 0x30:  # exactly one element: no copy
+        n = der[1]
+        if n == 0x81 and der[2] + 3 == len(der) and der[2] <= max_len:
+            return der
+        if n == 0x82 and (der[2] << 8 | der[3]) + 4 == len(der) and (der[2] << 8 | der[3]) <= max_len:
+            return der
     mv = memoryview(der)
     if len(mv) < 2 or mv[0] != 0x30:
         raise RemoteProtocolError("request body is not DER (expected a SEQUENCE)")
@@ -315,6 +322,8 @@ def _pkcs7(certs):
 # encapContentInfo {id-data}, certificates [0] ..., signerInfos {}}
 _P7_OID = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02"
 _P7_HEAD = b"\x02\x01\x01\x31\x00\x30\x0b\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"
+# ContentInfo, content [0], SignedData and certificates [0] headers (tag, 0x82, length) around _P7_OID and _P7_HEAD
+_P7_ONE = struct.Struct(">BBH11sBBHBBH18sBBH")
 
 
 def _pkcs7_der(cert_ders):
@@ -322,6 +331,10 @@ def _pkcs7_der(cert_ders):
     assembled by hand: the bytes `pkcs7.serialize_certificates` makes (the
     SET OF in DER order), without loading the certificates."""
     ders = list(cert_ders)
+    if len(ders) == 1 and 0x100 <= len(ders[0]) <= 0xFF00:  # one certificate: every length in the 0x82 form
+        c = len(ders[0])
+        return b"".join((_P7_ONE.pack(0x30, 0x82, c + 43, _P7_OID, 0xA0, 0x82, c + 28, 0x30, 0x82, c + 24, _P7_HEAD,
+                                      0xA0, 0x82, c), ders[0], b"\x31\x00"))
     if len(ders) > 1:  # X.690 11.6: SET OF components in ascending order, shorter ones padded with 0s
         n = max(len(d) for d in ders)
         ders.sort(key=lambda d: bytes(d) + b"\x00" * (n - len(d)))
@@ -399,24 +412,20 @@ def csr_slices(der):
         no_attrs = der[spki_end + 1] == 0 and spki_end + 2 == cri_end
         oids = set()
         text = []
-        while j < subj_end:  # RDN SET { AttributeTypeAndValue SEQUENCE { OID, value } }
-            if der[j] != 0x31:
+        while j < subj_end:
+            # RDN SET { AttributeTypeAndValue SEQUENCE { OID, string } }, every
+            # length in the short form (RDNs under 128 bytes), one attribute per RDN
+            rdn_end = j + 2 + der[j + 1]
+            if der[j] != 0x31 or der[j + 1] > 0x7F or der[j + 2] != 0x30 or j + 4 + der[j + 3] != rdn_end \
+                    or der[j + 4] != 0x06:
                 return None
-            k, rdn_end = _tl(der, j + 1)
-            if der[k] != 0x30:
-                return None
-            k, atv_end = _tl(der, k + 1)
-            if atv_end != rdn_end or der[k] != 0x06:  # one attribute per RDN
-                return None
-            oid_end = _tl(der, k + 1)[1]
-            oid = der[k:oid_end]
+            oid_end = j + 6 + der[j + 5]
+            oid = der[j + 4:oid_end]
             name = _RFC4514_NAMES.get(oid)
             safe = _SAFE_TEXT.get(der[oid_end])
-            if name is None or safe is None:
-                return None
-            v0, v1 = _tl(der, oid_end + 1)
-            value = der[v0:v1]
-            if v1 != atv_end or not value or value[0] == 0x20 or value[-1] == 0x20 or value.translate(None, safe):
+            value = der[oid_end + 2:rdn_end]
+            if name is None or safe is None or oid_end + 2 + der[oid_end + 1] != rdn_end or not value \
+                    or value[0] == 0x20 or value[-1] == 0x20 or value.translate(None, safe):
                 return None
             oids.add(oid)
             text.append(name + "=" + value.decode("ascii"))
