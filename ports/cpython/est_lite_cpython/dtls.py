@@ -468,6 +468,17 @@ class RawOps:
         if self._lib.BIO_write(conn._into_ssl, data, len(data)) != len(data):
             conn.bio_write(data)  # pyOpenSSL's error handling
 
+    def pending(self, conn):
+        """Everything OpenSSL has written to the outgoing memory BIO, as
+        bytes (b"" when nothing)."""
+        bio = conn._from_ssl
+        n = self._lib.BIO_get_mem_data(bio, self._null)
+        if n <= 0:
+            return b""
+        buf = self._buf if n <= self._bufsize else self._ffi.new("char[]", n)
+        r = self._lib.BIO_read(bio, buf, n)
+        return self._ffi.buffer(buf, r)[:] if r > 0 else b""
+
     def drain(self, conn, mtu):
         """drain_bio in one BIO_read."""
         bio = conn._from_ssl

@@ -99,11 +99,79 @@ class _PyOps:
         except SSL.WantReadError:
             return None
 
+    @staticmethod
+    def write(tls, data):
+        return tls.send(data)
+
+    @staticmethod
+    def bio_write(tls, data):
+        tls.bio_write(data)
+
+    @staticmethod
+    def pending(tls):
+        try:
+            return tls.bio_read(1 << 20)
+        except SSL.WantReadError:
+            return b""
+
 
 def _ops():
     from .dtls import raw_ops
 
     return raw_ops() or _PyOps()
+
+
+class _Io:
+    """The socket side of one TLS connection on memory BIOs: pull() reads
+    what the socket has into OpenSSL, push() sends what OpenSSL wrote. Both
+    are generators that yield (_READ or _WRITE, deadline) when the socket
+    would block (a non-blocking socket, or a blocking one whose kernel
+    timeout expired); _TimedOut thrown there reaches the caller. One recv
+    takes several TLS records at once, and what OpenSSL writes between two
+    waits for input goes out in one send (the handshake flight; the session
+    tickets, answer and close_notify)."""
+
+    __slots__ = ("sock", "tls", "ops", "io_timeout_s")
+
+    def __init__(self, sock, tls, ops, io_timeout_s):
+        self.sock = sock
+        self.tls = tls
+        self.ops = ops
+        self.io_timeout_s = io_timeout_s
+
+    def pull(self, until):
+        while True:
+            try:
+                d = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                yield _READ, until
+                continue
+            except OSError:
+                raise _Closed() from None
+            if not d:
+                raise _Closed()
+            self.ops.bio_write(self.tls, d)
+            return
+
+    def push(self):
+        data = self.ops.pending(self.tls)
+        off = 0
+        while off < len(data):
+            try:
+                off += self.sock.send(data[off:] if off else data)
+            except (BlockingIOError, InterruptedError):
+                yield _WRITE, time.monotonic() + self.io_timeout_s
+            except OSError:
+                raise _Closed() from None
+
+    def push_now(self):
+        """Best effort, never waits: e.g. the alert of a failed handshake."""
+        try:
+            data = self.ops.pending(self.tls)
+            if data:
+                self.sock.send(data)
+        except (OSError, SSL.Error):
+            pass
 
 
 def b64_lines(der, width=64):
@@ -150,12 +218,13 @@ class _Conn:
     yield (_READ or _WRITE, deadline) when the socket would block (see
     EstHttpsServer._serve)."""
 
-    def __init__(self, server, tls, sock, addr, ops):
+    def __init__(self, server, tls, sock, addr, ops, io):
         self.server = server
         self.tls = tls
         self.sock = sock
         self.addr = addr
         self.ops = ops
+        self.io = io
         self.buf = bytearray()
         self.out = []  # answer bytes waiting for flush()
         self.deadline = 0.0
@@ -168,19 +237,14 @@ class _Conn:
                 raise HttpError("request took too long", http_status=408)
             try:
                 data = self.ops.read(self.tls)
-            except SSL.WantWriteError:
-                data, want = None, _WRITE
-            except SSL.Error:  # close_notify, a reset, a broken record: the connection is over
+            except SSL.Error:  # close_notify, a broken record: the connection is over
                 raise _Closed() from None
-            else:
-                want = _READ
-            if data is not None:
-                if not data:
-                    raise _Closed()
+            if data:
                 self.buf += data
                 return
+            yield from self.io.push()  # e.g. the session tickets: the client may wait for nothing else
             try:
-                yield want, min(self.deadline, now + self.server.io_timeout_s)
+                yield from self.io.pull(min(self.deadline, now + self.server.io_timeout_s))
             except _TimedOut:
                 if time.monotonic() > self.deadline:
                     raise HttpError("request took too long", http_status=408) from None
@@ -318,27 +382,23 @@ class _Conn:
         """Queue answer bytes; flush() writes them."""
         self.out.append(data)
 
-    def flush(self):
-        if not self.out:
-            return
+    def flush(self, close=False):
+        """Encrypt the queued answer (and close_notify when `close`) and send
+        it all in one go."""
         data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
         self.out = []
-        mv = memoryview(data)
-        off = 0
-        while off < len(data):
-            try:
-                off += self.tls.send(mv[off:])
-                continue
-            except SSL.WantWriteError:
-                want = _WRITE
-            except SSL.WantReadError:
-                want = _READ
-            except (SSL.Error, OSError):
-                raise _Closed() from None
-            try:
-                yield want, time.monotonic() + self.server.io_timeout_s
-            except _TimedOut:
-                raise _Closed() from None
+        try:
+            off = 0
+            while off < len(data):  # into the memory BIO: never blocks (a record at a time)
+                off += self.ops.write(self.tls, data[off:] if off else data)
+            if close:
+                self.tls.shutdown()
+        except SSL.Error:
+            raise _Closed() from None
+        try:
+            yield from self.io.push()
+        except _TimedOut:
+            raise _Closed() from None
 
 
 class EstHttpsServer:
@@ -626,26 +686,31 @@ class EstHttpsServer:
     def _serve(self, s, addr, ops):
         """One connection, as a generator: yields (_READ or _WRITE, deadline)
         whenever the socket would block; the driver resumes it when the
-        socket is ready or throws _TimedOut into it at the deadline."""
-        tls = SSL.Connection(self.ctx, s)
+        socket is ready or throws _TimedOut into it at the deadline. TLS
+        runs on memory BIOs (see _Io)."""
+        tls = SSL.Connection(self.ctx, None)
         tls.set_accept_state()
+        io = _Io(s, tls, ops, self.io_timeout_s)
         self.stats["connections"] += 1
-        while True:
-            try:
-                if ops.handshake(tls):
+        try:
+            while True:
+                try:
+                    done = ops.handshake(tls)
+                except SSL.Error as e:
+                    log.debug("TLS handshake with %s failed: %s", addr, e)
+                    io.push_now()  # the alert
+                    return
+                if done:
                     break
-                want = _READ
-            except SSL.WantWriteError:
-                want = _WRITE
-            except (SSL.Error, OSError) as e:
-                log.debug("TLS handshake with %s failed: %s", addr, e)
-                return
-            try:
-                yield want, time.monotonic() + self.io_timeout_s
-            except _TimedOut:
-                log.debug("TLS handshake with %s timed out", addr)
-                return
-        conn = _Conn(self, tls, s, addr, ops)
+                yield from io.push()
+                yield from io.pull(time.monotonic() + self.io_timeout_s)
+        except _Closed:
+            log.debug("TLS handshake with %s: connection closed", addr)
+            return
+        except _TimedOut:
+            log.debug("TLS handshake with %s timed out", addr)
+            return
+        conn = _Conn(self, tls, s, addr, ops, io)
         base = self._tls_info(tls, addr)
         try:
             for _ in range(self.max_requests_per_connection):
@@ -655,9 +720,9 @@ class EstHttpsServer:
                     break
                 except EstError as e:
                     self._send_error(conn, None, e, close=True)
-                    yield from conn.flush()
+                    yield from conn.flush(close=True)
                     yield from self._linger(conn)
-                    break
+                    return
                 conn.count += 1
                 try:
                     close = self._dispatch(conn, req, base)
@@ -667,25 +732,24 @@ class EstHttpsServer:
                     conn.out = []
                     self._send(conn, 500, "text/plain; charset=utf-8", b"internal server error\n", True)
                     close = True
-                yield from conn.flush()
-                if close or self._stopping.is_set():
-                    break
-            try:
-                tls.shutdown()
-            except (SSL.Error, OSError):
-                pass
+                close = close or self._stopping.is_set() or conn.count >= self.max_requests_per_connection
+                yield from conn.flush(close=close)
+                if close:
+                    return
         except _Closed:
-            pass
-
-    def _linger(self, conn, *, max_bytes=1 << 20, seconds=0.5):
-        """After an early error answer, read and drop what the client is still
-        sending for a moment, so closing does not reset the connection before
-        the client has read the answer."""
-        tls = conn.tls
+            return
+        # the peer closed or sent what is not a request: say goodbye
         try:
             tls.shutdown()
-        except (SSL.Error, OSError):
+        except SSL.Error:
             pass
+        io.push_now()
+
+    def _linger(self, conn, *, max_bytes=1 << 20, seconds=0.5):
+        """After an early error answer (already followed by close_notify),
+        read and drop what the client is still sending for a moment, so
+        closing does not reset the connection before the client has read
+        the answer."""
         if self.io == "threads":  # short kernel waits, so the deadline below is kept
             try:
                 conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 100000))
@@ -695,18 +759,18 @@ class EstHttpsServer:
         got = 0
         while got < max_bytes and time.monotonic() < end:
             try:
-                d = conn.ops.read(tls)
+                d = conn.ops.read(conn.tls)
             except (SSL.Error, OSError):
                 return
-            if d is None:
-                try:
-                    yield _READ, end
-                except _TimedOut:
-                    pass
+            if d:
+                got += len(d)
                 continue
-            if not d:
+            try:
+                yield from conn.io.pull(end)
+            except _TimedOut:
+                pass
+            except _Closed:
                 return
-            got += len(d)
 
     # -- event loop --
     def _loop(self):
