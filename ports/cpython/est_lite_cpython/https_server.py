@@ -75,6 +75,8 @@ class _TimedOut(Exception):
     """Thrown into a connection generator whose wait has expired."""
 
 
+_STRAY = (b"\r", b"\n", b"\x00")  # bytes tolerated before a request
+
 # what a connection generator waits for (with an absolute monotonic deadline)
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -254,11 +256,10 @@ class _Conn:
         cfg = self.server
         self.deadline = time.monotonic() + cfg.request_timeout_s
         while True:
-            # tolerate stray CR/LF (and NULs) between requests
-            i = 0
-            while i < len(self.buf) and self.buf[i] in b"\r\n\x00":
-                i += 1
-            if i:
+            if self.buf[:1] in _STRAY:  # tolerate stray CR/LF (and NULs) between requests
+                i = 0
+                while i < len(self.buf) and self.buf[i] in b"\r\n\x00":
+                    i += 1
                 del self.buf[:i]
             end = self.buf.find(b"\r\n\r\n")
             sep = 4
@@ -694,16 +695,16 @@ class EstHttpsServer:
         self.stats["connections"] += 1
         try:
             while True:
+                yield from io.pull(time.monotonic() + self.io_timeout_s)  # first the ClientHello
                 try:
                     done = ops.handshake(tls)
                 except SSL.Error as e:
                     log.debug("TLS handshake with %s failed: %s", addr, e)
                     io.push_now()  # the alert
                     return
-                if done:
+                if done:  # TLS 1.2's last server flight goes out before the first read (_Conn._fill)
                     break
                 yield from io.push()
-                yield from io.pull(time.monotonic() + self.io_timeout_s)
         except _Closed:
             log.debug("TLS handshake with %s: connection closed", addr)
             return
