@@ -244,7 +244,10 @@ class _Conn:
             if data:
                 self.buf += data
                 return
-            yield from self.io.push()  # e.g. the session tickets: the client may wait for nothing else
+            try:
+                yield from self.io.push()  # e.g. TLS 1.2's last flight, or the session tickets
+            except _TimedOut:  # the client does not read
+                raise _Closed() from None
             try:
                 yield from self.io.pull(min(self.deadline, now + self.server.io_timeout_s))
             except _TimedOut:
