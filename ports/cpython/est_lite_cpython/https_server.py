@@ -478,7 +478,8 @@ class EstHttpsServer:
                    max_connections=getattr(config, "max_connections", 1024), reuse_port=reuse_port,
                    digest_secret=digest_secret)
 
-    def _make_context(self, cert_file, key_file, vmin, vmax):
+    @staticmethod
+    def _make_context(cert_file, key_file, vmin, vmax):
         if vmin not in _TLS_VERSIONS or vmax not in _TLS_VERSIONS or _TLS_VERSIONS[vmin] > _TLS_VERSIONS[vmax]:
             raise LocalProtocolError("TLS versions must be 1.2 or 1.3 with min <= max")
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
