@@ -188,3 +188,31 @@ def test_issue_request_builds_objects_on_demand(ca):
     assert req.spki_der is None and req.subject_der is None and req.subject_text is None
     c3 = ca.issue(req)
     assert c3.public_key() == other and c3.subject.rfc4514_string() == "CN=set"
+
+
+def test_overridden_issue_is_honoured(tmp_path):
+    """EstService asks LocalCA.issue_der for the DER; a LocalCA subclass (or
+    instance) that replaces issue() must still be the one that issues."""
+    from est_lite_cpython.ca import LocalCA
+
+    seen = []
+
+    class Logging(LocalCA):
+        def issue(self, req):
+            seen.append(req.subject.rfc4514_string())
+            return super().issue(req)
+
+    init_ca(str(tmp_path / "ca")).store.close()
+    ca = Logging(str(tmp_path / "ca"))
+    der = _csr(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sub")]))
+    sl = svc_mod.csr_slices(der)
+    req = IssueRequest(None, None, csr=x509.load_der_x509_csr(der), spki_der=sl[3], subject_der=sl[0],
+                       subject_text=sl[1])
+    got = x509.load_der_x509_certificate(ca.issue_der(req))
+    assert seen == ["CN=sub"] and got.subject.rfc4514_string() == "CN=sub"
+    plain = LocalCA(str(tmp_path / "ca"))
+    plain.issue = lambda r: seen.append("instance") or LocalCA.issue(plain, r)
+    plain.issue_der(req)
+    assert seen[-1] == "instance"
+    plain.store.close()
+    ca.store.close()
