@@ -216,3 +216,77 @@ def test_overridden_issue_is_honoured(tmp_path):
     assert seen[-1] == "instance"
     plain.store.close()
     ca.store.close()
+
+
+def _profile(**kw):
+    from est_lite_cpython.config import Profile
+
+    return Profile("", **kw)
+
+
+def test_signature_parts_match_cryptography():
+    keys = [_KEY, ec.generate_private_key(ec.SECP384R1()), rsa.generate_private_key(public_exponent=65537,
+                                                                                     key_size=2048)]
+    for key in keys:
+        for kw in ({}, {"sans": ["a.example"]}, {"challenge": b"pw"}):
+            der = _csr(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sig")]), key, **kw)
+            csr = x509.load_der_x509_csr(der)
+            info, alg, sig = svc_mod.csr_signature_parts(der)
+            assert info == csr.tbs_certrequest_bytes and sig == csr.signature
+            assert alg == svc_mod._tlv(0x30, svc_mod._oid(csr.signature_algorithm_oid.dotted_string)) or \
+                not isinstance(key, ec.EllipticCurvePrivateKey)
+    der = _csr(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sig")]))
+    assert svc_mod.csr_signature_parts(der + b"\x00") is None  # not exactly one element
+    for n in range(len(der)):
+        svc_mod.csr_signature_parts(der[:n])  # never raises
+
+
+def _resign_free_tamper(der, old, new):
+    assert der.count(old) == 1 and len(old) == len(new)
+    return der.replace(old, new)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()])
+def test_fast_signature_check_rejects_what_cryptography_rejects(curve):
+    """The signature check from the slices (EC keys, ecdsa-with-SHA*)
+    accepts a good CSR and rejects a changed subject, a changed signature
+    and a point off the curve with the messages the service always gave."""
+    from est_lite.errors import RemoteProtocolError
+
+    svc = svc_mod.EstService.__new__(svc_mod.EstService)  # only the CSR checks are used
+    prof = _profile(key_types=["ec:P-256", "ec:P-384", "ec:P-521"])
+    key = ec.generate_private_key(curve)
+    der = _csr(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-1")]), key)
+    csr, pub, sl = svc._load_csr_slices(prof, der)
+    assert pub is None and sl is not None
+    bad = [_resign_free_tamper(der, b"dev-1", b"dev-2")]
+    info, alg, sig = svc_mod.csr_signature_parts(der)
+    # the last byte of s changed: still DER, a wrong signature
+    bad.append(der[:-1] + bytes([der[-1] ^ 1]))
+    for b in bad:
+        assert not x509.load_der_x509_csr(b).is_signature_valid
+        with pytest.raises(RemoteProtocolError, match="CSR signature does not verify: the request was not signed"):
+            svc._load_csr_slices(prof, b)
+    # a point that is not on the curve: cryptography's own words, as before
+    spki = sl[3]
+    off = _resign_free_tamper(der, spki, spki[:-1] + bytes([spki[-1] ^ 1]))
+    with pytest.raises(ValueError) as ref:
+        x509.load_der_x509_csr(off).is_signature_valid
+    with pytest.raises(RemoteProtocolError) as got:
+        svc._load_csr_slices(prof, off)
+    assert got.value.msg == "CSR signature cannot be checked: %s" % ref.value
+
+
+def test_other_signature_algorithms_use_is_signature_valid():
+    """ecdsa-with-SHA224 (not in the fast table) and RSA still verify, via
+    cryptography's is_signature_valid."""
+    svc = svc_mod.EstService.__new__(svc_mod.EstService)
+    prof = _profile(key_types=["ec:P-256", "rsa:2048"])
+    b = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+    der224 = b.sign(_KEY, hashes.SHA224()).public_bytes(serialization.Encoding.DER)
+    assert svc_mod.csr_signature_parts(der224)[1] not in svc_mod._ECDSA_BY_ALG
+    csr, pub, sl = svc._load_csr_slices(prof, der224)
+    assert sl is not None
+    r = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr, pub, sl = svc._load_csr_slices(prof, b.sign(r, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    assert sl is None and pub is not None
