@@ -290,3 +290,48 @@ def test_other_signature_algorithms_use_is_signature_valid():
     r = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     csr, pub, sl = svc._load_csr_slices(prof, b.sign(r, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
     assert sl is None and pub is not None
+
+
+def test_mutated_csrs_give_est_errors_only(tmp_path):
+    """Every one-byte change of a sliceable CSR, through simpleenroll: an
+    EstError (400 with its message) or, where the change is outside what is
+    signed and still DER, a certificate for exactly the signed request;
+    never another exception."""
+    from est_lite.errors import EstError
+
+    from est_lite_cpython.config import ServerConfig
+
+    init_ca(str(tmp_path / "ca")).store.close()
+    from est_lite_cpython.ca import LocalCA
+
+    ca = LocalCA(str(tmp_path / "ca"))
+    cfg = ServerConfig({"profiles": {"default": {"key_types": ["ec:P-256"], "auth": ["basic"]}}},
+                       base_dir=str(tmp_path), data_dir=str(tmp_path / "ca"))
+    svc = svc_mod.EstService(ca, cfg, authenticator=object())
+    der = _csr(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "acme"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, "dev-1")]))
+    ctx = svc_mod.AuthContext("https", http_user="alice", http_scheme="basic")
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    good = pkcs7.load_der_pkcs7_certificates(svc.simpleenroll(None, der, ctx))[0]
+    want = x509.load_der_x509_csr(der)
+    assert good.subject == want.subject and good.public_key() == want.public_key()
+    issued = errors = 0
+    for i in range(len(der)):
+        for b in (der[i] ^ 0x01, der[i] ^ 0x80, 0x00, 0xFF):
+            if b == der[i]:
+                continue
+            bad = der[:i] + bytes([b]) + der[i + 1:]
+            try:
+                p7 = svc.simpleenroll(None, bad, ctx)
+            except EstError as e:
+                assert e.http_status == 400 and e.msg, (i, b)
+                errors += 1
+                continue
+            cert = pkcs7.load_der_pkcs7_certificates(p7)[0]  # a change cryptography does not see as one
+            csr = x509.load_der_x509_csr(bad)
+            assert csr.is_signature_valid
+            assert cert.subject == csr.subject and cert.public_key() == csr.public_key()
+            issued += 1
+    assert errors > 3 * len(der)
+    ca.store.close()
