@@ -229,3 +229,18 @@ def test_rsa_ca_key_uses_builder(tmp_path):
     c.verify_directly_issued_by(root)
     assert isinstance(c.signature_hash_algorithm, hashes.SHA256)
     rca.store.close()
+
+
+def test_cached_pieces_stay_right_when_alternating(cas, monkeypatch):
+    """The per-CA caches of the hand path (extension headers per key class
+    and EKU set, the Validity of the last second) give the builder's bytes
+    when requests alternate between key classes, EKU sets and validities."""
+    ca = cas["inter"]
+    nb = int(ca.clock()) - 60
+    seq = [("p256", ("clientAuth",), 30), ("rsa", ("clientAuth",), 30), ("p256", (), 30),
+           ("ed25519", ("serverAuth", "clientAuth"), 31), ("p256", ("clientAuth",), 30), ("p384", (), 31),
+           ("p256", ("clientAuth",), 30)]
+    for kind, eku, days in seq:
+        subj = _name((NameOID.COMMON_NAME, "alt-%s" % kind))
+        serial, der, text, ref = _pair(ca, monkeypatch, _KEYS[kind], subj, (), eku, nb, nb + days * 86400)
+        _check_same(ca, serial, der, text, ref)
