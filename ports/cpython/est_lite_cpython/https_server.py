@@ -306,7 +306,7 @@ class _Conn:
                 raise HttpError("malformed header line", http_status=400)
             k = k.lower()
             v = v.strip()
-            if k in hdrs and k not in ("content-length",):
+            if k in hdrs:  # repeated Content-Length too: differing values are refused in _read_body
                 hdrs[k] += ", " + v
             else:
                 hdrs[k] = v
@@ -329,11 +329,14 @@ class _Conn:
                 raise HttpError("a request body needs Content-Length", http_status=411)
             return b""
         vals = {v.strip() for v in cl.split(",")}
-        if len(vals) != 1 or not next(iter(vals)).isdigit():
+        v = next(iter(vals))
+        # ASCII digits only: str.isdigit() also takes e.g. latin-1 superscripts, which int() refuses
+        if len(vals) != 1 or not v.isascii() or not v.isdigit():
             raise HttpError("malformed Content-Length", http_status=400)
-        n = int(next(iter(vals)))
-        if n > maxb:
-            raise LimitError("request body of %d bytes exceeds the limit of %d bytes" % (n, maxb))
+        v = v.lstrip("0") or "0"
+        if len(v) > 15 or int(v) > maxb:  # a huge value: no int() of thousands of digits
+            raise LimitError("request body of %s bytes exceeds the limit of %d bytes" % (v[:16], maxb))
+        n = int(v)
         while len(self.buf) < n:
             try:
                 yield from self._fill()
@@ -353,15 +356,18 @@ class _Conn:
                     raise HttpError("malformed chunk header", http_status=400)
                 yield from self._fill()
             i = self.buf.index(b"\n")
-            line = bytes(self.buf[:i]).strip().split(b";")[0]
+            line = bytes(self.buf[:i]).split(b";")[0].strip()
             del self.buf[:i + 1]
-            try:
-                n = int(line, 16)
-            except ValueError:
-                raise HttpError("malformed chunk size", http_status=400) from None
+            # hex digits only: int(x, 16) also takes "-5", "+5", "0x5" and "1_0"
+            if not line or len(line) > 15 or line.strip(b"0123456789abcdefABCDEF"):
+                raise HttpError("malformed chunk size", http_status=400)
+            n = int(line, 16)
             if n == 0:
                 while True:  # trailers up to the empty line
                     while b"\n" not in self.buf:
+                        if len(self.buf) > self.server.max_header_bytes:
+                            raise HttpError("chunked trailer exceeds %d bytes" % self.server.max_header_bytes,
+                                            http_status=431)
                         yield from self._fill()
                     i = self.buf.index(b"\n")
                     ln = bytes(self.buf[:i]).strip()
@@ -697,9 +703,15 @@ class EstHttpsServer:
         tls.set_accept_state()
         io = _Io(s, tls, ops, self.io_timeout_s)
         self.stats["connections"] += 1
+        # the whole handshake within request_timeout_s: a peer trickling
+        # bytes within io_timeout_s must not keep the connection for ever
+        end = time.monotonic() + self.request_timeout_s
         try:
             while True:
-                yield from io.pull(time.monotonic() + self.io_timeout_s)  # first the ClientHello
+                now = time.monotonic()
+                if now > end:
+                    raise _TimedOut()
+                yield from io.pull(min(end, now + self.io_timeout_s))  # first the ClientHello
                 try:
                     done = ops.handshake(tls)
                 except SSL.Error as e:
