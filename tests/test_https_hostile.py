@@ -186,6 +186,18 @@ def responses(data):
     return out
 
 
+def _retime(srv, io_timeout_s=None, request_timeout_s=None):
+    """New timeouts; io = "threads" takes io_timeout_s into the listener's
+    kernel timeouts at start(), so it restarts."""
+    if io_timeout_s is not None:
+        srv.server.io_timeout_s = io_timeout_s
+    if request_timeout_s is not None:
+        srv.server.request_timeout_s = request_timeout_s
+    if srv.server.io == "threads" and io_timeout_s is not None:
+        srv.server.stop()
+        srv.port = srv.server.start()
+
+
 def _cacerts_ok(srv):
     return srv.request("GET", srv.path("cacerts")).status == 200
 
@@ -201,7 +213,7 @@ def _enroll_request(cn, close=True):
 # -- a client that pipelines and never reads --------------------------------
 
 def test_pipelining_client_that_never_reads_is_dropped_and_others_are_served(srv):
-    srv.server.io_timeout_s = 1.0
+    _retime(srv, 1.0)
     srv.server.max_requests_per_connection = 1000000
     c = RawTls(srv, rcvbuf=4096)
     c.handshake()
@@ -242,8 +254,7 @@ def test_pipelining_client_that_never_reads_is_dropped_and_others_are_served(srv
 # -- slowloris ---------------------------------------------------------------
 
 def test_slowloris_header_gets_408_and_others_are_served(srv):
-    srv.server.io_timeout_s = 1.0
-    srv.server.request_timeout_s = 1.0
+    _retime(srv, 1.0, 1.0)
     c = RawTls(srv)
     c.handshake()
     got = []
@@ -277,8 +288,7 @@ def test_slow_handshake_is_bounded_by_request_timeout(srv):
     # the ClientHello in 1-byte TLS records, one byte every 50 ms, each well
     # within io_timeout_s (about 3 kB: 150 s in all): only a deadline for
     # the whole handshake ends it
-    srv.server.io_timeout_s = 1.0
-    srv.server.request_timeout_s = 1.0
+    _retime(srv, 1.0, 1.0)
     c = RawTls(srv)
     hello = c.client_hello()
     assert hello[:1] == b"\x16"
@@ -410,6 +420,29 @@ def test_close_notify_then_close_while_the_answer_is_computed(srv):
     assert _cacerts_ok(srv)
 
 
+@pytest.mark.parametrize("patch", [b"\x00", b"\x03"], ids=["v1-encoded-default", "v4"])
+def test_client_certificate_that_openssl_takes_but_cryptography_refuses(srv, tmp_path, patch):
+    # the server accepts any client certificate at the TLS layer (the
+    # service validates it later); one whose DER OpenSSL parses but
+    # cryptography does not (an explicitly encoded default version, an
+    # unknown version) must be answered, not logged as a server bug
+    from helpers_server import der, issue_cert, key_pem
+
+    key, cert = issue_cert(srv.vendor["cert"], srv.vendor["key"], "odd-cert")
+    d = der(cert)
+    i = d.find(b"\xa0\x03\x02\x01\x02")
+    d = d[:i + 4] + patch + d[i + 5:]
+    cp, kp = str(tmp_path / "odd.pem"), str(tmp_path / "odd.key")
+    with open(cp, "wb") as f:
+        f.write(b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(d) + b"-----END CERTIFICATE-----\n")
+    with open(kp, "wb") as f:
+        f.write(key_pem(key))
+    r = srv.request("POST", srv.path("simpleenroll"), make_csr("odd-cert")[1], cert=cp, key=kp)
+    assert r.status == 400 and "client certificate" in r.text
+    assert srv.gens.wait_idle()
+    assert _cacerts_ok(srv)
+
+
 # -- pipelining, segmentation, limits -----------------------------------------
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
@@ -534,8 +567,7 @@ def test_conflicting_content_lengths_answer_400(srv):
 # -- stop() with connections in every state; restart -----------------------------
 
 def test_stop_with_connections_mid_handshake_request_and_answer(srv):
-    srv.server.io_timeout_s = 30
-    srv.server.request_timeout_s = 60
+    _retime(srv, 30, 60)
     srv.server.max_requests_per_connection = 1000000
     threads = list(srv.server._threads)
     # mid-handshake: a ClientHello and nothing after it

@@ -36,6 +36,7 @@ import struct
 import threading
 import time
 
+from cryptography import x509
 from OpenSSL import SSL
 
 from est_lite import numbers
@@ -728,11 +729,20 @@ class EstHttpsServer:
             log.debug("TLS handshake with %s timed out", addr)
             return
         conn = _Conn(self, tls, s, addr, ops, io)
-        base = self._tls_info(tls, addr)
+        cert_error = None
+        try:
+            base = self._tls_info(tls, addr)
+        except (ValueError, x509.InvalidVersion) as e:
+            # any certificate passes the TLS layer (see _make_context); one
+            # OpenSSL parses but cryptography does not is answered 400
+            base = None
+            cert_error = RemoteProtocolError("the TLS client certificate cannot be parsed: %s" % str(e)[:200])
         try:
             for _ in range(self.max_requests_per_connection):
                 try:
                     req = yield from conn.read_request()
+                    if cert_error is not None:
+                        raise cert_error
                 except _Closed:
                     break
                 except EstError as e:
