@@ -461,6 +461,36 @@ def test_pipelined_requests_right_after_the_handshake(srv, version):
     assert srv.gens.wait_idle()
 
 
+def test_last_answer_before_the_server_closes_says_connection_close(srv):
+    # max_requests_per_connection ends a keep-alive connection: its last
+    # answer must say so (RFC 9112 9.6), or a client sends its next request
+    # (perhaps a non-idempotent enrollment) into a closing connection
+    srv.server.max_requests_per_connection = 3
+    c = RawTls(srv)
+    c.handshake()
+    c.write(CACERTS * 3 + _enroll_request("after-the-last", close=False))
+    rs = responses(c.read_all())
+    c.close()
+    assert [r.status for r in rs] == [200, 200, 200]
+    assert [r.header("connection") for r in rs] == [None, None, "close"]
+    assert srv.gens.wait_idle()
+
+
+def test_close_notify_right_after_the_request_still_gets_the_answer(srv):
+    c = RawTls(srv)
+    c.handshake()
+    c.write(_enroll_request("then-close-notify", close=False))
+    try:
+        c.obj.unwrap()  # our close_notify: we send nothing more, but still read
+    except ssl.SSLWantReadError:
+        pass
+    c.flush()
+    (r,) = responses(c.read_all())
+    c.close()
+    assert r.status == 200 and len(r.certs()) == 1
+    assert srv.gens.wait_idle()
+
+
 def test_chunked_body_in_many_small_segments(srv):
     body = base64.encodebytes(make_csr("tiny-segments")[1])
     chunks = [body[i:i + 7] for i in range(0, len(body), 7)]

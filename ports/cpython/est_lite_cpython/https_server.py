@@ -751,8 +751,9 @@ class EstHttpsServer:
                     yield from self._linger(conn)
                     return
                 conn.count += 1
+                last = self._stopping.is_set() or conn.count >= self.max_requests_per_connection
                 try:
-                    close = self._dispatch(conn, req, base)
+                    close = self._dispatch(conn, req, base, last)
                 except Exception:  # noqa: BLE001 - a bug (or a plug-in's) answers 500; the server keeps serving
                     log.exception("%s %s %s: internal error", addr[0], req.method, req.target[:200])
                     self.stats["errors"] += 1
@@ -919,10 +920,11 @@ class EstHttpsServer:
         return info
 
     # -- HTTP --
-    def _dispatch(self, conn, req, base):
-        """Handle one request; returns True to close the connection."""
+    def _dispatch(self, conn, req, base, last=False):
+        """Handle one request; returns True to close the connection.
+        `last`: the server closes after this answer (it says so)."""
         self.stats["requests"] += 1
-        close = req.header("connection", "").lower() == "close" or (
+        close = last or req.header("connection", "").lower() == "close" or (
             req.version == "HTTP/1.0" and req.header("connection", "").lower() != "keep-alive")
         label = None
         try:
