@@ -668,3 +668,27 @@ def test_200_concurrent_clients(srv):
     for t in ts:
         t.join(120)
     assert results == [200] * n
+
+
+# -- settings that would disable the timeouts ------------------------------------
+
+def test_timeouts_must_be_positive(srv):
+    from est_lite.errors import LocalProtocolError
+    from est_lite_cpython.https_server import EstHttpsServer
+
+    pem, key = srv.config.data_dir + "/server.pem", srv.config.data_dir + "/server.key"
+    for kw in ({"io_timeout_s": 0}, {"io_timeout_s": -1}, {"request_timeout_s": 0}):
+        with pytest.raises(LocalProtocolError):
+            EstHttpsServer(srv.service, pem, key, io=srv.server.io, **kw)
+
+
+def test_tiny_io_timeout_is_not_an_endless_kernel_wait(srv):
+    # SO_RCVTIMEO of 0 s 0 us means "wait for ever": a timeout below a
+    # microsecond must not turn into that (io = "threads")
+    _retime(srv, 1e-7)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as s:
+        try:
+            assert s.recv(10) == b""  # closed by the server, not our 20 s timeout
+        except ConnectionResetError:
+            pass
+    assert srv.gens.wait_idle()

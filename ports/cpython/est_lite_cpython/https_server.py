@@ -434,6 +434,8 @@ class EstHttpsServer:
             raise LocalProtocolError("io = \"threads\" needs workers >= 1")
         if max_connections < 1:
             raise LocalProtocolError("max_connections must be >= 1")
+        if not (io_timeout_s > 0 and request_timeout_s > 0):
+            raise LocalProtocolError("io_timeout_s and request_timeout_s must be > 0 (seconds)")
         self.service = service
         self.io = io
         self.max_connections = max_connections
@@ -676,7 +678,8 @@ class EstHttpsServer:
 
     # -- one connection --
     def _timeval(self):
-        return struct.pack("ll", int(self.io_timeout_s), int((self.io_timeout_s % 1) * 1e6))
+        us = max(1, int(self.io_timeout_s * 1e6))  # 0 s 0 us would mean "no timeout"
+        return struct.pack("ll", us // 1000000, us % 1000000)
 
     def _handle(self, s, addr, ops=None):
         """One connection on a worker thread: the connection generator on a
