@@ -95,13 +95,13 @@ class RawTls:
     exactly which bytes go out in which segment (pipelining, half-close,
     reset, one byte per record, ...)."""
 
-    def __init__(self, srv, version=None, rcvbuf=None, timeout=20):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def __init__(self, srv, version=None, rcvbuf=None, timeout=20, host="127.0.0.1"):
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", srv.port))
+        self.sock.connect((host, srv.port))
         self.inc = ssl.MemoryBIO()
         self.out = ssl.MemoryBIO()
         self.obj = srv.tls_client_context(version=version).wrap_bio(self.inc, self.out, server_hostname="localhost")
@@ -643,6 +643,41 @@ def test_stop_with_connections_mid_handshake_request_and_answer(srv):
     assert r.status == 200
 
 
+def test_stop_under_load_then_restart(srv):
+    threads = list(srv.server._threads)
+    halt = threading.Event()
+    done = []
+
+    def client(i):
+        n = 0
+        while not halt.is_set() and n < 200:
+            n += 1
+            try:
+                srv.request("GET", srv.path("cacerts"))
+            except (OSError, ValueError, IndexError):  # refused / reset / cut off: the server is stopping
+                pass
+        done.append(i)
+
+    ts = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    for t in ts:
+        t.start()
+    try:
+        for _ in range(2000):  # until the server is busy
+            if srv.server.stats["requests"] >= 50:
+                break
+            time.sleep(0.005)
+        srv.server.stop(timeout=10)
+        assert [t for t in threads if t.is_alive()] == []
+    finally:
+        halt.set()
+        for t in ts:
+            t.join(60)
+    assert len(done) == 20
+    assert srv.gens.wait_idle()
+    srv.port = srv.server.start()
+    assert _cacerts_ok(srv)
+
+
 # -- many clients at once ---------------------------------------------------------
 
 def test_200_concurrent_clients(srv):
@@ -692,3 +727,22 @@ def test_tiny_io_timeout_is_not_an_endless_kernel_wait(srv):
         except ConnectionResetError:
             pass
     assert srv.gens.wait_idle()
+
+
+@pytest.mark.parametrize("io", IO_MODES)
+def test_ipv6_loopback(tmp_path, caplog, io):
+    if not socket.has_ipv6:
+        pytest.fail("this host has no IPv6: the IPv6 listener cannot be tested")
+    srv = EstTestServer(tmp_path, config_text=BASE_CONFIG.replace("workers = 8", 'workers = 8\nio = "%s"' % io),
+                        host="::1")
+    try:
+        c = RawTls(srv, host="::1")
+        c.handshake()
+        c.write(CACERTS + _enroll_request("over-ipv6", close=False) + b"\x00garbage")
+        c.sock.shutdown(socket.SHUT_WR)
+        rs = responses(c.read_all())
+        c.close()
+        assert [r.status for r in rs] == [200, 200]
+    finally:
+        srv.stop()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
