@@ -284,6 +284,24 @@ def test_slowloris_header_gets_408_and_others_are_served(srv):
     assert srv.gens.wait_idle()
 
 
+@pytest.mark.parametrize("before", [b"", CACERTS, b"\r\n"], ids=["fresh", "after-a-request", "stray-crlf"])
+def test_idle_keep_alive_connection_is_closed_without_an_unasked_408(srv, before):
+    # a client that keeps its connection for a later request (a pooled
+    # connection, or a device generating its key) must not find a 408 there:
+    # it would read it as the answer to the request it sends next. Nothing
+    # of a request has arrived: close quietly (close_notify), as after a
+    # request when the client goes away
+    _retime(srv, 0.5)
+    c = RawTls(srv)
+    c.handshake()
+    if before:
+        c.write(before)
+    rs = responses(c.read_all())
+    c.close()
+    assert [r.status for r in rs] == ([200] if before == CACERTS else [])
+    assert srv.gens.wait_idle()
+
+
 def test_slow_handshake_is_bounded_by_request_timeout(srv):
     # the ClientHello in 1-byte TLS records, one byte every 50 ms, each well
     # within io_timeout_s (about 3 kB: 150 s in all): only a deadline for

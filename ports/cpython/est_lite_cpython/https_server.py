@@ -276,7 +276,15 @@ class _Conn:
                 raise HttpError("request header exceeds %d bytes" % cfg.max_header_bytes, http_status=431)
             if self.count and self.buf and not self.buf[:1].isalpha():
                 raise _Closed()  # not HTTP (e.g. trailing bytes after the last body): drop quietly
-            yield from self._fill()
+            try:
+                yield from self._fill()
+            except HttpError as e:
+                # no byte of a request yet: an idle (keep-alive) connection
+                # ends quietly; a 408 would be read as the answer to the
+                # request the client sends next
+                if e.http_status == 408 and not self.buf:
+                    raise _Closed() from None
+                raise
         if end > cfg.max_header_bytes:
             raise HttpError("request header exceeds %d bytes" % cfg.max_header_bytes, http_status=431)
         head = bytes(self.buf[:end])
