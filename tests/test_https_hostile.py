@@ -251,6 +251,25 @@ def test_pipelining_client_that_never_reads_is_dropped_and_others_are_served(srv
     assert srv.gens.yields - yields_before < 2000
 
 
+def test_reset_while_answers_pile_up(srv):
+    srv.server.max_requests_per_connection = 1000000
+    c = RawTls(srv, rcvbuf=4096)
+    c.handshake()
+    c.sock.setblocking(False)
+    pending = b""
+    for _ in range(100000):
+        if not pending:
+            c.write(CACERTS * 50, flush=False)
+            pending = c.out.read()
+        try:
+            pending = pending[c.sock.send(pending):]
+        except BlockingIOError:
+            break
+    c.reset()
+    assert srv.gens.wait_idle()
+    assert _cacerts_ok(srv)
+
+
 # -- slowloris ---------------------------------------------------------------
 
 def test_slowloris_header_gets_408_and_others_are_served(srv):
@@ -300,6 +319,7 @@ def test_idle_keep_alive_connection_is_closed_without_an_unasked_408(srv, before
     c.close()
     assert [r.status for r in rs] == ([200] if before == CACERTS else [])
     assert srv.gens.wait_idle()
+    assert srv.gens.yields < 50  # waited for the socket, not polled it
 
 
 def test_slow_handshake_is_bounded_by_request_timeout(srv):
