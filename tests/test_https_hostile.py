@@ -716,6 +716,51 @@ def test_stop_under_load_then_restart(srv):
     assert _cacerts_ok(srv)
 
 
+class _LateEvent(threading.Event):
+    """A stop flag whose first read by a worker thread (once armed) answers
+    what it saw, but only after stop() has set the flag and had time to shut
+    down the connections it knows of: the widest possible race window."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+        self.hit = threading.Event()
+
+    def is_set(self):
+        seen = super().is_set()
+        if self.armed and not seen and threading.current_thread().name.startswith("est-worker"):
+            self.armed = False
+            self.hit.set()
+            self.wait(20)
+            time.sleep(0.3)
+        return seen
+
+
+def test_stop_racing_a_just_accepted_connection_leaves_no_worker(tmp_path, caplog):
+    # io = "threads": a worker that has just accepted a connection when
+    # stop() runs must not go on to serve it on a blocking socket (for up to
+    # io_timeout_s, past stop()'s join)
+    srv = EstTestServer(tmp_path, config_text=BASE_CONFIG.replace("workers = 8", 'workers = 1\nio = "threads"')
+                        .replace("io_timeout_s = 5", "io_timeout_s = 60"))
+    ev = _LateEvent()
+    srv.server._stopping = ev
+    (worker,) = srv.server._threads
+    try:
+        for _ in range(1000):
+            if srv.server._leading:
+                break
+            time.sleep(0.01)
+        ev.armed = True
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as c:
+            assert ev.hit.wait(20)
+            srv.server.stop(timeout=5)
+            assert not worker.is_alive(), "a worker still serves a connection accepted before stop()"
+            c.close()
+    finally:
+        srv.stop()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 # -- many clients at once ---------------------------------------------------------
 
 def test_200_concurrent_clients(srv):

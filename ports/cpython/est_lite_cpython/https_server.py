@@ -667,10 +667,10 @@ class EstHttpsServer:
                 else:
                     self._leading = False
             s = socket.socket(fam, socket.SOCK_STREAM, 0, fd)
-            if self._stopping.is_set():
-                s.close()
-                return
-            with self._live_lock:
+            with self._live_lock:  # stop() sets _stopping, then shuts down _live under this lock
+                if self._stopping.is_set():
+                    s.close()
+                    return
                 self._live.add(s)
             try:
                 self._handle(s, addr, ops)
