@@ -8,6 +8,7 @@ clients, and must be dropped by the server's own deadlines."""
 
 import base64
 import logging
+import os
 import select
 import socket
 import ssl
@@ -759,6 +760,37 @@ def test_stop_racing_a_just_accepted_connection_leaves_no_worker(tmp_path, caplo
     finally:
         srv.stop()
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_out_of_file_descriptors_backs_off_instead_of_spinning(tmp_path, caplog):
+    # io = "loop": accept() failing with EMFILE pauses accepting for a
+    # moment; it must not retry (and log) at full speed while it lasts
+    import resource
+    import subprocess
+    import sys
+
+    srv = EstTestServer(tmp_path, config_text=BASE_CONFIG.replace("workers = 8", 'workers = 8\nio = "loop"'))
+    code = ("import socket, sys\nsys.stdin.readline()\n"
+            "cs = [socket.create_connection(('127.0.0.1', %d)) for _ in range(40)]\n"
+            "print('connected', flush=True)\nsys.stdin.readline()\n" % srv.port)
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        try:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            assert p.stdout.readline() == "connected\n"  # 40 in the backlog: more than the server has fds for
+            time.sleep(1.0)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        fails = [r for r in caplog.records if "accept failed" in r.getMessage()]
+        assert 0 < len(fails) < 100, "%d accept failures logged in 1 s" % len(fails)
+        assert _cacerts_ok(srv)  # descriptors back: accepting again
+    finally:
+        p.stdin.close()
+        p.wait(20)
+        srv.stop()
 
 
 # -- many clients at once ---------------------------------------------------------

@@ -824,6 +824,7 @@ class EstHttpsServer:
         sel.register(wake, _READ, None)
         sel.register(lsock, _READ, None)
         listening = True
+        paused = 0.0  # accept() failed (EMFILE and friends): not before this time
         conns = {}  # socket -> [generator, events, deadline]
         due = [float("inf")]  # earliest deadline of a waiting connection (or later)
         stopping = self._stopping
@@ -878,9 +879,7 @@ class EstHttpsServer:
                                 break
                             except OSError as e:  # EMFILE and friends: pause accepting, keep serving
                                 log.warning("accept failed: %s", e)
-                                sel.unregister(lsock)
-                                listening = False
-                                due[0] = min(due[0], mono() + 0.1)
+                                paused = mono() + 0.1
                                 break
                             c = socket.socket(fam, socket.SOCK_STREAM, 0, fd)
                             c.setblocking(False)
@@ -895,7 +894,7 @@ class EstHttpsServer:
                             step(c, rec, _TimedOut())
                         elif rec[2] < due[0]:
                             due[0] = rec[2]
-                if listening != (len(conns) < self.max_connections):
+                if listening != (len(conns) < self.max_connections and mono() >= paused):
                     if listening:
                         sel.unregister(lsock)
                     else:
