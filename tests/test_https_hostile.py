@@ -530,6 +530,14 @@ def test_close_notify_right_after_the_request_still_gets_the_answer(srv):
     assert srv.gens.wait_idle()
 
 
+def test_bare_lf_request_pipelined_before_a_crlf_one(srv):
+    # the server takes requests whose lines end in a bare LF; its header ends
+    # at the first blank line, not at the CRLF blank line of the next request
+    (r1, r2) = _one(srv, b"GET /.well-known/est/cacerts HTTP/1.1\nHost: x\n\n"
+                    b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (r1.status, r2.status) == (200, 200)
+
+
 def test_chunked_body_in_many_small_segments(srv):
     body = base64.encodebytes(make_csr("tiny-segments")[1])
     chunks = [body[i:i + 7] for i in range(0, len(body), 7)]

@@ -267,8 +267,9 @@ class _Conn:
                 del self.buf[:i]
             end = self.buf.find(b"\r\n\r\n")
             sep = 4
-            if end < 0:
-                end = self.buf.find(b"\n\n")
+            lf = self.buf.find(b"\n\n", 0, end if end >= 0 else len(self.buf))  # bare-LF lines, earlier
+            if lf >= 0:
+                end = lf
                 sep = 2
             if end >= 0:
                 break
