@@ -895,7 +895,13 @@ class EstHttpsServer:
                             step(c, rec, _TimedOut())
                         elif rec[2] < due[0]:
                             due[0] = rec[2]
-                if listening != (len(conns) < self.max_connections and mono() >= paused):
+                want = len(conns) < self.max_connections
+                if paused:  # after a failed accept()
+                    if mono() < paused:
+                        want = False
+                    else:
+                        paused = 0.0
+                if listening != want:
                     if listening:
                         sel.unregister(lsock)
                     else:
