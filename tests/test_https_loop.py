@@ -173,7 +173,7 @@ def test_stop_ends_the_loop_with_connections_open_and_restart_serves(tmp_path):
 def test_config_rejects_bad_io_settings(tmp_path):
     from est_lite_cpython.config import ConfigError, load_config
 
-    for bad in ('io = "fork"', "max_connections = 0", "workers = 0"):
+    for bad in ('io = "fork"', "max_connections = 0", "workers = 0", "io_timeout_s = 0", "request_timeout_s = -1"):
         p = tmp_path / ("c%d.toml" % len(bad))
         p.write_text("[server]\n%s\n" % bad)
         with pytest.raises(ConfigError):

@@ -175,6 +175,8 @@ class ServerConfig:
         self.max_body_bytes = _take(srv, "max_body_bytes", 65536, int, w)
         self.io_timeout_s = _take(srv, "io_timeout_s", 10.0, (int, float), w)
         self.request_timeout_s = _take(srv, "request_timeout_s", 30.0, (int, float), w)
+        if self.io_timeout_s <= 0 or self.request_timeout_s <= 0:
+            raise ConfigError("server.io_timeout_s and server.request_timeout_s must be > 0")
         self.max_requests_per_connection = _take(srv, "max_requests_per_connection", 100, int, w)
         self.digest_nonce_lifetime_s = _take(srv, "digest_nonce_lifetime_s", 300, int, w)
         # default ra_trust of every profile that sets none (see Profile)
