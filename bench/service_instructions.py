@@ -20,18 +20,10 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
-CONFIG = """
-[ca]
-data_dir = "ca"
+sys.path.insert(0, HERE)
+from server import CONFIG as SERVER_CONFIG  # noqa: E402 - the bench profile of bench/server.py
 
-[trust.idevid]
-certs = ["vendor.pem"]
-
-[profiles.default]
-key_types = ["ec:P-256"]
-auth = ["basic", "cert"]
-client_cert_trust = ["idevid"]
-"""
+CONFIG = SERVER_CONFIG % {"workers": 1, "io": ""}
 
 
 def _child(csr_file, n):

@@ -252,10 +252,10 @@ def test_pipelining_client_that_never_reads_is_dropped_and_others_are_served(srv
     assert srv.gens.yields - yields_before < 2000
 
 
-def test_reset_while_answers_pile_up(srv):
-    srv.server.max_requests_per_connection = 1000000
-    c = RawTls(srv, rcvbuf=4096)
-    c.handshake()
+
+def _pile_up_requests(c):
+    """Pipeline cacerts requests at a client that never reads, until the
+    socket buffers are full both ways (the answers pile up at the server)."""
     c.sock.setblocking(False)
     pending = b""
     for _ in range(100000):
@@ -266,6 +266,13 @@ def test_reset_while_answers_pile_up(srv):
             pending = pending[c.sock.send(pending):]
         except BlockingIOError:
             break
+
+
+def test_reset_while_answers_pile_up(srv):
+    srv.server.max_requests_per_connection = 1000000
+    c = RawTls(srv, rcvbuf=4096)
+    c.handshake()
+    _pile_up_requests(c)
     c.reset()
     assert srv.gens.wait_idle()
     assert _cacerts_ok(srv)
@@ -658,16 +665,7 @@ def test_stop_with_connections_mid_handshake_request_and_answer(srv):
     # mid-answer: answers piling up in front of a client that does not read
     an = RawTls(srv, rcvbuf=4096)
     an.handshake()
-    an.sock.setblocking(False)
-    pending = b""
-    for _ in range(100000):
-        if not pending:
-            an.write(CACERTS * 50, flush=False)
-            pending = an.out.read()
-        try:
-            pending = pending[an.sock.send(pending):]
-        except BlockingIOError:
-            break
+    _pile_up_requests(an)
     # an idle TCP connection
     idle = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
     time.sleep(0.1)
