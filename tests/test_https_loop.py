@@ -178,3 +178,35 @@ def test_config_rejects_bad_io_settings(tmp_path):
         p.write_text("[server]\n%s\n" % bad)
         with pytest.raises(ConfigError):
             load_config(str(p))
+
+
+def test_start_refuses_while_a_timed_out_stop_left_a_request_running(tmp_path):
+    srv = _server(tmp_path)
+    real = srv.service.cacerts
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(label, ctx):
+        entered.set()
+        release.wait(30)
+        return real(label, ctx)
+
+    srv.service.cacerts = slow
+    results = []
+    t = threading.Thread(target=lambda: results.append(srv.request("GET", srv.path("cacerts")).status))
+    t.start()
+    try:
+        assert entered.wait(30)
+        srv.server.stop(timeout=0.2)  # the loop is busy answering: the join times out
+        assert srv.server._threads and srv.server._threads[0].is_alive()
+        with pytest.raises(LocalProtocolError, match="has not stopped yet"):
+            srv.server.start()
+        release.set()
+        t.join(30)
+        srv.server.stop()
+        assert srv.server._threads == []
+        srv.service.cacerts = real
+        srv.port = srv.server.start()  # now it may
+        assert srv.request("GET", srv.path("cacerts")).status == 200
+    finally:
+        release.set()
+        srv.stop()

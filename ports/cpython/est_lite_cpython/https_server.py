@@ -526,6 +526,11 @@ class EstHttpsServer:
 
     # -- lifecycle --
     def start(self):
+        if any(t.is_alive() for t in self._threads):
+            # stop() timed out while a request was still being answered:
+            # clearing the stop flag now would let that run go on as well
+            raise LocalProtocolError("the server has not stopped yet (a request is still being answered); "
+                                     "call stop() again before start()")
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -594,7 +599,7 @@ class EstHttpsServer:
         end = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, end - time.monotonic()))
-        self._threads = []
+        self._threads = [t for t in self._threads if t.is_alive()]  # start() refuses while any is left
         if self._wake is not None:
             for w in self._wake:
                 w.close()
