@@ -99,9 +99,10 @@ def main(argv=None):
     print("bare pyOpenSSL TLS server: %.3f ms CPU per connection (%.0f connections/s, concurrency %d); crypto floor "
           "%.3f ms -> a server doing only this reaches floor / CPU = %.2f"
           % (cpu, best["enrollments_per_s"], args.concurrency, floor * 1000, floor * 1000 / cpu))
-    print(json.dumps({"bare_tls_server_cpu_ms": round(cpu, 4), "connections_per_s": best["enrollments_per_s"],
-                      "concurrency": args.concurrency, "crypto_floor_ms": round(floor * 1000, 4),
-                      "bare_floor_ratio": round(floor * 1000 / cpu, 3), "runs": 3, "best_of": "server CPU"}))
+    cpu_ms, floor_ms = round(cpu, 4), round(floor * 1000, 4)  # the ratio from the printed figures
+    print(json.dumps({"bare_tls_server_cpu_ms": cpu_ms, "connections_per_s": best["enrollments_per_s"],
+                      "concurrency": args.concurrency, "crypto_floor_ms": floor_ms,
+                      "bare_floor_ratio": round(floor_ms / cpu_ms, 3), "runs": 3, "best_of": "server CPU"}))
     return 0
 
 
