@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from est_lite.der import header as _header
 from est_lite.errors import LocalProtocolError
 
 from .store import DuplicateSerial, Store
@@ -464,12 +465,12 @@ class LocalCA:
         sb = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # INTEGER: minimal two's complement
         tbs = b"".join((_V3_SERIAL_HEAD, bytes((0x02, len(sb))), sb, self._alg_issuer_der, v[2], subject_der, spki_der,
                         ext[0], ski, ext[1]))
-        tbs = _hdr(0x30, len(tbs)) + tbs
+        tbs = _header(0x30, len(tbs)) + tbs
         sig = self._key.sign(tbs, _ECDSA_SHA256)
         n = len(sig) + 1
-        hbit = _hdr(0x03, n)
+        hbit = _header(0x03, n)
         n += len(tbs) + len(_ALG_ECDSA_SHA256) + len(hbit)
-        return serial, b"".join((_hdr(0x30, n), tbs, _ALG_ECDSA_SHA256, hbit, b"\x00", sig)), subject_text
+        return serial, b"".join((_header(0x30, n), tbs, _ALG_ECDSA_SHA256, hbit, b"\x00", sig)), subject_text
 
     # -- revocation --
     def revoke(self, serial, reason="unspecified"):
@@ -538,19 +539,8 @@ def _ext_wrap(before, after):
     """(the [3] extensions DER up to the 20-byte SKI key id, the DER after
     it): before ends with _SKI_EXT_HEAD."""
     n = len(before) + 20 + len(after)
-    h30 = _hdr(0x30, n)
-    return _hdr(0xA3, n + len(h30)) + h30 + before, after
-
-
-def _hdr(tag, n):
-    """Tag and length octets of a DER element with n content bytes."""
-    if n < 0x80:
-        return bytes((tag, n))
-    if n < 0x100:
-        return bytes((tag, 0x81, n))
-    if n < 0x10000:
-        return bytes((tag, 0x82, n >> 8, n & 0xFF))
-    return bytes((tag,)) + _der_len(n)
+    h30 = _header(0x30, n)
+    return _header(0xA3, n + len(h30)) + h30 + before, after
 
 
 def _der_int(v):

@@ -481,16 +481,10 @@ class RawOps:
 
     def drain(self, conn, mtu):
         """drain_bio in one BIO_read."""
-        bio = conn._from_ssl
-        n = self._lib.BIO_get_mem_data(bio, self._null)
-        if n <= 0:
+        data = self.pending(conn)
+        if not data:
             return []
-        buf = self._buf if n <= self._bufsize else self._ffi.new("char[]", n)
-        r = self._lib.BIO_read(bio, buf, n)
-        if r <= 0:
-            return []
-        data = self._ffi.buffer(buf, r)[:]
-        if r <= mtu:
+        if len(data) <= mtu:
             return [data]
         return pack_datagrams(split_records(data), mtu)
 

@@ -777,7 +777,7 @@ class EstHttpsServer:
                     conn.out = []
                     self._send(conn, 500, "text/plain; charset=utf-8", b"internal server error\n", True)
                     close = True
-                close = close or self._stopping.is_set() or conn.count >= self.max_requests_per_connection
+                close = close or last or self._stopping.is_set()  # (stop() may come during the request)
                 yield from conn.flush(close=close)
                 if close:
                     return

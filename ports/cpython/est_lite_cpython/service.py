@@ -35,7 +35,6 @@ binding on the device's link, RFC 7030 §3.5). See docs/server.md.
 import base64
 import hashlib
 import hmac
-import struct
 import threading
 
 from cryptography import x509
@@ -48,7 +47,7 @@ from cryptography.x509.oid import AttributeOID, NameOID
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
 
 from .auth import AuthenticationRequired, DefaultAuthenticator, UntrustedCertificate
-from .ca import IssueRequest, _hdr, ec_spki_key_type, ec_spki_point
+from .ca import IssueRequest, _header, ec_spki_key_type, ec_spki_point
 from .store import APPROVED, ISSUED, PENDING, REJECTED  # noqa: F401
 
 
@@ -288,12 +287,6 @@ def key_type(pub):
 def trim_der(der, *, max_len=65536):
     """Drop bytes after the first DER element (tolerated trailing bytes) and
     check the outer element is a complete SEQUENCE."""
-    if type(der) is bytes and len(der) > 3 and der[0] == 0x30:  # exactly one element: no copy
-        n = der[1]
-        if n == 0x81 and der[2] + 3 == len(der) and der[2] <= max_len:
-            return der
-        if n == 0x82 and (der[2] << 8 | der[3]) + 4 == len(der) and (der[2] << 8 | der[3]) <= max_len:
-            return der
     mv = memoryview(der)
     if len(mv) < 2 or mv[0] != 0x30:
         raise RemoteProtocolError("request body is not DER (expected a SEQUENCE)")
@@ -310,7 +303,7 @@ def trim_der(der, *, max_len=65536):
     if len(mv) < off + n:
         raise RemoteProtocolError("request body is truncated: DER says %d bytes, %d present" % (off + n, len(mv)))
     if len(mv) == off + n and isinstance(der, bytes):
-        return der
+        return der  # exactly one element: no copy
     return bytes(mv[:off + n])
 
 
@@ -322,8 +315,6 @@ def _pkcs7(certs):
 # encapContentInfo {id-data}, certificates [0] ..., signerInfos {}}
 _P7_OID = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02"
 _P7_HEAD = b"\x02\x01\x01\x31\x00\x30\x0b\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"
-# ContentInfo, content [0], SignedData and certificates [0] headers (tag, 0x82, length) around _P7_OID and _P7_HEAD
-_P7_ONE = struct.Struct(">BBH11sBBHBBH18sBBH")
 
 
 def _pkcs7_der(cert_ders):
@@ -331,21 +322,17 @@ def _pkcs7_der(cert_ders):
     assembled by hand: the bytes `pkcs7.serialize_certificates` makes (the
     SET OF in DER order), without loading the certificates."""
     ders = list(cert_ders)
-    if len(ders) == 1 and 0x100 <= len(ders[0]) <= 0xFF00:  # one certificate: every length in the 0x82 form
-        c = len(ders[0])
-        return b"".join((_P7_ONE.pack(0x30, 0x82, c + 43, _P7_OID, 0xA0, 0x82, c + 28, 0x30, 0x82, c + 24, _P7_HEAD,
-                                      0xA0, 0x82, c), ders[0], b"\x31\x00"))
     if len(ders) > 1:  # X.690 11.6: SET OF components in ascending order, shorter ones padded with 0s
         n = max(len(d) for d in ders)
         ders.sort(key=lambda d: bytes(d) + b"\x00" * (n - len(d)))
     n = sum(len(d) for d in ders)
-    h_certs = _hdr(0xA0, n)  # certificates [0] IMPLICIT
+    h_certs = _header(0xA0, n)  # certificates [0] IMPLICIT
     n += len(_P7_HEAD) + len(h_certs) + 2  # + signerInfos SET {}
-    h_signed = _hdr(0x30, n)
+    h_signed = _header(0x30, n)
     n += len(h_signed)
-    h_content = _hdr(0xA0, n)  # content [0] EXPLICIT
+    h_content = _header(0xA0, n)  # content [0] EXPLICIT
     n += len(_P7_OID) + len(h_content)
-    return b"".join([_hdr(0x30, n), _P7_OID, h_content, h_signed, _P7_HEAD, h_certs] + ders + [b"\x31\x00"])
+    return b"".join([_header(0x30, n), _P7_OID, h_content, h_signed, _P7_HEAD, h_certs] + ders + [b"\x31\x00"])
 
 
 # ---------------------------------------------------------------- CSR DER slices
