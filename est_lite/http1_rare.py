@@ -4,7 +4,7 @@
 # after a 401, and multipart/mixed (RFC 2046, RFC 7030 §4.4.2), needed only
 # for serverkeygen. See docs/http1.md.
 from est_lite.errors import LocalProtocolError, RemoteProtocolError
-from est_lite.http1 import _MT_PKCS7, _MT_PKCS8, Part, _headers, _istok, _limit, _text, decode_b64_body
+from est_lite.http1 import _MT_PKCS7, _MT_PKCS8, Part, _check, _headers, _istok, _limit, _text, decode_b64_body
 
 def _tok(s, i):
     while i < len(s) and _istok(s[i]):
@@ -83,6 +83,11 @@ def digest_auth(challenge, method, uri, user, password, cnonce, nc=1):
     import hashlib
 
     g = challenge.get
+    try:  # the server's values go back in our header: a control character there is the server's fault
+        for k in ("realm", "nonce", "opaque", "algorithm"):
+            _check("Digest challenge " + k, g(k, ""), "")
+    except LocalProtocolError as e:
+        raise RemoteProtocolError(e.msg)
     nonce = g("nonce", "")
     realm = g("realm", "")
     alg = g("algorithm", "MD5")

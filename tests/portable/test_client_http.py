@@ -114,6 +114,18 @@ def test_401_digest_answered_once():
     assert e.http_status == 401 and e.diagnostic == "wrong password"
 
 
+def test_401_digest_challenge_with_a_control_character_is_the_servers_fault():
+    # its realm/nonce/opaque go back in our Authorization header: refused
+    # while reading the challenge, blamed on the server, never at send()
+    for param in ('realm="r\x00"', 'nonce="n\x01"', 'opaque="\x7f"', 'realm="esc\x1b"'):
+        op = C.HttpOperation(N.OP_CACERTS, host="h", auth=("u", "p"), cnonce=b"c")
+        op.send()
+        ch = 'Digest realm="r", nonce="n", qop="auth", ' + param
+        op.receive_data(response(401, "Unauthorized", [("WWW-Authenticate", ch)]))
+        e = raises(RemoteProtocolError, op.next_event)
+        assert "Digest challenge" in e.msg and "forbidden character" in e.msg
+
+
 def test_401_basic_and_then_200():
     op = C.HttpOperation(N.OP_CACERTS, host="h", auth=("user", "pw"))
     op.send()
