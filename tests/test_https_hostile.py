@@ -253,6 +253,40 @@ def test_pipelining_client_that_never_reads_is_dropped_and_others_are_served(srv
 
 
 
+def test_client_reading_a_trickle_is_dropped_at_request_timeout(srv):
+    """A client that reads a little now and then, always within io_timeout_s,
+    must not hold its connection for as long as the answer takes at that
+    rate: the whole answer has request_timeout_s, like the whole request."""
+    _retime(srv, io_timeout_s=2.0, request_timeout_s=1.0)
+    srv.service._cacerts[""] = os.urandom(200000)  # a 270 KB answer: 25+ s at the rate below
+    # small kernel buffers (accepted sockets inherit the listener's), so the
+    # answer cannot vanish into them and the server waits on the reader
+    srv.server._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    c = RawTls(srv, rcvbuf=4096)
+    c.handshake()
+    c.write(CACERTS)
+    got = 0
+    t0 = time.monotonic()
+    closed = False
+    while time.monotonic() - t0 < 15:
+        try:
+            d = c.sock.recv(512)
+        except (ConnectionResetError, BrokenPipeError):
+            closed = True
+            break
+        if not d:
+            closed = True
+            break
+        got += len(d)
+        time.sleep(0.05)  # ~10 KB/s: progress well within io_timeout_s
+    c.close()
+    assert closed, "the server still sends to a trickling reader after %.1f s (%d bytes read)" % (
+        time.monotonic() - t0, got)
+    assert 0 < got < 200000
+    assert srv.gens.wait_idle()
+    assert _cacerts_ok(srv)
+
+
 def _pile_up_requests(c):
     """Pipeline cacerts requests at a client that never reads, until the
     socket buffers are full both ways (the answers pile up at the server)."""

@@ -156,14 +156,22 @@ class _Io:
             self.ops.bio_write(self.tls, d)
             return
 
-    def push(self):
+    def push(self, until):
+        """Send what OpenSSL wrote, all of it by the monotonic time `until`
+        (_TimedOut after it): a client that reads a few bytes per
+        io_timeout_s must not hold the connection for ever."""
         data = self.ops.pending(self.tls)
         off = 0
         while off < len(data):
+            if off and time.monotonic() > until:  # (threads: a blocking send returned part of it)
+                raise _TimedOut()
             try:
                 off += self.sock.send(data[off:] if off else data)
             except (BlockingIOError, InterruptedError):
-                yield _WRITE, time.monotonic() + self.io_timeout_s
+                now = time.monotonic()
+                if now > until:
+                    raise _TimedOut() from None
+                yield _WRITE, min(until, now + self.io_timeout_s)
             except OSError:
                 raise _Closed() from None
 
@@ -246,7 +254,7 @@ class _Conn:
                 self.buf += data
                 return
             try:
-                yield from self.io.push()  # e.g. TLS 1.2's last flight, or the session tickets
+                yield from self.io.push(self.deadline)  # e.g. TLS 1.2's last flight, or the session tickets
             except _TimedOut:  # the client does not read
                 raise _Closed() from None
             try:
@@ -415,8 +423,8 @@ class _Conn:
                 self.tls.shutdown()
         except SSL.Error:
             raise _Closed() from None
-        try:
-            yield from self.io.push()
+        try:  # the whole answer within request_timeout_s, as the whole request
+            yield from self.io.push(time.monotonic() + self.server.request_timeout_s)
         except _TimedOut:
             raise _Closed() from None
 
@@ -738,7 +746,7 @@ class EstHttpsServer:
                     return
                 if done:  # TLS 1.2's last server flight goes out before the first read (_Conn._fill)
                     break
-                yield from io.push()
+                yield from io.push(end)
         except _Closed:
             log.debug("TLS handshake with %s: connection closed", addr)
             return
