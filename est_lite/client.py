@@ -57,23 +57,23 @@ _OP_CSRATTRS = const(1)
 _OP_SERVERKEYGEN = const(4)
 
 # --- the operation flow: states ---
-IDLE = const(0)  # nothing sent yet
-AWAIT_RESPONSE = const(1)  # a request is out, waiting for its answer
-BLOCK1_CONTINUE = const(2)  # peer took a Block1 block (2.31): the next block is to send
-BLOCK2_CONTINUE = const(3)  # a Block2 block came with M=1: the next block is to request
-AUTH_CONTINUE = const(4)  # HTTP 401 and we hold credentials: the request is to send again
-DONE = const(5)  # a result event is ready
-RETRY_AFTER = const(6)  # the peer asked us to come back later (RetryAfter event)
-ERROR = const(7)  # failed; next_event() raises the error
+_IDLE = const(0)  # nothing sent yet
+_AWAIT_RESPONSE = const(1)  # a request is out, waiting for its answer
+_BLOCK1_CONTINUE = const(2)  # peer took a Block1 block (2.31): the next block is to send
+_BLOCK2_CONTINUE = const(3)  # a Block2 block came with M=1: the next block is to request
+_AUTH_CONTINUE = const(4)  # HTTP 401 and we hold credentials: the request is to send again
+_DONE = const(5)  # a result event is ready
+_RETRY_AFTER = const(6)  # the peer asked us to come back later (RetryAfter event)
+_ERROR = const(7)  # failed; next_event() raises the error
 
 # --- inputs ---
-SEND = const(0)  # local: a request goes out
-CONTINUE1 = const(1)  # peer: 2.31 Continue for a Block1 block (or 4.13 with a smaller block size)
-MORE2 = const(2)  # peer: a Block2 block with more to come
-FINAL = const(3)  # peer: the whole final answer
-RETRY = const(4)  # peer: HTTP 202 / 503 + Retry-After, CoAP 5.03 (+ Max-Age)
-AUTH = const(5)  # peer: HTTP 401 with a challenge we can answer
-FAIL = const(6)  # error status, malformed answer, link gave up, ...
+_SEND = const(0)  # local: a request goes out
+_CONTINUE1 = const(1)  # peer: 2.31 Continue for a Block1 block (or 4.13 with a smaller block size)
+_MORE2 = const(2)  # peer: a Block2 block with more to come
+_FINAL = const(3)  # peer: the whole final answer
+_RETRY = const(4)  # peer: HTTP 202 / 503 + Retry-After, CoAP 5.03 (+ Max-Age)
+_AUTH = const(5)  # peer: HTTP 401 with a challenge we can answer
+_FAIL = const(6)  # error status, malformed answer, link gave up, ...
 
 _SN = "IDLE AWAIT_RESPONSE BLOCK1_CONTINUE BLOCK2_CONTINUE AUTH_CONTINUE DONE RETRY_AFTER ERROR"
 _IN = "SEND CONTINUE1 MORE2 FINAL RETRY AUTH FAIL"
@@ -89,16 +89,16 @@ _T = (
     b"1-----7"  # BLOCK2_CONTINUE
     b"1-----7"  # AUTH_CONTINUE
 )
-# states in which send() has a new request to emit
-SENDING = (IDLE, BLOCK1_CONTINUE, BLOCK2_CONTINUE, AUTH_CONTINUE)
+# states in which send() has a new request to emit: IDLE and the *_CONTINUE
+# states (SENDING, as a tuple, from __getattr__)
 
 
 def transition(state, inp):
     """Next state for (state, input) from the table, or raise."""
-    n = _T[state * 7 + inp] - 48 if state < DONE else -1
+    n = _T[state * 7 + inp] - 48 if state < _DONE else -1
     if n < 0:
         m = "%s not allowed in state %s" % (_IN.split()[inp], _SN.split()[state])
-        raise LocalProtocolError(m) if inp == SEND else RemoteProtocolError(m)
+        raise LocalProtocolError(m) if inp == _SEND else RemoteProtocolError(m)
     return n
 
 
@@ -117,49 +117,37 @@ class Event:
         return "%s%r" % (type(self).__name__, tuple(getattr(self, k) for k in self._f.split()))
 
 
-class CaCerts(Event):
-    """certs: list of DER certificates (bytes), in the order received."""
-
-    _f = "certs"
-
-
-class CsrAttrs(Event):
-    """attrs: the decoded est_lite.csrattrs.CsrAttrs, or None when the server
-    has none (empty body, HTTP 204/404, CoAP 4.04); der: the raw body."""
-
-    _f = "attrs der"
-
-
-class Enrolled(Event):
-    """cert: the issued certificate (DER bytes); chain: the other
-    certificates of the answer (DER bytes)."""
-
-    _f = "cert chain"
+# The Event subclasses and their fields (docs/client.md, Events):
+#   CaCerts(certs)            DER certificates (bytes), in the order received
+#   CsrAttrs(attrs, der)      est_lite.csrattrs.CsrAttrs, or None when the server
+#                             has none (empty body, HTTP 204/404, CoAP 4.04)
+#   Enrolled(cert, chain)     the issued certificate, the others (DER bytes)
+#   ServerKeyGen(key_der, key_type, cert, chain)  key_type: CF_PKCS8 (284) or
+#                             CF_PKCS7_SERVER_KEYGEN (280, CMS-protected)
+#   RetryAfter(seconds)       repeat the operation (a new object) later
+#   AuthRequired(challenges)  HTTP 401 without credentials: WWW-Authenticate
+#                             challenges [(scheme, {param: value})]
+# Each class is made the first time it is used (module __getattr__ or the
+# first event of its kind), so a device holds only the ones it meets.
+_EVENTS = "CaCerts:certs CsrAttrs:attrs,der Enrolled:cert,chain ServerKeyGen:key_der,key_type,cert,chain RetryAfter:seconds AuthRequired:challenges"
+_classes = {}
 
 
-class ServerKeyGen(Event):
-    """key_der: the private key; key_type: its content format, CF_PKCS8 (284,
-    plain PKCS#8) or CF_PKCS7_SERVER_KEYGEN (280, CMS-protected); cert, chain
-    as in Enrolled."""
-
-    _f = "key_der key_type cert chain"
-
-
-class RetryAfter(Event):
-    """The server has no answer yet: repeat the operation (a new operation
-    object) after `seconds` (see retry_delay)."""
-
-    _f = "seconds"
+def _event_class(name):
+    c = _classes.get(name)
+    if c is None:
+        for d in _EVENTS.split():
+            n, f = d.split(":")
+            if n == name:
+                c = _classes[name] = type(name, (Event,), {"_f": f.replace(",", " ")})
+    return c
 
 
-class AuthRequired(Event):
-    """HTTP 401 and the operation had no credentials. challenges: the parsed
-    WWW-Authenticate challenges [(scheme, {param: value})]."""
-
-    _f = "challenges"
+def _event(name, *a):
+    return _event_class(name)(*a)
 
 
-DEFAULT_RETRY_AFTER = const(60)  # CoAP Max-Age default (RFC 7252 §5.10.5); also HTTP 202 without Retry-After
+_DEFAULT_RETRY_AFTER = const(60)  # CoAP Max-Age default (RFC 7252 §5.10.5); also HTTP 202 without Retry-After
 
 
 def _rand(r):
@@ -249,21 +237,21 @@ def decode_result(op, cf, body, public_key=None, max_certs=8):
                 break
         else:
             if key and certs:
-                return ServerKeyGen(key[0], key[1], *_leaf(certs, None))
+                return _event("ServerKeyGen", key[0], key[1], *_leaf(certs, None))
         raise RemoteProtocolError("serverkeygen: need one key and one certificate part")
     if op == _OP_CSRATTRS:
         if cf not in (None, _CF_CSRATTRS):
             raise RemoteProtocolError("unexpected content format %r" % (cf,))
         der = bytes(body)
         if not der:
-            return CsrAttrs(None, der)
+            return _event("CsrAttrs", None, der)
         from est_lite import csrattrs
 
-        return CsrAttrs(csrattrs.decode(der), der)
+        return _event("CsrAttrs", csrattrs.decode(der), der)
     certs = _certs(_CF_PKCS7_CERTS if cf is None else cf, body, max_certs)
     if op == _OP_CACERTS:
-        return CaCerts(certs)
-    return Enrolled(*_leaf(certs, public_key))
+        return _event("CaCerts", certs)
+    return _event("Enrolled", *_leaf(certs, public_key))
 
 
 def _text(payload, limit=200):
@@ -279,7 +267,7 @@ class Operation:
     """Shared part of CoapOperation and HttpOperation: op, state, the
     result, the limits."""
 
-    state = IDLE
+    state = _IDLE
     _exc = None
     _event = None
 
@@ -298,8 +286,8 @@ class Operation:
         self.state = transition(self.state, inp)
 
     def _fail(self, exc):
-        if self.state < DONE:
-            self._to(FAIL)
+        if self.state < _DONE:
+            self._to(_FAIL)
             self._exc = exc
 
     def _finish(self, inp, event):
@@ -307,7 +295,7 @@ class Operation:
         self._event = event
 
     def _result(self, cf, body):
-        self._finish(FINAL, decode_result(self.op, cf, body, self.public_key, self.max_certs))
+        self._finish(_FINAL, decode_result(self.op, cf, body, self.public_key, self.max_certs))
 
     def next_event(self):
         """NEED_DATA, or the final event (again on every later call); raises
@@ -319,10 +307,9 @@ class Operation:
 
 # --- CoAP (RFC 7252 reliability, RFC 7959 block-wise, RFC 9148 EST) ---
 
-ACK_TIMEOUT = const(2)  # seconds
-ACK_RANDOM_FACTOR = 1.5
-MAX_RETRANSMIT = const(4)
-SEPARATE_TIMEOUT = const(93)  # wait for a separate response after an empty ACK (MAX_TRANSMIT_WAIT)
+_ACK_TIMEOUT = const(2)  # seconds
+_MAX_RETRANSMIT = const(4)
+_SEPARATE_TIMEOUT = const(93)  # wait for a separate response after an empty ACK (MAX_TRANSMIT_WAIT)
 
 
 class CoapOperation(Operation):
@@ -369,10 +356,10 @@ class CoapOperation(Operation):
         skc=False,
         public_key=None,
         rand=0.0,
-        ack_timeout=ACK_TIMEOUT,
-        ack_random_factor=ACK_RANDOM_FACTOR,
-        max_retransmit=MAX_RETRANSMIT,
-        separate_timeout=SEPARATE_TIMEOUT,
+        ack_timeout=_ACK_TIMEOUT,
+        ack_random_factor=1.5,
+        max_retransmit=_MAX_RETRANSMIT,
+        separate_timeout=_SEPARATE_TIMEOUT,
         max_body=4096,
         max_message=1152,
         max_certs=8,
@@ -407,14 +394,14 @@ class CoapOperation(Operation):
             self._ctl = None
             return c
         st = self.state
-        if st in SENDING:
+        if st != _AWAIT_RESPONSE and st < _DONE:
             r = _rand(self.rand)
             self._build()
-            self._to(SEND)
+            self._to(_SEND)
             self._acked = False
             self._tries = 0
             self._tmo = self.ack_timeout * (1 + (self.ack_random_factor - 1) * r)
-        elif st != AWAIT_RESPONSE or now < self._t:
+        elif st != _AWAIT_RESPONSE or now < self._t:
             return None
         elif self._acked:
             return self._fail(TransportError("no separate response %d s after the ACK" % self.separate_timeout))
@@ -430,9 +417,9 @@ class CoapOperation(Operation):
     def next_timeout(self):
         """Absolute time at which to call send(now) again (a retransmission
         or giving up); a time <= now means at once; None: nothing scheduled."""
-        if self._ctl is not None or self.state in SENDING:
+        if self._ctl is not None or self.state != _AWAIT_RESPONSE and self.state < _DONE:
             return self._now
-        if self.state == AWAIT_RESPONSE:
+        if self.state == _AWAIT_RESPONSE:
             return self._t
 
     def _build(self):
@@ -441,7 +428,7 @@ class CoapOperation(Operation):
         cf = b1 = b2 = s1 = None
         pl = b""
         a = self._asm
-        if self.state == BLOCK2_CONTINUE:
+        if self.state == _BLOCK2_CONTINUE:
             b2 = (a.next_num(), 0, a.szx)
         else:
             pl = self._body
@@ -491,7 +478,7 @@ class CoapOperation(Operation):
             t = m.type
             mine = m.code >= 0x40 and m.token == self.token
             if t >= _ACK:  # ACK or RST
-                if m.mid == self._mid and self.state == AWAIT_RESPONSE and not self._acked:
+                if m.mid == self._mid and self.state == _AWAIT_RESPONSE and not self._acked:
                     if t == _RST:
                         return self._fail(ServerError("the server reset (RST) our request"))
                     if not m.code:
@@ -505,7 +492,7 @@ class CoapOperation(Operation):
             elif mine:
                 if t == _CON:
                     self._ctl = _empty(_ACK, m.mid)
-                if m.mid != self._sep and self.state == AWAIT_RESPONSE:
+                if m.mid != self._sep and self.state == _AWAIT_RESPONSE:
                     self._sep = m.mid
                     pig = 0
         try:
@@ -527,16 +514,16 @@ class CoapOperation(Operation):
         u = coap.uint_decode
         if code == _SERVICE_UNAVAILABLE:
             v = opt(m, _MAX_AGE)
-            return self._finish(RETRY, RetryAfter(DEFAULT_RETRY_AFTER if v is None else u(v)))
+            return self._finish(_RETRY, _event("RetryAfter", _DEFAULT_RETRY_AFTER if v is None else u(v)))
         if code == _NOT_FOUND and self.op == _OP_CSRATTRS:
-            return self._finish(FINAL, CsrAttrs(None, b""))
+            return self._finish(_FINAL, _event("CsrAttrs", None, b""))
         b1 = opt(m, _BLOCK1)
         if b1 is not None:
             num, _, szx = coap.block_decode(b1)
             if code == _REQUEST_ENTITY_TOO_LARGE and not self._off1 and szx < self._szx1:
                 # RFC 7959 §2.9.3: start over in the smaller blocks the server wants
                 self._szx1 = szx
-                return self._to(CONTINUE1)
+                return self._to(_CONTINUE1)
             if self._b1 and num != self._off1 >> (4 + self._szx1):
                 return True
         cs = "%d.%02d" % (code >> 5, code & 31)
@@ -550,7 +537,7 @@ class CoapOperation(Operation):
                 raise RemoteProtocolError("answer %s does not fit the Block1 upload" % cs)
             self._off1 += 16 << self._szx1
             self._szx1 = min(szx, self._szx1)  # the server may ask for smaller blocks (RFC 7959 §2.3)
-            return self._to(CONTINUE1)
+            return self._to(_CONTINUE1)
         cf = opt(m, _CONTENT_FORMAT)
         if cf is not None:
             cf = u(cf)
@@ -572,7 +559,7 @@ class CoapOperation(Operation):
                     raise RemoteProtocolError("Content-Format changed in Block2")
                 body = a.add(num, more, szx, body)
                 if more:
-                    return self._to(MORE2)
+                    return self._to(_MORE2)
                 self._asm = None
         elif a:
             raise RemoteProtocolError("Block2 missing")
@@ -595,12 +582,22 @@ def _empty(t, mid):
 def __getattr__(name):
     # HttpOperation lives in client_http.py so that a CoAP-only device does
     # not load it (`from est_lite.client import HttpOperation` still works);
-    # the name tuples and the TRANSITIONS dict are made from the table when
-    # asked for
+    # the public state, input and default names, the event classes, the
+    # name tuples and the TRANSITIONS dict are made when asked for
     if name == "HttpOperation":
         from est_lite import client_http
 
         return client_http.HttpOperation
+    if name in _SN.split():
+        return _SN.split().index(name)
+    if name in _IN.split():
+        return _IN.split().index(name)
+    k = "ACK_TIMEOUT ACK_RANDOM_FACTOR MAX_RETRANSMIT SEPARATE_TIMEOUT DEFAULT_RETRY_AFTER SENDING".split()
+    if name in k:
+        return (_ACK_TIMEOUT, 1.5, _MAX_RETRANSMIT, _SEPARATE_TIMEOUT, _DEFAULT_RETRY_AFTER, (0, 2, 3, 4))[k.index(name)]
+    c = _event_class(name)
+    if c is not None:
+        return c
     if name == "STATE_NAMES":
         return tuple(_SN.split())
     if name == "INPUT_NAMES":

@@ -4,7 +4,15 @@
 
 from est_lite import client as C
 from est_lite import http1
-from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, ServerError
+from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, ServerError, const
+
+# est_lite.client's states and inputs (folded by mpy-cross)
+_AWAIT_RESPONSE = const(1)
+_DONE = const(5)
+_SEND = const(0)
+_FINAL = const(3)
+_RETRY = const(4)
+_AUTH = const(5)
 
 # response media type -> CoAP content format (numbers.CF_*), for decode_result
 _CF = {"application/pkcs7-mime": 281, "application/csrattrs": 285, "application/pkix-cert": 287}
@@ -55,19 +63,19 @@ class HttpOperation(C.Operation):
 
     def send(self):
         """The request bytes to write now, or None."""
-        if self.state in C.SENDING:
+        if self.state != _AWAIT_RESPONSE and self.state < _DONE:
             data = http1.build_est_request(
                 self.op, self.host, self._body, self.label, authorization=self._authz, accept=self.accept
             )
             self._tried = self._authz is not None
-            self._to(C.SEND)
+            self._to(_SEND)
             self.need_new_connection = False
             return data
 
     def receive_data(self, data):
         """Feed bytes read from the connection; b"" means EOF. They are
         parsed at once, so nothing beyond max_header/max_body is buffered."""
-        if self.state == C.AWAIT_RESPONSE:
+        if self.state == _AWAIT_RESPONSE:
             self._parser.receive_data(data)
             self._poll()
 
@@ -76,7 +84,7 @@ class HttpOperation(C.Operation):
         return C.Operation.next_event(self)
 
     def _poll(self):
-        if self.state == C.AWAIT_RESPONSE and self._exc is None:
+        if self.state == _AWAIT_RESPONSE and self._exc is None:
             try:
                 r = self._parser.next_event()
                 if r is not http1.NEED_DATA:
@@ -92,11 +100,11 @@ class HttpOperation(C.Operation):
         a = self.auth
         if s == 202 or s == 503 and r.retry_after is not None:
             v = r.retry_after
-            return self._finish(C.RETRY, C.RetryAfter(C.DEFAULT_RETRY_AFTER if v is None else v))
+            return self._finish(_RETRY, C._event("RetryAfter", 60 if v is None else v))  # 60: DEFAULT_RETRY_AFTER
         if s == 401:
             ch = http1.parse_challenges([v for k, v in r.headers if k == "www-authenticate"])
             if a is None:
-                return self._finish(C.FINAL, C.AuthRequired(ch))
+                return self._finish(_FINAL, C._event("AuthRequired", ch))
             d = http1.pick_digest(ch)
             if self._tried:
                 pass
@@ -104,12 +112,12 @@ class HttpOperation(C.Operation):
                 if self.cnonce is None:
                     raise LocalProtocolError("the server wants Digest authentication: give HttpOperation a cnonce")
                 self._authz = http1.digest_auth(d, self.method, self.path, a[0], a[1], self.cnonce)
-                return self._to(C.AUTH)
+                return self._to(_AUTH)
             elif "basic" in [c[0] for c in ch]:
                 self._authz = http1.basic_auth(a[0], a[1])
-                return self._to(C.AUTH)
+                return self._to(_AUTH)
         if self.op == 1 and s in (204, 404):
-            return self._finish(C.FINAL, C.CsrAttrs(None, b""))
+            return self._finish(_FINAL, C._event("CsrAttrs", None, b""))
         if s != 200:
             d = C._text(r.body)
             raise ServerError("the server answered %d %s %s" % (s, r.reason, d), None, s, d)

@@ -549,6 +549,14 @@ def test_private_constants_match_numbers():
         assert getattr(C, k) == getattr(N, k[1:]), k
 
 
+def test_client_http_private_constants_match_client():
+    # client_http.py keeps const-folded copies of client's states and inputs
+    from est_lite import client_http as H
+
+    for n in ("AWAIT_RESPONSE", "DONE", "SEND", "FINAL", "RETRY", "AUTH"):
+        assert getattr(H, "_" + n) == getattr(C, n), n
+
+
 def test_http_operation_reexported():
     from est_lite.client_http import HttpOperation
 

@@ -1,4 +1,4 @@
-# micropython-heapsize: 160K
+# micropython-heapsize: 168K
 # Portable tests of est_lite/client.py (CPython and the MicroPython unix port).
 # Certificates, keys and the CsrAttrs body come from client_vectors.py,
 # generated once with `cryptography` by tests/make_client_vectors.py.
@@ -11,6 +11,27 @@ from est_lite import coap
 from est_lite import numbers as N
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, ServerError, TransportError
 from est_lite_cpython import codec_server as W
+
+# --- names made on first use (module __getattr__) ---
+def test_lazy_public_names():
+    # states, inputs and defaults keep their documented values
+    assert [getattr(C, n) for n in C.STATE_NAMES] == list(range(8))
+    assert [getattr(C, n) for n in C.INPUT_NAMES] == list(range(7))
+    assert (C.ACK_TIMEOUT, C.ACK_RANDOM_FACTOR, C.MAX_RETRANSMIT) == (2, 1.5, 4)
+    assert (C.SEPARATE_TIMEOUT, C.DEFAULT_RETRY_AFTER) == (93, 60)
+    assert C.SENDING == (C.IDLE, C.BLOCK1_CONTINUE, C.BLOCK2_CONTINUE, C.AUTH_CONTINUE)
+    # an event class is one object, made once, whichever way it is reached
+    names = ("CaCerts", "CsrAttrs", "Enrolled", "ServerKeyGen", "RetryAfter", "AuthRequired")
+    for n in names:
+        k = getattr(C, n)
+        assert k is getattr(C, n) and issubclass(k, C.Event) and k.__name__ == n
+    e = C.decode_result(N.OP_CACERTS, N.CF_PKIX_CERT, b"0\x00")
+    assert type(e) is C.CaCerts and e.certs == [b"0\x00"] and repr(e) == "CaCerts([b'0\\x00'],)"
+    e = C.ServerKeyGen(b"k", 284, b"c", [])
+    assert (e.key_der, e.key_type, e.cert, e.chain) == (b"k", 284, b"c", [])
+    for bad in ("NoSuchName", "certs", "Event2"):
+        raises(AttributeError, getattr, C, bad)
+
 
 # --- the state table ---
 def test_table_walks_and_rejects():
