@@ -157,7 +157,7 @@ def main():
 
         setattr(P, name, w)
 
-    for n, what in (("_attrs_der", "csrattrs"), ("_keygen", "key generation"), ("_info", "request info (CSR)"),
+    for n, what in (("_warm", "warm"), ("_attrs_der", "csrattrs"), ("_keygen", "key generation"), ("_info", "request info (CSR)"),
                     ("_sign", "signature"), ("_issue", "enroll"), ("_check", "verification")):
         wrap(n, what)
     sv = store.save

@@ -239,6 +239,12 @@ class EstClient:
     rto_max_ms = 60000
     rtt_keep_s = 600  # reuse a server's RTT estimate this long after a session (0: never)
     max_retransmit = 4  # RFC 7252 MAX_RETRANSMIT at ack_timeout
+    # provision()/renew_if_needed() on MicroPython: keep the session of
+    # cacerts/csrattrs open while the key and the CSR are made (one handshake
+    # less). False: close it, so its memory (on bare-metal ports Mbed TLS's
+    # ~25-32 KB from the GC heap) is free for the key generation and the
+    # CSR; enroll opens a new session.
+    keep_session = False
 
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
                  server_name=None, timeout=30, deadline=120):
@@ -263,7 +269,7 @@ class EstClient:
         self.deadline = deadline
         self.bootstrapped = False  # the trust anchors came from a pinned cacerts()
         self._t = None  # transport of the current session
-        self._last = None  # transport that carried the last answer
+        self._last = None  # HTTPS: transport that carried the last answer (kept after close)
         self._anon = False  # HTTPS bootstrap without credentials
         self._mid = None  # next CoAP message id (kept as an int: core modules may be reloaded)
         self._buf = None
@@ -324,7 +330,9 @@ class EstClient:
             except BaseException:
                 t.close()
                 raise
-            self._t = self._last = t
+            self._t = t
+            if self.scheme == "https":
+                self._last = t  # est_lite_mp.https.bootstrap reads the server chain from it after close()
             if self._mid is None and self.scheme == "coaps":
                 b = self._rand_bytes(2)
                 self._mid = b[0] << 8 | b[1]

@@ -356,6 +356,7 @@ class DtlsClient:
             link.wait(min(left, self.poll_ms, due))
         if not self.established:
             link.hs = False
+            link.f = []  # our last handshake flight is not resent any more
             if self._pin is not None and not self._pin_ok:
                 self._abort()
                 raise SecurityError("server certificate was never checked against the pin")

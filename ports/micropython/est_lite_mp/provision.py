@@ -58,7 +58,28 @@ def _builder(subject, names, dns, ip, uri):
     return b
 
 
+# Everything the phases import. MicroPython interns every name of a loaded
+# module in a qstr pool that grows by doubling blocks (640 entries, 7 KB on
+# the 64-bit unix port) and is never freed or moved: allocated in the
+# middle of an enrollment it needs a big free block in a fragmented heap
+# (it was what ran out of memory). _warm() imports each module once,
+# dropping it, so the names are interned while the heap is still empty.
+_ALL = ("est_lite.client", "est_lite.coap", "est_lite.pkcs7", "est_lite_mp.dtls", "est_lite.csrattrs",
+        "est_lite_mp.crypto", "est_lite_mp.certs")
+
+
+def _warm():
+    if not _MP:
+        return
+    for n in _ALL:
+        if n not in sys.modules:
+            had = list(sys.modules)
+            __import__(n)
+            drop(*[m for m in sys.modules if m not in had and m != "est_lite_mp.p256"])
+
+
 def provision(cl, store, subject, names, dns, ip, uri, key_backend, pop, now):
+    _warm()
     ca = cl.cacerts()
     return _enroll(cl, store, (subject, names, dns, ip, uri), key_backend, pop, now, ca, False)
 
@@ -68,9 +89,30 @@ def provision(cl, store, subject, names, dns, ip, uri, key_backend, pop, now):
 # stale pointers (an event, a key) that would pin a dropped module's code.
 
 
+class _NoDecode:
+    # stands in for est_lite.csrattrs while the session phase fetches the
+    # attributes: only the DER is kept, decoded in the CSR phase
+    # (_builder_for, same errors) without the session code loaded; the
+    # real module pulls in est_lite.csr (17 KB of heap together)
+    @staticmethod
+    def decode(der):
+        return None
+
+
 def _attrs_der(cl):
     cl._bootstrap()
-    return cl._run(1).der
+    if not _MP:
+        return cl._run(1).der
+    import est_lite
+
+    had = "est_lite.csrattrs" in sys.modules
+    if not had:
+        sys.modules["est_lite.csrattrs"] = est_lite.csrattrs = _NoDecode
+    try:
+        return cl._run(1).der
+    finally:
+        if not had:
+            drop("est_lite.csrattrs")
 
 
 def _builder_for(what, der, ask):
@@ -107,7 +149,7 @@ def _sign(cl, kd, info):
 
 def _make_csr(cl, what, der, key_backend, pop):
     # -> (csr bytes or callable binding -> bytes, public key, exported key, unmet)
-    lean = _MP and cl._session().binding is None
+    lean = _MP and cl.binding is None
     key, pk, kd = _keygen(cl, key_backend, not lean)
     if key is None:
         # MicroPython: the CSR code and the key code are never loaded at
@@ -144,6 +186,9 @@ def _check(cl, cert, chain, ca, pk, now):
 def _enroll(cl, store, what, key_backend, pop, now, ca, renew):
     drop("est_lite.pkcs7", "est_lite.der")
     der = _attrs_der(cl)
+    if _MP and not cl.keep_session and cl.binding is None:
+        cl.close()  # no session while the key and the CSR are made: enroll opens a new one
+        drop("est_lite_mp.dtls")
     drop(*_SESSION)
     csr, pk, kd, unmet = _make_csr(cl, what, der, key_backend, pop)
     der = None
@@ -152,7 +197,7 @@ def _enroll(cl, store, what, key_backend, pop, now, ca, renew):
     cert, chain = _issue(cl, 3 if renew else 2, csr, pk)
     csr = None
     cl.close()  # frees the session before the signature check
-    drop(*_SESSION)
+    drop("est_lite_mp.dtls", *_SESSION)
     drop(*_CRYPTO)
     _check(cl, cert, chain, ca, pk, now)
     drop("est_lite_mp.certs", "est_lite.pkcs7", "est_lite.der", *_CRYPTO)
@@ -180,6 +225,7 @@ def renew(cl, store, threshold, rotate_key, key_backend, now):
             raise LocalProtocolError("the store holds no CA certificates and no trust= was given")
         cl.trust = c.ca
     drop("est_lite_mp.certs", "est_lite.pkcs7")
+    _warm()
     cl.close()
     saved = cl.cert, cl.key
     cl.cert, cl.key = c.cert, c.key
