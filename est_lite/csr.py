@@ -161,7 +161,8 @@ class CsrBuilder:
         if exts:
             attrs.append(der.seq(der.oid(_EXT_REQ), der.tlv(0x31, der.seq(*exts))))
         attrs.sort()
-        spki = der.seq(der.seq(der.oid(der.OID_EC_PUBLIC_KEY), der.oid(der.OID_P256)), der.bit_string(pk))
+        # AlgorithmIdentifier { id-ecPublicKey, secp256r1 }
+        spki = der.seq(b"\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07", der.bit_string(pk))
         return der.seq(b"\x02\x01\x00", der.seq(*rdns), spki, der.tlv(0xA0, *attrs))
 
     @staticmethod
@@ -179,7 +180,8 @@ class CsrBuilder:
             ok = False
         if not ok:
             raise _err("signer: not a DER ECDSA signature")
-        return der.seq(info, der.seq(der.oid(der.OID_ECDSA_SHA256)), der.bit_string(sig))
+        # AlgorithmIdentifier { ecdsa-with-SHA256 }
+        return der.seq(info, b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02", der.bit_string(sig))
 
     def sign(self, signer):
         """Build, sign with signer (see module comment) and return DER."""

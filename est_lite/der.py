@@ -15,34 +15,33 @@
 from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError, const
 
 # --- universal tags ---
-BOOLEAN = const(0x01)
-INTEGER = const(0x02)
-BIT_STRING = const(0x03)
-OCTET_STRING = const(0x04)
-NULL = const(0x05)
-OID = const(0x06)
-UTF8_STRING = const(0x0C)
-PRINTABLE_STRING = const(0x13)
-IA5_STRING = const(0x16)
-UTC_TIME = const(0x17)
-GENERALIZED_TIME = const(0x18)
-SEQUENCE = const(0x30)
-SET = const(0x31)
-CONSTRUCTED = const(0x20)
-CONTEXT = const(0x80)  # class bits of a context-specific tag ([n] = 0x80|n, constructed 0xA0|n)
+_BOOLEAN = const(0x01)
+_INTEGER = const(0x02)
+_BIT_STRING = const(0x03)
+_OCTET_STRING = const(0x04)
+_NULL = const(0x05)
+_OID = const(0x06)
+_UTF8_STRING = const(0x0C)
+_PRINTABLE_STRING = const(0x13)
+_IA5_STRING = const(0x16)
+_UTC_TIME = const(0x17)
+_GENERALIZED_TIME = const(0x18)
+_SEQUENCE = const(0x30)
+_SET = const(0x31)
+_CONSTRUCTED = const(0x20)
+_CONTEXT = const(0x80)  # class bits of a context-specific tag ([n] = 0x80|n, constructed 0xA0|n)
 
 # Default limits (named keyword arguments everywhere)
-MAX_LENGTH = const(0x10000)  # largest content length read_tlv accepts
-MAX_DEPTH = const(12)  # nesting levels codec_server.der_check descends
-MAX_INT_BYTES = const(33)  # read_int: 32-byte scalars plus a sign byte
+_MAX_LENGTH = const(0x10000)  # largest content length read_tlv accepts
+_MAX_DEPTH = const(12)  # nesting levels codec_server.der_check descends
+_MAX_INT_BYTES = const(33)  # read_int: 32-byte scalars plus a sign byte
 
-# --- OID contents we use (DER contents, without tag and length) ---
-OID_EC_PUBLIC_KEY = b"\x2a\x86\x48\xce\x3d\x02\x01"  # 1.2.840.10045.2.1
-OID_P256 = b"\x2a\x86\x48\xce\x3d\x03\x01\x07"  # 1.2.840.10045.3.1.7 secp256r1
-OID_P384 = b"\x2b\x81\x04\x00\x22"  # 1.3.132.0.34 secp384r1
-OID_ECDSA_SHA256 = b"\x2a\x86\x48\xce\x3d\x04\x03\x02"  # 1.2.840.10045.4.3.2
-OID_DATA = b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01"  # 1.2.840.113549.1.7.1
-OID_SIGNED_DATA = b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02"  # 1.2.840.113549.1.7.2
+# The public names of the constants above (der.SEQUENCE, der.MAX_LENGTH,
+# ...) and the OID contents below come from __getattr__ at the end: no
+# module dict entries on a device.
+#   OID_EC_PUBLIC_KEY 1.2.840.10045.2.1      OID_P256 1.2.840.10045.3.1.7 (secp256r1)
+#   OID_P384 1.3.132.0.34 (secp384r1)        OID_ECDSA_SHA256 1.2.840.10045.4.3.2
+#   OID_DATA 1.2.840.113549.1.7.1            OID_SIGNED_DATA 1.2.840.113549.1.7.2
 
 
 def _err(msg, off):
@@ -52,7 +51,7 @@ def _err(msg, off):
 # ---------------------------------------------------------------- reader
 
 
-def read_tlv(buf, off=0, end=None, max_length=MAX_LENGTH):
+def read_tlv(buf, off=0, end=None, max_length=_MAX_LENGTH):
     """Read one TLV at buf[off]. Returns (tag, content_start, content_end);
     content_end is also the offset of the next element. The element must end
     at or before `end` (default len(buf))."""
@@ -86,7 +85,7 @@ def read_tlv(buf, off=0, end=None, max_length=MAX_LENGTH):
     return tag, p, p + n
 
 
-def read(buf, off, tag, end=None, max_length=MAX_LENGTH):
+def read(buf, off, tag, end=None, max_length=_MAX_LENGTH):
     """Read one TLV that must have the given tag. Returns (content_start,
     content_end)."""
     t, s, e = read_tlv(buf, off, end, max_length)
@@ -95,7 +94,7 @@ def read(buf, off, tag, end=None, max_length=MAX_LENGTH):
     return s, e
 
 
-def iter_tlv(buf, start, end, max_length=MAX_LENGTH):
+def iter_tlv(buf, start, end, max_length=_MAX_LENGTH):
     """Yield (tag, content_start, content_end) for each element in
     buf[start:end] (the contents of a constructed value)."""
     while start < end:
@@ -104,7 +103,7 @@ def iter_tlv(buf, start, end, max_length=MAX_LENGTH):
         start = e
 
 
-def read_int(buf, start, end, max_bytes=MAX_INT_BYTES):
+def read_int(buf, start, end, max_bytes=_MAX_INT_BYTES):
     """INTEGER contents -> int (signed). Rejects empty and non-minimal
     encodings."""
     n = end - start
@@ -193,12 +192,12 @@ def tlv(tag, *parts):
 
 
 def seq(*parts):
-    return tlv(SEQUENCE, *parts)
+    return tlv(_SEQUENCE, *parts)
 
 
 def set_of(*parts):
     """SET OF: DER orders the encoded elements as octet strings."""
-    return tlv(SET, *sorted(bytes(p) for p in parts))
+    return tlv(_SET, *sorted(bytes(p) for p in parts))
 
 
 def integer(n):
@@ -206,22 +205,22 @@ def integer(n):
     k = 1
     while not -(1 << (8 * k - 1)) <= n < 1 << (8 * k - 1):
         k += 1
-    return header(INTEGER, k) + (n % (1 << (8 * k))).to_bytes(k, "big")
+    return header(_INTEGER, k) + (n % (1 << (8 * k))).to_bytes(k, "big")
 
 
 def oid(o):
     """OBJECT IDENTIFIER from dotted text or from ready contents (bytes)."""
-    return tlv(OID, oid_bytes(o) if isinstance(o, str) else o)
+    return tlv(_OID, oid_bytes(o) if isinstance(o, str) else o)
 
 
 def bit_string(data, unused=0):
     if not 0 <= unused <= 7 or unused and not data:
         raise LocalProtocolError("bad BIT STRING unused bits")
-    return tlv(BIT_STRING, bytes((unused,)), data)
+    return tlv(_BIT_STRING, bytes((unused,)), data)
 
 
 def octet_string(data):
-    return tlv(OCTET_STRING, data)
+    return tlv(_OCTET_STRING, data)
 
 
 def is_printable_char(c):
@@ -238,15 +237,15 @@ def _text(tag, s, ok=None):
 
 
 def utf8(s):
-    return _text(UTF8_STRING, s)
+    return _text(_UTF8_STRING, s)
 
 
 def printable(s):
-    return _text(PRINTABLE_STRING, s, is_printable_char)
+    return _text(_PRINTABLE_STRING, s, is_printable_char)
 
 
 def ia5(s):
-    return _text(IA5_STRING, s, lambda c: c < 0x80)
+    return _text(_IA5_STRING, s, lambda c: c < 0x80)
 
 
 def boolean(v):
@@ -256,3 +255,31 @@ def boolean(v):
 def explicit(n, inner):
     """[n] EXPLICIT: constructed context tag around one encoded element."""
     return tlv(0xA0 | n, inner)
+
+
+_NAMES = (
+    "BOOLEAN INTEGER BIT_STRING OCTET_STRING NULL OID UTF8_STRING PRINTABLE_STRING IA5_STRING UTC_TIME"
+    " GENERALIZED_TIME SEQUENCE SET CONSTRUCTED CONTEXT MAX_LENGTH MAX_DEPTH MAX_INT_BYTES"
+)
+_OIDS = "OID_EC_PUBLIC_KEY OID_P256 OID_P384 OID_ECDSA_SHA256 OID_DATA OID_SIGNED_DATA"
+
+
+def __getattr__(name):
+    # the public constants, made when asked for (see the top of the module)
+    k = _NAMES.split()
+    if name in k:
+        return (
+            _BOOLEAN, _INTEGER, _BIT_STRING, _OCTET_STRING, _NULL, _OID, _UTF8_STRING, _PRINTABLE_STRING, _IA5_STRING,
+            _UTC_TIME, _GENERALIZED_TIME, _SEQUENCE, _SET, _CONSTRUCTED, _CONTEXT, _MAX_LENGTH, _MAX_DEPTH, _MAX_INT_BYTES,
+        )[k.index(name)]
+    k = _OIDS.split()
+    if name in k:
+        return (
+            b"\x2a\x86\x48\xce\x3d\x02\x01",
+            b"\x2a\x86\x48\xce\x3d\x03\x01\x07",
+            b"\x2b\x81\x04\x00\x22",
+            b"\x2a\x86\x48\xce\x3d\x04\x03\x02",
+            b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x01",
+            b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02",
+        )[k.index(name)]
+    raise AttributeError(name)

@@ -35,7 +35,7 @@ def _content_info(mv, n):
         if mv[i]:
             raise _bad("PKCS#7: trailing bytes")
     os_, off = der.read(mv, s, _OID, e)
-    if mv[os_:off] != der.OID_SIGNED_DATA:
+    if mv[os_:off] != b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02":  # 1.2.840.113549.1.7.2
         raise _bad("PKCS#7: content type is not signedData")
     xs, xe = der.read(mv, off, 0xA0, e, n)
     if xe != e:
@@ -189,10 +189,10 @@ def cert_extensions(fields):
         os_, oe = der.read(mv, a, _OID, b)
         off = oe
         crit = False
-        if off < b and mv[off] == der.BOOLEAN:
-            c, off = der.read(mv, off, der.BOOLEAN, b)
+        if off < b and mv[off] == 1:
+            c, off = der.read(mv, off, 1, b)  # BOOLEAN
             crit = off - c == 1 and mv[c] == 0xFF
-        vs, ve = der.read(mv, off, der.OCTET_STRING, b)
+        vs, ve = der.read(mv, off, 4, b)  # OCTET STRING
         if ve != b:
             raise _bad("X.509: bad extensions")
         yield der.oid_str(mv[os_:oe]), crit, mv[vs:ve]

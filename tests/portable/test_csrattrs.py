@@ -1,4 +1,4 @@
-# micropython-heapsize: 96K
+# micropython-heapsize: 104K
 # Portable tests for est_lite.csrattrs (CPython and MicroPython).
 from _util import b64, raises, unhex
 

@@ -198,3 +198,18 @@ def test_set_of_sorts():
     x = der.octet_string(b"\x01")
     y = der.octet_string(b"\x01\x00")
     assert der.set_of(y, x) == der.tlv(0x31, x, y)
+
+
+def test_public_constants():
+    # made by der.__getattr__ (no module dict entries on a device)
+    names = "BOOLEAN INTEGER BIT_STRING OCTET_STRING NULL OID UTF8_STRING PRINTABLE_STRING IA5_STRING UTC_TIME"
+    names += " GENERALIZED_TIME SEQUENCE SET CONSTRUCTED CONTEXT MAX_LENGTH MAX_DEPTH MAX_INT_BYTES"
+    want = (1, 2, 3, 4, 5, 6, 0x0C, 0x13, 0x16, 0x17, 0x18, 0x30, 0x31, 0x20, 0x80, 0x10000, 12, 33)
+    assert tuple(getattr(der, n) for n in names.split()) == want
+    assert der.oid_str(der.OID_EC_PUBLIC_KEY) == "1.2.840.10045.2.1"
+    assert der.oid_str(der.OID_P256) == "1.2.840.10045.3.1.7"
+    assert der.oid_str(der.OID_P384) == "1.3.132.0.34"
+    assert der.oid_str(der.OID_ECDSA_SHA256) == "1.2.840.10045.4.3.2"
+    assert der.oid_str(der.OID_DATA) == "1.2.840.113549.1.7.1"
+    assert der.oid_str(der.OID_SIGNED_DATA) == "1.2.840.113549.1.7.2"
+    raises(AttributeError, getattr, der, "NO_SUCH_TAG")
