@@ -324,8 +324,9 @@ class CoapOperation(Operation):
     with a plain certificate (/skc); public_key: our 65-byte key, to pick
     and check the issued certificate; rand: a float in [0, 1) or a callable
     returning one, for ACK_RANDOM_FACTOR (the core has no RNG); buf: a
-    bytearray to encode requests into (shared by a session), else one of
-    max_message bytes is made. `now`: seconds from any monotonic clock."""
+    bytearray to encode requests into (shared by a session), else one
+    just large enough for the largest request (at most max_message bytes)
+    is made. `now`: seconds from any monotonic clock."""
 
     # per-operation state (class attributes are the initial values)
     _n = 0  # length of the request in _mv
@@ -368,9 +369,12 @@ class CoapOperation(Operation):
         super().__init__(op, body, public_key, max_body, max_certs)
         if not 0 <= szx <= 6 or len(token) > 8:
             raise LocalProtocolError("szx 0..6, token <= 8 bytes")
-        from est_lite import paths
+        if label is None:  # = paths.coap_path(op, None, skc), without loading paths
+            self._path = [".well-known", "est", "skc" if skc and op == 4 else "crts att sen sren skg".split()[op]]
+        else:
+            from est_lite import paths
 
-        self._path = paths.coap_path(op, label, skc)
+            self._path = paths.coap_path(op, label, skc)
         self.token = bytes(token)
         self._mids = mid if isinstance(mid, MidSource) else MidSource(mid)
         self.accept = accept
@@ -380,7 +384,10 @@ class CoapOperation(Operation):
         self.max_retransmit = max_retransmit
         self.separate_timeout = separate_timeout
         self._body = memoryview(body)
-        self._mv = memoryview(buf or bytearray(max_message))
+        # the largest request: header, token, options (<= 33 bytes besides
+        # Uri-Path), the payload marker and one Block1 block of the body
+        n = 48 + sum([len(x) + 3 for x in self._path]) + min(len(body), 16 << szx)
+        self._mv = memoryview(buf or bytearray(min(n, max_message)))
         self._szx1 = szx  # Block1 size in use
         self.szx = szx  # Block2 size to ask for
 
@@ -546,13 +553,14 @@ class CoapOperation(Operation):
         a = self._asm
         if b2 is not None:
             num, more, szx = coap.block_decode(b2)
-            if num << (4 + szx) != (len(a.body) if a else 0):
+            if num << (4 + szx) != (a.got if a else 0):
                 return True
             if a is None and more:
                 s2 = opt(m, _SIZE2)
-                if s2 is not None and u(s2) > self.max_body:
-                    raise LimitError("Size2 %d > max_body=%d" % (u(s2), self.max_body))
-                a = self._asm = coap.BlockAssembler(self.max_body)
+                s2 = 0 if s2 is None else u(s2)
+                if s2 > self.max_body:
+                    raise LimitError("Size2 %d > max_body=%d" % (s2, self.max_body))
+                a = self._asm = coap.BlockAssembler(self.max_body, s2)
                 a.cf = cf
             if a:
                 if cf != a.cf:

@@ -275,20 +275,23 @@ class BlockAssembler:
     """Reassembles a block-wise body (Block1 on a server, Block2 on a client).
     add() takes blocks in order and returns the body (a bytearray) once a
     block with M=0 arrives, else None. The block size may shrink during the
-    transfer (RFC 7959 §2.3), never grow."""
+    transfer (RFC 7959 §2.3), never grow. size: the peer's Size1/Size2, if
+    any: the body buffer is made that large at once (no regrowing copies),
+    .got counts the bytes received (len(.body) until then is size)."""
 
-    def __init__(self, max_body=4096):
+    def __init__(self, max_body=4096, size=0):
         self.max_body = max_body
-        self.body = bytearray()
+        self.body = bytearray(size if 0 < size <= max_body else 0)
+        self.got = 0
         self.szx = 6
         self.done = False
 
     def next_num(self):
         """Block number to ask for next, at the current block size."""
-        return len(self.body) >> (self.szx + 4)
+        return self.got >> (self.szx + 4)
 
     def add(self, num, m, szx, payload):
-        got = len(self.body)
+        got = self.got
         ln = len(payload)
         if self.done or szx > self.szx or num << (szx + 4) != got:
             raise RemoteProtocolError(
@@ -298,8 +301,15 @@ class BlockAssembler:
             raise RemoteProtocolError("block %d: %d bytes for size %d" % (num, ln, 16 << szx))
         if got + ln > self.max_body:
             raise LimitError("block-wise body > max_body=%d" % self.max_body)
-        self.body.extend(payload)
+        b = self.body
+        if got + ln <= len(b):
+            b[got : got + ln] = payload
+        else:
+            b[got:] = payload  # past a size hint (or none): the buffer grows
+        got = self.got = got + ln
         self.szx = szx
         if not m:
             self.done = True
-            return self.body
+            if got < len(b):  # the size hint was larger than the body
+                self.body = b = b[:got]
+            return b

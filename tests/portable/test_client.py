@@ -33,6 +33,31 @@ def test_lazy_public_names():
         raises(AttributeError, getattr, C, bad)
 
 
+def test_coap_path_without_paths_module():
+    # CoapOperation builds the label-less path itself; it must equal paths.coap_path
+    from est_lite import paths
+
+    for op in range(5):
+        for skc in (False, True):
+            o = C.CoapOperation(op, body=b"" if op < 2 else b"0\x00", skc=skc)
+            assert list(o._path) == paths.coap_path(op, None, skc), (op, skc)
+        o = C.CoapOperation(op, label="lbl", body=b"" if op < 2 else b"0\x00")
+        assert list(o._path) == paths.coap_path(op, "lbl"), op
+
+
+def test_request_buffer_fits_the_largest_request():
+    # the buffer is sized for the request (at most max_message); every block fits
+    body = bytes(range(256)) * 5
+    for szx in (0, 2, 6):
+        o = C.CoapOperation(2, label="a" * 63, body=body, token=b"12345678", accept=287, szx=szx)
+        assert len(o._mv) <= 1152
+        d = bytes(o.send(0))
+        m = coap.decode(d)
+        assert bytes(m.payload) == body[: 16 << szx] and len(d) <= len(o._mv)
+    o = C.CoapOperation(2, body=body, szx=6, max_message=200)
+    raises(LocalProtocolError, o.send, 0)
+
+
 # --- the state table ---
 def test_table_walks_and_rejects():
     s = C.IDLE

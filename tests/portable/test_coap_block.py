@@ -159,3 +159,19 @@ def test_block_assembler_rejects():
     assert "max_body=300" in str(e) and e.coap_code == n.REQUEST_ENTITY_TOO_LARGE
     assert len(a.body) == 256  # nothing of the refused block was kept
     assert fresh().add(1, 0, 2, bytes(44)) == bytes(108)
+
+
+def test_assembler_size_hint():
+    body = bytes(range(200))
+    for hint in (0, 200, 150, 300, 5000):
+        a = coap.BlockAssembler(max_body=4096, size=hint)
+        out = None
+        for num, m, v in coap.blocks(body, 2):  # 64-byte blocks
+            assert a.next_num() == num and a.got == num * 64
+            out = a.add(num, m, 2, v)
+            assert (out is None) == bool(m)
+        assert out == body and len(out) == 200 and a.got == 200 and a.done, hint
+    # a hint is no licence to exceed max_body
+    a = coap.BlockAssembler(max_body=100, size=100)
+    a.add(0, 1, 2, body[:64])
+    raises(LimitError, a.add, 1, 0, 2, body[64:128])
