@@ -129,14 +129,16 @@ class Event:
 #                             challenges [(scheme, {param: value})]
 # Each class is made the first time it is used (module __getattr__ or the
 # first event of its kind), so a device holds only the ones it meets.
-_EVENTS = "CaCerts:certs CsrAttrs:attrs,der Enrolled:cert,chain ServerKeyGen:key_der,key_type,cert,chain RetryAfter:seconds AuthRequired:challenges"
 _classes = {}
 
 
 def _event_class(name):
     c = _classes.get(name)
     if c is None:
-        for d in _EVENTS.split():
+        for d in (
+            "CaCerts:certs CsrAttrs:attrs,der Enrolled:cert,chain ServerKeyGen:key_der,key_type,cert,chain"
+            " RetryAfter:seconds AuthRequired:challenges"
+        ).split():
             n, f = d.split(":")
             if n == name:
                 c = _classes[name] = type(name, (Event,), {"_f": f.replace(",", " ")})

@@ -25,15 +25,8 @@ _KW = ("c", "st", "l", "o", "ou", "cn", "serial_number", "email")
 _SPEC = (
     (6, "p", 2), (8, "u", 128), (7, "u", 128), (10, "u", 64), (11, "u", 64), (3, "u", 64), (5, "p", 64), (0, "i", 255)
 )
-_SAN = "2.5.29.17"
-_CP = "1.2.840.113549.1.9.7"
-_EXT_REQ = "1.2.840.113549.1.9.14"
-# CsrBuilder setters whose code is in est_lite.csrattrs (loaded on first use)
-_LAZY = ("san", "key_usage", "extended_key_usage", "extension", "challenge_password", "attribute")
-
-
-def _err(msg):
-    return LocalProtocolError(msg)
+# (OIDs and names are written as long literals, not module names: literals
+# longer than 10 characters are constants of the code, not interned names)
 
 
 def _spec(k):
@@ -49,8 +42,8 @@ def _spec(k):
 
 
 def _string(kind, value, what, maxlen):
-    if not isinstance(value, str) or not 0 < len(value) <= maxlen or [c for c in value if c < " " or c == "\x7f"]:
-        raise _err("%s: 1..%d characters, no control characters" % (what, maxlen))
+    if not isinstance(value, str) or not 0 < len(value) <= maxlen or [c for c in value.encode() if c < 32 or c == 127]:
+        raise LocalProtocolError("%s: 1..%d characters, no control characters" % (what, maxlen))
     return (der.printable if kind == "p" else der.ia5 if kind == "i" else der.utf8)(value)
 
 
@@ -61,7 +54,7 @@ def _one_der(v, what):
     except RemoteProtocolError:
         ok = False
     if not ok:
-        raise _err(what + ": not one DER element")
+        raise LocalProtocolError(what + ": not one DER element")
     return v
 
 
@@ -86,7 +79,7 @@ class CsrBuilder:
         # challenge_password() and attribute() (documented in
         # est_lite.csrattrs): their code is loaded on first use, so a device
         # that sets only a subject does not hold it in RAM
-        if name in _LAZY:
+        if name in "san key_usage extended_key_usage extension challenge_password attribute".split():
             from est_lite import csrattrs
 
             f = getattr(csrattrs, "b_" + name)
@@ -102,17 +95,17 @@ class CsrBuilder:
         Keywords are written in the order C, ST, L, O, OU, CN, serialNumber,
         email, after the pairs."""
         if self._subject is not None:
-            raise _err("subject may only be set once")
+            raise LocalProtocolError("subject may only be set once")
         items = list(pairs or ())
         for k in names:
             if k not in _KW:
-                raise _err("unknown subject keyword %r (use %s)" % (k, ", ".join(_KW)))
+                raise LocalProtocolError("unknown subject keyword %r (use %s)" % (k, ", ".join(_KW)))
         for k in _KW:
             v = names.get(k)
             for x in v if isinstance(v, (list, tuple)) else () if v is None else (v,):
                 items.append((k, x))
         if not items:
-            raise _err("empty subject")
+            raise LocalProtocolError("empty subject")
         out = []
         for k, v in items:
             oid, kind, n = _spec(k)
@@ -120,7 +113,7 @@ class CsrBuilder:
                 v = _one_der(v, "subject value " + oid)
             else:
                 if n == 2 and not (isinstance(v, str) and len(v) == 2 and v.isalpha()):
-                    raise _err("country %r: 2 letters" % (v,))
+                    raise LocalProtocolError("country %r: 2 letters" % (v,))
                 v = _string(kind, v, "subject " + k, n)
             out.append((oid, v))
         return self._set("_subject", tuple(out))
@@ -148,18 +141,18 @@ class CsrBuilder:
         bytes to sign (for signers that are not a simple object)."""
         pk = bytes(public_key)
         if len(pk) != 65 or pk[0] != 4:
-            raise _err("public key: not a 65-byte 0x04||X||Y point (only P-256)")
+            raise LocalProtocolError("public key: not a 65-byte 0x04||X||Y point (only P-256)")
         # 0x31: SET (of one AttributeTypeAndValue, so no sorting)
         rdns = [der.tlv(0x31, der.seq(der.oid(o), v)) for o, v in self._subject or ()]
         exts = [
-            der.seq(der.oid(o), der.boolean(1) if c or o == _SAN and not rdns else b"", der.octet_string(v))
+            der.seq(der.oid(o), der.boolean(1) if c or o == "2.5.29.17" and not rdns else b"", der.octet_string(v))
             for o, c, v in self._exts
         ]
         attrs = [der.seq(der.oid(o), der.set_of(*v)) for o, v in self._attrs]
         if self._cp is not None:
-            attrs.append(der.seq(der.oid(_CP), der.tlv(0x31, self._cp)))
+            attrs.append(der.seq(der.oid("1.2.840.113549.1.9.7"), der.tlv(0x31, self._cp)))
         if exts:
-            attrs.append(der.seq(der.oid(_EXT_REQ), der.tlv(0x31, der.seq(*exts))))
+            attrs.append(der.seq(der.oid("1.2.840.113549.1.9.14"), der.tlv(0x31, der.seq(*exts))))
         attrs.sort()
         # AlgorithmIdentifier { id-ecPublicKey, secp256r1 }
         spki = der.seq(b"\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07", der.bit_string(pk))
@@ -179,7 +172,7 @@ class CsrBuilder:
         except RemoteProtocolError:
             ok = False
         if not ok:
-            raise _err("signer: not a DER ECDSA signature")
+            raise LocalProtocolError("signer: not a DER ECDSA signature")
         # AlgorithmIdentifier { ecdsa-with-SHA256 }
         return der.seq(info, b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02", der.bit_string(sig))
 
@@ -192,8 +185,8 @@ class CsrBuilder:
 
 def __getattr__(name):
     # EKU_NAMES and parse_ip live in est_lite.csrattrs with the setters that use them
-    if name in ("EKU_NAMES", "parse_ip"):
+    if name in "EKU_NAMES parse_ip".split():
         from est_lite import csrattrs
 
-        return csrattrs.eku_names() if name == "EKU_NAMES" else csrattrs.parse_ip
+        return csrattrs.eku_names() if name[0] == "E" else csrattrs.parse_ip
     raise AttributeError(name)

@@ -408,7 +408,7 @@ def b_san(self, dns=(), ip=(), uri=(), email=(), critical=False):
     names += [der.tlv(0x87, parse_ip(a)) for a in ip]
     if not names:
         raise LocalProtocolError("san() without names")
-    return _add_ext(self, csr._SAN, critical, der.seq(*names), "subjectAltName")
+    return _add_ext(self, "2.5.29.17", critical, der.seq(*names), "subjectAltName")
 
 
 def b_key_usage(self, critical=True, **bits):

@@ -257,22 +257,18 @@ def explicit(n, inner):
     return tlv(0xA0 | n, inner)
 
 
-_NAMES = (
-    "BOOLEAN INTEGER BIT_STRING OCTET_STRING NULL OID UTF8_STRING PRINTABLE_STRING IA5_STRING UTC_TIME"
-    " GENERALIZED_TIME SEQUENCE SET CONSTRUCTED CONTEXT MAX_LENGTH MAX_DEPTH MAX_INT_BYTES"
-)
-_OIDS = "OID_EC_PUBLIC_KEY OID_P256 OID_P384 OID_ECDSA_SHA256 OID_DATA OID_SIGNED_DATA"
-
-
 def __getattr__(name):
     # the public constants, made when asked for (see the top of the module)
-    k = _NAMES.split()
+    k = (
+        "BOOLEAN INTEGER BIT_STRING OCTET_STRING NULL OID UTF8_STRING PRINTABLE_STRING IA5_STRING UTC_TIME"
+        " GENERALIZED_TIME SEQUENCE SET CONSTRUCTED CONTEXT MAX_LENGTH MAX_DEPTH MAX_INT_BYTES"
+    ).split()
     if name in k:
         return (
             _BOOLEAN, _INTEGER, _BIT_STRING, _OCTET_STRING, _NULL, _OID, _UTF8_STRING, _PRINTABLE_STRING, _IA5_STRING,
             _UTC_TIME, _GENERALIZED_TIME, _SEQUENCE, _SET, _CONSTRUCTED, _CONTEXT, _MAX_LENGTH, _MAX_DEPTH, _MAX_INT_BYTES,
         )[k.index(name)]
-    k = _OIDS.split()
+    k = "OID_EC_PUBLIC_KEY OID_P256 OID_P384 OID_ECDSA_SHA256 OID_DATA OID_SIGNED_DATA".split()
     if name in k:
         return (
             b"\x2a\x86\x48\xce\x3d\x02\x01",
