@@ -33,8 +33,9 @@ GY = const(0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5)
 _IPAD = const(0x36363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636363636)
 _OPAD = const(0x5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C5C)
 
-_tab = None  # (w, windows) in use, made on first use
-_src = None  # what set_table was given (None: the built-in p256_table)
+# The table in use is kept on the est_lite_mp package (est_lite_mp._p256,
+# (w, windows) or None: the built-in one), not here: est_lite_mp.provision
+# unloads this module between the phases that use it.
 
 
 def set_table(t):
@@ -49,26 +50,28 @@ def set_table(t):
     -- the layout gen_p256_table.py writes (tablefile.FileTable reads it
     from a file one window at a time). A window is asked for once per
     scalar multiplication at most and not kept."""
-    global _tab, _src
+    import est_lite_mp as pkg
+
     if t is not None:
         w = getattr(t, "w", 0)
         if not (isinstance(w, int) and 2 <= w <= 8 and len(t) == (255 + w) // w):
             raise LocalProtocolError("P-256 table: bad w or number of windows")
-    prev = _src
-    _src = t
-    _tab = None if t is None else (t.w, t)
-    return prev
+    prev = getattr(pkg, "_p256", None)
+    pkg._p256 = None if t is None else (t.w, t)
+    return None if prev is None else prev[1]
 
 
 def table():
-    """(w, windows) that mul_base uses (loads the built-in table if no
-    source was set)."""
-    global _tab
-    if _tab is None:
+    """(w, windows) that mul_base uses (the built-in table if no source was
+    set)."""
+    import est_lite_mp as pkg
+
+    t = getattr(pkg, "_p256", None)
+    if t is None:
         from est_lite_mp import p256_table
 
-        _tab = (p256_table.W, p256_table.T)
-    return _tab
+        t = (p256_table.W, p256_table.T)
+    return t
 
 
 def inv(a, m):

@@ -25,8 +25,8 @@ class Result:
 
 def drop(*names):
     """MicroPython: forget modules so their code can be collected (they are
-    imported again when needed). Never est_lite.errors or est_lite_mp.p256
-    (which holds an installed table file)."""
+    imported again when needed). Never est_lite.errors (its classes are
+    caught by the caller)."""
     if not _MP:
         return
     for n in names:
@@ -44,7 +44,7 @@ def drop(*names):
 
 _SESSION = ("est_lite.client", "est_lite.numbers", "est_lite.paths", "est_lite.coap", "est_lite.pkcs7",
             "est_lite.csrattrs", "est_lite.der", "est_lite.cbor", "est_lite.client_http", "est_lite.http1")
-_CRYPTO = ("est_lite.csr", "est_lite.csrattrs", "est_lite_mp.crypto", "est_lite_mp.keys")
+_CRYPTO = ("est_lite.csr", "est_lite.csrattrs", "est_lite_mp.crypto", "est_lite_mp.keys", "est_lite_mp.p256")
 
 
 def _builder(subject, names, dns, ip, uri):
@@ -75,7 +75,7 @@ def _warm():
         if n not in sys.modules:
             had = list(sys.modules)
             __import__(n)
-            drop(*[m for m in sys.modules if m not in had and m != "est_lite_mp.p256"])
+            drop(*[m for m in sys.modules if m not in had])
 
 
 def provision(cl, store, subject, names, dns, ip, uri, key_backend, pop, now):
