@@ -205,20 +205,31 @@ def _certs(cf, der, max_certs):
 
 def _leaf(certs, pk):
     # the issued certificate: the one carrying our public key pk if given,
-    # else the only one, else the first one that issued none of the others
+    # else the only one, else the first one that issued none of the others.
+    # Every certificate is parsed (a malformed one is an error), one at a time.
     leaf = certs[0]
     if pk is not None or len(certs) > 1:
         from est_lite import pkcs7
 
-        f = [pkcs7.cert_tbs_fields(c) for c in certs]
-        issuers = [bytes(x["issuer"]) for x in f]
-        for i in range(len(certs)):
-            if bytes(f[i]["public_key"]) == bytes(pk) if pk is not None else bytes(f[i]["subject"]) not in issuers:
-                leaf = certs[i]
-                break
-        else:
-            if pk is not None:
-                raise RemoteProtocolError("no certificate with our public key")
+        pk = None if pk is None else bytes(pk)
+        names = []  # (issuer, subject) of each certificate
+        leaf = None
+        for c in certs:
+            f = pkcs7.cert_tbs_fields(c)
+            if pk is None:
+                names.append((bytes(f["issuer"]), bytes(f["subject"])))
+            elif leaf is None and bytes(f["public_key"]) == pk:
+                leaf = c
+        f = None
+        if pk is None:
+            issuers = [i for i, _ in names]
+            leaf = certs[0]
+            for i in range(len(certs)):
+                if names[i][1] not in issuers:
+                    leaf = certs[i]
+                    break
+        elif leaf is None:
+            raise RemoteProtocolError("no certificate with our public key")
     return leaf, [c for c in certs if c is not leaf]
 
 
