@@ -20,6 +20,8 @@ class FileTable:
     """Sequence of the table's windows, read from the file on demand."""
 
     def __init__(self, path):
+        from array import array
+
         f = open(path, "rb")
         h = f.read(7)
         if len(h) != 7 or h[:5] != _MAGIC:
@@ -28,24 +30,25 @@ class FileTable:
         self.w = h[5]
         n = h[6]
         lens = f.read(2 * n)
-        self._off = []
-        self._len = []
+        # n + 1 file offsets in one array (260 bytes; two lists of ints were 1 KB)
         o = 7 + 2 * n
+        self._off = array("I", [o])
         for i in range(n):
-            ln = lens[2 * i] << 8 | lens[2 * i + 1]
+            o += lens[2 * i] << 8 | lens[2 * i + 1]
             self._off.append(o)
-            self._len.append(ln)
-            o += ln
         self._f = f
 
     def __len__(self):
-        return len(self._len)
+        return len(self._off) - 1
 
     def __getitem__(self, i):
         f = self._f
-        f.seek(self._off[i])
-        d = f.read(self._len[i])
-        if len(d) != self._len[i]:
+        o = self._off
+        a = o[i]
+        n = o[i + 1] - a
+        f.seek(a)
+        d = f.read(n)
+        if len(d) != n:
             raise ValueError("P-256 table file is truncated")
         return d
 
