@@ -105,15 +105,14 @@ PHASES = r"""
 import gc, json, sys, micropython
 gc.collect()
 B = gc.mem_alloc()
-R = []
 
 
 def m(label):
     gc.collect()
     a = gc.mem_alloc() - B
-    print("QSTR")
     micropython.qstr_info()
-    R.append([label, a, [n for n in sorted(sys.modules.keys()) if n.startswith("est_lite")]])
+    # printed at once, not collected: a growing list would be live heap too
+    print("ROW " + json.dumps([label, a, [n for n in sys.modules if n.startswith("est_lite")]]))
 
 
 def _rd(p):
@@ -142,7 +141,6 @@ def main():
         m("before")
         __import__(n)
         m("import " + n)
-        print("PHASES " + json.dumps(R))
         return
     from est_lite_mp import tablefile
     tablefile.install(cfg["table"])
@@ -192,7 +190,7 @@ def main():
     c.close()
     c = store = None
     m("all dropped")
-    print("PHASES " + json.dumps(R))
+    print("PHASES")
 
 
 main()
@@ -280,11 +278,11 @@ def min_heap(lib, module, args, rom=None, lo=2, hi=1024, tries=1):
 
 def _phases_run(lib, rom, cfgpath):
     p = run_module(lib, "bench_phases", [cfgpath], 1024 * 1024, rom)
-    if "PHASES " not in p.stdout:
+    if p.returncode != 0 or "ROW " not in p.stdout:
         raise RuntimeError("phases driver failed: %s%s" % (p.stdout[-2000:], p.stderr[-2000:]))
     qs = [int(ln.split("n_total_bytes=")[1]) for ln in p.stdout.splitlines() if "n_total_bytes=" in ln]
-    rows = json.loads(p.stdout.split("PHASES ", 1)[1].splitlines()[0])
-    return [dict(label=r[0], live=r[1], qstr_pool=q, modules=r[2]) for r, q in zip(rows, qs)]
+    rows = [json.loads(ln[4:]) for ln in p.stdout.splitlines() if ln.startswith("ROW ")]
+    return [dict(label=r[0], live=r[1], qstr_pool=q, modules=sorted(r[2])) for r, q in zip(rows, qs)]
 
 
 def phases(lib, d, cfgpath):

@@ -81,6 +81,7 @@ def _warm():
 
 def provision(cl, store, subject, names, dns, ip, uri, key_backend, pop, now):
     _warm()
+    _pkcs7()
     ca = cl.cacerts()
     return _enroll(cl, store, (subject, names, dns, ip, uri), key_backend, pop, now, ca, False)
 
@@ -173,7 +174,14 @@ def _make_csr(cl, what, der, key_backend, pop):
     return csr, pk, kd, unmet
 
 
+def _pkcs7():
+    # the answer's decoder loaded before the session's code and buffers,
+    # rather than into whatever free blocks are left when the answer is in
+    from est_lite import pkcs7  # noqa: F401
+
+
 def _issue(cl, op, csr, pk):
+    _pkcs7()
     ev = cl._run(op, csr, pk)
     return ev.cert, ev.chain
 
@@ -194,7 +202,7 @@ def _enroll(cl, store, what, key_backend, pop, now, ca, renew):
     csr, pk, kd, unmet = _make_csr(cl, what, der, key_backend, pop)
     der = None
     if not callable(csr):
-        drop(*_CRYPTO)
+        drop("est_lite.der", *_CRYPTO)
     cert, chain = _issue(cl, 3 if renew else 2, csr, pk)
     csr = None
     cl.close()  # frees the session before the signature check
