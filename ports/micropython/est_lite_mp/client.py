@@ -272,7 +272,7 @@ class EstClient:
         self._last = None  # HTTPS: transport that carried the last answer (kept after close)
         self._anon = False  # HTTPS bootstrap without credentials
         self._mid = None  # next CoAP message id (kept as an int: core modules may be reloaded)
-        self._buf = None
+        self._buf = self._rx = None
         self._end = None
         self.rto = None  # est_lite_mp.client.Rto, made with the first session when adaptive
 
@@ -336,7 +336,8 @@ class EstClient:
             if self._mid is None and self.scheme == "coaps":
                 b = self._rand_bytes(2)
                 self._mid = b[0] << 8 | b[1]
-                self._buf = bytearray(1152)
+                self._buf = bytearray(1152)  # requests
+                self._rx = memoryview(bytearray(1280))  # datagrams received; both kept for the client's life
         return self._t
 
     def close(self):
@@ -382,8 +383,7 @@ class EstClient:
         o = C.CoapOperation(op, label=self.label, body=body, token=self._rand_bytes(4), mid=ms, szx=self.szx,
                             public_key=pk, rand=self._rand, ack_timeout=at, max_retransmit=mr,
                             max_body=self.max_body, buf=self._buf)
-        rb = bytearray(1280)
-        mv = memoryview(rb)
+        mv = self._rx
         rto = self.rto
         sent = None  # time a confirmable request went out (RTT sample unless it is retransmitted)
         rx = 0
@@ -411,7 +411,7 @@ class EstClient:
                 ev = o.next_event()
                 if ev is not C.NEED_DATA:
                     return ev
-                n = t.recv_into(rb, o.next_timeout() - self._mono())
+                n = t.recv_into(mv, o.next_timeout() - self._mono())
                 if n:
                     now = self._mono()
                     if rto is not None and sent is not None and sent >= 0:
