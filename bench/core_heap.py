@@ -27,6 +27,11 @@ Measurements (MicroPython unix port, 1 KB bisection of -X heapsize):
   (after the imports). On this build it counts every allocation and never
   goes down, so it is allocation volume.
 The last line is one JSON object.
+
+    python bench/core_heap.py --imports
+
+prints instead what each module of the workload adds to the heap when it is
+imported from the ROMFS image, and how much of that went into new qstr pools.
 """
 
 import json
@@ -158,7 +163,54 @@ def script(pub, sig, path, n, prelude="", imports_only=False, img=None):
     )
 
 
+MODULES = ("errors", "der", "csr", "coap", "client", "pkcs7")
+
+
+def import_table(modules=MODULES):
+    """Heap each core module's import takes with the core in a ROMFS image
+    (in the order given: each row counts what that import adds), and how
+    much of it went into new qstr pools."""
+    import re
+
+    from mpremote.romfs import make_romfs
+
+    with tempfile.TemporaryDirectory() as d:
+        lib = pathlib.Path(d) / "lib"
+        compile_core(lib)
+        img = pathlib.Path(d) / "core.romfs"
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            img.write_bytes(make_romfs(str(lib), mpy_cross=False))
+        s = "import gc, sys, micropython\n" + ROMFS_PRELUDE.replace("__IMG__", repr(str(img))).replace(
+            "__IMGLEN__", str(img.stat().st_size)
+        )
+        s += "import est_lite\ngc.collect(); m0 = gc.mem_alloc(); micropython.qstr_info()\n"
+        for m in modules:
+            s += "import est_lite.%s\ngc.collect(); m1 = gc.mem_alloc(); print('MOD', %r, m1 - m0); m0 = m1\n" % (m, m)
+            s += "micropython.qstr_info()\n"
+        p = _mp.run_mp(s, heapsize=1 << 20)
+        if p.returncode:
+            sys.exit(p.stdout + p.stderr)
+        q = [(int(a), int(b)) for a, b in re.findall(r"n_qstr=(\d+), n_str_data_bytes=\d+, n_total_bytes=(\d+)", p.stdout)]
+        rows = {}
+        for i, (m, h) in enumerate(re.findall(r"MOD (\w+) (\d+)", p.stdout)):
+            rows[m] = {
+                "mpy_bytes": (lib / "est_lite" / (m + ".mpy")).stat().st_size,
+                "import_heap_bytes": int(h),
+                "qstr_pool_bytes": q[i + 1][1] - q[i][1],
+                "new_qstrs": q[i + 1][0] - q[i][0],
+            }
+    print("%-8s %7s %12s %16s %9s" % ("module", ".mpy", "import heap", "of it qstr pools", "new qstrs"))
+    for m, r in rows.items():
+        print("%-8s %7d %12d %16d %9d" % (m, r["mpy_bytes"], r["import_heap_bytes"], r["qstr_pool_bytes"], r["new_qstrs"]))
+    print(json.dumps({"romfs_imports": rows}))
+
+
 def main():
+    if "--imports" in sys.argv:
+        return import_table()
     _mp.need_tools()
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
