@@ -115,18 +115,15 @@ def cert_tbs_fields(cert, max_length=0x10000):
     if ce != n:
         raise _bad("X.509: trailing bytes")
     ts, te = der.read(mv, cs, _SEQ, ce, max_length)
-    r = {"tbs": mv[cs:te]}
     as_, ae = der.read(mv, te, _SEQ, ce)
-    r["sig_alg_der"] = mv[te:ae]
     os_, oe = der.read(mv, as_, _OID, ae)
-    r["sig_alg"] = der.oid_str(mv[os_:oe])
+    sig_alg = der.oid_str(mv[os_:oe])
     bs, be = der.read(mv, ae, _BITS, ce, max_length)
     if be != ce:
         raise _bad("X.509: trailing bytes")
     u, bs, be = der.read_bit_string(mv, bs, be)
     if u:
         raise _bad("X.509: bad signature")
-    r["signature"] = mv[bs:be]
     off = ts
     ver = 1
     if off < te and mv[off] == 0xA0:
@@ -135,46 +132,58 @@ def cert_tbs_fields(cert, max_length=0x10000):
         ver = der.read_int(mv, a, b) + 1
         if not 1 <= ver <= 3 or b != off:
             raise _bad("X.509: bad version")
-    r["version"] = ver
     a, off = der.read(mv, off, _INT, te)
-    r["serial"] = der.read_int(mv, a, off)
+    serial = der.read_int(mv, a, off)
     _, off = der.read(mv, off, _SEQ, te)  # signature AlgorithmIdentifier
-    s0 = off
+    i0 = off
     _, off = der.read(mv, off, _SEQ, te)
-    r["issuer"] = mv[s0:off]
+    i1 = off  # issuer: mv[i0:i1]
     vs, ve = der.read(mv, off, _SEQ, te)
-    r["not_before"], p = _time(mv, vs, ve)
-    r["not_after"], p = _time(mv, p, ve)
+    nb, p = _time(mv, vs, ve)
+    na, p = _time(mv, p, ve)
     if p != ve:
         raise _bad("X.509: bad time")
-    s0 = ve
-    _, off = der.read(mv, ve, _SEQ, te)
-    r["subject"] = mv[s0:off]
-    s0 = off
-    ks, off = der.read(mv, off, _SEQ, te)
-    r["spki"] = mv[s0:off]
+    _, s1 = der.read(mv, ve, _SEQ, te)  # subject: mv[ve:s1]
+    ks, off = der.read(mv, s1, _SEQ, te)  # spki: mv[s1:off]
     als, ale = der.read(mv, ks, _SEQ, off)
     a, b = der.read(mv, als, _OID, ale)
-    r["key_alg"] = der.oid_str(mv[a:b])
-    r["key_params"] = None
+    key_alg = der.oid_str(mv[a:b])
+    key_params = None
     if b < ale and mv[b] == _OID:
         c, d = der.read(mv, b, _OID, ale)
-        r["key_params"] = der.oid_str(mv[c:d])
+        key_params = der.oid_str(mv[c:d])
     ps, pe = der.read(mv, ale, _BITS, off)
     u, ps, pe = der.read_bit_string(mv, ps, pe)
-    r["public_key"] = mv[ps:pe]
-    r["extensions"] = None
+    k0 = off
+    ext = None
     while off < te:  # issuerUniqueID [1], subjectUniqueID [2], extensions [3]
         t, a, b = der.read_tlv(mv, off, te)
         if t == 0xA3:
             xs, xe = der.read(mv, a, _SEQ, b)
             if xe != b:
                 raise _bad("X.509: bad extensions")
-            r["extensions"] = mv[xs:xe]
+            ext = mv[xs:xe]
         elif t not in (0x81, 0x82, 0xA1, 0xA2):
             raise _bad("X.509: bad TBSCertificate")
         off = b
-    return r
+    # one dict display: made at its final size (no regrowing on the way)
+    return {
+        "tbs": mv[cs:te],
+        "sig_alg_der": mv[te:ae],
+        "sig_alg": sig_alg,
+        "signature": mv[bs:be],
+        "version": ver,
+        "serial": serial,
+        "issuer": mv[i0:i1],
+        "not_before": nb,
+        "not_after": na,
+        "subject": mv[ve:s1],
+        "spki": mv[s1:k0],
+        "key_alg": key_alg,
+        "key_params": key_params,
+        "public_key": mv[ps:pe],
+        "extensions": ext,
+    }
 
 
 def cert_extensions(fields):
