@@ -609,10 +609,10 @@ def __getattr__(name):
         from est_lite import client_http
 
         return client_http.HttpOperation
-    if name in _SN.split():
-        return _SN.split().index(name)
-    if name in _IN.split():
-        return _IN.split().index(name)
+    for k in (_SN, _IN):
+        k = k.split()
+        if name in k:
+            return k.index(name)
     k = "ACK_TIMEOUT ACK_RANDOM_FACTOR MAX_RETRANSMIT SEPARATE_TIMEOUT DEFAULT_RETRY_AFTER SENDING".split()
     if name in k:
         return (_ACK_TIMEOUT, 1.5, _MAX_RETRANSMIT, _SEPARATE_TIMEOUT, _DEFAULT_RETRY_AFTER, (0, 2, 3, 4))[k.index(name)]
