@@ -2,6 +2,7 @@
 
     python bench/device.py [--runs 9] [--loss 0.2] [--delay-ms 0] [--ack-timeout 2] [--skip-lossy]
                            [--no-adaptive] [--rto-initial-ms 1000] [--rto-min-ms 20] [--no-rtt-share] [--seed 7]
+                           [--keep-session] [--phases]
 
 Against the reference server (hil.refserver, in this process) over
 EST-coaps, the MicroPython unix port running est_lite + est_lite_mp as .mpy
@@ -85,6 +86,7 @@ def main():
         c.rto_initial_ms = cfg["rto_initial_ms"]
         c.rto_min_ms = cfg["rto_min_ms"]
         c.rtt_keep_s = cfg["rtt_keep_s"]
+        c.keep_session = cfg.get("keep_session", False)
         c.provision(store, cn="bench-%d" % i)
         c.close()
         times.append(time.ticks_diff(time.ticks_ms(), t0))
@@ -328,6 +330,9 @@ def main():
     ap.add_argument("--rto-min-ms", type=int, default=20, help="floor of the measured RTO (default 20)")
     ap.add_argument("--no-rtt-share", action="store_true",
                     help="every enrollment starts with no RTT knowledge (EstClient.rtt_keep_s = 0): first contact")
+    ap.add_argument("--keep-session", action="store_true",
+                    help="one DTLS session for the whole provision() (EstClient.keep_session; default: the "
+                         "session is closed while the key and the CSR are made, the enroll opens a new one)")
     ap.add_argument("--heap-tries", type=int, default=3,
                     help="an enrollment must complete this many times in a row at a heap size (default 3)")
     ap.add_argument("--seed", type=int, default=7)
@@ -367,7 +372,8 @@ def main():
                 with open(p, "w") as f:
                     json.dump(dict(files, server=server, runs=runs, store=store, table=str(table), deadline=600,
                                    ack_timeout=ack_timeout, adaptive=adaptive, rto_initial_ms=a.rto_initial_ms,
-                                   rto_min_ms=a.rto_min_ms, rtt_keep_s=0 if a.no_rtt_share else 600), f)
+                                   rto_min_ms=a.rto_min_ms, rtt_keep_s=0 if a.no_rtt_share else 600,
+                                   keep_session=a.keep_session), f)
                 return p
 
             if a.phases:
@@ -427,7 +433,7 @@ def main():
                            loss_target_ratio=LOSS_TARGET, loss=a.loss, delay_ms=a.delay_ms,
                            ack_timeout_s=a.ack_timeout, runs=a.runs, adaptive=not a.no_adaptive,
                            rto_initial_ms=a.rto_initial_ms, rto_min_ms=a.rto_min_ms, seed=a.seed,
-                           rtt_shared=not a.no_rtt_share)
+                           rtt_shared=not a.no_rtt_share, keep_session=a.keep_session)
         finally:
             srv.stop()
     print(json.dumps(res, sort_keys=True))
