@@ -192,6 +192,14 @@ def _check(cl, cert, chain, ca, pk, now):
     certs.check_issued(cert, chain, ca, pk, cl._crypto().verify, cl._verify_hook(), now)
 
 
+def _low(b):
+    # MicroPython: a copy made once a phase's modules are unloaded goes to
+    # the lowest free block that fits (first fit), and the original, left
+    # among the unloaded code, is freed with it: what a phase hands on does
+    # not split the space the next phase loads its code into
+    return bytes(memoryview(b)) if _MP and isinstance(b, (bytes, bytearray)) else b
+
+
 def _enroll(cl, store, what, key_backend, pop, now, ca, renew):
     drop("est_lite.pkcs7", "est_lite.der")
     der = _attrs_der(cl)
@@ -199,15 +207,18 @@ def _enroll(cl, store, what, key_backend, pop, now, ca, renew):
         cl.close()  # no session while the key and the CSR are made: enroll opens a new one
         drop("est_lite_mp.dtls")
     drop(*_SESSION)
+    der = _low(der)
     csr, pk, kd, unmet = _make_csr(cl, what, der, key_backend, pop)
     der = None
     if not callable(csr):
         drop("est_lite.der", *_CRYPTO)
+    csr, pk, kd = _low(csr), _low(pk), _low(kd)
     cert, chain = _issue(cl, 3 if renew else 2, csr, pk)
     csr = None
     cl.close()  # frees the session before the signature check
     drop("est_lite_mp.dtls", *_SESSION)
     drop(*_CRYPTO)
+    cert, chain = _low(cert), [_low(c) for c in chain]
     _check(cl, cert, chain, ca, pk, now)
     drop("est_lite_mp.certs", "est_lite.pkcs7", "est_lite.der", *_CRYPTO)
     gen = store.save(key=kd, cert=cert, ca=ca, keep=("key",) if kd is None else ())
