@@ -206,7 +206,7 @@ ROM_PRELUDE = ("import vfs,sys\nf=open(%r,'rb');_i=f.read();f.close();del f\n"
 COAPS_DEVICE = ["est_lite/" + m for m in ("__init__", "errors", "numbers", "coap", "client", "der", "pkcs7", "csr",
                                           "csrattrs")] + \
                ["est_lite_mp/" + m for m in ("__init__", "client", "dtls", "crypto", "keys", "p256", "credstore",
-                                             "provision", "certs", "tablefile")]
+                                             "provision", "certs", "tablefile", "storeops")]
 
 
 def build_lib(d):

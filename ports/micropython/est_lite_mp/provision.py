@@ -65,7 +65,7 @@ def _builder(subject, names, dns, ip, uri):
 # (it was what ran out of memory). _warm() imports each module once,
 # dropping it, so the names are interned while the heap is still empty.
 _ALL = ("est_lite.client", "est_lite.coap", "est_lite.pkcs7", "est_lite_mp.dtls", "est_lite.csrattrs",
-        "est_lite_mp.crypto", "est_lite_mp.certs")
+        "est_lite_mp.crypto", "est_lite_mp.certs", "est_lite_mp.storeops")
 
 
 def _warm():
@@ -222,6 +222,7 @@ def _enroll(cl, store, what, key_backend, pop, now, ca, renew):
     _check(cl, cert, chain, ca, pk, now)
     drop("est_lite_mp.certs", "est_lite.pkcs7", "est_lite.der", *_CRYPTO)
     gen = store.save(key=kd, cert=cert, ca=ca, keep=("key",) if kd is None else ())
+    drop("est_lite_mp.storeops")
     return Result(cert, chain, ca, pk, unmet, gen)
 
 
