@@ -183,7 +183,7 @@ class _MpCoaps:
 
         self._pc = None
         if pin:
-            from est_lite_mp.certs import PinCheck
+            from est_lite_mp.pincheck import PinCheck
 
             # the verify callback: pinned certificate in the chain, the ones below it signed by the next
             self._pc = PinCheck(pin, None)

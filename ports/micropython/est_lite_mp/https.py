@@ -7,7 +7,7 @@
 # DNS/IP subjectAltNames); pin instead: SHA-256 of a certificate of the
 # chain the server presents, checked in the verify callback during the
 # handshake (before our certificate is sent); every certificate below the
-# pinned one must be signed by the next (est_lite_mp.certs.PinCheck).
+# pinned one must be signed by the next (est_lite_mp.pincheck.PinCheck).
 # No channel binding: this `tls` has no tls-unique/exporter API (binding
 # is None).
 import select
@@ -37,7 +37,7 @@ class TlsStream:
         self._poll = None
         self._pc = None
         if pin is not None:
-            from est_lite_mp.certs import PinCheck
+            from est_lite_mp.pincheck import PinCheck
 
             self._pc = PinCheck(pin, None)
 
@@ -48,7 +48,7 @@ class TlsStream:
     def _check(self, der, depth):
         # The verify callback (top of the chain first, the leaf at depth 0
         # decides): the pinned certificate must be in the chain and every
-        # certificate below it signed by the next (certs.PinCheck). Must
+        # certificate below it signed by the next (pincheck.PinCheck). Must
         # return 0 or a negative Mbed TLS error, and must not raise.
         try:
             ok = self._pc(der, depth)
