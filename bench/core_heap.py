@@ -193,7 +193,8 @@ def import_table(modules=MODULES):
         p = _mp.run_mp(s, heapsize=1 << 20)
         if p.returncode:
             sys.exit(p.stdout + p.stderr)
-        q = [(int(a), int(b)) for a, b in re.findall(r"n_qstr=(\d+), n_str_data_bytes=\d+, n_total_bytes=(\d+)", p.stdout)]
+        pat = r"n_qstr=(\d+), n_str_data_bytes=\d+, n_total_bytes=(\d+)"
+        q = [(int(a), int(b)) for a, b in re.findall(pat, p.stdout)]
         rows = {}
         for i, (m, h) in enumerate(re.findall(r"MOD (\w+) (\d+)", p.stdout)):
             rows[m] = {
@@ -204,7 +205,8 @@ def import_table(modules=MODULES):
             }
     print("%-8s %7s %12s %16s %9s" % ("module", ".mpy", "import heap", "of it qstr pools", "new qstrs"))
     for m, r in rows.items():
-        print("%-8s %7d %12d %16d %9d" % (m, r["mpy_bytes"], r["import_heap_bytes"], r["qstr_pool_bytes"], r["new_qstrs"]))
+        row = (m, r["mpy_bytes"], r["import_heap_bytes"], r["qstr_pool_bytes"], r["new_qstrs"])
+        print("%-8s %7d %12d %16d %9d" % row)
     print(json.dumps({"romfs_imports": rows}))
 
 

@@ -145,7 +145,7 @@ def _event_class(name):
     return c
 
 
-def _event(name, *a):
+def _make_event(name, *a):
     return _event_class(name)(*a)
 
 
@@ -220,7 +220,7 @@ def _leaf(certs, pk):
                 names.append((bytes(f["issuer"]), bytes(f["subject"])))
             elif leaf is None and bytes(f["public_key"]) == pk:
                 leaf = c
-        f = None
+        f = None  # the last dict: not kept while the event is made
         if pk is None:
             issuers = [i for i, _ in names]
             leaf = certs[0]
@@ -250,21 +250,21 @@ def decode_result(op, cf, body, public_key=None, max_certs=8):
                 break
         else:
             if key and certs:
-                return _event("ServerKeyGen", key[0], key[1], *_leaf(certs, None))
+                return _make_event("ServerKeyGen", key[0], key[1], *_leaf(certs, None))
         raise RemoteProtocolError("serverkeygen: need one key and one certificate part")
     if op == _OP_CSRATTRS:
         if cf not in (None, _CF_CSRATTRS):
             raise RemoteProtocolError("unexpected content format %r" % (cf,))
         der = bytes(body)
         if not der:
-            return _event("CsrAttrs", None, der)
+            return _make_event("CsrAttrs", None, der)
         from est_lite import csrattrs
 
-        return _event("CsrAttrs", csrattrs.decode(der), der)
+        return _make_event("CsrAttrs", csrattrs.decode(der), der)
     certs = _certs(_CF_PKCS7_CERTS if cf is None else cf, body, max_certs)
     if op == _OP_CACERTS:
-        return _event("CaCerts", certs)
-    return _event("Enrolled", *_leaf(certs, public_key))
+        return _make_event("CaCerts", certs)
+    return _make_event("Enrolled", *_leaf(certs, public_key))
 
 
 def _text(payload, limit=200):
@@ -534,9 +534,9 @@ class CoapOperation(Operation):
         u = coap.uint_decode
         if code == _SERVICE_UNAVAILABLE:
             v = opt(m, _MAX_AGE)
-            return self._finish(_RETRY, _event("RetryAfter", _DEFAULT_RETRY_AFTER if v is None else u(v)))
+            return self._finish(_RETRY, _make_event("RetryAfter", _DEFAULT_RETRY_AFTER if v is None else u(v)))
         if code == _NOT_FOUND and self.op == _OP_CSRATTRS:
-            return self._finish(_FINAL, _event("CsrAttrs", None, b""))
+            return self._finish(_FINAL, _make_event("CsrAttrs", None, b""))
         b1 = opt(m, _BLOCK1)
         if b1 is not None:
             num, _, szx = coap.block_decode(b1)
@@ -615,7 +615,8 @@ def __getattr__(name):
             return k.index(name)
     k = "ACK_TIMEOUT ACK_RANDOM_FACTOR MAX_RETRANSMIT SEPARATE_TIMEOUT DEFAULT_RETRY_AFTER SENDING".split()
     if name in k:
-        return (_ACK_TIMEOUT, 1.5, _MAX_RETRANSMIT, _SEPARATE_TIMEOUT, _DEFAULT_RETRY_AFTER, (0, 2, 3, 4))[k.index(name)]
+        v = (_ACK_TIMEOUT, 1.5, _MAX_RETRANSMIT, _SEPARATE_TIMEOUT, _DEFAULT_RETRY_AFTER, (0, 2, 3, 4))
+        return v[k.index(name)]
     c = _event_class(name)
     if c is not None:
         return c

@@ -100,11 +100,11 @@ class HttpOperation(C.Operation):
         a = self.auth
         if s == 202 or s == 503 and r.retry_after is not None:
             v = r.retry_after
-            return self._finish(_RETRY, C._event("RetryAfter", 60 if v is None else v))  # 60: DEFAULT_RETRY_AFTER
+            return self._finish(_RETRY, C._make_event("RetryAfter", 60 if v is None else v))  # 60: DEFAULT_RETRY_AFTER
         if s == 401:
             ch = http1.parse_challenges([v for k, v in r.headers if k == "www-authenticate"])
             if a is None:
-                return self._finish(_FINAL, C._event("AuthRequired", ch))
+                return self._finish(_FINAL, C._make_event("AuthRequired", ch))
             d = http1.pick_digest(ch)
             if self._tried:
                 pass
@@ -117,7 +117,7 @@ class HttpOperation(C.Operation):
                 self._authz = http1.basic_auth(a[0], a[1])
                 return self._to(_AUTH)
         if self.op == 1 and s in (204, 404):
-            return self._finish(_FINAL, C._event("CsrAttrs", None, b""))
+            return self._finish(_FINAL, C._make_event("CsrAttrs", None, b""))
         if s != 200:
             d = C._text(r.body)
             raise ServerError("the server answered %d %s %s" % (s, r.reason, d), None, s, d)

@@ -155,7 +155,8 @@ class CsrBuilder:
             attrs.append(der.seq(der.oid("1.2.840.113549.1.9.14"), der.tlv(0x31, der.seq(*exts))))
         attrs.sort()
         # AlgorithmIdentifier { id-ecPublicKey, secp256r1 }
-        spki = der.seq(b"\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07", der.bit_string(pk))
+        alg = b"\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07"
+        spki = der.seq(alg, der.bit_string(pk))
         return der.seq(b"\x02\x01\x00", der.seq(*rdns), spki, der.tlv(0xA0, *attrs))
 
     @staticmethod
