@@ -202,6 +202,13 @@ EMPTY = "print('DONE')\n"
 ROM_PRELUDE = ("import vfs,sys\nf=open(%r,'rb');_i=f.read();f.close();del f\n"
                "vfs.mount(vfs.VfsRom(_i),'/rom');sys.path.insert(0,'/rom')\n")
 
+# SOURCE_NAMES: the .mpy files are compiled with `mpy-cross -s <module name>`.
+# MicroPython interns the source name stored in a .mpy (tracebacks print it)
+# when the module is loaded, and the module's dotted name anyway: with the
+# module name as the source name that is one name, not two (about 20 fewer
+# qstrs in an enrollment; a traceback reads File "est_lite_mp.client", line
+# N). hil/bundle.py builds the device bundle with plain paths.
+
 # what a CoAPs-only device loads for provision()
 COAPS_DEVICE = ["est_lite/" + m for m in ("__init__", "errors", "numbers", "coap", "client", "der", "pkcs7", "csr",
                                           "csrattrs")] + \
@@ -220,12 +227,15 @@ def build_lib(d):
             if py.name.startswith("gen_"):
                 continue
             out = lib / pkg / (py.stem + ".mpy")
-            subprocess.run([_mp.MPY_CROSS, "-o", str(out), str(py)], check=True)
+            # source name = the module's name, which the import interns anyway
+            # (a path would be one more qstr per module; see SOURCE_NAMES)
+            name = pkg if py.stem == "__init__" else pkg + "." + py.stem
+            subprocess.run([_mp.MPY_CROSS, "-s", name, "-o", str(out), str(py)], check=True)
             sizes[pkg + "/" + py.stem] = out.stat().st_size
     for name, text in (("bench_enroll", DRIVER), ("bench_empty", EMPTY), ("bench_phases", PHASES)):
         src = pathlib.Path(d) / (name + ".py")
         src.write_text(text)
-        subprocess.run([_mp.MPY_CROSS, "-o", str(lib / (name + ".mpy")), str(src)], check=True)
+        subprocess.run([_mp.MPY_CROSS, "-s", name, "-o", str(lib / (name + ".mpy")), str(src)], check=True)
     table = pathlib.Path(d) / "p256_table.bin"
     sys.path.insert(0, str(_mp.ROOT / "ports" / "micropython"))
     from est_lite_mp import tablefile

@@ -56,7 +56,8 @@ def mplib(tmp_path_factory):
         for py in sorted(src.glob("*.py")):
             if py.name.startswith("gen_"):
                 continue
-            subprocess.run([MPY_CROSS, "-o", str(lib / pkg / (py.stem + ".mpy")), str(py)], check=True)
+            name = pkg if py.stem == "__init__" else pkg + "." + py.stem  # source name = module name (bench/device.py)
+            subprocess.run([MPY_CROSS, "-s", name, "-o", str(lib / pkg / (py.stem + ".mpy")), str(py)], check=True)
     from est_lite_mp import tablefile
 
     tablefile.write(str(lib / "p256_table.bin"))

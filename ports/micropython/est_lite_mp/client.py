@@ -303,10 +303,10 @@ class EstClient:
         return _MpCoaps(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout, self.rto)
 
     def _open_https(self, trust, pin, timeout):
-        from est_lite_mp.https import TlsStream
+        from est_lite_mp import https  # (not est_lite_mp.https: one interned name less)
 
-        return TlsStream(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout,
-                         self._anon)
+        return https.TlsStream(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout,
+                               self._anon)
 
     # --- sessions ---
 
@@ -439,9 +439,9 @@ class EstClient:
                         body = csr(t.binding) if callable(csr) else csr
                         ev = self._coap_once(op, body or b"", pk)
                     else:
-                        from est_lite_mp.https import http_once
+                        from est_lite_mp import https
 
-                        ev = http_once(self, op, csr or b"", pk)
+                        ev = https.http_once(self, op, csr or b"", pk)
                 except TransportError as e:
                     self.close()
                     if self._end is None:
@@ -480,9 +480,9 @@ class EstClient:
         """The CA certificates (list of DER). With a pin and no trust
         anchors this is the bootstrap: they become the trust anchors."""
         if self.trust is None and self.scheme == "https":
-            from est_lite_mp.https import bootstrap
+            from est_lite_mp import https
 
-            certs = bootstrap(self)
+            certs = https.bootstrap(self)
         else:
             certs = self._run(0).certs
         if self.trust is None:
