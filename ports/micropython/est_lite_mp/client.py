@@ -178,7 +178,7 @@ class _MpCoaps:
     # est_lite_mp.dtls.DtlsClient: the first send runs the handshake
     binding = None
 
-    def __init__(self, host, port, trust, pin, name, cert, key, timeout, rto=None):
+    def __init__(self, host, port, trust, pin, name, cert, key, timeout, rto=None, flight_buf=None):
         from est_lite_mp.dtls import DtlsClient
 
         self._pc = None
@@ -188,7 +188,7 @@ class _MpCoaps:
             # the verify callback: pinned certificate in the chain, the ones below it signed by the next
             self._pc = PinCheck(pin, None)
         self.c = DtlsClient(host, port, cadata=trust, server_hostname=name, cert=cert, key=key,
-                            pin=self._pc, timeout_ms=int(timeout * 1000), rto=rto)
+                            pin=self._pc, timeout_ms=int(timeout * 1000), rto=rto, flight_buf=flight_buf)
 
     def connect(self):
         self.c.connect()
@@ -300,7 +300,9 @@ class EstClient:
         return crypto
 
     def _open_coaps(self, trust, pin, timeout):
-        return _MpCoaps(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout, self.rto)
+        # the receive buffer is idle during the handshake: it keeps our last flight for resending
+        return _MpCoaps(self.host, self.port, trust, pin, self.server_name, self.cert, self.key, timeout, self.rto,
+                        self._rx)
 
     def _open_https(self, trust, pin, timeout):
         from est_lite_mp import https  # (not est_lite_mp.https: one interned name less)
@@ -320,6 +322,11 @@ class EstClient:
                 c = _PATHS.get((self.host, self.port))
                 if c is not None and _tdiff(_ticks(), c[2]) < self.rtt_keep_s * 1000:
                     r._s8, r._v4 = c[0], c[1]  # no sample of ours yet: r.samples stays 0
+            if self._mid is None and self.scheme == "coaps":
+                b = self._rand_bytes(2)
+                self._mid = b[0] << 8 | b[1]
+                self._buf = bytearray(1152)  # requests
+                self._rx = memoryview(bytearray(1280))  # datagrams received; both kept for the client's life
             left = self._left()
             to = self.timeout if left is None else max(0.5, min(self.timeout, left))
             pin = self.pin if self.trust is None else None
@@ -333,11 +340,6 @@ class EstClient:
             self._t = t
             if self.scheme == "https":
                 self._last = t  # est_lite_mp.https.bootstrap reads the server chain from it after close()
-            if self._mid is None and self.scheme == "coaps":
-                b = self._rand_bytes(2)
-                self._mid = b[0] << 8 | b[1]
-                self._buf = bytearray(1152)  # requests
-                self._rx = memoryview(bytearray(1280))  # datagrams received; both kept for the client's life
         return self._t
 
     def close(self):

@@ -79,10 +79,16 @@ class _Link(io.IOBase):
     # for the whole handshake. A reply to an earlier copy makes the sample
     # too small: the floor (Rto.min_ms) and the per-flight backoff bound the
     # cost to an early duplicate flight.
-    def __init__(self, sock, rto, max_flight):
+    def __init__(self, sock, rto, max_flight, scratch=None):
         self.s = sock
         self.rto = rto
         self.max = max_flight
+        # where the flight's copies go: a caller's memoryview that is idle
+        # during the handshake (EstClient's receive buffer), else one
+        # bytearray per datagram
+        self.b = scratch
+        if scratch is not None and len(scratch) < max_flight:
+            self.max = len(scratch)
         self.p = select.poll()
         self.p.register(sock, _POLLIN)
         self.hs = True
@@ -118,10 +124,15 @@ class _Link(io.IOBase):
                 self.t0 = now
                 self.f = []
                 self.n = 0
-            if self.n + len(b) <= self.max:
-                d = bytearray(b)
+            n = len(b)
+            if self.n + n <= self.max:
+                if self.b is None:
+                    d = bytearray(b)
+                else:
+                    d = self.b[self.n:self.n + n]
+                    d[:] = b
                 self.f.append(d)
-                self.n += len(d)
+                self.n += n
                 # resent epoch-0 records get numbers _SEQ_GAP above Mbed TLS's, so
                 # the peer's replay check (RFC 6347 §4.1.2.6) takes them and Mbed
                 # TLS's own later records stay inside the peer's 64-record window
@@ -194,26 +205,32 @@ def _records(d, seq):
     return top if seq is None else seq
 
 
+# DtlsClient(host, port, ...): the parameters (a comment, not a docstring:
+# MicroPython keeps docstring text in the parse tree when it compiles this
+# file from source on a device, and the whole module is one parse tree)
+#   cadata           CA certificate DER bytes, or a list of them (trust anchors)
+#   server_hostname  name or IP literal the server certificate must cover
+#                    (default: host)
+#   cert, key        device certificate and private key, DER bytes
+#   pin              bootstrap mode instead of cadata: the SHA-256 of the
+#                    server's leaf certificate DER (32 bytes), or a callable
+#                    (der_memoryview, depth) -> bool
+#   timeout_ms       handshake deadline
+#   max_datagram     receive buffer size (one decrypted datagram)
+#   rto              est_lite_mp.client.Rto: resend a lost handshake flight after
+#                    its timeout (before Mbed TLS's own 1 s timer) and feed it
+#                    the handshake's round trips; None: Mbed TLS timers only
+#   max_flight       bytes of our last handshake flight kept for resending
+#   flight_buf       memoryview to keep that flight in, idle during the
+#                    handshake and not touched after it (EstClient lends its
+#                    receive buffer); None: a bytearray per datagram
 class DtlsClient:
-    """DTLS client over a connected, non-blocking UDP socket.
-
-    cadata           CA certificate DER bytes, or a list of them (trust anchors)
-    server_hostname  name or IP literal the server certificate must cover
-                     (default: host)
-    cert, key        device certificate and private key, DER bytes
-    pin              bootstrap mode instead of cadata: the SHA-256 of the
-                     server's leaf certificate DER (32 bytes), or a callable
-                     (der_memoryview, depth) -> bool
-    timeout_ms       handshake deadline
-    max_datagram     receive buffer size (one decrypted datagram)
-    rto              est_lite_mp.client.Rto: resend a lost handshake flight after
-                     its timeout (before Mbed TLS's own 1 s timer) and feed it
-                     the handshake's round trips; None: Mbed TLS timers only
-    max_flight       bytes of our last handshake flight kept for resending
-    """
+    """DTLS client over a connected, non-blocking UDP socket (parameters:
+    the comment above)."""
 
     def __init__(self, host, port, cadata=None, server_hostname=None, cert=None, key=None, pin=None,
-                 timeout_ms=30000, max_datagram=1280, poll_ms=50, ciphers=SUITES, rto=None, max_flight=4096):
+                 timeout_ms=30000, max_datagram=1280, poll_ms=50, ciphers=SUITES, rto=None, max_flight=4096,
+                 flight_buf=None):
         if cadata is None and pin is None:
             raise LocalProtocolError("give cadata to verify the server, or a pin for bootstrap")
         if (cert is None) != (key is None):
@@ -238,6 +255,7 @@ class DtlsClient:
         self._link = None
         self.rto = rto
         self._max_flight = max_flight
+        self._flight_buf = flight_buf
 
     @property
     def resent(self):
@@ -307,7 +325,7 @@ class DtlsClient:
             s.connect(ai[-1])
             s.setblocking(False)
             ctx = self._context()
-            link = _Link(s, self.rto, self._max_flight)
+            link = _Link(s, self.rto, self._max_flight, self._flight_buf)
             self._ss = ctx.wrap_socket(link, server_hostname=self.server_hostname, do_handshake_on_connect=False)
         except OSError as e:
             s.close()
@@ -357,6 +375,7 @@ class DtlsClient:
         if not self.established:
             link.hs = False
             link.f = []  # our last handshake flight is not resent any more
+            link.b = None  # nor kept: the lent buffer is the caller's again
             if self._pin is not None and not self._pin_ok:
                 self._abort()
                 raise SecurityError("server certificate was never checked against the pin")
