@@ -173,13 +173,13 @@ def mul_base(k):
 
 
 def mul(k, x, y):
-    """k * (x, y) for any affine point, as Jacobian (X, Y, Z), 0 <= k <
-    2^256: width-4 NAF (odd digits -7..7) over the affine points P, 3P,
-    5P, 7P. Little live data (4 points and 257 digit bytes; a 15-point
-    window table with its Jacobian copies was ~16 KB at the peak of a
-    verification) and fewer additions (about 52 instead of 64)."""
-    if not 0 <= k >> 256 < 1:
-        raise LocalProtocolError("P-256: scalar must be in [0, 2^256)")
+    """k * (x, y) for any affine point (of order n) and any int k (taken
+    mod n), as Jacobian (X, Y, Z): width-4 NAF (odd digits -7..7) over the
+    affine points P, 3P, 5P, 7P. Little live data (4 points and 257 digit
+    bytes; a 15-point window table with its Jacobian copies was ~16 KB at
+    the peak of a verification) and fewer additions (about 52 instead of
+    64)."""
+    k %= N
     p = P
     # P, 3P, 5P, 7P affine (2P affine, then mixed additions); none is
     # infinity: the group order is a prime > 7
