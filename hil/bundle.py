@@ -81,7 +81,12 @@ def build(out, runner=True, mpy_cross=None, clean=True):
     for target, src in device_sources(runner):
         dest = lib / (target[:-3] + ".mpy")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        p = subprocess.run([cross, "-o", str(dest), str(src)], capture_output=True, text=True)
+        # -s: the source name a .mpy stores is interned on the board when it
+        # loads; the module's own name is interned anyway, so use that (one
+        # name per module instead of two; tracebacks read "est_lite.coap")
+        name = target[:-3].replace("/", ".")
+        name = name[:-len(".__init__")] if name.endswith(".__init__") else name
+        p = subprocess.run([cross, "-s", name, "-o", str(dest), str(src)], capture_output=True, text=True)
         if p.returncode != 0:
             raise BundleError("mpy-cross failed on %s:\n%s%s" % (src, p.stdout, p.stderr))
         files.append({"path": "lib/" + target[:-3] + ".mpy", "size": dest.stat().st_size, "sha256": _sha256(dest),
