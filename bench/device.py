@@ -2,7 +2,7 @@
 
     python bench/device.py [--runs 9] [--loss 0.2] [--delay-ms 0] [--ack-timeout 2] [--skip-lossy]
                            [--no-adaptive] [--rto-initial-ms 1000] [--rto-min-ms 20] [--no-rtt-share] [--seed 7]
-                           [--keep-session] [--phases]
+                           [--close-session] [--phases]
 
 Against the reference server (hil.refserver, in this process) over
 EST-coaps, the MicroPython unix port running est_lite + est_lite_mp as .mpy
@@ -86,7 +86,7 @@ def main():
         c.rto_initial_ms = cfg["rto_initial_ms"]
         c.rto_min_ms = cfg["rto_min_ms"]
         c.rtt_keep_s = cfg["rtt_keep_s"]
-        c.keep_session = cfg.get("keep_session", False)
+        c.keep_session = cfg.get("keep_session", True)
         c.provision(store, cn="bench-%d" % i)
         c.close()
         times.append(time.ticks_diff(time.ticks_ms(), t0))
@@ -340,9 +340,10 @@ def main():
     ap.add_argument("--rto-min-ms", type=int, default=20, help="floor of the measured RTO (default 20)")
     ap.add_argument("--no-rtt-share", action="store_true",
                     help="every enrollment starts with no RTT knowledge (EstClient.rtt_keep_s = 0): first contact")
-    ap.add_argument("--keep-session", action="store_true",
-                    help="one DTLS session for the whole provision() (EstClient.keep_session; default: the "
-                         "session is closed while the key and the CSR are made, the enroll opens a new one)")
+    ap.add_argument("--close-session", dest="keep_session", action="store_false",
+                    help="EstClient.keep_session = False: the cacerts/csrattrs session is closed while the key "
+                         "and the CSR are made and the enroll opens a new one (default: one DTLS session for the "
+                         "whole provision())")
     ap.add_argument("--heap-tries", type=int, default=3,
                     help="an enrollment must complete this many times in a row at a heap size (default 3)")
     ap.add_argument("--seed", type=int, default=7)

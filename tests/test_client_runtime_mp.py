@@ -311,9 +311,9 @@ print("OK provision gen=%d" % r.gen)
 
 @pytest.mark.parametrize("keep", [False, True])
 def test_provision_sessions_and_loaded_modules(mplib, srv, tmp_path, keep):
-    # keep_session False (default): the cacerts/csrattrs session is closed
-    # while the key and the CSR are made and the enroll opens a new one;
-    # True: one session. Neither session is opened with the key or CSR code
+    # keep_session True (default): one session for the whole enrollment;
+    # False: the cacerts/csrattrs session is closed while the key and the
+    # CSR are made and the enroll opens a new one. Neither session is opened with the key or CSR code
     # loaded, and the P-256 code is only loaded from the key generation on.
     drv = tmp_path / "sessions.py"
     drv.write_text(SESSIONS_DRIVER)

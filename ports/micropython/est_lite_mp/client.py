@@ -239,12 +239,14 @@ class EstClient:
     rto_max_ms = 60000
     rtt_keep_s = 600  # reuse a server's RTT estimate this long after a session (0: never)
     max_retransmit = 4  # RFC 7252 MAX_RETRANSMIT at ack_timeout
-    # provision()/renew_if_needed() on MicroPython: keep the session of
-    # cacerts/csrattrs open while the key and the CSR are made (one handshake
-    # less). False: close it, so its memory (on bare-metal ports Mbed TLS's
+    # provision()/renew_if_needed() on MicroPython: one DTLS session for
+    # the whole enrollment (cacerts, csrattrs, enroll), kept open while the
+    # key and the CSR are made. False (opt-in for boards short of RAM):
+    # close it meanwhile, so its memory (on bare-metal ports Mbed TLS's
     # ~25-32 KB from the GC heap) is free for the key generation and the
-    # CSR; enroll opens a new session.
-    keep_session = False
+    # CSR; enroll then opens a second session (one handshake more, and
+    # twice the exposure to datagram loss).
+    keep_session = True
 
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
                  server_name=None, timeout=30, deadline=120):
