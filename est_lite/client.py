@@ -141,7 +141,8 @@ def _event_class(name):
         ).split():
             n, f = d.split(":")
             if n == name:
-                c = _classes[name] = type(name, (Event,), {"_f": f.replace(",", " ")})
+                # setdefault: two threads making the class at once get the same one
+                c = _classes.setdefault(name, type(name, (Event,), {"_f": f.replace(",", " ")}))
     return c
 
 

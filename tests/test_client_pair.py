@@ -576,3 +576,23 @@ def test_docs_table_matches_the_code():
         if a in C.STATE_NAMES and b in C.INPUT_NAMES:
             table[(C.STATE_NAMES.index(a), C.INPUT_NAMES.index(b))] = C.STATE_NAMES.index(c)
     assert table == C.TRANSITIONS
+
+
+def test_event_class_made_once_when_two_threads_race(monkeypatch):
+    # an event class is made on first use; a thread that makes it between
+    # another thread's lookup and store must not end up with a second class
+    # of the same name (its events would fail isinstance against the first)
+    monkeypatch.setattr(C, "_classes", {})
+    made = []
+    real_type = type
+
+    def racing_type(*a):
+        if len(a) == 3 and not made:
+            made.append(None)
+            made[0] = C._event_class(a[0])  # the other thread wins the race here
+        return real_type(*a)
+
+    monkeypatch.setattr(C, "type", racing_type, raising=False)
+    cls = C._event_class("Enrolled")
+    assert made and made[0] is cls is C.Enrolled
+    assert isinstance(made[0](b"c", []), C.Enrolled)
