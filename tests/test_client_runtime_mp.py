@@ -333,3 +333,65 @@ def test_provision_sessions_and_loaded_modules(mplib, srv, tmp_path, keep):
                         "est_lite_mp.p256", "est_lite_mp.certs"} & set(mods), out
             assert "est_lite.pkcs7" in mods, out  # loaded before the session (see provision._pkcs7)
     check_store(srv, tmp_path, "mp-dev", 1)
+
+
+AFTER_FAILURE_DRIVER = r"""
+import json, sys
+from est_lite_mp import tablefile
+from est_lite.errors import EstError
+
+
+def rd(p):
+    f = open(p, "rb")
+    d = f.read()
+    f.close()
+    return d
+
+
+f = open(sys.argv[1])
+cfg = json.load(f)
+f.close()
+tablefile.install(cfg["table"])
+from est_lite_mp.client import EstClient
+from est_lite_mp.credstore import CredStore
+
+trust = [rd(p) for p in cfg["trust"]]
+store = CredStore(cfg["store"])
+# manual approval that never comes: provision gets through cacerts,
+# csrattrs, the key and the CSR, and fails in the enroll at its deadline
+c = EstClient(cfg["server"], trust=trust, cert=rd(cfg["cert"]), key=rd(cfg["key"]), label="quick", deadline=3)
+try:
+    c.provision(store, cn="mp-dev")
+    print("UNEXPECTED provision without approval")
+except EstError as e:
+    print("FAILED %s" % type(e).__name__)
+c.close()
+print("STORE %s" % ("empty" if store.load() is None else "written"))
+# the same process, after the failure deep inside provision: a new client
+# enrolls (the phases' modules are loaded again), then a granular call
+c = EstClient(cfg["server"], trust=trust, cert=rd(cfg["cert"]), key=rd(cfg["key"]))
+r = c.provision(store, cn="mp-dev")
+print("OK provision gen=%d" % r.gen)
+print("OK cacerts %d" % len(c.cacerts()))
+c.close()
+"""
+
+
+def test_provision_after_a_failed_provision_in_the_same_process(mplib, srv, tmp_path):
+    drv = tmp_path / "after_failure.py"
+    drv.write_text(AFTER_FAILURE_DRIVER)
+    cfg = coaps_cfg(srv, tmp_path, idevid_device(srv), table=str(mplib / "p256_table.bin"),
+                    store=os.path.join(str(tmp_path), "store"))
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    p = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", str(drv), str(path)], capture_output=True, text=True,
+                       timeout=240, env=dict(os.environ, MICROPYPATH=str(mplib)))
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert "FAILED " in out and "UNEXPECTED" not in out, out
+    assert "STORE empty" in out, out
+    assert "OK provision gen=1" in out and "OK cacerts 1" in out, out
+    # the failed provision got as far as the enroll: its request waits for approval
+    pending = srv.ca.store.list_requests("pending")
+    assert len(pending) == 1 and pending[0]["label"] == "quick", pending
+    check_store(srv, tmp_path, "mp-dev", 1)
