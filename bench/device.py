@@ -254,7 +254,10 @@ def run_module(lib, module, args, heap=None, rom=None, timeout=600):
         env["MICROPYPATH"] = ""
     else:
         cmd += ["-m", module] + list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    # cwd: `-m`/`-c` put '' (the current directory) first on MicroPython's
+    # sys.path; run from the repo root, the core would be imported from its
+    # .py sources (compiled in the heap) instead of the .mpy files in lib
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(lib))
 
 
 def min_heap(lib, module, args, rom=None, lo=2, hi=1024, tries=1):
