@@ -83,14 +83,14 @@ def _w(tmp, name, data):
     return p
 
 
-def run(mplib, tmp, cfg, heap="256K", timeout=240):
+def run(mplib, tmp, cfg, heap="256K", timeout=240, script=SCRIPT):
     cfg = dict(cfg)
     cfg.setdefault("table", str(mplib / "p256_table.bin"))
     cfg.setdefault("store", os.path.join(str(tmp), "store"))
     path = os.path.join(str(tmp), "cfg-%d.json" % time.monotonic_ns())
     with open(path, "w") as f:
         json.dump(cfg, f)
-    p = subprocess.run([MICROPYTHON, "-X", "heapsize=" + heap, str(SCRIPT), path], capture_output=True, text=True,
+    p = subprocess.run([MICROPYTHON, "-X", "heapsize=" + heap, str(script), path], capture_output=True, text=True,
                        timeout=timeout, env=dict(os.environ, MICROPYPATH=str(mplib)))
     return p.returncode, p.stdout + p.stderr
 
@@ -320,14 +320,8 @@ def test_provision_sessions_and_loaded_modules(mplib, srv, tmp_path, keep):
     # loaded, and the P-256 code is only loaded from the key generation on.
     drv = tmp_path / "sessions.py"
     drv.write_text(SESSIONS_DRIVER)
-    cfg = coaps_cfg(srv, tmp_path, idevid_device(srv), keep=keep, table=str(mplib / "p256_table.bin"),
-                    store=os.path.join(str(tmp_path), "store"))
-    path = tmp_path / "cfg.json"
-    path.write_text(json.dumps(cfg))
-    p = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", str(drv), str(path)], capture_output=True, text=True,
-                       timeout=240, env=dict(os.environ, MICROPYPATH=str(mplib)))
-    out = p.stdout + p.stderr
-    assert p.returncode == 0 and "OK provision gen=1" in out, out
+    rc, out = run(mplib, tmp_path, coaps_cfg(srv, tmp_path, idevid_device(srv), keep=keep), script=drv)
+    assert rc == 0 and "OK provision gen=1" in out, out
     assert ("SESSIONS %d" % (1 if keep else 2)) in out, out
     for line in out.splitlines():
         if line.startswith("LOADED "):
@@ -383,14 +377,8 @@ c.close()
 def test_provision_after_a_failed_provision_in_the_same_process(mplib, srv, tmp_path):
     drv = tmp_path / "after_failure.py"
     drv.write_text(AFTER_FAILURE_DRIVER)
-    cfg = coaps_cfg(srv, tmp_path, idevid_device(srv), table=str(mplib / "p256_table.bin"),
-                    store=os.path.join(str(tmp_path), "store"))
-    path = tmp_path / "cfg.json"
-    path.write_text(json.dumps(cfg))
-    p = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", str(drv), str(path)], capture_output=True, text=True,
-                       timeout=240, env=dict(os.environ, MICROPYPATH=str(mplib)))
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out
+    rc, out = run(mplib, tmp_path, coaps_cfg(srv, tmp_path, idevid_device(srv)), script=drv)
+    assert rc == 0, out
     assert "FAILED " in out and "UNEXPECTED" not in out, out
     assert "STORE empty" in out, out
     assert "OK provision gen=1" in out and "OK cacerts 1" in out, out
