@@ -211,7 +211,7 @@ ROM_PRELUDE = ("import vfs,sys\nf=open(%r,'rb');_i=f.read();f.close();del f\n"
 
 # what a CoAPs-only device loads for provision()
 COAPS_DEVICE = ["est_lite/" + m for m in ("__init__", "errors", "numbers", "coap", "client", "der", "pkcs7", "csr",
-                                          "csrattrs")] + \
+                                          "csr_ext", "csrattrs")] + \
                ["est_lite_mp/" + m for m in ("__init__", "client", "dtls", "crypto", "keys", "p256", "credstore",
                                              "provision", "certs", "tablefile", "storeops")]
 

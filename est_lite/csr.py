@@ -77,12 +77,12 @@ class CsrBuilder:
     def __getattr__(self, name):
         # san(), key_usage(), extended_key_usage(), extension(),
         # challenge_password() and attribute() (documented in
-        # est_lite.csrattrs): their code is loaded on first use, so a device
+        # est_lite.csr_ext): their code is loaded on first use, so a device
         # that sets only a subject does not hold it in RAM
         if name in "san key_usage extended_key_usage extension challenge_password attribute".split():
-            from est_lite import csrattrs
+            from est_lite import csr_ext
 
-            f = getattr(csrattrs, "b_" + name)
+            f = getattr(csr_ext, "b_" + name)
             return lambda *a, **k: f(self, *a, **k)
         raise AttributeError(name)
 
@@ -185,9 +185,9 @@ class CsrBuilder:
 
 
 def __getattr__(name):
-    # EKU_NAMES and parse_ip live in est_lite.csrattrs with the setters that use them
+    # EKU_NAMES and parse_ip live in est_lite.csr_ext with the setters that use them
     if name in "EKU_NAMES parse_ip".split():
-        from est_lite import csrattrs
+        from est_lite import csr_ext
 
-        return csrattrs.eku_names() if name[0] == "E" else csrattrs.parse_ip
+        return csr_ext.eku_names() if name[0] == "E" else csr_ext.parse_ip
     raise AttributeError(name)

