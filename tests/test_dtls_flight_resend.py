@@ -126,6 +126,34 @@ def test_lost_server_flights_are_resent_when_the_client_repeats(pki):
         server.stop()
 
 
+def test_a_quick_repeat_is_answered(pki):
+    """The MicroPython port resends a flight after its RTO, whose floor is
+    20 ms: on a fast link its repeat reaches the server less than 20 ms after
+    the server's lost flight. The server must answer it (a gap of 20 ms
+    between resends made it ignore such a repeat, and the client waited
+    another, doubled, RTO). Here the repeat comes 12 ms after the flight."""
+    import time
+
+    server = ServerThread(pki)
+    c = Client(pki, server.port)
+    try:
+        out, _ = c.step()
+        c.send(out)
+        c.feed(c.receive())
+        flight3, _ = c.step()
+        c.send(flight3)
+        c.sock.settimeout(10.0)
+        lost4 = c.sock.recv(65535)  # the server's flight (one datagram at this MTU): "lost"
+        time.sleep(0.012)
+        c.send(flight3)
+        again4 = c.receive(first=2.0)
+        assert lost4 in again4
+        assert server.stats()["flight_resends"] == 1
+    finally:
+        c.close()
+        server.stop()
+
+
 def test_a_client_flight_seen_once_is_not_answered_twice(pki):
     """A lossless handshake: no resend (the client never repeats)."""
     server = ServerThread(pki)
