@@ -17,10 +17,11 @@ certificate, and trust/cert/key given as DER, PEM or cryptography objects.
 See docs/client-runtime.md.
 """
 
+import math
 import random
 import time
 
-from est_lite.errors import LocalProtocolError
+from est_lite.errors import LocalProtocolError, TransportError
 from est_lite_mp import client as _portable
 from est_lite_mp.client import parse_pin, parse_server  # noqa: F401 - re-exported
 from est_lite_mp.provision import Result  # noqa: F401 - re-exported
@@ -64,10 +65,22 @@ class EstClient(_portable.EstClient):
     certificate), mtu (DTLS)."""
 
     max_body = 16384
+    # bounds of one wait before a retry: a server answering 202 with
+    # "Retry-After: 0" (or a negative value) must not make the client loop
+    # at full speed, and without a deadline one Retry-After cannot put the
+    # client to sleep for years (the core accepts up to 999,999,999 s)
+    retry_min_s = 1.0
+    retry_max_s = 3600.0
 
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
                  server_name=None, timeout=30, deadline=120, *, proxy=None, crls=None, tls_version=None, chain=(),
                  mtu=1200):
+        _check_server(server)
+        for name, v in (("timeout", timeout), ("deadline", deadline)):
+            if v is None and name == "deadline":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1e6) or math.isnan(v):
+                raise LocalProtocolError("%s must be a number of seconds between 0 and 1e6, got %r" % (name, v))
         if trust is not None:
             trust = _der_list(trust)
         super().__init__(server, trust, pin, cert, key, user, password, label, server_name, timeout, deadline)
@@ -84,6 +97,18 @@ class EstClient(_portable.EstClient):
 
     def _rand(self):
         return _sysrand.random()
+
+    def _sleep(self, s):
+        # a retry wait (Retry-After / Max-Age with jitter, or the backoff
+        # after a link failure), kept within [retry_min_s, retry_max_s] and
+        # the time left before the deadline
+        s = min(max(s, self.retry_min_s), self.retry_max_s)
+        left = self._left()
+        if left is not None and s >= left:
+            time.sleep(max(0.0, left))
+            raise TransportError("the deadline passed while waiting %.0f s to try again (the server keeps asking to "
+                                 "retry later, or is unreachable)" % s)
+        time.sleep(s)
 
     def _crypto(self):
         from . import crypto
@@ -102,10 +127,29 @@ class EstClient(_portable.EstClient):
 
         return TlsTransport(self.host, self.port, trust=trust, pin=pin, server_name=self.server_name,
                             cert=self.cert, key=self.key, chain=self.chain, proxy=self.proxy, timeout=timeout,
-                            crls=self.crls, tls_version=self.tls_version, pending_ok=self._anon)
+                            crls=self.crls, tls_version=self.tls_version, pending_ok=self._anon, left=self._left)
 
     def _verify_hook(self):
         return verify_issued_by
+
+
+def _check_server(uri):
+    # what est_lite_mp.client.parse_server lets through: user info (it
+    # would become part of the host name), a query or fragment (reported
+    # as a bad port), an IPv6 literal without brackets (its last group
+    # taken as the port) and whitespace or control characters
+    if not isinstance(uri, str):
+        raise LocalProtocolError("server must be a coaps:// or https:// URI string, got %r" % (uri,))
+    i = uri.find("://")
+    hp = uri[i + 3:].split("/", 1)[0] if i > 0 else ""
+    if [c for c in uri if c <= " " or c == "\x7f"]:
+        raise LocalProtocolError("server URI %r has spaces or control characters" % uri)
+    if "@" in hp:
+        raise LocalProtocolError("server URI %r has user info: give the user with user= (--user)" % uri)
+    if "?" in uri or "#" in uri:
+        raise LocalProtocolError("server URI %r has a query or fragment: only host, port and label are allowed" % uri)
+    if not hp.startswith("[") and hp.count(":") > 1:
+        raise LocalProtocolError("server URI %r: an IPv6 address goes in brackets, e.g. https://[::1]:8443" % uri)
 
 
 def verify_issued_by(issuer_der, cert_der):

@@ -7,9 +7,19 @@ directory after it.
     s = CredStore("/var/lib/est/dev-1")
     c = s.load()                  # Creds(key, cert, ca, gen) or None; StoreError if corrupt
     s.save(key=der, cert=der, ca=[der, ...])
+
+Beyond the portable checks (every file against its hash in the manifest):
+a file that exists but cannot be read (a directory, no permission) is a
+StoreError, not an empty store; load() and save() refuse a key that does
+not belong to the certificate (StoreError / LocalProtocolError); a save
+that fails on the filesystem raises StoreError and removes the files it
+had written (the committed generation stays in force); files are created
+fresh (an existing file or symlink of that name is removed first).
 """
 
 import os
+
+from est_lite.errors import EstError, LocalProtocolError
 
 from est_lite_mp.credstore import Creds, StoreError, split_der  # noqa: F401 - re-exported
 from est_lite_mp.credstore import CredStore as _PortableStore
@@ -17,13 +27,69 @@ from est_lite_mp.credstore import CredStore as _PortableStore
 
 class CredStore(_PortableStore):
     def _mkdir(self):
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise StoreError("credential store %s is not a directory" % self.path)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
+
+    def _read(self, name):
+        p = self._p(name)
+        try:
+            os.stat(p)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise StoreError("credential store %s is not a directory" % self.path) from None
+        except OSError as e:
+            raise StoreError("credential store: cannot read %s: %s" % (p, e.strerror or e)) from None
+        if os.path.isdir(p):
+            raise StoreError("credential store: %s is a directory, not a file" % p)
+        return super()._read(name)
+
+    def load(self):
+        c = super().load()
+        if c is not None:
+            why = pair_mismatch(c.key, c.cert)
+            if why:
+                raise StoreError("credential store %s: %s: not loaded" % (self.path, why))
+        return c
+
+    def save(self, key=None, cert=None, ca=None, keep=()):
+        why = pair_mismatch(key, cert)
+        if why:
+            raise LocalProtocolError("credential store: refusing to save: %s" % why)
+        try:
+            before = set(os.listdir(self.path))
+        except OSError:
+            before = set()
+        try:
+            return super().save(key, cert, ca, keep)
+        except (OSError, EstError) as e:
+            # nothing committed (or the commit itself failed): remove what this save wrote
+            try:
+                after = set(os.listdir(self.path))
+            except OSError:
+                after = set()
+            for n in after - before:
+                d = n.rfind(".")
+                if n == "manifest.tmp" or (d > 0 and n[:d] in ("key", "cert", "ca") and n[d + 1:].isdigit()):
+                    try:
+                        os.remove(self._p(n))
+                    except OSError:
+                        pass
+            if isinstance(e, EstError):
+                raise
+            raise StoreError("credential store %s: cannot write: %s%s" % (
+                self.path, e.strerror or e, " (%s)" % e.filename if e.filename else "")) from None
 
     def _write(self, name, data):
         p = self._p(name)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.fchmod(fd, 0o600)  # also when the file existed with other bits
+            os.remove(p)  # never write through a file or symlink left at that name
+        except FileNotFoundError:
+            pass
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -60,6 +126,30 @@ class CredStore(_PortableStore):
         if c.ca:
             out["ca.pem"] = b"".join(pem(b"CERTIFICATE", x) for x in c.ca)
         return out
+
+
+def pair_mismatch(key, cert):
+    """None if key (DER private key) belongs to cert (DER certificate), or
+    either is missing; else the reason, as text."""
+    if key is None or cert is None:
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        k = serialization.load_der_private_key(bytes(key), password=None)
+    except (ValueError, TypeError):
+        return "the key is not a DER private key"
+    try:
+        c = x509.load_der_x509_certificate(bytes(cert))
+        cpub = c.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    except ValueError:
+        return "the certificate is not a DER certificate"
+    kpub = k.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if kpub != cpub:
+        return "the key does not belong to the certificate"
+    return None
 
 
 def _is_pkcs8(der):

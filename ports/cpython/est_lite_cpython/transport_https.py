@@ -6,6 +6,11 @@
     t.binding                     # tls-unique (TLS 1.2) or the RFC 9266 exporter (TLS 1.3)
     t.close()
 
+`timeout` bounds each handshake, read and write; `left`, a callable
+returning the seconds left before the caller's deadline (None: none),
+bounds them too, so a server that trickles bytes cannot hold a read loop
+past the deadline (each read would otherwise restart the timeout).
+
 The server is checked inside the handshake, before our certificate is sent:
 its chain must end in `trust` and its certificate must cover `server_name`
 (DNS or IP subjectAltName). Pinned bootstrap (RFC 7030 §4.1.1): `pin`, the
@@ -72,7 +77,7 @@ def split_host_port(hostport, default):
 
 class TlsTransport:
     def __init__(self, host, port, *, trust=None, pin=None, server_name=None, cert=None, key=None, chain=(),
-                 proxy=None, timeout=30.0, crls=None, tls_version=None, pending_ok=False):
+                 proxy=None, timeout=30.0, crls=None, tls_version=None, pending_ok=False, left=None):
         if trust is None and pin is None:
             raise LocalProtocolError("give trust anchors to verify the server, or a pin for the bootstrap")
         if tls_version not in (None,) + TLS_VERSIONS:
@@ -83,6 +88,7 @@ class TlsTransport:
         self.pin = pin
         self.proxy = proxy
         self.timeout = timeout
+        self.left = left
         self.cert, self.key, self.chain = cert, key, chain
         self.crls = list(crls or ())
         self.tls_version = tls_version
@@ -188,10 +194,19 @@ class TlsTransport:
                 raise
         # pyOpenSSL wants a blocking socket: kernel timeouts bound each read/write
         s.settimeout(None)
-        tv = struct.pack("ll", int(self.timeout), int((self.timeout % 1) * 1e6))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        _set_timeout(s, self.timeout)
         return s
+
+    def _bound(self, what):
+        # before each read/write: the kernel timeout is the smaller of
+        # `timeout` and the time left before the caller's deadline
+        left = self.left() if self.left is not None else None
+        if left is None:
+            return
+        if left <= 0:
+            self.close()
+            raise TransportError("%s %s:%d: the deadline passed" % (what, self.host, self.port))
+        _set_timeout(self.sock, min(self.timeout, left))
 
     def _connect_through_proxy(self, s):
         _, _, cred = parse_proxy(self.proxy)
@@ -270,6 +285,7 @@ class TlsTransport:
     def write(self, data):
         from OpenSSL import SSL
 
+        self._bound("writing to")
         try:
             self.conn.sendall(bytes(data))
         except (SSL.Error, OSError) as e:
@@ -280,6 +296,7 @@ class TlsTransport:
         """Up to n bytes; b"" when the server closed the connection."""
         from OpenSSL import SSL
 
+        self._bound("reading from")
         try:
             return self.conn.recv(n)
         except SSL.ZeroReturnError:
@@ -291,6 +308,9 @@ class TlsTransport:
             raise TransportError("reading from %s:%d failed: %s" % (self.host, self.port, e)) from None
         except SSL.WantReadError:
             self.close()
+            left = self.left() if self.left is not None else None
+            if left is not None and left <= self.timeout:
+                raise TransportError("no answer from %s:%d before the deadline" % (self.host, self.port)) from None
             raise TransportError("no answer from %s:%d within %.0f s" % (self.host, self.port, self.timeout)) \
                 from None
         except (SSL.Error, OSError) as e:
@@ -307,6 +327,13 @@ class TlsTransport:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+def _set_timeout(sock, seconds):
+    seconds = max(0.001, seconds)  # 0 would mean no timeout
+    tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
 def sha256(data):

@@ -1,0 +1,529 @@
+"""Hostile review of the CPython EST client and the `est-lite` client
+commands: a hostile user (malformed options and files), a hostile HTTPS
+server (a stdlib `ssl` server on 127.0.0.1 answering what a broken or
+malicious peer would), the wrong server identity (nothing secret sent), and
+a corrupt credential store.
+
+Every failure must be an EstError from the library and, from the CLI, a
+non-zero exit with exactly one line on stderr (no traceback); the credential
+store keeps its previous generation (loadable, byte for byte) and no stray
+files; keys are 0600."""
+
+import base64
+import datetime
+import ipaddress
+import os
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization as S
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
+
+from est_lite.errors import EstError, LimitError, RemoteProtocolError, SecurityError, TransportError
+from est_lite_cpython.cli import main
+from est_lite_cpython.client import EstClient
+from est_lite_cpython.credstore import CredStore, StoreError
+from est_lite_cpython.crypto import P256Key
+
+# --- PKI -------------------------------------------------------------------
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def make_ca(name):
+    k = ec.generate_private_key(ec.SECP256R1())
+    n = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    c = (x509.CertificateBuilder().subject_name(n).issuer_name(n).public_key(k.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(_now() - datetime.timedelta(days=1))
+         .not_valid_after(_now() + datetime.timedelta(days=3650))
+         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(k, hashes.SHA256()))
+    return c, k
+
+
+def issue(ca, cakey, pub, cn, dns=(), ips=(), days=30, before=-1):
+    b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+         .issuer_name(ca.subject).public_key(pub).serial_number(x509.random_serial_number())
+         .not_valid_before(_now() + datetime.timedelta(days=before))
+         .not_valid_after(_now() + datetime.timedelta(days=days)))
+    names = [x509.DNSName(s) for s in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if names:
+        b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return b.sign(cakey, hashes.SHA256())
+
+
+def der(c):
+    return c.public_bytes(S.Encoding.DER)
+
+
+def pem(c):
+    return c.public_bytes(S.Encoding.PEM)
+
+
+def pk8(k):
+    return k.private_bytes(S.Encoding.DER, S.PrivateFormat.PKCS8, S.NoEncryption())
+
+
+def p7(certs):
+    return pkcs7.serialize_certificates(certs, S.Encoding.DER)
+
+
+def b64(d):
+    return base64.encodebytes(d)
+
+
+class Pki:
+    def __init__(self, tmp):
+        self.dir = tmp
+        self.ca, self.cak = make_ca("Hostile Test CA")
+        self.other, self.otherk = make_ca("Other CA")
+        self.skey = ec.generate_private_key(ec.SECP256R1())
+        self.scert = issue(self.ca, self.cak, self.skey.public_key(), "localhost", dns=["localhost"],
+                           ips=["127.0.0.1"])
+        self.ca_pem = os.path.join(tmp, "ca.pem")
+        with open(self.ca_pem, "wb") as f:
+            f.write(pem(self.ca))
+        # the device's current credentials (a store's previous generation)
+        self.dkey = P256Key.generate()
+        self.dcert = issue(self.ca, self.cak, self.dkey.key.public_key(), "dev-old")
+
+    def seeded_store(self, path):
+        s = CredStore(str(path))
+        s.save(key=self.dkey.export_pkcs8(), cert=der(self.dcert), ca=[der(self.ca)])
+        return s
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return Pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def snapshot(path):
+    """{name: (mode, bytes)} of every file in a directory."""
+    out = {}
+    for n in sorted(os.listdir(path)):
+        p = os.path.join(path, n)
+        with open(p, "rb") as f:
+            out[n] = (os.stat(p).st_mode & 0o777, f.read())
+    return out
+
+
+def assert_unchanged(store, before, pki):
+    assert snapshot(store.path) == before  # same files, same bytes, no temp files left
+    c = store.load()
+    assert c.cert == der(pki.dcert) and c.key == pki.dkey.export_pkcs8()
+
+
+# --- a hostile HTTPS server ------------------------------------------------
+
+
+def resp(status, body=b"", ctype="application/pkcs7-mime", extra=(), reason="X"):
+    h = ["HTTP/1.1 %d %s" % (status, reason)]
+    if ctype:
+        h.append("Content-Type: " + ctype)
+    h.append("Content-Length: %d" % len(body))
+    h += list(extra)
+    return ("\r\n".join(h) + "\r\n\r\n").encode() + body
+
+
+class Hostile:
+    """A TLS server (stdlib ssl) on 127.0.0.1 presenting `cert` (+ chain).
+    For each request, handler(method, path, headers, body, conn) returns the
+    bytes to send (and the connection stays open) or None (it wrote what it
+    wanted; the connection is closed). Every request is recorded in
+    `requests` as (method, path, headers dict, lower-case names). Daemon
+    threads, 5 s socket timeouts: it stops by itself."""
+
+    def __init__(self, handler, cert, key, chain=()):
+        import tempfile
+
+        d = tempfile.mkdtemp()
+        cp, kp = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+        with open(cp, "wb") as f:
+            f.write(b"".join(pem(c) for c in (cert,) + tuple(chain)))
+        with open(kp, "wb") as f:
+            f.write(key.private_bytes(S.Encoding.PEM, S.PrivateFormat.PKCS8, S.NoEncryption()))
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cp, kp)
+        self.handler = handler
+        self.requests = []
+        self.tcp = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.url = "https://localhost:%d" % self.port
+        self.stopped = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stopped.is_set():
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.tcp += 1
+            threading.Thread(target=self._conn, args=(s,), daemon=True).start()
+
+    def _conn(self, s):
+        s.settimeout(5)
+        try:
+            t = self.ctx.wrap_socket(s, server_side=True)
+        except (OSError, ssl.SSLError):
+            s.close()
+            return
+        try:
+            buf = b""
+            while not self.stopped.is_set():
+                while b"\r\n\r\n" not in buf:
+                    d = t.recv(4096)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                h = {}
+                for ln in lines[1:]:
+                    k, _, v = ln.partition(":")
+                    h[k.strip().lower()] = v.strip()
+                n = int(h.get("content-length", "0"))
+                while len(buf) < n:
+                    d = t.recv(4096)
+                    if not d:
+                        return
+                    buf += d
+                body, buf = buf[:n], buf[n:]
+                self.requests.append((method, path, h))
+                out = self.handler(method, path, h, body, t)
+                if out is None:
+                    return
+                t.sendall(out)
+        except (OSError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            try:
+                t.close()
+            except OSError:
+                pass
+
+    def authorizations(self):
+        return [h["authorization"] for _, _, h in self.requests if "authorization" in h]
+
+    def close(self):
+        self.stopped.set()
+        self.t.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def hostile(pki):
+    made = []
+
+    def make(enroll=None, cacerts=None, cert=None, key=None, chain=(), auth_free=False):
+        """A server whose /cacerts answers the test CA (or `cacerts`),
+        /csrattrs 204, 401 Basic to a request without Authorization, and
+        `enroll(method, path, headers, body, conn)` to the rest."""
+
+        def handler(method, path, h, body, t):
+            if path.endswith("/cacerts"):
+                return (cacerts or (lambda *a: resp(200, b64(p7([pki.ca])))))(method, path, h, body, t)
+            if path.endswith("/csrattrs"):
+                return resp(204, ctype=None)
+            if "authorization" not in h and not auth_free:
+                return resp(401, extra=['WWW-Authenticate: Basic realm="est"'], ctype=None)
+            return enroll(method, path, h, body, t)
+
+        s = Hostile(handler, cert or pki.scert, key or pki.skey, chain)
+        made.append(s)
+        return s
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.close()
+
+
+def csr_pub(body):
+    return x509.load_der_x509_csr(base64.b64decode(body)).public_key()
+
+
+def cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(rc, err):
+    assert rc not in (0, None), err
+    assert err.startswith("est-lite") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not [c for c in err[:-1] if c < " " and c != "\t" or c == "\x7f"], repr(err)
+
+
+# --- 2. a hostile HTTPS server: enroll answers -------------------------------
+
+OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _trickle_body(m, p, h, b, t):
+    # a valid head, then one byte every 50 ms (each read restarts a per-read timeout)
+    t.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/pkcs7-mime\r\nContent-Length: 60000\r\n\r\n")
+    for _ in range(200):  # 10 s at most: the test server stops by itself
+        try:
+            t.sendall(b"A")
+        except OSError:
+            return None
+        time.sleep(0.05)
+    return None
+
+
+def _trickle_head(m, p, h, b, t):
+    t.sendall(b"HTTP/1.1 200 OK\r\n")
+    for _ in range(40):
+        try:
+            t.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            return None
+        time.sleep(0.25)
+    return None
+
+
+def _chunked_forever(m, p, h, b, t):
+    t.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/pkcs7-mime\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"4\r\nAAAA\r\n")
+    time.sleep(8)
+    return None
+
+
+def _huge(m, p, h, b, t):
+    t.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/pkcs7-mime\r\n\r\n")
+    try:
+        for _ in range(64):
+            t.sendall(b"QUFB" * 16384)
+    except OSError:
+        pass
+    return None
+
+
+def _short_then_close(m, p, h, b, t):
+    t.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/pkcs7-mime\r\nContent-Length: 5000\r\n\r\nMIIB")
+    return None
+
+
+_EMPTY_P7 = bytes.fromhex("302306092a864886f70d010702a0163014020101310030" "0b06092a864886f70d0107013100")
+
+ENROLL_ANSWERS = {
+    # name: (handler(pki) -> handler, error class, words in the message)
+    "malformed base64": (lambda pki: lambda *a: resp(200, b"!!!! not base64 ****"), RemoteProtocolError, "base64"),
+    "base64 of garbage DER": (lambda pki: lambda *a: resp(200, b64(b"\x30\x03\x02\x01\x05garbage")),
+                              RemoteProtocolError, "PKCS#7"),
+    "PKCS#7 without a certificate": (lambda pki: lambda *a: resp(200, b64(_EMPTY_P7)), RemoteProtocolError,
+                                     "no certificates"),
+    "certificate for another key": (lambda pki: lambda *a: resp(200, b64(p7([issue(
+        pki.ca, pki.cak, OTHER_KEY.public_key(), "dev")]))), RemoteProtocolError, "public key"),
+    "certificate from another CA": (lambda pki: lambda m, p, h, b, t: resp(200, b64(p7([issue(
+        pki.other, pki.otherk, csr_pub(b), "dev")]))), SecurityError, "does not chain"),
+    "wrong Content-Type": (lambda pki: lambda m, p, h, b, t: resp(200, b64(p7([issue(
+        pki.ca, pki.cak, csr_pub(b), "dev")])), ctype="text/html"), RemoteProtocolError, "Content-Type"),
+    "200 with no body": (lambda pki: lambda *a: resp(200, b""), RemoteProtocolError, ""),
+    "Content-Length larger than the body, then close": (lambda pki: _short_then_close, RemoteProtocolError,
+                                                        "closed"),
+    "chunked body that never ends": (lambda pki: _chunked_forever, TransportError, "deadline"),
+    "endless trickle of body bytes": (lambda pki: _trickle_body, TransportError, "deadline"),
+    "endless trickle of header lines": (lambda pki: _trickle_head, TransportError, "deadline"),
+    "huge body": (lambda pki: _huge, LimitError, "max_body"),
+    "202 Retry-After huge": (lambda pki: lambda *a: resp(202, extra=["Retry-After: 99999999999999999999"],
+                                                         ctype=None), TransportError, "deadline"),
+    "202 Retry-After negative": (lambda pki: lambda *a: resp(202, extra=["Retry-After: -5"], ctype=None),
+                                 TransportError, "deadline"),
+    "202 Retry-After as a date": (lambda pki: lambda *a: resp(202, extra=[
+        "Retry-After: Wed, 21 Oct 2015 07:28:00 GMT"], ctype=None), TransportError, "deadline"),
+    "401 loop": (lambda pki: lambda *a: resp(401, extra=['WWW-Authenticate: Basic realm="x"'], ctype=None),
+                 EstError, "401"),
+    "redirect": (lambda pki: lambda *a: resp(302, extra=["Location: https://evil.example/"], ctype=None),
+                 EstError, "302"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENROLL_ANSWERS))
+def test_hostile_enroll_answer_library(pki, hostile, tmp_path, name):
+    make, cls, words = ENROLL_ANSWERS[name]
+    srv = hostile(make(pki))
+    store = pki.seeded_store(tmp_path / "st")
+    before = snapshot(store.path)
+    c = EstClient(srv.url, trust=[der(pki.ca)], user="dev", password="pw", timeout=2, deadline=2.5)
+    with pytest.raises(cls) as e:
+        c.provision(store, cn="dev-new")
+    c.close()
+    assert words in str(e.value)
+    assert_unchanged(store, before, pki)
+
+
+def test_retry_after_zero_does_not_hammer_the_server(pki, hostile):
+    # "202, Retry-After: 0" forever: each retry waits (at least retry_min_s),
+    # so a 2.5 s deadline allows a handful of requests (it was thousands)
+    n = []
+    srv = hostile(lambda *a: n.append(1) or resp(202, extra=["Retry-After: 0"], ctype=None))
+    c = EstClient(srv.url, trust=[der(pki.ca)], user="dev", password="pw", timeout=2, deadline=2.5)
+    from est_lite.csr import CsrBuilder
+
+    with pytest.raises(TransportError, match="deadline"):
+        c.enroll(CsrBuilder().subject(cn="x").sign(P256Key.generate()))
+    assert 1 <= len(n) <= 6, len(n)
+
+
+def test_the_good_server_works(pki, hostile, tmp_path):
+    # the control for the tests above: the same server answering properly
+    srv = hostile(lambda m, p, h, b, t: resp(200, b64(p7([issue(pki.ca, pki.cak, csr_pub(b), "dev-new")]))))
+    store = pki.seeded_store(tmp_path / "st")
+    c = EstClient(srv.url, trust=[der(pki.ca)], user="dev", password="pw", timeout=2, deadline=5)
+    r = c.provision(store, cn="dev-new")
+    assert r.gen == 2 and store.load().cert == r.cert
+    assert srv.authorizations() == ["Basic " + base64.b64encode(b"dev:pw").decode()]
+    assert os.stat(os.path.join(store.path, "key.2")).st_mode & 0o777 == 0o600
+
+
+# --- 4. the credential store ---------------------------------------------------
+
+
+def _truncate_key(d):
+    p = [n for n in os.listdir(d) if n.startswith("key.")][0]
+    with open(os.path.join(d, p), "r+b") as f:
+        f.truncate(10)
+
+
+def _garbage_cert(d):
+    p = [n for n in os.listdir(d) if n.startswith("cert.")][0]
+    with open(os.path.join(d, p), "wb") as f:
+        f.write(b"garbage")
+
+
+def _missing_key(d):
+    os.remove(os.path.join(d, [n for n in os.listdir(d) if n.startswith("key.")][0]))
+
+
+def _dir_for_key(d):
+    p = os.path.join(d, [n for n in os.listdir(d) if n.startswith("key.")][0])
+    os.remove(p)
+    os.mkdir(p)
+
+
+def _dir_for_manifest(d):
+    os.remove(os.path.join(d, "manifest"))
+    os.mkdir(os.path.join(d, "manifest"))
+
+
+def _store_is_a_file(d):
+    import shutil
+
+    shutil.rmtree(d)
+    with open(d, "w") as f:
+        f.write("x")
+
+
+def _mismatched_pair(d):
+    # a pair committed with valid hashes but a key that is not the certificate's
+    from est_lite_mp.credstore import CredStore as PortableStore
+
+    c = PortableStore(d).load()
+    PortableStore(d).save(key=P256Key.generate().export_pkcs8(), cert=c.cert, ca=c.ca)
+
+
+CORRUPTIONS = {"truncated key file": (_truncate_key, "hash"), "garbage certificate": (_garbage_cert, "hash"),
+               "missing key file": (_missing_key, "missing"), "directory instead of the key": (_dir_for_key,
+                                                                                               "directory"),
+               "directory instead of the manifest": (_dir_for_manifest, "directory"),
+               "store path is a file": (_store_is_a_file, "not a directory"),
+               "key of another certificate": (_mismatched_pair, "does not belong")}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corrupt_store_is_reported_never_loaded(pki, tmp_path, capsys, name):
+    spoil, words = CORRUPTIONS[name]
+    d = str(tmp_path / "st")
+    pki.seeded_store(d)
+    spoil(d)
+    with pytest.raises(StoreError, match=words):
+        CredStore(d).load()
+    # nothing is sent on the strength of a corrupt store (the URL has no server)
+    c = EstClient("https://127.0.0.1:9", trust=[der(pki.ca)], timeout=1, deadline=1)
+    with pytest.raises(StoreError):
+        c.renew_if_needed(CredStore(d), threshold=float("inf"))
+    rc, out, err = cli(capsys, "reenroll", "--server", "https://127.0.0.1:9", "--trust", pki.ca_pem, "--out", d,
+                       "--deadline", "1")
+    one_line_error(rc, err)
+    assert "credential store" in err
+
+
+def test_a_failed_save_keeps_the_previous_generation(pki, tmp_path):
+    s = pki.seeded_store(tmp_path / "st")
+    os.mkdir(os.path.join(s.path, "manifest.tmp"))  # the commit cannot happen
+    before = {n: v for n, v in snapshot_files(s.path).items()}
+    k = P256Key.generate()
+    with pytest.raises(StoreError, match="cannot write"):
+        s.save(key=k.export_pkcs8(), cert=der(issue(pki.ca, pki.cak, k.key.public_key(), "n")), ca=[der(pki.ca)])
+    assert snapshot_files(s.path) == before  # the parts it had written are removed
+    assert s.load().cert == der(pki.dcert)
+
+
+def snapshot_files(path):
+    return {n: open(os.path.join(path, n), "rb").read() for n in os.listdir(path)
+            if os.path.isfile(os.path.join(path, n))}
+
+
+def test_save_refuses_a_key_that_is_not_the_certificates(pki, tmp_path):
+    s = pki.seeded_store(tmp_path / "st")
+    before = snapshot(s.path)
+    with pytest.raises(EstError, match="does not belong"):
+        s.save(key=P256Key.generate().export_pkcs8(), cert=der(pki.dcert), ca=[der(pki.ca)])
+    assert_unchanged(s, before, pki)
+
+
+def test_store_writes_through_no_planted_file(pki, tmp_path):
+    # a symlink left at manifest.tmp (the one name a save reuses) is replaced, not written through
+    d = tmp_path / "st"
+    s = pki.seeded_store(d)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    os.symlink(str(victim), str(d / "manifest.tmp"))
+    assert s.save(key=pki.dkey.export_pkcs8(), cert=der(pki.dcert), ca=[der(pki.ca)]) == 2
+    assert victim.read_bytes() == b"keep"
+    assert s.load().gen == 2 and sorted(os.listdir(str(d))) == ["ca.2", "cert.2", "key.2", "manifest"]
+    assert os.stat(str(d / "key.2")).st_mode & 0o777 == 0o600
+
+
+# --- library arguments -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("server,words", [
+    ("https://user@localhost:8443", "user info"),
+    ("https://localhost:8443?x=1", "query"),
+    ("https://localhost:8443#top", "fragment"),
+    ("https://::1:8443", "brackets"),
+    ("coaps://fe80::1", "brackets"),
+    (" https://localhost", "spaces"),
+    ("https://local host", "spaces"),
+    ("https://localhost\n:8443", "control"),
+])
+def test_server_uri_rejected(pki, server, words):
+    with pytest.raises(EstError, match=words):
+        EstClient(server, trust=[der(pki.ca)])
+
+
+@pytest.mark.parametrize("kw", [dict(timeout=0), dict(timeout=-1), dict(timeout=float("nan")),
+                                dict(timeout=1e30), dict(deadline=-1), dict(deadline=float("inf")),
+                                dict(timeout="5")])
+def test_timeouts_must_be_sane(pki, kw):
+    with pytest.raises(EstError, match="seconds"):
+        EstClient("https://localhost:8443", trust=[der(pki.ca)], **kw)
