@@ -463,7 +463,7 @@ def test_corrupt_store_is_reported_never_loaded(pki, tmp_path, capsys, name):
     rc, out, err = cli(capsys, "reenroll", "--server", "https://127.0.0.1:9", "--trust", pki.ca_pem, "--out", d,
                        "--deadline", "1")
     one_line_error(rc, err)
-    assert "credential store" in err
+    assert "credential store" in err or "is not a directory" in err
 
 
 def test_a_failed_save_keeps_the_previous_generation(pki, tmp_path):
@@ -527,3 +527,338 @@ def test_server_uri_rejected(pki, server, words):
 def test_timeouts_must_be_sane(pki, kw):
     with pytest.raises(EstError, match="seconds"):
         EstClient("https://localhost:8443", trust=[der(pki.ca)], **kw)
+
+
+# --- 1. a hostile user: CLI options and files ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(pki, tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    f = {}
+
+    def put(name, data):
+        p = d / name
+        p.write_bytes(data)
+        f[name] = str(p)
+
+    put("empty", b"")
+    put("garbage", b"hello, this is not a certificate\n" * 3)
+    put("badpem", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    put("dev.pem", pem(pki.dcert))
+    put("dev.der", der(pki.dcert))
+    put("dev.key", pki.dkey.key.private_bytes(S.Encoding.PEM, S.PrivateFormat.PKCS8, S.NoEncryption()))
+    put("dev.key.der", pki.dkey.export_pkcs8())
+    put("dev.sec1", pki.dkey.key.private_bytes(S.Encoding.PEM, S.PrivateFormat.TraditionalOpenSSL,
+                                                S.NoEncryption()))
+    put("enc.key", pki.dkey.key.private_bytes(S.Encoding.PEM, S.PrivateFormat.PKCS8,
+                                               S.BestAvailableEncryption(b"pw")))
+    rk = rsa.generate_private_key(65537, 2048)
+    put("rsa.key", pk8(rk))
+    put("rsa.pem", pem(issue(pki.ca, pki.cak, rk.public_key(), "rsa-dev")))
+    pk = ec.generate_private_key(ec.SECP384R1())
+    put("p384.key", pk8(pk))
+    put("p384.pem", pem(issue(pki.ca, pki.cak, pk.public_key(), "p384-dev")))
+    put("two.pem", pem(pki.dcert) + pem(pki.ca))
+    put("afile", b"x")
+    os.mkdir(str(d / "adir"))
+    f["adir"] = str(d / "adir")
+    f["missing"] = str(d / "missing")
+    return f
+
+
+USER_INPUT = [
+    # (argv after the command, words of the one-line error); {url} is a live server, {port} its port
+    ("cacerts --server localhost:{port} --trust {ca}", "coaps:// or https://"),
+    ("cacerts --server http://localhost:{port} --trust {ca}", "coaps:// or https://"),
+    ("cacerts --server coaps:// --trust {ca}", "no host"),
+    ("cacerts --server https://localhost:0 --trust {ca}", "bad port"),
+    ("cacerts --server https://localhost:65536 --trust {ca}", "bad port"),
+    ("cacerts --server https://localhost:{port}/a/b --trust {ca}", "label"),
+    ("cacerts --server https://localhost:{port}/simpleenroll --trust {ca}", "operation name"),
+    ("cacerts --server {url} --label a/b --trust {ca}", "one path segment"),
+    ("cacerts --server {url} --label CACerts --trust {ca}", "operation name"),
+    ("cacerts --server https://::1:{port} --trust {ca}", "brackets"),
+    ("cacerts --server https://[::1:{port} --trust {ca}", "port"),
+    ("cacerts --server https://user@localhost:{port} --trust {ca}", "user info"),
+    ("cacerts --server {url} --pin md5:" + "ab" * 32, "pin must be"),
+    ("cacerts --server {url} --pin sha256:" + "a" * 63, "pin must be"),
+    ("cacerts --server {url} --pin sha256:" + "zz" * 32, "pin must be"),
+    ("cacerts --server {url} --pin sha256:" + "ab" * 32 + " --trust {ca}", "not both"),
+    ("cacerts --server {url}", "no implicit trust"),
+    ("cacerts --server {url} --trust {missing}", "cannot read --trust"),
+    ("cacerts --server {url} --trust {empty}", "is empty"),
+    ("cacerts --server {url} --trust {garbage}", "not a PEM or DER X.509 certificate"),
+    ("cacerts --server {url} --trust {badpem}", "not a PEM or DER X.509 certificate"),
+    ("cacerts --server {url} --trust {dev.key}", "not a PEM or DER X.509 certificate"),
+    ("cacerts --server {url} --trust {adir}", "Is a directory"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --cert {dev.pem}", "--cert needs --key"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --key {dev.key}", "--key needs --cert"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --cert {garbage} --key {dev.key}",
+     "not a PEM or DER X.509 certificate"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --cert {two.pem} --key {dev.key}", "2 certificates"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --cert {dev.pem} --key {empty}", "is empty"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --cert {dev.pem} --key {garbage}",
+     "not a PEM or DER private key"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --cert {dev.pem} --key {enc.key}", "encrypted"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --cert {dev.pem} --key {rsa.key}",
+     "not the private key"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --cert {dev.pem} --key {p384.key}",
+     "not the private key"),
+    ("enroll --server {url} --trust {ca} --cn x --out {out} --cert {dev.der} --key {missing}", "cannot read --key"),
+    ("reenroll --server {url} --trust {ca} --out {out} --cert {rsa.pem} --key {rsa.key} --keep-key", "P-256"),
+    ("reenroll --server {url} --trust {ca} --out {out} --cert {p384.pem} --key {p384.key} --keep-key", "P-256"),
+    ("reenroll --server {url} --trust {ca} --out {out} --cert {dev.pem}", "--cert needs --key"),
+    ("enroll --server {url} --trust {ca} --cn x --out {afile}", "not a directory"),
+    ("enroll --server {url} --trust {ca} --cn x --out {afile}/sub", "cannot be created"),
+    ("serverkeygen --server {url} --trust {ca} --cn x --out {afile}", "not a directory"),
+    ("serverkeygen --server {url} --trust {ca} --cn x", "needs --out"),
+    ("enroll --server {url} --trust {ca} --out {out} --cn {sp}", "--cn is empty"),
+    ("enroll --server {url} --trust {ca} --out {out} --cn " + "x" * 300, "cn"),
+    ("enroll --server {url} --trust {ca} --out {out} --cn x --c USA", "2 letters"),
+    ("enroll --server {url} --trust {ca} --out {out} --cn x --dns {sp}", "--dns is empty"),
+    ("enroll --server {url} --trust {ca} --out {out} --cn x --ip 999.1.1.1", "IP address"),
+    ("enroll --server {url} --trust {ca} --out {out} --cn x --csr {garbage}", "PKCS#10"),
+    ("cacerts --server {url} --trust {ca} --timeout 0", "timeout"),
+    ("cacerts --server {url} --trust {ca} --deadline -1", "deadline"),
+    ("cacerts --server {url} --trust {ca} --timeout 1e30", "timeout"),
+    ("cacerts --server {url} --trust {ca} --timeout soon", "invalid float"),
+    ("cacerts --trust {ca}", "--server"),
+    ("enroll --server {url} --trust {ca} --no-such-option", "unrecognized"),
+    ("coaps-only --server {url}", "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("line,words", USER_INPUT)
+@pytest.mark.parametrize("out_exists", [True, False])
+def test_bad_user_input(pki, files, hostile, tmp_path, capsys, line, words, out_exists):
+    srv = hostile(lambda *a: resp(500, b"should not be asked"))
+    out = tmp_path / "out"
+    if out_exists:
+        out.mkdir()
+    fmt = dict(files, url=srv.url, port=srv.port, ca=pki.ca_pem, out=str(out), sp=" ")
+    argv = []
+    for tok in line.split(" "):
+        for k in sorted(fmt, key=len, reverse=True):
+            tok = tok.replace("{%s}" % k, str(fmt[k]))
+        argv.append(tok)
+    with pytest.raises(SystemExit) if words in ("invalid float", "--server", "unrecognized", "invalid choice") \
+            else _nothing() as ex:
+        rc, o, err = cli(capsys, *argv)
+    if ex is not None and hasattr(ex, "value"):
+        rc = ex.value.code
+        o, err = capsys.readouterr()
+    one_line_error(rc, err)
+    assert words in err, err
+    assert srv.tcp == 0  # refused before any network traffic
+    assert (os.listdir(str(out)) == []) if out_exists else not out.exists()  # nothing written in --out
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_der_and_pem_inputs_are_equivalent(pki, files, hostile, tmp_path, capsys):
+    # the control of the file cases above: DER or PEM, PKCS#8 or SEC1, all accepted
+    srv = hostile(lambda m, p, h, b, t: resp(200, b64(p7([issue(pki.ca, pki.cak, csr_pub(b), "dev-new")]))),
+                  auth_free=True)
+    for i, (c, k) in enumerate([("dev.pem", "dev.key"), ("dev.der", "dev.key.der"), ("dev.pem", "dev.sec1")]):
+        d = tmp_path / ("o%d" % i)
+        rc, out, err = cli(capsys, "reenroll", "--server", srv.url, "--trust", pki.ca_pem, "--cert", files[c],
+                           "--key", files[k], "--out", d, "--deadline", "5")
+        assert rc == 0, err
+        assert CredStore(str(d)).load().gen == 1
+
+
+# --- 2. a hostile HTTPS server, through the CLI -----------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ENROLL_ANSWERS))
+def test_hostile_enroll_answer_cli(pki, hostile, tmp_path, capsys, name):
+    make, cls, words = ENROLL_ANSWERS[name]
+    srv = hostile(make(pki))
+    store = pki.seeded_store(tmp_path / "st")
+    before = snapshot(store.path)
+    rc, out, err = cli(capsys, "enroll", "--server", srv.url, "--trust", pki.ca_pem, "--user", "dev", "--password",
+                       "pw", "--cn", "dev-new", "--out", store.path, "--timeout", "2", "--deadline", "2.5")
+    one_line_error(rc, err)
+    assert words in err
+    assert_unchanged(store, before, pki)
+
+
+def test_server_error_text_cannot_write_to_the_terminal(pki, hostile, tmp_path, capsys):
+    srv = hostile(lambda *a: resp(500, b"bad\r\nthing \x1b[2J\x1b]0;owned\x07 \x00 happened", ctype="text/plain"))
+    rc, out, err = cli(capsys, "enroll", "--server", srv.url, "--trust", pki.ca_pem, "--user", "dev", "--password",
+                       "pw", "--cn", "x", "--out", tmp_path / "o", "--deadline", "3")
+    one_line_error(rc, err)  # no ESC, BEL, NUL or line break from the server's text
+    assert "500" in err and "happened" in err
+
+
+def _skg_answer(pki, kind):
+    def mp(parts, boundary="bnd", close=True):
+        out = [b"--%s\r\nContent-Type: %s\r\nContent-Transfer-Encoding: base64\r\n\r\n%s" % (
+            boundary.encode(), ct.encode(), b64(body)) for ct, body in parts]
+        if close:
+            out.append(b"--%s--\r\n" % boundary.encode())
+        return b"".join(out)
+
+    def handler(m, p, h, b, t):
+        k = ec.generate_private_key(ec.SECP256R1())
+        c = issue(pki.ca, pki.cak, k.public_key(), "skg")
+        ct = "multipart/mixed; boundary=bnd"
+        key, certs = ("application/pkcs8", pk8(k)), ("application/pkcs7-mime; smime-type=certs-only", p7([c]))
+        if kind == "good":
+            return resp(200, mp([key, certs]), ctype=ct)
+        if kind == "missing certs part":
+            return resp(200, mp([key]), ctype=ct)
+        if kind == "missing key part":
+            return resp(200, mp([certs]), ctype=ct)
+        if kind == "key not matching the certificate":
+            return resp(200, mp([("application/pkcs8", pk8(ec.generate_private_key(ec.SECP256R1()))), certs]),
+                        ctype=ct)
+        if kind in ("RSA key", "P-384 key"):
+            k2 = rsa.generate_private_key(65537, 2048) if kind == "RSA key" else ec.generate_private_key(
+                ec.SECP384R1())
+            return resp(200, mp([("application/pkcs8", pk8(k2)), ("application/pkcs7-mime", p7([issue(
+                pki.ca, pki.cak, k2.public_key(), "skg")]))]), ctype=ct)
+        if kind == "garbage key":
+            return resp(200, mp([("application/pkcs8", b"\x30\x03\x02\x01\x00"), certs]), ctype=ct)
+        if kind == "boundary not in the body":
+            return resp(200, mp([key, certs]), ctype="multipart/mixed; boundary=other")
+        if kind == "no boundary parameter":
+            return resp(200, mp([key, certs]), ctype="multipart/mixed")
+        if kind == "boundary too long":
+            return resp(200, mp([key, certs], boundary="x" * 80), ctype="multipart/mixed; boundary=" + "x" * 80)
+        if kind == "no closing boundary":
+            return resp(200, mp([key, certs], close=False), ctype=ct)
+        if kind == "encrypted (CMS) key":
+            return resp(200, mp([("application/pkcs7-mime; smime-type=server-generated-key", b"\x30\x00"), certs]),
+                        ctype=ct)
+        if kind == "certificate from another CA":
+            return resp(200, mp([key, ("application/pkcs7-mime", p7([issue(pki.other, pki.otherk, k.public_key(),
+                                                                            "skg")]))]), ctype=ct)
+    return handler
+
+
+SKG = {"missing certs part": "need key and certs", "missing key part": "need key and certs",
+       "key not matching the certificate": "not for the key", "RSA key": "P-256", "P-384 key": "P-256",
+       "garbage key": "P-256", "boundary not in the body": "boundary", "no boundary parameter": "boundary",
+       "boundary too long": "boundary", "no closing boundary": "closing boundary",
+       "encrypted (CMS) key": "encrypted", "certificate from another CA": "does not chain"}
+
+
+@pytest.mark.parametrize("kind", sorted(SKG))
+def test_hostile_serverkeygen_answer(pki, hostile, tmp_path, capsys, kind):
+    srv = hostile(_skg_answer(pki, kind))
+    store = pki.seeded_store(tmp_path / "st")
+    before = snapshot(store.path)
+    rc, out, err = cli(capsys, "serverkeygen", "--server", srv.url, "--trust", pki.ca_pem, "--user", "dev",
+                       "--password", "pw", "--cn", "skg", "--out", store.path, "--deadline", "3")
+    one_line_error(rc, err)
+    assert SKG[kind] in err
+    assert "PRIVATE KEY" not in out + err
+    assert_unchanged(store, before, pki)
+
+
+# --- 3. the wrong server identity: nothing secret is sent ---------------------------
+
+
+def _impostor(pki, kind):
+    k = ec.generate_private_key(ec.SECP256R1())
+    if kind == "certificate for another name":
+        return issue(pki.ca, pki.cak, k.public_key(), "elsewhere", dns=["elsewhere.example"]), k
+    if kind == "expired certificate":
+        return issue(pki.ca, pki.cak, k.public_key(), "localhost", dns=["localhost"], days=-1, before=-30), k
+    if kind == "not yet valid certificate":
+        return issue(pki.ca, pki.cak, k.public_key(), "localhost", dns=["localhost"], days=60, before=30), k
+    ss, sk = make_ca("localhost")  # self-signed, not in the trust anchors
+    if kind == "self-signed certificate":
+        return ss, sk
+    return issue(pki.other, pki.otherk, k.public_key(), "localhost", dns=["localhost"]), k
+
+
+IMPOSTORS = ["certificate for another name", "expired certificate", "not yet valid certificate",
+             "self-signed certificate", "certificate from another CA"]
+
+
+@pytest.mark.parametrize("kind", IMPOSTORS)
+def test_wrong_server_identity_gets_no_credentials(pki, hostile, tmp_path, capsys, kind):
+    cert, key = _impostor(pki, kind)
+    srv = hostile(lambda m, p, h, b, t: resp(200, b64(p7([issue(pki.ca, pki.cak, csr_pub(b), "x")]))),
+                  cert=cert, key=key)
+    store = pki.seeded_store(tmp_path / "st")
+    before = snapshot(store.path)
+    c = EstClient(srv.url, trust=[der(pki.ca)], user="dev", password="pw", timeout=2, deadline=2)
+    with pytest.raises(SecurityError):
+        c.provision(store, cn="x")
+    c = EstClient(srv.url, trust=[der(pki.ca)], cert=der(pki.dcert), key=pki.dkey.export_pkcs8(), timeout=2,
+                  deadline=2)
+    with pytest.raises(SecurityError):
+        c.renew_if_needed(store, threshold=float("inf"))
+    rc, out, err = cli(capsys, "enroll", "--server", srv.url, "--trust", pki.ca_pem, "--user", "dev", "--password",
+                       "pw", "--cn", "x", "--out", store.path, "--deadline", "2")
+    one_line_error(rc, err)
+    assert srv.tcp >= 3 and srv.requests == [] and srv.authorizations() == []  # refused in the handshake
+    assert_unchanged(store, before, pki)
+
+
+# --- 4. file modes after every write path ------------------------------------------
+
+
+def _modes(d):
+    return {n: os.stat(os.path.join(d, n)).st_mode & 0o777 for n in os.listdir(d)}
+
+
+def test_keys_are_0600_after_every_write_path(pki, hostile, tmp_path, capsys, files):
+    issue_for = lambda m, p, h, b, t: resp(200, b64(p7([issue(pki.ca, pki.cak, csr_pub(b), "dev")])))  # noqa
+    srv = hostile(issue_for, auth_free=True)
+    d = tmp_path / "o"
+    d.mkdir()
+    (d / "key.pem.tmp").write_bytes(b"planted")  # a leftover with loose bits must not become key.pem
+    os.chmod(str(d / "key.pem.tmp"), 0o644)
+    old = os.umask(0o022)
+    try:
+        base = ["--server", srv.url, "--trust", pki.ca_pem, "--out", d, "--deadline", "5"]
+        for argv in (["enroll", "--cn", "dev"], ["reenroll"], ["reenroll", "--keep-key"],
+                     ["reenroll", "--cert", files["dev.pem"], "--key", files["dev.key"]]):
+            rc, out, err = cli(capsys, *(argv + base))
+            assert rc == 0, err
+            assert "PRIVATE KEY" not in out
+            m = _modes(str(d))
+            keys = [n for n in m if n.startswith("key")]
+            assert keys and all(m[n] == 0o600 for n in keys), m
+            assert not [n for n in m if n.endswith(".tmp")], m
+        # renewal through the library
+        c = EstClient(srv.url, trust=[der(pki.ca)], deadline=5)
+        assert c.renew_if_needed(CredStore(str(d)), threshold=float("inf")) is not None
+        m = _modes(str(d))
+        assert all(m[n] == 0o600 for n in m if n.startswith("key")), m
+        # serverkeygen
+        srv2 = hostile(_skg_answer(pki, "good"), auth_free=True)
+        rc, out, err = cli(capsys, "serverkeygen", "--server", srv2.url, "--trust", pki.ca_pem, "--cn", "skg",
+                           "--out", d, "--deadline", "5")
+        assert rc == 0 and "PRIVATE KEY" not in out, err
+        m = _modes(str(d))
+        assert all(m[n] == 0o600 for n in m if n.startswith("key")), m
+    finally:
+        os.umask(old)
+
+
+def test_reenroll_from_files_leaves_the_store_alone_when_it_fails(pki, hostile, tmp_path, capsys, files):
+    # it used to commit --cert/--key to the store first, then ask the server
+    srv = hostile(lambda *a: resp(500, b"no"), auth_free=True)
+    store = pki.seeded_store(tmp_path / "st")
+    before = snapshot(store.path)
+    k = P256Key.generate()
+    cp, kp = tmp_path / "other.pem", tmp_path / "other.key"
+    cp.write_bytes(pem(issue(pki.ca, pki.cak, k.key.public_key(), "other")))
+    kp.write_bytes(k.export_pkcs8())
+    rc, out, err = cli(capsys, "reenroll", "--server", srv.url, "--trust", pki.ca_pem, "--cert", cp, "--key", kp,
+                       "--out", store.path, "--deadline", "3")
+    one_line_error(rc, err)
+    assert "500" in err
+    assert_unchanged(store, before, pki)

@@ -8,14 +8,29 @@ own file.
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
 import est_lite_cpython
 
 
+class _Parser(argparse.ArgumentParser):
+    # a usage error is one line on stderr (argparse prints the usage block
+    # first); the subparsers are of this class too (add_subparsers default)
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, one_line(message), self.prog))
+
+
+def one_line(text):
+    """text on one line: whitespace runs become one space, other control
+    characters (a peer's ESC sequences) become '?'."""
+    text = " ".join(str(text).split())
+    return "".join("?" if c < " " or "\x7f" <= c < "\xa0" else c for c in text)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="est-lite",
         description="EST (RFC 7030) and EST-coaps (RFC 9148) client, server and tools.",
     )
@@ -38,10 +53,16 @@ def main(argv=None):
     try:
         return args.func(args) or 0
     except EstError as e:
-        print("est-lite: error: %s" % e, file=sys.stderr)
+        print("est-lite: error: %s" % one_line(e), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug: one line, not a traceback (EST_LITE_DEBUG=1 shows it)
+        if os.environ.get("EST_LITE_DEBUG"):
+            raise
+        print("est-lite: internal error: %s: %s (EST_LITE_DEBUG=1 shows the traceback; please report it)"
+              % (type(e).__name__, one_line(e)), file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

@@ -15,15 +15,116 @@ import json
 import os
 import sys
 
-from est_lite.errors import EstError, LocalProtocolError
+from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, SecurityError
 
 
-def _read(path, what):
+def _read(path, what, max_size=1 << 20):
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read(max_size + 1)
     except OSError as e:
         raise LocalProtocolError("cannot read %s %s: %s" % (what, path, e.strerror or e)) from None
+    if not data.strip():
+        raise LocalProtocolError("%s %s is empty" % (what, path))
+    if len(data) > max_size:
+        raise LocalProtocolError("%s %s is larger than %d bytes: not a certificate or key file" % (what, path, max_size))
+    return data
+
+
+def _cert_file(path, what):
+    """(DER bytes, cryptography certificate) of the one certificate in a PEM or DER file."""
+    certs = _cert_files([path], what)
+    if len(certs) != 1:
+        raise LocalProtocolError("%s %s holds %d certificates: give the client certificate alone (its CA "
+                                 "certificates go in --trust)" % (what, path, len(certs)))
+    return certs[0]
+
+
+def _cert_files(paths, what):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    out = []
+    for p in paths:
+        data = _read(p, what)
+        try:
+            if b"-----BEGIN" in data:
+                if b"-----BEGIN CERTIFICATE-----" not in data:
+                    raise ValueError("no BEGIN CERTIFICATE")
+                certs = x509.load_pem_x509_certificates(data)
+            else:
+                certs = [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            raise LocalProtocolError("%s %s is not a PEM or DER X.509 certificate" % (what, p)) from None
+        out += [(c.public_bytes(serialization.Encoding.DER), c) for c in certs]
+    return out
+
+
+def _key_file(path, what="--key"):
+    """(PKCS#8 DER bytes, cryptography private key) from a PEM or DER file."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    data = _read(path, what)
+    try:
+        if b"-----BEGIN" in data:
+            k = serialization.load_pem_private_key(data, password=None)
+        else:
+            k = serialization.load_der_private_key(data, password=None)
+    except TypeError:
+        raise LocalProtocolError("%s %s is encrypted: give an unencrypted key" % (what, path)) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise LocalProtocolError("%s %s is not a PEM or DER private key (PKCS#8 or SEC1, unencrypted)"
+                                 % (what, path)) from None
+    try:
+        der = k.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    except (ValueError, TypeError):
+        raise LocalProtocolError("%s %s: this kind of key cannot be used" % (what, path)) from None
+    return der, k
+
+
+def _identity(args):
+    """(cert DER, key DER) from --cert/--key, checked to belong together, or (None, None)."""
+    if args.key and not args.cert:
+        raise LocalProtocolError("--key needs --cert (the client certificate it belongs to)")
+    if not args.cert:
+        return None, None
+    if not args.key:
+        raise LocalProtocolError("--cert needs --key")
+    from .credstore import pair_mismatch
+
+    cert, _ = _cert_file(args.cert, "--cert")
+    key, _ = _key_file(args.key)
+    if pair_mismatch(key, cert):
+        raise LocalProtocolError("--key %s is not the private key of --cert %s" % (args.key, args.cert))
+    return cert, key
+
+
+def _prepare_out(args):
+    """Check --out before anything goes on the network: a directory we can
+    write (created 0700 if missing; removed again by _wrap if the command
+    fails and leaves it empty)."""
+    out = getattr(args, "out", None)
+    args._made_out = None
+    if not out:
+        return
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise LocalProtocolError("--out %s is not a directory" % out)
+    if not os.path.isdir(out):
+        try:
+            os.makedirs(out, mode=0o700)
+        except OSError as e:
+            raise LocalProtocolError("--out %s cannot be created: %s" % (out, e.strerror or e)) from None
+        args._made_out = out
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".est-lite-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise LocalProtocolError("--out %s is not writable: %s" % (out, e.strerror or e)) from None
 
 
 def _store(args):
@@ -33,9 +134,12 @@ def _store(args):
 
 
 def _client(args, cert=None, key=None):
+    # cert=False: no client certificate from --cert/--key (reenroll takes them from the store/files itself)
     from .client import EstClient
 
     trust = None
+    if args.trust and args.pin:
+        raise LocalProtocolError("give --trust or --pin, not both (a pin is only for the first contact)")
     if args.trust:
         trust = _trust_files(args.trust)
     elif not args.pin and args.out:
@@ -43,10 +147,10 @@ def _client(args, cert=None, key=None):
         c = _load_store(args)
         if c is not None and c.ca:
             trust = c.ca
-    if cert is None and args.cert:
-        if not args.key:
-            raise LocalProtocolError("--cert needs --key")
-        cert, key = _read(args.cert, "--cert"), _read(args.key, "--key")
+    if cert is None:
+        cert, key = _identity(args)
+    elif cert is False:
+        cert = key = None
     password = args.password
     if args.user and password is None:
         password = os.environ.get("EST_PASSWORD")
@@ -59,13 +163,7 @@ def _client(args, cert=None, key=None):
 
 
 def _trust_files(paths):
-    from . import dtls as _d
-
-    out = []
-    for p in paths:
-        data = _read(p, "--trust")
-        out += _d.load_certificates(data) if b"-----BEGIN" in data else [_d.load_certificate(data)]
-    return out
+    return [c for _, c in _cert_files(paths, "--trust")]
 
 
 def _load_store(args):
@@ -95,44 +193,80 @@ def _describe(der):
 def _write_pem_copies(store):
     # convenience PEM files next to the store (each written atomically)
     for name, data in store.pem_files().items():
-        p = os.path.join(store.path, name)
-        tmp = p + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        _write_atomic(os.path.join(store.path, name), data)
+
+
+def _write_atomic(p, data):
+    # a fresh 0600 temporary file (never through a file or symlink left at
+    # that name), fsync, rename; nothing left behind on failure
+    tmp = p + ".tmp"
+    try:
+        os.remove(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _emit(args, obj, text):
     if args.json:
         print(json.dumps(obj, indent=1, sort_keys=True))
     else:
-        print(text)
+        # names in certificates come from the server: no terminal control sequences
+        print("".join("?" if (c < " " and c != "\n") or "\x7f" <= c < "\xa0" else c for c in text))
 
 
 def _builder_args(args):
     names = {}
     for k in ("cn", "o", "ou", "c", "l", "st", "serial_number"):
         v = getattr(args, k, None)
+        if v is not None and not v.strip():
+            raise LocalProtocolError("--%s is empty" % k.replace("_", "-"))
         if v:
             names[k] = v
+    for k in ("dns", "ip", "uri"):
+        for v in getattr(args, k, None) or ():
+            if not v.strip():
+                raise LocalProtocolError("--%s is empty" % k)
     return names
+
+
+def _request_builder(args, names):
+    from est_lite.csr import CsrBuilder
+
+    b = CsrBuilder()
+    if names:
+        b = b.subject(**names)
+    if args.dns or args.ip or args.uri:
+        b = b.san(dns=args.dns or [], ip=args.ip or [], uri=args.uri or [])
+    return b
 
 
 # --- commands ---
 
 
 def cmd_cacerts(args):
+    store = _store(args)
+    old = store.load() if store is not None else None  # a corrupt store: said before any network traffic
     c = _client(args)
     try:
         certs = c.cacerts()
     finally:
         c.close()
-    store = _store(args)
     if store is not None:
-        store.save(ca=certs, keep=("key", "cert")) if store.load() is not None else store.save(ca=certs)
+        store.save(ca=certs, keep=("key", "cert")) if old is not None else store.save(ca=certs)
         _write_pem_copies(store)
     info = [_describe(x) for x in certs]
     _emit(args, {"certs": info, "bootstrapped": c.bootstrapped, "out": args.out},
@@ -185,6 +319,8 @@ def cmd_enroll(args):
     store = _store(args)
     if store is None:
         raise LocalProtocolError("enroll needs --out DIR for the new key and certificate (or --csr FILE)")
+    store.load()  # a corrupt store: said before any network traffic
+    _request_builder(args, names)  # bad subject or SAN values: said before any network traffic too
     c = _client(args)
     try:
         r = c.provision(store, subject=None, dns=args.dns or (), ip=args.ip or (), uri=args.uri or (), **names)
@@ -196,49 +332,74 @@ def cmd_enroll(args):
 
 def _enroll_csr(args):
     data = _read(args.csr, "--csr")
-    if data.lstrip().startswith(b"-----"):
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
 
-        try:
+    try:
+        if b"-----BEGIN" in data:
             data = x509.load_pem_x509_csr(data).public_bytes(serialization.Encoding.DER)
-        except ValueError as e:
-            raise LocalProtocolError("cannot read --csr: %s" % e) from None
+        else:
+            x509.load_der_x509_csr(data)
+    except ValueError:
+        raise LocalProtocolError("--csr %s is not a PEM or DER PKCS#10 certificate request" % args.csr) from None
     c = _client(args)
     try:
         ev = c.enroll(data)
     finally:
         c.close()
     if args.out:
-        os.makedirs(args.out, mode=0o700, exist_ok=True)
-        with open(os.path.join(args.out, "cert.pem"), "w") as f:
-            f.write(_pem(ev.cert))
+        _write_atomic(os.path.join(args.out, "cert.pem"), _pem(ev.cert).encode())
     _emit(args, {"cert": _describe(ev.cert), "out": args.out}, _pem(ev.cert) if not args.out else
           "enrolled: %s -> %s/cert.pem" % (_describe(ev.cert)["subject"], args.out))
     return 0
+
+
+class _FileCreds:
+    """The current credentials from --cert/--key for renew_if_needed: load()
+    gives them, save() commits the renewed ones to the real store. The store
+    is written only once the new certificate is verified (a failed
+    re-enrollment leaves it as it was)."""
+
+    def __init__(self, store, creds):
+        self.store, self.creds, self.path = store, creds, store.path
+
+    def load(self):
+        return self.creds
+
+    def save(self, key=None, cert=None, ca=None, keep=()):
+        if key is None and "key" in keep:
+            key = self.creds.key
+        return self.store.save(key=key, cert=cert, ca=ca)
 
 
 def cmd_reenroll(args):
     store = _store(args)
     if store is None:
         raise LocalProtocolError("reenroll needs --out DIR (a store from enroll, or where to write the new pair)")
-    if args.cert:
-        # current credentials from files: put them in the store first (atomically)
-        from cryptography.hazmat.primitives import serialization
+    old = store.load()  # a corrupt store: said before any network traffic
+    src = store
+    if args.cert or args.key:
+        # current credentials from files (checked to belong together)
+        from .credstore import Creds
 
-        from . import dtls as _d
+        cert, key = _identity(args)
+        if args.keep_key:
+            from .crypto import P256Key
 
-        cert = _d.load_certificate(_read(args.cert, "--cert")).public_bytes(serialization.Encoding.DER)
-        key = _d.load_private_key(_read(args.key or "", "--key")).private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        old = store.load()
+            try:
+                P256Key.load_der(key)
+            except EstError:
+                raise LocalProtocolError("--keep-key: --key %s is not a P-256 key (a new P-256 key is made without "
+                                         "--keep-key)" % args.key) from None
         ca = old.ca if old is not None else []
         if args.trust:
+            from cryptography.hazmat.primitives import serialization
+
             ca = [x.public_bytes(serialization.Encoding.DER) for x in _trust_files(args.trust)]
-        store.save(key=key, cert=cert, ca=ca)
-    c = _client(args)  # renew_if_needed authenticates with the stored certificate
+        src = _FileCreds(store, Creds(key, cert, ca))
+    c = _client(args, cert=False)  # renew_if_needed authenticates with the current certificate
     try:
-        r = c.renew_if_needed(store, threshold=float("inf"), rotate_key=not args.keep_key)
+        r = c.renew_if_needed(src, threshold=float("inf"), rotate_key=not args.keep_key)
     finally:
         c.close()
     _result(args, store, r, "re-enrolled")
@@ -246,16 +407,15 @@ def cmd_reenroll(args):
 
 
 def cmd_serverkeygen(args):
-    from est_lite.csr import CsrBuilder
-
     from .crypto import P256Key
 
+    store = _store(args)
+    if store is None:
+        raise LocalProtocolError("serverkeygen needs --out DIR: the server-generated key is only written to a "
+                                 "store (0600), never printed")
+    store.load()  # a corrupt store: said before any network traffic
     names = _builder_args(args)
-    b = CsrBuilder()
-    if names:
-        b = b.subject(**names)
-    if args.dns or args.ip or args.uri:
-        b = b.san(dns=args.dns or [], ip=args.ip or [], uri=args.uri or [])
+    b = _request_builder(args, names)
     if not names and not (args.dns or args.ip or args.uri):
         raise LocalProtocolError("give --cn (or other subject names) or a SAN")
     csr = b.sign(P256Key.generate())  # the server makes the real key; this one only signs the request
@@ -267,24 +427,29 @@ def cmd_serverkeygen(args):
     finally:
         c.close()
     if ev.key_type != 284:
-        raise LocalProtocolError("the server returned an encrypted key (CMS, content format %d): not supported"
-                                 % ev.key_type)
-    key = P256Key.load_der(ev.key_der)
+        raise RemoteProtocolError("the server returned an encrypted key (CMS, content format %d): not supported"
+                                  % ev.key_type)
+    try:
+        key = P256Key.load_der(ev.key_der)
+    except EstError as e:
+        raise RemoteProtocolError("serverkeygen: the key the server generated is not a usable P-256 key (%s)"
+                                  % e) from None
     from est_lite_mp import certs as X
 
     from .client import verify_issued_by
 
-    X.check_issued(ev.cert, ev.chain, ca, key.public_key, None, verify_issued_by)
-    store = _store(args)
-    gen = None
-    if store is not None:
-        gen = store.save(key=key.export_pkcs8(), cert=ev.cert, ca=ca)
-        _write_pem_copies(store)
+    try:
+        X.check_issued(ev.cert, ev.chain, ca, key.public_key, None, verify_issued_by)
+    except SecurityError as e:
+        if "public key" in str(e):
+            raise SecurityError("serverkeygen: the server's certificate is not for the key it sent") from None
+        raise
+    gen = store.save(key=key.export_pkcs8(), cert=ev.cert, ca=ca)
+    _write_pem_copies(store)
     info = _describe(ev.cert)
     _emit(args, {"cert": info, "generation": gen, "out": args.out},
           "server-generated key and certificate: %s, valid until %s -> %s" % (
-              info["subject"], info["not_after"], args.out) if store is not None else
-          _pem(ev.cert) + _pem(ev.key_der, "PRIVATE KEY"))
+              info["subject"], info["not_after"], args.out))
     return 0
 
 
@@ -325,14 +490,25 @@ def _subject(p):
 
 def _wrap(fn):
     def run(args):
+        ok = False
         try:
-            return fn(args)
+            _prepare_out(args)
+            rc = fn(args)
+            ok = True
+            return rc
         except EstError as e:
             e.msg = " ".join(str(e).split())  # one line on stderr
             e.args = (e.msg,)
             raise
         except OSError as e:
             raise LocalProtocolError("%s: %s" % (e.filename or "I/O", e.strerror or e)) from None
+        finally:
+            made = getattr(args, "_made_out", None)
+            if not ok and made:
+                try:
+                    os.rmdir(made)  # only if the failed command left it empty
+                except OSError:
+                    pass
     return run
 
 

@@ -84,6 +84,10 @@ class EstClient(_portable.EstClient):
         if trust is not None:
             trust = _der_list(trust)
         super().__init__(server, trust, pin, cert, key, user, password, label, server_name, timeout, deadline)
+        if self.label is not None:
+            from est_lite.paths import check_label
+
+            check_label(self.label)  # here, not when the first request is built (after connecting)
         if proxy and self.scheme != "https":
             raise LocalProtocolError("an HTTP CONNECT proxy carries HTTPS only (CoAPs is UDP)")
         self.proxy = proxy
