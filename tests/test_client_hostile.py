@@ -862,3 +862,37 @@ def test_reenroll_from_files_leaves_the_store_alone_when_it_fails(pki, hostile, 
     one_line_error(rc, err)
     assert "500" in err
     assert_unchanged(store, before, pki)
+
+
+# --- a hostile CoAPs server (DTLS, pyOpenSSL server of the project) ---------------------
+
+
+@pytest.fixture(scope="module")
+def dtls_pki():
+    from helpers_dtls import Pki as DtlsPki
+
+    return DtlsPki()
+
+
+@pytest.mark.parametrize("mode", ["empty ACK, then silence", "garbage datagrams"])
+def test_coaps_server_cannot_hold_the_client_past_its_deadline(dtls_pki, tmp_path, capsys, mode):
+    # an empty ACK makes the core wait up to 93 s for the separate response;
+    # answering garbage made the retransmission timers grow past an hour
+    from helpers_dtls import ServerThread
+
+    got = []
+
+    def handler(peer, data):
+        got.append(data)
+        peer.send(b"\x60\x00" + bytes(data[2:4]) if mode.startswith("empty") else b"\xff" * 40)
+
+    st = ServerThread(dtls_pki, handler=handler)
+    try:
+        c = EstClient("coaps://127.0.0.1:%d" % st.port, trust=[dtls_pki.ca.root.cert], cert=dtls_pki.client.cert,
+                      key=dtls_pki.client.key, timeout=2, deadline=2)
+        with pytest.raises(TransportError, match="before the deadline"):
+            c.cacerts()
+        c.close()
+        assert got  # the request did arrive: the client gave up at its deadline, not for lack of a server
+    finally:
+        st.stop()

@@ -124,7 +124,7 @@ class EstClient(_portable.EstClient):
 
         return CoapsTransport(self.host, self.port, trust=trust, pin=pin, server_name=self.server_name,
                               cert=self.cert, key=self.key, chain=self.chain, timeout=timeout, crls=self.crls,
-                              mtu=self.mtu)
+                              mtu=self.mtu, left=self._left)
 
     def _open_https(self, trust, pin, timeout):
         from .transport_https import TlsTransport

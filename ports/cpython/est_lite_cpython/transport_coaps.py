@@ -12,16 +12,22 @@ SHA-256 of one certificate of the chain the server presents, with the chain
 below it verified). A mismatch aborts the handshake before our Certificate
 flight. `crls` (cryptography CRLs) are checked by OpenSSL for the server's
 chain.
+
+`left`: a callable returning the seconds left before the caller's deadline
+(None: none). No wait for a datagram goes past it: a server that answers
+with an empty ACK and then nothing (the core waits up to 93 s for the
+separate response) or with datagrams the core ignores cannot hold the
+client past its deadline; TransportError when it has passed.
 """
 
-from est_lite.errors import LocalProtocolError
+from est_lite.errors import LocalProtocolError, TransportError
 
 from .dtls_client import DtlsClient
 
 
 class CoapsTransport:
     def __init__(self, host, port, *, trust=None, pin=None, server_name=None, cert=None, key=None, chain=(),
-                 timeout=30.0, crls=None, mtu=1200, local_address=None):
+                 timeout=30.0, crls=None, mtu=1200, local_address=None, left=None):
         if trust is None and pin is None:
             raise LocalProtocolError("give trust anchors to verify the server, or a pin for the bootstrap")
         self.host, self.port = host, port
@@ -32,6 +38,18 @@ class CoapsTransport:
                                  local_address=local_address, connect=False, crls=crls if pin is None else None)
         self.binding = None
         self.peer_chain = []
+        self.left = left
+
+    def _bound(self, timeout):
+        timeout = max(0.0, timeout)
+        if self.left is None:
+            return timeout
+        left = self.left()
+        if left is None:
+            return timeout
+        if left <= 0:
+            raise TransportError("no answer from %s:%d before the deadline" % (self.host, self.port))
+        return min(timeout, left)
 
     def connect(self):
         if self.client.established:
@@ -44,14 +62,14 @@ class CoapsTransport:
         self.client.send(datagram)
 
     def recv(self, timeout):
-        return self.client.recv(timeout=max(0.0, timeout))
+        return self.client.recv(timeout=self._bound(timeout))
 
     def close(self):
         self.client.close()
 
     def recv_into(self, buf, timeout):
         """One datagram into buf (its length), or None after timeout seconds."""
-        d = self.client.recv(timeout=max(0.0, timeout))
+        d = self.client.recv(timeout=self._bound(timeout))
         if d is None:
             return None
         n = min(len(d), len(buf))
