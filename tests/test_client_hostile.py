@@ -896,3 +896,39 @@ def test_coaps_server_cannot_hold_the_client_past_its_deadline(dtls_pki, tmp_pat
         assert got  # the request did arrive: the client gave up at its deadline, not for lack of a server
     finally:
         st.stop()
+
+
+def test_a_trickling_proxy_stops_at_the_deadline(pki):
+    # an HTTP CONNECT proxy that answers one header byte every 50 ms
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4)
+    lst.settimeout(5)
+    seen = []
+
+    def run():
+        try:
+            s, _ = lst.accept()
+        except OSError:
+            return
+        seen.append(s.recv(4096))
+        try:
+            s.sendall(b"HTTP/1.1 200 Connection established\r\n")
+            for _ in range(400):  # 20 s at most: stops by itself
+                s.sendall(b"X")
+                time.sleep(0.05)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    try:
+        c = EstClient("https://localhost:9", trust=[der(pki.ca)], proxy="http://127.0.0.1:%d" % lst.getsockname()[1],
+                      timeout=2, deadline=2)
+        with pytest.raises(TransportError, match="before the deadline"):
+            c.cacerts()
+        assert seen and seen[0].startswith(b"CONNECT localhost:9 ")
+    finally:
+        lst.close()

@@ -219,8 +219,17 @@ class TlsTransport:
         s.sendall((req + "\r\n").encode())
         buf = b""
         while b"\r\n\r\n" not in buf:
+            left = self.left() if self.left is not None else None
+            if left is not None:
+                if left <= 0:
+                    raise TransportError("HTTP proxy did not answer CONNECT before the deadline")
+                s.settimeout(min(self.timeout, left))  # a proxy trickling its answer stops at the deadline
             try:
                 d = s.recv(4096)
+            except TimeoutError:
+                raise TransportError("HTTP proxy did not answer CONNECT %s" % (
+                    "before the deadline" if left is not None and left <= self.timeout else
+                    "within %.0f s" % self.timeout)) from None
             except OSError as e:
                 raise TransportError("HTTP proxy did not answer CONNECT: %s" % e) from None
             if not d:
