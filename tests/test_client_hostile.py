@@ -362,7 +362,7 @@ def test_hostile_enroll_answer_library(pki, hostile, tmp_path, name):
     srv = hostile(make(pki))
     store = pki.seeded_store(tmp_path / "st")
     before = snapshot(store.path)
-    c = EstClient(srv.url, trust=[der(pki.ca)], user="dev", password="pw", timeout=2, deadline=2.5)
+    c = EstClient(srv.url, trust=[der(pki.ca)], user="dev", password="pw", timeout=1, deadline=1.5)
     with pytest.raises(cls) as e:
         c.provision(store, cn="dev-new")
     c.close()
@@ -684,7 +684,7 @@ def test_hostile_enroll_answer_cli(pki, hostile, tmp_path, capsys, name):
     store = pki.seeded_store(tmp_path / "st")
     before = snapshot(store.path)
     rc, out, err = cli(capsys, "enroll", "--server", srv.url, "--trust", pki.ca_pem, "--user", "dev", "--password",
-                       "pw", "--cn", "dev-new", "--out", store.path, "--timeout", "2", "--deadline", "2.5")
+                       "pw", "--cn", "dev-new", "--out", store.path, "--timeout", "1", "--deadline", "1.5")
     one_line_error(rc, err)
     assert words in err
     assert_unchanged(store, before, pki)
@@ -932,3 +932,60 @@ def test_a_trickling_proxy_stops_at_the_deadline(pki):
         assert seen and seen[0].startswith(b"CONNECT localhost:9 ")
     finally:
         lst.close()
+
+
+# --- hostile /cacerts and /csrattrs answers ----------------------------------------------
+
+GET_ANSWERS = {
+    "malformed base64": (lambda *a: resp(200, b"!!!! not base64 ****"), "base64"),
+    "base64 of garbage DER": (lambda *a: resp(200, b64(b"\x30\x03\x02\x01\x05garbage")), ""),
+    "PKCS#7 without a certificate": (lambda *a: resp(200, b64(_EMPTY_P7)), "no certificates"),
+    "wrong Content-Type": (lambda *a: resp(200, b64(_EMPTY_P7), ctype="text/html"), "Content-Type"),
+    "200 with no body": (lambda *a: resp(200, b""), ""),
+    "huge body": (_huge, "max_body"),
+    "endless trickle of body bytes": (_trickle_body, "deadline"),
+    "500 with a long text": (lambda *a: resp(500, b"x" * 3000 + b"\n" * 50, ctype="text/plain"), "500"),
+}
+
+
+@pytest.mark.parametrize("how", ["--trust", "--pin"])
+@pytest.mark.parametrize("name", sorted(GET_ANSWERS))
+def test_hostile_cacerts_answer(pki, hostile, tmp_path, capsys, name, how):
+    answer, words = GET_ANSWERS[name]
+    srv = hostile(None, cacerts=answer)
+    store = pki.seeded_store(tmp_path / "st")
+    before = snapshot(store.path)
+    from est_lite_cpython.dtls import fingerprint
+
+    trust = [how, pki.ca_pem if how == "--trust" else "sha256:" + fingerprint(pki.ca).hex()]
+    rc, out, err = cli(capsys, "cacerts", "--server", srv.url, *trust, "--out", store.path, "--timeout", "1",
+                       "--deadline", "1.5")
+    one_line_error(rc, err)
+    assert words in err
+    assert_unchanged(store, before, pki)
+
+
+@pytest.mark.parametrize("name", sorted(GET_ANSWERS))
+def test_hostile_csrattrs_answer_during_provision(pki, hostile, tmp_path, name):
+    answer, words = GET_ANSWERS[name]
+    if name == "PKCS#7 without a certificate":
+        words = "unexpected content format"  # a PKCS#7 where CSR attributes belong
+    issued = []
+
+    def handler(m, p, h, b, t):
+        if p.endswith("/csrattrs"):
+            return answer(m, p, h, b, t)
+        issued.append(p)
+        return resp(200, b64(p7([issue(pki.ca, pki.cak, csr_pub(b), "x")])))
+
+    srv = hostile(handler, auth_free=True)
+    srv.handler = lambda m, p, h, b, t: (resp(200, b64(p7([pki.ca]))) if p.endswith("/cacerts") else
+                                         handler(m, p, h, b, t))
+    store = pki.seeded_store(tmp_path / "st")
+    before = snapshot(store.path)
+    c = EstClient(srv.url, trust=[der(pki.ca)], timeout=1, deadline=1.5)
+    with pytest.raises(EstError) as e:
+        c.provision(store, cn="x")
+    c.close()
+    assert words in str(e.value) and not issued  # nothing enrolled on the strength of a bad answer
+    assert_unchanged(store, before, pki)
