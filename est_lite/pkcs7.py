@@ -28,19 +28,19 @@ def _bad(what):
     return RemoteProtocolError(what)
 
 
-def _content_info(mv, n):
+def _content_info(mv, n, m):
     """-> (signedData_start, signedData_end) after checking the wrapper."""
-    s, e = der.read(mv, 0, _SEQ, n, n)
+    s, e = der.read(mv, 0, _SEQ, n, m)
     for i in range(e, n):
         if mv[i]:
             raise _bad("PKCS#7: trailing bytes")
     os_, off = der.read(mv, s, _OID, e)
     if mv[os_:off] != b"\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02":  # 1.2.840.113549.1.7.2
         raise _bad("PKCS#7: content type is not signedData")
-    xs, xe = der.read(mv, off, 0xA0, e, n)
+    xs, xe = der.read(mv, off, 0xA0, e, m)
     if xe != e:
         raise _bad("PKCS#7: trailing bytes")
-    ss, se = der.read(mv, xs, _SEQ, xe, n)
+    ss, se = der.read(mv, xs, _SEQ, xe, m)
     if se != xe:
         raise _bad("PKCS#7: trailing bytes")
     return ss, se
@@ -54,25 +54,25 @@ def certificates(data, max_certs=8, max_size=0x10000):
     if n > max_size:
         raise LimitError("PKCS#7: %d bytes exceeds max_size=%d" % (n, max_size))
     mv = data if isinstance(data, memoryview) else memoryview(data)
-    s, e = _content_info(mv, n)
+    s, e = _content_info(mv, n, max_size)
     vs, off = der.read(mv, s, _INT, e)
     der.read_int(mv, vs, off)  # version: any value, but a valid INTEGER
-    _, off = der.read(mv, off, _SET, e, n)  # digestAlgorithms
-    es, off = der.read(mv, off, _SEQ, e, n)  # encapContentInfo
+    _, off = der.read(mv, off, _SET, e, max_size)  # digestAlgorithms
+    es, off = der.read(mv, off, _SEQ, e, max_size)  # encapContentInfo
     der.read(mv, es, _OID, off)
     certs = []
     if off < e and mv[off] == 0xA0:
-        p, off = der.read(mv, off, 0xA0, e, n)
+        p, off = der.read(mv, off, 0xA0, e, max_size)
         while p < off:
-            t, _, b = der.read_tlv(mv, p, off, n)
+            t, _, b = der.read_tlv(mv, p, off, max_size)
             if t == _SEQ:  # skip other CertificateChoices
                 if len(certs) >= max_certs:
                     raise LimitError("PKCS#7: more than max_certs=%d certificates" % max_certs)
                 certs.append(mv[p:b])
             p = b
     if off < e and mv[off] == 0xA1:  # crls: ignored
-        _, off = der.read(mv, off, 0xA1, e, n)
-    _, off = der.read(mv, off, _SET, e, n)  # signerInfos
+        _, off = der.read(mv, off, 0xA1, e, max_size)
+    _, off = der.read(mv, off, _SET, e, max_size)  # signerInfos
     if off != e:
         raise _bad("PKCS#7: trailing bytes")
     if not certs:

@@ -100,9 +100,30 @@ class _Link(io.IOBase):
         self.tries = 0  # transmissions of the current flight after the first
         self.resent = 0  # statistics: flights we resent
         self.seq = 0  # next record sequence number for our resent epoch-0 records
+        # After the handshake Mbed TLS gets one record per read, and one
+        # read per DtlsClient.recv_into: the TLS socket's recv_into reads
+        # records until its buffer is full, and would return back-to-back
+        # datagrams (a duplicate; an empty ACK and its separate response)
+        # or the records of one datagram as one message.
+        self.one = False  # a record was handed over in this recv_into: "would block"
+        self.rest = b""  # records after the first of the last datagram (rare)
 
     def readinto(self, b):
-        n = self.s.readinto(b)
+        if self.one:
+            return None
+        r = self.rest
+        n = len(r)
+        if n:
+            b[:n] = r
+        else:
+            n = self.s.readinto(b)
+        self.rest = b""
+        if n and not self.hs:
+            self.one = True
+            k = 13 + (b[11] << 8 | b[12])  # the first record (n < 13: k > n)
+            if k < n:
+                self.rest = bytes(b[k:n])
+                n = k
         if n and self.hs:
             now = _ticks()
             if self.t0 is not None and self.rto is not None:
@@ -143,7 +164,7 @@ class _Link(io.IOBase):
         return self.s.write(b)
 
     def due(self):
-        """ms until our resend of the flight is due (<= 0: now)."""
+        # ms until our resend of the flight is due (<= 0: now).
         if not self.f:
             return _NEVER
         # also after part of the answer came: the peer resends its whole
@@ -259,7 +280,7 @@ class DtlsClient:
 
     @property
     def resent(self):
-        """Handshake flights we resent ahead of Mbed TLS (statistics)."""
+        # Handshake flights we resent ahead of Mbed TLS (statistics).
         return 0 if self._link is None else self._link.resent
 
     # -- setup --
@@ -313,7 +334,7 @@ class DtlsClient:
         return 0 if ok else _ERR_X509_CERT_VERIFY_FAILED
 
     def connect(self):
-        """Open the socket and prepare the session; no datagram is sent yet."""
+        # Open the socket and prepare the session; no datagram is sent yet.
         if self._ss is not None:
             return
         try:
@@ -339,9 +360,9 @@ class DtlsClient:
     # -- data --
 
     def send(self, data, timeout_ms=None):
-        """Send one datagram; the first call also runs the handshake (cookie
-        exchange, retransmissions) within timeout_ms (default: timeout_ms of
-        the client)."""
+        # Send one datagram; the first call also runs the handshake (cookie
+        # exchange, retransmissions) within timeout_ms (default: timeout_ms of
+        # the client).
         if self._ss is None:
             self.connect()
         ss = self._ss
@@ -384,14 +405,16 @@ class DtlsClient:
         return n
 
     def recv_into(self, buf, timeout_ms=None):
-        """Decrypt one datagram into buf; its length, or None after timeout_ms.
-        Raises TransportError when the server closed the session."""
+        # Decrypt one datagram into buf; its length, or None after timeout_ms.
+        # Raises TransportError when the server closed the session.
         if not self.established:
             raise LocalProtocolError("send a datagram first (it runs the handshake)")
         ss = self._ss
         start = _ticks()
         limit = self.timeout_ms if timeout_ms is None else timeout_ms
+        link = self._link
         while True:
+            link.one = False  # one record per call (see _Link)
             try:
                 n = ss.recv_into(buf)
             except OSError as e:
@@ -404,10 +427,10 @@ class DtlsClient:
             left = limit - _diff(_ticks(), start)
             if left <= 0:
                 return None
-            self._link.wait(min(left, self.poll_ms))
+            link.wait(min(left, self.poll_ms))
 
     def recv(self, timeout_ms=None):
-        """One decrypted datagram as bytes, or None after timeout_ms."""
+        # One decrypted datagram as bytes, or None after timeout_ms.
         if self._buf is None:
             self._buf = bytearray(self._max)
         n = self.recv_into(self._buf, timeout_ms)
@@ -416,7 +439,7 @@ class DtlsClient:
         return bytes(self._buf[:n])
 
     def close(self):
-        """Free the session and the socket (this `tls` sends no close_notify)."""
+        # Free the session and the socket (this `tls` sends no close_notify).
         self._abort()
 
     # -- errors --
