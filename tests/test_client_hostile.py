@@ -623,6 +623,7 @@ USER_INPUT = [
     ("cacerts --server {url} --trust {ca} --deadline -1", "deadline"),
     ("cacerts --server {url} --trust {ca} --timeout 1e30", "timeout"),
     ("cacerts --server {url} --trust {ca} --timeout soon", "invalid float"),
+    ("cacerts --server {url} --trust {ca} --user alice --password pw{nl}X-Injected:1", "control characters"),
     ("cacerts --trust {ca}", "--server"),
     ("enroll --server {url} --trust {ca} --no-such-option", "unrecognized"),
     ("coaps-only --server {url}", "invalid choice"),
@@ -636,7 +637,7 @@ def test_bad_user_input(pki, files, hostile, tmp_path, capsys, line, words, out_
     out = tmp_path / "out"
     if out_exists:
         out.mkdir()
-    fmt = dict(files, url=srv.url, port=srv.port, ca=pki.ca_pem, out=str(out), sp=" ")
+    fmt = dict(files, url=srv.url, port=srv.port, ca=pki.ca_pem, out=str(out), sp=" ", nl="\r\n")
     argv = []
     for tok in line.split(" "):
         for k in sorted(fmt, key=len, reverse=True):

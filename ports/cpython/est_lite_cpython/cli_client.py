@@ -184,10 +184,14 @@ def _describe(der):
 
     from cryptography import x509
 
-    c = x509.load_der_x509_certificate(der)
-    return {"subject": c.subject.rfc4514_string(), "issuer": c.issuer.rfc4514_string(),
-            "serial": "%x" % c.serial_number, "not_after": c.not_valid_after_utc.isoformat(),
-            "sha256": hashlib.sha256(der).hexdigest()}
+    out = {"subject": "?", "issuer": "?", "serial": "?", "not_after": "?", "sha256": hashlib.sha256(der).hexdigest()}
+    try:  # for display only: a certificate cryptography cannot fully parse still gets a line
+        c = x509.load_der_x509_certificate(der)
+        out["subject"], out["issuer"] = c.subject.rfc4514_string(), c.issuer.rfc4514_string()
+        out["serial"], out["not_after"] = "%x" % c.serial_number, c.not_valid_after_utc.isoformat()
+    except ValueError:
+        pass
+    return out
 
 
 def _write_pem_copies(store):

@@ -81,6 +81,9 @@ class EstClient(_portable.EstClient):
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1e6) or math.isnan(v):
                 raise LocalProtocolError("%s must be a number of seconds between 0 and 1e6, got %r" % (name, v))
+        for name, v in (("user", user), ("password", password)):
+            if isinstance(v, str) and [c for c in v if c < " " or c == "\x7f"]:
+                raise LocalProtocolError("%s has control characters (line breaks, NUL, ...)" % name)
         if trust is not None:
             trust = _der_list(trust)
         super().__init__(server, trust, pin, cert, key, user, password, label, server_name, timeout, deadline)
