@@ -990,3 +990,15 @@ def test_hostile_csrattrs_answer_during_provision(pki, hostile, tmp_path, name):
     c.close()
     assert words in str(e.value) and not issued  # nothing enrolled on the strength of a bad answer
     assert_unchanged(store, before, pki)
+
+
+def test_a_pem_copy_that_cannot_be_written_says_the_store_is_committed(pki, hostile, tmp_path, capsys):
+    srv = hostile(lambda m, p, h, b, t: resp(200, b64(p7([issue(pki.ca, pki.cak, csr_pub(b), "dev")]))),
+                  auth_free=True)
+    d = tmp_path / "o"
+    d.mkdir()
+    (d / "cert.pem.tmp").mkdir()  # in the way of the PEM copy
+    rc, out, err = cli(capsys, "enroll", "--server", srv.url, "--trust", pki.ca_pem, "--cn", "dev", "--out", d,
+                       "--deadline", "5")
+    one_line_error(rc, err)
+    assert "committed" in err and CredStore(str(d)).load().gen == 1

@@ -195,9 +195,14 @@ def _describe(der):
 
 
 def _write_pem_copies(store):
-    # convenience PEM files next to the store (each written atomically)
+    # convenience PEM files next to the store (each written atomically),
+    # after the store's commit: a failure here must not read as a failed enrollment
     for name, data in store.pem_files().items():
-        _write_atomic(os.path.join(store.path, name), data)
+        try:
+            _write_atomic(os.path.join(store.path, name), data)
+        except OSError as e:
+            raise LocalProtocolError("the new credentials are committed in the store %s, but its PEM copy %s could "
+                                     "not be written: %s" % (store.path, name, e.strerror or e)) from None
 
 
 def _write_atomic(p, data):
