@@ -269,8 +269,13 @@ def decode_result(op, cf, body, public_key=None, max_certs=8):
 
 
 def _text(payload, limit=200):
-    # a diagnostic payload as text for error messages
+    # a diagnostic payload as text for error messages: escaped (repr) when
+    # not UTF-8 or holding control characters (a peer's ESC, CR or LF must
+    # not reach a terminal or a log line as such)
     b = bytes(payload[:limit])
+    for c in b:
+        if c < 32 or c == 127:
+            return repr(b)
     try:
         return str(b, "utf-8")
     except UnicodeError:
@@ -302,7 +307,9 @@ class Operation:
     def _fail(self, exc):
         if self.state < _DONE:
             self._to(_FAIL)
-            self._exc = exc
+            # the operation's name in front: "csrattrs: DER: truncated at offset 0"
+            n = "cacerts csrattrs enroll reenroll serverkeygen".split()[self.op]
+            self._exc = type(exc)("%s: %s" % (n, exc.msg), exc.coap_code, exc.http_status, exc.diagnostic)
 
     def _finish(self, inp, event):
         self._to(inp)
@@ -427,13 +434,18 @@ class CoapOperation(Operation):
         elif self._acked:
             return self._fail(TransportError("no separate response %d s after the ACK" % self.separate_timeout))
         elif self._tries >= self.max_retransmit:
-            return self._fail(TransportError("no answer after %d retransmissions" % self._tries))
+            return self._fail(TransportError("no answer after %d retransmissions%s" % (self._tries, self._ign())))
         else:
             self._tries += 1
             self.retransmissions += 1
             self._tmo *= 2
         self._t = now + (self.separate_timeout if self._acked else self._tmo)
         return self._mv[: self._n]
+
+    def _ign(self):
+        # for a give-up message: answers that came but were not ours
+        n = self.ignored
+        return "; %d datagram(s) ignored (wrong token, message ID or type)" % n if n else ""
 
     def next_timeout(self):
         """Absolute time at which to call send(now) again (a retransmission
@@ -548,9 +560,9 @@ class CoapOperation(Operation):
             if self._b1 and num != self._off1 >> (4 + self._szx1):
                 return True
         cs = "%d.%02d" % (code >> 5, code & 31)
-        if code >= 0x80:
+        if 0x80 <= code < 0xC0:
             d = _text(m.payload)
-            raise ServerError("the server answered %s %s" % (cs, d), code, None, d)
+            raise ServerError("the server answered %s%s" % (cs, ": " + d if d else " (no diagnostic)"), code, None, d)
         if code >= 0x60:
             raise RemoteProtocolError("unexpected code " + cs)
         if code == _CONTINUE or not self._last1:

@@ -431,10 +431,11 @@ def fast_cases(hs):
         "cf-cbor": (["cacerts"], {"crts": answer(CONTENT, p7, CF_CBOR)}, (RPE, "content format 60")),
         "cf-csrattrs-on-crts": (["cacerts"], {"crts": answer(CONTENT, p7, CF_CSRATTRS)}, (RPE, "content format 285")),
         "cf-pkcs7-on-att": (["csrattrs"], {"att": answer(CONTENT, b"\x30\x00", CF_PKCS7)}, (RPE, "content format 281")),
-        "empty-crts": (["cacerts"], {"crts": answer(CONTENT, b"", CF_PKCS7)}, (RPE, "")),
+        "empty-crts": (["cacerts"], {"crts": answer(CONTENT, b"", CF_PKCS7)}, (RPE, "cacerts: DER: truncated")),
         "empty-crts-no-cf": (["cacerts"], {"crts": answer(CONTENT)}, (RPE, "")),
-        "empty-sen": (["enroll"], {"sen": answer(CHANGED, b"", CF_PKCS7)}, (RPE, "")),
-        "pkcs7-half": (["cacerts"], {"crts": answer(CONTENT, p7[: len(p7) // 2], CF_PKCS7)}, (RPE, "")),
+        "empty-sen": (["enroll"], {"sen": answer(CHANGED, b"", CF_PKCS7)}, (RPE, "enroll: DER: truncated")),
+        "pkcs7-half": (["cacerts"], {"crts": answer(CONTENT, p7[: len(p7) // 2], CF_PKCS7)},
+                       (RPE, "length past end")),
         "pkcs7-1-short": (["cacerts"], {"crts": answer(CONTENT, p7[:-1], CF_PKCS7)}, (RPE, "")),
         "pkcs7-not-signeddata": (["cacerts"], {"crts": answer(CONTENT, signed_data(der.tlv(0xA0, root),
                                                                                    der.OID_DATA), CF_PKCS7)},
@@ -469,27 +470,30 @@ def fast_cases(hs):
         "b2-cf-change": (["cacerts"], {"crts": blocks(chain3, 4, cf_cbor_block2)}, (RPE, "Content-Format changed")),
         "b2-close-notify": (["cacerts"], {"crts": close_at_block(chain3, 4, 1)}, (TRN, "closed the DTLS session")),
         "close-notify": (["cacerts"], {"crts": lambda s, p, r: p.close("hostile")}, (TRN, "closed the DTLS session")),
-        "e4.00": (["cacerts"], {"crts": answer(0x80)}, (SRV, "4.00")),
+        "e4.00": (["cacerts"], {"crts": answer(0x80)}, (SRV, "cacerts: the server answered 4.00 (no diagnostic)")),
         "e4.00-diag": (["cacerts"], {"crts": answer(0x80, b"bad request: missing Uri-Path")},
-                       (SRV, "4.00 bad request: missing Uri-Path")),
+                       (SRV, "cacerts: the server answered 4.00: bad request: missing Uri-Path")),
         "e4.01": (["cacerts"], {"crts": answer(0x81)}, (SRV, "4.01")),
         "e4.03-diag": (["cacerts"], {"crts": answer(0x83, b"device not authorised")},
-                       (SRV, "4.03 device not authorised")),
+                       (SRV, "4.03: device not authorised")),
         "e4.04": (["cacerts"], {"crts": answer(0x84)}, (SRV, "4.04")),
         "e4.04-att": (["csrattrs"], {"att": answer(0x84, b"none")}, ("ok", "csrattrs none")),
         "e5.00-not-utf8": (["cacerts"], {"crts": answer(0xA0, b"\xff\xfe\x00\x80 oops \xc3")},
-                           (SRV, "5.00 b'\\xff\\xfe")),
+                           (SRV, r"5.00: b'\xff\xfe\x00\x80 oops \xc3'")),
         "e4.00-enroll": (["enroll"], {"sen": answer(0x80, b"CSR rejected: CN not allowed")},
-                         (SRV, "CSR rejected: CN not allowed")),
-        "e5.00-enroll-bin": (["enroll"], {"sen": answer(0xA0, bytes(range(256)))}, (SRV, "5.00")),
+                         (SRV, "enroll: the server answered 4.00: CSR rejected: CN not allowed")),
+        "e5.00-enroll-bin": (["enroll"], {"sen": answer(0xA0, bytes(range(256)))}, (SRV, r"5.00: b'\x00\x01\x02")),
+        # terminal escapes and a fake log line in a diagnostic come out escaped
+        "e5.00-escapes": (["cacerts"], {"crts": answer(0xA0, b"\x1b[2J\x1b[31mPWNED\r\nERROR fake" + b"x" * 600)},
+                          (SRV, r"5.00: b'\x1b[2J\x1b[31mPWNED\r\nERROR fake")),
         "code-2.31": (["cacerts"], {"crts": answer(0x5F)}, (RPE, "2.31")),
-        "code-3.00": (["cacerts"], {"crts": answer(0x60)}, (RPE, "3.00")),
-        "code-7.31": (["cacerts"], {"crts": answer(0xFF)}, (ERR, "7.31")),
+        "code-3.00": (["cacerts"], {"crts": answer(0x60)}, (RPE, "unexpected code 3.00")),
+        "code-7.31": (["cacerts"], {"crts": answer(0xFF)}, (RPE, "unexpected code 7.31")),
         "maxage-5-bytes": (["cacerts"], {"crts": answer(0xA3, options=[(O_MAX_AGE, b"\x01\x02\x03\x04\x05")])},
                            (RPE, "uint option")),
         "wrong-key": (["enroll"], {"sen": issue_wrong_key}, (RPE, "public key")),
         "att-malformed": (["csrattrs"], {"att": answer(CONTENT, b"\x30\x05\x06\x03\x2a", CF_CSRATTRS)},
-                          (RPE, "")),
+                          (RPE, "csrattrs: DER")),
         "att-ber": (["csrattrs"], {"att": answer(CONTENT, b"\x30\x80" * 200, CF_CSRATTRS)}, (RPE, "")),
         "att-nested": (["csrattrs"], {"att": answer(CONTENT, nested(300), CF_CSRATTRS)}, (RPE, "")),
     }
@@ -519,3 +523,43 @@ def test_bad_answers_end_the_call_at_once(mplib, device, hs, tmp_path):
     # the flood of separate responses: each message id acknowledged (or reset
     # once the operation was over), never more than once per datagram received
     assert hs.count("sep-flood", kind=ACK) >= 1
+
+
+def slow_cases(hs):
+    """Answers that leave the device waiting: each call must end by itself at
+    its deadline (3 s here), with an EstError saying why."""
+    p7 = certs_only(hs.root_der)
+    busy = lambda max_age: answer(0xA3, options=[] if max_age is None else [(O_MAX_AGE, coap.uint_encode(max_age))])  # noqa: E731
+    return {
+        "tok-only": (["cacerts"], {"crts": answer(CONTENT, p7, CF_PKCS7, token=b"zz")},
+                     (TRN, "cacerts: no answer before the deadline")),
+        "ack-with-request-code": (["cacerts"], {"crts": answer(0x01, p7, CF_PKCS7)},
+                                  (TRN, "ignored (wrong token, message ID or type)")),
+        "separate-never": (["cacerts"], {"crts": send_all(empty_ack)}, (TRN, "empty ACK, no separate response")),
+        "separate-ok": (["cacerts", "csrattrs"], {"crts": separate(0.05)}, ("ok", "cacerts 1 csrattrs none")),
+        "503-max-age-0": (["cacerts"], {"crts": busy(0)}, (TRN, "retry in 0 s")),
+        "503-max-age-1": (["cacerts"], {"crts": busy(1)}, (TRN, "retry in 1 s")),
+        "503-max-age-huge": (["cacerts"], {"crts": busy(0xFFFFFFFF)}, (TRN, "retry in 4294967295 s")),
+        "503-no-max-age": (["cacerts"], {"crts": busy(None)}, (TRN, "retry in 60 s")),
+        "503-then-ok": (["cacerts"], {"crts": once_then_good(busy(1))}, ("ok", "cacerts 1")),
+        "close-notify-then-ok": (["cacerts"], {"crts": once_then_good(lambda s, p, r: p.close("hostile"))},
+                                 ("ok", "cacerts 1")),
+    }
+
+
+def test_bad_answers_end_the_call_by_its_deadline(mplib, device, hs, tmp_path):
+    cases = slow_cases(hs)
+    for label, (ops, beh, _) in cases.items():
+        hs.cases[label] = beh
+    # the process timeout (well above the sum of the deadlines) catches a call that hangs
+    got, out = run_cases(mplib, device, hs, tmp_path, [dict(label=k, ops=v[0], deadline=3, attrs={"backoff": 1})
+                                                       for k, v in cases.items()], timeout=100)
+    for label, (_, _, expected) in cases.items():
+        check(label, got[label], expected, out)
+    assert "gave up after 1 attempt(s): deadline" in got["tok-only"]["msg"]
+    # the separate response was acknowledged
+    assert hs.count("separate-ok", kind=ACK) == 1
+    # one request per server delay: Max-Age 0 does not make a busy loop (min_retry 1 s), and a
+    # delay past the deadline is not waited for
+    assert 2 <= hs.count("503-max-age-0") <= 4
+    assert hs.count("503-max-age-huge") == hs.count("503-no-max-age") == 1

@@ -239,6 +239,7 @@ class EstClient:
     rto_max_ms = 60000
     rtt_keep_s = 600  # reuse a server's RTT estimate this long after a session (0: never)
     max_retransmit = 4  # RFC 7252 MAX_RETRANSMIT at ack_timeout
+    min_retry = 1  # shortest wait (s) before repeating after 202 / 5.03 (a Max-Age of 0 is not a busy loop)
     # provision()/renew_if_needed() on MicroPython: one DTLS session for
     # the whole enrollment (cacerts, csrattrs, enroll), kept open while the
     # key and the CSR are made. False (opt-in for boards short of RAM):
@@ -415,7 +416,16 @@ class EstClient:
                 ev = o.next_event()
                 if ev is not C.NEED_DATA:
                     return ev
-                n = t.recv_into(mv, o.next_timeout() - self._mono())
+                w = o.next_timeout()
+                end = self._end
+                if end is not None and w > end:  # the call's deadline comes first
+                    w = end
+                    if end <= self._mono():
+                        o._fail(TransportError("no answer before the deadline (%s)%s" % (
+                            "empty ACK, no separate response" if o._acked else "%d retransmissions" % o.retransmissions,
+                            o._ign())))
+                        continue  # next_event() raises it
+                n = t.recv_into(mv, w - self._mono())
                 if n:
                     now = self._mono()
                     if rto is not None and sent is not None and sent >= 0:
@@ -460,7 +470,13 @@ class EstClient:
                     continue
                 if isinstance(ev, C.RetryAfter):
                     now = self._mono()
-                    when = C.retry_delay(ev.seconds, attempt, now, self._end, self._rand())
+                    try:
+                        if self._end is None:
+                            raise TransportError("")  # no deadline: no retries
+                        when = C.retry_delay(max(ev.seconds, self.min_retry), attempt, now, self._end, self._rand())
+                    except TransportError:
+                        raise TransportError("server busy: it asks to retry in %d s (5.03 Max-Age / Retry-After), "
+                                             "past the deadline, after %d attempt(s)" % (ev.seconds, attempt + 1))
                     if when - now > self.idle_close:
                         self.close()
                     self._sleep(when - now)
