@@ -515,10 +515,19 @@ def test_store_writes_through_no_planted_file(pki, tmp_path):
     (" https://localhost", "spaces"),
     ("https://local host", "spaces"),
     ("https://localhost\n:8443", "control"),
+    ("https://" + "a" * 64 + ".example", "not a valid host name"),
+    ("coaps://a..b", "not a valid host name"),
 ])
 def test_server_uri_rejected(pki, server, words):
     with pytest.raises(EstError, match=words):
         EstClient(server, trust=[der(pki.ca)])
+
+
+@pytest.mark.parametrize("name", ["a" * 64, "a..b", "\u00fc" * 70, "x\x00y", "x y"])
+def test_server_name_that_no_tls_layer_takes_is_refused(pki, name):
+    # these raised UnicodeError (idna) or TypeError (NUL) from inside connect()
+    with pytest.raises(EstError, match="host name"):
+        EstClient("https://localhost:9", trust=[der(pki.ca)], server_name=name)
 
 
 @pytest.mark.parametrize("kw", [dict(timeout=0), dict(timeout=-1), dict(timeout=float("nan")),
@@ -624,6 +633,11 @@ USER_INPUT = [
     ("cacerts --server {url} --trust {ca} --timeout 1e30", "timeout"),
     ("cacerts --server {url} --trust {ca} --timeout soon", "invalid float"),
     ("cacerts --server {url} --trust {ca} --user alice --password pw{nl}X-Injected:1", "control characters"),
+    ("cacerts --server {url} --trust {ca} --crl {garbage}", "not a PEM or DER certificate revocation list"),
+    ("cacerts --server {url} --trust {ca} --crl {empty}", "is empty"),
+    ("cacerts --server {url} --trust {ca} --server-name " + "a" * 64, "not a valid host name"),
+    ("cacerts --server {url} --trust {ca} --server-name a..b", "not a valid host name"),
+    ("cacerts --server https://" + "a" * 64 + ".example --trust {ca}", "not a valid host name"),
     ("cacerts --trust {ca}", "--server"),
     ("enroll --server {url} --trust {ca} --no-such-option", "unrecognized"),
     ("coaps-only --server {url}", "invalid choice"),

@@ -156,10 +156,21 @@ def _client(args, cert=None, key=None):
         password = os.environ.get("EST_PASSWORD")
         if password is None:
             raise LocalProtocolError("--user needs --password (or EST_PASSWORD in the environment)")
-    crls = [_read(p, "--crl") for p in args.crl] if args.crl else None
+    crls = [_crl_file(p) for p in args.crl] if args.crl else None
     return EstClient(args.server, trust=trust, pin=args.pin, cert=cert, key=key, user=args.user, password=password,
                      label=args.label, server_name=args.server_name, timeout=args.timeout, deadline=args.deadline,
                      proxy=args.proxy, crls=crls, tls_version=args.tls_version)
+
+
+def _crl_file(path):
+    from .client import load_crls
+
+    try:
+        return load_crls(_read(path, "--crl"))[0]
+    except LocalProtocolError as e:
+        if "cannot load CRL" not in str(e):
+            raise
+        raise LocalProtocolError("--crl %s is not a PEM or DER certificate revocation list" % path) from None
 
 
 def _trust_files(paths):

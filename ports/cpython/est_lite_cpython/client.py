@@ -87,6 +87,8 @@ class EstClient(_portable.EstClient):
         if trust is not None:
             trust = _der_list(trust)
         super().__init__(server, trust, pin, cert, key, user, password, label, server_name, timeout, deadline)
+        _check_host(self.host, "server host")
+        _check_host(self.server_name, "server_name")
         if self.label is not None:
             from est_lite.paths import check_label
 
@@ -157,6 +159,21 @@ def _check_server(uri):
         raise LocalProtocolError("server URI %r has a query or fragment: only host, port and label are allowed" % uri)
     if not hp.startswith("[") and hp.count(":") > 1:
         raise LocalProtocolError("server URI %r: an IPv6 address goes in brackets, e.g. https://[::1]:8443" % uri)
+
+
+def _check_host(name, what):
+    # a name the TLS/DTLS layers can put in SNI and compare with the
+    # certificate (idna raised UnicodeError, a NUL TypeError, from inside connect())
+    if not isinstance(name, str) or not name or [c for c in name if c <= " " or c == "\x7f"]:
+        raise LocalProtocolError("%s %r is not a host name or IP address" % (what, name))
+    if _d.is_ip(name):
+        return
+    try:
+        ok = len(name.rstrip(".").encode("idna")) <= 253
+    except UnicodeError:
+        ok = False
+    if not ok:
+        raise LocalProtocolError("%s %r is not a valid host name (labels of 1..63 characters)" % (what, name))
 
 
 def verify_issued_by(issuer_der, cert_der):
