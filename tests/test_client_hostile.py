@@ -1016,3 +1016,29 @@ def test_a_pem_copy_that_cannot_be_written_says_the_store_is_committed(pki, host
                        "--deadline", "5")
     one_line_error(rc, err)
     assert "committed" in err and CredStore(str(d)).load().gen == 1
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(trust="\u00e9"), "trust"),
+    (dict(trust=[b""]), "certificate"),
+    (dict(cert=b"garbage", key=b"garbage"), "certificate"),
+    (dict(cert="cert", key="key"), "certificate"),
+    (dict(user=5, password="x"), "user must be a str"),
+    (dict(user="u", password=5), "password must be a str"),
+    (dict(proxy=5), "proxy"),
+    (dict(proxy="ftp://p:1"), "http://"),
+    (dict(tls_version="1.4"), "tls_version"),
+    (dict(mtu=0), "mtu"),
+    (dict(chain=[b"garbage"]), "certificate"),
+])
+def test_bad_library_arguments_are_refused_at_construction(pki, kw, words):
+    # several were only noticed inside connect() (TypeError, UnicodeEncodeError) or never with no server
+    kw.setdefault("trust", [der(pki.ca)])
+    with pytest.raises(EstError, match=words):
+        EstClient("https://localhost:9", **kw)
+
+
+def test_a_client_key_of_another_certificate_is_refused_at_construction(pki):
+    with pytest.raises(EstError, match="does not match"):
+        EstClient("coaps://localhost:9", trust=[der(pki.ca)], cert=der(pki.dcert),
+                  key=P256Key.generate().export_pkcs8())

@@ -31,10 +31,33 @@ from . import dtls as _d
 _sysrand = random.SystemRandom()
 
 
-def _der_list(objs):
+def _der_list(objs, what="trust"):
     from cryptography.hazmat.primitives import serialization
 
-    return [c.public_bytes(serialization.Encoding.DER) for c in _d.load_certificates(objs)]
+    try:
+        return [c.public_bytes(serialization.Encoding.DER) for c in _d.load_certificates(objs)]
+    except (ValueError, TypeError):  # e.g. non-ASCII text given as PEM
+        raise LocalProtocolError("%s: not DER/PEM certificates" % what) from None
+
+
+def _check_identity(cert, key):
+    # the client certificate and its key, loaded once here (not first
+    # inside a handshake) and checked to belong together
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        c = _d.load_certificate(cert)
+        k = _d.load_private_key(key)
+    except (ValueError, TypeError):
+        raise LocalProtocolError("cert/key: not DER/PEM (or cryptography objects)") from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    try:
+        same = k.public_key().public_bytes(serialization.Encoding.DER, spki) == c.public_key().public_bytes(
+            serialization.Encoding.DER, spki)
+    except (ValueError, TypeError, AttributeError):
+        return  # a key object of another kind (hardware): the handshake checks it
+    if not same:
+        raise LocalProtocolError("the private key does not match the client certificate")
 
 
 def load_crls(objs):
@@ -84,8 +107,18 @@ class EstClient(_portable.EstClient):
         for name, v in (("user", user), ("password", password)):
             if isinstance(v, str) and [c for c in v if c < " " or c == "\x7f"]:
                 raise LocalProtocolError("%s has control characters (line breaks, NUL, ...)" % name)
+            if v is not None and not isinstance(v, str):
+                raise LocalProtocolError("%s must be a str, got %s" % (name, type(v).__name__))
         if trust is not None:
             trust = _der_list(trust)
+        if cert is not None and key is not None:
+            _check_identity(cert, key)
+        if chain:
+            _der_list(chain, "chain")
+        if tls_version not in (None, "1.2", "1.3"):
+            raise LocalProtocolError("tls_version must be '1.2' or '1.3', got %r" % (tls_version,))
+        if isinstance(mtu, bool) or not isinstance(mtu, int) or not 256 <= mtu <= 65507:
+            raise LocalProtocolError("mtu must be an int between 256 and 65507, got %r" % (mtu,))
         super().__init__(server, trust, pin, cert, key, user, password, label, server_name, timeout, deadline)
         _check_host(self.host, "server host")
         _check_host(self.server_name, "server_name")
@@ -95,6 +128,12 @@ class EstClient(_portable.EstClient):
             check_label(self.label)  # here, not when the first request is built (after connecting)
         if proxy and self.scheme != "https":
             raise LocalProtocolError("an HTTP CONNECT proxy carries HTTPS only (CoAPs is UDP)")
+        if proxy is not None:
+            from .transport_https import parse_proxy
+
+            if not isinstance(proxy, str) or [c for c in proxy if c <= " " or c == "\x7f"]:
+                raise LocalProtocolError("proxy must be an http://[user:pw@]host:port string, got %r" % (proxy,))
+            parse_proxy(proxy)
         self.proxy = proxy
         self.crls = load_crls(crls)
         self.tls_version = tls_version
