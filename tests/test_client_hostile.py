@@ -1042,3 +1042,19 @@ def test_a_client_key_of_another_certificate_is_refused_at_construction(pki):
     with pytest.raises(EstError, match="does not match"):
         EstClient("coaps://localhost:9", trust=[der(pki.ca)], cert=der(pki.dcert),
                   key=P256Key.generate().export_pkcs8())
+
+
+@pytest.mark.parametrize("line,words", [("gen x", "manifest is corrupt"),
+                                        ("key ../outside {h}", "outside the store"),
+                                        ("key /etc/hostname {h}", "outside the store")])
+def test_a_crafted_manifest_with_a_valid_hash_is_refused(tmp_path, line, words):
+    # the manifest's closing hash catches accidents, not a crafted file: its names and numbers are checked too
+    import hashlib
+
+    d = tmp_path / "st"
+    d.mkdir()
+    (tmp_path / "outside").write_bytes(b"k")
+    body = "est-lite-store 1\n%s\n" % line.format(h=hashlib.sha256(b"k").hexdigest())
+    (d / "manifest").write_text(body + "end " + hashlib.sha256(body.encode()).hexdigest() + "\n")
+    with pytest.raises(StoreError, match=words):
+        CredStore(str(d)).load()

@@ -32,6 +32,8 @@ class CredStore(_PortableStore):
         os.makedirs(self.path, mode=0o700, exist_ok=True)
 
     def _read(self, name):
+        if "/" in name or "\\" in name or name.startswith(".") or not name:
+            raise StoreError("credential store %s: the manifest names %r, a file outside the store" % (self.path, name))
         p = self._p(name)
         try:
             os.stat(p)
@@ -46,7 +48,10 @@ class CredStore(_PortableStore):
         return super()._read(name)
 
     def load(self):
-        c = super().load()
+        try:
+            c = super().load()
+        except ValueError as e:  # a manifest line the portable parser does not expect ("gen x")
+            raise StoreError("credential store %s: manifest is corrupt (%s)" % (self.path, e)) from None
         if c is not None:
             why = pair_mismatch(c.key, c.cert)
             if why:
