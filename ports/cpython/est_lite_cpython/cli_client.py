@@ -152,6 +152,8 @@ def _client(args, cert=None, key=None):
     elif cert is False:
         cert = key = None
     password = args.password
+    if password is not None and not args.user:
+        raise LocalProtocolError("--password needs --user")
     if args.user and password is None:
         password = os.environ.get("EST_PASSWORD")
         if password is None:
@@ -335,6 +337,8 @@ def _result(args, store, r, what):
 def cmd_enroll(args):
     names = _builder_args(args)
     if args.csr:
+        if names or args.dns or args.ip or args.uri:
+            raise LocalProtocolError("--csr is enrolled as it is: the subject and SAN options do not apply to it")
         return _enroll_csr(args)
     store = _store(args)
     if store is None:
