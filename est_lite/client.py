@@ -308,8 +308,10 @@ class Operation:
         if self.state < _DONE:
             self._to(_FAIL)
             # the operation's name in front: "csrattrs: DER: truncated at offset 0"
-            n = "cacerts csrattrs enroll reenroll serverkeygen".split()[self.op]
-            self._exc = type(exc)("%s: %s" % (n, exc.msg), exc.coap_code, exc.http_status, exc.diagnostic)
+            n = "cacerts csrattrs enroll reenroll serverkeygen".split()[self.op] + ": "
+            if not exc.msg.startswith(n):
+                exc = type(exc)(n + exc.msg, exc.coap_code, exc.http_status, exc.diagnostic)
+            self._exc = exc
 
     def _finish(self, inp, event):
         self._to(inp)

@@ -115,7 +115,8 @@ class HostileServer:
         self.seen = {}  # label -> [(op or None, type, code, mid)]
         self.label_of = {}  # peer -> label of its last request (empty ACKs/RSTs carry no path)
         self.lock = threading.Lock()
-        self.thread = ServerThread(self.pki, handler=self._handle)
+        # every case is a session of its own, and MicroPython never sends close_notify
+        self.thread = ServerThread(self.pki, handler=self._handle, max_sessions=1024)
         self.port = self.thread.port
 
     def stop(self):
@@ -132,12 +133,13 @@ class HostileServer:
         with self.lock:
             return len([1 for o, t, _, _ in self.seen.get(label, []) if t == kind and (op is None or o == op)])
 
-    def issue(self, csr_der, ca=None, key=None):
+    def issue(self, csr_der, ca=None, key=None, not_after=None):
+        """A certificate for the CSR's key (or key's), issued by ca (default: the device's trusted root)."""
         csr = x509.load_der_x509_csr(csr_der)
         ca = ca or self.pki.ca
         pub = csr.public_key() if key is None else key.public_key()
         cert = ca._build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mp-dev")]), _Pub(pub),
-                         ca.root.cert.subject, ca.root.key, client=True)
+                         ca.root.cert.subject, ca.root.key, client=True, not_after=not_after)
         return cert.public_bytes(serialization.Encoding.DER)
 
     def _handle(self, peer, data):
@@ -292,6 +294,8 @@ def run_cases(mplib, device, hs, tmp, cases, heap="256K", timeout=120):
     p = subprocess.run([MICROPYTHON, "-X", "heapsize=" + heap, str(mplib / "hostile_driver.py"), path],
                        capture_output=True, text=True, timeout=timeout, env=dict(os.environ, MICROPYPATH=str(mplib)))
     out = p.stdout + p.stderr
+    with open(path + ".out", "w") as f:  # for a person reading a failure
+        f.write(out)
     got = {}
     for line in p.stdout.splitlines():
         if line.startswith("CASE "):
@@ -563,3 +567,76 @@ def test_bad_answers_end_the_call_by_its_deadline(mplib, device, hs, tmp_path):
     # delay past the deadline is not waited for
     assert 2 <= hs.count("503-max-age-0") <= 4
     assert hs.count("503-max-age-huge") == hs.count("503-no-max-age") == 1
+
+
+def issue_by(ca=None, key=False, not_after=None, extra=()):
+    """enroll behaviour: issue the CSR under `ca` (a TestPki), for another key (key=True), expired, with extras."""
+    def f(srv, peer, req):
+        other = ec.generate_private_key(ec.SECP256R1()) if key else None
+        cert = srv.issue(bytes(req.payload), ca=ca, key=other, not_after=not_after)
+        peer.send(msg(req, CHANGED, certs_only(cert, *extra), CF_PKCS7))
+
+    return f
+
+
+def provision_cases(hs):
+    """provision() against answers that must leave the credential store as it was."""
+    import datetime
+
+    p384 = csrattrs_encode([csrattrs_template(subject=[("2.5.4.3", None)], key_alg="1.2.840.10045.2.1",
+                                              key_params="1.3.132.0.34")])
+    rsa = csrattrs_encode(["1.2.840.113549.1.1.1", "1.2.840.113549.1.1.11"])
+    busy = answer(0xA3, options=[(O_MAX_AGE, b"\x01")])
+    same_name_other_key = TestPki()  # "est-lite test root" again, another key: a forged issuer
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+    return {
+        "p-wrong-key": ({"sen": issue_by(key=True)}, (RPE, "enroll: no certificate with our public key")),
+        "p-other-ca": ({"sen": issue_by(ca=hs.other)}, ("SecurityError", "")),
+        "p-forged-issuer": ({"sen": issue_by(ca=same_name_other_key)}, ("SecurityError", "")),
+        "p-expired": ({"sen": issue_by(not_after=past)}, ("SecurityError", "expired")),
+        "p-empty-sen": ({"sen": answer(CHANGED, b"", CF_PKCS7)}, (RPE, "enroll:")),
+        "p-att-malformed": ({"att": answer(CONTENT, b"\x30\x05\x06\x03\x2a", CF_CSRATTRS)}, (RPE, "csrattrs: DER")),
+        "p-att-too-many": ({"att": answer(CONTENT, csrattrs_encode(["2.5.4.%d" % i for i in range(100)]),
+                                          CF_CSRATTRS)}, (LIM, "csrattrs: more than max_items=32")),
+        "p-cacerts-junk": ({"crts": answer(CONTENT, b"\x30\x03junk", CF_PKCS7)}, (RPE, "cacerts:")),
+        "p-sen-busy": ({"sen": busy}, (TRN, "retry in 1 s")),
+        "p-sen-close": ({"sen": lambda s, p, r: p.close("hostile")}, (TRN, "closed the DTLS session")),
+        "p-sen-4.03": ({"sen": answer(0x83, b"not allowed")}, (SRV, "enroll: the server answered 4.03: not allowed")),
+        # impossible CSR attributes (another curve, RSA): the client cannot follow them; the
+        # server issues anyway and provision reports them as unmet (RFC 7030: a client may ignore them)
+        "p-att-p384": ({"att": answer(CONTENT, p384, CF_CSRATTRS)}, ("ok", "provision gen=2 unmet=1")),
+        "p-att-rsa": ({"att": answer(CONTENT, rsa, CF_CSRATTRS)}, ("ok", "provision gen=2 unmet=1")),
+    }
+
+
+def snapshot(path):
+    return {n: open(os.path.join(path, n), "rb").read() for n in sorted(os.listdir(path))}
+
+
+def test_provision_leaves_the_store_as_it_was(mplib, device, hs, tmp_path):
+    cases = provision_cases(hs)
+    prev_key = ec.generate_private_key(ec.SECP256R1())
+    prev_cert = hs.pki.ca._build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mp-dev")]), prev_key,
+                                 hs.pki.ca.root.cert.subject, hs.pki.ca.root.key, client=True)
+    before = {}
+    run = []
+    for label, (beh, _) in cases.items():
+        hs.cases[label] = beh
+        store = str(tmp_path / ("store-" + label))
+        CredStore(store).save(key=prev_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()),
+                              cert=prev_cert.public_bytes(serialization.Encoding.DER), ca=[hs.root_der])
+        before[label] = snapshot(store)
+        run.append(dict(label=label, ops=["provision"], deadline=4, store=store))
+    got, out = run_cases(mplib, device, hs, tmp_path, run, timeout=150)
+    for label, (_, expected) in cases.items():
+        r = got[label]
+        check(label, r, expected, out)
+        assert "csrattrs: csrattrs" not in r.get("msg", ""), r
+        store = str(tmp_path / ("store-" + label))
+        if expected[0] == "ok":
+            assert r["store"] == "gen=2", r
+            continue
+        assert r["store"] == "gen=1", r  # the previous credentials still load, on the device ...
+        assert snapshot(store) == before[label], label  # ... not a byte changed, no file added
+        assert CredStore(store).load().cert == prev_cert.public_bytes(serialization.Encoding.DER)

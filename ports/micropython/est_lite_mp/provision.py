@@ -123,8 +123,12 @@ def _builder_for(what, der, ask):
     attrs = None
     if der:
         from est_lite import csrattrs
+        from est_lite.errors import RemoteProtocolError
 
-        attrs = csrattrs.decode(der)
+        try:
+            attrs = csrattrs.decode(der)
+        except RemoteProtocolError as e:  # decoded here, after the csrattrs operation: say which answer
+            raise type(e)(e.msg if e.msg.startswith("csrattrs") else "csrattrs: " + e.msg)
         b = b.apply_csrattrs(attrs)
     elif b._subject is None and not b._exts:
         raise LocalProtocolError("give cn= (or other subject names) or a SAN for the certificate request")
