@@ -1060,3 +1060,55 @@ def test_a_crafted_manifest_with_a_valid_hash_is_refused(tmp_path, line, words):
     (d / "manifest").write_text(body + "end " + hashlib.sha256(body.encode()).hexdigest() + "\n")
     with pytest.raises(StoreError, match=words):
         CredStore(str(d)).load()
+
+
+def test_a_trickled_tls_handshake_stops_at_the_deadline(pki, hostile):
+    # a relay passing the server's handshake bytes one every 20 ms: each read
+    # is quick, the whole handshake took 14 s against a 2 s deadline
+    srv = hostile(None)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    lst.settimeout(5)
+
+    def relay():
+        try:
+            c, _ = lst.accept()
+        except OSError:
+            return
+        u = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+
+        def up():
+            try:
+                while True:
+                    d = c.recv(4096)
+                    if not d:
+                        return
+                    u.sendall(d)
+            except OSError:
+                pass
+
+        threading.Thread(target=up, daemon=True).start()
+        try:
+            for _ in range(100):  # at most 100 chunks, 20 s: stops by itself
+                d = u.recv(4096)
+                if not d:
+                    break
+                for i in range(len(d)):
+                    c.sendall(d[i:i + 1])
+                    time.sleep(0.02)
+        except OSError:
+            pass
+        finally:
+            c.close()
+            u.close()
+
+    threading.Thread(target=relay, daemon=True).start()
+    try:
+        c = EstClient("https://localhost:%d" % lst.getsockname()[1], trust=[der(pki.ca)], user="dev", password="pw",
+                      timeout=2, deadline=2)
+        with pytest.raises(TransportError, match="did not finish"):
+            c.cacerts()
+        assert srv.requests == []
+    finally:
+        lst.close()

@@ -27,6 +27,7 @@ import base64
 import hashlib
 import socket
 import struct
+import threading
 
 from est_lite.errors import LocalProtocolError, SecurityError, TransportError
 
@@ -259,18 +260,51 @@ class TlsTransport:
         self._pin_ok = None
         self._error = None
         self.pending = False
+        # the whole handshake within `timeout` and the caller's deadline (the
+        # socket timeout bounds each read only: a server trickling its
+        # handshake bytes would hold it for ever): a timer shuts the socket down
+        limit = self.timeout
+        left = self.left() if self.left is not None else None
+        if left is not None:
+            if left <= 0:
+                s.close()
+                raise TransportError("TLS handshake with %s:%d: the deadline passed" % (self.host, self.port))
+            limit = min(limit, left)
+        fired = []
+
+        def stop():
+            fired.append(True)
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        timer = threading.Timer(limit, stop)
+        timer.daemon = True
+        timer.start()
         try:
             c.do_handshake()
-        except SSL.Error as e:
+        except (SSL.WantReadError, SSL.WantWriteError):
             s.close()
+            raise TransportError("no answer from %s:%d during the TLS handshake" % (self.host, self.port)) from None
+        except (SSL.Error, OSError) as e:
+            s.close()
+            if fired:
+                raise TransportError("TLS handshake with %s:%d did not finish within %.1f s%s" % (
+                    self.host, self.port, limit, " (the deadline)" if left is not None and left <= self.timeout
+                    else "")) from None
+            if isinstance(e, OSError):
+                raise TransportError("TLS handshake with %s:%d: %s" % (self.host, self.port, e)) from None
             if self._error:
                 raise SecurityError("TLS handshake with %s:%d refused: %s" % (self.host, self.port, self._error)) \
                     from None
             raise SecurityError("TLS handshake with %s:%d failed: %s" % (self.host, self.port, _d.ssl_error_text(e))) \
                 from None
-        except OSError as e:
+        finally:
+            timer.cancel()
+        if fired:  # it fired as the handshake ended: the socket is shut down
             s.close()
-            raise TransportError("TLS handshake with %s:%d: %s" % (self.host, self.port, e)) from None
+            raise TransportError("TLS handshake with %s:%d did not finish in time" % (self.host, self.port))
         if self.pin is not None and not self._pin_ok:  # the callback did not run: never trust that
             s.close()
             raise SecurityError("TLS handshake with %s:%d: the server's certificate was not checked"
