@@ -1112,3 +1112,33 @@ def test_a_trickled_tls_handshake_stops_at_the_deadline(pki, hostile):
         assert srv.requests == []
     finally:
         lst.close()
+
+
+def test_concurrent_saves_do_not_interleave(pki, tmp_path):
+    # four writers, 15 saves each: without the directory lock most saves
+    # failed ('did not read back as written') as they picked the same generation
+    pairs = []
+    for i in range(4):
+        k = P256Key.generate()
+        pairs.append((k.export_pkcs8(), der(issue(pki.ca, pki.cak, k.key.public_key(), "d%d" % i))))
+    d = str(tmp_path / "st")
+    errors = []
+
+    def writer(i):
+        s = CredStore(d)
+        for _ in range(15):
+            try:
+                s.save(key=pairs[i][0], cert=pairs[i][1], ca=[der(pki.ca)])
+                s.load()
+            except EstError as e:
+                errors.append(str(e))
+
+    ts = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert errors == []
+    c = CredStore(d).load()
+    assert c.gen == 60 and (c.key, c.cert) in pairs
+    assert sorted(os.listdir(d)) == ["ca.60", "cert.60", "key.60", "manifest"]

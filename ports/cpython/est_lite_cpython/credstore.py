@@ -14,7 +14,10 @@ StoreError, not an empty store; load() and save() refuse a key that does
 not belong to the certificate (StoreError / LocalProtocolError); a save
 that fails on the filesystem raises StoreError and removes the files it
 had written (the committed generation stays in force); files are created
-fresh (an existing file or symlink of that name is removed first).
+fresh (an existing file or symlink of that name is removed first); save()
+holds an exclusive flock on the directory, load() a shared one, so two
+processes using one store do not interleave (a save inside a save would
+wait for itself: do not call load() from a save hook).
 """
 
 import os
@@ -47,7 +50,33 @@ class CredStore(_PortableStore):
             raise StoreError("credential store: %s is a directory, not a file" % p)
         return super()._read(name)
 
+    def _lock(self, exclusive):
+        # an advisory lock on the store's directory (flock), so that two
+        # processes (a renewal timer and a manual run) do not interleave
+        # their writes: shared for load, exclusive for save; None when the
+        # directory does not exist yet (or flock is unavailable)
+        try:
+            import fcntl
+
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except (ImportError, OSError):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
     def load(self):
+        fd = self._lock(False)
+        try:
+            return self._load()
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _load(self):
         try:
             c = super().load()
         except ValueError as e:  # a manifest line the portable parser does not expect ("gen x")
@@ -62,6 +91,19 @@ class CredStore(_PortableStore):
         why = pair_mismatch(key, cert)
         if why:
             raise LocalProtocolError("credential store: refusing to save: %s" % why)
+        if not os.path.isdir(self.path):
+            try:
+                self._mkdir()
+            except OSError as e:
+                raise StoreError("credential store %s cannot be created: %s" % (self.path, e.strerror or e)) from None
+        fd = self._lock(True)
+        try:
+            return self._save(key, cert, ca, keep)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _save(self, key, cert, ca, keep):
         try:
             before = set(os.listdir(self.path))
         except OSError:
