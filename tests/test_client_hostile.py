@@ -1142,3 +1142,9 @@ def test_concurrent_saves_do_not_interleave(pki, tmp_path):
     c = CredStore(d).load()
     assert c.gen == 60 and (c.key, c.cert) in pairs
     assert sorted(os.listdir(d)) == ["ca.60", "cert.60", "key.60", "manifest"]
+
+
+@pytest.mark.parametrize("path", ["", "/", "//", None])
+def test_a_store_path_that_would_be_the_root_directory_is_refused(path):
+    with pytest.raises(EstError, match="credential store path"):
+        CredStore(path)

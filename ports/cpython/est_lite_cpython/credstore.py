@@ -29,6 +29,12 @@ from est_lite_mp.credstore import CredStore as _PortableStore
 
 
 class CredStore(_PortableStore):
+    def __init__(self, path, max_file=16384):
+        # the portable store turns "" (and "/") into the root directory
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip("/ "):
+            raise LocalProtocolError("credential store path %r: give a directory (not empty, not /)" % (path,))
+        super().__init__(os.fspath(path), max_file)
+
     def _mkdir(self):
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StoreError("credential store %s is not a directory" % self.path)
