@@ -447,7 +447,7 @@ class CoapOperation(Operation):
     def _ign(self):
         # for a give-up message: answers that came but were not ours
         n = self.ignored
-        return "; %d datagram(s) ignored (wrong token, message ID or type)" % n if n else ""
+        return "; %d datagram(s) ignored (malformed, too large, or wrong token, message ID or type)" % n if n else ""
 
     def next_timeout(self):
         """Absolute time at which to call send(now) again (a retransmission
