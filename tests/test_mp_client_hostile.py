@@ -425,6 +425,11 @@ def fast_cases(hs):
                                                                         mid=(r.mid + 7) & 0xFFFF),
                                                           lambda r: msg(r, CONTENT, p7, CF_PKCS7))},
                            ("ok", "cacerts 1")),
+        # datagrams that are not CoAP (a 15-byte token length, a payload marker with no payload, 2 bytes), then the answer
+        "garbage-then-right": (["cacerts"], {"crts": send_all(b"\x4f\x45\x00\x01" + b"x" * 20,
+                                                              lambda r: msg(r, CONTENT, b"", CF_PKCS7) + b"\xff",
+                                                              b"\x60", lambda r: msg(r, CONTENT, p7, CF_PKCS7))},
+                               ("ok", "cacerts 1")),
         # two datagrams back to back: the empty ACK and the separate response; the same answer twice
         "ack+separate": (["cacerts", "csrattrs"], {"crts": send_all(empty_ack, lambda r: msg(
             r, CONTENT, p7, CF_PKCS7, type=CON, mid=(r.mid + 0x100) & 0xFFFF))}, ("ok", "cacerts 1 csrattrs none")),
@@ -654,6 +659,10 @@ def provision_cases(hs):
         "p-sen-busy": ({"sen": busy}, (TRN, "retry in 1 s")),
         "p-sen-close": ({"sen": lambda s, p, r: p.close("hostile")}, (TRN, "closed the DTLS session")),
         "p-sen-4.03": ({"sen": answer(0x83, b"not allowed")}, (SRV, "enroll: the server answered 4.03: not allowed")),
+        # close_notify right after the CSR attributes (one session for the whole provision): the
+        # enroll finds the session closed, and a new session (backoff 1 s) enrolls
+        "p-close-after-att": ({"att": lambda s, p, r: (s.good(p, r, "att"), p.close("hostile"))},
+                              ("ok", "provision gen=2 unmet=0")),
         # impossible CSR attributes (another curve, RSA): the client cannot follow them; the
         # server issues anyway and provision reports them as unmet (RFC 7030: a client may ignore them)
         "p-att-p384": ({"att": answer(CONTENT, p384, CF_CSRATTRS)}, ("ok", "provision gen=2 unmet=1")),
@@ -679,7 +688,7 @@ def test_provision_leaves_the_store_as_it_was(mplib, device, hs, tmp_path):
                                                          serialization.NoEncryption()),
                               cert=prev_cert.public_bytes(serialization.Encoding.DER), ca=[hs.root_der])
         before[label] = snapshot(store)
-        run.append(dict(label=label, ops=["provision"], deadline=4, store=store))
+        run.append(dict(label=label, ops=["provision"], deadline=4, store=store, attrs={"backoff": 1}))
     got, out = run_cases(mplib, device, hs, tmp_path, run, timeout=150)
     for label, (_, expected) in cases.items():
         r = got[label]
