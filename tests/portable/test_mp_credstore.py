@@ -208,3 +208,36 @@ def test_clear():
         assert s.load() is None
 
     _with_store(t)
+
+
+def _sealed(lines):
+    # a manifest with a valid closing hash (what someone who can write the
+    # store's files can make): the checks below must not rest on the hash
+    import hashlib
+
+    body = "\n".join(lines) + "\n"
+    return (body + "end " + hashlib.sha256(body.encode()).digest().hex() + "\n").encode()
+
+
+def test_manifest_naming_a_file_outside_the_store_is_refused():
+    def t(s, path):
+        import hashlib
+
+        s.save(key=KEY, cert=CERT_A)
+        _put(path + "/..", "outside", KEY)
+        h = hashlib.sha256(KEY).digest().hex()
+        for name in ("../outside", "key.1/../../outside", "cert.1", "key.x", "key.", "manifest"):
+            _put(path, "manifest", _sealed(["est-lite-store 1", "gen 1", "key %s %s" % (name, h)]))
+            assert "unknown line" in str(raises(StoreError, s.load)), name
+        for gen in ("x", "-1", "1.5"):
+            _put(path, "manifest", _sealed(["est-lite-store 1", "gen %s" % gen]))
+            assert "unknown line" in str(raises(StoreError, s.load)), gen
+        os.remove(path + "/../outside")
+
+    _with_store(t)
+
+
+def test_store_path_must_name_a_directory():
+    for p in ("", "/", "//", " ", None, b"/tmp/x"):
+        raises(LocalProtocolError, CredStore, p)
+    assert CredStore("/tmp/x/").path == "/tmp/x"

@@ -36,7 +36,7 @@
 
 import os
 
-from est_lite.errors import EstError
+from est_lite.errors import EstError, LocalProtocolError
 
 _PARTS = ("key", "cert", "ca")
 
@@ -72,7 +72,10 @@ class CredStore:
     max_file bounds every file read (a store is small)."""
 
     def __init__(self, path, max_file=16384):
-        self.path = path.rstrip("/") or "/"
+        if not isinstance(path, str) or not path.strip("/ "):
+            # "" or "/" would put the store's files in the root directory
+            raise LocalProtocolError("credential store path %r: give a directory (not empty, not /)" % (path,))
+        self.path = path.rstrip("/")
         self.max_file = max_file
 
     # -- filesystem hooks (est_lite_cpython.credstore overrides some) --

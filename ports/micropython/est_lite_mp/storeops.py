@@ -53,13 +53,20 @@ def _parse(st, text):
     m = {"gen": 0}
     for ln in lines[1:]:
         w = ln.split()
-        if len(w) == 2 and w[0] == "gen":
+        if len(w) == 2 and w[0] == "gen" and w[1].isdigit():
             m["gen"] = int(w[1])
-        elif len(w) == 3 and w[0] in _PARTS:
+        elif len(w) == 3 and w[0] in _PARTS and _ours(w[1], w[0]):
             m[w[0]] = (w[1], w[2])
         elif w:
+            # also a part file the store never writes (e.g. "../x"): not read
             raise StoreError("credential store manifest has an unknown line %r" % ln)
     return m
+
+
+def _ours(name, part):
+    # a file name save() writes for this part: "<part>.<generation>"
+    n = len(part)
+    return name[:n + 1] == part + "." and name[n + 1:].isdigit()
 
 
 def _manifest(st):
