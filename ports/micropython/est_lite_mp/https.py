@@ -21,6 +21,10 @@ _VERIFY_FAILED = -0x2700  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
 
 class TlsStream:
     binding = None
+    # callable -> seconds left before the caller's deadline (None: none);
+    # http_once sets EstClient._left: `timeout` bounds one read or write,
+    # this the whole answer (a server trickling it a byte at a time)
+    left = None
 
     def __init__(self, host, port, trust, pin, name, cert, key, timeout, pending_ok=False):
         self.host, self.port = host, port
@@ -112,6 +116,13 @@ class TlsStream:
 
     def _wait(self, start):
         left = int(self.timeout * 1000) - time.ticks_diff(time.ticks_ms(), start)
+        f = self.left
+        d = f() if f is not None else None
+        if d is not None and d * 1000 < left:
+            left = int(d * 1000)
+            if left <= 0:
+                self.close()
+                raise TransportError("no complete answer from %s before the deadline" % self.host)
         if left <= 0:
             self.close()
             raise TransportError("no answer from %s within %d s" % (self.host, self.timeout))
@@ -176,6 +187,7 @@ def http_once(cl, op, csr, pk):
         host = "%s:%d" % (host, cl.port)
     for _ in range(3):
         t = cl._session()
+        t.left = cl._left
         b = t.binding
         o = HttpOperation(op, cl.label, host=host, body=csr(b) if callable(csr) else csr, auth=cl.auth,
                           cnonce=cl._rand_bytes(8).hex(), public_key=pk, max_body=cl.max_body * 4)
@@ -183,6 +195,7 @@ def http_once(cl, op, csr, pk):
             if o.need_new_connection:
                 cl.close()
                 t = cl._session()
+                t.left = cl._left
                 if callable(csr) and t.binding != b:
                     break  # the CSR is bound to the old connection: start over on this one
             req = o.send()
