@@ -105,11 +105,15 @@ class _Link(io.IOBase):
         # records until its buffer is full, and would return back-to-back
         # datagrams (a duplicate; an empty ACK and its separate response)
         # or the records of one datagram as one message.
-        self.one = False  # a record was handed over in this recv_into: "would block"
+        # A record larger than the caller's buffer is dropped: Mbed TLS would
+        # hand it over in pieces, and the next read would join the last piece
+        # and the next record.
+        self.one = _NEVER  # largest record for this recv_into; 0: one was handed over ("would block")
         self.rest = b""  # records after the first of the last datagram (rare)
 
     def readinto(self, b):
-        if self.one:
+        c = self.one
+        if not c:
             return None
         r = self.rest
         n = len(r)
@@ -119,11 +123,13 @@ class _Link(io.IOBase):
             n = self.s.readinto(b)
         self.rest = b""
         if n and not self.hs:
-            self.one = True
+            self.one = 0
             k = 13 + (b[11] << 8 | b[12])  # the first record (n < 13: k > n)
             if k < n:
                 self.rest = bytes(b[k:n])
                 n = k
+            if k > c:
+                return None
         if n and self.hs:
             now = _ticks()
             if self.t0 is not None and self.rto is not None:
@@ -246,8 +252,7 @@ def _records(d, seq):
 #                    handshake and not touched after it (EstClient lends its
 #                    receive buffer); None: a bytearray per datagram
 class DtlsClient:
-    """DTLS client over a connected, non-blocking UDP socket (parameters:
-    the comment above)."""
+    # DTLS client over a connected, non-blocking UDP socket (parameters: the comment above)
 
     def __init__(self, host, port, cadata=None, server_hostname=None, cert=None, key=None, pin=None,
                  timeout_ms=30000, max_datagram=1280, poll_ms=50, ciphers=SUITES, rto=None, max_flight=4096,
@@ -414,15 +419,14 @@ class DtlsClient:
         limit = self.timeout_ms if timeout_ms is None else timeout_ms
         link = self._link
         while True:
-            link.one = False  # one record per call (see _Link)
+            link.one = len(buf) + 64  # one record per call, at most this large (see _Link)
             try:
                 n = ss.recv_into(buf)
             except OSError as e:
                 self._fail(e)
             if n is not None:
                 if n == 0:
-                    self._abort()
-                    raise TransportError("server %s closed the DTLS session" % self.host)
+                    self._fail(OSError(_ERR_SSL_PEER_CLOSE_NOTIFY))  # "closed the DTLS session"
                 return n
             left = limit - _diff(_ticks(), start)
             if left <= 0:
@@ -434,9 +438,7 @@ class DtlsClient:
         if self._buf is None:
             self._buf = bytearray(self._max)
         n = self.recv_into(self._buf, timeout_ms)
-        if n is None:
-            return None
-        return bytes(self._buf[:n])
+        return None if n is None else bytes(self._buf[:n])
 
     def close(self):
         # Free the session and the socket (this `tls` sends no close_notify).
