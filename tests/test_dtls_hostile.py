@@ -179,6 +179,44 @@ def test_half_open_handshake_times_out(pki):
         srv.stop()
 
 
+def test_full_server_evicts_the_longest_silent_session_for_a_new_client(pki):
+    """MicroPython clients never send close_notify: a server full of their
+    finished sessions must not refuse the next device for idle_timeout. A
+    new client takes the place of the session silent for longest, once it
+    has been silent for evict_idle_after; a busier one stays."""
+    srv = ServerThread(pki, max_sessions=2, evict_idle_after=0.3)
+    try:
+        a, b = client(pki, srv.port), client(pki, srv.port)
+        time.sleep(0.5)  # both silent for more than 0.3 s
+        b.send(b"b")  # b is active again: a is the one silent for longest
+        assert b.recv(5) == b"echo b"
+        with client(pki, srv.port) as c:
+            c.send(b"c")
+            assert c.recv(5) == b"echo c"
+            assert srv.stats()["evicted_for_new"] == 1 and srv.stats()["refused_full"] == 0
+            assert srv.session_count() == 2
+            assert any("evicted" in r for _, r in srv.closed)
+            b.send(b"b2")  # the session that was not the idlest still works
+            assert b.recv(5) == b"echo b2"
+        a.close()
+        b.close()
+    finally:
+        srv.stop()
+
+
+def test_eviction_can_be_turned_off(pki):
+    srv = ServerThread(pki, max_sessions=1, evict_idle_after=None)
+    try:
+        a = client(pki, srv.port)
+        time.sleep(0.3)
+        with pytest.raises(TransportError):
+            client(pki, srv.port, timeout=1.5)
+        assert srv.stats()["refused_full"] >= 1 and srv.stats()["evicted_for_new"] == 0
+        a.close()
+    finally:
+        srv.stop()
+
+
 def test_max_sessions_holds(pki):
     srv = ServerThread(pki, max_sessions=2)
     try:

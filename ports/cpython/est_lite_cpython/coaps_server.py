@@ -686,6 +686,7 @@ class EstCoapsServer:
                   mtu=getattr(config, "coaps_mtu", 1200),
                   max_sessions=getattr(config, "coaps_max_sessions", 256),
                   idle_timeout=getattr(config, "coaps_idle_timeout_s", 120.0),
+                  evict_idle_after=getattr(config, "coaps_evict_idle_s", 10.0),
                   handshake_timeout=getattr(config, "coaps_handshake_timeout_s", 30.0),
                   workers=getattr(config, "coaps_workers", None),
                   max_body=getattr(config, "coaps_max_body_bytes", 16384))

@@ -246,6 +246,7 @@ class ServerConfig:
         self.coaps_mtu = _take(c, "mtu", 1200, int, w)
         self.coaps_max_sessions = _take(c, "max_sessions", 256, int, w)
         self.coaps_idle_timeout_s = _take(c, "idle_timeout_s", 120.0, (int, float), w)
+        self.coaps_evict_idle_s = _take(c, "evict_idle_s", 10.0, (int, float), w)
         self.coaps_handshake_timeout_s = _take(c, "handshake_timeout_s", 30.0, (int, float), w)
         self.coaps_workers = _take(c, "workers", None, int, w)  # None: 0 for the built-in CA (on the loop), 4 otherwise
         self.coaps_processes = _take(c, "processes", 1, int, w)

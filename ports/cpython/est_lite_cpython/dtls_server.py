@@ -308,6 +308,12 @@ class DtlsServer:
                        client's next repeat comes one of its RTOs later, and
                        the MicroPython port's RTO floor is 20 ms, so the gap
                        must stay well below that)
+    evict_idle_after   when max_sessions are in use, a new client (its
+                       address proven by the cookie) takes the place of the
+                       established session silent for longest, if silent
+                       for at least this many seconds (closed with
+                       close_notify); None: refuse new clients until a slot
+                       frees (idle_timeout, handshake_timeout, close_notify)
     """
 
     def __init__(
@@ -330,11 +336,14 @@ class DtlsServer:
         max_datagram=4096,
         verify_depth=4,
         flight_resend_gap=0.005,
+        evict_idle_after=10.0,
     ):
         if max_sessions < 1:
             raise LocalProtocolError("max_sessions must be at least 1")
         if idle_timeout <= 0 or handshake_timeout <= 0:
             raise LocalProtocolError("idle_timeout and handshake_timeout must be positive")
+        if evict_idle_after is not None and not evict_idle_after >= 0:
+            raise LocalProtocolError("evict_idle_after must be a number of seconds >= 0, or None")
         if mtu < _d.MIN_MTU:
             raise LocalProtocolError("mtu %d is below the minimum of %d" % (mtu, _d.MIN_MTU))
         self._cert = _d.load_certificate(cert)
@@ -353,6 +362,7 @@ class DtlsServer:
         self.max_datagram = max_datagram
         self.verify_depth = verify_depth
         self.flight_resend_gap = flight_resend_gap
+        self.evict_idle_after = evict_idle_after
         self._cookie_lifetime = cookie_lifetime
         self._cookies = None
         self._raw = _d.raw_ops()  # pyOpenSSL's calls without its wrappers (None: the public API)
@@ -365,6 +375,7 @@ class DtlsServer:
             ignored=0,
             hello_verify_sent=0,
             refused_full=0,
+            evicted_for_new=0,
             handshakes=0,
             handshake_failures=0,
             handshake_timeouts=0,
@@ -523,7 +534,7 @@ class DtlsServer:
         # changes before the cookie is valid.
         now = self._loop.time()
         if not info.cookie or not self._cookies.check(addr, info, now):
-            if peer is None and len(self.sessions) >= self.max_sessions:
+            if peer is None and len(self.sessions) >= self.max_sessions and self._idlest(now) is None:
                 self.stats["refused_full"] += 1
                 return
             cookie = self._cookies.make(addr, info, now)
@@ -539,9 +550,29 @@ class DtlsServer:
                 return
             self._close(peer, "client started a new handshake", notify=False)
         if len(self.sessions) >= self.max_sessions:
-            self.stats["refused_full"] += 1
-            return
+            old = self._idlest(now)
+            if old is None:
+                self.stats["refused_full"] += 1
+                return
+            # full: the established session silent for longest makes room
+            # (MicroPython clients never send close_notify, so without this a
+            # fleet of them fills the table for idle_timeout)
+            self.stats["evicted_for_new"] += 1
+            self._close(old, "evicted for a new client (server full)", notify=True)
         self._new_session(addr, data, info.cookie, now, info.random, int.from_bytes(info.record_seq[2:], "big"))
+
+    def _idlest(self, now):
+        """The established session silent for longest, if for at least
+        evict_idle_after seconds; else None."""
+        if self.evict_idle_after is None:
+            return None
+        best = None
+        for peer in self.sessions.values():
+            if peer.established and not peer.closed and (best is None or peer.last_rx < best.last_rx):
+                best = peer
+        if best is None or now - best.last_rx < self.evict_idle_after:
+            return None
+        return best
 
     def _new_session(self, addr, data, cookie, now, random=None, hello_seq=0):
         SSL = _d._ssl()
