@@ -183,3 +183,31 @@ def test_error_answer_is_not_retried():
     c = _Fake([_ans(0x83, b"not allowed")])
     e = raises(ServerError, c.cacerts)
     assert "4.03" in str(e) and c.sleeps == []
+
+
+def test_rtt_sample_comes_from_the_answer_not_an_ignored_datagram():
+    # a datagram the exchange ignores (wrong token) arrives 5 ms after the
+    # request, the answer 80 ms after it: the estimator gets 80 ms
+    from est_lite import coap
+
+    c = _Fake([_ans(0x45, V.P7_CA, 281)])
+    s = c.script
+    send = s.send
+
+    def send_with_stray(d):
+        send(d)
+        req = s.sent[-1]
+        s.q.insert(0, bytes(coap.Message(2, 0x45, req.mid, b"zz", [], b"").encode()))
+
+    s.send = send_with_stray
+    got = s.recv_into
+
+    def recv_into(buf, timeout):
+        n = got(buf, timeout)
+        if n:
+            c.t += 0.005 if s.q else 0.075
+        return n
+
+    s.recv_into = recv_into
+    assert len(c.cacerts()) == 1
+    assert c.rto.samples == 1 and c.rto.srtt == 80

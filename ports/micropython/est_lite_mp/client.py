@@ -428,11 +428,13 @@ class EstClient:
                 n = t.recv_into(mv, w - self._mono())
                 if n:
                     now = self._mono()
-                    if rto is not None and sent is not None and sent >= 0:
-                        rto.sample(int((now - sent) * 1000))
-                    sent = None
-                    rx = o.retransmissions
+                    k = o.ignored
                     o.receive_data(mv[:n], now)
+                    if o.ignored == k:  # the answer (not a stray datagram): an RTT sample
+                        if rto is not None and sent is not None and sent >= 0:
+                            rto.sample(int((now - sent) * 1000))
+                        sent = None
+                        rx = o.retransmissions
         finally:
             self._mid = ms.mid
 
