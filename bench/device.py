@@ -1,6 +1,6 @@
 """Device benchmarks of the MicroPython client runtime (issue #6).
 
-    python bench/device.py [--runs 9] [--loss 0.2] [--delay-ms 0] [--ack-timeout 2] [--skip-lossy]
+    python bench/device.py [--runs 15] [--loss 0.2] [--delay-ms 0] [--ack-timeout 2] [--skip-lossy]
                            [--no-adaptive] [--rto-initial-ms 1000] [--rto-min-ms 20] [--no-rtt-share] [--seed 7]
                            [--close-session] [--phases]
 
@@ -332,7 +332,7 @@ def phases(lib, d, cfgpath):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=9, help="enrollments per link condition (default 9)")
+    ap.add_argument("--runs", type=int, default=15, help="enrollments per link condition (default 15)")
     ap.add_argument("--loss", type=float, default=0.2, help="datagram loss each way (default 0.2)")
     ap.add_argument("--delay-ms", type=float, default=0.0, help="one-way link delay of the relay (default 0)")
     ap.add_argument("--ack-timeout", type=float, default=2.0, help="CoAP ACK_TIMEOUT of the device (default 2, RFC 7252)")
