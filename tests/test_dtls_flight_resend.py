@@ -67,6 +67,16 @@ class Client:
     def close(self):
         self.sock.close()
 
+    def send_flight3(self):
+        """Flight 1, the HelloVerifyRequest, then flight 3 (ClientHello with
+        the cookie) sent; returns flight 3."""
+        out, _ = self.step()
+        self.send(out)
+        self.feed(self.receive())
+        flight3, _ = self.step()
+        self.send(flight3)
+        return flight3
+
 
 def test_handshake_progress_reads_plaintext_handshake_fragments():
     hs = b"\x0b" + (100).to_bytes(3, "big") + (2).to_bytes(2, "big") + (40).to_bytes(3, "big") + (60).to_bytes(3, "big")
@@ -84,13 +94,7 @@ def test_lost_server_flights_are_resent_when_the_client_repeats(pki):
     server = ServerThread(pki)
     c = Client(pki, server.port)
     try:
-        # flight 1 -> HelloVerifyRequest
-        out, _ = c.step()
-        c.send(out)
-        c.feed(c.receive())
-        # flight 3 (ClientHello with cookie) -> flight 4, which we "lose"
-        flight3, _ = c.step()
-        c.send(flight3)
+        flight3 = c.send_flight3()  # -> flight 4, which we "lose"
         lost4 = c.receive()
         assert lost4
         # the client repeats flight 3 verbatim: the server's flight 4 comes back
@@ -137,11 +141,7 @@ def test_a_quick_repeat_is_answered(pki):
     server = ServerThread(pki)
     c = Client(pki, server.port)
     try:
-        out, _ = c.step()
-        c.send(out)
-        c.feed(c.receive())
-        flight3, _ = c.step()
-        c.send(flight3)
+        flight3 = c.send_flight3()
         c.sock.settimeout(10.0)
         lost4 = c.sock.recv(65535)  # the server's flight (one datagram at this MTU): "lost"
         time.sleep(0.012)
