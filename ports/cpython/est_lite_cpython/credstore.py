@@ -24,6 +24,7 @@ import os
 
 from est_lite.errors import EstError, LocalProtocolError
 
+from est_lite_mp import storeops
 from est_lite_mp.credstore import Creds, StoreError, split_der  # noqa: F401 - re-exported
 from est_lite_mp.credstore import CredStore as _PortableStore
 
@@ -123,8 +124,7 @@ class CredStore(_PortableStore):
             except OSError:
                 after = set()
             for n in after - before:
-                d = n.rfind(".")
-                if n == "manifest.tmp" or (d > 0 and n[:d] in ("key", "cert", "ca") and n[d + 1:].isdigit()):
+                if n == "manifest.tmp" or storeops._numbered(n):
                     try:
                         os.remove(self._p(n))
                     except OSError:

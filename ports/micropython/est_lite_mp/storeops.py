@@ -55,7 +55,7 @@ def _parse(st, text):
         w = ln.split()
         if len(w) == 2 and w[0] == "gen" and w[1].isdigit():
             m["gen"] = int(w[1])
-        elif len(w) == 3 and w[0] in _PARTS and _ours(w[1], w[0]):
+        elif len(w) == 3 and (_numbered(w[1]) or (None,))[0] == w[0]:
             m[w[0]] = (w[1], w[2])
         elif w:
             # also a part file the store never writes (e.g. "../x"): not read
@@ -63,10 +63,15 @@ def _parse(st, text):
     return m
 
 
-def _ours(name, part):
-    # a file name save() writes for this part: "<part>.<generation>"
-    n = len(part)
-    return name[:n + 1] == part + "." and name[n + 1:].isdigit()
+def _numbered(name):
+    # (part, generation) of a file name save() writes ("key.7"), else None
+    d = name.rfind(".")
+    if d > 0 and name[:d] in _PARTS and name[d + 1:].isdigit():
+        try:
+            return name[:d], int(name[d + 1:])
+        except ValueError:  # CPython's isdigit() also takes e.g. "²"
+            pass
+    return None
 
 
 def _manifest(st):
@@ -119,9 +124,9 @@ def save(st, key, cert, ca, keep):
     st._mkdir()
     gen = 0 if old is None else old["gen"]
     for n in st._names():  # above any generation left by an interrupted save
-        d = n.rfind(".")
-        if d > 0 and n[:d] in _PARTS and n[d + 1:].isdigit():
-            gen = max(gen, int(n[d + 1:]))
+        p = _numbered(n)
+        if p is not None and p[1] > gen:
+            gen = p[1]
     gen += 1
     new = {"key": key, "cert": cert, "ca": None if ca is None else b"".join([bytes(c) for c in ca])}
     lines = [_MAGIC, "gen %d" % gen]
