@@ -19,8 +19,22 @@ def test_parse_server():
     assert parse_server("https://h/.well-known/est/arbitrary") == ("https", "h", 443, "arbitrary")
     assert parse_server("https://h/.well-known/est") == ("https", "h", 443, None)
     for bad in ("http://h", "h:443", "coaps://", "coaps://h:0", "coaps://h:99999", "coaps://h:x",
-                "https://h/a/b", "coaps://[::1]x"):
+                "https://h/a/b", "coaps://[::1]x", b"coaps://h", None):
         raises(LocalProtocolError, parse_server, bad)
+    # what would otherwise be misread: user info as part of the host, a
+    # query as a bad port, the last group of an unbracketed IPv6 address as
+    # the port, a line break inside the host name
+    for bad, words in (("https://user@h:8443", "user info"), ("coaps://u:p@h", "user info"),
+                       ("https://h:8443?x=1", "query"), ("https://h/lbl#top", "fragment"),
+                       ("https://::1:8443", "brackets"), ("coaps://fe80::1", "brackets"),
+                       (" https://h", "space"), ("https://a b", "space"), ("https://h\n:1", "control"),
+                       ("coaps://h\x7f", "control")):
+        try:
+            parse_server(bad)
+        except LocalProtocolError as e:
+            assert words in str(e), (bad, str(e))
+        else:
+            raise AssertionError("accepted %r" % bad)
 
 
 def test_parse_pin():

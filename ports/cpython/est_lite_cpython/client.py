@@ -23,7 +23,7 @@ import time
 
 from est_lite.errors import LocalProtocolError, TransportError
 from est_lite_mp import client as _portable
-from est_lite_mp.client import parse_pin, parse_server  # noqa: F401 - re-exported
+from est_lite_mp.client import parse_pin, parse_server  # noqa: F401 - parse_pin re-exported
 from est_lite_mp.provision import Result  # noqa: F401 - re-exported
 
 from . import dtls as _d
@@ -98,7 +98,7 @@ class EstClient(_portable.EstClient):
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
                  server_name=None, timeout=30, deadline=120, *, proxy=None, crls=None, tls_version=None, chain=(),
                  mtu=1200):
-        _check_server(server)
+        parse_server(server)  # refuses what it cannot use before the other checks
         for name, v in (("timeout", timeout), ("deadline", deadline)):
             if v is None and name == "deadline":
                 continue
@@ -179,25 +179,6 @@ class EstClient(_portable.EstClient):
 
     def _verify_hook(self):
         return verify_issued_by
-
-
-def _check_server(uri):
-    # what est_lite_mp.client.parse_server lets through: user info (it
-    # would become part of the host name), a query or fragment (reported
-    # as a bad port), an IPv6 literal without brackets (its last group
-    # taken as the port) and whitespace or control characters
-    if not isinstance(uri, str):
-        raise LocalProtocolError("server must be a coaps:// or https:// URI string, got %r" % (uri,))
-    i = uri.find("://")
-    hp = uri[i + 3:].split("/", 1)[0] if i > 0 else ""
-    if [c for c in uri if c <= " " or c == "\x7f"]:
-        raise LocalProtocolError("server URI %r has spaces or control characters" % uri)
-    if "@" in hp:
-        raise LocalProtocolError("server URI %r has user info: give the user with user= (--user)" % uri)
-    if "?" in uri or "#" in uri:
-        raise LocalProtocolError("server URI %r has a query or fragment: only host, port and label are allowed" % uri)
-    if not hp.startswith("[") and hp.count(":") > 1:
-        raise LocalProtocolError("server URI %r: an IPv6 address goes in brackets, e.g. https://[::1]:8443" % uri)
 
 
 def _check_host(name, what):

@@ -38,13 +38,22 @@ _T0 = _ticks()
 def parse_server(uri):
     """(scheme, host, port, label) from coaps://host[:port][/label] or
     https://host[:port][/.well-known/est][/label]; IPv6 in brackets."""
-    i = uri.find("://")
+    i = -1
+    if isinstance(uri, str):
+        for c in uri:
+            if c <= " " or c in "\x7f?#":
+                raise LocalProtocolError("server URI %r has a space, control character, query or fragment" % uri)
+        i = uri.find("://")
     scheme = uri[:i].lower() if i > 0 else ""
     if scheme not in ("coaps", "https"):
-        raise LocalProtocolError("server must be a coaps:// or https:// URI, got %r" % uri)
+        raise LocalProtocolError("server must be a coaps:// or https:// URI, got %r" % (uri,))
     rest = uri[i + 3:]
     j = rest.find("/")
     hp, path = (rest, "") if j < 0 else (rest[:j], rest[j:])
+    if "@" in hp:
+        raise LocalProtocolError("server URI %r has user info: give the user with user=" % uri)
+    if hp.count(":") > 1 and hp[0] != "[":
+        raise LocalProtocolError("server URI %r: IPv6 address not in brackets" % uri)
     port = 5684 if scheme == "coaps" else 443
     if hp.startswith("["):
         k = hp.find("]")
