@@ -10,6 +10,7 @@
 # pinned one must be signed by the next (est_lite_mp.pincheck.PinCheck).
 # No channel binding: this `tls` has no tls-unique/exporter API (binding
 # is None).
+import io
 import select
 import socket
 import time
@@ -17,6 +18,55 @@ import time
 from est_lite.errors import SecurityError, TransportError
 
 _VERIFY_FAILED = -0x2700  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
+
+
+class _Tcp(io.IOBase):
+    # The non-blocking TCP socket as Mbed TLS sees it. During the handshake
+    # (`end` set, ticks ms) a read or write waits for the socket, but not
+    # past `end`: the whole handshake is bounded, where a blocking socket's
+    # timeout bounded each read and a server trickling its handshake could
+    # hold the client for minutes. Afterwards (`end` None) it does not wait:
+    # TlsStream polls. Errors go back to Mbed TLS as negative errno values
+    # (an exception must not cross Mbed TLS).
+    def __init__(self, s, end):
+        self.s = s
+        self.end = end
+        self.late = False
+        self.p = select.poll()
+        self.p.register(s, 5)  # POLLIN | POLLOUT
+
+    def _io(self, f, b, ev):
+        while True:
+            try:
+                n = f(b)
+            except OSError as e:
+                return -(e.args[0] if e.args and isinstance(e.args[0], int) and e.args[0] > 0 else 5)
+            e = self.end
+            if n is not None or e is None:
+                return n
+            left = time.ticks_diff(e, time.ticks_ms())
+            if left <= 0:
+                self.late = True
+                return -110  # ETIMEDOUT: Mbed TLS ends the handshake
+            self.p.modify(self.s, ev)
+            self.p.poll(left)
+
+    def readinto(self, b):
+        return self._io(self.s.readinto, b, 1)
+
+    def write(self, b):
+        return self._io(self.s.write, b, 4)
+
+    def ioctl(self, req, arg):
+        if req == 3:  # MP_STREAM_POLL
+            self.p.modify(self.s, 5)
+            r = 0
+            for _o, ev in self.p.ipoll(0):
+                r |= ev & (arg | 24)  # and POLLHUP | POLLERR
+            return r
+        if req == 4:  # MP_STREAM_CLOSE
+            self.s.close()
+        return 0
 
 
 class TlsStream:
@@ -73,12 +123,15 @@ class TlsStream:
             raw = socket.socket(ai[0], socket.SOCK_STREAM)
         except OSError as e:
             raise TransportError("cannot resolve %s: %s" % (self.host, e))
+        end = time.ticks_add(time.ticks_ms(), int(self.timeout * 1000))  # connect and handshake
         try:
             raw.settimeout(self.timeout)
             raw.connect(ai[-1])
+            raw.setblocking(False)
         except OSError as e:
             raw.close()
             raise TransportError("cannot connect to %s:%d: %s" % (self.host, self.port, e))
+        link = _Tcp(raw, end)
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
         if self.cert is not None:
             ctx.load_cert_chain(bytes(self.cert), bytes(self.key))
@@ -92,22 +145,27 @@ class TlsStream:
         self.pending = False
         self.chain = []
         try:
-            self.s = ctx.wrap_socket(raw, server_hostname=self.name)
+            self.s = ctx.wrap_socket(link, server_hostname=self.name)
         except (OSError, ValueError) as e:
             raw.close()
+            if link.late:
+                raise TransportError("TLS handshake with %s not finished within %.1f s" % (self.host, self.timeout))
             pc = self._pc
             if pc is not None and pc.why is not None and not self.pending:
                 raise SecurityError("TLS handshake with %s refused before anything was sent: %s"
                                     % (self.host, pc.why))
-            if isinstance(e, ValueError) or (e.args and isinstance(e.args[0], int) and e.args[0] < 0):
+            a = e.args[0] if e.args else 0
+            if a == -0x7280:  # MBEDTLS_ERR_SSL_CONN_EOF
+                raise TransportError("%s:%d closed the connection during the TLS handshake" % (self.host, self.port))
+            if isinstance(e, ValueError) or (isinstance(a, int) and a < 0):
                 raise SecurityError("TLS handshake with %s failed: %s" % (self.host, _one(e)))
             raise TransportError("TLS handshake with %s failed: %s" % (self.host, _one(e)))
         if self.pin is not None and not self.pending and (not self._hit or self._pc.why is not None):
             self.close()
             raise SecurityError("the server certificate was never checked against the pin")
         # stream read(n) of a blocking socket waits for all n bytes (no
-        # short reads): go non-blocking and poll with our own timeout
-        self.s.setblocking(False)
+        # short reads): non-blocking from here, polled with our own timeout
+        link.end = None
         self._poll = select.poll()
         self._poll.register(self.s, select.POLLIN)
 
