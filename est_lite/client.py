@@ -75,14 +75,14 @@ _RETRY = const(4)  # peer: HTTP 202 / 503 + Retry-After, CoAP 5.03 (+ Max-Age)
 _AUTH = const(5)  # peer: HTTP 401 with a challenge we can answer
 _FAIL = const(6)  # error status, malformed answer, link gave up, ...
 
-_SN = "IDLE AWAIT_RESPONSE BLOCK1_CONTINUE BLOCK2_CONTINUE AUTH_CONTINUE DONE RETRY_AFTER ERROR"
-_IN = "SEND CONTINUE1 MORE2 FINAL RETRY AUTH FAIL"
+_SN = const("IDLE AWAIT_RESPONSE BLOCK1_CONTINUE BLOCK2_CONTINUE AUTH_CONTINUE DONE RETRY_AFTER ERROR")
+_IN = const("SEND CONTINUE1 MORE2 FINAL RETRY AUTH FAIL")
 
 # The table: next state for (state, input). One row of 7 inputs (SEND,
 # CONTINUE1, MORE2, FINAL, RETRY, AUTH, FAIL) per state; "-" is illegal: a
 # local input (SEND) raises LocalProtocolError, a peer input
 # RemoteProtocolError. DONE, RETRY_AFTER and ERROR are final (no row).
-_T = (
+_T = const(
     b"1-----7"  # IDLE
     b"-235647"  # AWAIT_RESPONSE
     b"1-----7"  # BLOCK1_CONTINUE

@@ -16,14 +16,15 @@
 #   sign(msg)    DER ECDSA-Sig-Value over SHA-256(msg) (the signer hashes)
 
 from est_lite import der
-from est_lite.errors import LocalProtocolError, RemoteProtocolError
+from est_lite.errors import LocalProtocolError, RemoteProtocolError, const
 
 # subject keywords in the order they are written, and for each: the last arc
 # of 2.5.4.x (0: emailAddress 1.2.840.113549.1.9.1), the string kind (p
 # PrintableString, u UTF8String, i IA5String) and the X.520 upper bound
-_KW = ("c", "st", "l", "o", "ou", "cn", "serial_number", "email")
-_SPEC = (
-    (6, "p", 2), (8, "u", 128), (7, "u", 128), (10, "u", 64), (11, "u", 64), (3, "u", 64), (5, "p", 64), (0, "i", 255)
+# (const: folded into the code by mpy-cross, no module name interned)
+_KW = const(("c", "st", "l", "o", "ou", "cn", "serial_number", "email"))
+_SPEC = const(
+    ((6, "p", 2), (8, "u", 128), (7, "u", 128), (10, "u", 64), (11, "u", 64), (3, "u", 64), (5, "p", 64), (0, "i", 255))
 )
 # (OIDs and names are written as long literals, not module names: literals
 # longer than 10 characters are constants of the code, not interned names)
@@ -189,5 +190,5 @@ def __getattr__(name):
     if name in "EKU_NAMES parse_ip".split():
         from est_lite import csr_ext
 
-        return csr_ext.eku_names() if name[0] == "E" else csr_ext.parse_ip
+        return csr_ext.eku_names() if name.isupper() else csr_ext.parse_ip
     raise AttributeError(name)

@@ -6,7 +6,7 @@ sets a subject never loads this code, and decoding CSR attributes
 (est_lite.csrattrs) does not load it either."""
 
 from est_lite import csr, der
-from est_lite.errors import LocalProtocolError
+from est_lite.errors import LocalProtocolError, const
 
 
 def eku_names():
@@ -20,7 +20,7 @@ def eku_names():
 
 
 # keyUsage bits 0..8, keyword names
-_KU = (
+_KU = const(
     "digital_signature content_commitment key_encipherment data_encipherment key_agreement key_cert_sign"
     " crl_sign encipher_only decipher_only"
 )

@@ -30,12 +30,12 @@ CSR_TEMPLATE = "1.2.840.113549.1.9.16.2.61"  # id-aa-certificationRequestInfoTem
 EXTENSION_REQ_TEMPLATE = "1.2.840.113549.1.9.16.2.62"  # id-aa-extensionReqTemplate
 
 # signature or hash algorithm OIDs, by hash: ecdsa-with-SHAx, shaxWithRSAEncryption, SHA-x
-_HASHES = (
+_HASHES = const((
     ("sha256", "1.2.840.10045.4.3.2", "1.2.840.113549.1.1.11", "2.16.840.1.101.3.4.2.1"),
     ("sha384", "1.2.840.10045.4.3.3", "1.2.840.113549.1.1.12", "2.16.840.1.101.3.4.2.2"),
     ("sha512", "1.2.840.10045.4.3.4", "1.2.840.113549.1.1.13", "2.16.840.1.101.3.4.2.3"),
-)
-_CURVES = (P256, "1.3.132.0.34", "1.3.132.0.35")
+))
+_CURVES = const(("1.2.840.10045.3.1.7", "1.3.132.0.34", "1.3.132.0.35"))  # P256 first
 
 
 class CsrAttrs:

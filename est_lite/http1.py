@@ -13,8 +13,7 @@ from binascii import a2b_base64, b2a_base64
 
 from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError, const
 
-_MT_PKCS7 = "application/pkcs7-mime"  # = numbers.MT_PKCS7 (numbers is not loaded here)
-_MT_PKCS8 = "application/pkcs8"
+_MT_PKCS7 = const("application/pkcs7-mime")  # = numbers.MT_PKCS7 (numbers is not loaded here)
 
 NEED_DATA = "NEED_DATA"
 RETRY_AFTER_DEFAULT = const(60)  # seconds, for a Retry-After in HTTP-date form

@@ -3,8 +3,8 @@
 # WWW-Authenticate challenges and Digest (RFC 7235, RFC 7616), needed only
 # after a 401, and multipart/mixed (RFC 2046, RFC 7030 §4.4.2), needed only
 # for serverkeygen. See docs/http1.md.
-from est_lite.errors import LocalProtocolError, RemoteProtocolError
-from est_lite.http1 import _MT_PKCS7, _MT_PKCS8, Part, _check, _headers, _istok, _limit, _text, decode_b64_body
+from est_lite.errors import LocalProtocolError, RemoteProtocolError, const
+from est_lite.http1 import Part, _check, _headers, _istok, _limit, _text, decode_b64_body
 
 def _tok(s, i):
     while i < len(s) and _istok(s[i]):
@@ -58,7 +58,9 @@ def parse_challenges(values):
     return out
 
 
-_ALGS = " SHA-256 SHA-256-SESS MD5 MD5-SESS "
+_ALGS = const(" SHA-256 SHA-256-SESS MD5 MD5-SESS ")
+_MT_PKCS7 = const("application/pkcs7-mime")
+_MT_PKCS8 = const("application/pkcs8")
 
 
 def pick_digest(challenges):

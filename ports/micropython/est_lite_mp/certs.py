@@ -4,12 +4,12 @@
 # pinned-bootstrap check of a server chain is est_lite_mp.pincheck.
 import time
 
-from est_lite.errors import SecurityError
+from est_lite.errors import SecurityError, const
 
-_ECDSA_SHA256 = "1.2.840.10045.4.3.2"
-_EC = "1.2.840.10045.2.1"
-_P256 = "1.2.840.10045.3.1.7"
-_SAN = "2.5.29.17"
+_ECDSA_SHA256 = const("1.2.840.10045.4.3.2")
+_EC = const("1.2.840.10045.2.1")
+_P256 = const("1.2.840.10045.3.1.7")
+_SAN = const("2.5.29.17")
 SKEW = 300  # seconds of clock difference tolerated on notBefore
 
 

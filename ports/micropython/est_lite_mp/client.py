@@ -20,7 +20,7 @@
 # Imports are lazy: a CoAP-only enrollment never loads the HTTP modules.
 import time
 
-from est_lite.errors import EstError, LocalProtocolError, SecurityError, TransportError
+from est_lite.errors import EstError, LocalProtocolError, SecurityError, TransportError, const
 
 try:
     _ticks = time.ticks_ms
@@ -40,8 +40,8 @@ def parse_server(uri):
     https://host[:port][/.well-known/est][/label]; IPv6 in brackets."""
     i = -1
     if isinstance(uri, str):
-        for c in uri:
-            if c <= " " or c in "\x7f?#":
+        for c in uri.encode():  # bytes: iterating a str interns each character on MicroPython
+            if c <= 32 or c in b"\x7f?#":
                 raise LocalProtocolError("server URI %r has a space, control character, query or fragment" % uri)
         i = uri.find("://")
     scheme = uri[:i].lower() if i > 0 else ""
@@ -102,7 +102,7 @@ def parse_pin(pin):
 # every CoAP exchange feed it. It lives here (not in a module of its own:
 # one .mpy less to ship; est_lite_mp.dtls takes any object with
 # sample()/timeout()).
-_G = 1  # clock granularity (ms), RFC 6298 §2.3 "max(G, K*RTTVAR)"
+_G = const(1)  # clock granularity (ms), RFC 6298 §2.3 "max(G, K*RTTVAR)"
 # Temporal sharing (RFC 9040 §4.2, as Linux TCP's metrics cache): the last
 # SRTT/RTTVAR per server (host, port) -> [s8, v4, ticks], seeding the
 # estimator of the next client to that server, so a process that enrolls
@@ -110,7 +110,7 @@ _G = 1  # clock granularity (ms), RFC 6298 §2.3 "max(G, K*RTTVAR)"
 # start from the 1 s of "no knowledge". Kept EstClient.rtt_keep_s, at most
 # _PATHS_MAX servers.
 _PATHS = {}
-_PATHS_MAX = 4
+_PATHS_MAX = const(4)
 
 
 class Rto:

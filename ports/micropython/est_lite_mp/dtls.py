@@ -42,13 +42,13 @@ from est_lite.errors import LocalProtocolError, SecurityError, TransportError
 
 try:
     _ticks = time.ticks_ms
-    _diff = time.ticks_diff
+    _tdiff = time.ticks_diff
 except AttributeError:  # CPython
 
     def _ticks():
         return int(time.monotonic() * 1000)
 
-    def _diff(a, b):
+    def _tdiff(a, b):
         return a - b
 
 
@@ -133,7 +133,7 @@ class _Link(io.IOBase):
         if n and self.hs:
             now = _ticks()
             if self.t0 is not None and self.rto is not None:
-                self.rto.sample(_diff(now, self.t0))
+                self.rto.sample(_tdiff(now, self.t0))
             self.t0 = None
             self.rx = True
             self.t = now
@@ -142,7 +142,7 @@ class _Link(io.IOBase):
     def write(self, b):
         if self.hs:
             now = _ticks()
-            if self.rx or _diff(now, self.t) > _FLIGHT_GAP_MS:
+            if self.rx or _tdiff(now, self.t) > _FLIGHT_GAP_MS:
                 if self.rx:  # a new flight
                     self.tries = 0
                     self.rx = False
@@ -176,7 +176,7 @@ class _Link(io.IOBase):
         # also after part of the answer came: the peer resends its whole
         # flight when ours arrives again
         t = _HS_INITIAL_MS if self.rto is None else self.rto.timeout(self.tries)
-        return t - _diff(_ticks(), self.t)
+        return t - _tdiff(_ticks(), self.t)
 
     def resend(self):
         for d in self.f:
@@ -268,20 +268,20 @@ class DtlsClient:
         self.poll_ms = poll_ms
         self.established = False
         self.cipher = None
-        self._cadata = cadata
-        self._cert = cert
-        self._key = key
-        self._pin = pin
+        self.cadata = cadata
+        self.cert = cert
+        self.key = key
+        self.pin = pin
         self._pin_ok = False
-        self._ciphers = ciphers
-        self._max = max_datagram
+        self.ciphers = ciphers
+        self.max_datagram = max_datagram
         self._buf = None
         self._sock = None
         self._ss = None
         self._link = None
         self.rto = rto
-        self._max_flight = max_flight
-        self._flight_buf = flight_buf
+        self.max_flight = max_flight
+        self.flight_buf = flight_buf
 
     @property
     def resent(self):
@@ -294,23 +294,23 @@ class DtlsClient:
         import tls
 
         ctx = tls.SSLContext(tls.PROTOCOL_DTLS_CLIENT)
-        if self._cert is not None:
-            ctx.load_cert_chain(_der(self._cert), _der(self._key))
-        if self._pin is not None:
+        if self.cert is not None:
+            ctx.load_cert_chain(_der(self.cert), _der(self.key))
+        if self.pin is not None:
             # the chain is not required to verify; the pin decides at depth 0
             ctx.verify_mode = tls.CERT_OPTIONAL
             ctx.verify_callback = self._verify_pin
         else:
-            cas = self._cadata
+            cas = self.cadata
             if not isinstance(cas, (list, tuple)):
                 cas = (cas,)
             for ca in cas:
                 ctx.load_verify_locations(_der(ca))
-        if self._ciphers:
+        if self.ciphers:
             # offer only these (a shorter ClientHello); names this build lacks
             # are skipped without get_ciphers(), which costs 2 KB of heap
             mine = []
-            for s in self._ciphers:
+            for s in self.ciphers:
                 try:
                     ctx.set_ciphers([s])
                     mine.append(s)
@@ -323,7 +323,7 @@ class DtlsClient:
     def _verify_pin(self, cert, depth):
         # Runs inside Mbed TLS: must not raise, must return 0 or a negative error.
         try:
-            pin = self._pin
+            pin = self.pin
             if callable(pin):
                 ok = bool(pin(cert, depth))
             elif depth:
@@ -351,7 +351,7 @@ class DtlsClient:
             s.connect(ai[-1])
             s.setblocking(False)
             ctx = self._context()
-            link = _Link(s, self.rto, self._max_flight, self._flight_buf)
+            link = _Link(s, self.rto, self.max_flight, self.flight_buf)
             self._ss = ctx.wrap_socket(link, server_hostname=self.server_hostname, do_handshake_on_connect=False)
         except OSError as e:
             s.close()
@@ -381,12 +381,12 @@ class DtlsClient:
                 self._fail(e)
             except ValueError as e:  # certificate verification (Mbed TLS verify info)
                 self._abort()
-                if self._pin is not None:
+                if self.pin is not None:
                     raise SecurityError("server certificate does not match the bootstrap pin")
                 raise SecurityError("server certificate rejected: %s" % _oneline(e))
             if n is not None:
                 break
-            left = limit - _diff(_ticks(), start)
+            left = limit - _tdiff(_ticks(), start)
             if left <= 0:
                 self._abort()
                 if self.established:
@@ -402,7 +402,7 @@ class DtlsClient:
             link.hs = False
             link.f = []  # our last handshake flight is not resent any more
             link.b = None  # nor kept: the lent buffer is the caller's again
-            if self._pin is not None and not self._pin_ok:
+            if self.pin is not None and not self._pin_ok:
                 self._abort()
                 raise SecurityError("server certificate was never checked against the pin")
             self.established = True
@@ -428,7 +428,7 @@ class DtlsClient:
                 if n == 0:
                     self._fail(OSError(_ERR_SSL_PEER_CLOSE_NOTIFY))  # "closed the DTLS session"
                 return n
-            left = limit - _diff(_ticks(), start)
+            left = limit - _tdiff(_ticks(), start)
             if left <= 0:
                 return None
             link.wait(min(left, self.poll_ms))
@@ -436,7 +436,7 @@ class DtlsClient:
     def recv(self, timeout_ms=None):
         # One decrypted datagram as bytes, or None after timeout_ms.
         if self._buf is None:
-            self._buf = bytearray(self._max)
+            self._buf = bytearray(self.max_datagram)
         n = self.recv_into(self._buf, timeout_ms)
         return None if n is None else bytes(self._buf[:n])
 
@@ -472,7 +472,7 @@ class DtlsClient:
         if code == _ERR_SSL_FATAL_ALERT:
             raise SecurityError("server %s refused the DTLS handshake (fatal alert): is the device "
                                 "certificate trusted by the server?" % self.host)
-        if self._pin is not None and not self._pin_ok:
+        if self.pin is not None and not self._pin_ok:
             raise SecurityError("server certificate does not match the bootstrap pin")
         if code == _ERR_X509_CERT_VERIFY_FAILED:
             raise SecurityError("server certificate rejected: %s" % _oneline(e))

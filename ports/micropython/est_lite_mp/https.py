@@ -15,9 +15,9 @@ import select
 import socket
 import time
 
-from est_lite.errors import SecurityError, TransportError
+from est_lite.errors import SecurityError, TransportError, const
 
-_VERIFY_FAILED = -0x2700  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
+_VERIFY_FAILED = const(-0x2700)  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
 
 
 class _Tcp(io.IOBase):

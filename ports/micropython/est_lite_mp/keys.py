@@ -7,11 +7,11 @@
 # a wrong argument type raises LocalProtocolError.
 
 from est_lite import der
-from est_lite.errors import LocalProtocolError, RemoteProtocolError
+from est_lite.errors import LocalProtocolError, RemoteProtocolError, const
 from est_lite_mp import p256
 
-_INT1 = b"\x02\x01\x01"
-_INT0 = b"\x02\x01\x00"
+_INT1 = const(b"\x02\x01\x01")
+_INT0 = const(b"\x02\x01\x00")
 
 
 def _err(msg):

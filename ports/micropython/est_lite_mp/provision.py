@@ -5,7 +5,7 @@
 import gc
 import sys
 
-from est_lite.errors import LocalProtocolError
+from est_lite.errors import LocalProtocolError, const
 
 _MP = sys.implementation.name == "micropython"
 
@@ -42,10 +42,10 @@ def drop(*names):
     gc.collect()
 
 
-_SESSION = ("est_lite.client", "est_lite.numbers", "est_lite.paths", "est_lite.coap", "est_lite.pkcs7",
-            "est_lite.csrattrs", "est_lite.der", "est_lite.cbor", "est_lite.client_http", "est_lite.http1")
-_CRYPTO = ("est_lite.csr", "est_lite.csr_ext", "est_lite.csrattrs", "est_lite_mp.crypto", "est_lite_mp.keys",
-           "est_lite_mp.p256")
+_SESSION = const(("est_lite.client", "est_lite.numbers", "est_lite.paths", "est_lite.coap", "est_lite.pkcs7",
+                  "est_lite.csrattrs", "est_lite.der", "est_lite.cbor", "est_lite.client_http", "est_lite.http1"))
+_CRYPTO = const(("est_lite.csr", "est_lite.csr_ext", "est_lite.csrattrs", "est_lite_mp.crypto", "est_lite_mp.keys",
+                 "est_lite_mp.p256"))
 
 
 def _builder(subject, names, dns, ip, uri):
@@ -65,8 +65,8 @@ def _builder(subject, names, dns, ip, uri):
 # middle of an enrollment it needs a big free block in a fragmented heap
 # (it was what ran out of memory). _warm() imports each module once,
 # dropping it, so the names are interned while the heap is still empty.
-_ALL = ("est_lite.client", "est_lite.coap", "est_lite.pkcs7", "est_lite_mp.dtls", "est_lite.csrattrs",
-        "est_lite.csr", "est_lite.csr_ext", "est_lite_mp.crypto", "est_lite_mp.certs", "est_lite_mp.storeops")
+_ALL = const(("est_lite.client", "est_lite.coap", "est_lite.pkcs7", "est_lite_mp.dtls", "est_lite.csrattrs",
+              "est_lite.csr", "est_lite.csr_ext", "est_lite_mp.crypto", "est_lite_mp.certs", "est_lite_mp.storeops"))
 
 
 def _warm():

@@ -4,10 +4,10 @@
 # _names, _mkdir, _sync_dir).
 import hashlib
 
-from est_lite.errors import LocalProtocolError
+from est_lite.errors import LocalProtocolError, const
 from est_lite_mp.credstore import _PARTS, Creds, StoreError
 
-_MAGIC = "est-lite-store 1"
+_MAGIC = const("est-lite-store 1")
 
 
 def _hex(data):

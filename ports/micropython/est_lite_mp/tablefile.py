@@ -13,7 +13,9 @@
 # Format: b"P256T" W n, then n big-endian 16-bit window lengths, then the
 # windows' point data back to back (exactly p256_table.T).
 
-_MAGIC = b"P256T"
+from est_lite.errors import const
+
+_MAGIC = const(b"P256T")
 
 
 class FileTable:
@@ -32,7 +34,7 @@ class FileTable:
         lens = f.read(2 * n)
         # n + 1 file offsets in one array (260 bytes; two lists of ints were 1 KB)
         o = 7 + 2 * n
-        self._off = array("I", [o])
+        self._off = array("i", [o])  # ("i": a name interned anyway; "I" would be one more)
         for i in range(n):
             o += lens[2 * i] << 8 | lens[2 * i + 1]
             self._off.append(o)
