@@ -179,7 +179,7 @@ def _extensions(v, out, max_items):
         out.append((oid, crit, val))
 
 
-def _template(v, res, max_items):
+def _template(v, out, max_items):  # fills out (a CsrAttrs)
     mv = memoryview(v)
     s, e = der.read(mv, 0, _SEQ)
     vs, off = der.read(mv, s, 2, e)  # INTEGER version
@@ -206,9 +206,9 @@ def _template(v, res, max_items):
     for _, _, a, b in _elems(mv, as_, ae, _SEQ, (), max_items):
         ty, vals = _attribute(mv, a, b, max_items)
         if ty in (EXTENSION_REQUEST, EXTENSION_REQ_TEMPLATE):
-            _extensions(vals[0], res.extensions, max_items)
+            _extensions(vals[0], out.extensions, max_items)
         tpl["attributes"].append((ty, vals))
-    res.template = tpl
+    out.template = tpl
 
 
 def decode(data, max_items=32, max_size=4096):

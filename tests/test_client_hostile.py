@@ -378,6 +378,18 @@ def test_hostile_enroll_answer_library(pki, hostile, tmp_path, name):
     assert_unchanged(store, before, pki)
 
 
+def test_401_without_credentials_or_challenges_says_so(pki, hostile):
+    # the message read "requires authentication ()": `%` bound tighter than
+    # the `or "HTTP 401"` meant for an empty challenge list
+    srv = hostile(lambda *a: resp(401, ctype=None), auth_free=True)  # answers simpleenroll
+    c = EstClient(srv.url, trust=[der(pki.ca)], timeout=2, deadline=3)
+    from est_lite.csr import CsrBuilder
+
+    with pytest.raises(SecurityError, match=r"requires authentication \(HTTP 401\): give user/password"):
+        c.enroll(CsrBuilder().subject(cn="x").sign(P256Key.generate()))
+    c.close()
+
+
 def test_retry_after_zero_does_not_hammer_the_server(pki, hostile):
     # "202, Retry-After: 0" forever: each retry waits (at least retry_min_s),
     # so a 2.5 s deadline allows a handful of requests (it was thousands)

@@ -493,9 +493,6 @@ class EstClient:
                     self._sleep(when - now)
                     attempt += 1
                     continue
-                if isinstance(ev, C.AuthRequired):
-                    raise SecurityError("the server requires authentication (%s): give user/password or a client "
-                                        "certificate" % ", ".join([c[0] for c in ev.challenges]) or "HTTP 401")
                 return ev
         finally:
             if outer:

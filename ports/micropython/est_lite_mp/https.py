@@ -267,6 +267,9 @@ def http_once(cl, op, csr, pk):
             if ev is not C.NEED_DATA:
                 if o.need_new_connection:
                     cl.close()
+                if isinstance(ev, C.AuthRequired):  # (here, not in EstClient._run: HTTPS only)
+                    raise SecurityError("the server requires authentication (%s): give user/password or a client "
+                                        "certificate" % (", ".join([c[0] for c in ev.challenges]) or "HTTP 401"))
                 return ev
     raise TransportError("the server keeps closing the connection during authentication")
 

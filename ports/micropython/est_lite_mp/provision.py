@@ -149,8 +149,8 @@ def _keygen(cl, key_backend, keep):
     return (key if keep or kd is None else None), key.public_key, kd
 
 
-def _sign(cl, kd, info):
-    return cl._crypto().P256Key.load_der(kd).sign(info)
+def _sign(cl, der, info):  # der: the exported key
+    return cl._crypto().P256Key.load_der(der).sign(info)
 
 
 def _make_csr(cl, what, der, key_backend, pop):
