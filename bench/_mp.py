@@ -1,5 +1,5 @@
 """Shared helpers for MicroPython benchmarks: run a script under the unix
-port, bisect the smallest -X heapsize at which it completes, and compile
+port, find the smallest -X heapsize at which it completes, and compile
 .mpy files for size checks."""
 
 import os
@@ -44,21 +44,56 @@ def completes(script_text, heapsize, marker="DONE"):
     return p.returncode == 0 and marker in p.stdout
 
 
-def min_heapsize(script_text, lo=1024, hi=4 * 1024 * 1024, step=1024, marker="DONE"):
-    """Smallest heapsize (multiple of step) at which the script completes."""
-    if not completes(script_text, hi, marker):
+def heap_search(ok, lo, hi, window=8):
+    """(boundary, lowest): heap sizes in steps for a predicate ok(n).
+
+    Whether a MicroPython script completes is not monotone in -X heapsize:
+    the heap's layout changes with its size, and a workload that passes at
+    60 KB can fail at 64 KB and pass again at 65 KB. Bisection alone lands on
+    one side or the other of such a hole, so a code change that only moves
+    the holes moved the result by 5 KB. boundary: the smallest n from which
+    every size up to n + window passes (what "the smallest heap at which it
+    still completes" means when going down from a large heap); lowest: the
+    smallest size seen to pass, scanning `window` steps below boundary."""
+    if not ok(hi):
+        raise RuntimeError("fails even with the largest heap tried (%d steps)" % hi)
+    if ok(lo):
+        return lo, lo
+    a, b = lo, hi  # invariant: a fails, b passes
+    while b - a > 1:
+        mid = (a + b) // 2
+        if ok(mid):
+            b = mid
+        else:
+            a = mid
+    n = b
+    m = n + 1
+    while m <= min(n + window, hi):
+        if ok(m):
+            m += 1
+        else:  # a hole above: the boundary is above it
+            n = m + 1
+            m = n + 1
+    lowest = n
+    for m in range(n - 1, max(lo, n - window) - 1, -1):
+        if ok(m):
+            lowest = m
+    return n, lowest
+
+
+def min_heapsize(script_text, lo=1024, hi=4 * 1024 * 1024, step=1024, marker="DONE", lowest=False):
+    """Smallest heapsize (multiple of step) at which the script completes,
+    and every size up to 8 steps above it too (heap_search); with
+    lowest=True, (that, the smallest size seen to pass)."""
+    def ok(n):
+        return completes(script_text, n * step, marker)
+
+    try:
+        n, low = heap_search(ok, lo // step, hi // step)
+    except RuntimeError:
         p = run_mp(script_text, hi)
         raise RuntimeError("workload fails even with %d bytes of heap:\n%s%s" % (hi, p.stdout, p.stderr))
-    lo_n, hi_n = lo // step, hi // step  # invariant: hi_n passes
-    if completes(script_text, lo_n * step, marker):
-        return lo_n * step
-    while hi_n - lo_n > 1:
-        mid = (lo_n + hi_n) // 2
-        if completes(script_text, mid * step, marker):
-            hi_n = mid
-        else:
-            lo_n = mid
-    return hi_n * step
+    return (n * step, low * step) if lowest else n * step
 
 
 EMPTY_SCRIPT = "print('DONE')\n"
