@@ -435,7 +435,9 @@ class EstClient:
                             o._ign())))
                         continue  # next_event() raises it
                 n = t.recv_into(mv, w - self._mono())
-                if n:
+                if n is not None and n < 0:  # a record larger than mv (est_lite_mp.dtls): dropped
+                    o.ignored += 1
+                elif n:
                     now = self._mono()
                     k = o.ignored
                     o.receive_data(mv[:n], now)

@@ -129,6 +129,7 @@ class _Link(io.IOBase):
                 self.rest = bytes(b[k:n])
                 n = k
             if k > c:
+                self.one = -1  # recv_into says so (-1)
                 return None
         if n and self.hs:
             now = _ticks()
@@ -410,7 +411,8 @@ class DtlsClient:
         return n
 
     def recv_into(self, buf, timeout_ms=None):
-        # Decrypt one datagram into buf; its length, or None after timeout_ms.
+        # Decrypt one datagram into buf; its length, None after timeout_ms, or -1
+        # when a record larger than buf came (dropped: see _Link).
         # Raises TransportError when the server closed the session.
         if not self.established:
             raise LocalProtocolError("send a datagram first (it runs the handshake)")
@@ -428,6 +430,8 @@ class DtlsClient:
                 if n == 0:
                     self._fail(OSError(_ERR_SSL_PEER_CLOSE_NOTIFY))  # "closed the DTLS session"
                 return n
+            if link.one < 0:
+                return -1  # a record larger than buf came and was dropped
             left = limit - _tdiff(_ticks(), start)
             if left <= 0:
                 return None
