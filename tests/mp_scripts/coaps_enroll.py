@@ -70,7 +70,7 @@ class Session:
             t = o.next_timeout()
             ms = 500 if t is None else int((t - now()) * 1000) + 1
             n = self.dc.recv_into(rx, max(1, min(ms, 1000)))
-            if n:
+            if n is not None and n > 0:  # -1: a record larger than rx, dropped
                 o.receive_data(rxv[:n], now())
 
     def close(self):

@@ -2,7 +2,7 @@
 #
 #   c = DtlsClient("192.0.2.1", 5684, cadata=ca_der, cert=dev_der, key=key_der)
 #   c.send(coap_bytes)            # first send completes the handshake
-#   n = c.recv_into(buf, 5000)    # bytes received, or None on timeout
+#   n = c.recv_into(buf, 5000)    # bytes received, None on timeout, -1: a record too large for buf
 #   c.close()
 #
 # Facts about this `tls` build that shape the code (measured, docs/dtls.md):
@@ -438,11 +438,12 @@ class DtlsClient:
             link.wait(min(left, self.poll_ms))
 
     def recv(self, timeout_ms=None):
-        # One decrypted datagram as bytes, or None after timeout_ms.
+        # One decrypted datagram as bytes, or None after timeout_ms (or when
+        # what came was a record larger than max_datagram, dropped).
         if self._buf is None:
             self._buf = bytearray(self.max_datagram)
         n = self.recv_into(self._buf, timeout_ms)
-        return None if n is None else bytes(self._buf[:n])
+        return None if n is None or n < 0 else bytes(self._buf[:n])
 
     def close(self):
         # Free the session and the socket (this `tls` sends no close_notify).
