@@ -74,6 +74,19 @@ def _pbkdf2(password, salt, iterations):
     return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
 
 
+def check_user(user):
+    """LocalProtocolError unless `user` can be a password file user name."""
+    if not isinstance(user, str) or not user or ":" in user or any(ord(c) < 0x21 or ord(c) == 0x7f for c in user):
+        raise LocalProtocolError("user name must be non-empty printable text without ':' or spaces, not %r" % (user,))
+
+
+def check_realm(realm):
+    """LocalProtocolError unless `realm` can be stored in the password file."""
+    if not isinstance(realm, str) or not realm or ":" in realm or any(ord(c) < 0x20 or ord(c) == 0x7f for c in realm) \
+            or '"' in realm or "\\" in realm:
+        raise LocalProtocolError("realm must be non-empty printable text without ':', '\"' or '\\', not %r" % (realm,))
+
+
 class PasswordFile:
     """Users for HTTP Basic and Digest, kept in a text file."""
 
@@ -120,8 +133,8 @@ class PasswordFile:
         return sorted(self._users)
 
     def set_password(self, user, password, realm="est-lite"):
-        if not user or ":" in user or any(ord(c) < 0x21 for c in user):
-            raise LocalProtocolError("user name must be non-empty printable text without ':'")
+        check_user(user)
+        check_realm(realm)
         salt = os.urandom(16)
         dk = _pbkdf2(password, salt, self.iterations)
         spec = "pbkdf2-sha256$%d$%s$%s" % (

@@ -56,6 +56,9 @@ EKU_BY_NAME = {
     "emailProtection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
     "ocspSigning": ExtendedKeyUsageOID.OCSP_SIGNING,
     "timeStamping": ExtendedKeyUsageOID.TIME_STAMPING,
+    # id-kp-cmcRA (RFC 6402): the certificate of a Registration Authority
+    # such as `est-lite proxy` (RFC 7030 §3.7; a server's ra_trust)
+    "cmcRA": x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28"),
 }
 
 _UTC = datetime.timezone.utc
@@ -122,9 +125,36 @@ def _san_for_names(names):
     for n in names:
         try:
             out.append(x509.IPAddress(ipaddress.ip_address(n)))
+            continue
         except ValueError:
-            out.append(x509.DNSName(n))
+            pass
+        labels = n.split(".") if isinstance(n, str) else [""]
+        if not n or len(n) > 253 or not all(
+                0 < len(lab) <= 63 and all(c.isascii() and (c.isalnum() or c in "-_*") for c in lab) for lab in labels):
+            raise LocalProtocolError("TLS server name %r is neither an IP address nor a DNS name "
+                                     "(ASCII letters, digits, '-', dot-separated)" % (n,))
+        out.append(x509.DNSName(n))
     return out
+
+
+def pin_of(cert):
+    """The bootstrap pin of a certificate as `--pin` takes it: sha256:<hex of
+    the SHA-256 of its DER>."""
+    return "sha256:" + cert.fingerprint(hashes.SHA256()).hex()
+
+
+def check_init_args(*, common_name="est-lite Root CA", server_names=("localhost",), validity_days=3650):
+    """LocalProtocolError (one line) for arguments init_ca cannot use; it
+    writes nothing, so a caller can check everything first."""
+    if not isinstance(common_name, str) or not common_name.strip() or len(common_name) > 64:
+        raise LocalProtocolError("the CA common name must be 1..64 characters, not %r" % (common_name,))
+    if not isinstance(validity_days, int) or not 1 <= validity_days <= 36500:
+        raise LocalProtocolError("the CA validity must be 1..36500 days, not %r" % (validity_days,))
+    names = list(server_names)
+    if not names:
+        raise LocalProtocolError("give at least one TLS server name")
+    for n in names:
+        _san_for_names([n])
 
 
 def init_ca(
@@ -142,9 +172,10 @@ def init_ca(
     server certificate for server_names, an empty store. Refuses to overwrite
     an existing CA unless force=True. Returns the LocalCA."""
     now = int(time.time() if now is None else now)
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    check_init_args(common_name=common_name, server_names=server_names, validity_days=validity_days)
     if os.path.exists(os.path.join(data_dir, ROOT_KEY)) and not force:
         raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % data_dir)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
     if force:
         for f in (ROOT_CERT, ROOT_KEY, INT_CERT, INT_KEY, SERVER_CERT, SERVER_KEY, DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"):
             p = os.path.join(data_dir, f)

@@ -2,6 +2,7 @@
 
     est-lite ca init [--data-dir DIR] [--intermediate] [--user NAME:PASSWORD]
     est-lite ca passwd USER [--password P]      (prompts when omitted)
+    est-lite ca issue --cn NAME --out PREFIX [--eku clientAuth,cmcRA] [--dns N] [--ip A] [--days N]
     est-lite ca list | requests [--status S]
     est-lite ca approve ID | reject ID [--reason TEXT]
     est-lite ca revoke SERIAL [--reason R]
@@ -48,25 +49,104 @@ def _passwords(args):
     return PasswordFile(os.path.join(_data_dir(args), "passwords"))
 
 
-def cmd_init(args):
-    from .ca import init_ca
+def _init_user(args):
+    """(name, password) of --user, or None; checked before anything is written."""
+    from est_lite.errors import LocalProtocolError
 
-    d = _data_dir(args)
-    ca = init_ca(d, common_name=args.cn, intermediate=args.intermediate, server_names=args.server_name or
-                 ("localhost", "127.0.0.1", "::1"), validity_days=args.days, force=args.force)
+    from .auth import check_user
+
+    if args.user is None:
+        return None
+    user, sep, pw = args.user.partition(":")
+    if not sep or not pw:
+        raise LocalProtocolError("--user needs NAME:PASSWORD (a name, a colon and a non-empty password), not %r"
+                                 % args.user)
+    check_user(user)
+    return user, pw
+
+
+def cmd_init(args):
+    from est_lite.errors import LocalProtocolError
+
+    from .auth import check_realm
+    from .ca import ROOT_KEY, check_init_args, init_ca, pin_of
+
+    # every argument is checked before the first file is written: a failed
+    # init leaves nothing behind that makes the next attempt fail
+    d = _data_dir(args)  # (loads --config: a bad config stops here)
+    user = _init_user(args)
+    realm = _realm(args) if user else None
+    if user:
+        check_realm(realm)
+    names = args.server_name or ("localhost", "127.0.0.1", "::1")
+    check_init_args(common_name=args.cn, server_names=names, validity_days=args.days)
+    if not args.force and os.path.exists(os.path.join(d, ROOT_KEY)):
+        raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % d)
+    ca = init_ca(d, common_name=args.cn, intermediate=args.intermediate, server_names=names,
+                 validity_days=args.days, force=args.force)
     print("CA created in %s" % os.path.abspath(d))
     print("  root:   %s  (%s)" % (ca.path("root.pem"), ca.root.subject.rfc4514_string()))
     if ca.issuer is not ca.root:
         print("  issuer: %s  (%s)" % (ca.path("intermediate.pem"), ca.issuer.subject.rfc4514_string()))
     print("  TLS:    %s" % ca.server_cert_file)
-    if args.user:
-        user, sep, pw = args.user.partition(":")
-        if not sep:
-            print("est-lite: --user needs NAME:PASSWORD", file=sys.stderr)
-            return 2
-        _passwords(args).set_password(user, pw, _realm(args))
-        print("  user:   %s" % user)
+    if user:
+        _passwords(args).set_password(user[0], user[1], realm)
+        print("  user:   %s" % user[0])
+    print("  pin:    %s  (the root CA, for a client's --pin)" % pin_of(ca.root))
     print("next: est-lite serve --data-dir %s" % d)
+    print("      (EST-coaps too, devices pinning the root: add --coaps-port 5684 --coaps-send-chain all)")
+    return 0
+
+
+def cmd_issue(args):
+    """A key pair and a certificate from this CA for a server-side identity
+    the EST protocol does not enroll: the RA certificate of `est-lite proxy`
+    (--eku clientAuth,cmcRA) or its TLS server certificate (--eku serverAuth
+    --dns/--ip)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from est_lite.errors import LocalProtocolError
+
+    from .ca import EKU_BY_NAME, _cert_pem, _key_pem, _san_for_names, pin_of, write_private
+
+    eku = tuple(e.strip() for e in args.eku.split(",") if e.strip())
+    for e in eku:
+        if e not in EKU_BY_NAME:
+            raise LocalProtocolError("--eku: unknown %r (known: %s)" % (e, ", ".join(EKU_BY_NAME)))
+    if not eku:
+        raise LocalProtocolError("--eku needs at least one extended key usage")
+    if not args.cn.strip() or len(args.cn) > 64:
+        raise LocalProtocolError("--cn must be 1..64 characters")
+    if not 1 <= args.days <= 36500:
+        raise LocalProtocolError("--days must be 1..36500")
+    for a in args.ip or ():
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            raise LocalProtocolError("--ip %r is not an IP address" % a) from None
+    sans = _san_for_names(list(args.dns or ()) + list(args.ip or ()))
+    cert_path, key_path = args.out + ".pem", args.out + ".key"
+    for f in (cert_path, key_path):
+        if os.path.exists(f) and not args.force:
+            raise LocalProtocolError("%s exists (use --force to replace it)" % f)
+    ca = _ca(args)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca.issue_raw(key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, args.cn)]),
+                        sans=sans, days=args.days, eku=eku, label="", requester="est-lite ca issue")
+    write_private(key_path, _key_pem(key))
+    with open(cert_path, "wb") as f:  # leaf first, then the issuing CAs below the root (a TLS chain file)
+        f.write(_cert_pem(cert))
+        for c in ca.chain[:-1]:
+            f.write(_cert_pem(c))
+    print("issued %s (%s), serial %x, until %s" % (cert.subject.rfc4514_string(), ", ".join(eku), cert.serial_number,
+                                                   cert.not_valid_after_utc.strftime("%Y-%m-%d")))
+    print("  cert:   %s" % cert_path)
+    print("  key:    %s  (0600)" % key_path)
+    print("  pin:    %s" % pin_of(cert))
     return 0
 
 
@@ -99,7 +179,11 @@ def _t(t):
 
 def cmd_list(args):
     ca = _ca(args)
-    for c in ca.store.list_certificates(limit=args.limit):
+    rows = ca.store.list_certificates(limit=args.limit)
+    if not rows:
+        print("no certificates issued in %s" % ca.data_dir)
+        return 0
+    for c in rows:
         print("%-40s %-8s %s  until %s%s" % (c["serial"], c["label"] or "-", c["subject"], _t(c["not_after"]),
                                             "  REVOKED %s" % _t(c["revoked_at"]) if c["revoked_at"] else ""))
     return 0
@@ -107,7 +191,11 @@ def cmd_list(args):
 
 def cmd_requests(args):
     ca = _ca(args)
-    for r in ca.store.list_requests(args.status):
+    rows = ca.store.list_requests(args.status)
+    if not rows:
+        print("no %senrollment requests in %s" % (args.status + " " if args.status else "", ca.data_dir))
+        return 0
+    for r in rows:
         print("%5d %-9s %-8s %-14s %s  by %s  %s%s" % (r["id"], r["status"], r["label"] or "-", r["op"], r["subject"],
                                                       r["requester"] or "-", _t(r["created"]),
                                                       "  (%s)" % r["reason"] if r["reason"] else ""))
@@ -174,6 +262,21 @@ def register(sub):
     q.add_argument("--realm", default=None, help="HTTP realm for --user (default est-lite)")
     q.add_argument("--force", action="store_true", help="replace an existing CA (destroys it)")
     q.set_defaults(func=cmd_init)
+
+    q = csub.add_parser("issue", help="issue a key and certificate from this CA, e.g. the RA certificate of "
+                                      "est-lite proxy (--eku clientAuth,cmcRA) or a TLS server certificate")
+    common(q)
+    q.add_argument("--cn", required=True, help="subject common name")
+    q.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.pem (certificate, then the issuing "
+                                                                    "CAs below the root) and PREFIX.key (0600)")
+    q.add_argument("--eku", default="clientAuth",
+                   help="comma-separated: clientAuth serverAuth cmcRA codeSigning emailProtection ocspSigning "
+                        "timeStamping (default clientAuth)")
+    q.add_argument("--dns", action="append", help="DNS subjectAltName (repeat)")
+    q.add_argument("--ip", action="append", help="IP subjectAltName (repeat)")
+    q.add_argument("--days", type=int, default=365, help="validity in days (default 365, capped by the CA's)")
+    q.add_argument("--force", action="store_true", help="replace existing PREFIX.pem / PREFIX.key")
+    q.set_defaults(func=cmd_issue)
 
     q = csub.add_parser("passwd", help="set (or --delete) an HTTP Basic/Digest user's password")
     common(q)

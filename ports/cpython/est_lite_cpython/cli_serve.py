@@ -7,10 +7,28 @@ EST-coaps (RFC 9148) too when the config has a [coaps] section or
     est-lite serve --data-dir est-data --coaps-port 5684
 """
 
+import errno
 import logging
 import os
 import signal
 import sys
+
+from est_lite.errors import LocalProtocolError
+
+
+def _listen_error(what, host, port, proto, e, flag):
+    """The one line for a listener that cannot start (port in use, address
+    not on this host, no permission)."""
+    h = "[%s]" % host if host and ":" in host else host
+    why = e.strerror or str(e)
+    hint = ""
+    if e.errno == errno.EADDRINUSE:
+        hint = "; another process uses it: stop it or choose another %s (0 = any free port)" % flag
+    elif e.errno == errno.EACCES:
+        hint = "; ports below 1024 need privileges: choose another %s" % flag
+    elif e.errno == errno.EADDRNOTAVAIL:
+        hint = "; the address is not one of this host's: choose another --host"
+    return LocalProtocolError("cannot serve %s on %s:%s/%s: %s%s" % (what, h, port, proto, why, hint))
 
 
 def cmd_serve(args):
@@ -22,8 +40,14 @@ def cmd_serve(args):
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
     hprocs = getattr(cfg, "processes", 1)
+    if getattr(args, "coaps_send_chain", None):
+        cfg.coaps_send_chain = args.coaps_send_chain
     srv = server_from_config(cfg, port=args.port, host=args.host, reuse_port=hprocs > 1)
-    port = srv.start()
+    try:
+        port = srv.start()
+    except OSError as e:
+        srv.stop()
+        raise _listen_error("HTTPS", srv.host, srv.requested_port, "tcp", e, "--port") from None
     coaps = None
     stop_workers = None
     stop_https_workers = None
@@ -43,7 +67,11 @@ def cmd_serve(args):
         try:
             coaps = EstCoapsServer.from_config(srv.service, cfg, port=args.coaps_port, host=args.host,
                                                reuse_port=procs > 1)
-            coaps.start()
+            try:
+                coaps.start()
+            except OSError as e:
+                raise _listen_error("EST-coaps", coaps.host, coaps.requested_port, "udp", e,
+                                    "--coaps-port") from None
             if procs > 1:  # more processes on the same UDP port (SO_REUSEPORT)
                 from .coaps_server import start_worker_processes
 
@@ -97,5 +125,9 @@ def register(sub):
     p.add_argument("--coaps-port", type=int,
                    help="also serve EST-coaps on this UDP port (0 = any free one; overrides [coaps] port)")
     p.add_argument("--coaps-port-file", help="write the EST-coaps UDP port here once listening")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--coaps-send-chain", choices=("intermediates", "none", "all"),
+                   help="certificates the DTLS server sends after its own (overrides [coaps] send_chain): "
+                        "'all' = up to and including the root, so devices can pin the root CA on first contact")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log to stderr: -v each request and handshake failure (INFO), -vv debug detail")
     p.set_defaults(func=cmd_serve)

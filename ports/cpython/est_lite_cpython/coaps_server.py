@@ -616,6 +616,45 @@ def revocation_check(service):
     return is_revoked
 
 
+def _ca_pool(service):
+    """The CA certificates of the service's CA backend, [] if it cannot say
+    (the server then sends what its certificate file holds)."""
+    try:
+        return list(service.ca.ca_certs(None))
+    except (EstError, OSError, AttributeError) as e:
+        log.warning("CoAPs: cannot get the CA certificates to complete the server chain: %s", e)
+        return []
+
+
+def complete_chain(certs, pool, *, max_length=8):
+    """certs (leaf first) extended with certificates from `pool` until it
+    ends in a self-signed certificate (the root) or no issuer is found:
+    each added certificate's subject is the issuer of the last one and its
+    key verifies the last one's signature. At most max_length certificates."""
+    out = list(certs)
+    while out and len(out) < max_length:
+        last = out[-1]
+        if last.issuer == last.subject:
+            break
+        for c in pool:
+            if c.subject == last.issuer and c not in out and _signed_by(last, c):
+                out.append(c)
+                break
+        else:
+            break
+    return out
+
+
+def _signed_by(cert, issuer):
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- the server
 
 
@@ -677,8 +716,8 @@ class EstCoapsServer:
         mode = getattr(config, "coaps_send_chain", "intermediates")
         if mode == "none":
             chain = []
-        elif mode == "all":
-            chain = certs[1:]
+        elif mode == "all":  # up to and including the root: a device may pin the root (first contact)
+            chain = complete_chain(certs, _ca_pool(service))[1:]
         else:  # the chain the client lacks: intermediates, never the root it trusts
             chain = [c for c in certs[1:] if c.issuer != c.subject]
         kw = dict(chain=chain, host=host or getattr(config, "coaps_listen", None) or config.listen,
@@ -742,9 +781,22 @@ class EstCoapsServer:
         try:
             return self.call(self.start_async())
         except BaseException:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+            # nothing started (e.g. the port is in use): release what
+            # start_async made, then the loop; stop() is a no-op afterwards
+            try:
+                self.call(self.stop_async(), timeout=5)
+            except Exception:  # noqa: BLE001 - the start error is the one to report
+                log.debug("CoAPs: cleanup after a failed start", exc_info=True)
+            self._end_loop()
             raise
+
+    def _end_loop(self):
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        if not thread.is_alive():
+            loop.close()
 
     def call(self, coro, timeout=30):
         """Run a coroutine on the server's loop thread (after start())."""
@@ -753,15 +805,12 @@ class EstCoapsServer:
     def stop(self):
         if self._loop is None:
             return
-        try:
-            self.call(self.stop_async(), timeout=10)
-        except (concurrent.futures.TimeoutError, RuntimeError):
-            log.warning("CoAPs server did not stop cleanly")
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._loop.is_running():
-            self._loop.close()
-        self._loop = None
+        if self._thread.is_alive():  # (a loop that is not running would never run stop_async)
+            try:
+                self.call(self.stop_async(), timeout=10)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                log.warning("CoAPs server did not stop cleanly")
+        self._end_loop()
 
     def __enter__(self):
         self.start()
