@@ -108,6 +108,7 @@ NEED_DATA = "NEED_DATA"  # the same object as est_lite.http1.NEED_DATA
 # --- result events ---
 class Event:
     _f = ""
+    diagnostic = None  # RetryAfter, CsrAttrs: the server's text (its 202/5.03 or 404 body), or None
 
     def __init__(self, *a):
         for k, v in zip(self._f.split(), a):
@@ -119,12 +120,14 @@ class Event:
 
 # The Event subclasses and their fields (docs/client.md, Events):
 #   CaCerts(certs)            DER certificates (bytes), in the order received
-#   CsrAttrs(attrs, der)      est_lite.csrattrs.CsrAttrs, or None when the server
-#                             has none (empty body, HTTP 204/404, CoAP 4.04)
+#   CsrAttrs(attrs, der, diagnostic)  est_lite.csrattrs.CsrAttrs, or None when
+#                             the server has none (empty body, HTTP 204/404, CoAP
+#                             4.04); diagnostic: the text of a 204/404/4.04, or None
 #   Enrolled(cert, chain)     the issued certificate, the others (DER bytes)
 #   ServerKeyGen(key_der, key_type, cert, chain)  key_type: CF_PKCS8 (284) or
 #                             CF_PKCS7_SERVER_KEYGEN (280, CMS-protected)
-#   RetryAfter(seconds)       repeat the operation (a new object) later
+#   RetryAfter(seconds, diagnostic)  repeat the operation (a new object) later;
+#                             diagnostic: the server's text (202 body, 5.03 payload), or None
 #   AuthRequired(challenges)  HTTP 401 without credentials: WWW-Authenticate
 #                             challenges [(scheme, {param: value})]
 # Each class is made the first time it is used (module __getattr__ or the
@@ -136,8 +139,8 @@ def _event_class(name):
     c = _classes.get(name)
     if c is None:
         for d in (
-            "CaCerts:certs CsrAttrs:attrs,der Enrolled:cert,chain ServerKeyGen:key_der,key_type,cert,chain"
-            " RetryAfter:seconds AuthRequired:challenges"
+            "CaCerts:certs CsrAttrs:attrs,der,diagnostic Enrolled:cert,chain"
+            " ServerKeyGen:key_der,key_type,cert,chain RetryAfter:seconds,diagnostic AuthRequired:challenges"
         ).split():
             n, f = d.split(":")
             if n == name:
@@ -272,7 +275,8 @@ def _text(payload, limit=200):
     # a diagnostic payload as text for error messages: escaped (repr) when
     # not UTF-8 or holding control characters (a peer's ESC, CR or LF must
     # not reach a terminal or a log line as such)
-    b = bytes(payload[:limit])
+    # not LF-terminated: the trailing line break of an HTTP body is no reason to escape it
+    b = bytes(payload[:limit]).strip()
     for c in b:
         if c < 32 or c == 127:
             return repr(b)
@@ -549,9 +553,10 @@ class CoapOperation(Operation):
         u = coap.uint_decode
         if code == _SERVICE_UNAVAILABLE:
             v = opt(m, _MAX_AGE)
-            return self._finish(_RETRY, _make_event("RetryAfter", _DEFAULT_RETRY_AFTER if v is None else u(v)))
+            return self._finish(_RETRY, _make_event("RetryAfter", _DEFAULT_RETRY_AFTER if v is None else u(v),
+                                                    _text(m.payload) or None))
         if code == _NOT_FOUND and self.op == _OP_CSRATTRS:
-            return self._finish(_FINAL, _make_event("CsrAttrs", None, b""))
+            return self._finish(_FINAL, _make_event("CsrAttrs", None, b"", _text(m.payload) or None))
         b1 = opt(m, _BLOCK1)
         if b1 is not None:
             num, _, szx = coap.block_decode(b1)

@@ -100,7 +100,8 @@ class HttpOperation(C.Operation):
         a = self.auth
         if s == 202 or s == 503 and r.retry_after is not None:
             v = r.retry_after
-            return self._finish(_RETRY, C._make_event("RetryAfter", 60 if v is None else v))  # 60: DEFAULT_RETRY_AFTER
+            # 60: DEFAULT_RETRY_AFTER; the body ("request 5 is waiting for approval") as the diagnostic
+            return self._finish(_RETRY, C._make_event("RetryAfter", 60 if v is None else v, C._text(r.body) or None))
         if s == 401:
             ch = http1.parse_challenges([v for k, v in r.headers if k == "www-authenticate"])
             if a is None:
@@ -117,10 +118,10 @@ class HttpOperation(C.Operation):
                 self._authz = http1.basic_auth(a[0], a[1])
                 return self._to(_AUTH)
         if self.op == 1 and s in (204, 404):
-            return self._finish(_FINAL, C._make_event("CsrAttrs", None, b""))
+            return self._finish(_FINAL, C._make_event("CsrAttrs", None, b"", C._text(r.body) or None))
         if s != 200:
             d = C._text(r.body)
-            raise ServerError("the server answered %d %s %s" % (s, r.reason, d), None, s, d)
+            raise ServerError("the server answered %d %s%s" % (s, r.reason, ": " + d if d else ""), None, s, d)
         ct = r.content_type
         if self.op == 4:
             if ct != "multipart/mixed" or "boundary" not in r.params:

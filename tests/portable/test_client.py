@@ -244,6 +244,26 @@ def test_503_max_age_is_retry_after():
     assert op.next_event().seconds == C.DEFAULT_RETRY_AFTER == 60
 
 
+def test_503_and_404_payload_is_the_diagnostic():
+    op = C.CoapOperation(N.OP_SIMPLEENROLL, body=b"csr")
+    r = req(op.send(0))
+    op.receive_data(answer(r, N.SERVICE_UNAVAILABLE, b"enrollment request 5 is waiting for approval",
+                           opts=[(N.MAX_AGE, uint(7))]), 1)
+    ev = op.next_event()
+    assert ev.seconds == 7 and ev.diagnostic == "enrollment request 5 is waiting for approval"
+    assert "RetryAfter" in repr(ev)
+    op = C.CoapOperation(N.OP_CSRATTRS)
+    r = req(op.send(0))
+    op.receive_data(answer(r, N.NOT_FOUND, b"unknown EST label 'strickt'"), 1)
+    ev = op.next_event()
+    assert ev.attrs is None and ev.diagnostic == "unknown EST label 'strickt'"
+    op = C.CoapOperation(N.OP_CSRATTRS)
+    r = req(op.send(0))
+    op.receive_data(answer(r, N.NOT_FOUND), 1)
+    assert op.next_event().diagnostic is None
+    assert C.RetryAfter(5).diagnostic is None  # made without one
+
+
 def test_error_answers_raise_server_error_with_diagnostic():
     op = C.CoapOperation(N.OP_SIMPLEENROLL, body=b"csr")
     r = req(op.send(0))

@@ -1,4 +1,4 @@
-# micropython-heapsize: 160K
+# micropython-heapsize: 176K
 # Portable tests of est_lite/client.py: HttpOperation (EST over HTTP/1.1).
 from _util import raises
 
@@ -157,6 +157,41 @@ def test_error_status_is_server_error():
     assert e.http_status == 400 and e.diagnostic == "CSR signature invalid" and "400" in str(e)
     raises(ServerError, op.next_event)
     assert op.state == C.ERROR
+
+
+def test_error_text_is_shown_as_text_not_bytes():
+    # a text body ending in a line break ("wrong user name or password\n") is
+    # shown as text; a control character inside is still escaped
+    for body, want in ((b"wrong user name or password\n", "401 Unauthorized: wrong user name or password"),
+                       (b"", "401 Unauthorized"),
+                       (b"bad\x1b[2J thing\r\n", "401 Unauthorized: b'bad\\x1b[2J thing'")):
+        op = C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr", auth=("u", "p"))
+        op.send()
+        op.receive_data(response(401, "Unauthorized", [("WWW-Authenticate", 'Basic realm="x"')]))
+        op.send()
+        op.receive_data(response(401, "Unauthorized", [("WWW-Authenticate", 'Basic realm="x"')], body))
+        e = raises(ServerError, op.next_event)
+        assert str(e).endswith(want), str(e)
+        assert "b'wrong" not in str(e)
+
+
+def test_202_and_404_text_is_the_diagnostic():
+    op = C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr")
+    op.send()
+    op.receive_data(response(202, "Accepted", [("Retry-After", "5")], b"enrollment request 5 is waiting for approval\n"))
+    ev = op.next_event()
+    assert ev.seconds == 5 and ev.diagnostic == "enrollment request 5 is waiting for approval"
+    op = C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr")
+    op.send()
+    op.receive_data(response(202, "Accepted", [("Retry-After", "5")], b""))
+    assert op.next_event().diagnostic is None
+    for status, body, want in ((404, b"unknown EST label 'strickt'\n", "unknown EST label 'strickt'"),
+                               (204, b"", None)):
+        op = C.HttpOperation(N.OP_CSRATTRS, host="h")
+        op.send()
+        op.receive_data(response(status, "X", [], body))
+        ev = op.next_event()
+        assert ev.attrs is None and ev.diagnostic == want
 
 
 def test_csrattrs_paths():

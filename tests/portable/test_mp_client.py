@@ -181,6 +181,20 @@ def test_retry_after_past_deadline():
     assert "deadline" in str(e) and c.sleeps == []
 
 
+def test_retry_after_past_deadline_says_what_the_server_said():
+    # the server's text (a request waiting for approval) is in the give-up,
+    # which carries the 5.03 hint: "come back later", not a link failure
+    c = _Fake([_ans(0xA3, b"enrollment request 5 is waiting for approval", max_age=100)], deadline=50)
+    e = raises(TransportError, c.cacerts)
+    assert str(e).endswith("after 1 attempt(s): enrollment request 5 is waiting for approval"), str(e)
+    assert e.coap_code == 0xA3 and e.diagnostic == "enrollment request 5 is waiting for approval"
+    c = _Fake([_ans(0xA3, max_age=100)], deadline=50)
+    e = raises(TransportError, c.cacerts)
+    assert str(e).endswith("attempt(s)") and e.diagnostic is None and e.coap_code == 0xA3
+    c = _Fake(["down"], deadline=1)
+    assert raises(TransportError, c.cacerts).coap_code != 0xA3  # a link failure is not "later"
+
+
 def test_link_failures_back_off_until_the_deadline():
     c = _Fake(["down", "down", "down", "down", "down"], deadline=40)
     e = raises(TransportError, c.cacerts)

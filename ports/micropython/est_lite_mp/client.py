@@ -488,8 +488,13 @@ class EstClient:
                             raise TransportError("")  # no deadline: no retries
                         when = C.retry_delay(max(ev.seconds, self.min_retry), attempt, now, self._end, self._rand())
                     except TransportError:
-                        raise TransportError("server busy: it asks to retry in %d s (5.03 Max-Age / Retry-After), "
-                                             "past the deadline, after %d attempt(s)" % (ev.seconds, attempt + 1))
+                        # 5.03 as the code hint: "come back later", not a link failure (the
+                        # CLI keeps the key of an enrollment request waiting for approval)
+                        d = ev.diagnostic
+                        raise TransportError("not done yet: the server asks to retry in %d s (202 / 5.03), past the "
+                                             "deadline, after %d attempt(s)%s" % (ev.seconds, attempt + 1,
+                                                                                  "" if d is None else ": " + d),
+                                             0xA3, 503, d)
                     if when - now > self.idle_close:
                         self.close()
                     self._sleep(when - now)

@@ -268,8 +268,12 @@ def http_once(cl, op, csr, pk):
                 if o.need_new_connection:
                     cl.close()
                 if isinstance(ev, C.AuthRequired):  # (here, not in EstClient._run: HTTPS only)
+                    n = []  # each scheme once (a server may offer Digest twice: SHA-256 and MD5)
+                    for c in ev.challenges:
+                        if c[0] not in n:
+                            n.append(c[0])
                     raise SecurityError("the server requires authentication (%s): give user/password or a client "
-                                        "certificate" % (", ".join([c[0] for c in ev.challenges]) or "HTTP 401"))
+                                        "certificate" % (", ".join(n) or "HTTP 401"))
                 return ev
     raise TransportError("the server keeps closing the connection during authentication")
 
