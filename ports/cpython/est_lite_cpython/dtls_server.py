@@ -287,6 +287,42 @@ class DtlsPeer:
         self._server._close(self, reason, notify=True)
 
 
+def _revoked_alert(ctx, mode, server):
+    """Make a client certificate refused as revoked end the handshake with
+    the certificate_revoked alert (RFC 5246 §7.2.2) instead of
+    internal_error.
+
+    OpenSSL picks the alert from the X509_STORE_CTX error when the verify
+    callback fails; our revocation check fails a certificate OpenSSL found
+    valid, so that error is X509_V_OK, which maps to internal_error. pyOpenSSL
+    does not hand the store context to Python, so the C-level callback is
+    replaced by one that calls pyOpenSSL's (ours behind it) and, when it
+    refused for revocation (server._refused_revoked), sets
+    X509_V_ERR_CERT_REVOKED. Without the binding functions this needs, the
+    alert stays internal_error (returns False)."""
+    try:
+        from OpenSSL._util import ffi, lib
+
+        inner = ctx._verify_helper.callback
+        set_error, revoked_err, set_verify = lib.X509_STORE_CTX_set_error, lib.X509_V_ERR_CERT_REVOKED, \
+            lib.SSL_CTX_set_verify
+        raw_ctx = ctx._context
+    except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
+        return False
+
+    def cb(ok, store_ctx):
+        server._refused_revoked = False
+        r = inner(ok, store_ctx)
+        if not r and server._refused_revoked:
+            set_error(store_ctx, revoked_err)
+        return r
+
+    c_cb = ffi.callback("int (*)(int, X509_STORE_CTX *)", cb, onerror=lambda *exc: 0)
+    set_verify(raw_ctx, mode, c_cb)
+    ctx._est_revoked_cb = c_cb  # alive as long as the context
+    return True
+
+
 class DtlsServer:
     """DTLS 1.2 server on one UDP socket. See the module docstring.
 
@@ -367,6 +403,7 @@ class DtlsServer:
         self._cookies = None
         self._raw = _d.raw_ops()  # pyOpenSSL's calls without its wrappers (None: the public API)
         self._ca_cache = {}  # DER -> cryptography certificate of CA certificates in client chains
+        self._refused_revoked = False  # set by _verify_cb for _revoked_alert
         self._contexts = {}  # trust-set fingerprint tuple -> SSL.Context
         self._last_cas = (None, None)  # (list object trusted_cas() returned, its fingerprint tuple)
         self.sessions = {}  # socket address -> DtlsPeer
@@ -452,6 +489,7 @@ class DtlsServer:
         ctx.set_options(SSL.OP_NO_RENEGOTIATION)  # as RFC 7925 has it; so no handshake (nor its timers) once up
         _d.add_trust_anchors(ctx, cas)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify_cb)
+        _revoked_alert(ctx, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self)
         ctx.set_verify_depth(self.verify_depth)
         # DTLSv1_listen insists on both callbacks. We only call it for a
         # ClientHello whose cookie we already checked, so generation never
@@ -505,6 +543,7 @@ class DtlsServer:
                     peer.verify_error = "client certificate at depth %d is revoked (%s)" % (
                         depth, _d.subject_text(x509),
                     )
+                self._refused_revoked = True  # _revoked_alert: the alert is certificate_revoked
                 return False
         return True
 
