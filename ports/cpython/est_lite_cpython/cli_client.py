@@ -7,15 +7,20 @@
     est-lite serverkeygen --server ... --cn dev-2 --out dev2 --json
 
 --out DIR is a credential store (est_lite_cpython.credstore: atomic, 0600)
-plus PEM copies cert.pem, key.pem, ca.pem. Every failure exits non-zero
-with one line on stderr.
+plus PEM copies cert.pem, key.pem, ca.pem (enroll --csr: only cert.pem, the
+key stays with the caller). An enrollment the server has not finished
+before --deadline (202 / 5.03: a request waiting for manual approval)
+leaves its key in DIR/pending-key.pem (0600) and the request in
+DIR/pending.json; the same command run again repeats that request (RFC 7030
+§4.2.3) and removes them once the certificate is stored. Every failure
+exits non-zero with one line on stderr.
 """
 
 import json
 import os
 import sys
 
-from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, SecurityError
+from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, SecurityError, TransportError
 
 
 def _read(path, what, max_size=1 << 20):
@@ -140,6 +145,8 @@ def _client(args, cert=None, key=None):
     trust = None
     if args.trust and args.pin:
         raise LocalProtocolError("give --trust or --pin, not both (a pin is only for the first contact)")
+    _check_server_arg(args.server)
+    pin = _pin_arg(args.pin) if args.pin else None
     if args.trust:
         trust = _trust_files(args.trust)
     elif not args.pin and args.out:
@@ -147,6 +154,10 @@ def _client(args, cert=None, key=None):
         c = _load_store(args)
         if c is not None and c.ca:
             trust = c.ca
+    if trust is None and pin is None:
+        raise LocalProtocolError("give --trust CA.pem (the CA certificate the server's chain ends in) or, for a first "
+                                 "contact, --pin sha256:HEX (the SHA-256 of that CA certificate; see docs/client.md)"
+                                 + (", or an --out store from an earlier cacerts/enroll" if args.out else ""))
     if cert is None:
         cert, key = _identity(args)
     elif cert is False:
@@ -159,9 +170,37 @@ def _client(args, cert=None, key=None):
         if password is None:
             raise LocalProtocolError("--user needs --password (or EST_PASSWORD in the environment)")
     crls = [_crl_file(p) for p in args.crl] if args.crl else None
-    return EstClient(args.server, trust=trust, pin=args.pin, cert=cert, key=key, user=args.user, password=password,
+    return EstClient(args.server, trust=trust, pin=pin, cert=cert, key=key, user=args.user, password=password,
                      label=args.label, server_name=args.server_name, timeout=args.timeout, deadline=args.deadline,
                      proxy=args.proxy, crls=crls, tls_version=args.tls_version)
+
+
+def _check_server_arg(uri):
+    # what the library says with its argument names (user=), said with the options
+    rest = uri.split("://", 1)[-1]
+    if "@" in rest.split("/", 1)[0]:
+        raise LocalProtocolError("--server %s has a user name in it: give it with --user (and --password)" % uri)
+
+
+def _pin_arg(text):
+    """--pin as parse_pin takes it, from the forms openssl and sha256sum
+    print: 'sha256:HEX', bare HEX, 'AB:CD:...' (openssl x509 -fingerprint
+    -sha256 -noout, with or without its 'sha256 Fingerprint=' prefix) or
+    'HEX  -' (sha256sum)."""
+    from est_lite_mp.client import parse_pin
+
+    t = text.strip()
+    if "=" in t and t.split("=", 1)[0].lower().replace(" ", "") in ("sha256fingerprint", "sha2-256fingerprint"):
+        t = t.split("=", 1)[1].strip()
+    w = t.split()
+    if len(w) == 2 and len(w[0]) == 64:
+        t = w[0]  # sha256sum's "HEX  -" or "HEX  file"
+    try:
+        return parse_pin(t)
+    except LocalProtocolError:
+        raise LocalProtocolError("--pin %r is not a SHA-256 fingerprint: give sha256:HEX (64 hex digits, colons "
+                                 "allowed), e.g. from openssl x509 -in root.pem -outform der | sha256sum"
+                                 % text) from None
 
 
 def _crl_file(path):
@@ -276,6 +315,117 @@ def _request_builder(args, names):
     return b
 
 
+# --- a request the server has not finished (202 / 5.03: manual approval) ---
+
+_PENDING_KEY = "pending-key.pem"
+_PENDING_REQ = "pending.json"
+
+
+class _KeyUse:
+    """The key given to provision/renew as key_backend; .used once a CSR
+    was signed with it (a give-up after that is a request the server holds)."""
+
+    def __init__(self, key):
+        self.key, self.used = key, False
+        self.public_key = key.public_key
+
+    def sign(self, tbs):
+        self.used = True
+        return self.key.sign(tbs)
+
+    def export_pkcs8(self):
+        return self.key.export_pkcs8()
+
+
+def _pending_request(args, op, names=None, cert=None):
+    # what makes the repeated request the same one for the server (its
+    # label, kind, public key and subject): where it goes and what it asks for
+    from est_lite_mp.client import parse_server
+
+    scheme, host, port, lab = parse_server(args.server)
+    req = {"op": op, "server": "%s://%s:%d" % (scheme, host, port), "label": args.label or lab}
+    if op == "enroll":
+        req.update(subject=names, dns=args.dns or [], ip=args.ip or [], uri=args.uri or [])
+    else:
+        import hashlib
+
+        req["cert_sha256"] = hashlib.sha256(cert).hexdigest()  # renews this certificate
+    return req
+
+
+def _pending_key(args, req):
+    """(key, True) from a pending request of the same command in --out, or
+    (a new key, False). A pending request of another command is refused:
+    its key would be lost."""
+    from .crypto import P256Key
+
+    kp, rp = os.path.join(args.out, _PENDING_KEY), os.path.join(args.out, _PENDING_REQ)
+    if not os.path.exists(kp):
+        return P256Key.generate(), False
+    try:
+        with open(rp) as f:
+            old = json.load(f)
+        from cryptography.hazmat.primitives import serialization
+
+        der = serialization.load_pem_private_key(_read(kp, "pending key"), password=None).private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key = P256Key.load_der(der)
+    except (OSError, ValueError, TypeError, EstError) as e:
+        raise LocalProtocolError("--out %s: the pending request (%s, %s) cannot be read (%s): remove both files to "
+                                 "start over with a new key" % (args.out, _PENDING_KEY, _PENDING_REQ, e)) from None
+    want = old.get("request")
+    if want != req:
+        what = "%s at %s%s" % (want.get("op") if isinstance(want, dict) else "?",
+                               want.get("server") if isinstance(want, dict) else "?",
+                               "/" + want["label"] if isinstance(want, dict) and want.get("label") else "")
+        raise LocalProtocolError("--out %s holds the key of another request still waiting at the server (%s%s): run "
+                                 "the command that made it again to collect its certificate, or remove %s and %s "
+                                 "there to start over" % (args.out, what, "; " + old["said"] if old.get("said") else
+                                                          "", _PENDING_KEY, _PENDING_REQ))
+    return key, True
+
+
+def _keep_pending(args, key, req, e, again):
+    """Write the key (0600, PEM) and the request to --out, and the
+    one-line error that says so."""
+    if not again:
+        _write_atomic(os.path.join(args.out, _PENDING_KEY), _pem(key.export_pkcs8(), "PRIVATE KEY").encode())
+    import time
+
+    _write_atomic(os.path.join(args.out, _PENDING_REQ), json.dumps(
+        {"request": req, "said": e.diagnostic, "time": int(time.time())}, indent=1, sort_keys=True).encode())
+    return TransportError("%s: %s; the request's key is kept in %s (0600): run the same command again (after "
+                          "approval) to collect the certificate" % (req["op"], e.msg, os.path.join(args.out,
+                                                                                                   _PENDING_KEY)),
+                          e.coap_code, e.http_status, e.diagnostic)
+
+
+def _drop_pending(args):
+    for n in (_PENDING_KEY, _PENDING_REQ):
+        try:
+            os.remove(os.path.join(args.out, n))
+        except FileNotFoundError:
+            pass
+
+
+def _pending_call(args, req, fn):
+    """fn(key_backend) with the pending request's key (or a new one); a
+    give-up because the server asks to come back later (202 / 5.03, e.g. a
+    request waiting for manual approval) after the CSR went out keeps the
+    key and the request in --out; success removes them."""
+    key, again = _pending_key(args, req)
+    use = _KeyUse(key)
+    try:
+        r = fn(use)
+    except TransportError as e:
+        if e.coap_code != 0xA3 or not use.used:
+            raise
+        raise _keep_pending(args, key, req, e, again) from None
+    if again:
+        _drop_pending(args)
+    return r, again
+
+
 # --- commands ---
 
 
@@ -301,11 +451,15 @@ def cmd_cacerts(args):
 def cmd_csrattrs(args):
     c = _client(args)
     try:
-        a = c.csrattrs()
+        ev = c.csrattrs_event()
     finally:
         c.close()
+    a = ev.attrs
     if a is None:
-        _emit(args, {"attributes": None}, "the server asks for no CSR attributes")
+        # a 404 is "none" (RFC 7030 §4.5.2), but its text shows a mistyped label
+        d = ev.diagnostic
+        _emit(args, {"attributes": None, "diagnostic": d},
+              "the server asks for no CSR attributes" + ("" if d is None else " (it says: %s)" % d))
         return 0
     obj = {"oids": a.oids, "attributes": [o for o, _ in a.attributes],
            "challenge_password": a.wants_challenge_password, "key_curve": a.key_curve,
@@ -346,11 +500,17 @@ def cmd_enroll(args):
     store.load()  # a corrupt store: said before any network traffic
     _request_builder(args, names)  # bad subject or SAN values: said before any network traffic too
     c = _client(args)
+    req = _pending_request(args, "enroll", names)
+
+    def run(key):
+        return c.provision(store, subject=None, dns=args.dns or (), ip=args.ip or (), uri=args.uri or (),
+                           key_backend=key, **names)
+
     try:
-        r = c.provision(store, subject=None, dns=args.dns or (), ip=args.ip or (), uri=args.uri or (), **names)
+        r, again = _pending_call(args, req, run)
     finally:
         c.close()
-    _result(args, store, r, "enrolled")
+    _result(args, store, r, "enrolled" + (" (the request that was waiting)" if again else ""))
     return 0
 
 
@@ -421,12 +581,21 @@ def cmd_reenroll(args):
 
             ca = [x.public_bytes(serialization.Encoding.DER) for x in _trust_files(args.trust)]
         src = _FileCreds(store, Creds(key, cert, ca))
+    cur = src.load()
+    if cur is None or cur.cert is None or cur.key is None:
+        raise LocalProtocolError("--out %s holds no credential store with a certificate and key to renew (enroll "
+                                 "--csr writes only cert.pem there): give --cert CERT --key KEY, or enroll with --out "
+                                 "first" % args.out)
     c = _client(args, cert=False)  # renew_if_needed authenticates with the current certificate
     try:
-        r = c.renew_if_needed(src, threshold=float("inf"), rotate_key=not args.keep_key)
+        if args.keep_key:  # the same key: a repeated request is the same one anyway
+            r, again = c.renew_if_needed(src, threshold=float("inf"), rotate_key=False), False
+        else:
+            r, again = _pending_call(args, _pending_request(args, "reenroll", cert=cur.cert), lambda key: (
+                c.renew_if_needed(src, threshold=float("inf"), key_backend=key)))
     finally:
         c.close()
-    _result(args, store, r, "re-enrolled")
+    _result(args, store, r, "re-enrolled" + (" (the request that was waiting)" if again else ""))
     return 0
 
 
@@ -512,6 +681,9 @@ def _subject(p):
     p.add_argument("--uri", action="append", help="subjectAltName URI (repeatable)")
 
 
+_OPTION_NAMES = (("give user/password or a client certificate", "give --user and --password, or --cert and --key"),)
+
+
 def _wrap(fn):
     def run(args):
         ok = False
@@ -521,7 +693,10 @@ def _wrap(fn):
             ok = True
             return rc
         except EstError as e:
-            e.msg = " ".join(str(e).split())  # one line on stderr
+            m = " ".join(str(e).split())  # one line on stderr
+            for lib, opt in _OPTION_NAMES:  # the library's argument names, as the command's options
+                m = m.replace(lib, opt)
+            e.msg = m
             e.args = (e.msg,)
             raise
         except OSError as e:

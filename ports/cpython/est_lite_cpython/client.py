@@ -140,6 +140,14 @@ class EstClient(_portable.EstClient):
         self.chain = chain
         self.mtu = mtu
 
+    def csrattrs_event(self):
+        """Like csrattrs(), but the whole CsrAttrs event: .attrs (None when
+        the server has none), .der, and .diagnostic, the server's text with a
+        204/404/4.04 (e.g. "unknown EST label 'strickt'": RFC 7030 reads a
+        404 as "no attributes", so a mistyped label is visible only there)."""
+        self._bootstrap()
+        return self._run(1)
+
     def _mono(self):
         return time.monotonic()
 
