@@ -282,3 +282,42 @@ def test_example_config_lists_every_coaps_key():
 def test_data_dir_of_the_example_is_ignored_by_git():
     p = subprocess.run(["git", "check-ignore", "-q", "est-data/root.key"], cwd=str(ROOT))
     assert p.returncode == 0
+
+
+def test_proxy_renews_through_ra_and_tls_certificates_from_ca_issue(tmp_path, capsys):
+    # docs/proxy.md: the RA certificate comes from `est-lite ca issue --eku
+    # clientAuth,cmcRA`, the upstream's label sets ra_trust, and a device
+    # renews through the proxy with the default reenroll_as = simplereenroll
+    from helpers_coaps import CoapsSession, make_csr, point
+    from helpers_proxy import ProxyHarness
+    from helpers_server import BASE_CONFIG, EstTestServer
+
+    from est_lite_cpython.dtls_client import DtlsClient
+
+    text = BASE_CONFIG.replace("[profiles.default]\n", '[profiles.default]\nra_trust = ["ca"]\n', 1)
+    assert text != BASE_CONFIG
+    up = EstTestServer(tmp_path / "up", config_text=text)
+    px = None
+    try:
+        d = tmp_path / "px"
+        d.mkdir()
+        assert cli.main(["ca", "issue", "--data-dir", up.data_dir, "--cn", "est-proxy-ra", "--eku", "clientAuth,cmcRA",
+                         "--out", str(d / "ra")]) == 0
+        os.rename(str(d / "ra.pem"), str(d / "ra.crt"))
+        px = ProxyHarness(d, up, up.url.replace("127.0.0.1", "localhost"), upstream_root_pem=up.root_pem,
+                          vendor_pem=os.path.join(up.tmp, "vendor.pem"), reenroll_as="simplereenroll", ra="given")
+        dev = idevid_device(up, "px-renew")
+        key, csr = make_csr("px-renew")
+        with DtlsClient("127.0.0.1", px.coaps_port, [up.ca.root], cert=dev.cert, key=dev.key, timeout=10) as dc:
+            ev = CoapsSession(dc).enroll(csr, public_key=point(key))
+        first = x509.load_der_x509_certificate(ev.cert)
+        key2, csr2 = make_csr("px-renew")
+        with DtlsClient("127.0.0.1", px.coaps_port, [up.ca.root], cert=first, key=key, timeout=10) as dc:
+            ev2 = CoapsSession(dc).reenroll(csr2, public_key=point(key2))
+        second = x509.load_der_x509_certificate(ev2.cert)
+        assert second.subject == first.subject and second.public_key() == key2.public_key()
+        assert up.ca.store.has_serial(second.serial_number)
+    finally:
+        if px is not None:
+            px.stop()
+        up.stop()

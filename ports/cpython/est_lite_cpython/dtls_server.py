@@ -537,7 +537,9 @@ class DtlsServer:
                 revoked = self.is_revoked(cert)
             except Exception:  # noqa: BLE001 - a failing revocation hook must fail closed
                 log.exception("is_revoked hook failed; refusing the client")
-                revoked = True
+                if peer is not None:
+                    peer.verify_error = "revocation check of the client certificate at depth %d failed" % depth
+                return False  # (alert internal_error: the certificate is not known to be revoked)
             if revoked:
                 if peer is not None:
                     peer.verify_error = "client certificate at depth %d is revoked (%s)" % (
