@@ -198,7 +198,7 @@ def _pin_arg(text):
     try:
         return parse_pin(t)
     except LocalProtocolError:
-        raise LocalProtocolError("--pin %r is not a SHA-256 fingerprint: give sha256:HEX (64 hex digits, colons "
+        raise LocalProtocolError("--pin %r is not a SHA-256 fingerprint: the pin must be sha256:HEX (64 hex digits, colons "
                                  "allowed), e.g. from openssl x509 -in root.pem -outform der | sha256sum"
                                  % text) from None
 
@@ -583,8 +583,8 @@ def cmd_reenroll(args):
         src = _FileCreds(store, Creds(key, cert, ca))
     cur = src.load()
     if cur is None or cur.cert is None or cur.key is None:
-        raise LocalProtocolError("--out %s holds no credential store with a certificate and key to renew (enroll "
-                                 "--csr writes only cert.pem there): give --cert CERT --key KEY, or enroll with --out "
+        raise LocalProtocolError("--out %s holds no certificate and key to renew (no credential store there; "
+                                 "enroll --csr writes only cert.pem): give --cert CERT --key KEY, or enroll with --out "
                                  "first" % args.out)
     c = _client(args, cert=False)  # renew_if_needed authenticates with the current certificate
     try:
