@@ -526,6 +526,9 @@ def _enroll_csr(args):
             x509.load_der_x509_csr(data)
     except ValueError:
         raise LocalProtocolError("--csr %s is not a PEM or DER PKCS#10 certificate request" % args.csr) from None
+    if args.out and _load_store(args) is not None:
+        raise LocalProtocolError("--out %s is a credential store, and enroll --csr writes only cert.pem (the key is "
+                                 "yours, not in the store): give another directory" % args.out)
     c = _client(args)
     try:
         ev = c.enroll(data)
@@ -534,7 +537,9 @@ def _enroll_csr(args):
     if args.out:
         _write_atomic(os.path.join(args.out, "cert.pem"), _pem(ev.cert).encode())
     _emit(args, {"cert": _describe(ev.cert), "out": args.out}, _pem(ev.cert) if not args.out else
-          "enrolled: %s -> %s/cert.pem" % (_describe(ev.cert)["subject"], args.out))
+          "enrolled: %s -> %s (cert.pem only: not a credential store; renew with reenroll --cert %s --key "
+          "YOUR-KEY --trust CA.pem)" % (_describe(ev.cert)["subject"], os.path.join(args.out, "cert.pem"),
+                                       os.path.join(args.out, "cert.pem")))
     return 0
 
 
@@ -651,8 +656,9 @@ def _common(p):
     p.add_argument("--label", help="EST label (path segment)")
     p.add_argument("--trust", action="append", metavar="PEM", help="CA certificate(s) the server must chain to")
     p.add_argument("--pin", metavar="sha256:HEX",
-                   help="bootstrap: SHA-256 of a server chain certificate (checked in the handshake, or of the CA "
-                        "in the /cacerts answer over HTTPS); the received CAs become the trust anchors")
+                   help="bootstrap: SHA-256 of the server's root CA certificate (DER), e.g. from openssl x509 -in "
+                        "root.pem -outform der | sha256sum; bare hex and the AA:BB:.. form of openssl x509 "
+                        "-fingerprint -sha256 work too; the received CAs become the trust anchors")
     p.add_argument("--server-name", help="name/IP the server certificate must cover (default: the URI host)")
     p.add_argument("--cert", help="client certificate (PEM/DER) for TLS/DTLS")
     p.add_argument("--key", help="its private key (PEM/DER)")
@@ -664,7 +670,8 @@ def _common(p):
     p.add_argument("--timeout", type=float, default=30, help="seconds per handshake/request (default 30)")
     p.add_argument("--deadline", type=float, default=120,
                    help="overall seconds, retries after 202/5.03 and link failures included (default 120)")
-    p.add_argument("--out", metavar="DIR", help="credential store directory (key, cert, CA; PEM copies)")
+    p.add_argument("--out", metavar="DIR", help="credential store directory (key, cert, CA; PEM copies); with "
+                                                "enroll --csr only DIR/cert.pem is written")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -102,8 +102,31 @@ def cmd_run(args):
     return 1 if failed else 0
 
 
+def _board_errors(fn):
+    # a board that is not there, mpremote missing, a bundle that cannot be
+    # built: one line on stderr (est-lite: error: ...), not "internal error"
+    def run(args):
+        boards, B = _sub("boards"), _sub("bundle")
+        try:
+            return fn(args)
+        except boards.BoardError as e:
+            from est_lite.errors import TransportError
+
+            raise TransportError("hil: %s" % e) from None
+        except B.BundleError as e:
+            from est_lite.errors import LocalProtocolError
+
+            raise LocalProtocolError("hil: %s" % e) from None
+    return run
+
+
 def cmd_deploy(args):
     boards, B = _sub("boards"), _sub("bundle")
+    if args.port.startswith("/dev/") and not os.path.exists(args.port):
+        from est_lite.errors import TransportError
+
+        raise TransportError("hil deploy: no serial port %s: is the board connected (ls /dev/ttyACM* /dev/ttyUSB*)?"
+                             % args.port)
     with tempfile.TemporaryDirectory() as d:
         bundle = args.bundle or os.path.join(d, "bundle")
         if args.bundle is None:
@@ -134,6 +157,12 @@ def cmd_pty_board(args):
     return 0
 
 
+def _heap(text):
+    from .cli_demo import heap_size
+
+    return heap_size(text)
+
+
 def register(sub):
     p = sub.add_parser("hil", help="hardware-in-the-loop: bundle, scenarios on virtual/real boards, power cuts")
     hs = p.add_subparsers(dest="hil_command", metavar="HIL_COMMAND")
@@ -141,7 +170,7 @@ def register(sub):
     q = hs.add_parser("bundle", help="build the .mpy bundle for boards")
     q.add_argument("--out", default="build/mpy")
     q.add_argument("--no-runner", action="store_true", help="without the HIL scenario runner")
-    q.set_defaults(func=cmd_bundle)
+    q.set_defaults(func=_board_errors(cmd_bundle))
 
     q = hs.add_parser("scenarios", help="list the scenario files")
     q.set_defaults(func=cmd_scenarios)
@@ -152,23 +181,23 @@ def register(sub):
     q.add_argument("--host", default="127.0.0.1",
                    help="address the embedded server listens on and the board connects to (default 127.0.0.1; "
                         "a real board needs the host's network address)")
-    q.add_argument("--heap", default="256K", help="virtual board heap (default 256K)")
+    q.add_argument("--heap", default="256K", type=_heap, help="virtual board heap (default 256K)")
     q.add_argument("--bundle", help="a built bundle directory (default: build one)")
     q.add_argument("--no-deploy", action="store_true", help="real board: the bundle is already installed")
     q.add_argument("--seed", type=int, help="seed of the lossy link")
     q.add_argument("--json", action="store_true", help="one JSON object per scenario")
-    q.set_defaults(func=cmd_run)
+    q.set_defaults(func=_board_errors(cmd_run))
 
     q = hs.add_parser("deploy", help="install the .mpy bundle on a real board (mpremote mip install)")
     q.add_argument("--port", required=True)
     q.add_argument("--bundle", help="a built bundle directory (default: build one)")
-    q.set_defaults(func=cmd_deploy)
+    q.set_defaults(func=_board_errors(cmd_deploy))
 
     q = hs.add_parser("powercut", help="power-cut campaign on a virtual board")
     q.add_argument("--runs", type=int, default=20, help="number of power cuts (default 20)")
     q.add_argument("--seed", type=int, help="random seed (default: random, printed)")
     q.add_argument("--transport", choices=("coaps", "https"), default="coaps")
-    q.add_argument("--heap", default="256K", help="MicroPython heap of the virtual board (default 256K)")
+    q.add_argument("--heap", default="256K", type=_heap, help="MicroPython heap of the virtual board (default 256K)")
     q.add_argument("--workdir", help="keep the work files here (default: a temporary directory, removed unless "
                                      "a store broke)")
     q.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
@@ -176,7 +205,7 @@ def register(sub):
 
     q = hs.add_parser("pty-board", help="serve a virtual board on a pseudo-terminal (a serial stand-in)")
     q.add_argument("--flash", required=True, help="directory standing in for the board's flash")
-    q.add_argument("--heap", default="256K")
+    q.add_argument("--heap", default="256K", type=_heap)
     q.set_defaults(func=cmd_pty_board)
 
     def _help(args):
