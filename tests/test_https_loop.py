@@ -210,3 +210,21 @@ def test_start_refuses_while_a_timed_out_stop_left_a_request_running(tmp_path):
     finally:
         release.set()
         srv.stop()
+
+
+def test_start_on_a_port_in_use_raises_and_closes_its_socket(tmp_path):
+    # the listener socket of a failed start() stayed open as long as the
+    # exception's traceback lived (a caller keeping the error kept the fd)
+    srv = _server(tmp_path)
+    try:
+        other = EstHttpsServer(srv.service, srv.config.data_dir + "/server.pem", srv.config.data_dir + "/server.key",
+                               host="127.0.0.1", port=srv.port)
+        with pytest.raises(OSError) as ei:
+            other.start()
+        tb = ei.tb
+        while tb.tb_next is not None and tb.tb_frame.f_code.co_name != "start":
+            tb = tb.tb_next
+        s = tb.tb_frame.f_locals["s"]
+        assert isinstance(s, socket.socket) and s.fileno() == -1  # closed
+    finally:
+        srv.stop()

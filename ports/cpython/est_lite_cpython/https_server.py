@@ -541,18 +541,22 @@ class EstHttpsServer:
                                      "call stop() again before start()")
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.reuse_port:
-            # several server processes share the port; the kernel spreads connections
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        # accepted sockets inherit these (Linux copies the listener's socket
-        # options): no setsockopt calls per connection
-        if self.io == "threads":
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval())
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval())
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.bind((self.host, self.requested_port))
-        s.listen(self.backlog)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                # several server processes share the port; the kernel spreads connections
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # accepted sockets inherit these (Linux copies the listener's socket
+            # options): no setsockopt calls per connection
+            if self.io == "threads":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval())
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval())
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.bind((self.host, self.requested_port))
+            s.listen(self.backlog)
+        except OSError:
+            s.close()  # a port in use (or a bad address) must not leak the socket of a library caller
+            raise
         self._sock = s
         self._family = fam
         self.port = s.getsockname()[1]
