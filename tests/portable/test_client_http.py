@@ -178,7 +178,8 @@ def test_error_text_is_shown_as_text_not_bytes():
 def test_202_and_404_text_is_the_diagnostic():
     op = C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr")
     op.send()
-    op.receive_data(response(202, "Accepted", [("Retry-After", "5")], b"enrollment request 5 is waiting for approval\n"))
+    body = b"enrollment request 5 is waiting for approval\n"
+    op.receive_data(response(202, "Accepted", [("Retry-After", "5")], body))
     ev = op.next_event()
     assert ev.seconds == 5 and ev.diagnostic == "enrollment request 5 is waiting for approval"
     op = C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr")

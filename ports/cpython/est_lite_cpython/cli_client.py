@@ -198,9 +198,9 @@ def _pin_arg(text):
     try:
         return parse_pin(t)
     except LocalProtocolError:
-        raise LocalProtocolError("--pin %r is not a SHA-256 fingerprint: the pin must be sha256:HEX (64 hex digits, colons "
-                                 "allowed), e.g. from openssl x509 -in root.pem -outform der | sha256sum"
-                                 % text) from None
+        raise LocalProtocolError("--pin %r is not a SHA-256 fingerprint: the pin must be sha256:HEX (64 hex "
+                                 "digits, colons allowed), e.g. from openssl x509 -in root.pem -outform der | "
+                                 "sha256sum" % text) from None
 
 
 def _crl_file(path):
