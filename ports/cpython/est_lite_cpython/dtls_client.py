@@ -51,7 +51,8 @@ def check_pin(pin, chain):
     fps = [_d.fingerprint(c) for c in chain]
     if pin not in fps:
         return ("server's certificate chain does not contain the pinned certificate (sha256:%s); pin the "
-                "server certificate or one the server sends in its chain" % bytes(pin).hex())
+                "server certificate or one the server sends in its chain (est-lite serve: --coaps-send-chain all "
+                "sends the root)" % bytes(pin).hex())
     for i in range(fps.index(pin)):
         if not _issued_by(chain[i], chain[i + 1]):
             return ("server's certificate chain contains the pinned certificate (sha256:%s) but %s is not "
@@ -298,6 +299,10 @@ class DtlsClient:
             why = self._pin_error or self._verify_error
             if why:
                 raise SecurityError("DTLS handshake with %s:%s refused: %s" % (self.host, self.port, why)) from None
+            if "certificate revoked" in _err(e):
+                raise SecurityError("DTLS handshake with %s:%s refused: the server says our certificate has been "
+                                    "revoked (TLS alert certificate_revoked); enroll again with another credential"
+                                    % (self.host, self.port)) from None
             raise SecurityError("DTLS handshake with %s:%s failed: %s" % (self.host, self.port, _err(e))) from None
         except TransportError:
             self._abort()
