@@ -57,7 +57,7 @@ def _approval_round_trip(srv, capsys, out, argv):
     """enroll gives up (request waiting) -> again, still waiting -> ca approve -> again: collected."""
     kp = os.path.join(out, "pending-key.pem")
     rc, o, err = cli(capsys, *argv)
-    one_line(rc, err)
+    one_line(rc, err, 75)  # EX_TEMPFAIL: come back later
     reqs = _pending(srv)
     assert len(reqs) == 1
     rid = reqs[0]["id"]
@@ -71,7 +71,7 @@ def _approval_round_trip(srv, capsys, out, argv):
     assert CredStore(out).load() is None  # nothing in the store yet
     # again before the approval: the same request (no new one), the same key
     rc, o, err = cli(capsys, *argv)
-    one_line(rc, err)
+    one_line(rc, err, 75)
     assert "enrollment request %d is still waiting" % rid in err, err
     assert [r["id"] for r in _pending(srv)] == [rid] and open(kp, "rb").read() == key_pem
     # the operator approves with the CLI
@@ -115,7 +115,7 @@ def test_a_pending_request_is_not_lost_to_another_command(both, tmp_path, capsys
     base = ("enroll", "--server", "https://127.0.0.1:%d/manual" % srv.port, "--trust", srv.root_pem, "--user", USER,
             "--password", PASSWORD, "--out", out, "--deadline", "3")
     rc, o, err = cli(capsys, *base, "--cn", "m6")
-    one_line(rc, err)
+    one_line(rc, err, 75)
     key_pem = open(os.path.join(out, "pending-key.pem"), "rb").read()
     rc, o, err = cli(capsys, *base, "--cn", "m6-typo")
     one_line(rc, err)
@@ -128,7 +128,7 @@ def test_a_pending_request_is_not_lost_to_another_command(both, tmp_path, capsys
     argv = ("reenroll", "--server", "https://127.0.0.1:%d/manualc" % srv.port, "--out", tmp_path / "r",
             "--deadline", "3")
     rc, o, err = cli(capsys, *argv)
-    one_line(rc, err)
+    one_line(rc, err, 75)
     assert "reenroll: " in err and "pending-key.pem (0600)" in err
     rid = [r["id"] for r in _pending(srv) if r["subject"] == "CN=r1"]
     assert len(rid) == 1

@@ -48,13 +48,16 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from est_lite.errors import EstError
+    from est_lite.errors import EstError, TransportError
 
     try:
         return args.func(args) or 0
     except EstError as e:
         print("est-lite: error: %s" % one_line(e), file=sys.stderr)
-        return 1
+        # 75 (EX_TEMPFAIL): the server asked to come back later (202 / 5.03,
+        # e.g. a request waiting for manual approval) and the deadline came
+        # first; a script can retry the same command later
+        return 75 if getattr(e, "coap_code", None) == 0xA3 and isinstance(e, TransportError) else 1
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - a bug: one line, not a traceback (EST_LITE_DEBUG=1 shows it)
