@@ -259,3 +259,30 @@ def test_hil_and_demo_argument_errors(tmp_path, capsys):
             main(["demo", "--heap=" + bad])
         assert e.value.code == 2
         assert "heap size" in capsys.readouterr().err
+
+
+def test_verbose_says_when_a_retry_is_coming(tmp_path, capsys):
+    # a server that is down: the command waited silently until --deadline
+    # (86 s with the defaults); -v says each retry on stderr, without -v
+    # the failure stays one line
+    import socket
+
+    from est_lite_cpython.ca import init_ca
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    ca = init_ca(str(tmp_path / "ca"))
+    root = tmp_path / "root.pem"
+    root.write_bytes(ca.root.public_bytes(serialization.Encoding.PEM))
+    ca.store.close()
+    base = ("cacerts", "--server", "https://127.0.0.1:%d" % port, "--trust", str(root), "--deadline", "7",
+            "--timeout", "2")
+    rc, o, err = cli(capsys, *base, "-v")
+    lines = err.splitlines()
+    assert rc == 1 and lines[-1].startswith("est-lite: error: ") and "gave up after" in lines[-1], err
+    assert len(lines) >= 2 and all(re.match(r"est-lite: no result yet \(server busy or unreachable\): trying again "
+                                            r"in \d+ s \(\d+ s left before --deadline\)$", ln) for ln in lines[:-1]), err
+    rc, o, err = cli(capsys, *base)
+    one_line(rc, err)

@@ -170,9 +170,17 @@ def _client(args, cert=None, key=None):
         if password is None:
             raise LocalProtocolError("--user needs --password (or EST_PASSWORD in the environment)")
     crls = [_crl_file(p) for p in args.crl] if args.crl else None
-    return EstClient(args.server, trust=trust, pin=pin, cert=cert, key=key, user=args.user, password=password,
-                     label=args.label, server_name=args.server_name, timeout=args.timeout, deadline=args.deadline,
-                     proxy=args.proxy, crls=crls, tls_version=args.tls_version)
+    c = EstClient(args.server, trust=trust, pin=pin, cert=cert, key=key, user=args.user, password=password,
+                  label=args.label, server_name=args.server_name, timeout=args.timeout, deadline=args.deadline,
+                  proxy=args.proxy, crls=crls, tls_version=args.tls_version)
+    if getattr(args, "verbose", False):
+        c.on_wait = _say_wait
+    return c
+
+
+def _say_wait(s, left):
+    print("est-lite: no result yet (server busy or unreachable): trying again in %.0f s%s"
+          % (s, "" if left is None else " (%.0f s left before --deadline)" % left), file=sys.stderr, flush=True)
 
 
 def _check_server_arg(uri):
@@ -673,6 +681,8 @@ def _common(p):
     p.add_argument("--out", metavar="DIR", help="credential store directory (key, cert, CA; PEM copies); with "
                                                 "enroll --csr only DIR/cert.pem is written")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say on stderr when a retry is coming (server busy or unreachable), instead of waiting silently")
 
 
 def _subject(p):

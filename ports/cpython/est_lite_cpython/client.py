@@ -94,6 +94,9 @@ class EstClient(_portable.EstClient):
     # client to sleep for years (the core accepts up to 999,999,999 s)
     retry_min_s = 1.0
     retry_max_s = 3600.0
+    # callable(seconds, seconds_left_or_None), called before each retry
+    # wait (e.g. to show progress: est-lite -v); None: quiet
+    on_wait = None
 
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
                  server_name=None, timeout=30, deadline=120, *, proxy=None, crls=None, tls_version=None, chain=(),
@@ -164,6 +167,8 @@ class EstClient(_portable.EstClient):
             time.sleep(max(0.0, left))
             raise TransportError("the deadline passed while waiting %.0f s to try again (the server keeps asking to "
                                  "retry later, or is unreachable)" % s)
+        if self.on_wait is not None:
+            self.on_wait(s, left)
         time.sleep(s)
 
     def _crypto(self):
