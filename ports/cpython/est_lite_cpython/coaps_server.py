@@ -54,6 +54,7 @@ from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProt
 from .auth import VerifiedChain
 from .codec_server import encode_multipart
 from .coaps_transport import coaps_peer, coaps_server, create_coaps_server_context
+from .dtls import issued_by
 from .service import AuthContext, PendingApproval
 
 log = logging.getLogger("est_lite.coaps")
@@ -637,22 +638,12 @@ def complete_chain(certs, pool, *, max_length=8):
         if last.issuer == last.subject:
             break
         for c in pool:
-            if c.subject == last.issuer and c not in out and _signed_by(last, c):
+            if c.subject == last.issuer and c not in out and issued_by(last, c):
                 out.append(c)
                 break
         else:
             break
     return out
-
-
-def _signed_by(cert, issuer):
-    from cryptography.exceptions import InvalidSignature
-
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- the server

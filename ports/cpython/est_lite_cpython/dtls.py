@@ -147,6 +147,18 @@ def fingerprint(cert):
     return hashlib.sha256(load_certificate(cert).public_bytes(serialization.Encoding.DER)).digest()
 
 
+def issued_by(cert, issuer):
+    """True if `issuer` (a cryptography certificate) signed `cert`: its
+    subject is cert's issuer and its key verifies cert's signature."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
 def add_trust_anchors(ctx, cas):
     """Add `cas` as trust anchors to the context's verify store."""
     from OpenSSL import crypto
