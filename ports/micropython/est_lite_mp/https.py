@@ -41,10 +41,10 @@ class _Tcp(io.IOBase):
                 n = f(b)
             except OSError as e:
                 return -(e.args[0] if e.args and isinstance(e.args[0], int) and e.args[0] > 0 else 5)
-            e = self.end
-            if n is not None or e is None:
+            end = self.end
+            if n is not None or end is None:
                 return n
-            left = time.ticks_diff(e, time.ticks_ms())
+            left = time.ticks_diff(end, time.ticks_ms())
             if left <= 0:
                 self.late = True
                 return -110  # ETIMEDOUT: Mbed TLS ends the handshake
