@@ -57,7 +57,7 @@ def main(argv=None):
         # 75 (EX_TEMPFAIL): the server asked to come back later (202 / 5.03,
         # e.g. a request waiting for manual approval) and the deadline came
         # first; a script can retry the same command later
-        return 75 if getattr(e, "coap_code", None) == 0xA3 and isinstance(e, TransportError) else 1
+        return 75 if isinstance(e, TransportError) and e.coap_code == 0xA3 else 1
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - a bug: one line, not a traceback (EST_LITE_DEBUG=1 shows it)
