@@ -8,8 +8,6 @@ Driver: tests/mp_scripts/client_run.py."""
 
 import json
 import os
-import pathlib
-import shutil
 import subprocess
 import threading
 import time
@@ -18,16 +16,14 @@ import pytest
 from helpers_client import approve_pending, der, load_cert, point, root_der
 from helpers_coaps import EstBothServer, idevid_device, key_der
 from helpers_dtls import LossyRelay
+from helpers_mp import MICROPYTHON, MPY_CROSS, ROOT, compile_packages
 from helpers_server import PASSWORD, USER
 
 from est_lite_cpython.credstore import CredStore
 from est_lite_cpython.crypto import P256Key
 from est_lite_cpython.dtls import fingerprint
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "mp_scripts" / "client_run.py"
-MICROPYTHON = shutil.which("micropython")
-MPY_CROSS = shutil.which("mpy-cross")
 # bench/device.py measures the smallest heap (1 KB steps, 3 passes in a row)
 # that completes cacerts + csrattrs + enroll with key generation and
 # verification (provision), the core and the port as .mpy: 110,592 B when
@@ -53,14 +49,7 @@ client_cert_trust = ["ca", "idevid"]
 @pytest.fixture(scope="module")
 def mplib(tmp_path_factory):
     """est_lite and est_lite_mp as .mpy, and the P-256 table file."""
-    lib = tmp_path_factory.mktemp("mpclientlib")
-    for pkg, src in (("est_lite", ROOT / "est_lite"), ("est_lite_mp", ROOT / "ports" / "micropython" / "est_lite_mp")):
-        (lib / pkg).mkdir()
-        for py in sorted(src.glob("*.py")):
-            if py.name.startswith("gen_"):
-                continue
-            name = pkg if py.stem == "__init__" else pkg + "." + py.stem  # source name = module name (bench/device.py)
-            subprocess.run([MPY_CROSS, "-s", name, "-o", str(lib / pkg / (py.stem + ".mpy")), str(py)], check=True)
+    lib = compile_packages(tmp_path_factory.mktemp("mpclientlib"))
     from est_lite_mp import tablefile
 
     tablefile.write(str(lib / "p256_table.bin"))

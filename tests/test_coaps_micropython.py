@@ -8,7 +8,6 @@ here with cryptography and against the CA's store."""
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 
 import pytest
@@ -17,12 +16,11 @@ from cryptography.hazmat.primitives import serialization
 
 from est_lite_cpython import dtls as d
 from helpers_coaps import EstBothServer, der, idevid_device, key_der, operational_device
+from helpers_mp import MICROPYTHON, MPY_CROSS, compile_packages
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCRIPT = HERE / "mp_scripts" / "coaps_enroll.py"
-MICROPYTHON = shutil.which("micropython")
-MPY_CROSS = shutil.which("mpy-cross")
 HEAP = "192K"  # measured minimum for all six operations: 169K (the P-256 table dominates)
 
 pytestmark = pytest.mark.skipif(MICROPYTHON is None or MPY_CROSS is None,
@@ -31,13 +29,7 @@ pytestmark = pytest.mark.skipif(MICROPYTHON is None or MPY_CROSS is None,
 
 @pytest.fixture(scope="module")
 def mpy(tmp_path_factory):
-    lib = tmp_path_factory.mktemp("coaps-mpylib")
-    for pkg, src in (("est_lite", ROOT / "est_lite"), ("est_lite_mp", ROOT / "ports" / "micropython" / "est_lite_mp")):
-        (lib / pkg).mkdir()
-        for py in sorted(src.glob("*.py")):
-            if not py.name.startswith("gen_"):
-                subprocess.run([MPY_CROSS, "-o", str(lib / pkg / (py.stem + ".mpy")), str(py)], check=True)
-    return lib
+    return compile_packages(tmp_path_factory.mktemp("coaps-mpylib"))
 
 
 @pytest.fixture(scope="module")

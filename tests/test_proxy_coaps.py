@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import pathlib
-import shutil
 import socket
 import ssl
 import subprocess
@@ -20,6 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from est_lite import numbers as N
 from est_lite.errors import ServerError
 from helpers_coaps import CoapsSession, Device, RawCoap, idevid_device, make_csr, opt_uint, point
+from helpers_mp import MICROPYTHON as MP
+from helpers_mp import MPY_CROSS, compile_packages
 from helpers_proxy import ProxyHarness
 from helpers_server import EstTestServer, Response
 
@@ -202,8 +203,6 @@ def test_https_devices_through_the_proxy(up, px):
     assert r.status == 202 and r.header("retry-after") == "7"
 
 
-MP = shutil.which("micropython")
-MPY_CROSS = shutil.which("mpy-cross")
 
 
 @pytest.mark.skipif(MP is None or MPY_CROSS is None, reason="micropython/mpy-cross not installed")
@@ -211,12 +210,7 @@ def test_micropython_device_through_the_proxy(up, px, tmp_path):
     from test_coaps_micropython import HEAP, SCRIPT
     from helpers_coaps import der, key_der
 
-    lib = tmp_path / "lib"
-    for pkg, src in (("est_lite", ROOT / "est_lite"), ("est_lite_mp", ROOT / "ports" / "micropython" / "est_lite_mp")):
-        (lib / pkg).mkdir(parents=True)
-        for py in sorted(src.glob("*.py")):
-            if not py.name.startswith("gen_"):
-                subprocess.run([MPY_CROSS, "-o", str(lib / pkg / (py.stem + ".mpy")), str(py)], check=True)
+    lib = compile_packages(tmp_path / "lib")
     dev = idevid_device(up, "px-mp-dev")
     (tmp_path / "ca.der").write_bytes(der(up.ca.root))
     (tmp_path / "dev.der").write_bytes(der(dev.cert))
