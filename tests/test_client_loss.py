@@ -8,7 +8,6 @@ server is hil.refserver on loopback."""
 import json
 import os
 import pathlib
-import random
 import shutil
 import subprocess
 import sys

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from est_lite import cbor
 from est_lite import client as C
 from est_lite import numbers as N
 from est_lite.errors import ServerError, TransportError

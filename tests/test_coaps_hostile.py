@@ -13,7 +13,6 @@ import time
 import pytest
 from cryptography import x509
 
-from est_lite import coap
 from est_lite import numbers as N
 from est_lite.errors import SecurityError, TransportError
 from helpers_coaps import (

@@ -7,7 +7,7 @@ import base64
 import binascii
 import tracemalloc
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from est_lite import http1 as h

@@ -26,8 +26,6 @@ def _post(port, root, path, body, authz=None):
 
 
 def test_serve_with_two_https_processes_shares_store_and_digest_nonces(tmp_path):
-    from cryptography import x509
-
     from est_lite_cpython.auth import PasswordFile, digest_response, parse_auth_params
     from est_lite_cpython.ca import LocalCA, init_ca
     from est_lite_cpython.config import load_config
