@@ -1,3 +1,4 @@
+# micropython-heapsize: 72K
 # Portable tests of est_lite/cbor.py: the CBOR subset of application/multipart-core.
 from _util import raises, unhex, vector
 

@@ -1,4 +1,4 @@
-# micropython-heapsize: 168K
+# micropython-heapsize: 176K
 # Portable tests of est_lite/client.py (CPython and the MicroPython unix port).
 # Certificates, keys and the CsrAttrs body come from client_vectors.py,
 # generated once with `cryptography` by tests/make_client_vectors.py.

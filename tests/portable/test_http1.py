@@ -1,5 +1,5 @@
 # Portable tests for est_lite/http1.py (CPython via pytest, MicroPython via run.py).
-# micropython-heapsize: 128K
+# micropython-heapsize: 136K
 import binascii
 import hashlib
 
