@@ -286,3 +286,26 @@ def test_verbose_says_when_a_retry_is_coming(tmp_path, capsys):
                                             r"in \d+ s \(\d+ s left before --deadline\)$", ln) for ln in lines[:-1]), err
     rc, o, err = cli(capsys, *base)
     one_line(rc, err)
+
+
+def test_retry_lines_by_default_on_a_terminal(tmp_path, capsys, monkeypatch):
+    # the retry lines of -v without it when a person watches stderr
+    import socket
+
+    from est_lite_cpython import cli_client
+    from est_lite_cpython.ca import init_ca
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    ca = init_ca(str(tmp_path / "ca"))
+    root = tmp_path / "root.pem"
+    root.write_bytes(ca.root.public_bytes(serialization.Encoding.PEM))
+    ca.store.close()
+    monkeypatch.setattr(cli_client, "_on_terminal", lambda: True)
+    rc, o, err = cli(capsys, "cacerts", "--server", "https://127.0.0.1:%d" % port, "--trust", str(root),
+                     "--deadline", "7", "--timeout", "2")
+    lines = err.splitlines()
+    assert rc == 1 and "gave up after" in lines[-1] and len(lines) >= 2, err
+    assert all(ln.startswith("est-lite: no result yet") for ln in lines[:-1]), err

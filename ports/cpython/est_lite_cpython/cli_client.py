@@ -173,9 +173,18 @@ def _client(args, cert=None, key=None):
     c = EstClient(args.server, trust=trust, pin=pin, cert=cert, key=key, user=args.user, password=password,
                   label=args.label, server_name=args.server_name, timeout=args.timeout, deadline=args.deadline,
                   proxy=args.proxy, crls=crls, tls_version=args.tls_version)
-    if getattr(args, "verbose", False):
+    if getattr(args, "verbose", False) or _on_terminal():
         c.on_wait = _say_wait
     return c
+
+
+def _on_terminal():
+    # a person watching: say why nothing happens (a script reading stderr
+    # from a pipe keeps its one line unless it asks with -v)
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def _say_wait(s, left):
@@ -682,7 +691,8 @@ def _common(p):
                                                 "enroll --csr only DIR/cert.pem is written")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="say on stderr when a retry is coming (server busy or unreachable), instead of waiting silently")
+                   help="say on stderr when a retry is coming (server busy or unreachable), instead of waiting "
+                        "silently; the default when stderr is a terminal")
 
 
 def _subject(p):
