@@ -61,6 +61,9 @@ _CIPHERS_12 = (
     b"ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305"
 )
 
+# SSL_MODE_NO_AUTO_CHAIN (ssl.h; pyOpenSSL does not export it, see dtls.py)
+_MODE_NO_AUTO_CHAIN = 0x00000008
+
 _CIPHERS_13 = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
 
 
@@ -240,6 +243,12 @@ class _Conn:
         self.out = []  # answer bytes waiting for flush()
         self.deadline = 0.0
         self.count = 0  # requests answered on this connection
+        # TLS 1.3: what OpenSSL writes after the handshake while a request
+        # is awaited (its NewSessionTicket messages, a KeyUpdate answer) is
+        # nothing the client waits for: it goes out with the answer, in the
+        # same send, instead of in a send of its own (TLS 1.2's last flight
+        # is awaited by the client: there it is sent before reading)
+        self.hold = False
 
     def _fill(self):
         while True:
@@ -253,10 +262,11 @@ class _Conn:
             if data:
                 self.buf += data
                 return
-            try:
-                yield from self.io.push(self.deadline)  # e.g. TLS 1.2's last flight, or the session tickets
-            except _TimedOut:  # the client does not read
-                raise _Closed() from None
+            if not self.hold:
+                try:
+                    yield from self.io.push(self.deadline)  # e.g. TLS 1.2's last flight
+                except _TimedOut:  # the client does not read
+                    raise _Closed() from None
             try:
                 yield from self.io.pull(min(self.deadline, now + self.server.io_timeout_s))
             except _TimedOut:
@@ -526,6 +536,10 @@ class EstHttpsServer:
         # full handshakes only: tls-unique is then always the client's Finished
         ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_CIPHER_SERVER_PREFERENCE | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        # send the chain of cert_file as it is: without this mode OpenSSL
+        # builds a chain from the (empty) verify store in every handshake
+        # (an X509_STORE_CTX and X509_verify_cert per connection)
+        ctx.set_mode(_MODE_NO_AUTO_CHAIN)
         # ask for a client certificate, accept any: EstService validates the
         # chain against the label's trust sets and answers with a readable
         # reason instead of a TLS alert. TLS still proves key possession.
@@ -761,6 +775,7 @@ class EstHttpsServer:
         cert_error = None
         try:
             base = self._tls_info(tls, addr)
+            conn.hold = base["tls_version"] == "TLSv1.3"
         except (ValueError, x509.InvalidVersion) as e:
             # any certificate passes the TLS layer (see _make_context); one
             # OpenSSL parses but cryptography does not is answered 400
