@@ -261,10 +261,10 @@ def test_hil_and_demo_argument_errors(tmp_path, capsys):
         assert "heap size" in capsys.readouterr().err
 
 
-def test_verbose_says_when_a_retry_is_coming(tmp_path, capsys):
-    # a server that is down: the command waited silently until --deadline
-    # (86 s with the defaults); -v says each retry on stderr, without -v
-    # the failure stays one line
+@pytest.fixture
+def down_server(tmp_path):
+    """`cacerts` arguments for an HTTPS server that is down (nothing
+    listens on the port), with a real CA to trust and a 7 s deadline."""
     import socket
 
     from est_lite_cpython.ca import init_ca
@@ -277,8 +277,15 @@ def test_verbose_says_when_a_retry_is_coming(tmp_path, capsys):
     root = tmp_path / "root.pem"
     root.write_bytes(ca.root.public_bytes(serialization.Encoding.PEM))
     ca.store.close()
-    base = ("cacerts", "--server", "https://127.0.0.1:%d" % port, "--trust", str(root), "--deadline", "7",
+    return ("cacerts", "--server", "https://127.0.0.1:%d" % port, "--trust", str(root), "--deadline", "7",
             "--timeout", "2")
+
+
+def test_verbose_says_when_a_retry_is_coming(down_server, capsys):
+    # a server that is down: the command waited silently until --deadline
+    # (86 s with the defaults); -v says each retry on stderr, without -v
+    # the failure stays one line
+    base = down_server
     rc, o, err = cli(capsys, *base, "-v")
     lines = err.splitlines()
     assert rc == 1 and lines[-1].startswith("est-lite: error: ") and "gave up after" in lines[-1], err
@@ -288,24 +295,12 @@ def test_verbose_says_when_a_retry_is_coming(tmp_path, capsys):
     one_line(rc, err)
 
 
-def test_retry_lines_by_default_on_a_terminal(tmp_path, capsys, monkeypatch):
+def test_retry_lines_by_default_on_a_terminal(down_server, capsys, monkeypatch):
     # the retry lines of -v without it when a person watches stderr
-    import socket
-
     from est_lite_cpython import cli_client
-    from est_lite_cpython.ca import init_ca
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    ca = init_ca(str(tmp_path / "ca"))
-    root = tmp_path / "root.pem"
-    root.write_bytes(ca.root.public_bytes(serialization.Encoding.PEM))
-    ca.store.close()
     monkeypatch.setattr(cli_client, "_on_terminal", lambda: True)
-    rc, o, err = cli(capsys, "cacerts", "--server", "https://127.0.0.1:%d" % port, "--trust", str(root),
-                     "--deadline", "7", "--timeout", "2")
+    rc, o, err = cli(capsys, *down_server)
     lines = err.splitlines()
     assert rc == 1 and "gave up after" in lines[-1] and len(lines) >= 2, err
     assert all(ln.startswith("est-lite: no result yet") for ln in lines[:-1]), err
