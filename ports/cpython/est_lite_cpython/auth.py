@@ -455,24 +455,30 @@ class DefaultAuthenticator:
 
     def _build(self, leaf, extra, anchors):
         from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.serialization import Encoding
         from cryptography.x509 import BasicConstraints, ExtensionNotFound
 
         cache = self._sig_ok
 
-        def signed_by(c, issuer):
+        def signed_by(c, issuer, known):
+            """`known`: cache.get(c), the issuers c verified against before
+            (certificates compare and hash by their whole content: the same
+            bytes verify_directly_issued_by checks). A hit costs a hash and
+            a comparison, not the two Name objects of the check below and
+            no re-encoding of both certificates (~100 k instructions)."""
+            if known is not None:
+                for k in known:
+                    if k == issuer:
+                        return True
             if c.issuer != issuer.subject:
                 return False
-            key = (c.public_bytes(Encoding.DER), issuer.public_bytes(Encoding.DER))
-            if key in cache:
-                return True
             try:
                 c.verify_directly_issued_by(issuer)
             except (InvalidSignature, ValueError, TypeError):
                 return False
             if len(cache) >= self.max_cached_signatures:
                 cache.clear()
-            cache[key] = True
+                known = None
+            cache[c] = (known or ()) + (issuer,)
             return True
 
         def is_ca(c):
@@ -484,14 +490,15 @@ class DefaultAuthenticator:
         path = [leaf]
         cur = leaf
         for _ in range(self.max_chain):
+            known = cache.get(cur)
             for a in anchors:
-                if signed_by(cur, a):
+                if signed_by(cur, a, known):
                     if a is not cur:
                         path.append(a)
                     return path
             nxt = None
             for c in extra:
-                if c is not cur and c not in path and is_ca(c) and signed_by(cur, c):
+                if c is not cur and c not in path and is_ca(c) and signed_by(cur, c, known):
                     nxt = c
                     break
             if nxt is None:
