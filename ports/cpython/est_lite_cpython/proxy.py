@@ -34,7 +34,10 @@ anything is forwarded; the CSR goes upstream unchanged, where an RA's
 requests are not PoP-checked (RFC 7030 §3.5; est-lite: `ra_trust`).
 """
 
+import collections
+import hashlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -47,7 +50,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from est_lite import http1, numbers
-from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError
+from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, SecurityError
 
 from .service import EstService, OperationNotAllowed, PendingApproval
 
@@ -265,6 +268,13 @@ def _p7_certs(der):
         raise UpstreamError("upstream answer is not a certs-only PKCS#7: %s" % e, 502, 0xA2) from None
 
 
+def _crl_signed_by(crl, ca):
+    try:
+        return crl.is_signature_valid(ca.public_key())
+    except (ValueError, TypeError):
+        return False
+
+
 def _leaf_for(certs, public_key):
     want = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     for c in certs:
@@ -279,7 +289,8 @@ class UpstreamCA:
     /cacerts (cached), issue() forwards the CSR. issued_by_me / is_revoked
     serve the "ca" trust set (devices the upstream certified)."""
 
-    def __init__(self, upstream, *, cacerts_ttl=300.0, reenroll_as="simplereenroll", clock=time.monotonic):
+    def __init__(self, upstream, *, cacerts_ttl=300.0, reenroll_as="simplereenroll", clock=time.monotonic,
+                 crl_files=(), max_pending_owners=10000):
         if reenroll_as not in ("simplereenroll", "simpleenroll"):
             raise LocalProtocolError("reenroll_as must be simplereenroll or simpleenroll")
         self.upstream = upstream
@@ -290,6 +301,16 @@ class UpstreamCA:
         self._cache = {}  # label -> (time, pkcs7 der, [certs])
         self._lock = threading.Lock()
         self._refreshing = set()
+        # the upstream's CRLs (its "ca" trust set: devices it certified), as
+        # files the operator keeps current; re-read when one changes (a stat
+        # per file per check: about 2 us)
+        self.crl_files = list(crl_files or ())
+        self._crl_state = {}  # path -> ((mtime_ns, size), CRL)
+        # requests waiting for the upstream's manual approval, by what the
+        # upstream recognises them by (upstream path, subject, key): the
+        # device that submitted one (the upstream sees only the RA)
+        self.max_pending_owners = max_pending_owners
+        self._owners = collections.OrderedDict()
 
     def fetch(self, label=None):
         der, certs = self.upstream.cacerts(label)
@@ -340,10 +361,86 @@ class UpstreamCA:
         if req.op == "simplereenroll" and self.reenroll_as == "simplereenroll":
             op = numbers.OP_SIMPLEREENROLL
         csr_der = req.csr.public_bytes(serialization.Encoding.DER)
-        _, certs = self.upstream.enroll(op, req.label, csr_der)
+        _, certs = self.owned_call(op, req.label, req.csr, req.requester,
+                                   lambda: self.upstream.enroll(op, req.label, csr_der))
         return _leaf_for(certs, req.public_key)
 
+    # -- who may collect what the upstream approved --
+    def _request_key(self, op, label, csr):
+        spki = csr.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        path = self.upstream.path(op, label or None).encode()
+        return hashlib.sha256(b"\0".join([path, spki, csr.subject.public_bytes()])).digest()
+
+    def owned_call(self, op, label, csr, requester, call):
+        """call() (one upstream request for csr), unless the upstream holds
+        this request (same upstream path, subject and key: what an upstream
+        with manual approval recognises it by; a CSR re-signed or replayed
+        by someone else is the same request there) as pending for another
+        client of this proxy: the upstream sees only the RA, so without this
+        any device that replays the CSR would collect the certificate (with
+        serverkeygen: a private key for the other device's subject) once it
+        is approved. SecurityError (403 / 4.03) then."""
+        key = self._request_key(op, label, csr)
+        with self._lock:
+            owner = self._owners.get(key)
+        if owner is not None and owner != requester:
+            raise SecurityError("this request is waiting for the upstream's approval for another client of the "
+                                "proxy; only that client can collect it")
+        try:
+            res = call()
+        except PendingApproval:
+            with self._lock:
+                if key not in self._owners:
+                    self._owners[key] = requester
+                    while len(self._owners) > self.max_pending_owners:
+                        self._owners.popitem(last=False)
+            raise
+        if owner is not None:
+            with self._lock:
+                self._owners.pop(key, None)
+        return res
+
+    # -- revocation (trust set "ca") --
+    def load_crls(self, strict=True):
+        """(Re-)read the CRL files that changed; each must be signed by one
+        of the upstream's CA certificates. strict: raise LocalProtocolError
+        for a missing or bad file (at start); otherwise log it and keep the
+        previous version of that file."""
+        if not self.crl_files:
+            return []
+        out = []
+        for path in self.crl_files:
+            old = self._crl_state.get(path)
+            try:
+                st = os.stat(path)
+                stamp = (st.st_mtime_ns, st.st_size)
+                if old is not None and old[0] == stamp:
+                    out.append(old[1])
+                    continue
+                with open(path, "rb") as f:
+                    data = f.read()
+                crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+                if not any(ca.subject == crl.issuer and _crl_signed_by(crl, ca) for ca in self.ca_certs(None)):
+                    raise ValueError("not signed by any of the upstream's CA certificates (issuer %s)"
+                                     % crl.issuer.rfc4514_string())
+            except (OSError, ValueError) as e:
+                msg = "upstream CRL %s cannot be used: %s" % (path, e)
+                if strict:
+                    raise LocalProtocolError(msg) from None
+                log.warning("%s (keeping the previous one)", msg)
+                if old is not None:
+                    out.append(old[1])
+                continue
+            self._crl_state[path] = (stamp, crl)
+            out.append(crl)
+        return out
+
     def is_revoked(self, cert):
+        """True when one of the upstream CRL files (`crl_files`) lists cert."""
+        for crl in self.load_crls(strict=False):
+            if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                return True
         return False
 
     def issued_by_me(self, cert):
@@ -365,9 +462,9 @@ class ProxyService(EstService):
     profiles' csrattrs)."""
 
     def __init__(self, upstream, config, authenticator=None, *, cacerts_ttl=300.0, reenroll_as="simplereenroll",
-                 csrattrs_from="upstream"):
+                 csrattrs_from="upstream", crl_files=()):
         ca = upstream if isinstance(upstream, UpstreamCA) else UpstreamCA(upstream, cacerts_ttl=cacerts_ttl,
-                                                                          reenroll_as=reenroll_as)
+                                                                          reenroll_as=reenroll_as, crl_files=crl_files)
         super().__init__(ca, config, authenticator, store=None)
         self.upstream = ca.upstream
         if csrattrs_from not in ("upstream", "local"):
@@ -376,8 +473,9 @@ class ProxyService(EstService):
 
     def prefetch(self):
         """Fetch the upstream CA certificates now (call before serving: the
-        DTLS handshake asks for them)."""
+        DTLS handshake asks for them), and read the upstream CRL files."""
         self.ca.fetch(None)
+        self.ca.load_crls(strict=True)
         for label in self.config.profiles:
             if label:
                 try:
@@ -401,14 +499,17 @@ class ProxyService(EstService):
         prof = self.profile(label)
         if not prof.serverkeygen:
             raise OperationNotAllowed("serverkeygen is disabled for this label")
-        _requester, cert_id = self.authenticate("serverkeygen", prof, ctx)
+        requester, cert_id = self.authenticate("serverkeygen", prof, ctx)
         try:
             csr = self._load_csr(prof, csr_der)
             self._check_pop(prof, csr, ctx, cert_id)
             self._check_subject(prof, csr)
+            self.ca._request_key(numbers.OP_SERVERKEYGEN, label, csr)  # the CSR's key and subject encode
         except (ValueError, TypeError) as e:
             raise RemoteProtocolError("CSR cannot be parsed: %s" % e) from None
-        key, kcf, p7 = self.upstream.serverkeygen(label or None, csr.public_bytes(serialization.Encoding.DER))
+        der = csr.public_bytes(serialization.Encoding.DER)
+        key, kcf, p7 = self.ca.owned_call(numbers.OP_SERVERKEYGEN, label, csr, requester,
+                                          lambda: self.upstream.serverkeygen(label or None, der))
         certs = _p7_certs(p7)
         subjects = {c.issuer for c in certs}
         leaf = next((c for c in certs if c.subject not in subjects), certs[0]) if certs else None
@@ -461,6 +562,11 @@ class ProxyConfig:
             raise ConfigError("proxy.csrattrs_from must be \"upstream\" or \"local\"")
         self.labels = dict(_take(d, "labels", {}, dict, w))
         self.require_ra_eku = _take(d, "require_ra_eku", True, bool, w)
+        crl = _take(d, "upstream_crl", [], (str, list), w)
+        crl = [crl] if isinstance(crl, str) else crl
+        if not all(isinstance(p, str) and p for p in crl):
+            raise ConfigError("proxy.upstream_crl must be a file name or a list of file names")
+        self.upstream_crl = [rel(p) for p in crl]
         if d:
             raise ConfigError("proxy: unknown key(s) %s" % ", ".join(sorted(d)))
 
@@ -486,4 +592,5 @@ def load_proxy_config(path):
 def proxy_from_config(config, pconfig, *, authenticator=None):
     """The ProxyService for a (ServerConfig, ProxyConfig)."""
     return ProxyService(pconfig.upstream_client(), config, authenticator, cacerts_ttl=pconfig.cacerts_ttl_s,
-                        reenroll_as=pconfig.reenroll_as, csrattrs_from=pconfig.csrattrs_from)
+                        reenroll_as=pconfig.reenroll_as, csrattrs_from=pconfig.csrattrs_from,
+                        crl_files=pconfig.upstream_crl)

@@ -1,0 +1,392 @@
+"""An attacker's review of who can get a certificate through the proxy / RA
+(proxy.py) and the EST-coaps front end: each test is one attack, made with
+an independent client where possible (hand-made CoAP over the CPython DTLS
+client, stdlib ssl for HTTPS), and checks that nothing reached the upstream
+(or that the upstream issued nothing). docs/proxy.md, "Attacks tried"."""
+
+import base64
+import datetime
+import logging
+import os
+import socket
+import ssl
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from est_lite import coap
+from est_lite import numbers as N
+from est_lite.errors import SecurityError, ServerError, TransportError
+from helpers_coaps import CoapsSession, Device, RawCoap, idevid_device, issue_cert, make_csr, point
+from helpers_proxy import ProxyHarness
+from helpers_server import PASSWORD, USER, EstTestServer, Response, make_vendor_ca, write_identity
+
+# upstream labels the proxy forwards to (the RA is trusted there by "ca")
+UP_TOML = """
+[profiles.a]
+auth = ["cert"]
+ra_trust = ["ca"]
+
+[profiles.b]
+auth = ["cert"]
+"""
+
+# the proxy: label "a" trusts only the vendor's IDevIDs, "b" only another
+# manufacturer's ("otherv"); "popreq" requires PoP on every transport;
+# (forwarded to the upstream's "a", which trusts the RA to have checked
+# PoP); "manual" (PROXY_TOML) forwards to the upstream's manual approval
+PX_TOML = """
+upstream_crl = "upstream-crl.pem"
+labels = { popreq = "a" }
+
+[trust.otherv]
+certs = ["otherv.pem"]
+
+[profiles.a]
+auth = ["cert"]
+client_cert_trust = ["idevid"]
+
+[profiles.b]
+auth = ["cert"]
+client_cert_trust = ["otherv"]
+
+[profiles.popreq]
+auth = ["cert"]
+client_cert_trust = ["ca", "idevid"]
+pop = "required"
+"""
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    s = EstTestServer(tmp_path_factory.mktemp("authz-up"), extra_toml=UP_TOML)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def otherv(tmp_path_factory):
+    return make_vendor_ca(str(tmp_path_factory.mktemp("authz-otherv")), "Other Vendor CA")
+
+
+def write_crl(up, path):
+    with open(path, "wb") as f:
+        f.write(up.ca.crl().public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.fixture(scope="module")
+def px(up, otherv, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("authz-px")
+    with open(os.path.join(str(tmp), "otherv.pem"), "wb") as f:
+        f.write(otherv["cert"].public_bytes(serialization.Encoding.PEM))
+    write_crl(up, os.path.join(str(tmp), "upstream-crl.pem"))
+    p = ProxyHarness(tmp, up, up.url.replace("127.0.0.1", "localhost"), upstream_root_pem=up.root_pem,
+                     vendor_pem=os.path.join(up.tmp, "vendor.pem"), extra_toml=PX_TOML)
+    yield p
+    p.stop()
+
+
+def forwarded(px):
+    return px.upstream_stats["requests"]
+
+
+def dtls(px, up, device, **kw):
+    return px.dtls_client(device, [up.ca.root], **kw)
+
+
+def https_post(px, up, path, body, *, cert_files=None, auth=None):
+    """A stdlib-ssl HTTPS client of the proxy's HTTPS front end."""
+    c = ssl.create_default_context(cafile=up.root_pem)
+    if cert_files:
+        c.load_cert_chain(*cert_files)
+    with socket.create_connection(("127.0.0.1", px.port), timeout=10) as s:
+        with c.wrap_socket(s, server_hostname="localhost") as t:
+            b = base64.encodebytes(body)
+            h = "POST %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/pkcs10\r\n" \
+                "Content-Length: %d\r\n" % (path, len(b))
+            if auth:
+                h += "Authorization: Basic %s\r\n" % base64.b64encode(("%s:%s" % auth).encode()).decode()
+            t.sendall((h + "\r\n").encode() + b)
+            return Response.read(t)
+
+
+def self_signed(cn):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return Device(key, cert)
+
+
+def upstream_device(up, cn, *, sans=()):
+    """A device holding an operational certificate the upstream issued (trust "ca" at the proxy)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = up.ca.issue_raw(key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]), days=30,
+                           sans=[x509.DNSName(s) for s in sans])
+    return Device(key, cert)
+
+
+def refused_in_handshake(px, up, device):
+    with pytest.raises((SecurityError, TransportError)):
+        with dtls(px, up, device, timeout=5):
+            pass
+
+
+# ---------------------------------------------------------------- who may enroll at all
+
+
+def test_no_client_certificate_gets_no_dtls_session_at_the_proxy(up, px):
+    from est_lite_cpython.dtls_client import DtlsClient
+
+    n = forwarded(px)
+    with pytest.raises((SecurityError, TransportError)):
+        with DtlsClient("127.0.0.1", px.coaps_port, [up.ca.root], timeout=5):
+            pass
+    assert forwarded(px) == n
+
+
+def test_self_signed_certificate_is_refused_over_coaps_and_https(up, px, tmp_path):
+    n = forwarded(px)
+    dev = self_signed("px-selfsigned")
+    refused_in_handshake(px, up, dev)
+    files = write_identity(str(tmp_path), "selfsigned", dev.key, dev.cert)
+    try:
+        r = https_post(px, up, "/.well-known/est/simpleenroll", make_csr("px-selfsigned")[1], cert_files=files)
+    except (ssl.SSLError, OSError):
+        pass  # refused in the TLS handshake: as good
+    else:
+        assert r.status in (401, 403) and r.header("content-type").startswith("text/plain"), (r.status, r.text)
+    assert forwarded(px) == n
+
+
+def test_certificate_trusted_only_for_another_label(up, px, otherv):
+    """An "otherv" device is trusted on label b only; on label a (and the
+    default label, and spelled every other way) it is refused, nothing forwarded."""
+    k, c = issue_cert(otherv["cert"], otherv["key"], "px-otherv-1")
+    dev = Device(k, c)
+    key, csr = make_csr("px-otherv-1")
+    with dtls(px, up, dev) as dc:
+        s = CoapsSession(dc)
+        n = forwarded(px)
+        for label in ("a", None):
+            with pytest.raises(ServerError) as e:
+                s.enroll(csr, label)
+            assert e.value.coap_code in (N.FORBIDDEN, N.UNAUTHORIZED) and "trusted" in e.value.diagnostic
+        assert forwarded(px) == n
+        # control: its own label
+        got = x509.load_der_x509_certificate(s.enroll(csr, "b", public_key=point(key)).cert)
+        assert got.public_key() == key.public_key()
+
+
+def test_label_confusion_in_uri_path(up, px, otherv):
+    """A device trusted for label b only, asking for label a's resources
+    spelled in other ways: '..' segments, empty segments, percent-encoding
+    (CoAP Uri-Path is not percent-decoded), upper case, a label equal to an
+    operation name, Uri-Host / Uri-Port naming another server. Each answer
+    is an error with a diagnostic; nothing is forwarded."""
+    k, c = issue_cert(otherv["cert"], otherv["key"], "px-otherv-2")
+    _, csr = make_csr("px-otherv-2")
+    paths = [
+        [".well-known", "est", "b", "..", "a", "sen"],
+        [".well-known", "est", "b", "..", "sen"],
+        [".well-known", "est", "..", "a", "sen"],
+        [".well-known", "est", "", "sen"],
+        [".well-known", "est", "b", "", "sen"],
+        [".well-known", "est", "%61", "sen"],
+        [".well-known", "est", "A", "sen"],
+        [".well-known", "est", "a", "SEN"],
+        [".well-known", "est", "sen", "sen"],
+        [".well-known", "est", "SEN", "sen"],
+        [".well-known", "est", "b/../a", "sen"],
+        [".well-known", "est", "a", "simpleenroll"],
+        [".well-known", "EST", "a", "sen"],
+    ]
+    with dtls(px, up, Device(k, c)) as dc:
+        raw = RawCoap(dc)
+        n = forwarded(px)
+        for p in paths:
+            r = raw.request(N.POST, p, csr, content_format=N.CF_PKCS10)
+            assert r.code in (N.BAD_REQUEST, N.UNAUTHORIZED, N.FORBIDDEN, N.NOT_FOUND), (p, hex(r.code))
+            assert bytes(r.payload), p  # a readable diagnostic
+        # Uri-Host / Uri-Port (options 3, 7) do not select another server or label
+        r = raw.request(N.POST, raw.path("sen", "a"), csr, content_format=N.CF_PKCS10,
+                        options=[(3, b"upstream.example"), (7, coap.uint_encode(8443))])
+        assert r.code == N.FORBIDDEN and bytes(r.payload)
+        assert forwarded(px) == n
+        # control: label b is its label
+        r = raw.request(N.POST, raw.path("sen", "b"), csr, content_format=N.CF_PKCS10)
+        assert r.code == N.CHANGED
+        assert forwarded(px) == n + 1
+
+
+def test_expired_device_certificate_is_refused(up, px, tmp_path):
+    k, c = issue_cert(up.vendor["cert"], up.vendor["key"], "px-expired", days=-1, not_before_days=-30)
+    n = forwarded(px)
+    refused_in_handshake(px, up, Device(k, c))
+    files = write_identity(str(tmp_path), "expired", k, c)
+    try:
+        r = https_post(px, up, "/.well-known/est/simpleenroll", make_csr("px-expired")[1], cert_files=files)
+    except (ssl.SSLError, OSError):
+        pass
+    else:
+        assert r.status in (401, 403) and "expired" in r.text, (r.status, r.text)
+    assert forwarded(px) == n
+
+
+def test_device_revoked_upstream_is_refused_by_the_proxy(up, px, tmp_path):
+    """A device certificate the upstream issued and then revoked: the proxy
+    (trust set "ca") must not keep enrolling it as the RA. The upstream's
+    CRL (`upstream_crl`, re-read when the file changes) reaches the proxy's
+    handshake and its per-request check."""
+    dev = upstream_device(up, "px-revoked")
+    with dtls(px, up, dev) as dc:  # control: accepted before the revocation
+        key, csr = make_csr("px-revoked-2")
+        CoapsSession(dc).enroll(csr, public_key=point(key))
+    up.ca.revoke(dev.cert.serial_number, "keyCompromise")
+    write_crl(up, os.path.join(px.tmp, "upstream-crl.pem"))
+    n = forwarded(px)
+    refused_in_handshake(px, up, dev)
+    files = write_identity(str(tmp_path), "revoked", dev.key, dev.cert)
+    r = https_post(px, up, "/.well-known/est/simpleenroll", make_csr("px-revoked-3")[1], cert_files=files)
+    assert r.status == 403 and "revoked" in r.text, (r.status, r.text)
+    r = https_post(px, up, "/.well-known/est/simplereenroll", make_csr("px-revoked")[1], cert_files=files)
+    assert r.status == 403 and "revoked" in r.text, (r.status, r.text)
+    assert forwarded(px) == n
+
+
+# ---------------------------------------------------------------- renewal
+
+
+def test_reenroll_with_a_changed_san_is_refused_at_the_proxy(up, px):
+    dev = upstream_device(up, "px-san-dev", sans=["dev.example.com"])
+    with dtls(px, up, dev) as dc:
+        s = CoapsSession(dc)
+        n = forwarded(px)
+        for sans in ((), ("other.example.com",), ("dev.example.com", "victim.example.com")):
+            with pytest.raises(ServerError) as e:
+                s.reenroll(make_csr("px-san-dev", sans=sans)[1])
+            assert e.value.coap_code == N.BAD_REQUEST and "subjectAltName" in e.value.diagnostic
+        assert forwarded(px) == n
+        key, csr = make_csr("px-san-dev", sans=("dev.example.com",))
+        got = x509.load_der_x509_certificate(s.reenroll(csr, public_key=point(key)).cert)  # control
+        assert got.subject == dev.cert.subject
+
+
+def test_idevid_cannot_renew_where_only_operational_certificates_may(up, px):
+    """The proxy's profiles renew only "ca" (upstream-issued) certificates
+    (reenroll_trust default): a manufacturer certificate with the same
+    subject as an operational one cannot renew it."""
+    victim = upstream_device(up, "px-renew-victim")
+    idev = Device(*issue_cert(up.vendor["cert"], up.vendor["key"], "px-renew-victim"))
+    del victim
+    with dtls(px, up, idev) as dc:
+        n = forwarded(px)
+        with pytest.raises(ServerError) as e:
+            CoapsSession(dc).reenroll(make_csr("px-renew-victim")[1])
+        assert e.value.coap_code in (N.FORBIDDEN, N.UNAUTHORIZED) and "trusted" in e.value.diagnostic
+        assert forwarded(px) == n
+
+
+# ---------------------------------------------------------------- credentials and PoP
+
+
+def test_device_cannot_pass_credentials_through_to_the_upstream(up, px):
+    """The upstream's password (alice) means nothing at the proxy: the proxy
+    authenticates with its own password file and sends upstream only its RA
+    certificate, never the device's Authorization header."""
+    n = forwarded(px)
+    r = https_post(px, up, "/.well-known/est/simpleenroll", make_csr("px-smuggle")[1], auth=(USER, PASSWORD))
+    assert r.status == 401 and r.header("content-type").startswith("text/plain")
+    assert forwarded(px) == n
+
+
+def test_required_pop_cannot_be_skipped_or_borrowed_through_the_proxy(up, px):
+    dev = idevid_device(up, "px-pop-dev")
+    with dtls(px, up, dev) as first:
+        borrowed = base64.b64encode(first.tls_unique).decode()
+        with dtls(px, up, dev) as dc:
+            s = CoapsSession(dc)
+            n = forwarded(px)
+            with pytest.raises(ServerError) as e:  # no challengePassword at all
+                s.enroll(make_csr("px-pop-dev")[1], "popreq")
+            assert e.value.coap_code == N.FORBIDDEN and "PoP" in e.value.diagnostic
+            with pytest.raises(ServerError) as e:  # another (live) session's binding
+                s.enroll(make_csr("px-pop-dev", challenge=borrowed)[1], "popreq")
+            assert e.value.coap_code == N.FORBIDDEN and "PoP" in e.value.diagnostic
+            assert forwarded(px) == n
+            key, csr = make_csr("px-pop-dev", challenge=base64.b64encode(dc.tls_unique).decode())
+            got = x509.load_der_x509_certificate(s.enroll(csr, "popreq", public_key=point(key)).cert)
+            assert got.public_key() == key.public_key()
+
+
+# ---------------------------------------------------------------- serverkeygen
+
+
+def test_serverkeygen_key_is_never_logged_or_written_and_not_served_to_another_session(up, px, caplog):
+    dev = idevid_device(up, "px-skg-dev")
+    other = idevid_device(up, "px-skg-other")
+    before = {os.path.join(d, f): os.path.getsize(os.path.join(d, f))
+              for d, _, fs in os.walk(px.tmp) for f in fs}
+    caplog.set_level(logging.DEBUG)
+    _, csr = make_csr("px-skg-dev")
+    with dtls(px, up, dev) as dc:
+        raw = RawCoap(dc)
+        # the answer in 16-byte blocks: block 0 only, the rest stays with this session
+        r0 = raw.request(N.POST, raw.path("skg"), csr, content_format=N.CF_PKCS10, block2=(0, 0, 0))
+        assert r0.code == N.CHANGED and coap.opt(r0, 23) is not None
+        with dtls(px, up, other) as dc2:
+            raw2 = RawCoap(dc2)
+            r1 = raw2.request(N.POST, raw2.path("skg"), b"", block2=(1, 0, 0))
+            assert r1.code == N.REQUEST_ENTITY_INCOMPLETE and b"unknown or expired" in bytes(r1.payload)
+        ev = CoapsSession(dc).serverkeygen(csr)
+    key = serialization.load_der_private_key(ev.key_der, None)
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    needles = [ev.key_der, scalar, scalar.hex().encode(), base64.b64encode(ev.key_der),
+               base64.b64encode(ev.key_der)[:40], ev.key_der.hex().encode()]
+    text = "\n".join(r.getMessage() for r in caplog.records).encode()
+    assert caplog.records  # something was logged at DEBUG, so the scan means something
+    for nd in needles:
+        assert nd not in text
+    for d, _, fs in os.walk(px.tmp):
+        for f in fs:
+            p = os.path.join(d, f)
+            if before.get(p) == os.path.getsize(p):
+                continue
+            with open(p, "rb") as fh:
+                data = fh.read()
+            for nd in needles:
+                assert nd not in data, p
+
+
+# ---------------------------------------------------------------- manual approval
+
+
+def test_approved_request_is_collected_only_by_the_device_that_asked(up, px):
+    """Upstream manual approval sees only the RA: the proxy remembers which
+    device submitted a pending request and gives the certificate (or, for
+    serverkeygen, a private key) to no other device that replays the CSR."""
+    owner = idevid_device(up, "px-appr-owner")
+    thief = idevid_device(up, "px-appr-thief")
+    key, csr = make_csr("px-appr-owner")
+    for op in (N.OP_SIMPLEENROLL, N.OP_SERVERKEYGEN):
+        with dtls(px, up, owner) as dc:
+            ev = CoapsSession(dc).op(op, "manual", csr)
+            assert type(ev).__name__ == "RetryAfter"
+        pending = up.ca.store.list_requests("pending")
+        up.ca.store.decide(pending[-1]["id"], True)
+        with dtls(px, up, thief) as dc:
+            n = forwarded(px)
+            with pytest.raises(ServerError) as e:
+                CoapsSession(dc).op(op, "manual", csr)
+            assert e.value.coap_code == N.FORBIDDEN and "another client" in e.value.diagnostic
+            assert forwarded(px) == n
+        with dtls(px, up, owner) as dc:  # control: the owner collects
+            ev = CoapsSession(dc).op(op, "manual", csr, public_key=point(key) if op == N.OP_SIMPLEENROLL else None)
+            assert ev.cert
