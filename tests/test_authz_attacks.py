@@ -40,7 +40,7 @@ auth = ["cert"]
 # PoP); "manual" (PROXY_TOML) forwards to the upstream's manual approval
 PX_TOML = """
 upstream_crl = "upstream-crl.pem"
-labels = { popreq = "a" }
+labels = { popreq = "a", ghost = "nosuch" }
 
 [trust.otherv]
 certs = ["otherv.pem"]
@@ -52,6 +52,9 @@ client_cert_trust = ["idevid"]
 [profiles.b]
 auth = ["cert"]
 client_cert_trust = ["otherv"]
+
+[profiles.ghost]
+auth = ["cert"]
 
 [profiles.popreq]
 auth = ["cert"]
@@ -390,3 +393,57 @@ def test_approved_request_is_collected_only_by_the_device_that_asked(up, px):
         with dtls(px, up, owner) as dc:  # control: the owner collects
             ev = CoapsSession(dc).op(op, "manual", csr, public_key=point(key) if op == N.OP_SIMPLEENROLL else None)
             assert ev.cert
+
+
+# ---------------------------------------------------------------- unauthenticated load on the upstream
+
+
+def https_get(px, up, path):
+    """GET without any credentials (stdlib ssl, no client certificate)."""
+    c = ssl.create_default_context(cafile=up.root_pem)
+    with socket.create_connection(("127.0.0.1", px.port), timeout=10) as s:
+        with c.wrap_socket(s, server_hostname="localhost") as t:
+            t.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % path).encode())
+            return Response.read(t)
+
+
+def test_anonymous_csrattrs_do_not_each_cost_an_upstream_request(up, px, monkeypatch):
+    """/csrattrs needs no authentication (RFC 7030 §4.5): each anonymous
+    request used to open a TLS connection to the upstream with the RA's
+    certificate (a peer with no credentials made the RA work for it, and
+    tied up a worker per request while the upstream was slow). The
+    upstream's answer is the same for every device (it sees the RA), so it
+    is cached like /cacerts."""
+    now = [1000.0]
+    monkeypatch.setattr(px.service.ca, "clock", lambda: now[0])
+    first = https_get(px, up, "/.well-known/est/csrattrs")
+    assert first.status in (200, 204)
+    n = forwarded(px)
+    for _ in range(5):
+        r = https_get(px, up, "/.well-known/est/csrattrs")
+        assert (r.status, r.body) == (first.status, first.body)
+    assert forwarded(px) == n
+    now[0] += px.service.ca.cacerts_ttl + 1  # stale: fetched again, once
+    for _ in range(3):
+        assert https_get(px, up, "/.well-known/est/csrattrs").status == first.status
+    assert forwarded(px) == n + 1
+
+
+def test_anonymous_requests_for_a_failing_upstream_label_are_held_back(up, px, monkeypatch):
+    """A proxy label whose upstream label is missing (a configuration
+    slip): anonymous /cacerts requests for it each went upstream. A failure
+    is now remembered for upstream_error_hold seconds."""
+    now = [5000.0]
+    monkeypatch.setattr(px.service.ca, "clock", lambda: now[0])
+    r = https_get(px, up, "/.well-known/est/ghost/cacerts")
+    assert r.status == 404 and "upstream" in r.text
+    n = forwarded(px)
+    for _ in range(5):
+        r = https_get(px, up, "/.well-known/est/ghost/cacerts")
+        assert r.status == 404 and "upstream" in r.text
+        r = https_get(px, up, "/.well-known/est/ghost/csrattrs")
+        assert r.status in (204, 404)
+    assert forwarded(px) <= n + 1
+    now[0] += px.service.ca.upstream_error_hold + 1
+    https_get(px, up, "/.well-known/est/ghost/cacerts")
+    assert forwarded(px) >= n + 1

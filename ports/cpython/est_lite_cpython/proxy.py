@@ -290,7 +290,7 @@ class UpstreamCA:
     serve the "ca" trust set (devices the upstream certified)."""
 
     def __init__(self, upstream, *, cacerts_ttl=300.0, reenroll_as="simplereenroll", clock=time.monotonic,
-                 crl_files=(), max_pending_owners=10000):
+                 crl_files=(), max_pending_owners=10000, upstream_error_hold=5.0):
         if reenroll_as not in ("simplereenroll", "simpleenroll"):
             raise LocalProtocolError("reenroll_as must be simplereenroll or simpleenroll")
         self.upstream = upstream
@@ -301,6 +301,15 @@ class UpstreamCA:
         self._cache = {}  # label -> (time, pkcs7 der, [certs])
         self._lock = threading.Lock()
         self._refreshing = set()
+        # csrattrs answers (label -> (time, der)), cached like /cacerts: the
+        # upstream answers the RA, the same for every device. A failed
+        # cacerts/csrattrs fetch is remembered for upstream_error_hold
+        # seconds ((kind, label) -> (time, UpstreamError)): requests that need
+        # no authentication must not each cost an upstream connection
+        self._attrs = {}
+        self.upstream_error_hold = upstream_error_hold
+        self._failed = {}
+        self._fetch_locks = {}  # (kind, label) -> Lock: one upstream fetch at a time
         # the upstream's CRLs (its "ca" trust set: devices it certified), as
         # files the operator keeps current; re-read when one changes (a stat
         # per file per check: about 2 us)
@@ -313,24 +322,51 @@ class UpstreamCA:
         self._owners = collections.OrderedDict()
 
     def fetch(self, label=None):
-        der, certs = self.upstream.cacerts(label)
-        if not certs:
-            raise UpstreamError("upstream /cacerts holds no certificate", 502, 0xA2)
+        try:
+            der, certs = self.upstream.cacerts(label)
+            if not certs:
+                raise UpstreamError("upstream /cacerts holds no certificate", 502, 0xA2)
+        except UpstreamError as e:
+            with self._lock:
+                self._failed[("crts", label or "")] = (self.clock(), e)
+            raise
         with self._lock:
             self._cache[label or ""] = (self.clock(), der, certs)
+            self._failed.pop(("crts", label or ""), None)
         return der, certs
+
+    def _held_failure(self, kind, key):
+        """Raise (a copy of) the upstream failure of this fetch if it is
+        younger than upstream_error_hold; the caller holds self._lock."""
+        f = self._failed.get((kind, key))
+        if f is not None and self.clock() - f[0] < self.upstream_error_hold:
+            e = f[1]
+            raise UpstreamError(e.msg, e.http_status, e.coap_code, e.upstream_status)
+
+    def _fetch_lock(self, kind, key):
+        with self._lock:
+            return self._fetch_locks.setdefault((kind, key), threading.Lock())
 
     def cached(self, label=None):
         """(pkcs7 der, certs): from the cache; a stale entry is refreshed in
-        the background (only the very first fetch blocks)."""
+        the background (only the very first fetch blocks, one at a time; a
+        failure is answered again for upstream_error_hold seconds)."""
         key = label or ""
         with self._lock:
             ent = self._cache.get(key)
             stale = ent is not None and self.clock() - ent[0] > self.cacerts_ttl and key not in self._refreshing
             if stale:
                 self._refreshing.add(key)
+            if ent is None:
+                self._held_failure("crts", key)
         if ent is None:
-            return self.fetch(label)
+            with self._fetch_lock("crts", key):
+                with self._lock:
+                    ent = self._cache.get(key)
+                    if ent is None:
+                        self._held_failure("crts", key)
+                if ent is None:
+                    return self.fetch(label)
         if stale:
             threading.Thread(target=self._refresh, args=(label,), daemon=True).start()
         return ent[1], ent[2]
@@ -343,6 +379,38 @@ class UpstreamCA:
         finally:
             with self._lock:
                 self._refreshing.discard(label or "")
+
+    def csrattrs(self, label=None):
+        """The upstream's csrattrs DER for label (b"" for none), cached for
+        cacerts_ttl seconds; one fetch at a time; a failure is answered
+        again for upstream_error_hold seconds."""
+        key = label or ""
+
+        def hit():
+            with self._lock:
+                ent = self._attrs.get(key)
+                if ent is not None and self.clock() - ent[0] <= self.cacerts_ttl:
+                    return ent[1]
+                self._held_failure("att", key)
+            return None
+
+        v = hit()
+        if v is not None:
+            return v
+        with self._fetch_lock("att", key):
+            v = hit()
+            if v is not None:
+                return v
+            try:
+                v = self.upstream.csrattrs(label)
+            except UpstreamError as e:
+                with self._lock:
+                    self._failed[("att", key)] = (self.clock(), e)
+                raise
+            with self._lock:
+                self._attrs[key] = (self.clock(), v)
+                self._failed.pop(("att", key), None)
+            return v
 
     # -- backend interface --
     def ca_certs(self, label=None):
@@ -493,7 +561,7 @@ class ProxyService(EstService):
         prof = self.profile(label)
         if prof.csrattrs_auth:
             self.authenticate("csrattrs", prof, ctx)
-        return self.upstream.csrattrs(label or None)
+        return self.ca.csrattrs(label or None)
 
     def serverkeygen(self, label, csr_der, ctx):
         prof = self.profile(label)
