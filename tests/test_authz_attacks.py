@@ -447,3 +447,76 @@ def test_anonymous_requests_for_a_failing_upstream_label_are_held_back(up, px, m
     now[0] += px.service.ca.upstream_error_hold + 1
     https_get(px, up, "/.well-known/est/ghost/cacerts")
     assert forwarded(px) >= n + 1
+
+
+# ---------------------------------------------------------------- unauthenticated DTLS handshakes
+
+
+def _half_open(pki, port, src, timeout=0.5):
+    """A ClientHello, the cookie round trip, then silence (never a
+    certificate): the server keeps a handshaking session until
+    handshake_timeout. Returns (socket, got_server_hello)."""
+    from OpenSSL import SSL
+
+    from est_lite_cpython import dtls as d
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    s.settimeout(timeout)
+    ctx = d.base_context(False, d.CLIENT_SUITES, pki.client.cert, pki.client.key)
+    conn = d.new_connection(ctx, 1200)
+    conn.set_connect_state()
+    for _ in range(2):  # ClientHello, then ClientHello with the cookie
+        try:
+            conn.do_handshake()
+        except SSL.WantReadError:
+            pass
+        for dg in d.drain_bio(conn, 1200):
+            s.sendto(dg, ("127.0.0.1", port))
+        try:
+            conn.bio_write(s.recv(4096))
+        except socket.timeout:
+            return s, False
+    return s, True
+
+
+def test_half_open_handshakes_from_one_host_cannot_fill_the_server():
+    """An unauthenticated host (it only needs its real address for the
+    cookie) opened handshakes from many ports and went silent: they filled
+    max_sessions for handshake_timeout, and every other device was refused
+    (refused_full) for as long as the attacker renewed them. Now one host
+    (an IPv4 address, an IPv6 /64) holds at most max_handshakes_per_host
+    handshaking sessions."""
+    from est_lite_cpython.dtls_client import DtlsClient
+    from helpers_dtls import Pki, ServerThread
+
+    pki = Pki()
+    srv = ServerThread(pki, max_sessions=4, handshake_timeout=30.0, max_handshakes_per_host=2)
+    socks = []
+    try:
+        opened = 0
+        for _ in range(4):  # from 127.0.0.2, another host than the device's 127.0.0.1
+            s, ok = _half_open(pki, srv.port, "127.0.0.2")
+            socks.append(s)
+            opened += ok
+        assert opened == 2 and srv.session_count() == 2
+        assert srv.stats()["refused_host_handshakes"] >= 2
+        with DtlsClient("127.0.0.1", srv.port, [pki.ca.root.cert], cert=pki.client.cert, key=pki.client.key,
+                        timeout=5) as c:
+            c.send(b"hi")
+            assert c.recv(5) == b"echo hi"
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+
+
+def test_host_key_groups_ipv6_by_prefix_and_unmaps_ipv4():
+    from est_lite_cpython.dtls_server import host_key
+
+    assert host_key(("192.0.2.1", 5684)) == host_key(("192.0.2.1", 1))
+    assert host_key(("192.0.2.1", 1)) != host_key(("192.0.2.2", 1))
+    assert host_key(("::ffff:192.0.2.1", 1, 0, 0)) == host_key(("192.0.2.1", 1))
+    assert host_key(("::ffff:192.0.2.1", 1, 0, 0)) != host_key(("::ffff:192.0.2.2", 1, 0, 0))
+    assert host_key(("2001:db8:1:2::1", 1, 0, 0)) == host_key(("2001:db8:1:2:ffff::9", 7, 0, 0))
+    assert host_key(("2001:db8:1:2::1", 1, 0, 0)) != host_key(("2001:db8:1:3::1", 1, 0, 0))

@@ -656,8 +656,8 @@ class EstCoapsServer:
     or cryptography objects) and key; chain: certificates sent after the leaf
     (default: none; a client that lacks an intermediate needs it here).
     trusted_cas / is_revoked: default from the service's profiles and CA.
-    Other keywords: the DtlsServer options (mtu, max_sessions, idle_timeout,
-    handshake_timeout, ciphers, ...) and the EstResource limits (max_body,
+    Other keywords: the DtlsServer options (mtu, max_sessions,
+    max_handshakes_per_host, idle_timeout, handshake_timeout, ciphers, ...) and the EstResource limits (max_body,
     max_transfers, max_transfers_per_session, transfer_timeout). workers:
     threads for the blocking service calls."""
 
@@ -715,6 +715,7 @@ class EstCoapsServer:
                   port=getattr(config, "coaps_port", 5684) if port is None else port,
                   mtu=getattr(config, "coaps_mtu", 1200),
                   max_sessions=getattr(config, "coaps_max_sessions", 256),
+                  max_handshakes_per_host=getattr(config, "coaps_max_handshakes_per_host", 16),
                   idle_timeout=getattr(config, "coaps_idle_timeout_s", 120.0),
                   evict_idle_after=getattr(config, "coaps_evict_idle_s", 10.0),
                   handshake_timeout=getattr(config, "coaps_handshake_timeout_s", 30.0),

@@ -22,7 +22,10 @@ or a callable returning the current list, evaluated for each new session),
 then each certificate of the verified chain goes through `is_revoked(cert)` if
 given. Sessions are bounded (`max_sessions`), time out while handshaking
 (`handshake_timeout`) and are evicted when idle (`idle_timeout`; MicroPython
-clients never send close_notify).
+clients never send close_notify). One host (an IPv4 address, an IPv6 /64)
+holds at most `max_handshakes_per_host` sessions that are still
+handshaking: an unauthenticated peer that answers the cookie and goes
+silent cannot fill the table from many ports.
 """
 
 import asyncio
@@ -38,6 +41,22 @@ from est_lite.errors import LocalProtocolError
 from . import dtls as _d
 
 log = logging.getLogger("est_lite.dtls_server")
+
+def host_key(address):
+    """What max_handshakes_per_host counts by: the IPv4 address (also when
+    IPv4-mapped in IPv6), or the /64 prefix of an IPv6 address."""
+    import socket
+
+    host = address[0]
+    if ":" not in host:
+        return host
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    try:
+        return socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])[:8]
+    except (OSError, ValueError):
+        return host
+
 
 _HS_CLIENT_HELLO = 1
 _HS_HELLO_VERIFY_REQUEST = 3
@@ -366,6 +385,7 @@ class DtlsServer:
         ciphers=_d.SERVER_SUITES,
         mtu=_d.DEFAULT_MTU,
         max_sessions=64,
+        max_handshakes_per_host=16,
         idle_timeout=120.0,
         handshake_timeout=30.0,
         cookie_lifetime=300.0,
@@ -376,6 +396,8 @@ class DtlsServer:
     ):
         if max_sessions < 1:
             raise LocalProtocolError("max_sessions must be at least 1")
+        if max_handshakes_per_host is not None and max_handshakes_per_host < 1:
+            raise LocalProtocolError("max_handshakes_per_host must be at least 1, or None (no limit)")
         if idle_timeout <= 0 or handshake_timeout <= 0:
             raise LocalProtocolError("idle_timeout and handshake_timeout must be positive")
         if evict_idle_after is not None and not evict_idle_after >= 0:
@@ -393,6 +415,7 @@ class DtlsServer:
         self.ciphers = tuple(ciphers)
         self.mtu = mtu
         self.max_sessions = max_sessions
+        self.max_handshakes_per_host = max_handshakes_per_host
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
         self.max_datagram = max_datagram
@@ -412,6 +435,7 @@ class DtlsServer:
             ignored=0,
             hello_verify_sent=0,
             refused_full=0,
+            refused_host_handshakes=0,
             evicted_for_new=0,
             handshakes=0,
             handshake_failures=0,
@@ -590,6 +614,18 @@ class DtlsServer:
                 self.stats["ignored"] += 1
                 return
             self._close(peer, "client started a new handshake", notify=False)
+        limit = self.max_handshakes_per_host
+        if limit is not None:
+            host = host_key(addr)
+            n = 0
+            for p in self.sessions.values():
+                if not p.established and not p.closed and host_key(p.address) == host:
+                    n += 1
+            if n >= limit:
+                # silence, as when full: the client's ClientHello timer
+                # retries once one of its host's handshakes ends
+                self.stats["refused_host_handshakes"] += 1
+                return
         if len(self.sessions) >= self.max_sessions:
             old = self._idlest(now)
             if old is None:
