@@ -63,3 +63,31 @@ def test_chain_through_intermediate_cached_per_link(tmp_path, monkeypatch):
         ident = a.verify_client_cert([leaf, inter], ["t"])
         assert [c.subject.rfc4514_string() for c in ident.chain] == ["CN=dev-2", "CN=Intermediate", "CN=Root"]
     assert calls == [("CN=dev-2", "CN=Intermediate"), ("CN=Intermediate", "CN=Root")]
+
+
+def test_subject_text_built_once_per_certificate(tmp_path, monkeypatch):
+    from cryptography.hazmat.primitives import serialization
+
+    vendor = make_vendor_ca(str(tmp_path))
+    a = DefaultAuthenticator(None, ConfigStub(idevid=TrustStub([vendor["cert"]])), max_cached_signatures=2)
+    _, one = issue_cert(vendor["cert"], vendor["key"], "dev-1")
+    _, two = issue_cert(vendor["cert"], vendor["key"], "dev-2")
+    texts = []
+    orig = x509.Name.rfc4514_string
+
+    def counted(self, *args, **kw):
+        t = orig(self, *args, **kw)
+        texts.append(t)
+        return t
+
+    monkeypatch.setattr(x509.Name, "rfc4514_string", counted)
+    for _ in range(3):
+        again = x509.load_der_x509_certificate(one.public_bytes(serialization.Encoding.DER))
+        assert a.verify_client_cert([again], ["idevid"]).subject == "CN=dev-1"
+    assert texts == ["CN=dev-1"]
+    assert a.verify_client_cert([two], ["idevid"]).subject == "CN=dev-2"
+    assert texts == ["CN=dev-1", "CN=dev-2"]
+    for i in range(3):  # the cache stays bounded
+        _, other = issue_cert(vendor["cert"], vendor["key"], "dev-x%d" % i)
+        assert a.verify_client_cert([other], ["idevid"]).subject == "CN=dev-x%d" % i
+        assert len(a._subject_text) <= 2
