@@ -520,3 +520,99 @@ def test_host_key_groups_ipv6_by_prefix_and_unmaps_ipv4():
     assert host_key(("::ffff:192.0.2.1", 1, 0, 0)) != host_key(("::ffff:192.0.2.2", 1, 0, 0))
     assert host_key(("2001:db8:1:2::1", 1, 0, 0)) == host_key(("2001:db8:1:2:ffff::9", 7, 0, 0))
     assert host_key(("2001:db8:1:2::1", 1, 0, 0)) != host_key(("2001:db8:1:3::1", 1, 0, 0))
+
+
+# ---------------------------------------------------------------- RA powers and paths
+
+
+def test_a_csr_cannot_ask_for_ra_or_ca_powers(up, px, tmp_path):
+    """A device's CSR asking (extensionRequest) for id-kp-cmcRA, CA:TRUE and
+    keyCertSign goes upstream through the RA unchanged (it is signed), but
+    the issued certificate carries only the profile's extensions; used at
+    the upstream on a label that trusts RAs, it is a device, not an RA."""
+    from helpers_proxy import CMC_RA
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "px-wannabe-ra")]))
+           .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, CMC_RA]), critical=False)
+           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+           .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                        data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                        crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+           .sign(key, hashes.SHA256()))
+    with dtls(px, up, idevid_device(up, "px-wannabe-ra")) as dc:
+        got = x509.load_der_x509_certificate(CoapsSession(dc).enroll(csr.public_bytes(serialization.Encoding.DER),
+                                                                     "a", public_key=point(key)).cert)
+    ekus = got.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert CMC_RA not in ekus
+    assert got.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    assert not got.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    # at the upstream's label a (ra_trust = ["ca"]) it cannot renew someone else's subject
+    victim = upstream_device(up, "px-ra-victim")
+    files = write_identity(str(tmp_path), "wannabe", key, got)
+    r = up.request("POST", up.path("simplereenroll", "a"), make_csr("px-ra-victim")[1], cert=files[0], key=files[1])
+    assert r.status == 400 and "keep the subject" in r.text
+    assert victim.cert.subject.rfc4514_string() == "CN=px-ra-victim"
+
+
+def test_label_confusion_in_https_paths_through_the_proxy(up, px, otherv, tmp_path):
+    """The HTTPS front end of the proxy: a device trusted for label b only,
+    with label a spelled in other ways (dot segments, percent-encoding,
+    empty segments, absolute-form target, a label equal to an operation
+    name): never a 2xx, always a text/plain reason, nothing forwarded."""
+    k, c = issue_cert(otherv["cert"], otherv["key"], "px-otherv-3")
+    files = write_identity(str(tmp_path), "otherv3", k, c)
+    _, csr = make_csr("px-otherv-3")
+    paths = [
+        "/.well-known/est/b/../a/simpleenroll",
+        "/.well-known/est/b/%2e%2e/a/simpleenroll",
+        "/.well-known/est/%61/simpleenroll",
+        "/.well-known/est/b%2F..%2Fa/simpleenroll",
+        "/.well-known/est//a/simpleenroll",
+        "//.well-known/est/a/simpleenroll",
+        "/.well-known/est/a/SimpleEnroll",
+        "/.well-known/est/simpleenroll/simpleenroll",
+        "/.well-known/est/a/simpleenroll?label=b",
+        "https://localhost/.well-known/est/a/simpleenroll",
+        "/.well-known/est/a/simpleenroll/",
+        "/.well-known/est/a/sen",
+    ]
+    n = forwarded(px)
+    for p in paths:
+        r = https_post(px, up, p, csr, cert_files=files)
+        assert r.status in (400, 401, 403, 404), (p, r.status)
+        assert r.header("content-type").startswith("text/plain") and r.text.strip(), p
+    assert forwarded(px) == n
+    assert https_post(px, up, "/.well-known/est/b/simpleenroll", csr, cert_files=files).status == 200  # control
+
+
+def test_proxy_label_map_is_checked_when_the_config_is_read():
+    """[proxy] labels: both sides must be labels (one segment, no '/', '%',
+    '..', not an operation name) - a mapped value is put into the upstream's
+    URL path."""
+    from est_lite_cpython.config import ConfigError
+    from est_lite_cpython.proxy import ProxyConfig
+
+    base = {"upstream": "https://up.example:8443", "ra_cert": "ra.pem", "ra_key": "ra.key"}
+    assert ProxyConfig(dict(base, labels={"a": "b", "c": ""})).labels == {"a": "b", "c": ""}
+    for bad in ({"a": "../x"}, {"a": "b/c"}, {"a": "%2e%2e"}, {"a": "simpleenroll"}, {"..": "a"}, {"a": 3}):
+        with pytest.raises(ConfigError, match="labels"):
+            ProxyConfig(dict(base, labels=bad))
+
+
+@pytest.mark.xfail(strict=True, reason="service.py (not this engineer's file): EstService._approval returns an "
+                   "approved request to whoever sends the same CSR; it should compare r['requester']")
+def test_upstream_gives_an_approved_serverkeygen_only_to_its_requester(up, tmp_path):
+    """At the reference server itself (no proxy): alice (HTTP Basic) asks
+    for a server-generated key on the manual-approval label; once approved,
+    a device with another identity replaying the same CSR must not collect
+    the private key made for alice's request."""
+    key, csr = make_csr("skg-approval-owner")
+    r = up.request("POST", up.path("serverkeygen", "manual"), csr, auth=(USER, PASSWORD))
+    assert r.status == 202
+    up.ca.store.decide(up.ca.store.list_requests("pending")[-1]["id"], True)
+    thief = upstream_device(up, "skg-approval-thief")
+    files = write_identity(str(tmp_path), "thief", thief.key, thief.cert)
+    r = up.request("POST", up.path("serverkeygen", "manual"), csr, cert=files[0], key=files[1])
+    assert r.status == 403, (r.status, r.text)

@@ -629,6 +629,14 @@ class ProxyConfig:
         if self.csrattrs_from not in ("upstream", "local"):
             raise ConfigError("proxy.csrattrs_from must be \"upstream\" or \"local\"")
         self.labels = dict(_take(d, "labels", {}, dict, w))
+        for k, v in self.labels.items():  # a mapped label goes into the upstream's URL path
+            try:
+                if not isinstance(v, str):
+                    raise LocalProtocolError("not a string")
+                numbers.check_label(k)
+                numbers.check_label(v)
+            except LocalProtocolError as e:
+                raise ConfigError("proxy.labels: %r = %r is not a label mapping (%s)" % (k, v, e.msg)) from None
         self.require_ra_eku = _take(d, "require_ra_eku", True, bool, w)
         crl = _take(d, "upstream_crl", [], (str, list), w)
         crl = [crl] if isinstance(crl, str) else crl
