@@ -616,3 +616,63 @@ def test_upstream_gives_an_approved_serverkeygen_only_to_its_requester(up, tmp_p
     files = write_identity(str(tmp_path), "thief", thief.key, thief.cert)
     r = up.request("POST", up.path("serverkeygen", "manual"), csr, cert=files[0], key=files[1])
     assert r.status == 403, (r.status, r.text)
+
+
+def test_nothing_a_device_sends_becomes_an_upstream_header(up, px, monkeypatch):
+    """The upstream request is built by the proxy from (operation, label,
+    CSR) only: CoAP options (Uri-Query, unknown elective options carrying
+    header-like bytes) and HTTPS request headers of the device never reach
+    it, so a device cannot add anything an upstream would take from an RA."""
+    import est_lite_cpython.proxy as P
+
+    sent = []
+    real = P.http1.build_request
+
+    def spy(*a, **kw):
+        req = real(*a, **kw)
+        sent.append(bytes(req))
+        return req
+
+    monkeypatch.setattr(P.http1, "build_request", spy)
+    evil = b"x\r\nX-EST-RA: yes\r\nAuthorization: Basic YWxpY2U6czNjcmV0"
+    dev = idevid_device(up, "px-hdr-dev")
+    key, csr = make_csr("px-hdr-dev")
+    with dtls(px, up, dev) as dc:
+        raw = RawCoap(dc)
+        r = raw.request(N.POST, raw.path("sen"), csr, content_format=N.CF_PKCS10,
+                        options=[(15, evil), (2048, evil), (65000, evil)])
+        assert r.code == N.CHANGED
+        # Proxy-Uri / Proxy-Scheme: not a forward proxy (5.05), nothing forwarded
+        n = forwarded(px)
+        r = raw.request(N.POST, raw.path("sen"), csr, content_format=N.CF_PKCS10,
+                        options=[(35, b"https://localhost/.well-known/est/a/simpleenroll")])
+        assert r.code == 0xA5 and bytes(r.payload)
+        assert forwarded(px) == n
+    c = ssl.create_default_context(cafile=up.root_pem)
+    with socket.create_connection(("127.0.0.1", px.port), timeout=10) as s:
+        with c.wrap_socket(s, server_hostname="localhost") as t:
+            b = base64.encodebytes(make_csr("px-hdr-dev2")[1])
+            t.sendall(("POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                       "Content-Type: application/pkcs10\r\nX-EST-RA: yes\r\nX-Forwarded-Client-Cert: by=ra\r\n"
+                       "Authorization: Basic %s\r\nContent-Length: %d\r\n\r\n"
+                       % (base64.b64encode(b"dave:devpass").decode(), len(b))).encode() + b)
+            assert Response.read(t).status == 200
+    assert len(sent) == 2
+    for req in sent:
+        head = req.split(b"\r\n\r\n", 1)[0].lower()
+        assert b"x-est-ra" not in head and b"x-forwarded" not in head and b"authorization" not in head
+        names = sorted(line.split(b":", 1)[0] for line in head.split(b"\r\n")[1:])
+        assert names == [b"connection", b"content-length", b"content-transfer-encoding", b"content-type", b"host",
+                         b"user-agent"], names
+
+
+def test_a_server_certificate_of_the_upstream_ca_is_not_a_device_certificate(up, px):
+    """The proxy's own TLS certificate (the upstream's CA, serverAuth only):
+    whoever has such a key (any TLS server the CA certified) is not a
+    device - the handshake checks the client purpose of the EKU."""
+    from helpers_proxy import issue
+
+    k, c = issue(up.ca.issuer, up.ca._key, "some-web-server", ekus=[x509.oid.ExtendedKeyUsageOID.SERVER_AUTH])
+    n = forwarded(px)
+    refused_in_handshake(px, up, Device(k, c))
+    assert forwarded(px) == n
