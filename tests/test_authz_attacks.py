@@ -371,6 +371,30 @@ def test_serverkeygen_key_is_never_logged_or_written_and_not_served_to_another_s
 # ---------------------------------------------------------------- manual approval
 
 
+def _der_len(n):
+    return bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+
+
+def _tlv(tag, body):
+    return bytes([tag]) + _der_len(len(body)) + body
+
+
+def malleated(csr_der):
+    """The same P-256 CSR with signature (r, n - s): still valid, other DER."""
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    csr = x509.load_der_x509_csr(csr_der)
+    r, s_ = decode_dss_signature(csr.signature)
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    sig = encode_dss_signature(r, order - s_)
+    alg = _tlv(0x30, _tlv(0x06, bytes.fromhex("2a8648ce3d040302")))  # ecdsa-with-SHA256
+    out = _tlv(0x30, csr.tbs_certrequest_bytes + alg + _tlv(0x03, b"\x00" + sig))
+    c2 = x509.load_der_x509_csr(out)
+    assert c2.is_signature_valid and out != csr_der
+    return out
+
+
 def test_approved_request_is_collected_only_by_the_device_that_asked(up, px):
     """Upstream manual approval sees only the RA: the proxy remembers which
     device submitted a pending request and gives the certificate (or, for
@@ -386,9 +410,13 @@ def test_approved_request_is_collected_only_by_the_device_that_asked(up, px):
         up.ca.store.decide(pending[-1]["id"], True)
         with dtls(px, up, thief) as dc:
             n = forwarded(px)
-            with pytest.raises(ServerError) as e:
-                CoapsSession(dc).op(op, "manual", csr)
-            assert e.value.coap_code == N.FORBIDDEN and "another client" in e.value.diagnostic
+            # the CSR as sent, and the same CSR with its ECDSA signature's s
+            # replaced by n - s (valid too, other bytes: what an upstream keys
+            # its requests by is the same)
+            for replay in (csr, malleated(csr)):
+                with pytest.raises(ServerError) as e:
+                    CoapsSession(dc).op(op, "manual", replay)
+                assert e.value.coap_code == N.FORBIDDEN and "another client" in e.value.diagnostic
             assert forwarded(px) == n
         with dtls(px, up, owner) as dc:  # control: the owner collects
             ev = CoapsSession(dc).op(op, "manual", csr, public_key=point(key) if op == N.OP_SIMPLEENROLL else None)
