@@ -704,3 +704,28 @@ def test_a_server_certificate_of_the_upstream_ca_is_not_a_device_certificate(up,
     n = forwarded(px)
     refused_in_handshake(px, up, Device(k, c))
     assert forwarded(px) == n
+
+
+def test_an_upstream_crl_the_upstream_ca_did_not_sign_stops_the_start(up, tmp_path):
+    """A CRL file signed by someone else (or garbage) is refused at start,
+    with the file named: a forged CRL could neither revoke nor hide."""
+    import datetime as dt
+
+    from est_lite.errors import LocalProtocolError
+
+    other = make_vendor_ca(str(tmp_path), "Forger CA")
+    now = dt.datetime.now(dt.timezone.utc)
+    forged = (x509.CertificateRevocationListBuilder().issuer_name(up.ca.issuer.subject).last_update(now)
+              .next_update(now + dt.timedelta(days=1)).sign(other["key"], hashes.SHA256()))
+    with open(os.path.join(str(tmp_path), "upstream-crl.pem"), "wb") as f:
+        f.write(forged.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(LocalProtocolError, match="upstream-crl.pem.*not signed"):
+        ProxyHarness(tmp_path, up, up.url.replace("127.0.0.1", "localhost"), upstream_root_pem=up.root_pem,
+                     vendor_pem=os.path.join(up.tmp, "vendor.pem"), extra_toml='upstream_crl = "upstream-crl.pem"\n',
+                     https=False, coaps=False)
+    with open(os.path.join(str(tmp_path), "upstream-crl.pem"), "wb") as f:
+        f.write(b"not a CRL")
+    with pytest.raises(LocalProtocolError, match="upstream-crl.pem"):
+        ProxyHarness(tmp_path, up, up.url.replace("127.0.0.1", "localhost"), upstream_root_pem=up.root_pem,
+                     vendor_pem=os.path.join(up.tmp, "vendor.pem"), extra_toml='upstream_crl = "upstream-crl.pem"\n',
+                     https=False, coaps=False)

@@ -13,6 +13,7 @@ authenticate devices) plus a [proxy] section (see docs/proxy.md):
     upstream_ca = "upstream-root.pem"     # verifies the upstream server
     ra_cert = "ra.pem"                    # TLS client certificate with id-kp-cmcRA
     ra_key = "ra.key"
+    upstream_crl = "upstream-crl.pem"     # the upstream CA's CRL: revoked devices stop at the proxy
 """
 
 import logging
