@@ -212,10 +212,14 @@ def callgrind(args, csrs):
     for name, table in (("inclusive", incl), ("self", excl)):
         print("\ntop %d functions by %s instructions, per enrollment:" % (args.top, name))
         for (fn, obj), ir in sorted(table.items(), key=lambda kv: -kv[1])[:args.top]:
-            print("  %10.0f  %5.1f%%  %-10s %s" % (ir / args.n, 100.0 * ir / args.n / total, _object(fn, obj), fn[:110]))
+            per = ir / args.n
+            print("  %10.0f  %5.1f%%  %-10s %s" % (per, 100.0 * per / total, _object(fn, obj), fn[:110]))
     print("\ncallgrind output: %s (callgrind_annotate --inclusive=yes %s)" % (out, out))
-    top = lambda t: [[fn, _object(fn, obj), round(ir / args.n)]
-                     for (fn, obj), ir in sorted(t.items(), key=lambda kv: -kv[1])[:args.top]]
+
+    def top(t):
+        return [[fn, _object(fn, obj), round(ir / args.n)]
+                for (fn, obj), ir in sorted(t.items(), key=lambda kv: -kv[1])[:args.top]]
+
     print(json.dumps({"instructions_per_enrollment": round(total), "n": args.n, "auth": args.auth, "file": out,
                       "self_by_object": {k: round(v) for k, v in by_obj.items()},
                       "top_inclusive": top(incl), "top_self": top(excl)}))

@@ -13,7 +13,8 @@ from helpers_server import BASE_CONFIG, EstTestServer
 
 @pytest.fixture(params=["loop", "threads"])
 def srv(tmp_path, request):
-    s = EstTestServer(tmp_path, config_text=BASE_CONFIG.replace("workers = 8", 'workers = 8\nio = "%s"' % request.param))
+    text = BASE_CONFIG.replace("workers = 8", 'workers = 8\nio = "%s"' % request.param)
+    s = EstTestServer(tmp_path, config_text=text)
     assert s.server.io == request.param
     yield s
     s.stop()
