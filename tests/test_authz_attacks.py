@@ -628,8 +628,6 @@ def test_proxy_label_map_is_checked_when_the_config_is_read():
             ProxyConfig(dict(base, labels=bad))
 
 
-@pytest.mark.xfail(strict=True, reason="service.py (not this engineer's file): EstService._approval returns an "
-                   "approved request to whoever sends the same CSR; it should compare r['requester']")
 def test_upstream_gives_an_approved_serverkeygen_only_to_its_requester(up, tmp_path):
     """At the reference server itself (no proxy): alice (HTTP Basic) asks
     for a server-generated key on the manual-approval label; once approved,
@@ -642,7 +640,29 @@ def test_upstream_gives_an_approved_serverkeygen_only_to_its_requester(up, tmp_p
     thief = upstream_device(up, "skg-approval-thief")
     files = write_identity(str(tmp_path), "thief", thief.key, thief.cert)
     r = up.request("POST", up.path("serverkeygen", "manual"), csr, cert=files[0], key=files[1])
-    assert r.status == 403, (r.status, r.text)
+    assert r.status == 403 and "submitted by another client" in r.text, (r.status, r.text)
+    # alice, who asked, collects it (a certificate and a PKCS#8 key)
+    r = up.request("POST", up.path("serverkeygen", "manual"), csr, auth=(USER, PASSWORD))
+    assert r.status == 200 and r.header("content-type").startswith("multipart/mixed"), (r.status, r.text)
+
+
+def test_an_issued_manual_request_is_not_handed_to_another_identity(up, tmp_path):
+    """The same at the reference server for an enrollment that was approved
+    and issued: asking again with the same CSR gives the same certificate to
+    its submitter (RFC 7030 §4.2.3), and 403 to anyone else."""
+    key, csr = make_csr("enroll-approval-owner")
+    r = up.request("POST", up.path("simpleenroll", "manual"), csr, auth=(USER, PASSWORD))
+    assert r.status == 202
+    up.ca.store.decide(up.ca.store.list_requests("pending")[-1]["id"], True)
+    r = up.request("POST", up.path("simpleenroll", "manual"), csr, auth=(USER, PASSWORD))
+    assert r.status == 200
+    cert = r.certs()[0]
+    thief = upstream_device(up, "enroll-approval-thief")
+    files = write_identity(str(tmp_path), "thief", thief.key, thief.cert)
+    r = up.request("POST", up.path("simpleenroll", "manual"), csr, cert=files[0], key=files[1])
+    assert r.status == 403 and "submitted by another client" in r.text, (r.status, r.text)
+    r = up.request("POST", up.path("simpleenroll", "manual"), csr, auth=(USER, PASSWORD))
+    assert r.status == 200 and r.certs()[0] == cert
 
 
 def test_nothing_a_device_sends_becomes_an_upstream_header(up, px, monkeypatch):

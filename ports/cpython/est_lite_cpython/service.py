@@ -803,6 +803,14 @@ class EstService:
         fp = hashlib.sha256(b"\0".join([prof.label.encode(), kind.encode(), spki,
                                         csr.subject.public_bytes()])).hexdigest()
         r = self.store.find_request(fp)
+        if r is not None and r["status"] in (APPROVED, ISSUED) and not (r["status"] == ISSUED and kind == "skg") \
+                and r["requester"] and r["requester"] != requester:
+            # the same CSR from another identity: a CSR is no secret (and a
+            # replayed one proves nothing), so what was approved for its
+            # submitter, above all a server-generated private key, goes to
+            # that submitter only (the same credentials as when it was sent)
+            raise SecurityError("enrollment request %d was submitted by another client; it can be collected only "
+                                "with the credentials it was sent with" % r["id"])
         if r is not None and r["status"] == ISSUED and kind != "skg" and r["serial"]:
             der = self.store.get_certificate(r["serial"])
             if der is not None:
