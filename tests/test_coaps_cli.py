@@ -115,6 +115,11 @@ def test_config_rejects_unknown_coaps_keys():
         ServerConfig({"coaps": {"portt": 1}})
     with pytest.raises(ConfigError):
         ServerConfig({"coaps": {"send_chain": "everything"}})
+    # the per-host handshake limit of the attack review: a setting, 16 by default
+    assert ServerConfig({"coaps": {}}).coaps_max_handshakes_per_host == 16
+    assert ServerConfig({"coaps": {"max_handshakes_per_host": 4}}).coaps_max_handshakes_per_host == 4
+    with pytest.raises(ConfigError):
+        ServerConfig({"coaps": {"max_handshakes_per_host": 0}})
 
 
 def test_serve_with_two_coaps_processes(tmp_path):

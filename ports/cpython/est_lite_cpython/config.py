@@ -245,6 +245,9 @@ class ServerConfig:
         self.coaps_port = _take(c, "port", 5684, int, w)
         self.coaps_mtu = _take(c, "mtu", 1200, int, w)
         self.coaps_max_sessions = _take(c, "max_sessions", 256, int, w)
+        self.coaps_max_handshakes_per_host = _take(c, "max_handshakes_per_host", 16, int, w)
+        if self.coaps_max_sessions < 1 or self.coaps_max_handshakes_per_host < 1:
+            raise ConfigError("coaps.max_sessions and coaps.max_handshakes_per_host must be >= 1")
         self.coaps_idle_timeout_s = _take(c, "idle_timeout_s", 120.0, (int, float), w)
         self.coaps_evict_idle_s = _take(c, "evict_idle_s", 10.0, (int, float), w)
         self.coaps_handshake_timeout_s = _take(c, "handshake_timeout_s", 30.0, (int, float), w)
