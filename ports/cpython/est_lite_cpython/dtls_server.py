@@ -42,6 +42,7 @@ from . import dtls as _d
 
 log = logging.getLogger("est_lite.dtls_server")
 
+
 def host_key(address):
     """What max_handshakes_per_host counts by: the IPv4 address (also when
     IPv4-mapped in IPv6), or the /64 prefix of an IPv6 address."""
