@@ -2,9 +2,12 @@
 CA (the RA certificate with id-kp-cmcRA, the proxy's TLS certificate), and a
 started proxy (HTTPS and CoAPs front ends) in front of an upstream."""
 
+import base64
 import datetime
 import ipaddress
 import os
+import socket
+import ssl
 import textwrap
 
 from cryptography import x509
@@ -12,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from helpers_server import write_identity
+from helpers_server import Response, write_identity
 
 CMC_RA = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 
@@ -150,3 +153,23 @@ class ProxyHarness:
 
         kw.setdefault("timeout", 10)
         return DtlsClient("127.0.0.1", self.coaps_port, trust, cert=device.cert, key=device.key, **kw)
+
+
+def https_post(px, up, path, body, *, cert_files=None, auth=None, content_type="application/pkcs10"):
+    """A stdlib-ssl HTTPS client of the proxy's HTTPS front end: POST body
+    (base64) with the client certificate files or HTTP Basic (user, pw);
+    content_type None sends no Content-Type. Returns a Response."""
+    c = ssl.create_default_context(cafile=up.root_pem)
+    if cert_files:
+        c.load_cert_chain(*cert_files)
+    with socket.create_connection(("127.0.0.1", px.port), timeout=10) as s:
+        with c.wrap_socket(s, server_hostname="localhost") as t:
+            b = base64.encodebytes(body)
+            h = "POST %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" % path
+            if content_type:
+                h += "Content-Type: %s\r\n" % content_type
+            h += "Content-Length: %d\r\n" % len(b)
+            if auth:
+                h += "Authorization: Basic %s\r\n" % base64.b64encode(("%s:%s" % auth).encode()).decode()
+            t.sendall((h + "\r\n").encode() + b)
+            return Response.read(t)

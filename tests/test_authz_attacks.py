@@ -22,7 +22,7 @@ from est_lite import coap
 from est_lite import numbers as N
 from est_lite.errors import SecurityError, ServerError, TransportError
 from helpers_coaps import CoapsSession, Device, RawCoap, idevid_device, issue_cert, make_csr, point
-from helpers_proxy import ProxyHarness
+from helpers_proxy import ProxyHarness, https_post
 from helpers_server import PASSWORD, USER, EstTestServer, Response, make_vendor_ca, write_identity
 
 # upstream labels the proxy forwards to (the RA is trusted there by "ca")
@@ -99,22 +99,6 @@ def forwarded(px):
 
 def dtls(px, up, device, **kw):
     return px.dtls_client(device, [up.ca.root], **kw)
-
-
-def https_post(px, up, path, body, *, cert_files=None, auth=None):
-    """A stdlib-ssl HTTPS client of the proxy's HTTPS front end."""
-    c = ssl.create_default_context(cafile=up.root_pem)
-    if cert_files:
-        c.load_cert_chain(*cert_files)
-    with socket.create_connection(("127.0.0.1", px.port), timeout=10) as s:
-        with c.wrap_socket(s, server_hostname="localhost") as t:
-            b = base64.encodebytes(body)
-            h = "POST %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/pkcs10\r\n" \
-                "Content-Length: %d\r\n" % (path, len(b))
-            if auth:
-                h += "Authorization: Basic %s\r\n" % base64.b64encode(("%s:%s" % auth).encode()).decode()
-            t.sendall((h + "\r\n").encode() + b)
-            return Response.read(t)
 
 
 def self_signed(cn):

@@ -4,7 +4,6 @@ proxy; the proxy authenticates them and forwards as an RA (TLS client
 certificate with id-kp-cmcRA); answers, retry-after and errors are mapped
 back (RFC 9148 §5)."""
 
-import base64
 import json
 import os
 import pathlib
@@ -21,8 +20,8 @@ from est_lite.errors import ServerError
 from helpers_coaps import CoapsSession, Device, RawCoap, idevid_device, make_csr, opt_uint, point
 from helpers_mp import MICROPYTHON as MP
 from helpers_mp import MPY_CROSS, compile_packages
-from helpers_proxy import ProxyHarness
-from helpers_server import EstTestServer, Response
+from helpers_proxy import ProxyHarness, https_post
+from helpers_server import EstTestServer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -168,17 +167,7 @@ def test_https_devices_through_the_proxy(up, px):
     key, csr = make_csr("px-https-dev")
 
     def post(path, body, cert_files=None, auth=None):
-        c = ssl.create_default_context(cafile=up.root_pem)
-        if cert_files:
-            c.load_cert_chain(*cert_files)
-        with socket.create_connection(("127.0.0.1", px.port), timeout=10) as s:
-            with c.wrap_socket(s, server_hostname="localhost") as t:
-                b = base64.encodebytes(body)
-                h = "POST %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: %d\r\n" % (path, len(b))
-                if auth:
-                    h += "Authorization: Basic %s\r\n" % base64.b64encode(("%s:%s" % auth).encode()).decode()
-                t.sendall((h + "\r\n").encode() + b)
-                return Response.read(t)
+        return https_post(px, up, path, body, cert_files=cert_files, auth=auth, content_type=None)
 
     del ctx
     r = post("/.well-known/est/simpleenroll", csr)
