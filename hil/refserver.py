@@ -28,6 +28,9 @@ port = 0
 workers = {workers}
 io_timeout_s = 10
 request_timeout_s = 30
+# every simulated device is on this one host: the per-host limits follow
+# the fleet's concurrency instead of their defaults (64 and 16)
+max_connections_per_host = {per_host}
 
 [ca]
 data_dir = "ca"
@@ -35,6 +38,7 @@ data_dir = "ca"
 [coaps]
 port = 0
 max_sessions = {max_sessions}
+max_handshakes_per_host = {per_host}
 idle_timeout_s = {idle_timeout}
 handshake_timeout_s = 30
 workers = {coaps_workers}
@@ -107,7 +111,8 @@ class RefServer:
         self.own_process = own_process
         self.host = host
         self.opts = dict(host=host, validity_days=validity_days, retry_after=retry_after, max_sessions=max_sessions,
-                         idle_timeout=idle_timeout, workers=workers, coaps_workers=coaps_workers)
+                         idle_timeout=idle_timeout, workers=workers, coaps_workers=coaps_workers,
+                         per_host=max(64, max_sessions, 2 * workers))
         self.data_dir = os.path.join(self.workdir, "ca")
         self.config_path = os.path.join(self.workdir, "server.toml")
         self.https_port = self.coaps_port = None

@@ -168,6 +168,9 @@ class ServerConfig:
         if self.io not in (None, "loop", "threads"):
             raise ConfigError('server.io must be "loop" or "threads"')
         self.max_connections = _take(srv, "max_connections", 1024, int, w)
+        self.max_connections_per_host = _take(srv, "max_connections_per_host", 64, int, w)
+        if self.max_connections_per_host < 1:
+            raise ConfigError("server.max_connections_per_host must be >= 1")
         self.processes = _take(srv, "processes", 1, int, w)  # more: SO_REUSEPORT, one event loop each
         if self.workers < 1 or self.max_connections < 1 or self.processes < 1:
             raise ConfigError("server.workers, server.max_connections and server.processes must be >= 1")

@@ -44,6 +44,7 @@ from est_lite import numbers
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
 
 from .auth import AuthenticationRequired, DigestChallenger, parse_auth_params
+from .dtls_server import host_key
 from .service import AuthContext, PendingApproval
 
 log = logging.getLogger("est_lite.server")
@@ -515,13 +516,17 @@ class EstHttpsServer:
     threads, one blocking connection each); None picks "loop" when the
     service runs the built-in CA and authenticator (they answer without
     waiting on a network) and "threads" otherwise. max_connections bounds
-    the open connections of the loop (more wait in the listen backlog)."""
+    the open connections of the loop (more wait in the listen backlog);
+    max_connections_per_host (None: no limit) bounds those of one host (an
+    IPv4 address, an IPv6 /64) in both modes: a further connection from it
+    is closed at once, so one peer holding connections open cannot take
+    every slot (or every worker) from the others."""
 
     def __init__(self, service, cert_file, key_file, *, host="127.0.0.1", port=0, tls_min_version="1.2",
                  tls_max_version="1.3", realm=None, workers=32, backlog=256, io_timeout_s=10.0,
                  request_timeout_s=30.0, max_header_bytes=16384, max_body_bytes=65536,
                  max_requests_per_connection=100, digest_nonce_lifetime_s=300, reuse_port=False, io=None,
-                 max_connections=1024, digest_secret=None):
+                 max_connections=1024, max_connections_per_host=64, digest_secret=None):
         if io is None:
             io = "loop" if _blocks_never(service) else "threads"
         if io not in ("loop", "threads"):
@@ -530,11 +535,15 @@ class EstHttpsServer:
             raise LocalProtocolError("io = \"threads\" needs workers >= 1")
         if max_connections < 1:
             raise LocalProtocolError("max_connections must be >= 1")
+        if max_connections_per_host is not None and max_connections_per_host < 1:
+            raise LocalProtocolError("max_connections_per_host must be >= 1, or None (no limit)")
         if not (io_timeout_s > 0 and request_timeout_s > 0):
             raise LocalProtocolError("io_timeout_s and request_timeout_s must be > 0 (seconds)")
         self.service = service
         self.io = io
         self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
+        self._per_host = {}  # host_key -> open connections (threads: under _live_lock)
         self.host = host
         self.requested_port = port
         self.port = None
@@ -562,7 +571,7 @@ class EstHttpsServer:
         self._live = set()
         self._live_lock = threading.Lock()
         self._wake = None  # (reader, writer) socket pair that wakes the loop
-        self.stats = {"connections": 0, "requests": 0, "errors": 0}
+        self.stats = {"connections": 0, "requests": 0, "errors": 0, "refused_per_host": 0}
 
     def digest_secret(self):
         """What another server process needs to accept this one's HTTP
@@ -580,7 +589,8 @@ class EstHttpsServer:
                    request_timeout_s=config.request_timeout_s, max_header_bytes=config.max_header_bytes,
                    max_body_bytes=config.max_body_bytes, max_requests_per_connection=config.max_requests_per_connection,
                    digest_nonce_lifetime_s=config.digest_nonce_lifetime_s, io=getattr(config, "io", None),
-                   max_connections=getattr(config, "max_connections", 1024), reuse_port=reuse_port,
+                   max_connections=getattr(config, "max_connections", 1024),
+                   max_connections_per_host=getattr(config, "max_connections_per_host", 64), reuse_port=reuse_port,
                    digest_secret=digest_secret)
 
     @staticmethod
@@ -769,10 +779,14 @@ class EstHttpsServer:
                 else:
                     self._leading = False
             s = socket.socket(fam, socket.SOCK_STREAM, 0, fd)
+            host = host_key(addr)
             with self._live_lock:  # stop() sets _stopping, then shuts down _live under this lock
                 if self._stopping.is_set():
                     s.close()
                     return
+                if not self._host_take(host):
+                    s.close()
+                    continue
                 self._live.add(s)
             try:
                 self._handle(s, addr, ops)
@@ -781,6 +795,7 @@ class EstHttpsServer:
             finally:
                 with self._live_lock:
                     self._live.discard(s)
+                    self._host_drop(host)
                 try:
                     s.close()
                 except OSError:
@@ -945,6 +960,7 @@ class EstHttpsServer:
                 if rec[1]:
                     sel.unregister(s)
                 del conns[s]
+                self._host_drop(rec[3])
                 try:
                     s.close()
                 except OSError:
@@ -989,8 +1005,12 @@ class EstHttpsServer:
                         paused = mono() + 0.1
                         break
                     c = socket.socket(fam, socket.SOCK_STREAM, 0, fd)
+                    host = host_key(addr)
+                    if not self._host_take(host):
+                        c.close()
+                        continue
                     c.setblocking(False)
-                    rec = [self._serve(c, addr, ops), 0, 0.0]
+                    rec = [self._serve(c, addr, ops), 0, 0.0, host]
                     conns[c] = rec
                     step(c, rec, None)
                 now = mono()
@@ -1022,7 +1042,26 @@ class EstHttpsServer:
                     c.close()
                 except OSError:
                     pass
+            self._per_host.clear()
             sel.close()
+
+    def _host_take(self, host):
+        """Count a new connection of host; False (and counted as refused)
+        when it already has max_connections_per_host open."""
+        n = self._per_host.get(host, 0)
+        limit = self.max_connections_per_host
+        if limit is not None and n >= limit:
+            self.stats["refused_per_host"] += 1
+            return False
+        self._per_host[host] = n + 1
+        return True
+
+    def _host_drop(self, host):
+        n = self._per_host.get(host, 0) - 1
+        if n > 0:
+            self._per_host[host] = n
+        else:
+            self._per_host.pop(host, None)
 
     def _tls_info(self, tls, addr):
         version = tls.get_protocol_version_name()
