@@ -9,6 +9,7 @@ import socket
 import ssl
 import struct
 import textwrap
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -355,3 +356,12 @@ def b64s(b):
     return base64.b64encode(b).decode()
 
 
+def wait_for(fn, timeout=5.0):
+    """Poll fn() every 20 ms until it is true or timeout seconds have
+    passed; its last value (checked once more at the deadline)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if fn():
+            return True
+        time.sleep(0.02)
+    return bool(fn())

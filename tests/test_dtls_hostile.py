@@ -16,6 +16,7 @@ from est_lite_cpython import dtls as d
 from est_lite_cpython.dtls_client import DtlsClient
 from est_lite_cpython.dtls_server import CookieJar, build_hello_verify_request, parse_client_hello
 from helpers_dtls import Pki, ServerThread
+from helpers_server import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -262,15 +263,6 @@ def test_idle_sessions_are_evicted_with_close_notify(pki):
             c.recv(2)
     finally:
         srv.stop()
-
-
-def wait_for(fn, timeout):
-    end = time.monotonic() + timeout
-    while not fn():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_restarted_client_on_the_same_address_replaces_its_session(pki, server):

@@ -13,6 +13,7 @@ import pytest
 from est_lite_cpython import dtls as d
 from helpers_dtls import LossyRelay, Pki, ServerThread
 from helpers_mp import MICROPYTHON, MPY_CROSS, ROOT, compile_packages
+from helpers_server import wait_for
 
 
 pytestmark = pytest.mark.skipif(
@@ -129,15 +130,6 @@ def server(pki):
     st = ServerThread(pki)
     yield st
     st.stop()
-
-
-def wait_for(fn, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if fn():
-            return True
-        time.sleep(0.02)
-    return fn()
 
 
 def test_echo_gcm_in_32k_heap(pki, files, server):

@@ -5,10 +5,9 @@ further connections are closed at once, counted in stats, and it gets its
 slots back as its connections end."""
 
 import socket
-import time
 
 import pytest
-from helpers_server import BASE_CONFIG, PASSWORD, USER, EstTestServer, make_csr
+from helpers_server import BASE_CONFIG, PASSWORD, USER, EstTestServer, make_csr, wait_for
 
 from est_lite.errors import LocalProtocolError
 from est_lite_cpython.config import ConfigError, ServerConfig
@@ -30,15 +29,6 @@ def _closed_by_server(s, timeout=10):
         return False
 
 
-def _wait(cond, timeout=10):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.parametrize("io", ["loop", "threads"])
 def test_one_host_gets_at_most_its_share_of_connections(tmp_path, io):
     srv = _server(tmp_path, io)
@@ -46,7 +36,7 @@ def test_one_host_gets_at_most_its_share_of_connections(tmp_path, io):
     try:
         assert srv.server.io == io and srv.server.max_connections_per_host == 2
         held = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(2)]
-        assert _wait(lambda: srv.server._per_host.get("127.0.0.1") == 2)
+        assert wait_for(lambda: srv.server._per_host.get("127.0.0.1") == 2, 10)
         # the third from the same host: closed at once, nothing served
         third = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
         assert _closed_by_server(third)
@@ -58,10 +48,10 @@ def test_one_host_gets_at_most_its_share_of_connections(tmp_path, io):
             held[0].recv(1)
         # one of them ends: the host has a slot again and enrolls
         held.pop().close()
-        assert _wait(lambda: srv.server._per_host.get("127.0.0.1") == 1)
+        assert wait_for(lambda: srv.server._per_host.get("127.0.0.1") == 1, 10)
         r = srv.request("POST", srv.path("simpleenroll"), make_csr("per-host")[1], auth=(USER, PASSWORD))
         assert r.status == 200 and len(r.certs()) == 1
-        assert _wait(lambda: srv.server._per_host.get("127.0.0.1") == 1)  # the enrollment's slot came back
+        assert wait_for(lambda: srv.server._per_host.get("127.0.0.1") == 1, 10)  # the enrollment's slot came back
     finally:
         for s in held:
             s.close()
