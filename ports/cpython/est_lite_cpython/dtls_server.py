@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import logging
 import os
+import socket
 import struct
 
 from est_lite.errors import LocalProtocolError
@@ -46,8 +47,6 @@ log = logging.getLogger("est_lite.dtls_server")
 def host_key(address):
     """What max_handshakes_per_host counts by: the IPv4 address (also when
     IPv4-mapped in IPv6), or the /64 prefix of an IPv6 address."""
-    import socket
-
     host = address[0]
     if ":" not in host:
         return host
