@@ -34,11 +34,12 @@ anything is forwarded; the CSR goes upstream unchanged, where an RA's
 requests are not PoP-checked (RFC 7030 §3.5; est-lite: `ra_trust`).
 """
 
-import collections
+import datetime
 import hashlib
 import logging
 import os
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -50,7 +51,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from est_lite import http1, numbers
-from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, SecurityError
+from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
 
 from .service import EstService, OperationNotAllowed, PendingApproval
 
@@ -275,6 +276,10 @@ def _crl_signed_by(crl, ca):
         return False
 
 
+def _utc_text(dt):
+    return dt.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def _leaf_for(certs, public_key):
     want = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     for c in certs:
@@ -284,19 +289,85 @@ def _leaf_for(certs, public_key):
     raise UpstreamError("the upstream answer holds no certificate for the requested key", 502, 0xA2)
 
 
+_STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending_owners(
+    key BLOB PRIMARY KEY,
+    requester TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pending_owners_requester ON pending_owners(requester);
+CREATE INDEX IF NOT EXISTS pending_owners_created ON pending_owners(created);
+"""
+
+
+def _open_state(path, busy_timeout_s=30.0):
+    """The SQLite connection of the proxy's state (the Store's conventions,
+    store.py: autocommit with explicit BEGIN IMMEDIATE writes, WAL,
+    synchronous=NORMAL: durable against a crash of the process). path None:
+    in memory. A file is created 0600 (its directory 0700 if missing); one
+    that is no SQLite database raises LocalProtocolError naming it."""
+    if path is None:
+        name = ":memory:"
+    else:
+        name = str(path)
+        d = os.path.dirname(os.path.abspath(name))
+        try:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            if not os.path.exists(name):  # 0600 from the start, not after sqlite made it with the umask
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise LocalProtocolError("proxy state file %s cannot be created: %s" % (name, e)) from None
+    try:
+        db = sqlite3.connect(name, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_STATE_SCHEMA)
+        cols = [r[1] for r in db.execute("PRAGMA table_info(pending_owners)")]
+        if cols != ["key", "requester", "created"]:
+            raise sqlite3.DatabaseError("its pending_owners table has the columns %s, not key, requester, created"
+                                        % ", ".join(cols))
+    except sqlite3.Error as e:
+        raise LocalProtocolError("proxy state file %s cannot be used: %s (restore it from a backup, or remove it: "
+                                 "requests waiting for the upstream's approval are then no longer bound to the "
+                                 "devices that sent them)" % (name, e)) from None
+    return db
+
+
 class UpstreamCA:
     """CA backend of the proxy's EstService: ca_certs from the upstream's
     /cacerts (cached), issue() forwards the CSR. issued_by_me / is_revoked
-    serve the "ca" trust set (devices the upstream certified)."""
+    serve the "ca" trust set (devices the upstream certified).
+
+    Requests waiting for the upstream's manual approval are bound to the
+    device that sent them (`owned_call`) in a SQLite file, `state_path`
+    (kept across restarts; None: an in-memory database, forgotten when the
+    object goes: for library users and tests that do not need it to
+    survive). At most `max_pending_per_requester` open requests per device
+    and `max_pending_owners` in all: a further new request is refused (503 /
+    5.03) before it goes upstream; nothing is ever evicted to make room.
+    Entries older than `pending_owner_ttl` seconds (by `wall_clock`) are
+    removed: after that the upstream's operator is the only check.
+
+    `crl_files`: the upstream CA's CRLs; one past its nextUpdate (by
+    `wall_clock`) makes is_revoked raise UpstreamError (503 / 5.03) with
+    `crl_stale` = "refuse" (default), or is used anyway with "use"; a
+    WARNING names the file once per version of the file."""
 
     def __init__(self, upstream, *, cacerts_ttl=300.0, reenroll_as="simplereenroll", clock=time.monotonic,
-                 crl_files=(), max_pending_owners=10000, upstream_error_hold=5.0):
+                 crl_files=(), max_pending_owners=100000, upstream_error_hold=5.0, state_path=None,
+                 max_pending_per_requester=16, pending_owner_ttl=30 * 86400.0, crl_stale="refuse",
+                 wall_clock=time.time):
         if reenroll_as not in ("simplereenroll", "simpleenroll"):
             raise LocalProtocolError("reenroll_as must be simplereenroll or simpleenroll")
+        if crl_stale not in ("refuse", "use"):
+            raise LocalProtocolError("crl_stale must be refuse or use, not %r" % (crl_stale,))
         self.upstream = upstream
         self.cacerts_ttl = cacerts_ttl
         self.reenroll_as = reenroll_as
         self.clock = clock
+        self.wall_clock = wall_clock  # time.time: CRL nextUpdate, age of the approval bindings
         self.store = None  # no local approvals: the upstream decides
         self._cache = {}  # label -> (time, pkcs7 der, [certs])
         self._lock = threading.Lock()
@@ -314,12 +385,18 @@ class UpstreamCA:
         # files the operator keeps current; re-read when one changes (a stat
         # per file per check: about 2 us)
         self.crl_files = list(crl_files or ())
+        self.crl_stale = crl_stale
         self._crl_state = {}  # path -> ((mtime_ns, size), CRL)
+        self._stale_warned = {}  # path -> (mtime_ns, size) of the version a staleness WARNING was logged for
         # requests waiting for the upstream's manual approval, by what the
         # upstream recognises them by (upstream path, subject, key): the
-        # device that submitted one (the upstream sees only the RA)
+        # device that submitted one (the upstream sees only the RA). One
+        # connection, used under self._lock
         self.max_pending_owners = max_pending_owners
-        self._owners = collections.OrderedDict()
+        self.max_pending_per_requester = max_pending_per_requester
+        self.pending_owner_ttl = pending_owner_ttl
+        self.state_path = state_path
+        self._db = _open_state(state_path)
 
     def fetch(self, label=None):
         try:
@@ -448,33 +525,99 @@ class UpstreamCA:
         client of this proxy: the upstream sees only the RA, so without this
         any device that replays the CSR would collect the certificate (with
         serverkeygen: a private key for the other device's subject) once it
-        is approved. SecurityError (403 / 4.03) then."""
+        is approved. SecurityError (403 / 4.03) then.
+
+        A request not bound yet is bound to `requester` (a text stable
+        across restarts: ProxyService.authenticate) in the state database
+        before it is forwarded, so the upstream never holds a request the
+        proxy could not bind; beyond max_pending_per_requester open
+        requests of this requester, or max_pending_owners in all, it is
+        refused instead (LimitError, 503 / 5.03), nothing forwarded. The
+        binding goes when the upstream gives its final answer (a
+        certificate, or a 4xx refusal); it stays while the request is
+        pending (202) and when the answer is uncertain (no answer, 5xx,
+        garbage: the upstream may hold it)."""
         key = self._request_key(op, label, csr)
+        now = self.wall_clock()
         with self._lock:
-            owner = self._owners.get(key)
-        if owner is not None and owner != requester:
-            raise SecurityError("this request is waiting for the upstream's approval for another client of the "
-                                "proxy; only that client can collect it")
+            self._state_write(lambda db: self._bind(db, key, requester, now))
         try:
             res = call()
         except PendingApproval:
-            with self._lock:
-                if key not in self._owners:
-                    self._owners[key] = requester
-                    while len(self._owners) > self.max_pending_owners:
-                        self._owners.popitem(last=False)
             raise
-        if owner is not None:
-            with self._lock:
-                self._owners.pop(key, None)
+        except UpstreamError as e:
+            if e.upstream_status is not None and 400 <= e.upstream_status < 500:
+                self._unbind(key, requester)  # refused upstream: it holds no such request
+            raise
+        self._unbind(key, requester)
         return res
+
+    def _bind(self, db, key, requester, now):
+        """In a write transaction: the owner of key (after removing entries
+        older than pending_owner_ttl); binds key to requester when it has
+        none and the bounds allow. Returns the owner it had (or None)."""
+        db.execute("DELETE FROM pending_owners WHERE created < ?", (now - self.pending_owner_ttl,))
+        row = db.execute("SELECT requester FROM pending_owners WHERE key=?", (key,)).fetchone()
+        if row is not None:
+            if row[0] != requester:
+                raise SecurityError("this request is waiting for the upstream's approval for another client of "
+                                    "the proxy; only that client can collect it")
+            return row[0]
+        mine = db.execute("SELECT COUNT(*) FROM pending_owners WHERE requester=?", (requester,)).fetchone()[0]
+        if mine >= self.max_pending_per_requester:
+            raise LimitError("too many requests of this client are waiting for the upstream's approval (%d); "
+                             "collect or wait for them first" % self.max_pending_per_requester, 0xA3, 503)
+        total = db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM pending_owners LIMIT ?)",
+                           (self.max_pending_owners,)).fetchone()[0]
+        if total >= self.max_pending_owners:
+            raise LimitError("too many requests of this proxy's clients are waiting for the upstream's approval "
+                             "(%d); try again later" % self.max_pending_owners, 0xA3, 503)
+        db.execute("INSERT INTO pending_owners VALUES (?,?,?)", (key, requester, now))
+        return None
+
+    def _unbind(self, key, requester):
+        with self._lock:
+            self._state_write(lambda db: db.execute("DELETE FROM pending_owners WHERE key=? AND requester=?",
+                                                    (key, requester)))
+
+    def _state_write(self, fn):
+        """fn(db) in one BEGIN IMMEDIATE transaction; the caller holds
+        self._lock. A failing database is a 500 naming the file."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                r = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return r
+        except sqlite3.Error as e:
+            raise EstError("proxy state file %s: %s" % (self.state_path or ":memory:", e)) from None
+
+    def pending_owners(self):
+        """[(key hex, requester, created)] of the open bindings (oldest first)."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, requester, created FROM pending_owners ORDER BY created").fetchall()
+        return [(bytes(k).hex(), r, c) for k, r, c in rows]
+
+    def close(self):
+        """Close the state database."""
+        with self._lock:
+            self._db.close()
 
     # -- revocation (trust set "ca") --
     def load_crls(self, strict=True):
         """(Re-)read the CRL files that changed; each must be signed by one
         of the upstream's CA certificates. strict: raise LocalProtocolError
         for a missing or bad file (at start); otherwise log it and keep the
-        previous version of that file."""
+        previous version of that file. A file past its nextUpdate is logged
+        (WARNING, once per version of the file)."""
+        return [crl for _, crl in self._load_crls(strict)]
+
+    def _load_crls(self, strict):
+        """[(path, CRL)]."""
         if not self.crl_files:
             return []
         out = []
@@ -484,7 +627,7 @@ class UpstreamCA:
                 st = os.stat(path)
                 stamp = (st.st_mtime_ns, st.st_size)
                 if old is not None and old[0] == stamp:
-                    out.append(old[1])
+                    out.append((path, old[1]))
                     continue
                 with open(path, "rb") as f:
                     data = f.read()
@@ -498,17 +641,51 @@ class UpstreamCA:
                     raise LocalProtocolError(msg) from None
                 log.warning("%s (keeping the previous one)", msg)
                 if old is not None:
-                    out.append(old[1])
+                    out.append((path, old[1]))
                 continue
             self._crl_state[path] = (stamp, crl)
-            out.append(crl)
+            out.append((path, crl))
+        for path, crl in out:
+            self._stale(path, crl)
         return out
 
+    def _stale(self, path, crl):
+        """The nextUpdate (aware datetime) of crl when it is past (by
+        wall_clock), else None (also for a CRL without nextUpdate: never
+        stale). Logs a WARNING the first time a version of the file is seen
+        stale."""
+        nu = crl.next_update_utc
+        if nu is None or nu.timestamp() >= self.wall_clock():
+            return None
+        stamp = self._crl_state.get(path, (None,))[0]
+        with self._lock:
+            first = self._stale_warned.get(path) != stamp
+            self._stale_warned[path] = stamp
+        if first:
+            log.warning("upstream CRL %s is out of date (nextUpdate %s): revocations of the upstream newer than "
+                        "the file are not seen; %s - update the file", path, _utc_text(nu),
+                        "devices of its CA are refused (upstream_crl_stale = \"refuse\")"
+                        if self.crl_stale == "refuse" else "still used (upstream_crl_stale = \"use\")")
+        return nu
+
     def is_revoked(self, cert):
-        """True when one of the upstream CRL files (`crl_files`) lists cert."""
-        for crl in self.load_crls(strict=False):
-            if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+        """True when one of the upstream CRL files (`crl_files`) lists cert.
+        A file covering cert's issuer that is past its nextUpdate: with
+        crl_stale = "refuse", UpstreamError (503 / 5.03) unless it lists
+        cert; with "use" it counts as it is."""
+        stale = None
+        for path, crl in self._load_crls(False):
+            if crl.issuer != cert.issuer:
+                continue
+            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
                 return True
+            if stale is None:
+                nu = self._stale(path, crl)
+                if nu is not None:
+                    stale = (path, nu)
+        if stale is not None and self.crl_stale == "refuse":
+            raise UpstreamError("the upstream CRL %s is out of date (nextUpdate %s); revocation cannot be checked "
+                                "- update the file" % (os.path.basename(stale[0]), _utc_text(stale[1])), 503, 0xA3)
         return False
 
     def issued_by_me(self, cert):
@@ -530,14 +707,30 @@ class ProxyService(EstService):
     profiles' csrattrs)."""
 
     def __init__(self, upstream, config, authenticator=None, *, cacerts_ttl=300.0, reenroll_as="simplereenroll",
-                 csrattrs_from="upstream", crl_files=()):
-        ca = upstream if isinstance(upstream, UpstreamCA) else UpstreamCA(upstream, cacerts_ttl=cacerts_ttl,
-                                                                          reenroll_as=reenroll_as, crl_files=crl_files)
+                 csrattrs_from="upstream", crl_files=(), **ca_options):
+        # ca_options: UpstreamCA's state_path, max_pending_per_requester,
+        # max_pending_owners, pending_owner_ttl, crl_stale, wall_clock, ...
+        ca = upstream if isinstance(upstream, UpstreamCA) else UpstreamCA(
+            upstream, cacerts_ttl=cacerts_ttl, reenroll_as=reenroll_as, crl_files=crl_files, **ca_options)
         super().__init__(ca, config, authenticator, store=None)
         self.upstream = ca.upstream
         if csrattrs_from not in ("upstream", "local"):
             raise LocalProtocolError("csrattrs_from must be upstream or local")
         self.csrattrs_from = csrattrs_from
+
+    def authenticate(self, op, prof, ctx):
+        """EstService.authenticate, with the requester text the approval
+        bindings are stored under (UpstreamCA.owned_call): stable across
+        restarts and unique per identity. A certificate is named by its
+        subject and the SHA-256 of its DER (the subject and serial number
+        alone could repeat under another trusted CA; an HTTP user that also
+        sent a certificate is named by the certificate); a password user by
+        its name (one password file, whichever of Basic / Digest it used)."""
+        requester, cert_id = super().authenticate(op, prof, ctx)
+        if cert_id is not None:
+            fp = hashlib.sha256(cert_id.leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
+            requester = "%s:%s sha256=%s" % (requester.split(":", 1)[0], cert_id.subject, fp)
+        return requester, cert_id
 
     def prefetch(self):
         """Fetch the upstream CA certificates now (call before serving: the
@@ -643,6 +836,30 @@ class ProxyConfig:
         if not all(isinstance(p, str) and p for p in crl):
             raise ConfigError("proxy.upstream_crl must be a file name or a list of file names")
         self.upstream_crl = [rel(p) for p in crl]
+        self.upstream_crl_stale = _take(d, "upstream_crl_stale", "refuse", str, w)
+        if self.upstream_crl_stale not in ("refuse", "use"):
+            raise ConfigError("proxy.upstream_crl_stale must be \"refuse\" (a device of the upstream's CA is "
+                              "refused while its CRL file is past nextUpdate) or \"use\", not %r"
+                              % self.upstream_crl_stale)
+        # approval bindings (UpstreamCA.owned_call); None: <data_dir>/proxy-state.sqlite (proxy_from_config)
+        state = _take(d, "state", None, str, w)
+        if state is not None and not state.strip():
+            raise ConfigError("proxy.state must be a file name (the proxy's SQLite state)")
+        self.state = rel(state)
+
+        def count(key, default):
+            v = _take(d, key, default, int, w)
+            if isinstance(v, bool) or v < 1:
+                raise ConfigError("proxy.%s must be a whole number >= 1, not %r" % (key, v))
+            return v
+
+        self.max_pending_per_requester = count("max_pending_per_requester", 16)
+        self.max_pending_owners = count("max_pending_owners", 100000)
+        ttl = _take(d, "pending_owner_ttl_s", 30 * 86400, (int, float), w)
+        if isinstance(ttl, bool) or not ttl > 0 or ttl != ttl or ttl == float("inf"):
+            raise ConfigError("proxy.pending_owner_ttl_s must be a number of seconds > 0 (default 2592000: 30 "
+                              "days), not %r" % (ttl,))
+        self.pending_owner_ttl_s = float(ttl)
         if d:
             raise ConfigError("proxy: unknown key(s) %s" % ", ".join(sorted(d)))
 
@@ -667,6 +884,10 @@ def load_proxy_config(path):
 
 def proxy_from_config(config, pconfig, *, authenticator=None):
     """The ProxyService for a (ServerConfig, ProxyConfig)."""
+    state = pconfig.state or os.path.join(config.data_dir, "proxy-state.sqlite")
     return ProxyService(pconfig.upstream_client(), config, authenticator, cacerts_ttl=pconfig.cacerts_ttl_s,
                         reenroll_as=pconfig.reenroll_as, csrattrs_from=pconfig.csrattrs_from,
-                        crl_files=pconfig.upstream_crl)
+                        crl_files=pconfig.upstream_crl, crl_stale=pconfig.upstream_crl_stale, state_path=state,
+                        max_pending_per_requester=pconfig.max_pending_per_requester,
+                        max_pending_owners=pconfig.max_pending_owners,
+                        pending_owner_ttl=pconfig.pending_owner_ttl_s)
