@@ -350,10 +350,10 @@ class UpstreamCA:
     Entries older than `pending_owner_ttl` seconds (by `wall_clock`) are
     removed: after that the upstream's operator is the only check.
 
-    `crl_files`: the upstream CA's CRLs; one past its nextUpdate (by
-    `wall_clock`) makes is_revoked raise UpstreamError (503 / 5.03) with
-    `crl_stale` = "refuse" (default), or is used anyway with "use"; a
-    WARNING names the file once per version of the file."""
+    `crl_files`: the upstream CA's CRLs (is_revoked); one past its
+    nextUpdate (by `wall_clock`) makes crl_current raise UpstreamError (503 /
+    5.03) with `crl_stale` = "refuse" (default), or is used anyway with
+    "use"; a WARNING names the file once per version of the file."""
 
     def __init__(self, upstream, *, cacerts_ttl=300.0, reenroll_as="simplereenroll", clock=time.monotonic,
                  crl_files=(), max_pending_owners=100000, upstream_error_hold=5.0, state_path=None,
@@ -669,24 +669,30 @@ class UpstreamCA:
         return nu
 
     def is_revoked(self, cert):
-        """True when one of the upstream CRL files (`crl_files`) lists cert.
-        A file covering cert's issuer that is past its nextUpdate: with
-        crl_stale = "refuse", UpstreamError (503 / 5.03) unless it lists
-        cert; with "use" it counts as it is."""
-        stale = None
+        """True when one of the upstream CRL files (`crl_files`) lists cert
+        (also a file past its nextUpdate: what it lists stays revoked). The
+        staleness check is crl_current(cert): the handshake's revocation hook
+        asks is_revoked too, and a device refused there would never learn
+        why."""
+        for _, crl in self._load_crls(False):
+            if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                return True
+        return False
+
+    def crl_current(self, cert):
+        """With crl_stale = "refuse": raise UpstreamError (503 / 5.03) when a
+        CRL file covering cert's issuer is past its nextUpdate (by
+        wall_clock; a CRL without nextUpdate never is): a revocation newer
+        than the file would not be seen. With "use": nothing (the WARNING is
+        logged once per version of the file either way). ProxyService asks
+        it for every certificate of a device's verified chain."""
         for path, crl in self._load_crls(False):
             if crl.issuer != cert.issuer:
                 continue
-            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-                return True
-            if stale is None:
-                nu = self._stale(path, crl)
-                if nu is not None:
-                    stale = (path, nu)
-        if stale is not None and self.crl_stale == "refuse":
-            raise UpstreamError("the upstream CRL %s is out of date (nextUpdate %s); revocation cannot be checked "
-                                "- update the file" % (os.path.basename(stale[0]), _utc_text(stale[1])), 503, 0xA3)
-        return False
+            nu = self._stale(path, crl)
+            if nu is not None and self.crl_stale == "refuse":
+                raise UpstreamError("the upstream CRL %s is out of date (nextUpdate %s); revocation cannot be "
+                                    "checked - update the file" % (os.path.basename(path), _utc_text(nu)), 503, 0xA3)
 
     def issued_by_me(self, cert):
         from cryptography.exceptions import InvalidSignature
@@ -719,7 +725,9 @@ class ProxyService(EstService):
         self.csrattrs_from = csrattrs_from
 
     def authenticate(self, op, prof, ctx):
-        """EstService.authenticate, with the requester text the approval
+        """EstService.authenticate, refusing (503 / 5.03) a device whose
+        chain is covered by an upstream CRL file past its nextUpdate
+        (UpstreamCA.crl_current), with the requester text the approval
         bindings are stored under (UpstreamCA.owned_call): stable across
         restarts and unique per identity. A certificate is named by its
         subject and the SHA-256 of its DER (the subject and serial number
@@ -728,6 +736,8 @@ class ProxyService(EstService):
         its name (one password file, whichever of Basic / Digest it used)."""
         requester, cert_id = super().authenticate(op, prof, ctx)
         if cert_id is not None:
+            for c in cert_id.chain[:-1]:  # (what is_revoked was asked for: revoked ones are refused already)
+                self.ca.crl_current(c)
             fp = hashlib.sha256(cert_id.leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
             requester = "%s:%s sha256=%s" % (requester.split(":", 1)[0], cert_id.subject, fp)
         return requester, cert_id
