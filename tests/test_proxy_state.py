@@ -223,6 +223,71 @@ def test_a_request_the_upstream_refused_is_unbound(up, tmp_path):
         stopped(px)
 
 
+class _StubUpstream:
+    def path(self, op, label):
+        return "/.well-known/est/%s%s" % (label + "/" if label else "", N.HTTP_NAMES[op])
+
+
+def _csr(cn):
+    return x509.load_der_x509_csr(make_csr(cn)[1])
+
+
+def test_library_bindings_bounds_expiry_and_uncertain_answers():
+    """UpstreamCA without a state file (in memory): the bounds count what
+    expired entries left, a refused request never calls the upstream, an
+    answer that may have left the request pending upstream (no answer, 5xx)
+    keeps the binding, a final 4xx removes it."""
+    from est_lite.errors import LimitError
+    from est_lite_cpython.proxy import UpstreamCA, UpstreamError
+    from est_lite_cpython.service import PendingApproval
+
+    now = [5000.0]
+    ca = UpstreamCA(_StubUpstream(), max_pending_per_requester=2, max_pending_owners=3, pending_owner_ttl=60,
+                    wall_clock=lambda: now[0])
+    assert ca.state_path is None
+    calls = []
+
+    def pending():
+        calls.append(1)
+        raise PendingApproval("waiting", 30)
+
+    csrs = {}
+
+    def call(ca, cn, who, fn=pending):
+        csr = csrs.setdefault(cn, _csr(cn))  # one key per name: the same request when asked again
+        return ca.owned_call(N.OP_SIMPLEENROLL, "manual", csr, who, fn)
+
+    for cn, who in (("l1", "a"), ("l2", "a"), ("l3", "b")):
+        with pytest.raises(PendingApproval):
+            call(ca, cn, who)
+    with pytest.raises(LimitError) as e:
+        call(ca, "l4", "a")
+    assert (e.value.http_status, e.value.coap_code) == (503, 0xA3) and "(2)" in e.value.msg
+    with pytest.raises(LimitError) as e:
+        call(ca, "l5", "c")
+    assert (e.value.http_status, e.value.coap_code) == (503, 0xA3) and "(3)" in e.value.msg
+    assert len(calls) == 3
+    now[0] += 61  # all expired: room again
+    with pytest.raises(PendingApproval):
+        call(ca, "l5", "c")
+    assert [r for _, r, _ in ca.pending_owners()] == ["c"]
+
+    def no_answer():
+        raise UpstreamError("cannot reach the upstream", 502, 0xA2)
+
+    def refused():
+        raise UpstreamError("upstream EST server answered 400", 400, 0x80, 400)
+
+    with pytest.raises(UpstreamError):
+        call(ca, "l6", "d", no_answer)
+    with pytest.raises(UpstreamError):
+        call(ca, "l7", "d", refused)
+    assert sorted(r for _, r, _ in ca.pending_owners()) == ["c", "d"]  # l6 kept, l7 gone
+    assert call(ca, "l6", "d", lambda: "issued") == "issued"
+    assert [r for _, r, _ in ca.pending_owners()] == ["c"]
+    ca.close()
+
+
 # ---------------------------------------------------------------- the state file
 
 
