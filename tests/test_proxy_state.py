@@ -236,7 +236,8 @@ def test_library_bindings_bounds_expiry_and_uncertain_answers():
     """UpstreamCA without a state file (in memory): the bounds count what
     expired entries left, a refused request never calls the upstream, an
     answer that may have left the request pending upstream (no answer, 5xx)
-    keeps the binding, a final 4xx removes it."""
+    or a 401 (about the RA's credentials) keeps the binding, a final 4xx
+    removes it."""
     from est_lite.errors import LimitError
     from est_lite_cpython.proxy import UpstreamCA, UpstreamError
     from est_lite_cpython.service import PendingApproval
@@ -278,8 +279,13 @@ def test_library_bindings_bounds_expiry_and_uncertain_answers():
     def refused():
         raise UpstreamError("upstream EST server answered 400", 400, 0x80, 400)
 
+    def ra_refused():
+        raise UpstreamError("upstream EST server answered 401", 502, 0xA2, 401)
+
     with pytest.raises(UpstreamError):
         call(ca, "l6", "d", no_answer)
+    with pytest.raises(UpstreamError):
+        call(ca, "l6", "d", ra_refused)
     with pytest.raises(UpstreamError):
         call(ca, "l7", "d", refused)
     assert sorted(r for _, r, _ in ca.pending_owners()) == ["c", "d"]  # l6 kept, l7 gone

@@ -289,6 +289,10 @@ def _leaf_for(certs, public_key):
     raise UpstreamError("the upstream answer holds no certificate for the requested key", 502, 0xA2)
 
 
+# upstream 4xx answers that say nothing final about the request (the RA's
+# authentication, a timeout, rate limiting): its approval binding stays
+_NOT_FINAL_4XX = (401, 407, 408, 429)
+
 _STATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending_owners(
     key BLOB PRIMARY KEY,
@@ -545,7 +549,8 @@ class UpstreamCA:
         binding goes when the upstream gives its final answer (a
         certificate, or a 4xx refusal); it stays while the request is
         pending (202) and when the answer is uncertain (no answer, 5xx,
-        garbage: the upstream may hold it)."""
+        garbage, a 401 / 407 / 408 / 429 that is about the RA's credentials or
+        the moment, not the request: the upstream may hold it)."""
         key = self._request_key(op, label, csr)
         now = self.wall_clock()
         with self._lock:
@@ -555,7 +560,8 @@ class UpstreamCA:
         except PendingApproval:
             raise
         except UpstreamError as e:
-            if e.upstream_status is not None and 400 <= e.upstream_status < 500:
+            st = e.upstream_status
+            if st is not None and 400 <= st < 500 and st not in _NOT_FINAL_4XX:
                 self._unbind(key, requester)  # refused upstream: it holds no such request
             raise
         self._unbind(key, requester)
