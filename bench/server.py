@@ -175,13 +175,19 @@ def _drive(one, items, errors_caught, threads, seconds, start_at, q):
     q.put((lat, errors[0], _self_cpu_s() - cpu0))
 
 
-def https_enroller(port, root, auth_hdr=b"", cert=None, key=None, timeout=30):
+def https_enroller(port, root, auth_hdr=b"", cert=None, key=None, timeout=30, tls="1.3"):
     """The HTTPS load generator's one enrollment: returns one(body) -> True
     for a 200 answer, `body` the base64 CSR. A new TCP connection and full
     TLS handshake per call (stdlib ssl, the server's chain and name checked
     against the EST CA root), the client certificate if `cert`, read to EOF.
+    tls: "1.3" (the newest both sides have, as a CPython client negotiates)
+    or "1.2" (the most a MicroPython device's `tls` speaks).
     Also the client of bench/server_instructions.py and coaps_instructions.py."""
     ctx = ssl.create_default_context(cafile=root)
+    if tls == "1.2":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    elif tls != "1.3":
+        raise ValueError("tls must be 1.2 or 1.3")
     if cert:
         ctx.load_cert_chain(cert, key)
 
@@ -203,8 +209,8 @@ def https_enroller(port, root, auth_hdr=b"", cert=None, key=None, timeout=30):
     return one
 
 
-def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q):
-    _drive(https_enroller(port, root, auth_hdr, cert, key), bodies, (OSError, ssl.SSLError), threads, seconds,
+def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q, tls):
+    _drive(https_enroller(port, root, auth_hdr, cert, key, tls=tls), bodies, (OSError, ssl.SSLError), threads, seconds,
            start_at, q)
 
 
@@ -357,8 +363,9 @@ def proc_cpu_s(pid):
     return total
 
 
-def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, server_pid=None, coaps=None):
-    """coaps: None for HTTPS, else (root_der, csrs_der, cert_der, key_der)."""
+def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, server_pid=None, coaps=None, tls="1.3"):
+    """coaps: None for HTTPS, else (root_der, csrs_der, cert_der, key_der).
+    tls: the HTTPS load generator's highest TLS version (https_enroller)."""
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
     nproc = max(1, min(procs, conc))
@@ -373,7 +380,7 @@ def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, ser
                             args=(port, root_der, csrs[i::nproc], cert_der, key_der, th, seconds, start_at, q))
         else:
             chunk = bodies[i::nproc]
-            p = ctx.Process(target=_client_proc, args=(port, root, chunk, auth_hdr, cert, key, th, seconds, start_at, q))
+            p = ctx.Process(target=_client_proc, args=(port, root, chunk, auth_hdr, cert, key, th, seconds, start_at, q, tls))
         p.start()
         ps.append(p)
     lat, errs, ccpu = [], 0, 0.0
@@ -473,7 +480,8 @@ def server_model(transport, args):
     procs = ("1 process," if args.https_processes == 1
              else "%d processes on one TCP port (SO_REUSEPORT), each" % args.https_processes)
     return ("est-lite serve: %s %s; load: %s in %d processes"
-            % (procs, io, "stdlib ssl" if args.client == "python" else "curl --parallel", args.client_procs))
+            % (procs, io, ("stdlib ssl, TLS %s" % args.tls) if args.client == "python" else "curl --parallel",
+               args.client_procs))
 
 
 def summarize(transport, args, auth, results, floor):
@@ -501,6 +509,7 @@ def summarize(transport, args, auth, results, floor):
     return {
         "transport": transport,
         "client": args.client if transport == "https" else "python",
+        "client_tls": ("TLS " + args.tls) if transport == "https" and args.client == "python" else None,
         "auth": auth,
         "seconds": args.seconds,
         "cpus": ncpu,
@@ -551,7 +560,14 @@ def main(argv=None):
                          "enrollments (how much the same OpenSSL work costs once the caches are cold)")
     ap.add_argument("--client", default="python", choices=["python", "curl"],
                     help="HTTPS load generator: Python stdlib ssl threads in --client-procs processes (default; 1.9 ms CPU per enrollment) or curl --parallel (2.8 ms: loads the CA file per transfer)")
+    ap.add_argument("--tls", default="1.3", choices=["1.3", "1.2"],
+                    help="highest TLS version of the Python HTTPS load generator: 1.3 (default; what a CPython "
+                         "client such as a gateway negotiates) or 1.2 (what a MicroPython device's tls speaks: "
+                         "ECDHE-ECDSA with AES-GCM, no session ticket). The crypto floor is the same operations "
+                         "either way")
     args = ap.parse_args(argv)
+    if args.tls != "1.3" and args.client != "python":
+        ap.error("--tls applies to --client python")
     if args.floor_cache_sweep:
         out = {"crypto_floor_ms": round(1000 * crypto_floor(args.auth), 4)}
         for mb in (1, 2, 4, 16):
@@ -632,7 +648,7 @@ def main(argv=None):
             if transport == "coaps":
                 run_level(cport, root, None, None, None, None, 2, 0.5, 1, coaps=coaps_args)
             else:
-                run_level(port, root, bodies[:50], auth_hdr, cert, key, 2, 0.5, 1)
+                run_level(port, root, bodies[:50], auth_hdr, cert, key, 2, 0.5, 1, tls=args.tls)
         results = {t: {} for t in transports}
         rate = 300.0
         # with both transports, the levels interleave (CoAPs, HTTPS, CoAPs, ...)
@@ -653,7 +669,7 @@ def main(argv=None):
                         rate = max(rate, r["enrollments_per_s"])
                     else:
                         r = run_level(port, root, bodies, auth_hdr, cert, key, c, args.seconds, args.client_procs,
-                                      proc.pid)
+                                      proc.pid, tls=args.tls)
                     print("[%s] concurrency %3d: %7.1f enrollments/s  p50 %6.1f ms  p99 %6.1f ms  server CPU %.2f ms/"
                           "enrollment  errors %d" % (transport, c, r["enrollments_per_s"], r["p50_ms"] or -1,
                                                      r["p99_ms"] or -1, r["server_cpu_ms"] or -1, r["errors"]),

@@ -2,12 +2,13 @@
 counted by valgrind (cachegrind): a repeatable figure for comparing server
 changes on a machine whose CPU time is too noisy to compare (shared CPUs).
 
-    python bench/server_instructions.py [--n1 20] [--n2 120]
-    python bench/server_instructions.py --callgrind [--n 100] [--top 40] [--auth cert] [--out FILE]
+    python bench/server_instructions.py [--n1 20] [--n2 120] [--tls 1.2]
+    python bench/server_instructions.py --callgrind [--n 100] [--top 40] [--auth cert] [--tls 1.2] [--out FILE]
 
 `est-lite serve` runs under `valgrind --tool=cachegrind` twice, each time
 on a fresh CA with 2 workers; a sequential client (stdlib ssl, HTTP Basic,
-one TLS connection per enrollment, as bench/server.py) enrolls 10 times to
+one TLS connection per enrollment, as bench/server.py; TLS 1.3, or 1.2
+as a MicroPython device with --tls 1.2) enrolls 10 times to
 warm up and then N1 (first run) or N2 (second run) times. The difference
 of the two runs' totals divided by N2 - N1 is the server's instruction
 count per enrollment without start-up and warm-up. Kernel work (TCP,
@@ -51,7 +52,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
 
 
-def _serve(tool_args, n, warm, csrs, auth, between=None):
+def _serve(tool_args, n, warm, csrs, auth, between=None, tls="1.3"):
     """Start `est-lite serve` under valgrind with `tool_args` on a fresh CA,
     enroll warm + n times (one TLS connection each); between(pid) runs
     after the warm-up and between(pid, True) after the n enrollments, while
@@ -89,7 +90,7 @@ def _serve(tool_args, n, warm, csrs, auth, between=None):
                 raise SystemExit("the server under valgrind exited with %s" % p.returncode)
             time.sleep(0.05)
         port = int(open(pf).read())
-        one = https_enroller(port, os.path.join(tmp, "ca", "root.pem"), auth_hdr, cert, key, timeout=120)
+        one = https_enroller(port, os.path.join(tmp, "ca", "root.pem"), auth_hdr, cert, key, timeout=120, tls=tls)
         ok = 0
         for body in csrs[:warm]:
             ok += one(body)
@@ -107,9 +108,9 @@ def _serve(tool_args, n, warm, csrs, auth, between=None):
     return tmp
 
 
-def _serve_and_count(n, warm, csrs, auth):
+def _serve_and_count(n, warm, csrs, auth, tls="1.3"):
     tmp = _serve(["--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=%TMP%/cachegrind.out"],
-                 n, warm, csrs, auth)
+                 n, warm, csrs, auth, tls=tls)
     try:
         with open(os.path.join(tmp, "cachegrind.out")) as f:
             m = re.search(r"^summary:\s+(\d+)", f.read(), re.M)
@@ -187,7 +188,7 @@ def callgrind(args, csrs):
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
 
     tmp = _serve(["--tool=callgrind", "--callgrind-out-file=%TMP%/callgrind.out", "--dump-instr=no",
-                  "--collect-systime=no"], args.n, args.warm, csrs, args.auth, control)
+                  "--collect-systime=no"], args.n, args.warm, csrs, args.auth, control, tls=args.tls)
     try:
         dumps = [f for f in glob.glob(os.path.join(tmp, "callgrind.out*")) if f != os.path.join(tmp, "callgrind.out")]
         if len(dumps) != 1:
@@ -220,7 +221,8 @@ def callgrind(args, csrs):
         return [[fn, _object(fn, obj), round(ir / args.n)]
                 for (fn, obj), ir in sorted(t.items(), key=lambda kv: -kv[1])[:args.top]]
 
-    print(json.dumps({"instructions_per_enrollment": round(total), "n": args.n, "auth": args.auth, "file": out,
+    print(json.dumps({"instructions_per_enrollment": round(total), "n": args.n, "auth": args.auth,
+                      "client_tls": "TLS " + args.tls, "file": out,
                       "self_by_object": {k: round(v) for k, v in by_obj.items()},
                       "top_inclusive": top(incl), "top_self": top(excl)}))
     return 0
@@ -235,6 +237,8 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=100, help="--callgrind: enrollments counted")
     ap.add_argument("--top", type=int, default=40, help="--callgrind: functions listed")
     ap.add_argument("--auth", default="basic", choices=["basic", "cert"])
+    ap.add_argument("--tls", default="1.3", choices=["1.3", "1.2"],
+                    help="the client's highest TLS version (bench/server.py --tls): 1.2 is a MicroPython device's")
     ap.add_argument("--out", default="callgrind.server.out", help="--callgrind: where the output file is kept")
     args = ap.parse_args(argv)
     if args.n2 <= args.n1:
@@ -247,13 +251,14 @@ def main(argv=None):
     csrs = [base64.encodebytes(make_csr("ir-%d" % i)[1]) for i in range(args.warm + count)]
     if args.callgrind:
         return callgrind(args, csrs)
-    a = _serve_and_count(args.n1, args.warm, csrs, args.auth)
-    b = _serve_and_count(args.n2, args.warm, csrs, args.auth)
+    a = _serve_and_count(args.n1, args.warm, csrs, args.auth, args.tls)
+    b = _serve_and_count(args.n2, args.warm, csrs, args.auth, args.tls)
     per = (b - a) / (args.n2 - args.n1)
     print("server user-space instructions per HTTPS enrollment: %.0f (totals %d after %d, %d after %d)"
           % (per, a, args.n1, b, args.n2))
     print(json.dumps({"instructions_per_enrollment": round(per), "n1": args.n1, "n2": args.n2,
-                      "total_n1": a, "total_n2": b, "auth": args.auth}))
+                      "total_n1": a, "total_n2": b, "auth": args.auth,
+                      "client_tls": "TLS " + args.tls}))
     return 0
 
 
