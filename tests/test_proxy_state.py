@@ -6,7 +6,6 @@ server-generated key to a device replaying the CSR), and an upstream CRL
 file past its nextUpdate is not silently trusted. The upstream, the proxy
 harness and the helpers are those of test_authz_attacks."""
 
-import datetime
 import logging
 import os
 import stat

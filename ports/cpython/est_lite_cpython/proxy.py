@@ -695,7 +695,7 @@ class UpstreamCA:
         asks is_revoked too, and a device refused there would never learn
         why."""
         for _, crl in self._load_crls(False):
-            if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number):
                 return True
         return False
 
