@@ -14,6 +14,9 @@ authenticate devices) plus a [proxy] section (see docs/proxy.md):
     ra_cert = "ra.pem"                    # TLS client certificate with id-kp-cmcRA
     ra_key = "ra.key"
     upstream_crl = "upstream-crl.pem"     # the upstream CA's CRL: revoked devices stop at the proxy
+    upstream_crl_stale = "refuse"         # that CRL past its nextUpdate: its devices get 503 / 5.03 ("use": go on)
+    state = "proxy-state.sqlite"          # which device sent each request waiting for approval, kept across
+                                          # restarts (default: proxy-state.sqlite in [ca] data_dir)
 """
 
 import logging

@@ -557,8 +557,6 @@ class UpstreamCA:
             self._state_write(lambda db: self._bind(db, key, requester, now))
         try:
             res = call()
-        except PendingApproval:
-            raise
         except UpstreamError as e:
             st = e.upstream_status
             if st is not None and 400 <= st < 500 and st not in _NOT_FINAL_4XX:
