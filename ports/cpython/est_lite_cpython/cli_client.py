@@ -156,7 +156,8 @@ def _client(args, cert=None, key=None):
             trust = c.ca
     if trust is None and pin is None:
         raise LocalProtocolError("give --trust CA.pem (the CA certificate the server's chain ends in) or, for a first "
-                                 "contact, --pin sha256:HEX (the SHA-256 of that CA certificate; see docs/client.md)"
+                                 "contact, --pin sha256:HEX (the SHA-256 of that CA certificate; see docs/client-runtime.md, "
+                                 "\"Computing --pin\")"
                                  + (", or an --out store from an earlier cacerts/enroll" if args.out else ""))
     if cert is None:
         cert, key = _identity(args)
@@ -673,9 +674,10 @@ def _common(p):
     p.add_argument("--label", help="EST label (path segment)")
     p.add_argument("--trust", action="append", metavar="PEM", help="CA certificate(s) the server must chain to")
     p.add_argument("--pin", metavar="sha256:HEX",
-                   help="bootstrap: SHA-256 of the server's root CA certificate (DER), e.g. from openssl x509 -in "
-                        "root.pem -outform der | sha256sum; bare hex and the AA:BB:.. form of openssl x509 "
-                        "-fingerprint -sha256 work too; the received CAs become the trust anchors")
+                   help="first contact: SHA-256 of a certificate (DER), e.g. openssl x509 -in X.pem -outform der "
+                        "| sha256sum. HTTPS: the server's root CA; CoAPs: one the server sends in the DTLS "
+                        "handshake (its own, or the root with serve --coaps-send-chain all). The received CAs "
+                        "become the trust anchors (docs/client-runtime.md, \"Computing --pin\")")
     p.add_argument("--server-name", help="name/IP the server certificate must cover (default: the URI host)")
     p.add_argument("--cert", help="client certificate (PEM/DER) for TLS/DTLS")
     p.add_argument("--key", help="its private key (PEM/DER)")
@@ -708,7 +710,26 @@ def _subject(p):
     p.add_argument("--uri", action="append", help="subjectAltName URI (repeatable)")
 
 
-_OPTION_NAMES = (("give user/password or a client certificate", "give --user and --password, or --cert and --key"),)
+_OPTION_NAMES = (("give user/password or a client certificate", "give --user and --password, or --cert and --key"),
+                 ("give cert= and key=", "give --cert and --key"))
+
+# the core puts the EST operation that failed in front of its message
+# ("cacerts: the server answered 404 ..."); a command runs several (enroll:
+# cacerts, csrattrs, then enroll), so a step other than the command is said
+# in the user's terms: "enroll: fetching the CA certificates (/cacerts): ..."
+_STEPS = {"cacerts": ("fetching the CA certificates", "cacerts", "crts"),
+          "csrattrs": ("fetching the CSR attributes", "csrattrs", "att"),
+          "enroll": ("requesting the certificate", "simpleenroll", "sen"),
+          "reenroll": ("renewing the certificate", "simplereenroll", "sren"),
+          "serverkeygen": ("requesting a server-generated key", "serverkeygen", "skg")}
+
+
+def _step(command, server, m):
+    op, sep, rest = m.partition(": ")
+    if not sep or op not in _STEPS or op == command or not command:
+        return m
+    what, http, coap = _STEPS[op]
+    return "%s: %s (/%s): %s" % (command, what, coap if server.lower().startswith("coaps:") else http, rest)
 
 
 def _wrap(fn):
@@ -723,6 +744,7 @@ def _wrap(fn):
             m = " ".join(str(e).split())  # one line on stderr
             for lib, opt in _OPTION_NAMES:  # the library's argument names, as the command's options
                 m = m.replace(lib, opt)
+            m = _step(getattr(args, "command", None), args.server, m)
             e.msg = m
             e.args = (e.msg,)
             raise

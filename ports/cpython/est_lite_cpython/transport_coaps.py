@@ -20,7 +20,7 @@ separate response) or with datagrams the core ignores cannot hold the
 client past its deadline; TransportError when it has passed.
 """
 
-from est_lite.errors import LocalProtocolError, TransportError
+from est_lite.errors import LocalProtocolError, SecurityError, TransportError
 
 from .dtls_client import DtlsClient
 
@@ -39,6 +39,7 @@ class CoapsTransport:
         self.binding = None
         self.peer_chain = []
         self.left = left
+        self.anonymous = cert is None
 
     def _bound(self, timeout):
         timeout = max(0.0, timeout)
@@ -54,7 +55,17 @@ class CoapsTransport:
     def connect(self):
         if self.client.established:
             return
-        self.client.handshake()
+        try:
+            self.client.handshake()
+        except SecurityError as e:
+            # RFC 9148 authenticates the client in the DTLS handshake: a
+            # server that requires a certificate refuses one without it with
+            # this alert alone (a hint, not a check before: some servers
+            # accept anonymous clients)
+            if not self.anonymous or "alert handshake failure" not in e.msg:
+                raise
+            raise SecurityError("%s (EST-coaps servers usually require a client certificate: give cert= and key=)"
+                                % e.msg, e.coap_code, e.http_status, e.diagnostic) from None
         self.binding = self.client.tls_unique
         self.peer_chain = list(self.client.peer_chain)
 

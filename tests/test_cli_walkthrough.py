@@ -1,0 +1,138 @@
+"""What a new user tripped over running every `est-lite` command of
+README.md and docs/ (brief AD): which step of a command failed, the
+client-certificate hint of a refused DTLS handshake, where --pin is
+explained, [proxy] in a config read by `ca`, `hil run --host` that is not
+an address of this machine, a closed stdout, the usage hint of a
+subcommand, the server's text in the retry lines. In-process through
+est_lite_cpython.cli.main unless a real stdout pipe is needed."""
+
+import os
+import re
+
+import pytest
+from helpers_client import der
+from helpers_coaps import EstBothServer, idevid_device, key_der
+from helpers_server import PASSWORD, USER
+
+from est_lite_cpython.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line(rc, err, code=1):
+    assert rc == code and err.startswith("est-lite: error: ") and err.count("\n") == 1, (rc, err)
+
+
+@pytest.fixture
+def both(tmp_path):
+    (tmp_path / "srv").mkdir()
+    srv = EstBothServer(tmp_path / "srv")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+# --- 1. the step of the command that failed, in the user's terms ---
+
+
+def test_enroll_says_which_of_its_steps_failed(est_server, tmp_path, capsys):
+    url = "https://localhost:%d/factory" % est_server.port
+    rc, o, err = cli(capsys, "enroll", "--server", url, "--trust", est_server.root_pem, "--user", USER, "--password",
+                     PASSWORD, "--cn", "x", "--out", tmp_path / "o")
+    one_line(rc, err)
+    assert err == ("est-lite: error: enroll: fetching the CA certificates (/cacerts): the server answered 404 Not "
+                   "Found: unknown EST label 'factory'\n"), err
+    # the command's own operation keeps its short form
+    rc, o, err = cli(capsys, "cacerts", "--server", url, "--trust", est_server.root_pem)
+    one_line(rc, err)
+    assert err.startswith("est-lite: error: cacerts: the server answered 404"), err
+    rc, o, err = cli(capsys, "serverkeygen", "--server", url, "--trust", est_server.root_pem, "--user", USER,
+                     "--password", PASSWORD, "--cn", "x", "--out", tmp_path / "s")
+    one_line(rc, err)
+    assert err.startswith("est-lite: error: serverkeygen: the server answered 404"), err
+
+
+def test_steps_are_named_with_the_transports_path():
+    from est_lite_cpython.cli_client import _step
+
+    m = "csrattrs: the server answered 500 Internal Server Error: boom"
+    assert _step("enroll", "https://h", m) == ("enroll: fetching the CSR attributes (/csrattrs): the server "
+                                               "answered 500 Internal Server Error: boom")
+    assert _step("enroll", "coaps://h", "csrattrs: DER: truncated at offset 0") == (
+        "enroll: fetching the CSR attributes (/att): DER: truncated at offset 0")
+    assert _step("serverkeygen", "COAPS://h", "cacerts: x") == "serverkeygen: fetching the CA certificates (/crts): x"
+    assert _step("reenroll", "https://h", "enroll: x") == "reenroll: requesting the certificate (/simpleenroll): x"
+    for same in ("enroll: the server answered 401", "--out d: not a directory", "bootstrap refused: x"):
+        assert _step("enroll", "https://h", same) == same
+
+
+# --- 2. a DTLS handshake refused for want of a client certificate ---
+
+
+def test_coaps_without_a_client_certificate_hints_at_cert_and_key(both, tmp_path, capsys):
+    url = "coaps://127.0.0.1:%d" % both.coaps_port
+    rc, o, err = cli(capsys, "cacerts", "--server", url, "--trust", both.root_pem, "--deadline", "20")
+    one_line(rc, err)
+    assert "handshake failure" in err and err.endswith(
+        "(EST-coaps servers usually require a client certificate: give --cert and --key)\n"), err
+    # library users read the argument names
+    from est_lite.errors import SecurityError
+    from est_lite_cpython.client import EstClient
+
+    c = EstClient(url, trust=[open(both.root_pem, "rb").read()], deadline=20)
+    with pytest.raises(SecurityError) as e:
+        c.cacerts()
+    c.close()
+    assert str(e.value).endswith("a client certificate: give cert= and key=)"), e.value
+    # with a certificate the handshake goes through (the hint is not a check made before it)
+    dev = idevid_device(both)
+    (tmp_path / "id.der").write_bytes(der(dev.cert))
+    (tmp_path / "id.key").write_bytes(key_der(dev.key))
+    rc, o, err = cli(capsys, "cacerts", "--server", url, "--trust", both.root_pem, "--cert", tmp_path / "id.der",
+                     "--key", tmp_path / "id.key")
+    assert rc == 0 and "BEGIN CERTIFICATE" in o, err
+
+
+def test_a_refused_client_certificate_gets_no_hint(both, tmp_path, capsys):
+    # a certificate was given: the hint would send the user in circles
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from helpers_server import issue_cert, make_vendor_ca
+
+    (tmp_path / "other").mkdir()
+    other = make_vendor_ca(str(tmp_path / "other"), name="Unknown CA")
+    key, cert = issue_cert(other["cert"], other["key"], "stranger", key=ec.generate_private_key(ec.SECP256R1()))
+    (tmp_path / "s.der").write_bytes(der(cert))
+    (tmp_path / "s.key").write_bytes(key_der(key))
+    rc, o, err = cli(capsys, "cacerts", "--server", "coaps://127.0.0.1:%d" % both.coaps_port, "--trust",
+                     both.root_pem, "--cert", tmp_path / "s.der", "--key", tmp_path / "s.key", "--deadline", "20")
+    one_line(rc, err)
+    assert "DTLS handshake" in err and "usually require a client certificate" not in err, err
+
+
+# --- 3, 4. where --pin is explained; its help true for both transports ---
+
+
+def test_missing_trust_points_to_computing_pin(capsys):
+    rc, o, err = cli(capsys, "cacerts", "--server", "https://127.0.0.1:1")
+    one_line(rc, err)
+    assert 'see docs/client-runtime.md, "Computing --pin"' in err, err
+    assert "### Computing `--pin`" in open(os.path.join(ROOT, "docs", "client-runtime.md")).read()
+
+
+@pytest.mark.parametrize("command", ["cacerts", "csrattrs", "enroll", "reenroll", "serverkeygen"])
+def test_pin_help_covers_https_and_coaps(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    start = text.index("--pin sha256:HEX first contact")
+    pin = text[start:text.index("--server-name SERVER_NAME", start)]
+    assert "root CA" in pin and "CoAPs" in pin and "DTLS handshake" in pin and "--coaps-send-chain all" in pin, pin
+    assert "server's root CA certificate (DER)" not in pin
