@@ -17,19 +17,23 @@ import time
 DEFAULT_DATA_DIR = "est-data"
 
 
+def _config(args):
+    # a server config, or a proxy config (a server config plus [proxy]: its
+    # [ca] data_dir holds the proxy's password file)
+    from .config import load_config
+
+    return load_config(args.config, data_dir=args.data_dir, skip=("proxy",))
+
+
 def _data_dir(args):
     if getattr(args, "config", None):
-        from .config import load_config
-
-        return load_config(args.config, data_dir=args.data_dir).data_dir
+        return _config(args).data_dir
     return args.data_dir or os.environ.get("EST_LITE_DATA") or DEFAULT_DATA_DIR
 
 
 def _realm(args):
     if getattr(args, "config", None):
-        from .config import load_config
-
-        return load_config(args.config, data_dir=args.data_dir).realm
+        return _config(args).realm
     return args.realm or "est-lite"
 
 
@@ -43,9 +47,7 @@ def _passwords(args):
     from .auth import PasswordFile
 
     if getattr(args, "config", None):
-        from .config import load_config
-
-        return PasswordFile(load_config(args.config, data_dir=args.data_dir).password_file)
+        return PasswordFile(_config(args).password_file)
     return PasswordFile(os.path.join(_data_dir(args), "passwords"))
 
 
@@ -168,7 +170,20 @@ def cmd_passwd(args):
     if not pw:
         print("est-lite: empty password", file=sys.stderr)
         return 1
-    pf.set_password(args.user, pw, _realm(args))
+    from .auth import check_realm, check_user
+
+    realm = _realm(args)
+    check_user(args.user)
+    check_realm(realm)  # (both before the directory is made)
+    d = os.path.dirname(os.path.abspath(pf.path))
+    if not os.path.isdir(d):  # e.g. a proxy's data_dir before its first start
+        try:
+            os.makedirs(d, mode=0o700)
+        except OSError as e:
+            from est_lite.errors import LocalProtocolError
+
+            raise LocalProtocolError("cannot create %s for the password file: %s" % (d, e.strerror or e)) from None
+    pf.set_password(args.user, pw, realm)
     print("password set for %s in %s" % (args.user, pf.path))
     return 0
 
@@ -250,7 +265,7 @@ def register(sub):
 
     def common(q):
         q.add_argument("--data-dir", help="CA data directory (default $EST_LITE_DATA or ./est-data)")
-        q.add_argument("--config", help="server TOML config (its ca.data_dir, realm and password_file)")
+        q.add_argument("--config", help="server (or proxy) TOML config: its ca.data_dir, realm and password_file")
 
     q = csub.add_parser("init", help="create root (and intermediate) CA, TLS server cert, store")
     common(q)

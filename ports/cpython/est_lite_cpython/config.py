@@ -136,16 +136,27 @@ def _load_crl(path):
     return x509.load_der_x509_crl(data)
 
 
+# sections of a server config that another command reads: a proxy config
+# is a server config plus [proxy] (est_lite_cpython.proxy), and the `ca`
+# commands read its [ca] data_dir, realm and password file (skip=("proxy",))
+OTHER_SECTIONS = {"proxy": "est-lite proxy"}
+
+
 class ServerConfig:
-    def __init__(self, data=None, *, base_dir=".", data_dir=None):
+    def __init__(self, data=None, *, base_dir=".", data_dir=None, skip=()):
         data = dict(data or {})
         srv = dict(data.pop("server", {}) or {})
         ca = dict(data.pop("ca", {}) or {})
         trust = dict(data.pop("trust", {}) or {})
         profiles = dict(data.pop("profiles", {}) or {})
         coaps = data.pop("coaps", None)
-        if data:
-            raise ConfigError("unknown section(s) %s" % ", ".join(sorted(data)))
+        unknown = sorted(k for k in data if k not in OTHER_SECTIONS)
+        if unknown:
+            raise ConfigError("unknown section(s) %s" % ", ".join(unknown))
+        for k in sorted(data):
+            if k not in skip:
+                raise ConfigError("[%s] is the section of %s: run that command with this file (the ca commands "
+                                  "read it too)" % (k, OTHER_SECTIONS[k]))
 
         def rel(p):
             return p if p is None or os.path.isabs(p) else os.path.normpath(os.path.join(base_dir, p))
@@ -285,10 +296,11 @@ def read_toml(path):
         raise ConfigError("config %s: %s" % (path, e)) from None
 
 
-def load_config(path=None, *, data_dir=None):
+def load_config(path=None, *, data_dir=None, skip=()):
     """ServerConfig from a TOML file (relative paths resolve against the
     file's directory). Without a file: defaults, with data_dir/server.toml
-    used if it exists."""
+    used if it exists. skip: sections of OTHER_SECTIONS to ignore (another
+    command's); any other section is an error."""
     if path is None and data_dir is not None:
         cand = os.path.join(data_dir, "server.toml")
         if os.path.exists(cand):
@@ -296,4 +308,5 @@ def load_config(path=None, *, data_dir=None):
     if path is None:
         return ServerConfig({}, base_dir=os.getcwd(), data_dir=os.path.abspath(data_dir) if data_dir else None)
     data = read_toml(path)
-    return ServerConfig(data, base_dir=os.path.dirname(os.path.abspath(path)), data_dir=os.path.abspath(data_dir) if data_dir else None)
+    return ServerConfig(data, base_dir=os.path.dirname(os.path.abspath(path)),
+                        data_dir=os.path.abspath(data_dir) if data_dir else None, skip=skip)
