@@ -196,3 +196,25 @@ def test_proxy_config_sections_stay_checked(tmp_path, capsys):
         load_config(str(cfg))
     assert "[proxy] is the section of est-lite proxy" in str(e.value)
     assert load_config(str(cfg), skip=("proxy",)).data_dir == str(tmp_path / "proxy-data")
+
+
+# --- 6. hil run --host that is not an address of this machine ---
+
+
+def test_hil_run_host_not_on_this_machine(capsys, monkeypatch):
+    import socket
+
+    from est_lite_cpython import cli_hil
+
+    sent = []
+    for name in ("connect", "connect_ex", "send", "sendall", "sendto", "sendmsg"):
+        monkeypatch.setattr(socket.socket, name, lambda self, *a, _n=name: sent.append(_n) or 1 / 0)
+    started = []
+    monkeypatch.setattr(cli_hil._sub("bundle"), "build", lambda *a, **k: started.append("bundle") or 1 / 0)
+    monkeypatch.setattr(cli_hil._sub("refserver").RefServer, "start", lambda *a, **k: started.append("server") or 1 / 0)
+    monkeypatch.setattr(cli_hil._sub("boards"), "SerialBoard", lambda *a, **k: started.append("board") or 1 / 0)
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) is never an address of a machine: binding it fails, nothing is sent
+    rc, o, err = cli(capsys, "hil", "run", "enroll_coaps", "--port", "/dev/ttyACM0", "--host", "192.0.2.1")
+    one_line(rc, err)
+    assert "--host 192.0.2.1" in err and "must be an address of this machine that the board can reach" in err, err
+    assert "internal error" not in err and sent == [] and started == []

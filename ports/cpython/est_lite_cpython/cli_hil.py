@@ -69,6 +69,33 @@ def _board(args, workdir, name):
     return boards.VirtualBoard(os.path.join(workdir, name), heap=args.heap, name=name)
 
 
+def _check_host(host):
+    """--host must be an address of this machine (the embedded server binds
+    it): tried with a UDP socket bound to it and closed again, which sends
+    nothing, before the bundle is built and the server started."""
+    import socket
+
+    from est_lite.errors import LocalProtocolError
+
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise LocalProtocolError("hil run: --host %s is not an address or a name that resolves here (%s)"
+                                 % (host, getattr(e, "strerror", None) or e)) from None
+    last = None
+    for family, kind, proto, _, addr in infos:
+        s = socket.socket(family, kind, proto)
+        try:
+            s.bind(addr)
+            return
+        except OSError as e:
+            last = e
+        finally:
+            s.close()
+    raise LocalProtocolError("hil run: cannot listen on --host %s: %s: --host must be an address of this machine "
+                             "that the board can reach (see ip addr)" % (host, last.strerror or last))
+
+
 def cmd_run(args):
     B, S = _sub("bundle"), _sub("scenario")
     R = _sub("refserver")
@@ -78,6 +105,7 @@ def cmd_run(args):
     except ValueError as e:
         print("est-lite hil run: %s" % e, file=sys.stderr)
         return 2
+    _check_host(args.host)
     with tempfile.TemporaryDirectory(prefix="est-lite-hil-") as d:
         bundle = args.bundle
         if bundle is None:
