@@ -218,3 +218,68 @@ def test_hil_run_host_not_on_this_machine(capsys, monkeypatch):
     one_line(rc, err)
     assert "--host 192.0.2.1" in err and "must be an address of this machine that the board can reach" in err, err
     assert "internal error" not in err and sent == [] and started == []
+
+
+# --- 7. stdout closed by its reader (est-lite ... | head -1) ---
+
+
+def _closed_stdout_run(argv, timeout=120):
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the command writes: every write gets EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "est_lite_cpython.cli", *map(str, argv)], stdout=w,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=timeout)
+    finally:
+        os.close(w)
+    return p.returncode, p.stderr
+
+
+def test_ca_init_into_a_closed_pipe_is_quiet_and_complete(tmp_path):
+    from est_lite_cpython.auth import PasswordFile
+
+    d = tmp_path / "pipeca"
+    rc, err = _closed_stdout_run(["ca", "init", "--data-dir", d, "--user", "alice:s3cret"])
+    assert rc == 141 and err == "", (rc, err)
+    # the CA and its user were written before the first line was printed
+    assert {"root.pem", "root.key", "server.pem", "server.key", "passwords"} <= set(os.listdir(d))
+    assert PasswordFile(str(d / "passwords")).check("alice", "s3cret")
+
+
+class _ClosedStdout:
+    def write(self, s):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_client_command_into_a_closed_stdout(est_server, capsys, monkeypatch):
+    # a client command's OSError wrapper (cli_client._wrap) leaves a closed stdout to main
+    import sys
+
+    monkeypatch.setattr(sys, "stdout", _ClosedStdout())
+    rc = main(["cacerts", "--server", "https://localhost:%d" % est_server.port, "--trust", est_server.root_pem])
+    monkeypatch.undo()
+    out, err = capsys.readouterr()
+    assert rc == 141 and err == "", (rc, err)
+
+
+# --- 8. usage errors: exit 2, the hint names the subcommand's help ---
+
+
+@pytest.mark.parametrize("argv,prog,what", [
+    (["reenroll", "--server", "https://h", "--cn", "x"], "est-lite reenroll", "unrecognized arguments: --cn x"),
+    (["reenroll", "--cn", "x"], "est-lite reenroll", "the following arguments are required: --server"),
+    (["ca", "passwd", "alice", "--bogus"], "est-lite ca passwd", "unrecognized arguments: --bogus"),
+    (["ca", "--bogus"], "est-lite ca", "unrecognized arguments: --bogus"),
+    (["no-such-command"], "est-lite", "argument COMMAND: invalid choice"),
+])
+def test_usage_errors_name_the_subcommands_help(argv, prog, what, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("%s: error: %s" % (prog, what)) and err.endswith("(see %s --help)\n" % prog), err

@@ -16,10 +16,23 @@ import est_lite_cpython
 
 
 class _Parser(argparse.ArgumentParser):
-    # a usage error is one line on stderr (argparse prints the usage block
-    # first); the subparsers are of this class too (add_subparsers default)
+    # a usage error is one line on stderr, exit 2 (argparse's usage block is
+    # not printed); the subparsers are of this class too (add_subparsers
+    # default), so the hint names the help of the command given
+    _top = False
+
     def error(self, message):
         self.exit(2, "%s: error: %s (see %s --help)\n" % (self.prog, one_line(message), self.prog))
+
+    def parse_known_args(self, args=None, namespace=None):
+        # an option the command does not have: said by the command's parser
+        # ("est-lite reenroll: ... (see est-lite reenroll --help)"), not by
+        # the top one after the subcommand returns (a subcommand takes all
+        # the arguments after its name, so these are its own)
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra and not self._top:
+            self.error("unrecognized arguments: %s" % " ".join(extra))
+        return ns, extra
 
 
 def one_line(text):
@@ -34,6 +47,7 @@ def build_parser():
         prog="est-lite",
         description="EST (RFC 7030) and EST-coaps (RFC 9148) client, server and tools.",
     )
+    parser._top = True
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(est_lite_cpython.__path__), key=lambda i: i.name):
         if info.name.startswith("cli_"):
@@ -42,7 +56,33 @@ def build_parser():
     return parser
 
 
+# exit status (README, docs/client-runtime.md "Exit status"): 0 done, 1 an
+# error (one line on stderr), 2 a usage error (argparse's convention), 70
+# an internal error (a bug), 75 the server asked to come back later and
+# --deadline came first, 130 Ctrl-C, 141 stdout closed by its reader
+# (`| head -1`; 128 + SIGPIPE, what a shell reports for a command SIGPIPE stopped)
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv=None):
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return rc
+    except BrokenPipeError:
+        # the reader of stdout is gone (Python docs, "Note on SIGPIPE"): not
+        # an error of ours to report; stdout goes to devnull so the final
+        # flush at exit does not fail again
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, sys.stdout.fileno())
+            os.close(fd)
+        except (OSError, AttributeError, ValueError):  # not a real file (in-process callers)
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -52,6 +92,8 @@ def main(argv=None):
 
     try:
         return args.func(args) or 0
+    except BrokenPipeError:
+        raise
     except EstError as e:
         print("est-lite: error: %s" % one_line(e), file=sys.stderr)
         # 75 (EX_TEMPFAIL): the server asked to come back later (202 / 5.03,

@@ -86,13 +86,16 @@ def cmd_init(args):
         raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % d)
     ca = init_ca(d, common_name=args.cn, intermediate=args.intermediate, server_names=names,
                  validity_days=args.days, force=args.force)
+    if user:
+        _passwords(args).set_password(user[0], user[1], realm)
+    # everything is written before the first line is printed: a reader that
+    # closes stdout early (| head -1) cannot leave a CA without its user
     print("CA created in %s" % os.path.abspath(d))
     print("  root:   %s  (%s)" % (ca.path("root.pem"), ca.root.subject.rfc4514_string()))
     if ca.issuer is not ca.root:
         print("  issuer: %s  (%s)" % (ca.path("intermediate.pem"), ca.issuer.subject.rfc4514_string()))
     print("  TLS:    %s" % ca.server_cert_file)
     if user:
-        _passwords(args).set_password(user[0], user[1], realm)
         print("  user:   %s" % user[0])
     print("  pin:    %s  (the root CA, for a client's --pin)" % pin_of(ca.root))
     print("next: est-lite serve --data-dir %s" % d)

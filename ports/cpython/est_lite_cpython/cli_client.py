@@ -748,6 +748,8 @@ def _wrap(fn):
             e.msg = m
             e.args = (e.msg,)
             raise
+        except BrokenPipeError:
+            raise  # stdout closed by its reader: cli.main ends quietly
         except OSError as e:
             raise LocalProtocolError("%s: %s" % (e.filename or "I/O", e.strerror or e)) from None
         finally:
