@@ -283,3 +283,56 @@ def test_usage_errors_name_the_subcommands_help(argv, prog, what, capsys):
     out, err = capsys.readouterr()
     assert e.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith("%s: error: %s" % (prog, what)) and err.endswith("(see %s --help)\n" % prog), err
+
+
+# --- 9. -v during an approval wait quotes the server ---
+
+WAIT_TOML = """
+[profiles.waith]
+manual_approval = true
+retry_after = 1
+
+[profiles.waitc]
+manual_approval = true
+retry_after = 1
+auth = ["cert"]
+client_cert_trust = ["ca", "idevid"]
+pop_exempt_transports = ["coaps"]
+"""
+
+_SAYS = re.compile(r"est-lite: the server says: (.+); trying again in \d+ s \(\d+ s left before --deadline\)$")
+
+
+@pytest.mark.parametrize("transport", ["https", "coaps"])
+def test_verbose_quotes_the_server_while_waiting(transport, tmp_path, capsys):
+    (tmp_path / "srv").mkdir()
+    srv = EstBothServer(tmp_path / "srv", extra_toml=WAIT_TOML)
+    try:
+        if transport == "https":
+            argv = ["--server", "https://127.0.0.1:%d/waith" % srv.port, "--user", USER, "--password", PASSWORD]
+        else:
+            dev = idevid_device(srv)
+            (tmp_path / "id.der").write_bytes(der(dev.cert))
+            (tmp_path / "id.key").write_bytes(key_der(dev.key))
+            argv = ["--server", "coaps://127.0.0.1:%d/waitc" % srv.coaps_port, "--cert", tmp_path / "id.der",
+                    "--key", tmp_path / "id.key"]
+        rc, o, err = cli(capsys, "enroll", *argv, "--trust", srv.root_pem, "--cn", "w1", "--out", tmp_path / "o",
+                         "--deadline", "4", "-v")
+        lines = err.splitlines()
+        assert rc == 75 and lines[-1].startswith("est-lite: error: enroll: ") and len(lines) >= 2, err
+        for ln in lines[:-1]:
+            m = _SAYS.match(ln)
+            assert m and "waiting for approval" in m.group(1), err
+    finally:
+        srv.stop()
+
+
+def test_retry_line_without_the_servers_text(capsys):
+    from est_lite_cpython.cli_client import _say_wait
+
+    _say_wait(8.2, 22.4)
+    _say_wait(8, None, "line one\n\x1b[2Jline two " + "x" * 300)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "est-lite: no result yet (server busy or unreachable): trying again in 8 s (22 s left before --deadline)"
+    assert err[1].startswith("est-lite: the server says: line one ?[2Jline two xxx") and err[1].endswith(
+        "...; trying again in 8 s") and len(err) == 2

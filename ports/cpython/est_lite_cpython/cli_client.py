@@ -175,7 +175,7 @@ def _client(args, cert=None, key=None):
                   label=args.label, server_name=args.server_name, timeout=args.timeout, deadline=args.deadline,
                   proxy=args.proxy, crls=crls, tls_version=args.tls_version)
     if getattr(args, "verbose", False) or _on_terminal():
-        c.on_wait = _say_wait
+        c.on_wait = lambda s, left: _say_wait(s, left, c.said)
     return c
 
 
@@ -188,9 +188,18 @@ def _on_terminal():
         return False
 
 
-def _say_wait(s, left):
-    print("est-lite: no result yet (server busy or unreachable): trying again in %.0f s%s"
-          % (s, "" if left is None else " (%.0f s left before --deadline)" % left), file=sys.stderr, flush=True)
+def _say_wait(s, left, said=None, max_said=200):
+    # said: the server's text with its 202 / 5.03 (e.g. "waiting for manual
+    # approval"); None when the server was not reached
+    when = "trying again in %.0f s%s" % (s, "" if left is None else " (%.0f s left before --deadline)" % left)
+    if said:
+        from .cli import one_line
+
+        said = one_line(said)
+        said = said if len(said) <= max_said else said[:max_said] + "..."
+        print("est-lite: the server says: %s; %s" % (said, when), file=sys.stderr, flush=True)
+    else:
+        print("est-lite: no result yet (server busy or unreachable): %s" % when, file=sys.stderr, flush=True)
 
 
 def _check_server_arg(uri):

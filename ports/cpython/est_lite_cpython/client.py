@@ -95,7 +95,9 @@ class EstClient(_portable.EstClient):
     retry_min_s = 1.0
     retry_max_s = 3600.0
     # callable(seconds, seconds_left_or_None), called before each retry
-    # wait (e.g. to show progress: est-lite -v); None: quiet
+    # wait (e.g. to show progress: est-lite -v); None: quiet. self.said is
+    # then the server's text with its 202 / 5.03 ("waiting for approval"),
+    # None when the wait follows a link failure
     on_wait = None
 
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,

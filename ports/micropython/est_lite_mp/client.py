@@ -249,6 +249,7 @@ class EstClient:
     rtt_keep_s = 600  # reuse a server's RTT estimate this long after a session (0: never)
     max_retransmit = 4  # RFC 7252 MAX_RETRANSMIT at ack_timeout
     min_retry = 1  # shortest wait (s) before repeating after 202 / 5.03 (a Max-Age of 0 is not a busy loop)
+    said = None  # during a retry wait (_sleep): the server's text with its 202 / 5.03, None after a link failure
     # provision()/renew_if_needed() on MicroPython: one DTLS session for
     # the whole enrollment (cacerts, csrattrs, enroll), kept open while the
     # key and the CSR are made. False (opt-in for boards short of RAM):
@@ -478,6 +479,7 @@ class EstClient:
                         when = C.retry_delay(None, attempt, now, self._end, self._rand(), base=self.backoff)
                     except TransportError:
                         raise TransportError("%s (gave up after %d attempt(s): deadline)" % (e, attempt + 1))
+                    self.said = None
                     self._sleep(when - now)
                     attempt += 1
                     continue
@@ -497,6 +499,7 @@ class EstClient:
                                              0xA3, 503, d)
                     if when - now > self.idle_close:
                         self.close()
+                    self.said = ev.diagnostic
                     self._sleep(when - now)
                     attempt += 1
                     continue
