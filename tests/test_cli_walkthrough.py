@@ -333,6 +333,7 @@ def test_retry_line_without_the_servers_text(capsys):
     _say_wait(8.2, 22.4)
     _say_wait(8, None, "line one\n\x1b[2Jline two " + "x" * 300)
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == "est-lite: no result yet (server busy or unreachable): trying again in 8 s (22 s left before --deadline)"
+    assert err[0] == ("est-lite: no result yet (server busy or unreachable): trying again in 8 s (22 s left before "
+                      "--deadline)")
     assert err[1].startswith("est-lite: the server says: line one ?[2Jline two xxx") and err[1].endswith(
         "...; trying again in 8 s") and len(err) == 2

@@ -156,8 +156,8 @@ def _client(args, cert=None, key=None):
             trust = c.ca
     if trust is None and pin is None:
         raise LocalProtocolError("give --trust CA.pem (the CA certificate the server's chain ends in) or, for a first "
-                                 "contact, --pin sha256:HEX (the SHA-256 of that CA certificate; see docs/client-runtime.md, "
-                                 "\"Computing --pin\")"
+                                 "contact, --pin sha256:HEX (the SHA-256 of that CA certificate; see "
+                                 "docs/client-runtime.md, \"Computing --pin\")"
                                  + (", or an --out store from an earlier cacerts/enroll" if args.out else ""))
     if cert is None:
         cert, key = _identity(args)
