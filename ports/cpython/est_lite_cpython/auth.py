@@ -2,11 +2,13 @@
 
 `DefaultAuthenticator` is the pluggable authenticator `EstService` and the
 HTTPS front end use by default. Any object with these methods can replace it
-(a RADIUS or LDAP check implements `verify_password` and returns None from
-`digest_ha1`, so only Basic is offered):
+(a RADIUS or LDAP check implements `verify_password` and sets `digest_ha1 =
+None`, so only Basic is offered and a Digest answer is refused):
 
     verify_password(username, password, label) -> bool
     digest_ha1(username, realm, algorithm, label) -> str (hex) or None
+        (None for a user: Digest fails for that user; the attribute None
+        or absent: the server offers Basic only)
     verify_client_cert(chain, trust_names, label) -> CertIdentity
         (raises est_lite.errors.SecurityError with a readable reason)
 

@@ -1178,6 +1178,8 @@ class EstHttpsServer:
                     raise AuthenticationRequired("wrong user name or password")
                 ctx.http_user, ctx.http_scheme = user, "basic"
             elif scheme == "digest":
+                if not _does_digest(auth):
+                    raise AuthenticationRequired("HTTP Digest is not offered by this server: use Basic")
                 params = parse_auth_params(rest)
                 user = self.digest.verify(params, req.method, req.target,
                                           lambda u, r, a: auth.digest_ha1(u, r, a, label))
@@ -1217,7 +1219,7 @@ class EstHttpsServer:
             methods = prof.auth if prof is not None else ("basic", "digest")
             if "basic" in methods:
                 extra.append(("WWW-Authenticate", 'Basic realm="%s", charset="UTF-8"' % self.realm))
-            if "digest" in methods and hasattr(self.service.authenticator, "digest_ha1"):
+            if "digest" in methods and _does_digest(self.service.authenticator):
                 for c in self.digest.challenges(stale=getattr(e, "stale", False)):
                     extra.append(("WWW-Authenticate", c))
             status = 401 if extra else 403
@@ -1268,6 +1270,13 @@ def _blocks_never(service):
 
     return type(getattr(service, "ca", None)) is LocalCA and \
         type(getattr(service, "authenticator", None)) is DefaultAuthenticator
+
+
+def _does_digest(authenticator):
+    """Whether the authenticator serves HTTP Digest: it has a digest_ha1
+    method (one that is absent or set to None means Basic only, e.g. a
+    RADIUS or LDAP check that never sees the password's HA1)."""
+    return getattr(authenticator, "digest_ha1", None) is not None
 
 
 def server_from_config(config, *, port=None, host=None, ca=None, authenticator=None, csrattrs_provider=None,
