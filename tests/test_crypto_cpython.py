@@ -56,6 +56,27 @@ def test_rfc6979_deterministic_signature():
     assert mp.P256Key(X).sign(b"sample") == SAMPLE_SIG
 
 
+def test_sign_takes_the_portable_extra_argument():
+    """key.sign(m, extra) is the same call on both ports (docs/crypto.md):
+    on CPython the nonce is random, so two signatures with the same extra
+    differ and both verify (it is not read as deterministic=True, as the
+    old second parameter did); RFC 6979 with extra is refused, not ignored."""
+    k = cp.P256Key(X)
+    a, b = k.sign(b"sample", b"extra-1"), k.sign(b"sample", b"extra-1")
+    assert a != b and a != SAMPLE_SIG
+    assert cp.verify(k.public_key, b"sample", a) and cp.verify(k.public_key, b"sample", b)
+    assert cp.verify(k.public_key, b"sample", k.sign_digest(cp.sha256(b"sample"), extra=b"x"))
+    assert mp.verify(k.public_key, b"sample", mp.P256Key(X).sign(b"sample", extra=b"x"))
+    for call in (lambda: k.sign(b"sample", b"x", deterministic=True),
+                 lambda: k.sign_digest(cp.sha256(b"sample"), b"x", deterministic=True)):
+        try:
+            call()
+        except cp.LocalProtocolError as e:
+            assert "additional data" in str(e)
+        else:
+            raise AssertionError("RFC 6979 with extra data was not refused")
+
+
 def test_sign_verify_across_ports():
     k = cp.P256Key.generate()
     sig = k.sign(b"tbs")

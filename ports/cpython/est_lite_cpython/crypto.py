@@ -117,19 +117,26 @@ class P256Key:
         keys.check_embedded(pubs, key.public_key)
         return key
 
-    def sign(self, message, deterministic=False):
-        """DER ECDSA-SHA256 signature of message (random nonce from OpenSSL,
-        or RFC 6979 with deterministic=True)."""
-        alg = ec.ECDSA(hashes.SHA256(), deterministic_signing=True) if deterministic else ec.ECDSA(hashes.SHA256())
-        return self.key.sign(bytes(message), alg)
+    def sign(self, message, extra=b"", *, deterministic=False):
+        """DER ECDSA-SHA256 signature of message. The nonce is random (from
+        OpenSSL), so `extra` - the MicroPython port's additional data for
+        its RFC 6979 nonce, for hedged signatures - is accepted and not
+        needed; deterministic=True: RFC 6979 without additional data (with
+        `extra` too: LocalProtocolError, OpenSSL has no such mode)."""
+        return self._sign(bytes(message), ec.ECDSA, hashes.SHA256(), extra, deterministic)
 
-    def sign_digest(self, digest, deterministic=False):
-        """DER ECDSA signature of a ready SHA-256 digest."""
+    def sign_digest(self, digest, extra=b"", *, deterministic=False):
+        """DER ECDSA signature of a ready SHA-256 digest (`extra`,
+        `deterministic`: as sign)."""
         if len(digest) != 32:
             raise LocalProtocolError("SHA-256 digest must be 32 bytes")
-        alg = Prehashed(hashes.SHA256())
-        alg = ec.ECDSA(alg, deterministic_signing=True) if deterministic else ec.ECDSA(alg)
-        return self.key.sign(bytes(digest), alg)
+        return self._sign(bytes(digest), ec.ECDSA, Prehashed(hashes.SHA256()), extra, deterministic)
+
+    def _sign(self, data, ecdsa, alg, extra, deterministic):
+        if deterministic and extra:
+            raise LocalProtocolError("RFC 6979 nonces with additional data (extra=) are not available on CPython; "
+                                     "sign without deterministic=True (a random nonce) or without extra")
+        return self.key.sign(data, ecdsa(alg, deterministic_signing=True) if deterministic else ecdsa(alg))
 
     def export_sec1(self):
         """DER SEC1 ECPrivateKey (RFC 5915) with curve and public key."""
