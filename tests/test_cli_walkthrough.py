@@ -13,20 +13,11 @@ import pytest
 from helpers_client import der
 from helpers_coaps import EstBothServer, idevid_device, key_der
 from helpers_server import PASSWORD, USER
+from test_walkthrough_client import cli, one_line
 
 from est_lite_cpython.cli import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line(rc, err, code=1):
-    assert rc == code and err.startswith("est-lite: error: ") and err.count("\n") == 1, (rc, err)
 
 
 @pytest.fixture

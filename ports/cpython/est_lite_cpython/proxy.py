@@ -54,6 +54,7 @@ from est_lite import http1, numbers
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
 
 from .service import EstService, OperationNotAllowed, PendingApproval
+from .store import write_transaction
 
 log = logging.getLogger("est_lite.proxy")
 
@@ -601,16 +602,8 @@ class UpstreamCA:
     def _state_write(self, fn):
         """fn(db) in one BEGIN IMMEDIATE transaction; the caller holds
         self._lock. A failing database is a 500 naming the file."""
-        db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                r = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return r
+            return write_transaction(self._db, fn)
         except sqlite3.Error as e:
             raise EstError("proxy state file %s: %s" % (self.state_path or ":memory:", e)) from None
 

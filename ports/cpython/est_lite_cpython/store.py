@@ -67,6 +67,20 @@ REJECTED = "rejected"
 ISSUED = "issued"
 
 
+
+def write_transaction(db, fn):
+    """fn(db) inside one BEGIN IMMEDIATE transaction of the autocommit
+    connection db (committed, or rolled back when fn raises); fn's result.
+    The caller serializes the connection's use."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        r = fn(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return r
+
 class StoreError(EstError):
     http_status = 500
     coap_code = 0xA0
@@ -151,15 +165,7 @@ class Store:
 
     def _write(self, fn):
         with self._wlock:
-            db = self._wdb()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                r = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return r
+            return write_transaction(self._wdb(), fn)
 
     def _now(self):
         return int(self.clock())
