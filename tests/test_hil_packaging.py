@@ -110,3 +110,30 @@ def test_bundle_cli_reports_sizes(tmp_path):
     assert "bytes of .mpy" in p.stdout
     assert not (tmp_path / "lib" / "hil_runner.mpy").exists()
     assert (tmp_path / "lib" / "est_lite" / "coap.mpy").exists()
+
+
+def test_bundle_from_an_installed_copy(tmp_path):
+    """Installed (not a checkout: est_lite, est_lite_mp and est_lite_hil side
+    by side as pip lays them out), the bundle finds the device sources
+    through the packages, writes its default output under the current
+    directory (not into site-packages), and --write-source-package-json,
+    which writes into a checkout, refuses."""
+    if shutil.which("mpy-cross") is None:
+        pytest.skip("mpy-cross not installed")
+    site = tmp_path / "site"
+    shutil.copytree(str(ROOT / "est_lite"), str(site / "est_lite"))
+    shutil.copytree(str(MP / "est_lite_mp"), str(site / "est_lite_mp"))
+    shutil.copytree(str(ROOT / "hil"), str(site / "est_lite_hil"))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site))
+    run = [sys.executable, "-s", "-c", "import sys; sys.path.insert(0, %r); import est_lite_hil.bundle as b; "
+           "print(b.CHECKOUT, b.PORT); sys.exit(b.main(sys.argv[1:]))" % str(site)]
+    p = subprocess.run(run, capture_output=True, text=True, cwd=str(work), env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("False %s" % (site / "est_lite_mp")), p.stdout
+    assert (work / "build" / "mpy" / "lib" / "est_lite_mp" / "client.mpy").exists()
+    assert not (site / "build").exists()
+    p = subprocess.run(run + ["--write-source-package-json"], capture_output=True, text=True, cwd=str(work), env=env,
+                       timeout=60)
+    assert p.returncode == 1 and "source checkout" in p.stderr, p.stdout + p.stderr
