@@ -123,20 +123,20 @@ class P256Key:
         its RFC 6979 nonce, for hedged signatures - is accepted and not
         needed; deterministic=True: RFC 6979 without additional data (with
         `extra` too: LocalProtocolError, OpenSSL has no such mode)."""
-        return self._sign(bytes(message), ec.ECDSA, hashes.SHA256(), extra, deterministic)
+        return self._sign(bytes(message), hashes.SHA256(), extra, deterministic)
 
     def sign_digest(self, digest, extra=b"", *, deterministic=False):
         """DER ECDSA signature of a ready SHA-256 digest (`extra`,
         `deterministic`: as sign)."""
         if len(digest) != 32:
             raise LocalProtocolError("SHA-256 digest must be 32 bytes")
-        return self._sign(bytes(digest), ec.ECDSA, Prehashed(hashes.SHA256()), extra, deterministic)
+        return self._sign(bytes(digest), Prehashed(hashes.SHA256()), extra, deterministic)
 
-    def _sign(self, data, ecdsa, alg, extra, deterministic):
+    def _sign(self, data, alg, extra, deterministic):
         if deterministic and extra:
             raise LocalProtocolError("RFC 6979 nonces with additional data (extra=) are not available on CPython; "
                                      "sign without deterministic=True (a random nonce) or without extra")
-        return self.key.sign(data, ecdsa(alg, deterministic_signing=True) if deterministic else ecdsa(alg))
+        return self.key.sign(data, ec.ECDSA(alg, deterministic_signing=deterministic))
 
     def export_sec1(self):
         """DER SEC1 ECPrivateKey (RFC 5915) with curve and public key."""
