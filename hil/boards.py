@@ -210,7 +210,7 @@ class VirtualBoard(Board):
     def deploy(self, bundle_dir):
         src = os.path.join(bundle_dir, "lib")
         if not os.path.isdir(src):
-            raise BoardError("%s has no lib/: build it with python -m hil.bundle" % bundle_dir)
+            raise BoardError("%s has no lib/: build it with est-lite hil bundle" % bundle_dir)
         lib = os.path.join(self.flash, "lib")
         shutil.rmtree(lib, ignore_errors=True)
         shutil.copytree(src, lib)
@@ -279,7 +279,7 @@ class SerialBoard(Board):
     def deploy(self, bundle_dir):
         pkg = os.path.join(os.path.abspath(bundle_dir), "package.json")
         if not os.path.exists(pkg):
-            raise BoardError("%s has no package.json: build it with python -m hil.bundle" % bundle_dir)
+            raise BoardError("%s has no package.json: build it with est-lite hil bundle" % bundle_dir)
         self._mp("mip", "install", "--target", "lib", pkg, timeout=max(self.command_timeout, 600))
 
     def put(self, name, data):

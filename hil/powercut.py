@@ -3,7 +3,7 @@ MicroPython process) during enroll or re-enroll, reboot (a new process on the
 same flash directory), and check that the board holds a valid key and
 certificate pair: the old one or the new one, never a broken store.
 
-    python -m hil.powercut --runs 20            # or: est-lite hil powercut --runs 20 --json
+    python -m est_lite_hil.powercut --runs 20   # or: est-lite hil powercut --runs 20 --json
 
 Two kinds of cut point, alternating:
 
@@ -271,7 +271,7 @@ def main_args(a, out=sys.stdout):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m hil.powercut", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m est_lite_hil.powercut", description=__doc__.split("\n\n")[0])
     add_arguments(ap)
     return main_args(ap.parse_args(argv))
 

@@ -6,7 +6,7 @@
 # or from a board manifest: include("/path/to/est-lite/ports/micropython/manifest.py").
 # Build-time generators (est_lite_mp/gen_*.py) are not device code and are
 # left out. Without a firmware build, install the .mpy bundle instead
-# (python -m hil.bundle, see docs/hil.md) or `mpremote mip install
+# (est-lite hil bundle, see docs/hil.md) or `mpremote mip install
 # ports/micropython/package.json`.
 #
 # The manifest tool runs this file with the current directory set to the
