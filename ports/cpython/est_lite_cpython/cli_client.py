@@ -726,19 +726,23 @@ _OPTION_NAMES = (("give user/password or a client certificate", "give --user and
 # ("cacerts: the server answered 404 ..."); a command runs several (enroll:
 # cacerts, csrattrs, then enroll), so a step other than the command is said
 # in the user's terms: "enroll: fetching the CA certificates (/cacerts): ..."
-_STEPS = {"cacerts": ("fetching the CA certificates", "cacerts", "crts"),
-          "csrattrs": ("fetching the CSR attributes", "csrattrs", "att"),
-          "enroll": ("requesting the certificate", "simpleenroll", "sen"),
-          "reenroll": ("renewing the certificate", "simplereenroll", "sren"),
-          "serverkeygen": ("requesting a server-generated key", "serverkeygen", "skg")}
+# (the operation numbers index est_lite.paths' HTTP and CoAP names)
+_STEPS = {"cacerts": ("fetching the CA certificates", 0),
+          "csrattrs": ("fetching the CSR attributes", 1),
+          "enroll": ("requesting the certificate", 2),
+          "reenroll": ("renewing the certificate", 3),
+          "serverkeygen": ("requesting a server-generated key", 4)}
 
 
 def _step(command, server, m):
+    from est_lite import paths
+
     op, sep, rest = m.partition(": ")
     if not sep or op not in _STEPS or op == command or not command:
         return m
-    what, http, coap = _STEPS[op]
-    return "%s: %s (/%s): %s" % (command, what, coap if server.lower().startswith("coaps:") else http, rest)
+    what, n = _STEPS[op]
+    names = paths.COAP_NAMES if server.lower().startswith("coaps:") else paths.HTTP_NAMES
+    return "%s: %s (/%s): %s" % (command, what, names[n], rest)
 
 
 def _wrap(fn):
