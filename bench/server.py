@@ -11,17 +11,19 @@ no HTTP Basic over CoAP): --transport coaps implies --auth cert, and the load
 generator is coaps_enroller (pyOpenSSL on memory BIOs driven directly, the
 request encoded and the answer decoded by the core's est_lite.coap: a new
 DTLS handshake with the cookie exchange per enrollment, the server verified
-by OpenSSL like the stdlib-ssl HTTPS generator does). --transport both prints
+by OpenSSL like the HTTPS generators do). --transport both prints
 a JSON object with "https", "coaps" (each the shape of a single run, with
 "server" saying what served and loaded it) and "coaps_over_https" (best
 throughput ratio).
 
 The server runs in its own process (`est-lite serve`) on a fresh CA; the
-load generator runs in other processes with stdlib ssl and CSRs made before
-the clock starts. The crypto-only floor is what OpenSSL needs per enrollment
+load generator runs in other processes (threads on pyOpenSSL, i.e. the
+OpenSSL cryptography ships, which the server runs too; --client stdlib for
+the stdlib ssl module and its system OpenSSL, --client curl) with CSRs made
+before the clock starts. The crypto-only floor is what OpenSSL needs per enrollment
 on the server side, one core: the TLS handshake's ECDHE key generation and
 ECDH in X25519 (what the server does with the load generators, which offer
-X25519 first as stdlib ssl and most TLS 1.3 clients do; P-256 would make
+X25519 first as most TLS 1.3 clients do; P-256 would make
 the floor ~15 us larger: ~100 us against ~86 us), the server's ECDSA P-256 signature, and issuing (verifying the CSR
 signature, signing the certificate) - plus, with --auth cert, verifying the
 client's CertificateVerify and certificate signatures. floor_ratio is the
@@ -209,9 +211,90 @@ def https_enroller(port, root, auth_hdr=b"", cert=None, key=None, timeout=30, tl
     return one
 
 
-def _client_proc(port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q, tls):
-    _drive(https_enroller(port, root, auth_hdr, cert, key, tls=tls), bodies, (OSError, ssl.SSLError), threads, seconds,
-           start_at, q)
+def https_enroller_openssl(port, root, auth_hdr=b"", cert=None, key=None, timeout=30, tls="1.3"):
+    """https_enroller's one(body) on pyOpenSSL instead of the stdlib ssl
+    module: the same request, a new TCP connection and full TLS handshake
+    per call, the server's chain verified by OpenSSL against `root` and its
+    name checked by OpenSSL (X509_VERIFY_PARAM_set1_host "localhost"), no
+    session resumption, X25519 first as stdlib ssl offers (then P-256),
+    read to EOF; True for a 200 answer. It is the default load generator:
+    pyOpenSSL runs the OpenSSL that cryptography ships (the server's own
+    library; 3.5 and later are markedly faster than the 3.0 the stdlib ssl
+    module links here), so the load generator takes about a quarter less of
+    the CPUs the server shares with it (docs/server.md, "Benchmark")."""
+    import struct
+
+    from OpenSSL import SSL
+    from OpenSSL._util import lib as _lib
+
+    if tls not in ("1.2", "1.3"):
+        raise ValueError("tls must be 1.2 or 1.3")
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_2_VERSION if tls == "1.2" else SSL.TLS1_3_VERSION)
+    ctx.load_verify_locations(root)
+    ctx.set_verify(SSL.VERIFY_PEER)  # OpenSSL's own chain verification, no Python callback
+    ctx.set_options(SSL.OP_NO_TICKET)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    # the key shares stdlib ssl (OpenSSL 3.0) offers; cryptography's OpenSSL
+    # would otherwise offer X25519MLKEM768 first and the server would do
+    # ML-KEM work the crypto floor does not count
+    if _lib.SSL_CTX_set1_curves_list(ctx._context, b"X25519:P-256") != 1:
+        raise ValueError("OpenSSL refused the groups X25519:P-256")
+    if cert:
+        ctx.use_certificate_chain_file(cert)
+        ctx.use_privatekey_file(key)
+    host = b"localhost"
+    tv = struct.pack("ll", int(timeout), 0)
+
+    def one(body):
+        req = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
+               auth_hdr + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # pyOpenSSL wants a blocking socket: the timeout becomes the kernel's
+            s.settimeout(None)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            t = SSL.Connection(ctx, s)
+            t.set_tlsext_host_name(host)
+            if not _lib.X509_VERIFY_PARAM_set1_host(_lib.SSL_get0_param(t._ssl), host, len(host)):
+                raise OSError("cannot set the expected server name")
+            t.set_connect_state()
+            t.do_handshake()
+            t.sendall(req)
+            buf = []
+            while True:
+                try:
+                    d = t.recv(65536)
+                except SSL.ZeroReturnError:  # close_notify
+                    break
+                except SSL.SysCallError as e:
+                    if e.args[0] == -1:  # EOF without close_notify: the answer is complete (Connection: close)
+                        break
+                    raise OSError("TLS: %s" % (e,))
+                if not d:
+                    break
+                buf.append(d)
+        return b"".join(buf).startswith(b"HTTP/1.1 200")
+
+    return one
+
+
+def _openssl_version():
+    from OpenSSL import SSL
+
+    return SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode().split(" ")[1]
+
+
+ENROLLERS = {"pyopenssl": https_enroller_openssl, "stdlib": https_enroller}
+
+
+def _client_proc(kind, port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q, tls):
+    from OpenSSL import SSL
+
+    _drive(ENROLLERS[kind](port, root, auth_hdr, cert, key, tls=tls), bodies, (OSError, ssl.SSLError, SSL.Error),
+           threads, seconds, start_at, q)
 
 
 def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost"):
@@ -363,9 +446,11 @@ def proc_cpu_s(pid):
     return total
 
 
-def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, server_pid=None, coaps=None, tls="1.3"):
+def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, server_pid=None, coaps=None, tls="1.3",
+              client="pyopenssl"):
     """coaps: None for HTTPS, else (root_der, csrs_der, cert_der, key_der).
-    tls: the HTTPS load generator's highest TLS version (https_enroller)."""
+    tls: the HTTPS load generator's highest TLS version; client: its TLS
+    library, "pyopenssl" (https_enroller_openssl) or "stdlib" (https_enroller)."""
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
     nproc = max(1, min(procs, conc))
@@ -380,7 +465,8 @@ def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, ser
                             args=(port, root_der, csrs[i::nproc], cert_der, key_der, th, seconds, start_at, q))
         else:
             chunk = bodies[i::nproc]
-            p = ctx.Process(target=_client_proc, args=(port, root, chunk, auth_hdr, cert, key, th, seconds, start_at, q, tls))
+            p = ctx.Process(target=_client_proc,
+                            args=(client, port, root, chunk, auth_hdr, cert, key, th, seconds, start_at, q, tls))
         p.start()
         ps.append(p)
     lat, errs, ccpu = [], 0, 0.0
@@ -466,6 +552,12 @@ FLOOR_RATIO_DEFINITION = (
     "floor, i.e. the throughput ratio a server would reach on one core of its own. Both target >= 0.25.")
 
 
+LOAD_GENERATORS = {
+    "pyopenssl": "pyOpenSSL (OpenSSL %s), TLS %%s" % _openssl_version(),
+    "stdlib": "stdlib ssl (OpenSSL %s), TLS %%s" % ssl.OPENSSL_VERSION.split(" ")[1],
+}
+
+
 def server_model(transport, args):
     """What serves each transport in this run and what loads it (the JSON's
     "server"), so a reader sees what the two throughputs compare."""
@@ -480,7 +572,7 @@ def server_model(transport, args):
     procs = ("1 process," if args.https_processes == 1
              else "%d processes on one TCP port (SO_REUSEPORT), each" % args.https_processes)
     return ("est-lite serve: %s %s; load: %s in %d processes"
-            % (procs, io, ("stdlib ssl, TLS %s" % args.tls) if args.client == "python" else "curl --parallel",
+            % (procs, io, LOAD_GENERATORS[args.client] % args.tls if args.client != "curl" else "curl --parallel",
                args.client_procs))
 
 
@@ -508,8 +600,8 @@ def summarize(transport, args, auth, results, floor):
               % (transport, ccpu_ms, ncpu, bound, bound / floor_per_s))
     return {
         "transport": transport,
-        "client": args.client if transport == "https" else "python",
-        "client_tls": ("TLS " + args.tls) if transport == "https" and args.client == "python" else None,
+        "client": args.client if transport == "https" else "pyopenssl",
+        "client_tls": ("TLS " + args.tls) if transport == "https" and args.client != "curl" else None,
         "auth": auth,
         "seconds": args.seconds,
         "cpus": ncpu,
@@ -558,16 +650,19 @@ def main(argv=None):
     ap.add_argument("--floor-cache-sweep", action="store_true",
                     help="only measure the crypto floor, hot and with 1/2/4/16 MB of other memory read between "
                          "enrollments (how much the same OpenSSL work costs once the caches are cold)")
-    ap.add_argument("--client", default="python", choices=["python", "curl"],
-                    help="HTTPS load generator: Python stdlib ssl threads in --client-procs processes (default; 1.9 ms CPU per enrollment) or curl --parallel (2.8 ms: loads the CA file per transfer)")
+    ap.add_argument("--client", default="pyopenssl", choices=["pyopenssl", "stdlib", "curl"],
+                    help="HTTPS load generator: threads in --client-procs processes on pyOpenSSL (default: the "
+                         "OpenSSL cryptography ships, as the server) or on the stdlib ssl module (the system's "
+                         "OpenSSL 3.0 here: about a third more CPU per enrollment), or curl --parallel (loads the CA "
+                         "file per transfer)")
     ap.add_argument("--tls", default="1.3", choices=["1.3", "1.2"],
                     help="highest TLS version of the Python HTTPS load generator: 1.3 (default; what a CPython "
                          "client such as a gateway negotiates) or 1.2 (what a MicroPython device's tls speaks: "
                          "ECDHE-ECDSA with AES-GCM, no session ticket). The crypto floor is the same operations "
                          "either way")
     args = ap.parse_args(argv)
-    if args.tls != "1.3" and args.client != "python":
-        ap.error("--tls applies to --client python")
+    if args.tls != "1.3" and args.client == "curl":
+        ap.error("--tls applies to --client pyopenssl and stdlib")
     if args.floor_cache_sweep:
         out = {"crypto_floor_ms": round(1000 * crypto_floor(args.auth), 4)}
         for mb in (1, 2, 4, 16):
@@ -648,7 +743,7 @@ def main(argv=None):
             if transport == "coaps":
                 run_level(cport, root, None, None, None, None, 2, 0.5, 1, coaps=coaps_args)
             else:
-                run_level(port, root, bodies[:50], auth_hdr, cert, key, 2, 0.5, 1, tls=args.tls)
+                run_level(port, root, bodies[:50], auth_hdr, cert, key, 2, 0.5, 1, tls=args.tls, client=args.client)
         results = {t: {} for t in transports}
         rate = 300.0
         # with both transports, the levels interleave (CoAPs, HTTPS, CoAPs, ...)
@@ -669,7 +764,7 @@ def main(argv=None):
                         rate = max(rate, r["enrollments_per_s"])
                     else:
                         r = run_level(port, root, bodies, auth_hdr, cert, key, c, args.seconds, args.client_procs,
-                                      proc.pid, tls=args.tls)
+                                      proc.pid, tls=args.tls, client=args.client)
                     print("[%s] concurrency %3d: %7.1f enrollments/s  p50 %6.1f ms  p99 %6.1f ms  server CPU %.2f ms/"
                           "enrollment  errors %d" % (transport, c, r["enrollments_per_s"], r["p50_ms"] or -1,
                                                      r["p99_ms"] or -1, r["server_cpu_ms"] or -1, r["errors"]),

@@ -8,8 +8,9 @@ A server process with the TLS context of the reference server
 and client-certificate request) and nothing else: one thread, blocking
 accept, TLS handshake, read one HTTP request (headers + Content-Length
 body), answer 200 with a fixed 1,000-byte body, close_notify, close. The
-load generator is bench/server.py's (stdlib ssl, a new TCP connection and
-full handshake per request, the same 2 processes and CSR-sized bodies);
+load generator is bench/server.py's default (pyOpenSSL, a new TCP
+connection and full handshake per request, the same 2 processes and
+CSR-sized bodies);
 the server's CPU (user + system, /proc) is divided by the requests served.
 
 Printed: `bare_tls_server_cpu_ms` (per connection) and, with the crypto

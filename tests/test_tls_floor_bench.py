@@ -20,23 +20,19 @@ def test_server_bench_io_and_processes_options():
     assert out["errors"] == {"2": 0} and out["enrollments_per_s"]["2"] > 0
 
 
-def test_server_bench_load_generator_speaks_the_tls_version_asked(tmp_path):
-    """bench/server.py --tls 1.2 (a MicroPython device's TLS) really makes
-    the load generator's handshakes TLS 1.2, and the default TLS 1.3: seen by
-    a stdlib TLS server that records what each connection negotiated."""
+def _tls_server(tmp_path, name, n):
+    """A stdlib TLS server on 127.0.0.1 for n connections with a certificate
+    for `name` from a fresh root; records each connection's TLS version (or
+    the handshake error). Returns (port, root file, seen list, thread, listener)."""
     import os
     import socket
     import ssl
-    import sys
     import threading
 
     from helpers_server import issue_cert, make_vendor_ca, write_identity
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
-    from server import https_enroller
-
     ca = make_vendor_ca(str(tmp_path), "bench test root")
-    k, c = issue_cert(ca["cert"], ca["key"], "localhost", sans=("localhost",))
+    k, c = issue_cert(ca["cert"], ca["key"], name, sans=(name,))
     cert, key = write_identity(str(tmp_path), "srv", k, c)
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     sctx.load_cert_chain(cert, key)
@@ -44,25 +40,74 @@ def test_server_bench_load_generator_speaks_the_tls_version_asked(tmp_path):
     ls.settimeout(10)
     seen = []
 
-    def serve(n):
+    def serve():
         for _ in range(n):
             conn, _ = ls.accept()
-            with sctx.wrap_socket(conn, server_side=True) as t:
-                seen.append(t.version())
-                t.recv(4096)
-                t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            try:
+                with sctx.wrap_socket(conn, server_side=True) as t:
+                    seen.append(t.version())
+                    t.recv(4096)
+                    t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except (OSError, ssl.SSLError) as e:
+                seen.append(type(e).__name__)
 
-    th = threading.Thread(target=serve, args=(2,), daemon=True)
+    th = threading.Thread(target=serve, daemon=True)
     th.start()
-    root = os.path.join(str(tmp_path), "vendor.pem")
+    return ls.getsockname()[1], os.path.join(str(tmp_path), "vendor.pem"), seen, th, ls
+
+
+def _bench_module():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import server
+
+    return server
+
+
+def test_server_bench_load_generator_speaks_the_tls_version_asked(tmp_path):
+    """bench/server.py --tls 1.2 (a MicroPython device's TLS) really makes
+    the load generator's handshakes TLS 1.2, and the default TLS 1.3, with
+    both load generators (pyOpenSSL, the default, and stdlib ssl): seen by a
+    stdlib TLS server that records what each connection negotiated."""
+    bench = _bench_module()
+    port, root, seen, th, ls = _tls_server(tmp_path, "localhost", 4)
     try:
-        assert https_enroller(ls.getsockname()[1], root, tls="1.2", timeout=10)(b"csr")
-        assert https_enroller(ls.getsockname()[1], root, timeout=10)(b"csr")
+        for make in (bench.https_enroller_openssl, bench.https_enroller):
+            assert make(port, root, tls="1.2", timeout=10)(b"csr")
+            assert make(port, root, timeout=10)(b"csr")
         th.join(10)
     finally:
         ls.close()
-    assert seen == ["TLSv1.2", "TLSv1.3"]
+    assert seen == ["TLSv1.2", "TLSv1.3"] * 2
     out = last_json(["bench/server.py", "--transport", "https", "--seconds", "0.4", "--concurrency", "2",
                      "--tls", "1.2"])
-    assert out["client_tls"] == "TLS 1.2" and "stdlib ssl, TLS 1.2" in out["server"]
+    assert out["client"] == "pyopenssl" and out["client_tls"] == "TLS 1.2"
+    assert "load: pyOpenSSL (OpenSSL " in out["server"] and "), TLS 1.2 in " in out["server"]
     assert out["errors"] == {"2": 0} and out["enrollments_per_s"]["2"] > 0
+
+
+def test_pyopenssl_load_generator_checks_the_server(tmp_path):
+    """The default (pyOpenSSL) load generator verifies the server as the
+    stdlib one does: a certificate for another name, or a root it was not
+    given, fails the handshake instead of enrolling."""
+    from OpenSSL import SSL
+
+    bench = _bench_module()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    port, root, seen, th, ls = _tls_server(tmp_path / "a", "otherhost", 2)
+    other = _tls_server(tmp_path / "b", "localhost", 0)[1]  # another root, same shape
+    try:
+        for trust in (root, other):
+            try:
+                bench.https_enroller_openssl(port, trust, timeout=10)(b"csr")
+            except SSL.Error as e:
+                assert "certificate verify failed" in str(e)
+            else:
+                raise AssertionError("enrolled against a server it must not trust (%s)" % trust)
+        th.join(10)
+    finally:
+        ls.close()
+    assert len(seen) == 2 and "TLSv1.3" not in seen  # neither handshake completed on the server
