@@ -68,6 +68,29 @@ def _dt(t):
     return datetime.datetime.fromtimestamp(int(t), _UTC)
 
 
+def load_pem_file(path, what):
+    """The certificate ("... certificate") or unencrypted private key ("...
+    key") in the PEM file `path`. A file that cannot be read (missing,
+    permissions, a directory) or does not hold one raises LocalProtocolError
+    naming the file and `what` it should be: a damaged data directory is an
+    operator's matter, not a bug."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise LocalProtocolError("cannot read the %s %s: %s" % (what, path, e.strerror or e)) from None
+    try:
+        if what.endswith("key"):
+            return serialization.load_pem_private_key(data, None)
+        return x509.load_pem_x509_certificate(data)
+    except TypeError as e:  # an encrypted key: "Password was not given but private key is encrypted"
+        raise LocalProtocolError("the %s %s cannot be used: %s (est-lite needs it unencrypted, 0600)"
+                                 % (what, path, e)) from None
+    except ValueError:
+        raise LocalProtocolError("the %s %s is damaged or not a PEM %s: restore it from a backup"
+                                 % (what, path, "private key" if what.endswith("key") else "certificate")) from None
+
+
 def write_private(path, data):
     """Write a file readable by its owner only (0600) from the first byte on."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -287,19 +310,15 @@ class LocalCA:
         p = lambda f: os.path.join(self.data_dir, f)  # noqa: E731
         if not os.path.exists(p(ROOT_CERT)):
             raise LocalProtocolError("no CA in %s: run `est-lite ca init --data-dir %s` first" % (data_dir, data_dir))
-        with open(p(ROOT_CERT), "rb") as f:
-            self.root = x509.load_pem_x509_certificate(f.read())
+        self.root = load_pem_file(p(ROOT_CERT), "root CA certificate")
         if os.path.exists(p(INT_CERT)):
-            with open(p(INT_CERT), "rb") as f:
-                self.issuer = x509.load_pem_x509_certificate(f.read())
-            key_file = p(INT_KEY)
+            self.issuer = load_pem_file(p(INT_CERT), "intermediate CA certificate")
+            self._key = load_pem_file(p(INT_KEY), "intermediate CA private key")
             self.chain = [self.issuer, self.root]
         else:
             self.issuer = self.root
-            key_file = p(ROOT_KEY)
+            self._key = load_pem_file(p(ROOT_KEY), "root CA private key")
             self.chain = [self.root]
-        with open(key_file, "rb") as f:
-            self._key = serialization.load_pem_private_key(f.read(), None)
         self.store = store if store is not None else Store(p(DB_FILE), synchronous=synchronous, clock=clock)
         self._ski = x509.SubjectKeyIdentifier.from_public_key(self.issuer.public_key())
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issuer.public_key())

@@ -509,6 +509,44 @@ class _Conn:
             raise _Closed() from None
 
 
+def _ssl_reason(e):
+    """The reason strings of a pyOpenSSL error (its args are a list of
+    (library, function, reason) tuples), or its text."""
+    try:
+        reasons = [r[2] for r in e.args[0] if r[2]]
+    except (IndexError, TypeError):
+        reasons = []
+    return ", ".join(reasons) or str(e)
+
+
+def load_tls_identity(ctx, cert_file, key_file):
+    """Load a server's certificate chain file and private key into a
+    pyOpenSSL context, each step with its own one-line LocalProtocolError
+    naming the file (missing or unreadable, not PEM, a key that does not
+    match the certificate) instead of OpenSSL's error list."""
+    for path, what in ((cert_file, "TLS certificate"), (key_file, "TLS private key")):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise LocalProtocolError("cannot read the %s %s: %s" % (what, path, e.strerror or e)) from None
+    try:
+        ctx.use_certificate_chain_file(cert_file)
+    except SSL.Error as e:
+        raise LocalProtocolError("cannot load the TLS certificate %s: %s (a PEM chain, leaf first)"
+                                 % (cert_file, _ssl_reason(e))) from None
+    try:
+        ctx.use_privatekey_file(key_file)
+        ctx.check_privatekey()
+    except SSL.Error as e:
+        reason = _ssl_reason(e)
+        if "mismatch" in reason or "does not match" in reason:  # OpenSSL checks while loading the key too
+            raise LocalProtocolError("the TLS private key %s does not belong to the certificate %s (%s)"
+                                     % (key_file, cert_file, reason)) from None
+        raise LocalProtocolError("cannot load the TLS private key %s: %s (an unencrypted PEM key)"
+                                 % (key_file, reason)) from None
+
+
 class EstHttpsServer:
     """EST HTTPS server. `service` is an EstService; cert_file is a PEM
     chain (leaf first), key_file its PEM key. io: "loop" (one thread,
@@ -600,12 +638,7 @@ class EstHttpsServer:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(_TLS_VERSIONS[vmin])
         ctx.set_max_proto_version(_TLS_VERSIONS[vmax])
-        try:
-            ctx.use_certificate_chain_file(cert_file)
-            ctx.use_privatekey_file(key_file)
-            ctx.check_privatekey()
-        except SSL.Error as e:
-            raise LocalProtocolError("cannot load the TLS certificate %s / key %s: %s" % (cert_file, key_file, e)) from None
+        load_tls_identity(ctx, cert_file, key_file)
         ctx.set_cipher_list(_CIPHERS_12)
         # TLS 1.3: AES-128-GCM/SHA-256 first (with server preference): the
         # SHA-384 transcript and key schedule of the AES-256 suite most

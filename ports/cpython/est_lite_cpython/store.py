@@ -119,8 +119,13 @@ class Store:
         self._wconn = None
         self._wlock = threading.Lock()
         new = not os.path.exists(self.path)
-        db = self._db()
-        db.executescript(_SCHEMA)
+        try:
+            db = self._db()
+            db.executescript(_SCHEMA)
+        except sqlite3.Error as e:  # not a database, damaged, unreadable: name the file, no traceback
+            self.close()
+            raise LocalProtocolError("the CA store %s cannot be used: %s (restore it from a backup)"
+                                     % (self.path, e)) from None
         if new:
             os.chmod(self.path, 0o600)
 

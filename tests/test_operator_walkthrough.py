@@ -1,0 +1,135 @@
+"""What the person who runs the reference server and its CA day to day met
+following docs/server.md: a damaged or half-copied data directory, the TLS
+files, revocation of a revoked certificate, the CRL file other programs
+read. Each checked the way the operator meets it: `est-lite ca ...` in
+process (one line on stderr, exit status) or `est-lite serve` as a
+subprocess."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from cryptography import x509
+
+from est_lite_cpython.ca import init_ca
+from est_lite_cpython.cli import main
+
+
+def cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line(rc, err, code=1):
+    assert rc == code and err.startswith("est-lite: error: ") and err.count("\n") == 1, (rc, err)
+    assert "internal error" not in err and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def ca_dir(tmp_path_factory):
+    """A CA made once; each test damages its own copy."""
+    d = tmp_path_factory.mktemp("ca") / "est-data"
+    init_ca(str(d)).store.close()
+    return d
+
+
+def _copy(ca_dir, tmp_path, name="D"):
+    d = tmp_path / name
+    shutil.copytree(ca_dir, d)
+    return d
+
+
+def _serve(d, *args):
+    env = dict(os.environ)
+    env.pop("EST_LITE_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--data-dir", str(d), "--port", "0"]
+                          + list(args), capture_output=True, text=True, timeout=60, env=env)
+
+
+def _serve_one_line(p, *words):
+    assert p.returncode == 1, p.stdout + p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("est-lite: error: "), p.stderr
+    assert "internal error" not in p.stderr
+    for w in words:
+        assert w in lines[0], p.stderr
+    assert "est-lite EST server on" not in p.stdout
+
+
+# -- a damaged data directory: one line naming the file, exit 1 (was "internal error", 70) ------
+
+
+@pytest.mark.parametrize("name, damage, words", [
+    ("root.key", "garbage", ("root CA private key", "root.key", "damaged")),
+    ("root.key", None, ("root CA private key", "root.key", "No such file")),
+    ("root.key", "dir", ("root CA private key", "root.key", "cannot read")),
+    ("root.pem", "truncate", ("root CA certificate", "root.pem", "damaged")),
+    ("ca.db", "garbage", ("CA store", "ca.db", "not a database")),
+    ("ca.db", "dir", ("CA store", "ca.db")),
+])
+def test_damaged_data_dir_is_one_line_for_every_ca_command(ca_dir, tmp_path, capsys, name, damage, words):
+    d = _copy(ca_dir, tmp_path)
+    p = d / name
+    for f in (name, name + "-wal", name + "-shm"):
+        if (d / f).exists():
+            os.unlink(d / f)
+    if damage == "garbage":
+        p.write_bytes(b"this is not what it should be\n" * 10)
+    elif damage == "dir":
+        p.mkdir()
+    elif damage == "truncate":
+        p.write_bytes((ca_dir / name).read_bytes()[:100])
+    for argv in (("list",), ("requests",), ("revoke", "abc"), ("crl",), ("approve", "1")):
+        rc, out, err = cli(capsys, "ca", argv[0], "--data-dir", d, *argv[1:])
+        one_line(rc, err)
+        for w in words:
+            assert w in err, err
+
+
+def test_damaged_intermediate_key_is_named(tmp_path, capsys):
+    d = tmp_path / "I"
+    init_ca(str(d), intermediate=True).store.close()
+    (d / "intermediate.key").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    rc, out, err = cli(capsys, "ca", "list", "--data-dir", d)
+    one_line(rc, err)
+    assert "intermediate CA private key" in err and "intermediate.key" in err
+
+
+def test_serve_with_a_damaged_store_or_ca_key(ca_dir, tmp_path):
+    d = _copy(ca_dir, tmp_path)
+    (d / "root.key").write_text("garbage\n")
+    _serve_one_line(_serve(d), "root CA private key", "root.key")
+    d = _copy(ca_dir, tmp_path, "E")
+    for f in ("ca.db", "ca.db-wal", "ca.db-shm"):
+        if (d / f).exists():
+            os.unlink(d / f)
+    (d / "ca.db").write_text("garbage\n" * 20)
+    _serve_one_line(_serve(d), "CA store", "ca.db", "not a database")
+
+
+# -- the TLS certificate and key of serve: which file, and what is wrong with it -----------------
+
+
+def test_serve_tls_key_missing_names_the_key(ca_dir, tmp_path):
+    d = _copy(ca_dir, tmp_path)
+    os.unlink(d / "server.key")
+    _serve_one_line(_serve(d), "TLS private key", "server.key", "No such file")
+
+
+def test_serve_tls_certificate_not_pem(ca_dir, tmp_path):
+    d = _copy(ca_dir, tmp_path)
+    (d / "server.pem").write_text("junk\n")
+    p = _serve(d)
+    _serve_one_line(p, "TLS certificate", "server.pem", "no start line")
+    assert "('" not in p.stderr  # not OpenSSL's list of tuples
+
+
+def test_serve_tls_key_of_another_certificate(ca_dir, tmp_path):
+    d = _copy(ca_dir, tmp_path)
+    other = tmp_path / "other"
+    init_ca(str(other)).store.close()
+    shutil.copy(other / "server.key", d / "server.key")
+    _serve_one_line(_serve(d), "does not belong to the certificate", "server.key", "server.pem")
