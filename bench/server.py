@@ -137,11 +137,18 @@ def crypto_floor(auth, n=400, touch_mb=0):
     return per
 
 
+# --split-cpus: the CPUs the server and the load generator may run on (None: any)
+SERVER_CPUS = None
+LOAD_CPUS = None
+
+
 def _drive(one, items, errors_caught, threads, seconds, start_at, q):
     """The load generator's loop, shared by both transports: `threads`
     threads start together at `start_at` and call `one(item)` (True on a
     200 / 2.04 enrollment) for `seconds`, each on its own share of `items`;
     puts (latencies, errors, this process's CPU seconds) on `q`."""
+    if LOAD_CPUS:
+        os.sched_setaffinity(0, LOAD_CPUS)  # before the threads start: they inherit it
     lat = []
     errors = [0]
     lock = threading.Lock()
@@ -576,6 +583,10 @@ def server_model(transport, args):
                args.client_procs))
 
 
+def _cpus(cpus):
+    return ",".join(str(c) for c in sorted(cpus))
+
+
 def summarize(transport, args, auth, results, floor):
     """The JSON object of one transport's run (and the human lines)."""
     floor_per_s = 1.0 / floor
@@ -587,13 +598,21 @@ def summarize(transport, args, auth, results, floor):
     cpu_ms = min(cpus) if cpus else None
     ccpus = [r["client_cpu_ms"] for r in results.values() if r.get("client_cpu_ms")]
     ccpu_ms = min(ccpus) if ccpus else None
-    print("[%s] best throughput / floor = %.2f (target >= 0.25); %d CPUs shared by server and load generator"
-          % (transport, best / floor_per_s, ncpu))
+    where = ("server on CPU %s, load generator on CPU %s" % (_cpus(SERVER_CPUS), _cpus(LOAD_CPUS)) if SERVER_CPUS
+             else "%d CPUs shared by server and load generator" % ncpu)
+    print("[%s] best throughput / floor = %.2f (target >= 0.25); %s" % (transport, best / floor_per_s, where))
     if cpu_ms:
         print("[%s] server CPU per enrollment %.2f ms = %.1f x the crypto floor (floor / server CPU = %.2f)"
               % (transport, cpu_ms, cpu_ms / (floor * 1000), floor * 1000 / cpu_ms))
     bound = None
-    if cpu_ms and ccpu_ms:
+    if cpu_ms and ccpu_ms and SERVER_CPUS:
+        # one event loop per server process: a CPU at most each
+        ncap = min(len(SERVER_CPUS), args.https_processes if transport == "https" else args.coaps_processes)
+        bound = min(1000.0 * ncap / cpu_ms, 1000.0 * len(LOAD_CPUS) / ccpu_ms)
+        print("[%s] load generator CPU per enrollment %.2f ms on its own CPUs: this machine cannot exceed "
+              "min(server CPUs / server CPU, load CPUs / load generator CPU) = %.0f enrollments/s (%.2f of the floor)"
+              % (transport, ccpu_ms, bound, bound / floor_per_s))
+    elif cpu_ms and ccpu_ms:
         bound = 1000.0 * ncpu / (cpu_ms + ccpu_ms)
         print("[%s] load generator CPU per enrollment %.2f ms on the same CPUs: this machine cannot exceed "
               "%d CPUs / (server + load generator CPU) = %.0f enrollments/s (%.2f of the floor)"
@@ -605,7 +624,9 @@ def summarize(transport, args, auth, results, floor):
         "auth": auth,
         "seconds": args.seconds,
         "cpus": ncpu,
-        "cpus_shared_with_load_generator": True,
+        "cpus_shared_with_load_generator": not SERVER_CPUS,
+        "server_cpus": sorted(SERVER_CPUS) if SERVER_CPUS else None,
+        "load_generator_cpus": sorted(LOAD_CPUS) if LOAD_CPUS else None,
         "server": server_model(transport, args),
         "enrollments_per_s": {str(c): round(r["enrollments_per_s"], 1) for c, r in results.items()},
         "p50_ms": {str(c): round(r["p50_ms"], 2) if r["p50_ms"] else None for c, r in results.items()},
@@ -660,7 +681,18 @@ def main(argv=None):
                          "client such as a gateway negotiates) or 1.2 (what a MicroPython device's tls speaks: "
                          "ECDHE-ECDSA with AES-GCM, no session ticket). The crypto floor is the same operations "
                          "either way")
+    ap.add_argument("--split-cpus", action="store_true",
+                    help="the server on the first CPU of this process's set, the load generator on the others "
+                         "(Linux sched_setaffinity): the server gets a CPU of its own instead of competing with "
+                         "the load generator for all of them; needs 2 CPUs or more")
     args = ap.parse_args(argv)
+    if args.split_cpus:
+        global SERVER_CPUS, LOAD_CPUS
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(cpus) < 2:
+            ap.error("--split-cpus needs sched_setaffinity and 2 CPUs or more (this process may run on %d)"
+                     % len(cpus))
+        SERVER_CPUS, LOAD_CPUS = {cpus[0]}, set(cpus[1:])
     if args.tls != "1.3" and args.client == "curl":
         ap.error("--tls applies to --client pyopenssl and stdlib")
     if args.floor_cache_sweep:
@@ -723,7 +755,8 @@ def main(argv=None):
            "--port-file", pf]
     if "coaps" in transports:
         cmd += ["--coaps-port", "0", "--coaps-port-file", cpf]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pin = (lambda: os.sched_setaffinity(0, SERVER_CPUS)) if SERVER_CPUS else None  # before its threads exist
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=pin)
     outs = {}
     try:
         for _ in range(400):
@@ -774,6 +807,8 @@ def main(argv=None):
                         results[transport][c] = r
         for transport in transports:
             outs[transport] = summarize(transport, args, auth, results[transport], floor)
+            if hasattr(os, "sched_getaffinity"):  # what the server really ran on (its main thread; the others inherit)
+                outs[transport]["server_cpus_seen"] = sorted(os.sched_getaffinity(proc.pid))
     finally:
         proc.terminate()
         proc.wait(10)

@@ -66,6 +66,28 @@ def _bench_module():
     return server
 
 
+def test_server_bench_split_cpus():
+    """--split-cpus: the server process really runs on the first CPU only
+    (its affinity read while it runs) and the JSON says where each ran."""
+    import os
+    import subprocess
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:  # a one-CPU machine: a usage error, not a run that shares the CPU anyway
+        p = subprocess.run([sys.executable, "bench/server.py", "--split-cpus"], capture_output=True, text=True,
+                           cwd=os.path.join(os.path.dirname(__file__), ".."), timeout=60)
+        assert p.returncode == 2 and "--split-cpus needs" in p.stderr
+        return
+    out = last_json(["bench/server.py", "--transport", "https", "--seconds", "0.4", "--concurrency", "2",
+                     "--split-cpus"])
+    assert out["server_cpus"] == out["server_cpus_seen"] == cpus[:1]
+    assert out["load_generator_cpus"] == cpus[1:] and out["cpus_shared_with_load_generator"] is False
+    assert out["errors"] == {"2": 0} and out["enrollments_per_s"]["2"] > 0
+    out = last_json(["bench/server.py", "--transport", "https", "--seconds", "0.4", "--concurrency", "2"])
+    assert out["server_cpus_seen"] == cpus and out["server_cpus"] is None
+
+
 def test_server_bench_load_generator_speaks_the_tls_version_asked(tmp_path):
     """bench/server.py --tls 1.2 (a MicroPython device's TLS) really makes
     the load generator's handshakes TLS 1.2, and the default TLS 1.3, with
