@@ -133,3 +133,89 @@ def test_serve_tls_key_of_another_certificate(ca_dir, tmp_path):
     init_ca(str(other)).store.close()
     shutil.copy(other / "server.key", d / "server.key")
     _serve_one_line(_serve(d), "does not belong to the certificate", "server.key", "server.pem")
+
+
+# -- ca revoke: a second revocation, a mistyped reason, the CRL file ------------------------------
+
+
+def _issue(d):
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from est_lite_cpython.ca import LocalCA
+
+    ca = LocalCA(str(d))
+    try:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = ca.issue_raw(key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-1")]),
+                            days=30, eku=("clientAuth",), label="", requester="test")
+    finally:
+        ca.store.close()
+    return "%x" % cert.serial_number
+
+
+def _crl(d):
+    return x509.load_pem_x509_crl((d / "crl.pem").read_bytes())
+
+
+def test_revoking_twice_says_the_first_revocation_stands(ca_dir, tmp_path, capsys):
+    d = _copy(ca_dir, tmp_path)
+    serial = _issue(d)
+    rc, out, err = cli(capsys, "ca", "revoke", "--data-dir", d, serial, "--reason", "keyCompromise")
+    assert rc == 0 and out.startswith("revoked %s (keyCompromise)" % serial), (out, err)
+    rc, out, err = cli(capsys, "ca", "revoke", "--data-dir", d, serial.upper(), "--reason", "superseded")
+    # was: "revoked ... (superseded)" while the store and the CRL kept keyCompromise
+    assert rc == 0 and "already revoked" in out and "keyCompromise" in out and "superseded" not in out, out
+    (entry,) = list(_crl(d))
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise
+
+
+def test_revoke_with_an_unknown_reason_is_a_usage_error(ca_dir, tmp_path, capsys):
+    d = _copy(ca_dir, tmp_path)
+    serial = _issue(d)
+    with pytest.raises(SystemExit) as ei:
+        main(["ca", "revoke", "--data-dir", str(d), serial, "--reason", "stolen"])
+    rc, err = ei.value.code, capsys.readouterr().err
+    # was "est-lite: reason must be ..." (not the usage-error form of every other command)
+    assert rc == 2 and err.startswith("est-lite ca revoke: error: argument --reason: 'stolen'"), err
+    assert "keyCompromise" in err and "see est-lite ca revoke --help" in err and err.count("\n") == 1
+    assert not (d / "crl.pem").exists()
+
+
+def test_revoke_of_a_serial_never_issued(ca_dir, tmp_path, capsys):
+    d = _copy(ca_dir, tmp_path)
+    rc, out, err = cli(capsys, "ca", "revoke", "--data-dir", d, "deadbeef")
+    one_line(rc, err)
+    assert "no certificate with serial deadbeef was issued by this CA" in err
+    assert not (d / "crl.pem").exists()
+    rc, out, err = cli(capsys, "ca", "revoke", "--data-dir", d, "zz")
+    one_line(rc, err)
+    assert "not a hexadecimal number" in err
+
+
+def test_crl_file_is_replaced_whole(ca_dir, tmp_path, capsys, monkeypatch):
+    """A reader of crl.pem (a web server publishing it, a proxy's
+    upstream_crl) sees the old file or the new one, never a part: the file
+    is renamed into place. A write that fails leaves the old one."""
+    d = _copy(ca_dir, tmp_path)
+    serial = _issue(d)
+    rc, out, err = cli(capsys, "ca", "crl", "--data-dir", d, "--out", d / "crl.pem")
+    assert rc == 0, err
+    before = (d / "crl.pem").read_bytes()
+    inode = os.stat(d / "crl.pem").st_ino
+    real_fsync = os.fsync
+
+    def fail(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    rc, out, err = cli(capsys, "ca", "revoke", "--data-dir", d, serial)
+    one_line(rc, err)
+    assert "No space left on device" in err and "crl.pem" in err
+    assert (d / "crl.pem").read_bytes() == before  # was: truncated by open(..., "wb") before the write
+    assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    rc, out, err = cli(capsys, "ca", "crl", "--data-dir", d, "--out", d / "crl.pem")
+    assert rc == 0 and os.stat(d / "crl.pem").st_ino != inode  # a new file renamed over the old one
+    assert [e.serial_number for e in _crl(d)] == [int(serial, 16)]
+    assert not [f for f in os.listdir(d) if f.endswith(".tmp")]

@@ -227,16 +227,29 @@ def cmd_decide(args, approve):
     return 0
 
 
-def cmd_revoke(args):
+def _revocation_reason(text):
+    # argparse type: a wrong --reason is a usage error like any other
+    # (one line naming `est-lite ca revoke --help`, exit 2)
+    import argparse
+
     from .ca import REVOCATION_REASONS
 
-    if args.reason not in REVOCATION_REASONS:
-        print("est-lite: reason must be one of %s" % ", ".join(REVOCATION_REASONS), file=sys.stderr)
-        return 2
+    if text not in REVOCATION_REASONS:
+        raise argparse.ArgumentTypeError("%r is not a revocation reason (one of %s)"
+                                         % (text, ", ".join(REVOCATION_REASONS)))
+    return text
+
+
+def cmd_revoke(args):
     ca = _ca(args)
+    prior = ca.store.revocation(args.serial)  # (checks the serial's spelling too)
     s = ca.revoke(args.serial, args.reason)
-    _write_crl(ca, os.path.join(ca.data_dir, "crl.pem"), False)
-    print("revoked %s (%s); CRL written to %s" % (s, args.reason, os.path.join(ca.data_dir, "crl.pem")))
+    crl = os.path.join(ca.data_dir, "crl.pem")
+    _write_crl(ca, crl, False)
+    if prior:  # the first revocation stands (date and reason in the CRL); say so rather than echo --reason
+        print("%s was already revoked on %s UTC (%s); CRL written to %s" % (s, _t(prior[0]), prior[1], crl))
+    else:
+        print("revoked %s (%s); CRL written to %s" % (s, args.reason, crl))
     return 0
 
 
@@ -250,8 +263,30 @@ def _write_crl(ca, out, der):
         else:
             sys.stdout.write(data.decode())
     else:
-        with open(out, "wb") as f:
-            f.write(data)
+        _write_replace(out, data)
+
+
+def _write_replace(path, data):
+    """Write `path` as a whole: a temporary file in the same directory,
+    then rename, so a reader (a web server publishing the CRL, a proxy's
+    upstream_crl re-read when the file changes) never sees half a file, and
+    a failed write leaves the previous one."""
+    from est_lite.errors import LocalProtocolError
+
+    d = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(d, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    try:
+        try:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        raise LocalProtocolError("cannot write %s: %s" % (path, e.strerror or e)) from None
 
 
 def cmd_crl(args):
@@ -328,7 +363,8 @@ def register(sub):
     q = csub.add_parser("revoke", help="revoke an issued certificate (hex serial)")
     common(q)
     q.add_argument("serial")
-    q.add_argument("--reason", default="unspecified")
+    q.add_argument("--reason", default="unspecified", type=_revocation_reason,
+                   help="the CRL reason code, e.g. keyCompromise, superseded (default unspecified)")
     q.set_defaults(func=cmd_revoke)
 
     q = csub.add_parser("crl", help="write the CRL")

@@ -259,6 +259,12 @@ class Store:
         r = self._db().execute("SELECT 1 FROM revocations WHERE serial=?", (serial_hex(serial),)).fetchone()
         return r is not None
 
+    def revocation(self, serial):
+        """(revoked_at, reason) of a revoked serial, or None."""
+        r = self._db().execute("SELECT revoked_at, reason FROM revocations WHERE serial=?",
+                               (serial_hex(serial),)).fetchone()
+        return tuple(r) if r else None
+
     def revocations(self):
         """[(serial_hex, revoked_at, reason)]"""
         return list(self._db().execute("SELECT serial, revoked_at, reason FROM revocations ORDER BY revoked_at"))
