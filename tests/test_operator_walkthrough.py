@@ -219,3 +219,42 @@ def test_crl_file_is_replaced_whole(ca_dir, tmp_path, capsys, monkeypatch):
     assert rc == 0 and os.stat(d / "crl.pem").st_ino != inode  # a new file renamed over the old one
     assert [e.serial_number for e in _crl(d)] == [int(serial, 16)]
     assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
+
+
+# -- keys copied without their modes (cp -r): serve warns, one line per file, and runs -----------
+
+
+def _serve_until_banner(d):
+    """stderr of `serve` up to its banner, then SIGTERM; (returncode, stderr)."""
+    env = dict(os.environ)
+    env.pop("EST_LITE_DEBUG", None)
+    p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--data-dir", str(d), "--port", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        banner = p.stdout.readline()
+        assert banner.startswith("est-lite EST server on"), banner
+        p.terminate()
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, err
+
+
+def test_serve_warns_of_private_files_other_users_can_read(ca_dir, tmp_path):
+    d = _copy(ca_dir, tmp_path)
+    os.chmod(d / "root.key", 0o644)
+    os.chmod(d / "server.key", 0o640)
+    rc, err = _serve_until_banner(d)
+    assert rc == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("est-lite: warning: ")]
+    assert len(warnings) == 2, err
+    assert "root.key is readable or writable by other users (mode 0644): chmod 600" in warnings[0], err
+    assert "server.key" in warnings[1] and "(mode 0640)" in warnings[1], err
+    assert "Traceback" not in err
+
+
+def test_serve_is_quiet_about_a_data_dir_made_by_ca_init(ca_dir, tmp_path):
+    rc, err = _serve_until_banner(_copy(ca_dir, tmp_path))
+    assert rc == 0 and "warning" not in err, err

@@ -91,6 +91,26 @@ def load_pem_file(path, what):
                                  % (what, path, "private key" if what.endswith("key") else "certificate")) from None
 
 
+def open_private_files(paths):
+    """[(path, mode)] of the existing files among `paths` that users other
+    than the owner may read or write (mode & 0o077): private keys, the
+    store and the password file copied without their modes (`cp -r`)."""
+    out = []
+    for path in paths:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            out.append((path, mode & 0o777))
+    return out
+
+
+def private_files(data_dir):
+    """The files of a CA data directory only its owner should read."""
+    return [os.path.join(data_dir, f) for f in (ROOT_KEY, INT_KEY, SERVER_KEY, DB_FILE, PASSWORDS)]
+
+
 def write_private(path, data):
     """Write a file readable by its owner only (0600) from the first byte on."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

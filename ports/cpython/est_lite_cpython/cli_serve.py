@@ -31,6 +31,22 @@ def _listen_error(what, host, port, proto, e, flag):
     return LocalProtocolError("cannot serve %s on %s:%s/%s: %s%s" % (what, h, port, proto, why, hint))
 
 
+def _warn_open_private_files(cfg):
+    """One warning line per private file (CA and TLS keys, the store, the
+    password file) other users may read: the server still starts (e.g. a
+    group-readable key may be deliberate), the operator sees the fix."""
+    from .ca import open_private_files, private_files
+
+    paths = private_files(cfg.data_dir) + [p for p in (cfg.tls_key, cfg.password_file) if p]
+    seen = set()
+    for path, mode in open_private_files(paths):
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            print("est-lite: warning: %s is readable or writable by other users (mode %04o): chmod 600 %s"
+                  % (path, mode, path), file=sys.stderr)
+
+
 def cmd_serve(args):
     from .config import load_config
     from .https_server import server_from_config
@@ -43,6 +59,7 @@ def cmd_serve(args):
     if getattr(args, "coaps_send_chain", None):
         cfg.coaps_send_chain = args.coaps_send_chain
     srv = server_from_config(cfg, port=args.port, host=args.host, reuse_port=hprocs > 1)
+    _warn_open_private_files(cfg)
     try:
         port = srv.start()
     except OSError as e:
