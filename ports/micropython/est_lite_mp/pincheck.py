@@ -28,89 +28,76 @@ class PinCheck:
         if not isinstance(pin, bytes) or len(pin) != 32:
             raise LocalProtocolError("pin must be the 32-byte SHA-256 of a certificate")
         self.pin = pin
-        self.verify = verify if verify is not None else _mp_verify
+        self.verify = verify  # None: est_lite_mp.crypto.verify, imported when a signature is checked
         self.max_below = max_below
-        self._depth = None
-        self._start()
+        self.depth = None
 
-    def _start(self):
-        self.hit = False
-        self.why = None
-        self._above = None  # (key fields, name) of the certificate the next one must be signed by
-        self._n = 0
-
+    # Names are few on purpose: every name a module interns counts against
+    # MicroPython's qstr pools, and a pinned first contact used to push the
+    # enrollment past 620 names (a sixth 7 KB pool in the middle of the
+    # handshake). Attributes reuse names the enrollment interns anyway
+    # (depth, issuer), and there are no helper functions.
     def __call__(self, der, depth):
         # must not raise: it runs inside Mbed TLS
-        if self._depth is None or depth >= self._depth:
-            self._start()  # a new handshake (or a new walk of the chain)
-        self._depth = depth
+        if self.depth is None or depth >= self.depth:
+            self.hit = False  # a new handshake (or a new walk of the chain)
+            self.why = self.issuer = None
+            self._n = 0
+        self.depth = depth
+        # issuer: (key fields, depth, subject DER) of the certificate the
+        # next one must be signed by; None above the pin or below a failure
+        up = self.issuer
+        self.issuer = f = None
         try:
-            self._step(der, depth)
+            import hashlib
+
+            if hashlib.sha256(der).digest() == self.pin:
+                # the match closest to the leaf counts (as on CPython)
+                self.hit = True
+                self.why = None
+                self._n = 0
+                if depth:
+                    f = _fields(der)
+            elif up is not None:
+                self._n += 1
+                if self._n > self.max_below:
+                    self.why = "more than %d certificates below the pinned one (max_below)" % self.max_below
+                else:
+                    import gc
+
+                    f = _fields(der)
+                    gc.collect()  # the verification peaks at ~6 KB; run it on a collected heap
+                    v = self.verify
+                    if v is None:
+                        from est_lite_mp.crypto import verify as v
+                    if not _signed_by(f, None, up[0], v):
+                        lab = []
+                        for s, d in ((f["subject"], depth), (up[2], up[1])):
+                            cn = None
+                            try:
+                                for oid, val in name_pairs(s):
+                                    if oid.encode() == b"2.5.4.3" and len(val) > 2 and val[1] < 0x80:
+                                        cn = bytes(val[2:]).decode()
+                            except (EstError, UnicodeError):
+                                pass
+                            lab.append("the certificate at depth %d" % d if cn is None else "CN=%s (depth %d)"
+                                       % (cn, d))
+                        self.why = ("server's certificate chain contains the pinned certificate (sha256:%s) but %s "
+                                    "is not signed by %s" % (self.pin.hex(), lab[0], lab[1]))
+                        f = None
+            if depth and f is not None:
+                # what checking the certificate below needs, copied out of Mbed TLS's buffer
+                self.issuer = ({"key_alg": f["key_alg"], "key_params": f["key_params"],
+                                "public_key": bytes(f["public_key"])}, depth, bytes(f["subject"]))
         except MemoryError:
             self.why = "out of memory while checking the server's certificate chain against the pin"
-            self._above = None
+            self.issuer = None
         except EstError as e:  # a malformed certificate or an unsupported algorithm
             self.why = "server certificate at depth %d: %s" % (depth, e)
-            self._above = None
+            self.issuer = None
         if depth:
             return True
         if not self.hit and self.why is None:
             self.why = ("server's certificate chain does not contain the pinned certificate (sha256:%s); pin the "
                         "server certificate or one the server sends in its chain" % self.pin.hex())
         return self.why is None
-
-    def _step(self, der, depth):
-        import hashlib
-
-        if hashlib.sha256(der).digest() == self.pin:
-            # the match closest to the leaf counts (as on CPython)
-            self.hit = True
-            self.why = None
-            self._n = 0
-            self._above = None
-            if depth:
-                self._above = _key_of(_fields(der), depth)
-            return
-        up = self._above
-        if up is None:
-            return  # above the pin, or below a failed link (why is set)
-        self._above = None
-        self._n += 1
-        if self._n > self.max_below:
-            self.why = "more than %d certificates below the pinned one (max_below)" % self.max_below
-            return
-        import gc
-
-        f = _fields(der)
-        gc.collect()  # the verification peaks at ~6 KB; run it on a collected heap
-        if not _signed_by(f, None, up[0], self.verify):
-            self.why = ("server's certificate chain contains the pinned certificate (sha256:%s) but %s is not "
-                        "signed by %s" % (self.pin.hex(), _label(f, depth), up[1]))
-            return
-        if depth:
-            self._above = _key_of(f, depth)
-
-
-def _mp_verify(point, message, sig):
-    # est_lite_mp.crypto.verify, imported only when a signature is checked (a leaf pin needs none)
-    from est_lite_mp.crypto import verify
-
-    return verify(point, message, sig)
-
-
-def _key_of(f, depth):
-    # what checking the certificate below needs, copied out of Mbed TLS's buffer
-    return {"key_alg": f["key_alg"], "key_params": f["key_params"], "public_key": bytes(f["public_key"])}, \
-        _label(f, depth)
-
-
-def _label(f, depth):
-    # "CN=x (depth n)" for messages
-    cn = None
-    try:
-        for oid, v in name_pairs(f["subject"]):
-            if oid == "2.5.4.3" and len(v) > 2 and v[1] < 0x80:
-                cn = bytes(v[2:]).decode()
-    except (EstError, UnicodeError):
-        pass
-    return "the certificate at depth %d" % depth if cn is None else "CN=%s (depth %d)" % (cn, depth)
