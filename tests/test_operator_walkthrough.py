@@ -258,3 +258,68 @@ def test_serve_warns_of_private_files_other_users_can_read(ca_dir, tmp_path):
 def test_serve_is_quiet_about_a_data_dir_made_by_ca_init(ca_dir, tmp_path):
     rc, err = _serve_until_banner(_copy(ca_dir, tmp_path))
     assert rc == 0 and "warning" not in err, err
+
+
+def test_passwd_with_an_empty_password_is_the_usual_error_line(ca_dir, tmp_path, capsys, monkeypatch):
+    import io
+
+    d = _copy(ca_dir, tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    rc, out, err = cli(capsys, "ca", "passwd", "--data-dir", d, "dave")
+    one_line(rc, err)  # was "est-lite: empty password" (no "error:")
+    assert "empty password for dave" in err and not (d / "passwords").exists()
+
+
+# -- SIGTERM while serve is still starting --------------------------------------------------------
+
+
+def test_sigterm_while_serve_writes_its_port_file_stops_it_cleanly(ca_dir, tmp_path):
+    """A supervisor stops the server as soon as its banner appears. The
+    port file is a FIFO nobody reads, so serve is held in open() after the
+    banner, deterministically, when SIGTERM comes (was: the handler was
+    installed after the port file, the process died of the signal, -15)."""
+    d = _copy(ca_dir, tmp_path)
+    fifo = tmp_path / "port.fifo"
+    os.mkfifo(fifo)
+    env = dict(os.environ)
+    env.pop("EST_LITE_DEBUG", None)
+    p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--data-dir", str(d), "--port", "0",
+                          "--port-file", str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().startswith("est-lite EST server on")
+        p.terminate()
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0 and err.splitlines() == ["stopped"], (p.returncode, err)
+
+
+def test_serve_sigterm_and_sigint_stop_with_stopped(ca_dir, tmp_path):
+    import signal
+    import time
+
+    d = _copy(ca_dir, tmp_path)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        env = dict(os.environ)
+        env.pop("EST_LITE_DEBUG", None)
+        p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--data-dir", str(d), "--port",
+                              "0", "--port-file", str(tmp_path / "port")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert p.stdout.readline().startswith("est-lite EST server on")
+            for _ in range(200):  # the port file is the last thing written before serving
+                if (tmp_path / "port").exists() and (tmp_path / "port").read_text().endswith("\n"):
+                    break
+                time.sleep(0.05)
+            p.send_signal(sig)
+            out, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert p.returncode == 0 and err.splitlines() == ["stopped"], (sig, p.returncode, err)
+        os.unlink(tmp_path / "port")
+    rc = main(["ca", "list", "--data-dir", str(d)])
+    assert rc == 0  # the store opens after both stops

@@ -156,6 +156,8 @@ def cmd_issue(args):
 
 
 def cmd_passwd(args):
+    from est_lite.errors import LocalProtocolError
+
     pf = _passwords(args)
     if args.delete:
         pf.remove(args.user)
@@ -168,11 +170,9 @@ def cmd_passwd(args):
         else:
             pw = getpass.getpass("password for %s: " % args.user)
             if getpass.getpass("again: ") != pw:
-                print("est-lite: passwords differ", file=sys.stderr)
-                return 1
+                raise LocalProtocolError("the two passwords differ; nothing changed")
     if not pw:
-        print("est-lite: empty password", file=sys.stderr)
-        return 1
+        raise LocalProtocolError("empty password for %s; nothing changed" % args.user)
     from .auth import check_realm, check_user
 
     realm = _realm(args)
@@ -183,8 +183,6 @@ def cmd_passwd(args):
         try:
             os.makedirs(d, mode=0o700)
         except OSError as e:
-            from est_lite.errors import LocalProtocolError
-
             raise LocalProtocolError("cannot create %s for the password file: %s" % (d, e.strerror or e)) from None
     pf.set_password(args.user, pw, realm)
     print("password set for %s in %s" % (args.user, pf.path))

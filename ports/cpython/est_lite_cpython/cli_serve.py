@@ -60,6 +60,19 @@ def cmd_serve(args):
         cfg.coaps_send_chain = args.coaps_send_chain
     srv = server_from_config(cfg, port=args.port, host=args.host, reuse_port=hprocs > 1)
     _warn_open_private_files(cfg)
+    serving = []
+
+    def _term(signum, frame):
+        # installed before the first listener starts: a SIGTERM that comes
+        # while the server starts (a supervisor stopping it as soon as the
+        # banner or port file appears) stops it like Ctrl-C, instead of
+        # the default action killing the process before "stopped"
+        if serving:
+            srv._stopping.set()
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
     try:
         port = srv.start()
     except OSError as e:
@@ -102,22 +115,18 @@ def cmd_serve(args):
             srv.stop()
             raise
     labels = ", ".join(sorted(k or "(default)" for k in cfg.profiles))
-    print("est-lite EST server on %s/.well-known/est/ (labels: %s; data %s)" % (srv.url, labels, cfg.data_dir),
-          flush=True)
-    if coaps is not None:
-        print("est-lite EST-coaps server on %s/.well-known/est/" % coaps.url, flush=True)
-    if coaps is not None and getattr(args, "coaps_port_file", None):
-        with open(args.coaps_port_file, "w") as f:
-            f.write("%d\n" % coaps.port)
-    if args.port_file:
-        with open(args.port_file, "w") as f:
-            f.write("%d\n" % port)
-
-    def _term(signum, frame):
-        srv._stopping.set()
-
-    signal.signal(signal.SIGTERM, _term)
     try:
+        print("est-lite EST server on %s/.well-known/est/ (labels: %s; data %s)" % (srv.url, labels, cfg.data_dir),
+              flush=True)
+        if coaps is not None:
+            print("est-lite EST-coaps server on %s/.well-known/est/" % coaps.url, flush=True)
+        if coaps is not None and getattr(args, "coaps_port_file", None):
+            with open(args.coaps_port_file, "w") as f:
+                f.write("%d\n" % coaps.port)
+        if args.port_file:
+            with open(args.port_file, "w") as f:
+                f.write("%d\n" % port)
+        serving.append(True)
         srv.serve_forever()
     except KeyboardInterrupt:
         srv.stop()
