@@ -323,3 +323,42 @@ def test_serve_sigterm_and_sigint_stop_with_stopped(ca_dir, tmp_path):
         os.unlink(tmp_path / "port")
     rc = main(["ca", "list", "--data-dir", str(d)])
     assert rc == 0  # the store opens after both stops
+
+
+# -- est-lite proxy: a port in use is serve's one line (was "internal error: OSError", 70) ---------
+
+
+@pytest.mark.parametrize("which", ["https", "coaps"])
+def test_proxy_port_in_use_is_one_line(tmp_path, which):
+    import socket
+
+    from helpers_proxy import PROXY_TOML, proxy_tls_identity, ra_identity
+    from helpers_server import EstTestServer
+
+    up = EstTestServer(tmp_path / "up")
+    try:
+        d = tmp_path / "px"
+        d.mkdir()
+        ra_identity(up, d)
+        proxy_tls_identity(up, d)
+        shutil.copy(up.root_pem, d / "upstream-root.pem")
+        shutil.copy(os.path.join(up.tmp, "vendor.pem"), d / "vendor.pem")
+        (d / "proxy.toml").write_text(PROXY_TOML % {"upstream": up.url.replace("127.0.0.1", "localhost"),
+                                                    "reenroll_as": "simpleenroll"})
+        kind = socket.SOCK_STREAM if which == "https" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            if which == "https":
+                s.listen(1)
+            taken = str(s.getsockname()[1])
+            ports = ["--port", taken, "--coaps-port", "0"] if which == "https" else ["--port", "0", "--coaps-port", taken]
+            env = dict(os.environ)
+            env.pop("EST_LITE_DEBUG", None)
+            p = subprocess.run([sys.executable, "-m", "est_lite_cpython.cli", "proxy", "--config",
+                                str(d / "proxy.toml"), "--host", "127.0.0.1"] + ports,
+                               capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        up.stop()
+    what, flag = ("HTTPS", "--port") if which == "https" else ("EST-coaps", "--coaps-port")
+    _serve_one_line(p, "cannot serve %s on 127.0.0.1:%s" % (what, taken), "Address already in use", flag)
+    assert "(RA)" not in p.stdout

@@ -27,8 +27,15 @@ import sys
 def cmd_proxy(args):
     from .coaps_server import EstCoapsServer
     from .https_server import EstHttpsServer
+    from .cli_serve import _listen_error
     from .proxy import load_proxy_config, proxy_from_config
 
+    import threading
+
+    # before anything starts: a SIGTERM while the proxy starts stops it
+    # once started (as a SIGTERM later does), not by the signal's default action
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     cfg, pcfg = load_proxy_config(args.config)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
@@ -41,12 +48,20 @@ def cmd_proxy(args):
     https = None
     if not args.no_https:
         https = EstHttpsServer.from_config(svc, cfg, port=args.port, host=args.host)
-        https.start()
+        try:
+            https.start()
+        except OSError as e:  # the same one line as serve's (port in use, address not on this host)
+            https.stop()
+            raise _listen_error("HTTPS", https.host, https.requested_port, "tcp", e, "--port") from None
     coaps = None
     if not args.no_coaps:
         try:
             coaps = EstCoapsServer.from_config(svc, cfg, port=args.coaps_port, host=args.host)
-            coaps.start()
+            try:
+                coaps.start()
+            except OSError as e:
+                raise _listen_error("EST-coaps", coaps.host, coaps.requested_port, "udp", e,
+                                    "--coaps-port") from None
         except BaseException:
             if https is not None:
                 https.stop()
@@ -61,10 +76,6 @@ def cmd_proxy(args):
         with open(args.port_file, "w") as f:
             f.write("%d\n" % https.port)
 
-    import threading
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda s, f: stop.set())
     try:
         while not stop.wait(1.0):
             pass
