@@ -104,3 +104,10 @@ def test_default_verify_is_the_ports():
     pc = PinCheck(fp(V.CA), None)
     assert walk(pc, [V.CA, V.LEAF]) == [True, True]
     assert walk(pc, [V.CA, forged_leaf()]) == [True, False]
+
+
+def test_fresh_check_has_no_verdict():
+    # the transports read hit / why also when the handshake failed before
+    # Mbed TLS showed any certificate (connection closed, no common suite)
+    pc = PinCheck(fp(V.CA), None)
+    assert pc.hit is False and pc.why is None

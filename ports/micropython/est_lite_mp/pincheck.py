@@ -31,6 +31,8 @@ class PinCheck:
         self.verify = verify  # None: est_lite_mp.crypto.verify, imported when a signature is checked
         self.max_below = max_below
         self.depth = None
+        self.hit = False  # read by the transports also when the handshake failed before any certificate
+        self.why = None
 
     # Names are few on purpose: every name a module interns counts against
     # MicroPython's qstr pools, and a pinned first contact used to push the
