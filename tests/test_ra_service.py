@@ -72,11 +72,33 @@ def test_ra_reenrolls_a_device_by_the_certificate_in_the_store(up, tmp_path):
     # the SANs must be kept, as for a device's own renewal
     r = post(up, "simplereenroll", make_csr("ra-dev-1", sans=["x.example.com"])[1], ra)
     assert r.status == 400 and "subjectAltName" in r.text
-    # every certificate of the subject revoked: refused
-    for c in (c1, c2):
-        up.ca.store.revoke(c.serial_number)
+    # the current (newest) certificate revoked: refused, although c1, the
+    # older one, is still valid -- it must not stand in for the revoked c2
+    n = up.ca.store.count_certificates()
+    up.ca.store.revoke(c2.serial_number)
     r = post(up, "simplereenroll", make_csr("ra-dev-1")[1], ra)
-    assert r.status == 403 and "revoked or expired" in r.text
+    assert r.status == 403 and "is revoked" in r.text and ("serial %X" % c2.serial_number) in r.text, r.text
+    assert up.ca.store.count_certificates() == n  # nothing issued
+    # every certificate of the subject revoked: refused
+    up.ca.store.revoke(c1.serial_number)
+    r = post(up, "simplereenroll", make_csr("ra-dev-1")[1], ra)
+    assert r.status == 403 and "is revoked" in r.text
+
+
+def test_ra_reenroll_refuses_an_expired_current_certificate(up, tmp_path):
+    """The newest certificate of the subject has expired (the store's clock
+    moved past it): 403 naming the date, nothing issued."""
+    ra = ident(up, tmp_path, "ra-exp")
+    _, c1 = enroll_device(up, "ra-dev-exp")
+    n = up.ca.store.count_certificates()
+    clock = up.ca.store.clock
+    up.ca.store.clock = lambda: c1.not_valid_after_utc.timestamp() + 1
+    try:
+        r = post(up, "simplereenroll", make_csr("ra-dev-exp")[1], ra)
+    finally:
+        up.ca.store.clock = clock
+    assert r.status == 403 and "expired on %s" % c1.not_valid_after_utc.strftime("%Y-%m-%d") in r.text, r.text
+    assert up.ca.store.count_certificates() == n
 
 
 def test_ra_requests_skip_pop_but_devices_do_not(up, tmp_path):

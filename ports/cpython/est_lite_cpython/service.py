@@ -27,8 +27,8 @@ Every 4xx carries a message meant for the person reading the client log.
 Registration Authorities (RFC 7030 §3.7): a TLS client certificate with
 id-kp-cmcRA that chains to one of the profile's `ra_trust` sets makes the
 client an RA (`RaIdentity`): it requests for devices, simplereenroll renews
-the newest unrevoked, unexpired certificate this CA issued to the CSR's
-subject, and its requests are not PoP-checked (the RA checks each device's
+the newest certificate this CA issued to the CSR's subject (refused if it
+is revoked or expired; an older one never stands in), and its requests are not PoP-checked (the RA checks each device's
 binding on the device's link, RFC 7030 §3.5). See docs/server.md.
 """
 
@@ -581,7 +581,11 @@ class EstService:
 
     def _current_certificate(self, prof, csr):
         """For an RA's simplereenroll: the newest certificate this CA issued
-        to the CSR's subject that is neither revoked nor expired."""
+        to the CSR's subject, which must be neither revoked nor expired.
+        An older certificate never stands in for a revoked newest one: the
+        RA cannot tell us which certificate the device presented, and
+        falling back would let a device whose current certificate was
+        revoked renew through an RA that does not see our CRL."""
         store = getattr(self.ca, "store", None)
         if store is None:
             raise OperationNotAllowed("simplereenroll by an RA needs the CA's certificate store (this CA backend "
@@ -595,18 +599,20 @@ class EstService:
                                       (subject.rfc4514_string(),))
             ders = [bytes(r[0]) for r in cur]
         now = store.clock()
-        seen = 0
         for der in ders:
             c = x509.load_der_x509_certificate(der)
-            if c.subject != subject:
+            if c.subject != subject or not self.ca.issued_by_me(c):
                 continue
-            seen += 1
-            if c.not_valid_after_utc.timestamp() <= now or self.ca.is_revoked(c) or not self.ca.issued_by_me(c):
-                continue
+            if self.ca.is_revoked(c):
+                raise SecurityError("simplereenroll by an RA: the current certificate of %s (serial %X, the newest "
+                                    "this CA issued to it) is revoked; the device must enroll again"
+                                    % (subject.rfc4514_string(), c.serial_number))
+            if c.not_valid_after_utc.timestamp() <= now:
+                raise SecurityError("simplereenroll by an RA: the current certificate of %s (serial %X, the newest "
+                                    "this CA issued to it) expired on %s; the device must enroll again"
+                                    % (subject.rfc4514_string(), c.serial_number,
+                                       c.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC")))
             return c
-        if seen:
-            raise SecurityError("simplereenroll by an RA: every certificate issued to %s is revoked or expired; "
-                                "the device must enroll again" % subject.rfc4514_string())
         raise SecurityError("simplereenroll by an RA: this CA has issued no certificate to %s, so there is "
                             "nothing to renew (use simpleenroll)" % subject.rfc4514_string())
 
