@@ -89,6 +89,26 @@ def test_damaged_data_dir_is_one_line_for_every_ca_command(ca_dir, tmp_path, cap
             assert w in err, err
 
 
+def test_a_missing_store_is_refused_not_recreated_empty(ca_dir, tmp_path, capsys):
+    """ca.db lost (a partial copy, a wrong restore): every `ca` command and
+    serve stop with one line instead of starting an empty store, in which
+    revocations would be gone (was: a new empty ca.db, revoked certificates
+    accepted again, an empty CRL)."""
+    d = _copy(ca_dir, tmp_path)
+    for f in ("ca.db", "ca.db-wal", "ca.db-shm"):
+        if (d / f).exists():
+            os.unlink(d / f)
+    for argv in (("list",), ("requests",), ("revoke", "abc"), ("crl",), ("approve", "1")):
+        rc, out, err = cli(capsys, "ca", argv[0], "--data-dir", d, *argv[1:])
+        one_line(rc, err)
+        assert "CA store" in err and "ca.db" in err and "is missing" in err and "ca init --force" in err, err
+    _serve_one_line(_serve(d), "CA store", "ca.db", "is missing")
+    assert not (d / "ca.db").exists()
+    # ca init --force (what the line suggests) makes a new CA with a store
+    rc, out, err = cli(capsys, "ca", "init", "--force", "--data-dir", d)
+    assert rc == 0 and (d / "ca.db").exists(), err
+
+
 def test_damaged_intermediate_key_is_named(tmp_path, capsys):
     d = tmp_path / "I"
     init_ca(str(d), intermediate=True).store.close()

@@ -245,7 +245,7 @@ def init_ca(
         with open(os.path.join(data_dir, INT_CERT), "wb") as f:
             f.write(_cert_pem(icert))
         issuer_key, issuer = ikey, icert
-    ca = LocalCA(data_dir)
+    ca = LocalCA(data_dir, new_store=True)
     # the EST server's own TLS certificate, recorded in the store like any other
     skey = ec.generate_private_key(ec.SECP256R1())
     names = list(server_names) or ["localhost"]
@@ -324,7 +324,12 @@ class IssueRequest:
 class LocalCA:
     """The built-in CA backend over a data directory."""
 
-    def __init__(self, data_dir, *, store=None, synchronous="NORMAL", clock=time.time):
+    def __init__(self, data_dir, *, store=None, synchronous="NORMAL", clock=time.time, new_store=False):
+        """new_store=True creates the store (ca.db) if it is missing; by
+        default a missing store is an error: a CA without its store would
+        start again with no record of what it issued, revoked or has
+        pending, so revoked certificates would pass again (init_ca passes
+        True)."""
         self.data_dir = str(data_dir)
         self.clock = clock
         p = lambda f: os.path.join(self.data_dir, f)  # noqa: E731
@@ -339,6 +344,12 @@ class LocalCA:
             self.issuer = self.root
             self._key = load_pem_file(p(ROOT_KEY), "root CA private key")
             self.chain = [self.root]
+        if store is None and not new_store and not os.path.exists(p(DB_FILE)):
+            raise LocalProtocolError(
+                "the CA store %s is missing: without it this CA would forget every certificate it issued, every "
+                "revocation and every pending request (revoked certificates would be accepted again); restore it "
+                "from a backup, or start a new CA with `est-lite ca init --force --data-dir %s`"
+                % (p(DB_FILE), self.data_dir))
         self.store = store if store is not None else Store(p(DB_FILE), synchronous=synchronous, clock=clock)
         self._ski = x509.SubjectKeyIdentifier.from_public_key(self.issuer.public_key())
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issuer.public_key())
