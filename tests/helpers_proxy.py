@@ -96,6 +96,22 @@ timeout_s = 10
 """
 
 
+def write_proxy_dir(up, d, reenroll_as="simpleenroll"):
+    """A directory for `est-lite proxy --config d/proxy.toml` in front of the
+    test server `up`: the RA and TLS identities, the upstream's root and
+    the vendor root, and PROXY_TOML naming `up` (as localhost)."""
+    import shutil
+
+    d.mkdir()
+    ra_identity(up, d)
+    proxy_tls_identity(up, d)
+    shutil.copy(up.root_pem, d / "upstream-root.pem")
+    shutil.copy(os.path.join(up.tmp, "vendor.pem"), d / "vendor.pem")
+    (d / "proxy.toml").write_text(PROXY_TOML % {"upstream": up.url.replace("127.0.0.1", "localhost"),
+                                                "reenroll_as": reenroll_as})
+    return d / "proxy.toml"
+
+
 class ProxyHarness:
     """A proxy (ProxyService behind EstHttpsServer and EstCoapsServer) in
     tmp, in front of `upstream_url`; `up` provides the CA for the proxy's

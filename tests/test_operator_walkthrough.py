@@ -12,20 +12,9 @@ import sys
 
 import pytest
 from cryptography import x509
+from helpers_cli import cli, main, one_line
 
 from est_lite_cpython.ca import init_ca
-from est_lite_cpython.cli import main
-
-
-def cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line(rc, err, code=1):
-    assert rc == code and err.startswith("est-lite: error: ") and err.count("\n") == 1, (rc, err)
-    assert "internal error" not in err and "Traceback" not in err, err
 
 
 @pytest.fixture(scope="module")
@@ -244,12 +233,12 @@ def test_crl_file_is_replaced_whole(ca_dir, tmp_path, capsys, monkeypatch):
 # -- keys copied without their modes (cp -r): serve warns, one line per file, and runs -----------
 
 
-def _serve_until_banner(d):
+def _serve_until_banner(d, *args):
     """stderr of `serve` up to its banner, then SIGTERM; (returncode, stderr)."""
     env = dict(os.environ)
     env.pop("EST_LITE_DEBUG", None)
-    p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--data-dir", str(d), "--port", "0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--data-dir", str(d), "--port", "0"]
+                         + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         banner = p.stdout.readline()
         assert banner.startswith("est-lite EST server on"), banner
@@ -301,19 +290,8 @@ def test_sigterm_while_serve_writes_its_port_file_stops_it_cleanly(ca_dir, tmp_p
     d = _copy(ca_dir, tmp_path)
     fifo = tmp_path / "port.fifo"
     os.mkfifo(fifo)
-    env = dict(os.environ)
-    env.pop("EST_LITE_DEBUG", None)
-    p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--data-dir", str(d), "--port", "0",
-                          "--port-file", str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert p.stdout.readline().startswith("est-lite EST server on")
-        p.terminate()
-        out, err = p.communicate(timeout=30)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    assert p.returncode == 0 and err.splitlines() == ["stopped"], (p.returncode, err)
+    rc, err = _serve_until_banner(d, "--port-file", fifo)
+    assert rc == 0 and err.splitlines() == ["stopped"], (rc, err)
 
 
 def test_serve_sigterm_and_sigint_stop_with_stopped(ca_dir, tmp_path):
@@ -352,19 +330,13 @@ def test_serve_sigterm_and_sigint_stop_with_stopped(ca_dir, tmp_path):
 def test_proxy_port_in_use_is_one_line(tmp_path, which):
     import socket
 
-    from helpers_proxy import PROXY_TOML, proxy_tls_identity, ra_identity
+    from helpers_proxy import write_proxy_dir
     from helpers_server import EstTestServer
 
     up = EstTestServer(tmp_path / "up")
     try:
         d = tmp_path / "px"
-        d.mkdir()
-        ra_identity(up, d)
-        proxy_tls_identity(up, d)
-        shutil.copy(up.root_pem, d / "upstream-root.pem")
-        shutil.copy(os.path.join(up.tmp, "vendor.pem"), d / "vendor.pem")
-        (d / "proxy.toml").write_text(PROXY_TOML % {"upstream": up.url.replace("127.0.0.1", "localhost"),
-                                                    "reenroll_as": "simpleenroll"})
+        write_proxy_dir(up, d)
         kind = socket.SOCK_STREAM if which == "https" else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))

@@ -1,8 +1,6 @@
 """`est-lite proxy --config proxy.toml` as a subprocess in front of our
 HTTPS server: a CoAPs device and an HTTPS device enroll through it."""
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +10,7 @@ import pytest
 from cryptography import x509
 
 from helpers_coaps import CoapsSession, idevid_device, make_csr, point
-from helpers_proxy import PROXY_TOML, proxy_tls_identity, ra_identity
+from helpers_proxy import write_proxy_dir
 from helpers_server import EstTestServer
 
 
@@ -27,13 +25,7 @@ def test_proxy_command(up, tmp_path):
     from est_lite_cpython.dtls_client import DtlsClient
 
     d = tmp_path / "px"
-    d.mkdir()
-    ra_identity(up, d)
-    proxy_tls_identity(up, d)
-    shutil.copy(up.root_pem, d / "upstream-root.pem")
-    shutil.copy(os.path.join(up.tmp, "vendor.pem"), d / "vendor.pem")
-    (d / "proxy.toml").write_text(PROXY_TOML % {"upstream": up.url.replace("127.0.0.1", "localhost"),
-                                                "reenroll_as": "simpleenroll"})
+    write_proxy_dir(up, d)
     pf, cpf = d / "port", d / "cport"
     proc = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "proxy", "--config", str(d / "proxy.toml"),
                              "--port-file", str(pf), "--coaps-port-file", str(cpf)],

@@ -12,11 +12,11 @@ import re
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from helpers_cli import cli, main, one_line
 from helpers_client import der
 from helpers_coaps import EstBothServer, idevid_device, key_der
 from helpers_server import PASSWORD, USER, make_csr
 
-from est_lite_cpython.cli import main
 from est_lite_cpython.credstore import CredStore
 
 MANUAL_TOML = """
@@ -27,16 +27,6 @@ auth = ["cert"]
 client_cert_trust = ["ca", "idevid"]
 pop_exempt_transports = ["coaps"]
 """
-
-
-def cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_line(rc, err, code=1):
-    assert rc == code and err.startswith("est-lite: error: ") and err.count("\n") == 1, (rc, err)
 
 
 @pytest.fixture
