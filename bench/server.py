@@ -7,8 +7,11 @@ with p50/p99 latency, and the crypto-only floor measured in the same run.
     python bench/server.py --transport both [...]      # HTTPS (--auth cert) and CoAPs in the same run
 
 EST-coaps authenticates with the client certificate (an IDevID here; there is
-no HTTP Basic over CoAP): --transport coaps implies --auth cert, and the load
-generator is coaps_enroller (pyOpenSSL on memory BIOs driven directly, the
+no HTTP Basic over CoAP): --transport coaps implies --auth cert. With client
+certificates the load generators present 6000 distinct IDevIDs in turn
+(--idevids; more than the HTTPS service's signature cache holds, so every
+connection is a device the server has not verified before, as in a fleet),
+and the CoAPs load generator is coaps_enroller (pyOpenSSL on memory BIOs driven directly, the
 request encoded and the answer decoded by the core's est_lite.coap: a new
 DTLS handshake with the cookie exchange per enrollment, the server verified
 by OpenSSL like the HTTPS generators do). --transport both prints
@@ -140,6 +143,9 @@ def crypto_floor(auth, n=400, touch_mb=0):
 # --split-cpus: the CPUs the server and the load generator may run on (None: any)
 SERVER_CPUS = None
 LOAD_CPUS = None
+# --auth cert with --idevids N > 1: the (certificate, key) client identities the
+# pyOpenSSL load generators use in turn, each process its own share
+IDENTITIES = None
 
 
 def _drive(one, items, errors_caught, threads, seconds, start_at, q):
@@ -218,7 +224,7 @@ def https_enroller(port, root, auth_hdr=b"", cert=None, key=None, timeout=30, tl
     return one
 
 
-def https_enroller_openssl(port, root, auth_hdr=b"", cert=None, key=None, timeout=30, tls="1.3"):
+def https_enroller_openssl(port, root, auth_hdr=b"", cert=None, key=None, timeout=30, tls="1.3", identities=None):
     """https_enroller's one(body) on pyOpenSSL instead of the stdlib ssl
     module: the same request, a new TCP connection and full TLS handshake
     per call, the server's chain verified by OpenSSL against `root` and its
@@ -228,7 +234,12 @@ def https_enroller_openssl(port, root, auth_hdr=b"", cert=None, key=None, timeou
     pyOpenSSL runs the OpenSSL that cryptography ships (the server's own
     library; 3.5 and later are markedly faster than the 3.0 the stdlib ssl
     module links here), so the load generator takes about a quarter less of
-    the CPUs the server shares with it (docs/server.md, "Benchmark")."""
+    the CPUs the server shares with it (docs/server.md, "Benchmark").
+    identities: a list of (certificate, private key) client identities
+    (cryptography objects)
+    used in turn, one per connection, instead of the cert/key files (a
+    fleet of devices, each with its own IDevID)."""
+    import itertools
     import struct
 
     from OpenSSL import SSL
@@ -253,6 +264,7 @@ def https_enroller_openssl(port, root, auth_hdr=b"", cert=None, key=None, timeou
         ctx.use_privatekey_file(key)
     host = b"localhost"
     tv = struct.pack("ll", int(timeout), 0)
+    turn = itertools.count()
 
     def one(body):
         req = (b"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" +
@@ -264,6 +276,10 @@ def https_enroller_openssl(port, root, auth_hdr=b"", cert=None, key=None, timeou
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
             t = SSL.Connection(ctx, s)
+            if identities:
+                x, k = identities[next(turn) % len(identities)]
+                t.use_certificate(x)
+                t.use_privatekey(k)
             t.set_tlsext_host_name(host)
             if not _lib.X509_VERIFY_PARAM_set1_host(_lib.SSL_get0_param(t._ssl), host, len(host)):
                 raise OSError("cannot set the expected server name")
@@ -297,14 +313,15 @@ def _openssl_version():
 ENROLLERS = {"pyopenssl": https_enroller_openssl, "stdlib": https_enroller}
 
 
-def _client_proc(kind, port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q, tls):
+def _client_proc(kind, port, root, bodies, auth_hdr, cert, key, threads, seconds, start_at, q, tls, identities=None):
     from OpenSSL import SSL
 
-    _drive(ENROLLERS[kind](port, root, auth_hdr, cert, key, tls=tls), bodies, (OSError, ssl.SSLError, SSL.Error),
-           threads, seconds, start_at, q)
+    kw = {"identities": identities} if identities and kind == "pyopenssl" else {}
+    _drive(ENROLLERS[kind](port, root, auth_hdr, cert, key, tls=tls, **kw), bodies,
+           (OSError, ssl.SSLError, SSL.Error), threads, seconds, start_at, q)
 
 
-def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost"):
+def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost", identities=None):
     """The CoAPs load generator's one enrollment: returns one(csr_der) ->
     True for a 2.04 certs-only answer. A new DTLS 1.2 session per
     enrollment, as lean as the stdlib-ssl HTTPS generator: pyOpenSSL on
@@ -317,7 +334,10 @@ def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost"):
     Content-Format 286) encoded by the core's est_lite.coap, the answer
     decoded by it and accepted only as 2.04 with our token and a non-empty
     281 certs-only payload; close_notify. Failures raise OSError (DTLS,
-    timeout) or EstError (undecodable answer)."""
+    timeout) or EstError (undecodable answer). identities: as
+    https_enroller_openssl's, one per session instead of cert_der/key_der."""
+    import itertools
+
     from OpenSSL._util import lib as _lib
 
     from est_lite import coap as CO
@@ -328,7 +348,9 @@ def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost"):
     WantRead = SSL.WantReadError
     mtu = _d.DEFAULT_MTU
     addr = ("127.0.0.1", port)
-    ctx = _d.base_context(False, _d.CLIENT_SUITES, cert_der, key_der)  # loaded once, like the HTTPS SSLContext
+    ctx = _d.base_context(False, _d.CLIENT_SUITES, None if identities else cert_der,
+                          None if identities else key_der)  # loaded once, like the HTTPS context
+    turn = itertools.count()
     _d.add_trust_anchors(ctx, [root_der])
     ctx.set_verify(SSL.VERIFY_PEER)  # OpenSSL's own verification, no Python callback (as stdlib ssl)
     host = bytes(server_name)
@@ -361,6 +383,10 @@ def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost"):
 
     def one(csr):
         conn = SSL.Connection(ctx, None)
+        if identities:
+            x, k = identities[next(turn) % len(identities)]
+            conn.use_certificate(x)
+            conn.use_privatekey(k)
         conn.set_ciphertext_mtu(mtu)
         if not _lib.X509_VERIFY_PARAM_set1_host(_lib.SSL_get0_param(conn._ssl), host, len(host)):
             raise OSError("cannot set the expected server name")
@@ -416,11 +442,12 @@ def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost"):
     return one
 
 
-def _coaps_client_proc(port, root_der, csrs, cert_der, key_der, threads, seconds, start_at, q):
+def _coaps_client_proc(port, root_der, csrs, cert_der, key_der, threads, seconds, start_at, q, identities=None):
     """EST-coaps load: coaps_enroller's one() in `threads` threads."""
     from est_lite.errors import EstError
 
-    _drive(coaps_enroller(port, root_der, cert_der, key_der), csrs, (OSError, EstError), threads, seconds, start_at, q)
+    _drive(coaps_enroller(port, root_der, cert_der, key_der, identities=identities), csrs, (OSError, EstError),
+           threads, seconds, start_at, q)
 
 
 def _self_cpu_s():
@@ -469,11 +496,13 @@ def run_level(port, root, bodies, auth_hdr, cert, key, conc, seconds, procs, ser
         if coaps is not None:
             root_der, csrs, cert_der, key_der = coaps
             p = ctx.Process(target=_coaps_client_proc,
-                            args=(port, root_der, csrs[i::nproc], cert_der, key_der, th, seconds, start_at, q))
+                            args=(port, root_der, csrs[i::nproc], cert_der, key_der, th, seconds, start_at, q,
+                                  IDENTITIES[i::nproc] if IDENTITIES else None))
         else:
             chunk = bodies[i::nproc]
             p = ctx.Process(target=_client_proc,
-                            args=(client, port, root, chunk, auth_hdr, cert, key, th, seconds, start_at, q, tls))
+                            args=(client, port, root, chunk, auth_hdr, cert, key, th, seconds, start_at, q, tls,
+                                  IDENTITIES[i::nproc] if IDENTITIES else None))
         p.start()
         ps.append(p)
     lat, errs, ccpu = [], 0, 0.0
@@ -621,6 +650,9 @@ def summarize(transport, args, auth, results, floor):
         "transport": transport,
         "client": args.client if transport == "https" else "pyopenssl",
         "client_tls": ("TLS " + args.tls) if transport == "https" and args.client != "curl" else None,
+        # distinct client certificates (IDevIDs) the load generator presented in turn (None: HTTP Basic)
+        "client_identities": None if auth != "cert" else (
+            len(IDENTITIES) if IDENTITIES and (transport == "coaps" or args.client == "pyopenssl") else 1),
         "auth": auth,
         "seconds": args.seconds,
         "cpus": ncpu,
@@ -681,6 +713,12 @@ def main(argv=None):
                          "client such as a gateway negotiates) or 1.2 (what a MicroPython device's tls speaks: "
                          "ECDHE-ECDSA with AES-GCM, no session ticket). The crypto floor is the same operations "
                          "either way")
+    ap.add_argument("--idevids", type=int, default=6000,
+                    help="with --auth cert (and CoAPs): distinct IDevIDs the pyOpenSSL load generators present, "
+                         "one per connection in turn (default 6000: more than the HTTPS service's signature cache "
+                         "holds, 4096, so each connection is a device the server has not seen, as in a fleet); "
+                         "1: one IDevID for every connection (the HTTPS service then verifies its signature once). "
+                         "--client stdlib and curl always use one")
     ap.add_argument("--split-cpus", action="store_true",
                     help="the server on the first CPU of this process's set, the load generator on the others "
                          "(Linux sched_setaffinity): the server gets a CPU of its own instead of competing with "
@@ -732,6 +770,11 @@ def main(argv=None):
     if auth == "cert":
         k, c = issue_cert(vendor["cert"], vendor["key"], "bench-idevid")
         cert, key = write_identity(tmp, "idevid", k, c)
+        if args.idevids > 1:
+            global IDENTITIES
+            # cryptography objects: pyOpenSSL's own X509/PKey are deprecated as arguments
+            IDENTITIES = [(ic, ik) for ik, ic in (issue_cert(vendor["cert"], vendor["key"], "bench-device-%d" % i)
+                                                  for i in range(args.idevids))]
         from cryptography.hazmat.primitives import serialization
 
         from est_lite_cpython.ca import LocalCA

@@ -35,3 +35,5 @@ def test_server_bench_coaps_has_the_https_shape():
     assert set(coaps) == set(https)
     assert coaps["transport"] == "coaps" and https["transport"] == "https"
     assert coaps["enrollments_per_s"]["1"] > 0 and coaps["errors"]["1"] == 0
+    # a fleet by default: both load generators present distinct IDevIDs (--idevids)
+    assert coaps["client_identities"] == https["client_identities"] == 6000

@@ -75,3 +75,17 @@ def test_checks_the_server_name(srv):
 def test_an_error_answer_is_not_an_enrollment(srv):
     one = _enroller(srv)
     assert one(b"\x30\x03\x02\x01\x00") is False  # not a CSR: 4.00, counted as an error by the bench
+
+
+def test_identities_one_per_session(srv):
+    """identities=: each session presents the next IDevID (a fleet, each
+    device its own certificate), seen by the server as the requester."""
+
+    devs = [idevid_device(srv, "bench-fleet-%d" % i) for i in range(3)]
+    ids = [(d.cert, d.key) for d in devs]  # cryptography objects, as bench/server.py makes them
+    one = _enroller(srv, identities=ids)
+    for i in range(3):
+        assert one(make_csr("bench-fleet-enroll-%d" % i)[1]) is True
+    rows = srv.ca.store._db().execute("SELECT requester FROM certs ORDER BY rowid DESC LIMIT 3").fetchall()
+    seen = sorted(r[0] for r in rows)
+    assert len(seen) == 3 and all("bench-fleet-%d" % i in seen[i] for i in range(3)), seen

@@ -20,7 +20,7 @@ def test_server_bench_io_and_processes_options():
     assert out["errors"] == {"2": 0} and out["enrollments_per_s"]["2"] > 0
 
 
-def _tls_server(tmp_path, name, n):
+def _tls_server(tmp_path, name, n, client_certs=False):
     """A stdlib TLS server on 127.0.0.1 for n connections with a certificate
     for `name` from a fresh root; records each connection's TLS version (or
     the handshake error). Returns (port, root file, seen list, thread, listener)."""
@@ -36,6 +36,9 @@ def _tls_server(tmp_path, name, n):
     cert, key = write_identity(str(tmp_path), "srv", k, c)
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     sctx.load_cert_chain(cert, key)
+    if client_certs:  # ask for one issued by the same root; record its CN
+        sctx.verify_mode = ssl.CERT_REQUIRED
+        sctx.load_verify_locations(os.path.join(str(tmp_path), "vendor.pem"))
     ls = socket.create_server(("127.0.0.1", 0))
     ls.settimeout(10)
     seen = []
@@ -45,7 +48,8 @@ def _tls_server(tmp_path, name, n):
             conn, _ = ls.accept()
             try:
                 with sctx.wrap_socket(conn, server_side=True) as t:
-                    seen.append(t.version())
+                    seen.append(dict(x[0] for x in t.getpeercert()["subject"])["commonName"] if client_certs
+                                else t.version())
                     t.recv(4096)
                     t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             except (OSError, ssl.SSLError) as e:
@@ -53,7 +57,7 @@ def _tls_server(tmp_path, name, n):
 
     th = threading.Thread(target=serve, daemon=True)
     th.start()
-    return ls.getsockname()[1], os.path.join(str(tmp_path), "vendor.pem"), seen, th, ls
+    return ls.getsockname()[1], os.path.join(str(tmp_path), "vendor.pem"), seen, th, ls, ca
 
 
 def _bench_module():
@@ -94,7 +98,7 @@ def test_server_bench_load_generator_speaks_the_tls_version_asked(tmp_path):
     both load generators (pyOpenSSL, the default, and stdlib ssl): seen by a
     stdlib TLS server that records what each connection negotiated."""
     bench = _bench_module()
-    port, root, seen, th, ls = _tls_server(tmp_path, "localhost", 4)
+    port, root, seen, th, ls, _ = _tls_server(tmp_path, "localhost", 4)
     try:
         for make in (bench.https_enroller_openssl, bench.https_enroller):
             assert make(port, root, tls="1.2", timeout=10)(b"csr")
@@ -119,7 +123,7 @@ def test_pyopenssl_load_generator_checks_the_server(tmp_path):
     bench = _bench_module()
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    port, root, seen, th, ls = _tls_server(tmp_path / "a", "otherhost", 2)
+    port, root, seen, th, ls, _ = _tls_server(tmp_path / "a", "otherhost", 2)
     other = _tls_server(tmp_path / "b", "localhost", 0)[1]  # another root, same shape
     try:
         for trust in (root, other):
@@ -133,3 +137,22 @@ def test_pyopenssl_load_generator_checks_the_server(tmp_path):
     finally:
         ls.close()
     assert len(seen) == 2 and "TLSv1.3" not in seen  # neither handshake completed on the server
+
+
+def test_pyopenssl_load_generator_presents_its_identities_in_turn(tmp_path):
+    """--idevids: identities=[...] makes each connection present the next
+    client certificate (a fleet, each device its own IDevID), as a TLS
+    server requiring client certificates sees them."""
+    from helpers_server import issue_cert
+
+    bench = _bench_module()
+    port, root, seen, th, ls, ca = _tls_server(tmp_path, "localhost", 4, client_certs=True)
+    ids = [tuple(reversed(issue_cert(ca["cert"], ca["key"], "fleet-device-%d" % i))) for i in range(3)]
+    try:
+        one = bench.https_enroller_openssl(port, root, timeout=10, identities=ids)
+        for _ in range(4):
+            assert one(b"csr")
+        th.join(10)
+    finally:
+        ls.close()
+    assert seen == ["fleet-device-0", "fleet-device-1", "fleet-device-2", "fleet-device-0"]
