@@ -306,40 +306,87 @@ class DtlsPeer:
         self._server._close(self, reason, notify=True)
 
 
-def _revoked_alert(ctx, mode, server):
-    """Make a client certificate refused as revoked end the handshake with
-    the certificate_revoked alert (RFC 5246 §7.2.2) instead of
-    internal_error.
+def _direct_verify(ctx, mode, server):
+    """Install the server's verify callback at the C level, without
+    pyOpenSSL's wrapper, and make a client certificate refused as revoked end
+    the handshake with the certificate_revoked alert (RFC 5246 §7.2.2)
+    instead of internal_error. Returns False (and leaves pyOpenSSL's
+    callback, set by the caller, in place) without the binding functions
+    this needs.
+
+    pyOpenSSL's wrapper wraps the current certificate in an X509 object,
+    which we only turned into DER (through a fresh memory BIO) for
+    cryptography; here the certificate goes to DER through one memory BIO
+    the server keeps, and `server._verify` gets the DER. The outcome is
+    pyOpenSSL's: X509_V_OK set when accepted, an exception kept in the
+    context's verify helper (`_problems`, re-raised by the handshake call).
 
     OpenSSL picks the alert from the X509_STORE_CTX error when the verify
     callback fails; our revocation check fails a certificate OpenSSL found
-    valid, so that error is X509_V_OK, which maps to internal_error. pyOpenSSL
-    does not hand the store context to Python, so the C-level callback is
-    replaced by one that calls pyOpenSSL's (ours behind it) and, when it
-    refused for revocation (server._refused_revoked), sets
-    X509_V_ERR_CERT_REVOKED. Without the binding functions this needs, the
-    alert stays internal_error (returns False)."""
+    valid, so that error is X509_V_OK, which maps to internal_error: when
+    `server._verify` refused for revocation (server._refused_revoked), the
+    error becomes X509_V_ERR_CERT_REVOKED."""
     try:
         from OpenSSL._util import ffi, lib
+        from OpenSSL.SSL import Connection
 
-        inner = ctx._verify_helper.callback
-        set_error, revoked_err, set_verify = lib.X509_STORE_CTX_set_error, lib.X509_V_ERR_CERT_REVOKED, \
-            lib.SSL_CTX_set_verify
-        raw_ctx = ctx._context
+        reverse = Connection._reverse_mapping
+        get_cert, get_error = lib.X509_STORE_CTX_get_current_cert, lib.X509_STORE_CTX_get_error
+        get_depth, get_ex = lib.X509_STORE_CTX_get_error_depth, lib.X509_STORE_CTX_get_ex_data
+        ssl_idx = lib.SSL_get_ex_data_X509_STORE_CTX_idx()
+        set_error, v_ok, revoked_err = lib.X509_STORE_CTX_set_error, lib.X509_V_OK, lib.X509_V_ERR_CERT_REVOKED
+        i2d_bio, bio_read = lib.i2d_X509_bio, lib.BIO_read
+        problems = ctx._verify_helper._problems
+        bio = ffi.gc(lib.BIO_new(lib.BIO_s_mem()), lib.BIO_free)
+        set_verify, raw_ctx = lib.SSL_CTX_set_verify, ctx._context
     except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL
         return False
+    size = 8192
+    buf = ffi.new("char[]", size)
+    buffer = ffi.buffer
+
+    def der_of(x509):
+        if i2d_bio(bio, x509) != 1:
+            raise LocalProtocolError("cannot encode the client certificate")
+        parts = []
+        while True:
+            n = bio_read(bio, buf, size)
+            if n <= 0:
+                break
+            parts.append(buffer(buf, n)[:])
+            if n < size:
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def cb(ok, store_ctx):
-        server._refused_revoked = False
-        r = inner(ok, store_ctx)
-        if not r and server._refused_revoked:
+        try:
+            server._refused_revoked = False
+            conn = reverse[get_ex(store_ctx, ssl_idx)]
+            r = server._verify(conn.get_app_data(), der_of(get_cert(store_ctx)), get_error(store_ctx),
+                               get_depth(store_ctx), ok)
+        except Exception as e:  # noqa: BLE001 - as pyOpenSSL's wrapper: re-raised by the handshake call
+            problems.append(e)
+            return 0
+        if r:
+            set_error(store_ctx, v_ok)
+            return 1
+        if server._refused_revoked:
             set_error(store_ctx, revoked_err)
-        return r
+        return 0
 
     c_cb = ffi.callback("int (*)(int, X509_STORE_CTX *)", cb, onerror=lambda *exc: 0)
     set_verify(raw_ctx, mode, c_cb)
-    ctx._est_revoked_cb = c_cb  # alive as long as the context
+    ctx._est_verify_cb = (c_cb, bio)  # alive as long as the context
     return True
+
+
+def _der_subject(der):
+    try:
+        from cryptography import x509 as cx509
+
+        return cx509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except (ValueError, TypeError):  # pragma: no cover
+        return "?"
 
 
 class DtlsServer:
@@ -426,7 +473,7 @@ class DtlsServer:
         self._cookies = None
         self._raw = _d.raw_ops()  # pyOpenSSL's calls without its wrappers (None: the public API)
         self._ca_cache = {}  # DER -> cryptography certificate of CA certificates in client chains
-        self._refused_revoked = False  # set by _verify_cb for _revoked_alert
+        self._refused_revoked = False  # set by _verify for _direct_verify (certificate_revoked alert)
         self._contexts = {}  # trust-set fingerprint tuple -> SSL.Context
         self._last_cas = (None, None)  # (list object trusted_cas() returned, its fingerprint tuple)
         self.sessions = {}  # socket address -> DtlsPeer
@@ -513,7 +560,7 @@ class DtlsServer:
         ctx.set_options(SSL.OP_NO_RENEGOTIATION)  # as RFC 7925 has it; so no handshake (nor its timers) once up
         _d.add_trust_anchors(ctx, cas)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify_cb)
-        _revoked_alert(ctx, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self)
+        _direct_verify(ctx, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self)
         ctx.set_verify_depth(self.verify_depth)
         # DTLSv1_listen insists on both callbacks. We only call it for a
         # ClientHello whose cookie we already checked, so generation never
@@ -526,18 +573,16 @@ class DtlsServer:
         self._last_cas = (src, fp)
         return ctx
 
-    def _ca_certificate(self, x509, depth):
-        """The cryptography certificate of a pyOpenSSL X509 seen in the
+    def _ca_certificate(self, der, depth):
+        """The cryptography certificate of a certificate (DER) seen in the
         verify callback. The CA certificates above the leaf are the same few
         in every handshake: they are kept by DER (at most 64), so their
         parsed names (the revocation check compares them) are built once."""
-        from OpenSSL import crypto
-        from cryptography import x509 as cx509
-
-        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, x509)
         cache = self._ca_cache
         cert = cache.get(der)
         if cert is None:
+            from cryptography import x509 as cx509
+
             cert = cx509.load_der_x509_certificate(der)
             if depth > 0:
                 if len(cache) >= 64:
@@ -546,14 +591,24 @@ class DtlsServer:
         return cert
 
     def _verify_cb(self, conn, x509, errno, depth, ok):
-        peer = conn.get_app_data()
+        """pyOpenSSL's verify callback (used when _direct_verify cannot
+        install its own)."""
+        from OpenSSL import crypto
+
+        self._refused_revoked = False
+        return self._verify(conn.get_app_data(), crypto.dump_certificate(crypto.FILETYPE_ASN1, x509), errno, depth,
+                            ok)
+
+    def _verify(self, peer, der, errno, depth, ok):
+        """The verify callback's decision for the certificate (DER) at
+        `depth` of the client's chain; OpenSSL's verdict is `ok`/`errno`."""
         if not ok:
             if peer is not None and peer.verify_error is None:
                 peer.verify_error = "client certificate at depth %d: %s (%s)" % (
-                    depth, _d.verify_error_string(errno), _d.subject_text(x509),
+                    depth, _d.verify_error_string(errno), _der_subject(der),
                 )
             return False
-        cert = self._ca_certificate(x509, depth)  # once: the revocation hook and verified_chain share it
+        cert = self._ca_certificate(der, depth)  # once: the revocation hook and verified_chain share it
         if peer is not None and peer._vcerts is not None:
             peer._vcerts[depth] = cert
         if self.is_revoked is not None:
@@ -567,9 +622,9 @@ class DtlsServer:
             if revoked:
                 if peer is not None:
                     peer.verify_error = "client certificate at depth %d is revoked (%s)" % (
-                        depth, _d.subject_text(x509),
+                        depth, cert.subject.rfc4514_string(),
                     )
-                self._refused_revoked = True  # _revoked_alert: the alert is certificate_revoked
+                self._refused_revoked = True  # _direct_verify: the alert is certificate_revoked
                 return False
         return True
 
