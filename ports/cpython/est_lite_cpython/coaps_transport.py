@@ -34,9 +34,6 @@ from aiocoap.numbers import COAPS_PORT
 from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin
 
-from est_lite import coap as _coap
-from est_lite.errors import EstError
-
 from .dtls_server import DtlsServer
 
 _COAP_OVERHEAD = 64  # header, token and options budget next to a block's payload
@@ -55,6 +52,7 @@ def _block_exp_for(max_payload):
 
 _URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT = 11, 12, 15, 17
 _PLAIN_OPTIONS = frozenset((_URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT))
+_MAX_MESSAGE, _MAX_OPTIONS = 1152, 32  # est_lite.coap.decode's defaults
 
 
 class _OptionNumber:
@@ -90,35 +88,73 @@ def plain_request(datagram, remote):
     """A PlainRequest for a CON or NON request whose options are all of the
     plain kind (each of Content-Format and Accept at most once, UTF-8 path
     and query), else None: the caller then decodes with aiocoap, which
-    keeps every other case (and every error) as it was."""
-    try:
-        m = _coap.decode(datagram)
-    except EstError:
+    keeps every other case (and every error) as it was.
+
+    Reads the datagram directly (what est_lite.coap.decode accepts, with
+    its limits: at most 1152 bytes and 32 options), without building an
+    intermediate message: the options a plain request may carry are all
+    below 269, so only the one-byte extended delta and length forms can
+    occur in an accepted request."""
+    n = len(datagram)
+    if n < 4 or n > _MAX_MESSAGE:
         return None
-    code = m.code
-    if m.type > 1 or not 1 <= code <= 31:
+    b = datagram[0]
+    tkl = b & 15
+    code = datagram[1]
+    if b >> 6 != 1 or b & 0x20 or tkl > 8 or not 1 <= code <= 31:
+        return None  # not version 1, ACK/RST, bad token length, not a request
+    p = 4 + tkl
+    if p > n:
         return None
-    path, query, cf, acc, nums = [], [], None, None, []
+    path, query, nums = [], [], []
+    cf = acc = None
+    num = 0
+    payload = b""
     try:
-        for n, v in m.options:
-            if n == _URI_PATH:
-                path.append(str(v, "utf-8"))
-            elif n == _URI_QUERY:
-                query.append(str(v, "utf-8"))
-            elif n == _CONTENT_FORMAT and cf is None and len(v) <= 2:
-                cf = int.from_bytes(v, "big")
-            elif n == _ACCEPT and acc is None and len(v) <= 2:
-                acc = int.from_bytes(v, "big")
+        while p < n:
+            b = datagram[p]
+            p += 1
+            if b == 0xFF:
+                if p == n:
+                    return None
+                payload = datagram[p:]
+                break
+            d = b >> 4
+            if d == 13:
+                d = datagram[p] + 13
+                p += 1
+            elif d > 13:
+                return None  # 14: a delta of 269 or more (no plain option), 15: a format error
+            v = b & 15
+            if v == 13:
+                v = datagram[p] + 13
+                p += 1
+            elif v > 13:
+                return None
+            num += d
+            e = p + v
+            if e > n or len(nums) >= _MAX_OPTIONS:
+                return None
+            if num == _URI_PATH:
+                path.append(str(datagram[p:e], "utf-8"))
+            elif num == _URI_QUERY:
+                query.append(str(datagram[p:e], "utf-8"))
+            elif num == _CONTENT_FORMAT and cf is None and v <= 2:
+                cf = int.from_bytes(datagram[p:e], "big")
+            elif num == _ACCEPT and acc is None and v <= 2:
+                acc = int.from_bytes(datagram[p:e], "big")
             else:
                 return None
-            nums.append(n)
-    except UnicodeDecodeError:
+            nums.append(num)
+            p = e
+    except (IndexError, UnicodeDecodeError):
         return None
     o = _PlainOptions()
     o.uri_path, o.uri_query, o.content_format, o.accept, o._numbers = tuple(path), tuple(query), cf, acc, nums
     r = PlainRequest()
     r.code, r.mtype, r.mid, r.token, r.payload, r.remote, r.opt = (
-        code, CON if m.type == 0 else NON, m.mid, m.token, bytes(m.payload), remote, o)
+        code, NON if datagram[0] & 0x10 else CON, datagram[2] << 8 | datagram[3], bytes(datagram[4:4 + tkl]),
+        bytes(payload), remote, o)
     return r
 
 
