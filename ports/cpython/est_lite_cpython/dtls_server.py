@@ -81,59 +81,56 @@ class ClientHelloInfo:
         self.compression = compression
 
 
+_HS_HEADER = struct.Struct("!BBHHBHBH")  # msg_type, length (3), message_seq, fragment_offset (3), fragment_length (3)
+_CT_HANDSHAKE = _d.CT_HANDSHAKE
+_CT_APPLICATION_DATA = _d.CT_APPLICATION_DATA
+_RECORD_HEADER = _d.RECORD_HEADER
+
+
 def parse_client_hello(datagram):
     """Return ClientHelloInfo if the datagram starts with an epoch-0 handshake
     record holding a complete ClientHello, else None. Never raises on
     malformed input: whatever is not a parseable ClientHello is None."""
-    mv = memoryview(datagram)
-    n = len(mv)
-    if n < _d.RECORD_HEADER + 12 or mv[0] != _d.CT_HANDSHAKE:
+    n = len(datagram)
+    if n < 25 or datagram[0] != _CT_HANDSHAKE or datagram[3] or datagram[4]:  # epoch 0 only
         return None
-    version, epoch = struct.unpack_from("!HH", mv, 1)
-    if version not in _d.DTLS_VERSIONS or epoch != 0:
+    if (datagram[1] << 8 | datagram[2]) not in _d.DTLS_VERSIONS:
         return None
-    rlen = struct.unpack_from("!H", mv, 11)[0]
-    if _d.RECORD_HEADER + rlen > n:
+    end = 13 + (datagram[11] << 8 | datagram[12])
+    if end > n:
         return None
-    frag = mv[_d.RECORD_HEADER : _d.RECORD_HEADER + rlen]
-    if len(frag) < 12 or frag[0] != _HS_CLIENT_HELLO:
-        return None
-    mlen = int.from_bytes(frag[1:4], "big")
-    foff = int.from_bytes(frag[6:9], "big")
-    flen = int.from_bytes(frag[9:12], "big")
-    if foff != 0 or flen != mlen or 12 + mlen > len(frag):
+    mt, lh, ll, _seq, oh, ol, fh, fl = _HS_HEADER.unpack_from(datagram, 13)
+    mlen = lh << 16 | ll
+    if mt != _HS_CLIENT_HELLO or oh or ol or (fh << 16 | fl) != mlen or 25 + mlen > end:
         return None  # fragmented ClientHello: not supported for the stateless check (as OpenSSL)
-    body = frag[12 : 12 + mlen]
-    p = 0
-    if len(body) < 2 + 32 + 1:
+    bend = 25 + mlen  # the body is datagram[25:bend]
+    if mlen < 35:
         return None
-    client_version = bytes(body[0:2])
-    random = bytes(body[2:34])
-    p = 34
-    sid_len = body[p]
+    p = 59  # after client_version (2) and random (32)
+    sid_len = datagram[p]
     p += 1
-    if sid_len > 32 or p + sid_len + 1 > len(body):
+    if sid_len > 32 or p + sid_len + 1 > bend:
         return None
-    session_id = bytes(body[p : p + sid_len])
+    sid = datagram[p : p + sid_len]
     p += sid_len
-    cookie_len = body[p]
+    cookie_len = datagram[p]
     p += 1
-    if p + cookie_len + 2 > len(body):
+    if p + cookie_len + 2 > bend:
         return None
-    cookie = bytes(body[p : p + cookie_len])
+    cookie = datagram[p : p + cookie_len]
     p += cookie_len
-    suites_len = struct.unpack_from("!H", body, p)[0]
+    suites_len = datagram[p] << 8 | datagram[p + 1]
     p += 2
-    if suites_len == 0 or suites_len % 2 or p + suites_len + 1 > len(body):
+    if suites_len == 0 or suites_len % 2 or p + suites_len + 1 > bend:
         return None
-    suites = bytes(body[p : p + suites_len])
+    suites = datagram[p : p + suites_len]
     p += suites_len
-    comp_len = body[p]
+    comp_len = datagram[p]
     p += 1
-    if comp_len == 0 or p + comp_len > len(body):
+    if comp_len == 0 or p + comp_len > bend:
         return None
-    compression = bytes(body[p : p + comp_len])
-    return ClientHelloInfo(bytes(mv[3:11]), client_version, random, session_id, cookie, suites, compression)
+    return ClientHelloInfo(bytes(datagram[3:11]), bytes(datagram[25:27]), bytes(datagram[27:59]), bytes(sid),
+                           bytes(cookie), bytes(suites), bytes(datagram[p : p + comp_len]))
 
 
 def handshake_progress(datagram):
@@ -142,15 +139,19 @@ def handshake_progress(datagram):
     none. A client that repeats a flight sends nothing beyond what it sent
     before, so a datagram whose progress is not above the session's best is
     a retransmission. Never raises on malformed input."""
-    mv = memoryview(datagram)
+    n = len(datagram)
     best = None
-    for off, rlen in _plain_records(mv):
-        if mv[off] == _d.CT_HANDSHAKE and rlen >= 12:
-            h = off + _d.RECORD_HEADER
-            seq = struct.unpack_from("!H", mv, h + 4)[0]
-            fend = int.from_bytes(mv[h + 6 : h + 9], "big") + int.from_bytes(mv[h + 9 : h + 12], "big")
-            if best is None or (seq, fend) > best:
-                best = (seq, fend)
+    off = 0
+    while n - off >= 13:  # the whole records; the walk stops at a truncated one
+        end = off + 13 + (datagram[off + 11] << 8 | datagram[off + 12])
+        if end > n:
+            break
+        if end - off >= 25 and datagram[off] == _CT_HANDSHAKE and not datagram[off + 3] and not datagram[off + 4]:
+            _, _, _, seq, oh, ol, fh, fl = _HS_HEADER.unpack_from(datagram, off + 13)
+            p = (seq, (oh << 16 | ol) + (fh << 16 | fl))
+            if best is None or p > best:
+                best = p
+        off = end
     return best
 
 
@@ -159,13 +160,13 @@ def _plain_records(mv):
     stops at a truncated record."""
     n = len(mv)
     off = 0
-    while n - off >= _d.RECORD_HEADER:
+    while n - off >= _RECORD_HEADER:
         rlen = struct.unpack_from("!H", mv, off + 11)[0]
-        if off + _d.RECORD_HEADER + rlen > n:
+        if off + _RECORD_HEADER + rlen > n:
             return
         if mv[off + 3] == 0 and mv[off + 4] == 0:
             yield off, rlen
-        off += _d.RECORD_HEADER + rlen
+        off += _RECORD_HEADER + rlen
 
 
 def build_hello_verify_request(info, cookie):
@@ -472,6 +473,7 @@ class DtlsServer:
         self._cookie_lifetime = cookie_lifetime
         self._cookies = None
         self._raw = _d.raw_ops()  # pyOpenSSL's calls without its wrappers (None: the public API)
+        self._ssl_mod = _d._ssl()
         self._ca_cache = {}  # DER -> cryptography certificate of CA certificates in client chains
         self._refused_revoked = False  # set by _verify for _direct_verify (certificate_revoked alert)
         self._contexts = {}  # trust-set fingerprint tuple -> SSL.Context
@@ -631,16 +633,16 @@ class DtlsServer:
     # -- datagrams in --
 
     def _datagram(self, data, addr):
-        self.stats["datagrams"] += 1
-        if len(data) < _d.RECORD_HEADER or len(data) > self.max_datagram:
-            self.stats["ignored"] += 1
+        stats = self.stats
+        stats["datagrams"] += 1
+        if len(data) < _RECORD_HEADER or len(data) > self.max_datagram:
+            stats["ignored"] += 1
             return
         peer = self.sessions.get(addr)
-        if peer is not None and not peer.established:
-            self._feed(peer, data)  # handshake in progress (includes retransmitted ClientHellos)
-            return
-        if peer is not None and not (data[0] == _d.CT_HANDSHAKE and data[3] == 0 and data[4] == 0):
-            self._feed(peer, data)  # not an epoch-0 handshake record: not a new ClientHello
+        # a handshake in progress (includes retransmitted ClientHellos), or
+        # not an epoch-0 handshake record: not a new ClientHello
+        if peer is not None and (not peer.established or data[0] != _CT_HANDSHAKE or data[3] or data[4]):
+            self._feed(peer, data)
             return
         info = parse_client_hello(data)
         if info is None:
@@ -737,14 +739,18 @@ class DtlsServer:
 
     def _feed(self, peer, data):
         repeat = False
-        if peer._flight is not None and data[0] != _d.CT_APPLICATION_DATA:
+        if peer._flight is not None and data[0] != _CT_APPLICATION_DATA:
             p = handshake_progress(data)
             if p is not None:
                 if p > peer._hs_progress:
                     peer._hs_progress = p
                 else:
                     repeat = True
-        self._bio_write(peer._conn, data)
+        raw = self._raw
+        if raw is not None:
+            raw.bio_write(peer._conn, data)
+        else:
+            peer._conn.bio_write(data)
         sent = self._progress(peer)
         if repeat and not sent and not peer.closed and peer._flight is not None:
             self._resend_flight(peer)
@@ -762,11 +768,12 @@ class DtlsServer:
             self._sendto(dg, peer._sockaddr)
 
     def _progress(self, peer):
-        SSL = _d._ssl()
+        SSL = self._ssl_mod
         conn = peer._conn
+        raw = self._raw
         if not peer.established:
             try:
-                done = self._do_handshake(conn)
+                done = raw.handshake(conn) if raw is not None else self._do_handshake(conn)
             except SSL.Error as e:
                 self._flush(peer)  # the alert, if OpenSSL wrote one
                 self.stats["handshake_failures"] += 1
@@ -786,7 +793,7 @@ class DtlsServer:
             sent = False
         while True:
             try:
-                data = self._recv(conn)
+                data = raw.read(conn) if raw is not None else self._recv(conn)
             except SSL.ZeroReturnError:
                 self._flush(peer)
                 self._close(peer, "client sent close_notify", notify=False)
@@ -879,11 +886,24 @@ class DtlsServer:
 
     def _flush(self, peer):
         """Send what OpenSSL wrote; returns the datagrams."""
-        dgs = self._drain(peer._conn)
-        if dgs and (peer._seq_shift is None or peer._seq_shift):
-            dgs = [_renumber(peer, dg) for dg in dgs]
-        for dg in dgs:
-            self._sendto(dg, peer._sockaddr)
+        raw = self._raw
+        if raw is not None:  # _drain, inline: one call per datagram in and out
+            data = raw.pending(peer._conn)
+            if not data:
+                dgs = []
+            elif len(data) <= self.mtu:
+                dgs = [data]
+            else:
+                dgs = _d.pack_datagrams(_d.split_records(data), self.mtu)
+        else:
+            dgs = self._drain(peer._conn)
+        if dgs:
+            if peer._seq_shift is None or peer._seq_shift:
+                dgs = [_renumber(peer, dg) for dg in dgs]
+            t, addr = self._transport, peer._sockaddr
+            if t is not None:
+                for dg in dgs:
+                    t.sendto(dg, addr)
         if peer.closed or (peer.established and peer._retx is None):
             return dgs  # no OpenSSL timer runs in an established session (renegotiation is off)
         t = peer._conn.DTLSv1_get_timeout()
