@@ -101,3 +101,14 @@ def test_same_as_reference_on_built_messages(t, code, mid, token, opts, payload)
 def test_same_as_reference_on_bytes(data):
     check(data)
     check(bytes([0x40 | (data[0] & 0x1F if data else 0), 2, 0, 7]) + data)
+
+
+def test_plain_options_are_understood_so_the_critical_check_can_skip_them():
+    from est_lite_cpython.coaps_server import _UNDERSTOOD, check_critical_options
+    from est_lite_cpython.coaps_transport import _PLAIN_OPTIONS
+
+    assert _PLAIN_OPTIONS <= _UNDERSTOOD
+    r = check(coap.request(2, (".well-known", "est", "sen"), b"\x01", 1, content_format=286, accept=281,
+                           extra_options=[(15, "q")], payload=b"x").encode())
+    assert r.opt.only_understood
+    check_critical_options(r)

@@ -196,6 +196,8 @@ _UNDERSTOOD = frozenset((3, 4, 6, 7, 11, 12, 14, 15, 17, 23, 27, 28, 60, 258))
 
 
 def check_critical_options(request):
+    if getattr(request.opt, "only_understood", False):  # a PlainRequest: options 11, 12, 15, 17 only
+        return
     for o in request.opt.option_list():
         n = int(o.number)
         if n & 1 and n not in _UNDERSTOOD:

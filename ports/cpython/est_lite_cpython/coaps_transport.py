@@ -68,6 +68,7 @@ class _PlainOptions:
 
     __slots__ = ("uri_path", "uri_query", "content_format", "accept", "_numbers")
     block1 = block2 = size1 = size2 = None
+    only_understood = True  # Uri-Path, Uri-Query, Accept (critical) are all understood: check_critical_options passes
 
     def option_list(self):
         return [_OptionNumber(n) for n in self._numbers]

@@ -462,10 +462,14 @@ class RawOps:
         """No exception from a Python callback waits to be re-raised (what
         Connection._raise_ssl_error checks before anything else)."""
         ctx = conn._context
-        for h in (ctx._verify_helper, ctx._alpn_select_helper, ctx._ocsp_helper):
-            if h is not None and h._problems:
-                return False
-        return True
+        h = ctx._verify_helper
+        if h is not None and h._problems:
+            return False
+        h = ctx._alpn_select_helper
+        if h is not None and h._problems:
+            return False
+        h = ctx._ocsp_helper
+        return h is None or not h._problems
 
     def write(self, conn, data):
         """Encrypt one datagram's worth (Connection.send)."""

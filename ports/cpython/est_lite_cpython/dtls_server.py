@@ -855,10 +855,9 @@ class DtlsServer:
         # the chain the verify callback saw (depth 0 .. n, already converted
         # for the revocation check), else OpenSSL's record of it
         vc = peer._vcerts
-        n = len(vc)
-        if n and all(i in vc for i in range(n)):
-            peer.verified_chain = [vc[i] for i in range(n)]
-        else:
+        try:
+            peer.verified_chain = [vc[i] for i in range(len(vc))] if vc else _d.verified_chain(conn)
+        except KeyError:  # a depth the callback did not see
             peer.verified_chain = _d.verified_chain(conn)
         peer._vcerts = None
         peer.peer_chain = _server_peer_chain(conn, peer.verified_chain)
@@ -1036,6 +1035,12 @@ def _server_peer_chain(conn, verified):
     leaf = verified[0] if verified else conn.get_peer_certificate(as_cryptography=True)
     if leaf is None:
         return []
+    lib = _d._lib()
+    try:
+        if lib.sk_X509_num(lib.SSL_get_peer_cert_chain(conn._ssl)) <= 0:  # (-1 for no stack)
+            return [leaf]  # the client sent its certificate alone (the usual device)
+    except AttributeError:  # pragma: no cover - another pyOpenSSL
+        pass
     extra = conn.get_peer_cert_chain(as_cryptography=True) or []
     if extra and extra[0] == leaf:
         extra = extra[1:]
