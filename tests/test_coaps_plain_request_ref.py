@@ -112,3 +112,24 @@ def test_plain_options_are_understood_so_the_critical_check_can_skip_them():
                            extra_options=[(15, "q")], payload=b"x").encode())
     assert r.opt.only_understood
     check_critical_options(r)
+
+
+def test_the_est_prefix_shortcut_reads_as_the_reference():
+    from est_lite_cpython.coaps_transport import _EST_PREFIX
+
+    head = bytes([0x42, 2, 0x12, 0x34]) + b"\xab\xcd"
+    assert check(head + _EST_PREFIX).opt.uri_path == (".well-known", "est")
+    for tail in (b"", b"\x03sen", b"\x03sen\x12\x01\x1e\xff" + b"csr", b"\x03sen\xff", b"\x01", b"\x04\xff\xfe\xfd\xfc",
+                 b"\x13sen", b"\x10", b"\xf0", b"\x03lbl\x04crts\x41q=1\x22\x01\x19", b"\xd0\x00", b"\x1d",
+                 b"\x03sen" + b"\x01a" * 29, b"\x03sen" + b"\x01a" * 30):
+        check(head + _EST_PREFIX + tail)
+        check(bytes([0x52, 1, 0, 9]) + b"\xab\xcd" + _EST_PREFIX + tail)
+        check(bytes([0x62, 1, 0, 9]) + b"\xab\xcd" + _EST_PREFIX + tail)  # an ACK: declined
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=48))
+def test_the_est_prefix_with_any_tail(tail):
+    from est_lite_cpython.coaps_transport import _EST_PREFIX
+
+    check(bytes([0x41, 2, 0, 1, 7]) + _EST_PREFIX + tail)

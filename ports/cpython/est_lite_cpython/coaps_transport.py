@@ -53,6 +53,8 @@ def _block_exp_for(max_payload):
 _URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT = 11, 12, 15, 17
 _PLAIN_OPTIONS = frozenset((_URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT))
 _MAX_MESSAGE, _MAX_OPTIONS = 1152, 32  # est_lite.coap.decode's defaults
+_EST_PREFIX = b"\xbb.well-known\x03est"  # the options Uri-Path ".well-known", Uri-Path "est", first in a request
+_EST_PREFIX_LEN = len(_EST_PREFIX)
 
 
 class _OptionNumber:
@@ -107,9 +109,14 @@ def plain_request(datagram, remote):
     p = 4 + tkl
     if p > n:
         return None
-    path, query, nums = [], [], []
+    if datagram[p : p + _EST_PREFIX_LEN] == _EST_PREFIX:
+        # Uri-Path ".well-known", "est": the start of every EST request
+        path, nums, num = [".well-known", "est"], [_URI_PATH, _URI_PATH], _URI_PATH
+        p += _EST_PREFIX_LEN
+    else:
+        path, nums, num = [], [], 0
+    query = []
     cf = acc = None
-    num = 0
     payload = b""
     try:
         while p < n:
