@@ -224,6 +224,25 @@ def https_enroller(port, root, auth_hdr=b"", cert=None, key=None, timeout=30, tl
     return one
 
 
+def _client_connection(ctx, sock, host, identities, turn):
+    """A pyOpenSSL client connection of the load generators (TLS on `sock`,
+    DTLS on memory BIOs with sock None): the next of `identities` (if any)
+    as its client certificate, the server's name `host` checked by OpenSSL
+    in the chain verification, connect state."""
+    from OpenSSL import SSL
+    from OpenSSL._util import lib
+
+    conn = SSL.Connection(ctx, sock)
+    if identities:
+        x, k = identities[next(turn) % len(identities)]
+        conn.use_certificate(x)
+        conn.use_privatekey(k)
+    if not lib.X509_VERIFY_PARAM_set1_host(lib.SSL_get0_param(conn._ssl), host, len(host)):
+        raise OSError("cannot set the expected server name")
+    conn.set_connect_state()
+    return conn
+
+
 def https_enroller_openssl(port, root, auth_hdr=b"", cert=None, key=None, timeout=30, tls="1.3", identities=None):
     """https_enroller's one(body) on pyOpenSSL instead of the stdlib ssl
     module: the same request, a new TCP connection and full TLS handshake
@@ -275,15 +294,8 @@ def https_enroller_openssl(port, root, auth_hdr=b"", cert=None, key=None, timeou
             s.settimeout(None)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-            t = SSL.Connection(ctx, s)
-            if identities:
-                x, k = identities[next(turn) % len(identities)]
-                t.use_certificate(x)
-                t.use_privatekey(k)
+            t = _client_connection(ctx, s, host, identities, turn)
             t.set_tlsext_host_name(host)
-            if not _lib.X509_VERIFY_PARAM_set1_host(_lib.SSL_get0_param(t._ssl), host, len(host)):
-                raise OSError("cannot set the expected server name")
-            t.set_connect_state()
             t.do_handshake()
             t.sendall(req)
             buf = []
@@ -338,8 +350,6 @@ def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost", 
     https_enroller_openssl's, one per session instead of cert_der/key_der."""
     import itertools
 
-    from OpenSSL._util import lib as _lib
-
     from est_lite import coap as CO
     from est_lite import numbers as N
     from est_lite_cpython import dtls as _d
@@ -382,15 +392,8 @@ def coaps_enroller(port, root_der, cert_der, key_der, server_name=b"localhost", 
                 flush(conn, s)
 
     def one(csr):
-        conn = SSL.Connection(ctx, None)
-        if identities:
-            x, k = identities[next(turn) % len(identities)]
-            conn.use_certificate(x)
-            conn.use_privatekey(k)
+        conn = _client_connection(ctx, None, host, identities, turn)
         conn.set_ciphertext_mtu(mtu)
-        if not _lib.X509_VERIFY_PARAM_set1_host(_lib.SSL_get0_param(conn._ssl), host, len(host)):
-            raise OSError("cannot set the expected server name")
-        conn.set_connect_state()
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.connect(addr)
