@@ -721,7 +721,7 @@ def test_hostile_enroll_answer_cli(pki, hostile, tmp_path, capsys, name):
     store = pki.seeded_store(tmp_path / "st")
     before = snapshot(store.path)
     rc, out, err = cli(capsys, "enroll", "--server", srv.url, "--trust", pki.ca_pem, "--user", "dev", "--password",
-                       "pw", "--cn", "dev-new", "--out", store.path, "--timeout", "1", "--deadline", "1.5")
+                       "pw", "--cn", "dev-new", "--out", store.path, "--replace", "--timeout", "1", "--deadline", "1.5")
     one_line_error(rc, err)
     assert words in err
     if name.startswith("202"):
@@ -800,7 +800,7 @@ def test_hostile_serverkeygen_answer(pki, hostile, tmp_path, capsys, kind):
     store = pki.seeded_store(tmp_path / "st")
     before = snapshot(store.path)
     rc, out, err = cli(capsys, "serverkeygen", "--server", srv.url, "--trust", pki.ca_pem, "--user", "dev",
-                       "--password", "pw", "--cn", "skg", "--out", store.path, "--deadline", "3")
+                       "--password", "pw", "--cn", "skg", "--out", store.path, "--replace", "--deadline", "3")
     one_line_error(rc, err)
     assert SKG[kind] in err
     assert "PRIVATE KEY" not in out + err
@@ -843,7 +843,7 @@ def test_wrong_server_identity_gets_no_credentials(pki, hostile, tmp_path, capsy
     with pytest.raises(SecurityError):
         c.renew_if_needed(store, threshold=float("inf"))
     rc, out, err = cli(capsys, "enroll", "--server", srv.url, "--trust", pki.ca_pem, "--user", "dev", "--password",
-                       "pw", "--cn", "x", "--out", store.path, "--deadline", "2")
+                       "pw", "--cn", "x", "--out", store.path, "--replace", "--deadline", "2")
     one_line_error(rc, err)
     assert srv.tcp >= 3 and srv.requests == [] and srv.authorizations() == []  # refused in the handshake
     assert_unchanged(store, before, pki)
@@ -883,7 +883,7 @@ def test_keys_are_0600_after_every_write_path(pki, hostile, tmp_path, capsys, fi
         # serverkeygen
         srv2 = hostile(_skg_answer(pki, "good"), auth_free=True)
         rc, out, err = cli(capsys, "serverkeygen", "--server", srv2.url, "--trust", pki.ca_pem, "--cn", "skg",
-                           "--out", d, "--deadline", "5")
+                           "--out", d, "--replace", "--deadline", "5")
         assert rc == 0 and "PRIVATE KEY" not in out, err
         m = _modes(str(d))
         assert all(m[n] == 0o600 for n in m if n.startswith("key")), m

@@ -294,3 +294,33 @@ def test_retry_lines_by_default_on_a_terminal(down_server, capsys, monkeypatch):
     lines = err.splitlines()
     assert rc == 1 and "gave up after" in lines[-1] and len(lines) >= 2, err
     assert all(ln.startswith("est-lite: no result yet") for ln in lines[:-1]), err
+
+
+def test_enroll_into_a_store_holding_another_identity_needs_replace(both, tmp_path, capsys):
+    """enroll (and serverkeygen) --out DIR that already holds a certificate
+    and key: refused before any request, the store untouched, unless
+    --replace (was: the other device's key and certificate replaced without
+    a word)."""
+    srv = both
+    out = str(tmp_path / "dev")
+    base = ("--server", "https://127.0.0.1:%d" % srv.port, "--trust", srv.root_pem, "--user", USER,
+            "--password", PASSWORD, "--out", out, "--deadline", "5")
+    rc, o, err = cli(capsys, "enroll", *base, "--cn", "dev-a")
+    assert rc == 0, err
+    first = CredStore(out).load()
+    issued = srv.ca.store.count_certificates()
+    for cmd in ("enroll", "serverkeygen"):
+        rc, o, err = cli(capsys, cmd, *base, "--cn", "dev-b")
+        one_line(rc, err)
+        assert "already holds the certificate of CN=dev-a" in err and "est-lite reenroll --out" in err, err
+        assert "--replace" in err
+    assert srv.ca.store.count_certificates() == issued  # nothing asked of the server
+    now = CredStore(out).load()
+    assert (now.key, now.cert) == (first.key, first.cert)
+    rc, o, err = cli(capsys, "enroll", *base, "--cn", "dev-b", "--replace")
+    assert rc == 0, err
+    cert = x509.load_der_x509_certificate(CredStore(out).load().cert)
+    assert cert.subject.rfc4514_string() == "CN=dev-b"
+    # renewing what is there is still reenroll's job, with no --replace
+    rc, o, err = cli(capsys, "reenroll", *base)
+    assert rc == 0, err

@@ -515,6 +515,25 @@ def _result(args, store, r, what):
               "" if not r.unmet else " (not satisfied: %s)" % "; ".join(r.unmet)))
 
 
+def _refuse_to_replace(args, creds, cmd):
+    """enroll and serverkeygen write a new identity into --out: a store that
+    already holds a certificate (and its key) is refused, unless --replace,
+    so a mistyped --out never destroys another device's credentials."""
+    if creds is None or not creds.cert or getattr(args, "replace", False):
+        return
+    from cryptography import x509
+
+    try:
+        c = x509.load_der_x509_certificate(bytes(creds.cert))
+        what = "the certificate of %s (serial %X, valid until %s)" % (
+            c.subject.rfc4514_string(), c.serial_number, c.not_valid_after_utc.strftime("%Y-%m-%d"))
+    except ValueError:
+        what = "a certificate"
+    raise LocalProtocolError("--out %s already holds %s and its key: %s would replace both. Renew it with "
+                             "`est-lite reenroll --out %s`, give another --out, or add --replace to put a new "
+                             "identity in its place" % (args.out, what, cmd, args.out))
+
+
 def cmd_enroll(args):
     names = _builder_args(args)
     if args.csr:
@@ -524,7 +543,8 @@ def cmd_enroll(args):
     store = _store(args)
     if store is None:
         raise LocalProtocolError("enroll needs --out DIR for the new key and certificate (or --csr FILE)")
-    store.load()  # a corrupt store: said before any network traffic
+    # a corrupt store, or one holding another identity: said before any network traffic
+    _refuse_to_replace(args, store.load(), "enroll")
     _request_builder(args, names)  # bad subject or SAN values: said before any network traffic too
     c = _client(args)
     req = _pending_request(args, "enroll", names)
@@ -638,7 +658,8 @@ def cmd_serverkeygen(args):
     if store is None:
         raise LocalProtocolError("serverkeygen needs --out DIR: the server-generated key is only written to a "
                                  "store (0600), never printed")
-    store.load()  # a corrupt store: said before any network traffic
+    # a corrupt store, or one holding another identity: said before any network traffic
+    _refuse_to_replace(args, store.load(), "serverkeygen")
     names = _builder_args(args)
     b = _request_builder(args, names)
     if not names and not (args.dns or args.ip or args.uri):
@@ -786,6 +807,9 @@ def register(sub):
     _common(p)
     _subject(p)
     p.add_argument("--csr", help="enroll this CSR (PEM/DER) as it is instead")
+    p.add_argument("--replace", action="store_true",
+                   help="--out already holds a certificate and key: replace them with the new identity "
+                        "(without it, enroll refuses; renewing is reenroll)")
     p.set_defaults(func=_wrap(cmd_enroll))
     p = sub.add_parser("reenroll", help="EST client: renew the certificate in --out (or --cert/--key)")
     _common(p)
@@ -794,6 +818,8 @@ def register(sub):
     p = sub.add_parser("serverkeygen", help="EST client: key and certificate made by the server")
     _common(p)
     _subject(p)
+    p.add_argument("--replace", action="store_true",
+                   help="--out already holds a certificate and key: replace them (without it, serverkeygen refuses)")
     p.set_defaults(func=_wrap(cmd_serverkeygen))
 
 
