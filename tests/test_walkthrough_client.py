@@ -305,6 +305,9 @@ def test_enroll_into_a_store_holding_another_identity_needs_replace(both, tmp_pa
     out = str(tmp_path / "dev")
     base = ("--server", "https://127.0.0.1:%d" % srv.port, "--trust", srv.root_pem, "--user", USER,
             "--password", PASSWORD, "--out", out, "--deadline", "5")
+    # README's order: cacerts into the directory first (CA certificates only), then enroll there
+    rc, o, err = cli(capsys, "cacerts", *base)
+    assert rc == 0, err
     rc, o, err = cli(capsys, "enroll", *base, "--cn", "dev-a")
     assert rc == 0, err
     first = CredStore(out).load()
