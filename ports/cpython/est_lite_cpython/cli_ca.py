@@ -265,24 +265,16 @@ def _write_crl(ca, out, der):
 
 
 def _write_replace(path, data):
-    """Write `path` as a whole: a temporary file in the same directory,
-    then rename, so a reader (a web server publishing the CRL, a proxy's
-    upstream_crl re-read when the file changes) never sees half a file, and
-    a failed write leaves the previous one."""
+    """Write `path` as a whole (credstore.write_file_atomic), so a reader (a
+    web server publishing the CRL, a proxy's upstream_crl re-read when the
+    file changes) never sees half a file, and a failed write leaves the
+    previous one."""
     from est_lite.errors import LocalProtocolError
 
-    d = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(d, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    from .credstore import write_file_atomic
+
     try:
-        try:
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_file_atomic(path, data, 0o644, ".%d.tmp" % os.getpid())  # two `ca` commands may run at once
     except OSError as e:
         raise LocalProtocolError("cannot write %s: %s" % (path, e.strerror or e)) from None
 

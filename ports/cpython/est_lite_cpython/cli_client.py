@@ -276,36 +276,14 @@ def _describe(der):
 def _write_pem_copies(store):
     # convenience PEM files next to the store (each written atomically),
     # after the store's commit: a failure here must not read as a failed enrollment
+    from .credstore import write_file_atomic
+
     for name, data in store.pem_files().items():
         try:
-            _write_atomic(os.path.join(store.path, name), data)
+            write_file_atomic(os.path.join(store.path, name), data)
         except OSError as e:
             raise LocalProtocolError("the new credentials are committed in the store %s, but its PEM copy %s could "
                                      "not be written: %s" % (store.path, name, e.strerror or e)) from None
-
-
-def _write_atomic(p, data):
-    # a fresh 0600 temporary file (never through a file or symlink left at
-    # that name), fsync, rename; nothing left behind on failure
-    tmp = p + ".tmp"
-    try:
-        os.remove(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _emit(args, obj, text):
@@ -415,11 +393,13 @@ def _pending_key(args, req):
 def _keep_pending(args, key, req, e, again):
     """Write the key (0600, PEM) and the request to --out, and the
     one-line error that says so."""
+    from .credstore import write_file_atomic
+
     if not again:
-        _write_atomic(os.path.join(args.out, _PENDING_KEY), _pem(key.export_pkcs8(), "PRIVATE KEY").encode())
+        write_file_atomic(os.path.join(args.out, _PENDING_KEY), _pem(key.export_pkcs8(), "PRIVATE KEY").encode())
     import time
 
-    _write_atomic(os.path.join(args.out, _PENDING_REQ), json.dumps(
+    write_file_atomic(os.path.join(args.out, _PENDING_REQ), json.dumps(
         {"request": req, "said": e.diagnostic, "time": int(time.time())}, indent=1, sort_keys=True).encode())
     return TransportError("%s: %s; the request's key is kept in %s (0600): run the same command again (after "
                           "approval) to collect the certificate" % (req["op"], e.msg, os.path.join(args.out,
@@ -562,6 +542,8 @@ def cmd_enroll(args):
 
 
 def _enroll_csr(args):
+    from .credstore import write_file_atomic
+
     data = _read(args.csr, "--csr")
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -582,7 +564,7 @@ def _enroll_csr(args):
     finally:
         c.close()
     if args.out:
-        _write_atomic(os.path.join(args.out, "cert.pem"), _pem(ev.cert).encode())
+        write_file_atomic(os.path.join(args.out, "cert.pem"), _pem(ev.cert).encode())
     _emit(args, {"cert": _describe(ev.cert), "out": args.out}, _pem(ev.cert) if not args.out else
           "enrolled: %s -> %s (cert.pem only: not a credential store; renew with reenroll --cert %s --key "
           "YOUR-KEY --trust CA.pem)" % (_describe(ev.cert)["subject"], os.path.join(args.out, "cert.pem"),

@@ -29,6 +29,37 @@ from est_lite_mp.credstore import Creds, StoreError, split_der  # noqa: F401 - r
 from est_lite_mp.credstore import CredStore as _PortableStore
 
 
+def write_file_atomic(path, data, mode=0o600, tmp_suffix=".tmp"):
+    """Write `path` as a whole: a fresh temporary file path + tmp_suffix
+    (never through a file or symlink left at that name), fsync, rename, so
+    a reader sees the old file or the new one, never part of one; nothing
+    is left behind on failure (OSError is raised). mode 0o600: exactly
+    that, whatever the umask (keys, pending requests); any other mode is
+    given to open() and the umask applies (public files such as a CRL).
+    tmp_suffix: e.g. ".PID.tmp" where several processes may write the same
+    file at once."""
+    tmp = path + tmp_suffix
+    try:
+        os.remove(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if mode == 0o600:
+                os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
 class CredStore(_PortableStore):
     def __init__(self, path, max_file=16384):
         # the portable store turns "" (and "/") into the root directory
