@@ -501,14 +501,8 @@ def _refuse_to_replace(args, creds, cmd):
     so a mistyped --out never destroys another device's credentials."""
     if creds is None or not creds.cert or getattr(args, "replace", False):
         return
-    from cryptography import x509
-
-    try:
-        c = x509.load_der_x509_certificate(bytes(creds.cert))
-        what = "the certificate of %s (serial %X, valid until %s)" % (
-            c.subject.rfc4514_string(), c.serial_number, c.not_valid_after_utc.strftime("%Y-%m-%d"))
-    except ValueError:
-        what = "a certificate"
+    d = _describe(bytes(creds.cert))
+    what = "the certificate of %s (serial %s, valid until %s)" % (d["subject"], d["serial"], d["not_after"][:10])
     raise LocalProtocolError("--out %s already holds %s and its key: %s would replace both. Renew it with "
                              "`est-lite reenroll --out %s`, give another --out, or add --replace to put a new "
                              "identity in its place" % (args.out, what, cmd, args.out))
