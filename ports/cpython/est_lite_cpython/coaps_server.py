@@ -88,7 +88,8 @@ class CoapError(EstError):
 
 # the response options the resources set, by aiocoap's keyword
 _OPTION_NUMBERS = {"content_format": 12, "max_age": 14, "block2": 23, "block1": 27, "size2": 28, "size1": 60}
-_UINT_ORDER = ((12, "content_format"), (14, "max_age"), (28, "size2"), (60, "size1"))  # by number
+# the plain uint options of PlainResponse.encode's direct path, by number
+_UINT_ORDER = tuple(sorted((n, k) for k, n in _OPTION_NUMBERS.items() if k not in ("block1", "block2")))
 _UINT_OPTIONS = frozenset(k for _, k in _UINT_ORDER)
 
 
