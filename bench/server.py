@@ -33,7 +33,8 @@ client's CertificateVerify and certificate signatures. floor_ratio is the
 measured throughput divided by that floor (target >= 0.25); the floor is
 measured as CPU time of the measuring thread, before the run and again
 between concurrency levels, and the smallest batch counts, so other load
-on the machine does not inflate it. The load generator runs on the
+on the machine does not inflate it (with --split-cpus on the server's CPU,
+whose speed is then what both figures measure). The load generator runs on the
 same CPUs as the server: the JSON also reports its CPU per enrollment,
 floor_ratio_server_cpu (floor / server CPU per enrollment: the ratio on a
 core of the server's own) and machine_bound_per_s (CPUs / (server + load
@@ -80,6 +81,21 @@ client_cert_trust = ["idevid"]
 
 
 def crypto_floor(auth, n=400, touch_mb=0):
+    """crypto_floor_on_one_cpu on the server's CPU with --split-cpus (the
+    server is idle while it runs): the floor and the server's CPU time per
+    enrollment then come from the same CPU, whose speed may differ from the
+    others' on a virtual machine. Without --split-cpus, on any CPU."""
+    if not SERVER_CPUS:
+        return crypto_floor_on_one_cpu(auth, n, touch_mb)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, SERVER_CPUS)
+    try:
+        return crypto_floor_on_one_cpu(auth, n, touch_mb)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def crypto_floor_on_one_cpu(auth, n=400, touch_mb=0):
     """Seconds of OpenSSL work per enrollment (server side, one core).
     touch_mb > 0: the same operations with touch_mb MB of other memory
     read between two enrollments (not timed), as a server's other work per

@@ -92,6 +92,36 @@ def test_server_bench_split_cpus():
     assert out["server_cpus_seen"] == cpus and out["server_cpus"] is None
 
 
+def test_server_bench_floor_runs_on_the_server_cpu(monkeypatch):
+    """With --split-cpus the crypto floor is measured on the server's CPU
+    (the one its CPU time per enrollment comes from), and this process's
+    CPU set is given back afterwards, also when the measurement fails."""
+    import os
+
+    bench = _bench_module()
+    cpus = sorted(os.sched_getaffinity(0))
+    seen = []
+
+    def fake(auth, n=400, touch_mb=0):
+        seen.append(sorted(os.sched_getaffinity(0)))
+        if auth == "boom":
+            raise RuntimeError("boom")
+        return 0.001
+
+    monkeypatch.setattr(bench, "crypto_floor_on_one_cpu", fake)
+    monkeypatch.setattr(bench, "SERVER_CPUS", {cpus[-1]})
+    assert bench.crypto_floor("basic", 10) == 0.001
+    try:
+        bench.crypto_floor("boom", 10)
+    except RuntimeError:
+        pass
+    assert seen == [[cpus[-1]], [cpus[-1]]]
+    assert sorted(os.sched_getaffinity(0)) == cpus
+    monkeypatch.setattr(bench, "SERVER_CPUS", None)
+    bench.crypto_floor("basic", 10)
+    assert seen[-1] == cpus
+
+
 def test_server_bench_load_generator_speaks_the_tls_version_asked(tmp_path):
     """bench/server.py --tls 1.2 (a MicroPython device's TLS) really makes
     the load generator's handshakes TLS 1.2, and the default TLS 1.3, with
