@@ -17,8 +17,10 @@ certificate, and trust/cert/key given as DER, PEM or cryptography objects.
 See docs/client-runtime.md.
 """
 
+import contextlib
 import math
 import random
+import threading
 import time
 
 from est_lite.errors import LocalProtocolError, TransportError
@@ -124,6 +126,8 @@ class EstClient(_portable.EstClient):
             raise LocalProtocolError("tls_version must be '1.2' or '1.3', got %r" % (tls_version,))
         if isinstance(mtu, bool) or not isinstance(mtu, int) or not 256 <= mtu <= 65507:
             raise LocalProtocolError("mtu must be an int between 256 and 65507, got %r" % (mtu,))
+        self._guard = threading.Lock()
+        self._owner = None  # thread id of the call in progress (see _user)
         super().__init__(server, trust, pin, cert, key, user, password, label, server_name, timeout, deadline)
         _check_host(self.host, "server host")
         _check_host(self.server_name, "server_name")
@@ -145,13 +149,73 @@ class EstClient(_portable.EstClient):
         self.chain = chain
         self.mtu = mtu
 
+    # --- one thread at a time ---
+    # A client is one session, one deadline and (while renewing) the
+    # credentials of one device: calls from a second thread while one is
+    # running are refused with a LocalProtocolError instead of sharing the
+    # connection (which gave raw tracebacks and false SecurityErrors).
+    # Make one EstClient per thread; calls from one thread may nest.
+
+    @contextlib.contextmanager
+    def _user(self):
+        me = threading.get_ident()
+        with self._guard:
+            owner = self._owner
+            if owner is not None and owner != me:
+                raise LocalProtocolError("this EstClient is in use by another thread (one session and one deadline "
+                                         "per client): make one EstClient per thread")
+            self._owner = me
+        try:
+            yield
+        finally:
+            if owner is None:
+                self._owner = None
+
+    def cacerts(self):
+        with self._user():
+            return super().cacerts()
+
+    def csrattrs(self):
+        with self._user():
+            return super().csrattrs()
+
+    def enroll(self, csr, public_key=None):
+        with self._user():
+            return super().enroll(csr, public_key)
+
+    def reenroll(self, csr, public_key=None):
+        with self._user():
+            return super().reenroll(csr, public_key)
+
+    def serverkeygen(self, csr):
+        with self._user():
+            return super().serverkeygen(csr)
+
+    def close(self):
+        with self._user():
+            return super().close()
+
+    def provision(self, store, *a, **kw):
+        with self._user():
+            # a store that cannot be written is said before the server is
+            # contacted: afterwards the certificate would be issued and lost
+            # with its key (the portable save fails only after the enroll)
+            _check_store(store)
+            return super().provision(store, *a, **kw)
+
+    def renew_if_needed(self, store, *a, **kw):
+        with self._user():
+            _check_store(store)
+            return super().renew_if_needed(store, *a, **kw)
+
     def csrattrs_event(self):
         """Like csrattrs(), but the whole CsrAttrs event: .attrs (None when
         the server has none), .der, and .diagnostic, the server's text with a
         204/404/4.04 (e.g. "unknown EST label 'strickt'": RFC 7030 reads a
         404 as "no attributes", so a mistyped label is visible only there)."""
-        self._bootstrap()
-        return self._run(1)
+        with self._user():
+            self._bootstrap()
+            return self._run(1)
 
     def _mono(self):
         return time.monotonic()
@@ -194,6 +258,12 @@ class EstClient(_portable.EstClient):
 
     def _verify_hook(self):
         return verify_issued_by
+
+
+def _check_store(store):
+    f = getattr(store, "check_writable", None)  # est_lite_cpython.credstore.CredStore; other stores: as they are
+    if f is not None:
+        f()
 
 
 def _check_host(name, what):

@@ -67,6 +67,35 @@ class CredStore(_PortableStore):
             raise LocalProtocolError("credential store path %r: give a directory (not empty, not /)" % (path,))
         super().__init__(os.fspath(path), max_file)
 
+    def check_writable(self):
+        """StoreError now if save() could not write here: the path (or the
+        first of its parents that exists) is not a directory we may write.
+        Creates nothing that stays: EstClient.provision() and
+        renew_if_needed() call it before contacting the server, so a store
+        that cannot be written costs no certificate (issued, then lost
+        with its key)."""
+        p = os.path.abspath(self.path)
+        probe = p
+        while not os.path.lexists(probe):
+            up = os.path.dirname(probe)
+            if up == probe:
+                break
+            probe = up
+        if not os.path.isdir(probe):
+            raise StoreError("credential store %s cannot be created: %s is not a directory" % (self.path, probe))
+        if probe != p:
+            if not os.access(probe, os.W_OK | os.X_OK):
+                raise StoreError("credential store %s cannot be created: %s is not writable" % (self.path, probe))
+            return
+        import tempfile
+
+        try:
+            fd, name = tempfile.mkstemp(dir=p, prefix=".est-lite-probe-")
+            os.close(fd)
+            os.remove(name)
+        except OSError as e:
+            raise StoreError("credential store %s is not writable: %s" % (self.path, e.strerror or e)) from None
+
     def _mkdir(self):
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StoreError("credential store %s is not a directory" % self.path)

@@ -139,6 +139,7 @@ class ClientContext:
         ctx.set_verify(SSL.VERIFY_PEER, _shared_verify_cb)
         self.ctx = ctx
         self.pinned = pinned
+        self.has_cert = cert is not None
 
 
 class DtlsClient:
@@ -183,6 +184,7 @@ class DtlsClient:
         self._pin_error = None
         self._pin_ok = False
         self._verify_error = None
+        self._has_cert = cert is not None or (context is not None and getattr(context, "has_cert", False))
         if context is None:
             context = ClientContext(trust_cas, cert, key, chain=chain, ciphers=ciphers, pinned=pin is not None,
                                     crls=crls)
@@ -293,7 +295,13 @@ class DtlsClient:
                 raise SecurityError("DTLS handshake with %s:%s refused: the server says our certificate has been "
                                     "revoked (TLS alert certificate_revoked); enroll again with another credential"
                                     % (self.host, self.port)) from None
-            raise SecurityError("DTLS handshake with %s:%s failed: %s" % (self.host, self.port, _err(e))) from None
+            text = _err(e)
+            if self._has_cert and ("alert unknown ca" in text or "alert bad certificate" in text):
+                # the server's verdict on OUR certificate (ours on its certificate is _verify_error)
+                raise SecurityError("DTLS handshake with %s:%s refused: the server does not accept our client "
+                                    "certificate (%s: e.g. an IDevID whose issuer it does not trust, or an "
+                                    "unknown or revoked certificate)" % (self.host, self.port, text)) from None
+            raise SecurityError("DTLS handshake with %s:%s failed: %s" % (self.host, self.port, text)) from None
         except TransportError:
             self._abort()
             raise
