@@ -51,6 +51,10 @@ class FleetConfig:
                  mp_heap="256K", dup=None, reorder=None, delay=(0.0, 0.0)):
         if transport not in ("coaps", "https"):
             raise ValueError("transport must be coaps or https")
+        if not 0.0 <= loss < 1.0:  # also NaN
+            raise ValueError("--loss must be a probability from 0 up to (not including) 1, got %r" % loss)
+        if devices == 0 and mp_boards == 0:
+            raise ValueError("no devices to simulate: give --devices 1 or more (or --mp-boards)")
         if loss and transport != "coaps":
             raise ValueError("--loss applies to the UDP link (coaps); TCP has its own retransmission")
         if devices < 0 or concurrency < 1 or mp_boards < 0 or attempts < 1:

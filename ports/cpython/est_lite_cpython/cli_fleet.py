@@ -8,6 +8,7 @@ object on the last line) and a PNG plot. See docs/hil.md and hil/fleet.py.
 """
 
 import json
+import os
 import sys
 
 
@@ -26,6 +27,18 @@ def cmd_fleet(args):
     except ValueError as e:
         print("est-lite fleet: %s" % e, file=sys.stderr)
         return 2
+    if args.plot:
+        # said now, not after the whole fleet has run
+        d = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(d) or not os.access(d, os.W_OK):
+            print("est-lite fleet: --plot %s: the directory %s does not exist or is not writable" % (args.plot, d),
+                  file=sys.stderr)
+            return 2
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("est-lite fleet: --plot needs matplotlib: pip install matplotlib", file=sys.stderr)
+            return 2
     rep = F.run_fleet(cfg, plot=args.plot, progress=not args.quiet)
     if args.json:
         print(json.dumps(rep))

