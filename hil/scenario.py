@@ -39,9 +39,14 @@ def load(name):
     p = pathlib.Path(name)
     if not p.exists():
         p = SCENARIO_DIR / (name + ".json")
-    if not p.exists():
+    if not p.is_file():
         raise ValueError("no scenario %r (known: %s)" % (name, ", ".join(names())))
-    scn = json.loads(p.read_text())
+    try:
+        scn = json.loads(p.read_text())
+    except (OSError, UnicodeError, ValueError) as e:
+        raise ValueError("scenario %s: not a readable JSON file: %s" % (p, e)) from None
+    if not isinstance(scn, dict):
+        raise ValueError("scenario %s: not a JSON object" % p)
     scn.setdefault("name", p.stem)
     if scn.get("transport") not in ("coaps", "https"):
         raise ValueError("scenario %s: transport must be coaps or https" % scn["name"])

@@ -55,3 +55,42 @@ def test_fleet_plot_into_a_missing_directory_is_said_before_the_run(tmp_path):
     p = est_lite("fleet", "--devices", "3", "--plot", str(tmp_path / "no" / "fleet.png"), cwd=tmp_path)
     one_clear_line(p, "--plot")
     assert "devices" not in p.stdout
+
+
+# -- est-lite hil: arguments ------------------------------------------------------
+
+MISSING_PORT = "/dev/ttyACM-est-lite-missing"
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-deploy"]])
+def test_hil_run_on_a_missing_port_says_so_before_building(tmp_path, extra):
+    # before: the bundle was built and the server started, then mpremote's
+    # "failed to access ... (it may be in use by another program)"
+    p = est_lite("hil", "run", "enroll_coaps", "--port", MISSING_PORT, *extra, cwd=tmp_path)
+    one_clear_line(p, "no serial port " + MISSING_PORT)
+
+
+@pytest.mark.parametrize("names", [["powercut"], ["enroll_coaps", "powercut"]])
+def test_hil_run_powercut_points_to_the_powercut_command(tmp_path, names):
+    # the scenario table lists powercut; before: internal error (exit 70)
+    # from scenario.run after the first scenarios had run
+    one_clear_line(est_lite("hil", "run", *names, cwd=tmp_path), "est-lite hil powercut")
+
+
+@pytest.mark.parametrize("content", [None, '{"transport": "coaps", "steps": [', "[1]"])
+def test_hil_run_a_bad_scenario_file_is_one_line(tmp_path, content):
+    # a directory: before, internal error IsADirectoryError; broken JSON:
+    # the decoder's message without the file's name; a list: AttributeError
+    p = tmp_path / "mine.json"
+    if content is None:
+        p.mkdir()
+    else:
+        p.write_text(content)
+    err = one_clear_line(est_lite("hil", "run", str(p), cwd=tmp_path), "scenario")
+    assert "mine.json" in err
+
+
+@pytest.mark.parametrize("runs", ["0", "-1"])
+def test_powercut_needs_at_least_one_run(tmp_path, runs):
+    # before: exit 0 with "0 power cuts ..., 0 broken stores"
+    one_clear_line(est_lite("hil", "powercut", "--runs", runs, cwd=tmp_path), "--runs")

@@ -105,6 +105,13 @@ def cmd_run(args):
     except ValueError as e:
         print("est-lite hil run: %s" % e, file=sys.stderr)
         return 2
+    for scn in scns:
+        if scn.get("powercut"):
+            print("est-lite hil run: %s is a power-cut campaign: run it with est-lite hil powercut" % scn["name"],
+                  file=sys.stderr)
+            return 2
+    if args.port:
+        _check_port(args.port, "hil run")
     _check_host(args.host)
     with tempfile.TemporaryDirectory(prefix="est-lite-hil-") as d:
         bundle = args.bundle
@@ -148,13 +155,18 @@ def _board_errors(fn):
     return run
 
 
-def cmd_deploy(args):
-    boards, B = _sub("boards"), _sub("bundle")
-    if args.port.startswith("/dev/") and not os.path.exists(args.port):
+def _check_port(port, what):
+    # a missing /dev/... port is said before the bundle is built
+    if port.startswith("/dev/") and not os.path.exists(port):
         from est_lite.errors import TransportError
 
-        raise TransportError("hil deploy: no serial port %s: is the board connected (ls /dev/ttyACM* /dev/ttyUSB*)?"
-                             % args.port)
+        raise TransportError("%s: no serial port %s: is the board connected (ls /dev/ttyACM* /dev/ttyUSB*)?"
+                             % (what, port))
+
+
+def cmd_deploy(args):
+    boards, B = _sub("boards"), _sub("bundle")
+    _check_port(args.port, "hil deploy")
     with tempfile.TemporaryDirectory() as d:
         bundle = args.bundle or os.path.join(d, "bundle")
         if args.bundle is None:
@@ -165,6 +177,9 @@ def cmd_deploy(args):
 
 
 def cmd_powercut(args):
+    if args.runs < 1:
+        print("est-lite hil powercut: --runs must be 1 or more, got %d" % args.runs, file=sys.stderr)
+        return 2
     return _sub("powercut").main_args(args)
 
 
