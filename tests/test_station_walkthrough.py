@@ -400,3 +400,33 @@ def test_factory_station_twenty_devices_in_threads(tmp_path, via):
         if px is not None:
             px.stop()
         srv.stop()
+
+
+def test_retry_after_a_wait_in_which_the_server_closed_the_idle_connection(tmp_path):
+    # a Retry-After wait shorter than EstClient.idle_close keeps the TLS
+    # connection; servers close idle ones (the reference server after
+    # io_timeout_s, 10 s by default): before, the retry was written into
+    # the closed connection and the renewal ended in "RemoteProtocolError:
+    # reenroll: connection closed before a response" instead of retrying
+    import select
+
+    from helpers_server import BASE_CONFIG
+
+    srv = EstTestServer(tmp_path, config_text=BASE_CONFIG.replace("io_timeout_s = 5", "io_timeout_s = 0.3"))
+    try:
+        url = "https://localhost:%d" % srv.port
+        store = CredStore(str(tmp_path / "gw"))
+        EstClient(url, trust=der(srv.ca.root), user=USER, password=PASSWORD).provision(store, cn="gw-6")
+        kept = []
+
+        class Waits(EstClient):
+            def _sleep(self, s):  # instead of the 7 s: approve, then wait until the server closed
+                assert approve_pending(srv) == 1
+                kept.append(self._t is not None)
+                if self._t is not None:
+                    select.select([self._t.sock], [], [], 20)
+
+        r = Waits(url + "/manual", trust=der(srv.ca.root)).renew_if_needed(store, threshold=10 ** 9)
+        assert kept == [True] and r.gen == store.load().gen == 2
+    finally:
+        srv.stop()

@@ -242,6 +242,12 @@ class EstClient(_portable.EstClient):
 
         return crypto
 
+    def _session(self):
+        t = self._t
+        if t is not None and self.scheme == "https" and t.peer_closed():
+            _portable.EstClient.close(self)  # closed by the server while idle: the request goes on a new one
+        return super()._session()
+
     def _open_coaps(self, trust, pin, timeout):
         from .transport_coaps import CoapsTransport
 

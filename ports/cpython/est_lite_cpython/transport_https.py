@@ -360,6 +360,37 @@ class TlsTransport:
             self.close()
             raise TransportError("reading from %s:%d failed: %s" % (self.host, self.port, e)) from None
 
+    def peer_closed(self):
+        """True when the server has closed this connection (close_notify,
+        EOF, or it sent something unasked), checked before a kept
+        connection carries the next request: servers close idle
+        connections (the reference server after io_timeout_s, 10 s), and a
+        request written into one was answered by "connection closed before
+        a response" after a Retry-After wait."""
+        import select
+
+        from OpenSSL import SSL
+
+        if self.conn is None:
+            return True
+        try:
+            r, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        if not r:
+            return False
+        self.sock.setblocking(False)
+        try:
+            self.conn.recv(1, socket.MSG_PEEK)
+        except SSL.WantReadError:
+            return False  # only TLS records without data (e.g. TLS 1.3 session tickets)
+        except (SSL.Error, OSError):
+            return True
+        finally:
+            if self.sock is not None:
+                self.sock.setblocking(True)  # blocking again; the kernel timeouts (_set_timeout) stay
+        return True  # data nobody asked for: not a connection to send a request on
+
     def close(self):
         if self.conn is not None:
             try:
