@@ -430,3 +430,31 @@ def test_retry_after_a_wait_in_which_the_server_closed_the_idle_connection(tmp_p
         assert kept == [True] and r.gen == store.load().gen == 2
     finally:
         srv.stop()
+
+
+def _doc_block(marker):
+    import re
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "client-runtime.md")).read()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if marker in b]
+    assert len(blocks) == 1, marker
+    return blocks[0]
+
+
+def test_the_documented_gateway_and_serverkeygen_snippets_run(est_server, tmp_path, capsys):
+    srv = est_server
+    url = "https://localhost:%d" % srv.port
+    gw = _doc_block('CredStore("/var/lib/est/gw-1")')
+    gw = (gw.replace("https://est.example:8443", url).replace('"sha256:6e35..."', repr(pin_of(srv)))
+          .replace('user="gw-1", password="s3cret"', "user=%r, password=%r" % (USER, PASSWORD))
+          .replace("/var/lib/est/gw-1", str(tmp_path / "gw")).replace("time.sleep(6 * 3600)", "break"))
+    exec(compile(gw, "gateway snippet", "exec"), {})  # first contact and one (not due) round
+    assert CredStore(str(tmp_path / "gw")).load().gen == 1 and "failed" not in capsys.readouterr().out
+    k, c = issue_cert(srv.vendor["cert"], srv.vendor["key"], "idevid-doc")
+    skg = _doc_block('CredStore("/srv/station/dev-7")').replace("https://est.example:8443", url).replace(
+        "/srv/station/dev-7", str(tmp_path / "dev-7"))
+    exec(compile(skg, "serverkeygen snippet", "exec"), {"root_der": der(srv.ca.root), "idevid_pem": pem(c),
+                                                         "idevid_key_pem": key_pem(k)})
+    got = CredStore(str(tmp_path / "dev-7")).load()
+    assert load_cert(got.cert).subject.rfc4514_string() == "CN=dev-7" and got.ca == [der(srv.ca.root)]
+    assert point(load_cert(got.cert)) == P256Key.load_der(got.key).public_key
