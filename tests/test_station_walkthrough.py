@@ -354,19 +354,43 @@ def _idevids(srv, tmp_path, n, unknown):
     return out
 
 
-@pytest.mark.parametrize("via", ["server-https", "server-coaps", "ra-https", "ra-coaps"])
+def _proxy_command(up, d):
+    # `est-lite proxy --config proxy.toml` as docs/proxy.md runs it; -> (process, https port, coaps port)
+    import time
+
+    from helpers_proxy import write_proxy_dir
+
+    write_proxy_dir(up, d)
+    pf, cpf = d / "port", d / "cport"
+    proc = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "proxy", "--config", str(d / "proxy.toml"),
+                             "--port-file", str(pf), "--coaps-port-file", str(cpf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    end = time.monotonic() + 60
+    while not (pf.exists() and pf.read_text().strip() and cpf.exists() and cpf.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            proc.wait(15)
+            raise AssertionError("est-lite proxy did not start: %s" % proc.stderr.read().decode())
+        time.sleep(0.05)
+    return proc, int(pf.read_text()), int(cpf.read_text())
+
+
+@pytest.mark.parametrize("via", ["server-https", "server-coaps", "ra-https", "ra-coaps", "ra-command-coaps"])
 def test_factory_station_twenty_devices_in_threads(tmp_path, via):
     from helpers_coaps import EstBothServer
     from helpers_proxy import ProxyHarness
 
     (tmp_path / "ca").mkdir()
     srv = EstBothServer(tmp_path / "ca")
-    px = None
+    px = proc = None
     try:
         if via == "server-https":
             url = "https://localhost:%d" % srv.port
         elif via == "server-coaps":
             url = "coaps://localhost:%d" % srv.coaps_port
+        elif via == "ra-command-coaps":
+            proc, _, cport = _proxy_command(srv, tmp_path / "px")
+            url = "coaps://localhost:%d" % cport
         else:
             px = ProxyHarness(tmp_path / "px", srv, srv.url.replace("127.0.0.1", "localhost"),
                               upstream_root_pem=srv.root_pem, vendor_pem=os.path.join(srv.tmp, "vendor.pem"))
@@ -399,6 +423,9 @@ def test_factory_station_twenty_devices_in_threads(tmp_path, via):
     finally:
         if px is not None:
             px.stop()
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
         srv.stop()
 
 
@@ -458,3 +485,29 @@ def test_the_documented_gateway_and_serverkeygen_snippets_run(est_server, tmp_pa
     got = CredStore(str(tmp_path / "dev-7")).load()
     assert load_cert(got.cert).subject.rfc4514_string() == "CN=dev-7" and got.ca == [der(srv.ca.root)]
     assert point(load_cert(got.cert)) == P256Key.load_der(got.key).public_key
+
+
+def test_the_documented_proxy_library_snippet_runs(tmp_path):
+    import re
+
+    from helpers_proxy import write_proxy_dir
+
+    (tmp_path / "up").mkdir()
+    up = EstTestServer(tmp_path / "up")
+    ns = {}
+    try:
+        cfg = write_proxy_dir(up, tmp_path / "px")
+        text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "proxy.md")).read()
+        (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "proxy_from_config" in b]
+        exec(compile(code.replace('"proxy.toml"', repr(str(cfg))), "proxy.md snippet", "exec"), ns)
+        k, c = issue_cert(up.vendor["cert"], up.vendor["key"], "idevid-px")
+        for url in ("https://localhost:%d" % ns["ports"][0], "coaps://localhost:%d" % ns["ports"][1]):
+            cl = EstClient(url, trust=der(up.ca.root), cert=pem(c), key=key_pem(k))
+            ev = cl.enroll(CsrBuilder().subject(cn="via-ra").sign(P256Key.generate()))
+            cl.close()
+            assert up.ca.store.has_serial(load_cert(ev.cert).serial_number)
+    finally:
+        for name in ("coaps", "https"):
+            if name in ns:
+                ns[name].stop()
+        up.stop()
