@@ -149,6 +149,7 @@ def _stream(proc, parser, timeout, on_record, can_kill):
     t_end = time.monotonic() + timeout
     killed = timed_out = False
     fd = proc.stdout.fileno()
+    ended = False
     try:
         while True:
             now = time.monotonic()
@@ -175,12 +176,31 @@ def _stream(proc, parser, timeout, on_record, can_kill):
         for rec in parser.close():
             if on_record is not None:
                 on_record(rec, ctl)
+        ended = True
     finally:
         sel.close()
+        if not ended and proc.poll() is None:
+            # interrupted (Ctrl-C, an exception in on_record): the board
+            # stops now instead of this waiting for its run to end
+            _interrupt(proc, can_kill)
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
     return b"".join(out).decode("utf-8", "replace"), killed, timed_out
+
+
+def _interrupt(proc, can_kill):
+    # a virtual board loses power; mpremote gets Ctrl-C (it leaves the raw
+    # REPL; the board's next run interrupts what still runs there)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL if can_kill else signal.SIGINT)
+        if not can_kill:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 class VirtualBoard(Board):
@@ -227,6 +247,16 @@ class VirtualBoard(Board):
                 return f.read()
         except FileNotFoundError:
             return None
+
+    def kill(self):
+        """Cut the power now: SIGKILL the running interpreter (if any);
+        its run() returns. The flash stays as the cut left it."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def run(self, cfg, timeout=300, on_record=None):
         self.put("hil_cfg.json", json.dumps(cfg).encode())

@@ -300,7 +300,15 @@ class Fleet:
 
             await asyncio.gather(*[one(j, b) for j, b in enumerate(self.boards)])
 
-        await asyncio.gather(boards(), *[worker() for _ in range(min(cfg.concurrency, max(1, len(self.devices))))])
+        try:
+            await asyncio.gather(boards(),
+                                 *[worker() for _ in range(min(cfg.concurrency, max(1, len(self.devices))))])
+        except BaseException:
+            # Ctrl-C (the loop cancels this task): the boards run in threads
+            # that a cancel does not stop; cut their power so they end now
+            for b in self.boards:
+                b.kill()
+            raise
         elapsed = time.monotonic() - t0
         if prog:
             prog.finish()

@@ -94,3 +94,99 @@ def test_hil_run_a_bad_scenario_file_is_one_line(tmp_path, content):
 def test_powercut_needs_at_least_one_run(tmp_path, runs):
     # before: exit 0 with "0 power cuts ..., 0 broken stores"
     one_clear_line(est_lite("hil", "powercut", "--runs", runs, cwd=tmp_path), "--runs")
+
+
+# -- Ctrl-C: the boards stop at once ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    from hil import bundle
+
+    d = tmp_path_factory.mktemp("bundle")
+    bundle.build(str(d))
+    return str(d)
+
+
+def sleeping_board(tmp_path, bundle_dir, name="vb"):
+    from hil.boards import VirtualBoard
+
+    b = VirtualBoard(str(tmp_path / name), name=name)
+    b.deploy(bundle_dir)
+    return b
+
+
+SLEEP_CFG = {"run": "sleep", "steps": [{"do": "sleep", "s": 8}]}  # ends by itself
+
+
+@needs_mp
+def test_ctrl_c_during_a_board_run_kills_the_board(tmp_path, bundle_dir):
+    """A KeyboardInterrupt while the host reads the board's console (what
+    Ctrl-C during `est-lite hil run` or `hil powercut` is): the board's
+    process is killed, not waited for. Before, the host waited until the
+    board's run ended by itself (up to a scenario's deadline)."""
+    b = sleeping_board(tmp_path, bundle_dir)
+    procs = []
+
+    def on_record(rec, ctl):
+        if rec.kind == "begin":
+            procs.append(b.proc)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        b.run(SLEEP_CFG, timeout=60, on_record=on_record)
+    assert procs and procs[0].returncode == -9  # SIGKILL, not the sleep's end (0)
+    assert b.proc is None
+
+
+@needs_mp
+def test_virtual_board_kill_cuts_a_run_short(tmp_path, bundle_dir):
+    # docs/hil.md, Boards: "power cut | kill()"; the fleet uses it on Ctrl-C
+    import threading
+
+    b = sleeping_board(tmp_path, bundle_dir)
+    began = threading.Event()
+    out = []
+    t = threading.Thread(target=lambda: out.append(
+        b.run(SLEEP_CFG, timeout=60, on_record=lambda rec, ctl: rec.kind == "begin" and began.set())))
+    t.start()
+    assert began.wait(60)
+    b.kill()
+    t.join(60)
+    assert out and not out[0].ok and out[0].returncode == -9, out
+
+
+@needs_mp
+def test_a_cancelled_fleet_kills_its_boards(tmp_path):
+    """Ctrl-C during `est-lite fleet` cancels the event loop's task; the
+    MicroPython boards run in threads a cancel does not stop, so the fleet
+    kills them. Here the boards talk to a port nobody answers, so they
+    would retry for a long time on their own."""
+    import asyncio
+    import socket
+
+    from hil.fleet import Fleet, FleetConfig
+
+    f = Fleet(FleetConfig(devices=0, mp_boards=1, in_process=True), workdir=str(tmp_path), progress=False)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))  # bound and never read: the board's handshake goes unanswered
+    try:
+        f.setup()
+        f.target = s.getsockname()
+        b = f.boards[0]
+        seen = []
+
+        async def main():
+            task = asyncio.ensure_future(f.run_async())
+            while b.proc is None:
+                await asyncio.sleep(0.05)
+            seen.append(b.proc)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert seen[0].wait(60) == -9
+    finally:
+        s.close()
+        f.close()
