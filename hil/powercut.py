@@ -252,6 +252,10 @@ def add_arguments(ap):
 
 
 def main_args(a, out=sys.stdout):
+    if a.runs < 1:
+        sys.stderr.write("est-lite hil powercut: --runs must be 1 or more, got %d\n" % a.runs)
+        return 2
+
     def progress(n, total, r):
         if not a.json or sys.stderr.isatty():
             sys.stderr.write("\rpower cut %d/%d: %-5s %-9s -> %s   " % (n, total, r["mode"], r["op"], r["outcome"]))

@@ -18,7 +18,7 @@
 # Injected power cuts: a step with "cut": {"at": k} numbers the store's
 # filesystem mutations during that step (before each write, half way
 # through each write -- a torn write --, before the commit rename, before
-# each removal, after the last one) and stops dead at point k: it prints a
+# each removal) and stops dead at point k: it prints a
 # "cut" record and waits to be killed. The step's result reports "points",
 # the number of points it passed, so the host can choose k uniformly.
 import gc
