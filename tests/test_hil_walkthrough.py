@@ -190,3 +190,62 @@ def test_a_cancelled_fleet_kills_its_boards(tmp_path):
     finally:
         s.close()
         f.close()
+
+
+def boards_under(root):
+    """pids of MicroPython boards (the HIL runner) whose flash is under root."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read()
+            cwd = os.readlink("/proc/%s/cwd" % pid)
+        except OSError:
+            continue
+        if b"hil_runner" in cmd and cwd.startswith(str(root)):
+            out.append(int(pid))
+    return out
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@needs_mp
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_sigterm_during_hil_run_leaves_nothing_running(tmp_path, bundle_dir):
+    """SIGTERM (a CI job's timeout) during `est-lite hil run`: exit 143,
+    the board killed, the temporary directory removed. Before, the command
+    died at once and its board (its own session) ran on, here for 30 s."""
+    import time
+
+    scn = tmp_path / "sleepy.json"
+    scn.write_text('{"transport": "coaps", "steps": [{"do": "sleep", "s": 30}]}')
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "hil", "run", str(scn), "--bundle", bundle_dir],
+                         cwd=str(tmp_path), env=dict(os.environ, TMPDIR=str(tmp)), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        pids = []
+        for _ in range(600):  # until the board runs (the scenario then sleeps 30 s)
+            pids = boards_under(tmp)
+            if pids or p.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert pids, p.communicate(timeout=60)
+        p.terminate()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 143, (p.returncode, out, err)
+    assert not [pid for pid in pids if alive(pid)]
+    assert os.listdir(str(tmp)) == []

@@ -39,7 +39,10 @@ def cmd_fleet(args):
         except ImportError:
             print("est-lite fleet: --plot needs matplotlib: pip install matplotlib", file=sys.stderr)
             return 2
-    rep = F.run_fleet(cfg, plot=args.plot, progress=not args.quiet)
+    from .cli_hil import terminate_as_exit
+
+    with terminate_as_exit():
+        rep = F.run_fleet(cfg, plot=args.plot, progress=not args.quiet)
     if args.json:
         print(json.dumps(rep))
     else:

@@ -39,6 +39,39 @@ def load_hil():
                              "pip install -e '.[dev]'")
 
 
+class terminate_as_exit:
+    """While a long hil/fleet command runs, SIGTERM (a CI job's timeout,
+    `kill`) unwinds like Ctrl-C (SystemExit(143) raised where the main
+    thread is), so boards are killed, servers stopped and temporary
+    directories removed; before, the process died at once and left its
+    MicroPython boards running. The previous handler comes back after."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            def _exit(signum, frame):
+                raise SystemExit(128 + signum)
+
+            self._old = signal.signal(signal.SIGTERM, _exit)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _terminable(fn):
+    def run(args):
+        with terminate_as_exit():
+            return fn(args)
+    return run
+
+
 def _sub(name):
     import importlib
 
@@ -226,12 +259,12 @@ def register(sub):
     q.add_argument("--no-deploy", action="store_true", help="real board: the bundle is already installed")
     q.add_argument("--seed", type=int, help="seed of the lossy link")
     q.add_argument("--json", action="store_true", help="one JSON object per scenario")
-    q.set_defaults(func=_board_errors(cmd_run))
+    q.set_defaults(func=_terminable(_board_errors(cmd_run)))
 
     q = hs.add_parser("deploy", help="install the .mpy bundle on a real board (mpremote mip install)")
     q.add_argument("--port", required=True)
     q.add_argument("--bundle", help="a built bundle directory (default: build one)")
-    q.set_defaults(func=_board_errors(cmd_deploy))
+    q.set_defaults(func=_terminable(_board_errors(cmd_deploy)))
 
     q = hs.add_parser("powercut", help="power-cut campaign on a virtual board")
     q.add_argument("--runs", type=int, default=20, help="number of power cuts (default 20)")
@@ -241,12 +274,12 @@ def register(sub):
     q.add_argument("--workdir", help="keep the work files here (default: a temporary directory, removed unless "
                                      "a store broke)")
     q.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
-    q.set_defaults(func=cmd_powercut)
+    q.set_defaults(func=_terminable(cmd_powercut))
 
     q = hs.add_parser("pty-board", help="serve a virtual board on a pseudo-terminal (a serial stand-in)")
     q.add_argument("--flash", required=True, help="directory standing in for the board's flash")
     q.add_argument("--heap", default="256K", type=_heap)
-    q.set_defaults(func=cmd_pty_board)
+    q.set_defaults(func=_terminable(cmd_pty_board))
 
     def _help(args):
         p.print_help()
