@@ -72,8 +72,10 @@ def text(rep):
     lines = ["%d devices (%s, loss %s, concurrency %s): %d enrolled, %d failed in %.1f s"
              % (rep["devices"], rep.get("transport"), rep.get("loss"), rep.get("concurrency"), rep["ok"],
                 rep["failures"], rep["elapsed_s"]),
-             "throughput %.1f enrollments/s; latency p50 %s ms, p95 %s ms, p99 %s ms, max %s ms"
-             % (rep["throughput_per_s"], rep["p50_ms"], rep["p95_ms"], rep["p99_ms"], rep["max_ms"])]
+             "throughput %.1f enrollments/s; latency %s"
+             % (rep["throughput_per_s"], "p50 %s ms, p95 %s ms, p99 %s ms, max %s ms"
+                % (rep["p50_ms"], rep["p95_ms"], rep["p99_ms"], rep["max_ms"]) if rep["ok"] else
+                "none (no device enrolled)")]
     for k, v in sorted(rep.get("by_kind", {}).items()):
         lines.append("  %s: %d devices, %d failed, p50 %s ms, p95 %s ms" % (k, v["devices"], v["failures"],
                                                                           v["p50_ms"], v["p95_ms"]))

@@ -249,3 +249,14 @@ def test_sigterm_during_hil_run_leaves_nothing_running(tmp_path, bundle_dir):
     assert p.returncode == 143, (p.returncode, out, err)
     assert not [pid for pid in pids if alive(pid)]
     assert os.listdir(str(tmp)) == []
+
+
+def test_fleet_text_when_no_device_enrolled():
+    # before: "latency p50 None ms, p95 None ms, p99 None ms, max None ms"
+    from hil import report as R
+
+    res = [{"i": i, "kind": "cpython", "start": 0.0, "end": 1.0, "ms": 1000.0, "ok": False,
+            "cause": "TransportError: DTLS handshake with # timed out", "attempts": 2} for i in range(3)]
+    txt = R.text(R.summarize(res, 1.0, transport="coaps", loss=0.6, concurrency=3))
+    assert "None" not in txt and "no device enrolled" in txt
+    assert "0 enrolled, 3 failed" in txt and "3 x TransportError" in txt
