@@ -302,8 +302,13 @@ class SerialBoard(Board):
         except subprocess.TimeoutExpired:
             raise BoardError("mpremote %s timed out on %s" % (" ".join(args), self.port))
         if p.returncode != 0:
-            raise BoardError("mpremote %s failed on %s: %s" % (" ".join(args), self.port,
-                                                               (p.stderr or p.stdout).strip()[-500:]))
+            # mpremote's last line says it ("...TransportError: could not
+            # enter raw repl"), the traceback above it is mpremote's own
+            lines = (p.stderr or p.stdout).strip().splitlines() or ["exit %d" % p.returncode]
+            why = lines[-1].strip()[-300:]
+            if "could not enter raw repl" in why:
+                why += " (no MicroPython REPL answers on %s: the board's port, cable, baud rate?)" % self.port
+            raise BoardError("mpremote %s failed on %s: %s" % (" ".join(args), self.port, why))
         return p.stdout
 
     def deploy(self, bundle_dir):

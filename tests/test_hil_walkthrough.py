@@ -260,3 +260,22 @@ def test_fleet_text_when_no_device_enrolled():
     txt = R.text(R.summarize(res, 1.0, transport="coaps", loss=0.6, concurrency=3))
     assert "None" not in txt and "no device enrolled" in txt
     assert "0 enrolled, 3 failed" in txt and "3 x TransportError" in txt
+
+
+def test_a_board_that_does_not_answer_is_one_line_without_mpremotes_traceback(tmp_path):
+    # what mpremote prints for a port where no MicroPython answers
+    # (/dev/ttyS0 here); before, its traceback's last 500 characters
+    from hil.boards import BoardError, SerialBoard
+
+    fake = tmp_path / "mpremote"
+    fake.write_text("#!/bin/sh\ncat >&2 <<'E'\nTraceback (most recent call last):\n"
+                    '  File "mpremote/transport_serial.py", line 195, in enter_raw_repl\n'
+                    '    raise TransportError("could not enter raw repl")\n'
+                    "mpremote.transport.TransportError: could not enter raw repl\nE\nexit 1\n")
+    fake.chmod(0o755)
+    b = SerialBoard("/dev/ttyS0", mpremote=str(fake))
+    with pytest.raises(BoardError) as e:
+        b.put("idevid.der", b"x")
+    msg = str(e.value)
+    assert "Traceback" not in msg and "File " not in msg, msg
+    assert "could not enter raw repl" in msg and "/dev/ttyS0" in msg
