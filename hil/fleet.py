@@ -57,8 +57,12 @@ class FleetConfig:
             raise ValueError("no devices to simulate: give --devices 1 or more (or --mp-boards)")
         if loss and transport != "coaps":
             raise ValueError("--loss applies to the UDP link (coaps); TCP has its own retransmission")
-        if devices < 0 or concurrency < 1 or mp_boards < 0 or attempts < 1:
-            raise ValueError("devices >= 0, concurrency >= 1, mp_boards >= 0, attempts >= 1")
+        for name, v, least in (("--devices", devices, 0), ("--concurrency", concurrency, 1),
+                               ("--mp-boards", mp_boards, 0), ("--attempts", attempts, 1)):
+            if v < least:
+                raise ValueError("%s must be %d or more, got %r" % (name, least, v))
+        if not 0 < ack_timeout < 3600:  # also NaN: else every exchange "gets no answer"
+            raise ValueError("--ack-timeout must be a number of seconds above 0, got %r" % ack_timeout)
         self.devices, self.transport, self.loss = devices, transport, loss
         self.concurrency, self.mp_boards, self.attempts = concurrency, mp_boards, attempts
         self.ack_timeout, self.deadline, self.handshake_timeout = ack_timeout, deadline, handshake_timeout

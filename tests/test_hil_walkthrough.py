@@ -279,3 +279,15 @@ def test_a_board_that_does_not_answer_is_one_line_without_mpremotes_traceback(tm
     msg = str(e.value)
     assert "Traceback" not in msg and "File " not in msg, msg
     assert "could not enter raw repl" in msg and "/dev/ttyS0" in msg
+
+
+@pytest.mark.parametrize("args, word", [(["--ack-timeout", "0"], "--ack-timeout"),
+                                        (["--ack-timeout", "-1"], "--ack-timeout"),
+                                        (["--ack-timeout", "nan"], "--ack-timeout"),
+                                        (["--concurrency", "0"], "--concurrency"),
+                                        (["--mp-boards", "-1"], "--mp-boards")])
+def test_fleet_bad_numbers_name_the_argument(tmp_path, args, word):
+    # --ack-timeout 0/-1/nan: before, the fleet ran and every device failed
+    # with "no answer after # retransmissions" (exit 1), as if the network
+    # were at fault
+    one_clear_line(est_lite("fleet", "--devices", "2", *args, cwd=tmp_path), word)
