@@ -153,6 +153,7 @@ class Campaign:
             steps[-1]["unsafe_store"] = True
         before = None if op == "provision" else _fp(S.read_store(self.board))
         issued0 = self.server.issued_count()
+        serials0 = set(self.server.ca.store.all_serials())
         res = self._run(steps, on_record=cut)
         if not res.killed or cut.finished:
             self.missed += 1
@@ -185,8 +186,12 @@ class Campaign:
                 outcome = "old"
             else:
                 outcome = "new"
-                if rec["issued_during"] < 1:
-                    problems.append("a certificate the CA did not issue during this operation")
+                # "new" is a certificate the CA issued during this operation,
+                # not any other one (an older generation coming back)
+                during = set(int(x, 16) for x in self.server.ca.store.all_serials() if x not in serials0)
+                if int(host["serial"], 16) not in during:
+                    problems.append("a certificate the CA did not issue during this operation (serial %s)"
+                                    % host["serial"])
             if st.get("state") == "ok" and st.get("cert") != after:
                 problems.append("the board and the host see different certificates")
         rec["outcome"] = "broken" if problems else outcome

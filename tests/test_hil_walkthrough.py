@@ -291,3 +291,40 @@ def test_fleet_bad_numbers_name_the_argument(tmp_path, args, word):
     # with "no answer after # retransmissions" (exit 1), as if the network
     # were at fault
     one_clear_line(est_lite("fleet", "--devices", "2", *args, cwd=tmp_path), word)
+
+
+# -- power cuts: "the old one or one the CA issued during the cut operation" ----
+
+
+@needs_mp
+def test_powercut_catches_a_store_that_rolls_back_to_an_older_generation(tmp_path):
+    """A store that comes back after a cut with an older generation (valid,
+    issued by the CA, but neither the pair before the cut nor the new one)
+    is broken. Before, any certificate other than the previous one counted
+    as "new" as soon as the CA had issued something during the operation."""
+    from hil import powercut as P
+    from hil import scenario as S
+
+    class RollingBack(P.Campaign):
+        saved = None
+
+        def _run(self, steps, on_record=None, timeout=300):
+            if steps == [{"do": "check"}] and self.saved:  # the reboot after the cut
+                store = os.path.join(self.board.flash, S.STORE)
+                shutil.rmtree(store)
+                shutil.copytree(self.saved, store)
+            return super()._run(steps, on_record, timeout)
+
+    c = RollingBack(str(tmp_path / "w"), seed=1, ops=("renew",), modes=("point",), fixed_points=[0],
+                    keep_broken=False)
+    try:
+        c.setup()  # enrolled: generation A
+        c.saved = str(tmp_path / "generation-a")
+        shutil.copytree(os.path.join(c.board.flash, S.STORE), c.saved)
+        assert c._run([{"do": "renew"}]).ok  # generation B
+        rec = c.one(0)  # re-enroll cut before its first write; the store comes back as A
+    finally:
+        c.close()
+    assert rec["issued_during"] == 1
+    assert rec["outcome"] == "broken", rec
+    assert "did not issue during this operation" in rec["problems"][0]
