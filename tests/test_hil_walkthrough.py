@@ -328,3 +328,12 @@ def test_powercut_catches_a_store_that_rolls_back_to_an_older_generation(tmp_pat
     assert rec["issued_during"] == 1
     assert rec["outcome"] == "broken", rec
     assert "did not issue during this operation" in rec["problems"][0]
+
+
+@pytest.mark.parametrize("args", [["hil", "bundle", "--out", "{file}"], ["hil", "pty-board", "--flash", "{file}/flash"],
+                                  ["hil", "powercut", "--runs", "1", "--workdir", "{file}/w"]])
+def test_hil_directory_that_cannot_be_made_is_one_line(tmp_path, args):
+    # before: "internal error: NotADirectoryError ..." (exit 70)
+    f = tmp_path / "a-file"
+    f.write_text("")
+    one_clear_line(est_lite(*[a.format(file=f) for a in args], cwd=tmp_path), "a-file", "Not a directory")

@@ -185,6 +185,13 @@ def _board_errors(fn):
             from est_lite.errors import LocalProtocolError
 
             raise LocalProtocolError("hil: %s" % e) from None
+        except OSError as e:
+            # a --out / --flash / --workdir that cannot be written: say which
+            from est_lite.errors import LocalProtocolError
+
+            if e.filename is None:
+                raise
+            raise LocalProtocolError("hil: %s: %s" % (e.filename, e.strerror or e)) from None
     return run
 
 
@@ -274,12 +281,12 @@ def register(sub):
     q.add_argument("--workdir", help="keep the work files here (default: a temporary directory, removed unless "
                                      "a store broke)")
     q.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
-    q.set_defaults(func=_terminable(cmd_powercut))
+    q.set_defaults(func=_terminable(_board_errors(cmd_powercut)))
 
     q = hs.add_parser("pty-board", help="serve a virtual board on a pseudo-terminal (a serial stand-in)")
     q.add_argument("--flash", required=True, help="directory standing in for the board's flash")
     q.add_argument("--heap", default="256K", type=_heap)
-    q.set_defaults(func=_terminable(cmd_pty_board))
+    q.set_defaults(func=_terminable(_board_errors(cmd_pty_board)))
 
     def _help(args):
         p.print_help()
