@@ -143,9 +143,9 @@ def cmd_run(args):
             print("est-lite hil run: %s is a power-cut campaign: run it with est-lite hil powercut" % scn["name"],
                   file=sys.stderr)
             return 2
+    _check_host(args.host)
     if args.port:
         _check_port(args.port, "hil run")
-    _check_host(args.host)
     with tempfile.TemporaryDirectory(prefix="est-lite-hil-") as d:
         bundle = args.bundle
         if bundle is None:
