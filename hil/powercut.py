@@ -276,6 +276,9 @@ def main_args(a, out=sys.stdout):
                      rep["broken_stores"], rep["outcomes"], rep["points"], rep["seed"]))
         for r in rep["broken"]:
             out.write("  BROKEN %s\n" % json.dumps(r))
+    if rep["runs"] < a.runs:
+        sys.stderr.write("est-lite hil powercut: only %d of %d cuts landed inside the operation (%d missed: it "
+                         "ended before the cut); run again or with fewer --runs\n" % (rep["runs"], a.runs, rep["missed"]))
     return 1 if rep["broken_stores"] or rep["runs"] < a.runs else 0
 
 

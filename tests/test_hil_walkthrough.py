@@ -337,3 +337,19 @@ def test_hil_directory_that_cannot_be_made_is_one_line(tmp_path, args):
     f = tmp_path / "a-file"
     f.write_text("")
     one_clear_line(est_lite(*[a.format(file=f) for a in args], cwd=tmp_path), "a-file", "Not a directory")
+
+
+def test_powercut_short_of_runs_says_why(monkeypatch, capsys):
+    # exit 1 when fewer cuts landed than asked: before, without a word
+    import argparse
+    import io
+
+    from hil import powercut as P
+
+    rep = {"runs": 3, "broken_stores": 0, "outcomes": {"old": 3}, "by_mode": {"time": 3}, "by_op": {"renew": 3},
+           "points": {}, "missed": 97, "elapsed_s": 1.0, "seed": 1, "transport": "coaps", "broken": []}
+    monkeypatch.setattr(P, "campaign", lambda *a, **k: rep)
+    a = argparse.Namespace(runs=5, workdir=None, seed=1, transport="coaps", heap="256K", json=True)
+    assert P.main_args(a, out=io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert "only 3 of 5 cuts" in err and "97 missed" in err
