@@ -196,10 +196,14 @@ def run(scn, board, server, cn=None, timeout=900, seed=None):
     if link:
         if scn["transport"] != "coaps":
             raise ValueError("a lossy link is a UDP relay: it needs transport coaps")
-        relay = LossyRelay(("127.0.0.1", server.coaps_port), loss=link.get("loss", 0), dup=link.get("dup", 0),
-                           reorder=link.get("reorder", 0), delay=tuple(link.get("delay", (0, 0))), seed=seed)
+        # on the server's address (--host): a real board reaches the relay
+        # where it would reach the server, and ::1 works as 127.0.0.1 does
+        relay = LossyRelay((server.host, server.coaps_port), loss=link.get("loss", 0), dup=link.get("dup", 0),
+                           reorder=link.get("reorder", 0), delay=tuple(link.get("delay", (0, 0))), seed=seed,
+                           listen=(server.host, 0))
         host, port = relay.start()
-        url = "coaps://%s:%d%s" % (host, port, "/" + scn["label"] if scn.get("label") else "")
+        url = "coaps://%s:%d%s" % ("[%s]" % host if ":" in host else host, port,
+                                   "/" + scn["label"] if scn.get("label") else "")
     approver = None
     if scn.get("host", {}).get("approve_after_s") is not None:
         approver = _Approver(server, scn.get("label") or "", scn["host"]["approve_after_s"])

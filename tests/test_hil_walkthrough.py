@@ -353,3 +353,30 @@ def test_powercut_short_of_runs_says_why(monkeypatch, capsys):
     assert P.main_args(a, out=io.StringIO()) == 1
     err = capsys.readouterr().err
     assert "only 3 of 5 cuts" in err and "97 missed" in err
+
+
+# -- the lossy link on the server's address ------------------------------------------
+
+
+@needs_mp
+def test_lossy_link_listens_where_the_server_does(tmp_path, bundle_dir):
+    """`hil run lossy --host ADDR`: the relay listens on ADDR and forwards
+    to the server there (a real board reaches the host's network address,
+    not 127.0.0.1). Before, it was 127.0.0.1 both ways, so with --host ::1
+    the board's handshake went nowhere (188 s, then FAIL). 127.0.0.2 is a
+    loopback address the server can have alone on Linux."""
+    from hil import scenario
+    from hil.boards import VirtualBoard
+    from hil.refserver import RefServer
+
+    scn = {"name": "link", "transport": "coaps", "link": {"loss": 0.0}, "timeout": 5,
+           "steps": [{"do": "wipe"}, {"do": "provision", "deadline": 20}], "expect": {"issued": 1}}
+    srv = RefServer(str(tmp_path / "server"), host="127.0.0.2").start()
+    try:
+        b = VirtualBoard(str(tmp_path / "vb"), name="vb")
+        b.deploy(bundle_dir)
+        res = scenario.run(scn, b, srv)
+    finally:
+        srv.stop()
+    assert res.ok, res.problems
+    assert res.relay_stats["up"]["in"] > 0 and res.relay_stats["down"]["in"] > 0
