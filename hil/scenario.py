@@ -50,7 +50,25 @@ def load(name):
     scn.setdefault("name", p.stem)
     if scn.get("transport") not in ("coaps", "https"):
         raise ValueError("scenario %s: transport must be coaps or https" % scn["name"])
+    link = scn.get("link")
+    if link:
+        if scn["transport"] != "coaps":
+            raise ValueError("scenario %s: a lossy link is a UDP relay: it needs transport coaps" % scn["name"])
+        try:
+            _link_relay(link, ("127.0.0.1", 1))  # checks the numbers now, not when the run gets there
+        except ValueError as e:
+            raise ValueError("scenario %s: %s" % (scn["name"], e)) from None
     return scn
+
+
+def _link_relay(link, upstream, seed=None, listen=("127.0.0.1", 0)):
+    from .lossy import LossyRelay
+
+    try:
+        return LossyRelay(upstream, loss=link.get("loss", 0), dup=link.get("dup", 0), reorder=link.get("reorder", 0),
+                          delay=tuple(link.get("delay", (0, 0))), seed=seed, listen=listen)
+    except (TypeError, ValueError, IndexError, AttributeError) as e:
+        raise ValueError("link %s: %s" % (json.dumps(link), e)) from None
 
 
 # -- the board's store, seen from the host --
@@ -181,8 +199,6 @@ def run(scn, board, server, cn=None, timeout=900, seed=None):
     """Run scenario `scn` (a dict from load()) on `board` against `server`
     (a started RefServer; the board must hold the bundle). Returns a
     ScenarioResult; .problems lists everything that did not hold."""
-    from .lossy import LossyRelay
-
     if isinstance(scn, str):
         scn = load(scn)
     if scn.get("powercut"):
@@ -198,9 +214,7 @@ def run(scn, board, server, cn=None, timeout=900, seed=None):
             raise ValueError("a lossy link is a UDP relay: it needs transport coaps")
         # on the server's address (--host): a real board reaches the relay
         # where it would reach the server, and ::1 works as 127.0.0.1 does
-        relay = LossyRelay((server.host, server.coaps_port), loss=link.get("loss", 0), dup=link.get("dup", 0),
-                           reorder=link.get("reorder", 0), delay=tuple(link.get("delay", (0, 0))), seed=seed,
-                           listen=(server.host, 0))
+        relay = _link_relay(link, (server.host, server.coaps_port), seed=seed, listen=(server.host, 0))
         host, port = relay.start()
         url = "coaps://%s:%d%s" % ("[%s]" % host if ":" in host else host, port,
                                    "/" + scn["label"] if scn.get("label") else "")

@@ -380,3 +380,14 @@ def test_lossy_link_listens_where_the_server_does(tmp_path, bundle_dir):
         srv.stop()
     assert res.ok, res.problems
     assert res.relay_stats["up"]["in"] > 0 and res.relay_stats["down"]["in"] > 0
+
+
+@pytest.mark.parametrize("content, word", [('{"transport": "coaps", "link": {"loss": 1.5}, "steps": []}', "loss"),
+                                           ('{"transport": "https", "link": {"loss": 0.1}, "steps": []}', "coaps"),
+                                           ('{"transport": "coaps", "link": {"delay": 5}, "steps": []}', "link")])
+def test_a_scenario_files_bad_link_is_said_before_the_run(tmp_path, content, word):
+    # before: internal error (exit 70) from the relay or scenario.run once
+    # the bundle was built, the server started and the scenarios before it ran
+    p = tmp_path / "mylink.json"
+    p.write_text(content)
+    one_clear_line(est_lite("hil", "run", str(p), cwd=tmp_path), "scenario mylink", word)
