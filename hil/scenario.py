@@ -50,6 +50,9 @@ def load(name):
     scn.setdefault("name", p.stem)
     if scn.get("transport") not in ("coaps", "https"):
         raise ValueError("scenario %s: transport must be coaps or https" % scn["name"])
+    if not scn.get("powercut") and not (isinstance(scn.get("steps"), list)
+                                         and all(isinstance(st, dict) and "do" in st for st in scn["steps"])):
+        raise ValueError('scenario %s: "steps" must be a list of {"do": ...} (see hil/scenarios/*.json)' % scn["name"])
     link = scn.get("link")
     if link:
         if scn["transport"] != "coaps":
@@ -208,6 +211,9 @@ def run(scn, board, server, cn=None, timeout=900, seed=None):
     provision_board(board, server, cn)
     relay = None
     url = None
+    if not scn.get("powercut") and not (isinstance(scn.get("steps"), list)
+                                         and all(isinstance(st, dict) and "do" in st for st in scn["steps"])):
+        raise ValueError('scenario %s: "steps" must be a list of {"do": ...} (see hil/scenarios/*.json)' % scn["name"])
     link = scn.get("link")
     if link:
         if scn["transport"] != "coaps":

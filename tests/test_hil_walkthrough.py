@@ -384,7 +384,9 @@ def test_lossy_link_listens_where_the_server_does(tmp_path, bundle_dir):
 
 @pytest.mark.parametrize("content, word", [('{"transport": "coaps", "link": {"loss": 1.5}, "steps": []}', "loss"),
                                            ('{"transport": "https", "link": {"loss": 0.1}, "steps": []}', "coaps"),
-                                           ('{"transport": "coaps", "link": {"delay": 5}, "steps": []}', "link")])
+                                           ('{"transport": "coaps", "link": {"delay": 5}, "steps": []}', "link"),
+                                           ('{"transport": "coaps"}', "steps"),
+                                           ('{"transport": "coaps", "steps": ["provision"]}', "steps")])
 def test_a_scenario_files_bad_link_is_said_before_the_run(tmp_path, content, word):
     # before: internal error (exit 70) from the relay or scenario.run once
     # the bundle was built, the server started and the scenarios before it ran
