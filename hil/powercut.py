@@ -39,6 +39,15 @@ from . import scenario as S
 from .boards import VirtualBoard
 
 
+class CampaignError(RuntimeError):
+    """The campaign could not start (calibration or the first enrollment
+    failed): .output holds the board's console."""
+
+    def __init__(self, message, output=""):
+        super().__init__(message)
+        self.output = output
+
+
 class _Cut:
     def __init__(self, op_index, mode, offset=None):
         self.op_index = op_index
@@ -110,7 +119,7 @@ class Campaign:
             steps.append({"do": op, "cut": {"at": None}, "unsafe_store": self.unsafe_store})
             res = self._run(steps)
             if not res.ok:
-                raise RuntimeError("calibration run of %s failed: %s\n%s" % (op, res.failure(), res.output[-2000:]))
+                raise CampaignError("calibration run of %s failed: %s" % (op, res.failure()), res.output[-2000:])
             st = res.steps[-1]
             self.durations[op] = st["ms"] / 1000.0
             self.points[op] = st["points"]
@@ -128,7 +137,7 @@ class Campaign:
         if S.read_store(self.board) is None:
             res = self._run([{"do": "provision"}])
             if not res.ok:
-                raise RuntimeError("provisioning failed: %s" % res.failure())
+                raise CampaignError("provisioning failed: %s" % res.failure(), res.output[-2000:])
 
     def one(self, i):
         """One cut; returns its record (None when the cut missed)."""
@@ -266,7 +275,11 @@ def main_args(a, out=sys.stdout):
             sys.stderr.write("\rpower cut %d/%d: %-5s %-9s -> %s   " % (n, total, r["mode"], r["op"], r["outcome"]))
             sys.stderr.flush()
 
-    rep = campaign(a.runs, a.workdir, seed=a.seed, transport=a.transport, heap=a.heap, progress=progress)
+    try:
+        rep = campaign(a.runs, a.workdir, seed=a.seed, transport=a.transport, heap=a.heap, progress=progress)
+    except CampaignError as e:
+        sys.stderr.write("est-lite hil powercut: %s\n" % e)
+        return 1
     sys.stderr.write("\n")
     if a.json:
         out.write(json.dumps(rep) + "\n")

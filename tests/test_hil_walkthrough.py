@@ -393,3 +393,12 @@ def test_a_scenario_files_bad_link_is_said_before_the_run(tmp_path, content, wor
     p = tmp_path / "mylink.json"
     p.write_text(content)
     one_clear_line(est_lite("hil", "run", str(p), cwd=tmp_path), "scenario mylink", word)
+
+
+@needs_mp
+def test_powercut_that_cannot_calibrate_is_one_line(tmp_path):
+    # a heap too small to enroll: before, internal error (exit 70) with the
+    # board's whole console in it
+    p = est_lite("hil", "powercut", "--runs", "1", "--heap", "64K", cwd=tmp_path)
+    err = one_clear_line(p, "calibration run of provision failed", "MemoryError")
+    assert "#HIL" not in err
