@@ -236,6 +236,42 @@ def test_retry_after_then_success(mplib, srv, tmp_path, transport):
     assert not srv.ca.store.list_requests(status="pending")
 
 
+def test_https_kept_connection_closed_by_the_server_while_idle(mplib, tmp_path):
+    """The client keeps its TLS connection between operations and through
+    a short Retry-After wait; a server that closes idle connections sooner
+    (here after 0.3 s) answers the next request on it with EOF. That
+    request never reached the server: it is sent again on a new connection
+    (before: 'RemoteProtocolError: enroll: connection closed before a
+    response', not retried). cacerts, 1 s idle, then an enrollment on a
+    manual-approval label (Retry-After 1 s) approved from here while the
+    client waits: both the first request and the one after the wait meet a
+    closed connection."""
+    from helpers_server import BASE_CONFIG
+
+    assert "io_timeout_s = 5" in BASE_CONFIG
+    s = EstBothServer(tmp_path, extra_toml=QUICK_TOML, config_text=BASE_CONFIG.replace("io_timeout_s = 5",
+                                                                                      "io_timeout_s = 0.3"))
+    stop = threading.Event()
+
+    def approver():
+        while not stop.is_set():
+            if approve_pending(s):
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=approver, daemon=True)
+    t.start()
+    try:
+        cfg = https_cfg(s, tmp_path, server="https://localhost:%d/quick" % s.port, steps=["cacerts", "sleep", "enroll"])
+        rc, out = run(mplib, tmp_path, cfg)
+    finally:
+        stop.set()
+        t.join(5)
+        s.stop()
+    assert rc == 0 and "OK cacerts 1" in out and "OK enroll" in out, out
+    assert not s.ca.store.list_requests(status="pending")
+
+
 def test_server_down_clear_error_within_the_deadline(mplib, srv, tmp_path):
     import socket
 

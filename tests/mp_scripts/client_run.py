@@ -2,7 +2,8 @@
 # tests/test_client_runtime_mp.py and bench/device.py:
 #   micropython -X heapsize=.. client_run.py CONFIG.json
 # CONFIG: server, trust [DER paths], pin (hex), cert, key (DER paths), user,
-# password, table (P-256 table file), store (dir), cn, steps [...],
+# password, table (P-256 table file), store (dir), cn, steps [...] (cacerts,
+# csrattrs, enroll, reenroll, serverkeygen, provision, renew, load, close, sleep),
 # deadline, timeout, threshold, now, szx, ack_timeout.
 # Prints "OK <step> <detail>" per step, then "DONE"; on an error
 # "ERROR <Class>: <message>" and exit status 1.
@@ -82,6 +83,10 @@ def main():
             print("OK load %s" % ("none" if s is None else "gen=%d ca=%d" % (s.gen, len(s.ca))))
         elif step == "close":
             c.close()
+        elif step == "sleep":  # the connection kept idle for 1 s
+            import time
+
+            time.sleep(1)
         gc.collect()
     c.close()
     print("DONE")

@@ -244,6 +244,11 @@ def http_once(cl, op, csr, pk):
     if cl.port != 443:
         host = "%s:%d" % (host, cl.port)
     for _ in range(3):
+        # a kept connection (an earlier operation's, or kept through a
+        # retry-after wait) may have been closed by the server while idle:
+        # its first request is answered by EOF (or a reset) and never
+        # reached the server, so it is sent again once on a new connection
+        kept = cl._t is not None
         t = cl._session()
         t.left = cl._left
         b = t.binding
@@ -259,7 +264,18 @@ def http_once(cl, op, csr, pk):
             req = o.send()
             if req is None:
                 raise LocalProtocolError("HTTP operation stalled")
-            t.write(req)
+            try:
+                t.write(req)
+                d = t.read(2048)
+            except TransportError:
+                if not kept:
+                    raise
+                d = b""
+            if kept and not d:
+                cl.close()
+                break
+            kept = False
+            o.receive_data(d)
             ev = o.next_event()
             while ev is C.NEED_DATA and o.state == C.AWAIT_RESPONSE:
                 o.receive_data(t.read(2048))
