@@ -34,6 +34,11 @@ def names():
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.json"))
 
 
+def _check_steps(scn):
+    if not (isinstance(scn.get("steps"), list) and all(isinstance(st, dict) and "do" in st for st in scn["steps"])):
+        raise ValueError('scenario %s: "steps" must be a list of {"do": ...} (see hil/scenarios/*.json)' % scn["name"])
+
+
 def load(name):
     """A scenario by name (hil/scenarios/NAME.json) or path."""
     p = pathlib.Path(name)
@@ -50,9 +55,8 @@ def load(name):
     scn.setdefault("name", p.stem)
     if scn.get("transport") not in ("coaps", "https"):
         raise ValueError("scenario %s: transport must be coaps or https" % scn["name"])
-    if not scn.get("powercut") and not (isinstance(scn.get("steps"), list)
-                                         and all(isinstance(st, dict) and "do" in st for st in scn["steps"])):
-        raise ValueError('scenario %s: "steps" must be a list of {"do": ...} (see hil/scenarios/*.json)' % scn["name"])
+    if not scn.get("powercut"):
+        _check_steps(scn)
     link = scn.get("link")
     if link:
         if scn["transport"] != "coaps":
@@ -206,14 +210,12 @@ def run(scn, board, server, cn=None, timeout=900, seed=None):
         scn = load(scn)
     if scn.get("powercut"):
         raise ValueError("scenario %s is a power-cut campaign: run it with hil.powercut" % scn["name"])
+    _check_steps(scn)  # (a scenario given as a dict was not checked by load()), before the board is provisioned
     cn = cn or "hil-%s" % board.name
     t0 = time.monotonic()
     provision_board(board, server, cn)
     relay = None
     url = None
-    if not scn.get("powercut") and not (isinstance(scn.get("steps"), list)
-                                         and all(isinstance(st, dict) and "do" in st for st in scn["steps"])):
-        raise ValueError('scenario %s: "steps" must be a list of {"do": ...} (see hil/scenarios/*.json)' % scn["name"])
     link = scn.get("link")
     if link:
         if scn["transport"] != "coaps":
