@@ -6,6 +6,7 @@ easy provisioning into a credential store on the VFS, renewal, pinned
 bootstrap, failures, and the heap a full CoAPs enrollment needs.
 Driver: tests/mp_scripts/client_run.py."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -82,6 +83,27 @@ def run(mplib, tmp, cfg, heap="256K", timeout=240, script=SCRIPT):
     p = subprocess.run([MICROPYTHON, "-X", "heapsize=" + heap, str(script), path], capture_output=True, text=True,
                        timeout=timeout, env=dict(os.environ, MICROPYPATH=str(mplib)))
     return p.returncode, p.stdout + p.stderr
+
+
+@contextlib.contextmanager
+def approving(srv):
+    """Approve the server's pending request from a thread as soon as there
+    is one, while the block runs."""
+    stop = threading.Event()
+
+    def approver():
+        while not stop.is_set():
+            if approve_pending(srv):
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=approver, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(5)
 
 
 def coaps_cfg(srv, tmp, dev, **kw):
@@ -215,23 +237,10 @@ def test_corrupt_store_is_reported(mplib, srv, tmp_path):
 def test_retry_after_then_success(mplib, srv, tmp_path, transport):
     # label "quick": manual approval with Retry-After / Max-Age 1; approved
     # from here once the request is pending
-    stop = threading.Event()
-
-    def approver():
-        while not stop.is_set():
-            if approve_pending(srv):
-                return
-            time.sleep(0.1)
-
-    t = threading.Thread(target=approver, daemon=True)
-    t.start()
-    try:
+    with approving(srv):
         base = coaps_cfg(srv, tmp_path, idevid_device(srv)) if transport == "coaps" else https_cfg(srv, tmp_path)
         server = base["server"] + "/quick"
         rc, out = run(mplib, tmp_path, dict(base, server=server, steps=["provision"]))
-    finally:
-        stop.set()
-        t.join(5)
     assert rc == 0 and "OK provision gen=1" in out, out
     assert not srv.ca.store.list_requests(status="pending")
 
@@ -251,22 +260,12 @@ def test_https_kept_connection_closed_by_the_server_while_idle(mplib, tmp_path):
     assert "io_timeout_s = 5" in BASE_CONFIG
     s = EstBothServer(tmp_path, extra_toml=QUICK_TOML, config_text=BASE_CONFIG.replace("io_timeout_s = 5",
                                                                                       "io_timeout_s = 0.3"))
-    stop = threading.Event()
-
-    def approver():
-        while not stop.is_set():
-            if approve_pending(s):
-                return
-            time.sleep(0.05)
-
-    t = threading.Thread(target=approver, daemon=True)
-    t.start()
     try:
-        cfg = https_cfg(s, tmp_path, server="https://localhost:%d/quick" % s.port, steps=["cacerts", "sleep", "enroll"])
-        rc, out = run(mplib, tmp_path, cfg)
+        with approving(s):
+            cfg = https_cfg(s, tmp_path, server="https://localhost:%d/quick" % s.port,
+                            steps=["cacerts", "sleep", "enroll"])
+            rc, out = run(mplib, tmp_path, cfg)
     finally:
-        stop.set()
-        t.join(5)
         s.stop()
     assert rc == 0 and "OK cacerts 1" in out and "OK enroll" in out, out
     assert not s.ca.store.list_requests(status="pending")
