@@ -2,7 +2,7 @@
 counted by valgrind (cachegrind): a repeatable figure for comparing server
 changes on a machine whose CPU time is too noisy to compare (shared CPUs).
 
-    python bench/server_instructions.py [--n1 20] [--n2 120] [--tls 1.2]
+    python bench/server_instructions.py [--n1 20] [--n2 120] [--tls 1.2] [--auth cert [--same-idevid]]
     python bench/server_instructions.py --callgrind [--n 100] [--top 40] [--auth cert] [--tls 1.2] [--out FILE]
 
 `est-lite serve` runs under `valgrind --tool=cachegrind` twice, each time
@@ -17,8 +17,10 @@ for the server's own work, not its CPU time. Needs `valgrind` (apt-get
 install valgrind); takes about 30 s. The last line printed is JSON.
 
 --callgrind: where those instructions go. One run under `valgrind
---tool=callgrind` (same server, CA and client; --auth cert enrolls with an
-IDevID client certificate instead of HTTP Basic): after the warm-up the
+--tool=callgrind` (same server, CA and client; --auth cert enrolls with
+IDevID client certificates instead of HTTP Basic, a new one per
+enrollment as a fleet's devices, or one for all with --same-idevid, whose
+signature the service then verifies once and caches): after the warm-up the
 counters are zeroed (`callgrind_control --zero`), N enrollments run, and
 the counters are dumped (`callgrind_control --dump`) before the server is
 stopped, so start-up, warm-up and shut-down are excluded (the frames on
@@ -52,7 +54,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
 
 
-def _serve(tool_args, n, warm, csrs, auth, between=None, tls="1.3"):
+def _serve(tool_args, n, warm, csrs, auth, between=None, tls="1.3", same_idevid=False):
     """Start `est-lite serve` under valgrind with `tool_args` on a fresh CA,
     enroll warm + n times (one TLS connection each); between(pid) runs
     after the warm-up and between(pid, True) after the n enrollments, while
@@ -68,11 +70,16 @@ def _serve(tool_args, n, warm, csrs, auth, between=None, tls="1.3"):
     init_ca(os.path.join(tmp, "ca")).store.close()
     PasswordFile(os.path.join(tmp, "ca", "passwords")).set_password(USER, PASSWORD)
     vendor = make_vendor_ca(tmp)
-    cert = key = None
+    ids = None
     auth_hdr = b""
     if auth == "cert":
-        k, c = issue_cert(vendor["cert"], vendor["key"], "bench-idevid")
-        cert, key = write_identity(tmp, "idevid", k, c)
+        # one IDevID for every enrollment (same_idevid: the service verifies
+        # its signature once, then finds it in its cache), or a new one for
+        # each, as a fleet of devices enrolling once each
+        ids = []
+        for i in range(1 if same_idevid else warm + n):
+            k, c = issue_cert(vendor["cert"], vendor["key"], "bench-idevid-%d" % i)
+            ids.append(write_identity(tmp, "idevid-%d" % i, k, c))
     else:
         auth_hdr = b"Authorization: Basic " + base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()) + b"\r\n"
     with open(os.path.join(tmp, "server.toml"), "w") as f:
@@ -90,14 +97,18 @@ def _serve(tool_args, n, warm, csrs, auth, between=None, tls="1.3"):
                 raise SystemExit("the server under valgrind exited with %s" % p.returncode)
             time.sleep(0.05)
         port = int(open(pf).read())
-        one = https_enroller(port, os.path.join(tmp, "ca", "root.pem"), auth_hdr, cert, key, timeout=120, tls=tls)
+        root = os.path.join(tmp, "ca", "root.pem")
+        if ids is None:
+            ones = [https_enroller(port, root, auth_hdr, timeout=120, tls=tls)]
+        else:
+            ones = [https_enroller(port, root, b"", cert, key, timeout=120, tls=tls) for cert, key in ids]
         ok = 0
-        for body in csrs[:warm]:
-            ok += one(body)
+        for i, body in enumerate(csrs[:warm]):
+            ok += ones[i % len(ones)](body)
         if between:
             between(p.pid)
-        for body in csrs[warm:warm + n]:
-            ok += one(body)
+        for i, body in enumerate(csrs[warm:warm + n], warm):
+            ok += ones[i % len(ones)](body)
         if between:
             between(p.pid, True)
     finally:
@@ -108,9 +119,9 @@ def _serve(tool_args, n, warm, csrs, auth, between=None, tls="1.3"):
     return tmp
 
 
-def _serve_and_count(n, warm, csrs, auth, tls="1.3"):
+def _serve_and_count(n, warm, csrs, auth, tls="1.3", same_idevid=False):
     tmp = _serve(["--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=%TMP%/cachegrind.out"],
-                 n, warm, csrs, auth, tls=tls)
+                 n, warm, csrs, auth, tls=tls, same_idevid=same_idevid)
     try:
         with open(os.path.join(tmp, "cachegrind.out")) as f:
             m = re.search(r"^summary:\s+(\d+)", f.read(), re.M)
@@ -188,7 +199,8 @@ def callgrind(args, csrs):
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
 
     tmp = _serve(["--tool=callgrind", "--callgrind-out-file=%TMP%/callgrind.out", "--dump-instr=no",
-                  "--collect-systime=no"], args.n, args.warm, csrs, args.auth, control, tls=args.tls)
+                  "--collect-systime=no"], args.n, args.warm, csrs, args.auth, control, tls=args.tls,
+                 same_idevid=args.same_idevid)
     try:
         dumps = [f for f in glob.glob(os.path.join(tmp, "callgrind.out*")) if f != os.path.join(tmp, "callgrind.out")]
         if len(dumps) != 1:
@@ -222,6 +234,7 @@ def callgrind(args, csrs):
                 for (fn, obj), ir in sorted(t.items(), key=lambda kv: -kv[1])[:args.top]]
 
     print(json.dumps({"instructions_per_enrollment": round(total), "n": args.n, "auth": args.auth,
+                      "idevids": None if args.auth != "cert" else "one" if args.same_idevid else "one per enrollment",
                       "client_tls": "TLS " + args.tls, "file": out,
                       "self_by_object": {k: round(v) for k, v in by_obj.items()},
                       "top_inclusive": top(incl), "top_self": top(excl)}))
@@ -239,6 +252,9 @@ def main(argv=None):
     ap.add_argument("--auth", default="basic", choices=["basic", "cert"])
     ap.add_argument("--tls", default="1.3", choices=["1.3", "1.2"],
                     help="the client's highest TLS version (bench/server.py --tls): 1.2 is a MicroPython device's")
+    ap.add_argument("--same-idevid", action="store_true",
+                    help="--auth cert: one IDevID for every enrollment (the service then verifies its signature "
+                         "once and finds it in its cache) instead of a new IDevID per enrollment, as in a fleet")
     ap.add_argument("--out", default="callgrind.server.out", help="--callgrind: where the output file is kept")
     args = ap.parse_args(argv)
     if args.n2 <= args.n1:
@@ -251,13 +267,14 @@ def main(argv=None):
     csrs = [base64.encodebytes(make_csr("ir-%d" % i)[1]) for i in range(args.warm + count)]
     if args.callgrind:
         return callgrind(args, csrs)
-    a = _serve_and_count(args.n1, args.warm, csrs, args.auth, args.tls)
-    b = _serve_and_count(args.n2, args.warm, csrs, args.auth, args.tls)
+    a = _serve_and_count(args.n1, args.warm, csrs, args.auth, args.tls, args.same_idevid)
+    b = _serve_and_count(args.n2, args.warm, csrs, args.auth, args.tls, args.same_idevid)
     per = (b - a) / (args.n2 - args.n1)
     print("server user-space instructions per HTTPS enrollment: %.0f (totals %d after %d, %d after %d)"
           % (per, a, args.n1, b, args.n2))
     print(json.dumps({"instructions_per_enrollment": round(per), "n1": args.n1, "n2": args.n2,
                       "total_n1": a, "total_n2": b, "auth": args.auth,
+                      "idevids": None if args.auth != "cert" else "one" if args.same_idevid else "one per enrollment",
                       "client_tls": "TLS " + args.tls}))
     return 0
 
