@@ -1,10 +1,10 @@
 """User-space instructions per enrollment of the reference server over
 EST-coaps (and, for comparison, over HTTPS with the same IDevID client
-certificate), counted by valgrind's callgrind: a repeatable figure for
+certificates), counted by valgrind's callgrind: a repeatable figure for
 comparing server changes on a machine whose CPU time is too noisy to
 compare (two CPUs shared with the load generator and other work).
 
-    python bench/coaps_instructions.py [--n 100] [--transport coaps|https|both]
+    python bench/coaps_instructions.py [--n 100] [--transport coaps|https|both] [--same-idevid]
 
 `est-lite serve` runs under `valgrind --tool=callgrind --instr-atstart=no`
 on a fresh CA (the bench/server.py config, IDevID trust). A sequential
@@ -13,7 +13,9 @@ client enrolls 10 times to warm up; then instrumentation is switched on
 switched off again, so start-up and warm-up are not counted. The CoAPs
 client is bench/server.py's coaps_enroller (one DTLS handshake with the
 cookie exchange per enrollment), the HTTPS client is stdlib ssl with the
-same certificate (one TLS connection per enrollment, as bench/server.py).
+same certificates (one TLS connection per enrollment, as bench/server.py).
+Each enrollment presents a new IDevID, as a fleet's devices enrolling once
+each (bench/server.py --idevids); --same-idevid presents one for all.
 Kernel work (UDP/TCP, syscalls) is not counted, nor are cache misses:
 instructions are a proxy for the server's own work, not its CPU time (and
 valgrind's CPU lacks some instruction-set extensions, so OpenSSL's P-256
@@ -39,7 +41,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
 
 
-def _setup(coaps):
+def _setup(coaps, n_ids):
     from cryptography.hazmat.primitives import serialization
     from helpers_server import der, issue_cert, make_vendor_ca, write_identity
     from server import CONFIG
@@ -53,21 +55,26 @@ def _setup(coaps):
         f.write(CONFIG % {"workers": 2, "io": ""})
         if coaps:
             f.write("\n[coaps]\nport = 0\nprocesses = 1\n")
-    k, c = issue_cert(vendor["cert"], vendor["key"], "instr-idevid")
-    cert_pem, key_pem = write_identity(tmp, "idevid", k, c)
+    ids = []  # (cryptography certificate, key, PEM paths) of each IDevID
+    for i in range(n_ids):
+        k, c = issue_cert(vendor["cert"], vendor["key"], "instr-idevid-%d" % i)
+        ids.append((c, k, write_identity(tmp, "idevid-%d" % i, k, c)))
     ca = LocalCA(os.path.join(tmp, "ca"))
     root_der = der(ca.root)
     ca.store.close()
+    c, k = ids[0][0], ids[0][1]
     key_der = k.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                               serialization.NoEncryption())
-    return tmp, root_der, der(c), key_der, cert_pem, key_pem
+    return tmp, root_der, der(c), key_der, ids
 
 
-def _https_one(port, root_pem, cert_pem, key_pem):
+def _https_one(port, root_pem, ids):
+    """One enrollment per call, each IDevID of ids in turn."""
     from server import https_enroller
 
-    one = https_enroller(port, root_pem, cert=cert_pem, key=key_pem, timeout=120)
-    return lambda csr: one(base64.encodebytes(csr))
+    ones = [https_enroller(port, root_pem, cert=pems[0], key=pems[1], timeout=120) for _, _, pems in ids]
+    turn = iter(range(10 ** 9))
+    return lambda csr: ones[next(turn) % len(ones)](base64.encodebytes(csr))
 
 
 def _split(out_file):
@@ -93,9 +100,9 @@ def _split(out_file):
     return total, ossl, py, libc
 
 
-def count(transport, n):
+def count(transport, n, same_idevid=False):
     coaps = transport == "coaps"
-    tmp, root_der, cert_der, key_der, cert_pem, key_pem = _setup(coaps)
+    tmp, root_der, cert_der, key_der, ids = _setup(coaps, 1 if same_idevid else n + 10)
     from helpers_server import make_csr
 
     csrs = [make_csr("instr-%d" % i)[1] for i in range(n + 10)]
@@ -116,10 +123,11 @@ def count(transport, n):
             from server import coaps_enroller
 
             port = int(open(cpf).read())
-            one = coaps_enroller(port, root_der, cert_der, key_der)
+            one = coaps_enroller(port, root_der, cert_der, key_der,
+                                 identities=None if same_idevid else [(c, k) for c, k, _ in ids])
         else:
             port = int(open(pf).read())
-            one = _https_one(port, os.path.join(tmp, "ca", "root.pem"), cert_pem, key_pem)
+            one = _https_one(port, os.path.join(tmp, "ca", "root.pem"), ids)
         for csr in csrs[:10]:
             if not one(csr):
                 raise SystemExit("warm-up enrollment failed")
@@ -145,12 +153,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100, help="enrollments counted")
     ap.add_argument("--transport", default="coaps", choices=["coaps", "https", "both"])
+    ap.add_argument("--same-idevid", action="store_true",
+                    help="one IDevID for every enrollment instead of a new one per enrollment (a fleet): the HTTPS "
+                         "service then verifies its signature once and caches it; the DTLS server's OpenSSL "
+                         "verifies the chain in every handshake either way")
     args = ap.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("needs valgrind (apt-get install valgrind)")
-    out = {"n": args.n, "auth": "cert"}
+    out = {"n": args.n, "auth": "cert", "idevids": "one" if args.same_idevid else "one per enrollment"}
     for t in (["coaps", "https"] if args.transport == "both" else [args.transport]):
-        out[t] = count(t, args.n)
+        out[t] = count(t, args.n, args.same_idevid)
     print(json.dumps(out))
     return 0
 
