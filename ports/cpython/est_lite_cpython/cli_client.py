@@ -9,8 +9,9 @@
 --out DIR is a credential store (est_lite_cpython.credstore: atomic, 0600)
 plus PEM copies cert.pem, key.pem, ca.pem (enroll --csr: only cert.pem, the
 key stays with the caller). An enrollment the server has not finished
-before --deadline (202 / 5.03: a request waiting for manual approval)
-leaves its key in DIR/pending-key.pem (0600) and the request in
+before --deadline (202 / 5.03: a request waiting for manual approval),
+or stopped with Ctrl-C after its CSR went out (exit 130), leaves its key
+in DIR/pending-key.pem (0600) and the request in
 DIR/pending.json; the same command run again repeats that request (RFC 7030
 §4.2.3) and removes them once the certificate is stored. Every failure
 exits non-zero with one line on stderr.
@@ -390,9 +391,8 @@ def _pending_key(args, req):
     return key, True
 
 
-def _keep_pending(args, key, req, e, again):
-    """Write the key (0600, PEM) and the request to --out, and the
-    one-line error that says so."""
+def _write_pending(args, key, req, said, again):
+    # the key (0600, PEM) and the request, in --out
     from .credstore import write_file_atomic
 
     if not again:
@@ -400,7 +400,13 @@ def _keep_pending(args, key, req, e, again):
     import time
 
     write_file_atomic(os.path.join(args.out, _PENDING_REQ), json.dumps(
-        {"request": req, "said": e.diagnostic, "time": int(time.time())}, indent=1, sort_keys=True).encode())
+        {"request": req, "said": said, "time": int(time.time())}, indent=1, sort_keys=True).encode())
+
+
+def _keep_pending(args, key, req, e, again):
+    """Write the key (0600, PEM) and the request to --out, and the
+    one-line error that says so."""
+    _write_pending(args, key, req, e.diagnostic, again)
     return TransportError("%s: %s; the request's key is kept in %s (0600): run the same command again (after "
                           "approval) to collect the certificate" % (req["op"], e.msg, os.path.join(args.out,
                                                                                                    _PENDING_KEY)),
@@ -428,6 +434,16 @@ def _pending_call(args, req, fn):
         if e.coap_code != 0xA3 or not use.used:
             raise
         raise _keep_pending(args, key, req, e, again) from None
+    except KeyboardInterrupt:
+        # Ctrl-C after the CSR went out (typically during a retry wait for
+        # manual approval): the server may hold the request, so its key is
+        # kept as after --deadline; the same command collects it later
+        if use.used:
+            if not again:
+                _write_pending(args, key, req, None, again)
+            print("est-lite: interrupted; the request's key is kept in %s (0600): run the same command again (after "
+                  "approval) to collect the certificate" % os.path.join(args.out, _PENDING_KEY), file=sys.stderr)
+        raise
     if again:
         _drop_pending(args)
     return r, again

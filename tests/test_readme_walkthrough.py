@@ -1,0 +1,165 @@
+"""README.md followed as written, by a stranger (brief AK): the library
+snippet under "Enroll a device" run verbatim (host, pin and store path
+substituted), and what the README promises about a request waiting for
+manual approval when the person waiting presses Ctrl-C."""
+
+import hashlib
+import os
+import re
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from helpers_cli import cli, one_line
+from helpers_client import der
+from helpers_coaps import EstBothServer, idevid_device, key_der
+from helpers_server import PASSWORD, USER
+
+from est_lite_cpython.credstore import CredStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MANUAL_TOML = """
+[profiles.manualc]
+manual_approval = true
+retry_after = 7
+auth = ["cert"]
+client_cert_trust = ["ca", "idevid"]
+pop_exempt_transports = ["coaps"]
+"""
+
+
+@pytest.fixture
+def both(tmp_path):
+    (tmp_path / "srv").mkdir()
+    srv = EstBothServer(tmp_path / "srv", extra_toml=MANUAL_TOML)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def readme():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return f.read()
+
+
+def library_snippet():
+    """The first ```python block after 'The same client as a library'."""
+    text = readme()
+    at = text.index("The same client as a library")
+    m = re.search(r"```python\n(.*?)```", text[at:], re.S)
+    assert m, "README: no python block after 'The same client as a library'"
+    return m.group(1)
+
+
+# --- the library snippet, as written ---
+
+
+def test_readme_library_snippet_runs_on_cpython(both, tmp_path):
+    srv = both
+    code = library_snippet()
+    # what a reader substitutes: the server (a label that takes IDevIDs),
+    # the pin (the server certificate: the reference server sends only its
+    # own over CoAPs unless --coaps-send-chain all, as the README says),
+    # and a store directory
+    server_der = x509.load_pem_x509_certificate(open(os.path.join(srv.data_dir, "server.pem"), "rb").read())
+    pin = "sha256:" + hashlib.sha256(der(server_der)).hexdigest()
+    assert code.count('"coaps://est.example"') == 1 and code.count('"/var/lib/est/dev-1"') == 2, code
+    code = code.replace('"coaps://est.example"', '"coaps://127.0.0.1:%d/coapsonly"' % srv.coaps_port)
+    code = re.sub(r'pin="sha256:[0-9a-f.]+"', 'pin="%s"' % pin, code)
+    code = code.replace('"/var/lib/est/dev-1"', repr(str(tmp_path / "dev-1")))
+    dev = idevid_device(srv)
+    ns = {"idevid_der": der(dev.cert), "idevid_key_der": key_der(dev.key)}
+    lines = code.splitlines()
+    # the last line's value (renew_if_needed: None when not due) is what the comment promises
+    body, last = "\n".join(lines[:-1]), lines[-1].split("#")[0].strip()
+    exec(compile(body, "README.md", "exec"), ns)
+    assert eval(last, ns) is None
+    ns["c"].close()
+    creds = CredStore(str(tmp_path / "dev-1")).load()
+    cert = x509.load_der_x509_certificate(creds.cert)
+    assert cert.subject.rfc4514_string() == "CN=dev-1" and creds.cert == ns["r"].cert
+    assert os.stat(tmp_path / "dev-1").st_mode & 0o077 == 0
+
+
+def test_readme_points_micropython_readers_at_the_table_file_and_heap():
+    # the MicroPython variant of the snippet (imports swapped) needs the
+    # P-256 table from a file to run in the heap the README names
+    text = readme()
+    at = text.index("The same client as a library")
+    para = text[at:text.index("## Run a server")]
+    assert "tablefile.install" in para and "heapsize=144K" in para, para
+
+
+# --- Ctrl-C while a request waits for approval ---
+
+
+def test_ctrl_c_during_the_approval_wait_keeps_the_key(both, tmp_path, capsys, monkeypatch):
+    """README: a request waiting for manual approval survives; the same
+    command collects it after `est-lite ca approve`. A person who stops
+    the wait with Ctrl-C (exit 130) must not lose the key of the request
+    the server now holds."""
+    from est_lite_cpython.client import EstClient
+
+    srv = both
+    dev = idevid_device(srv)
+    (tmp_path / "id.der").write_bytes(der(dev.cert))
+    (tmp_path / "id.key").write_bytes(key_der(dev.key))
+    out = str(tmp_path / "m7")
+    argv = ("enroll", "--server", "coaps://127.0.0.1:%d/manualc" % srv.coaps_port, "--trust", srv.root_pem,
+            "--cert", tmp_path / "id.der", "--key", tmp_path / "id.key", "--cn", "m7", "--out", out)
+
+    def interrupted(self, s):
+        raise KeyboardInterrupt  # Ctrl-C during the retry wait after the server's 5.03
+
+    monkeypatch.setattr(EstClient, "_sleep", interrupted)
+    rc, o, err = cli(capsys, *argv)
+    monkeypatch.undo()
+    assert rc == 130, err
+    reqs = srv.ca.store.list_requests(status="pending")
+    assert len(reqs) == 1
+    kp = os.path.join(out, "pending-key.pem")
+    assert os.path.exists(kp), "the key of request %d is lost" % reqs[0]["id"]
+    assert os.stat(kp).st_mode & 0o777 == 0o600
+    assert err.count("\n") == 1 and "interrupted" in err and kp in err, err
+    key_pem = open(kp, "rb").read()
+    assert b"".join(key_pem.splitlines()[1:-1]).decode()[:40] not in err + o
+    # the operator approves; the same command collects that request's certificate
+    assert cli(capsys, "ca", "approve", "--data-dir", srv.data_dir, reqs[0]["id"])[0] == 0
+    rc, o, err = cli(capsys, *argv, "--deadline", "3")
+    assert rc == 0 and "enrolled (the request that was waiting): CN=m7" in o, err
+    cert = x509.load_der_x509_certificate(CredStore(out).load().cert)
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert not os.path.exists(kp) and len(srv.ca.store.list_requests()) == 1
+
+
+def test_ctrl_c_before_the_request_went_out_keeps_nothing(both, tmp_path, capsys, monkeypatch):
+    from est_lite_cpython.client import EstClient
+
+    srv = both
+    out = tmp_path / "m8"
+
+    def interrupted(self, *a, **kw):
+        raise KeyboardInterrupt  # Ctrl-C before anything was signed
+
+    monkeypatch.setattr(EstClient, "provision", interrupted)
+    rc, o, err = cli(capsys, "enroll", "--server", "https://127.0.0.1:%d/manual" % srv.port, "--trust",
+                     srv.root_pem, "--user", USER, "--password", PASSWORD, "--cn", "m8", "--out", out)
+    assert rc == 130 and err == "", err
+    assert not os.path.exists(out / "pending-key.pem") and srv.ca.store.list_requests() == []
+
+
+def test_exit_status_75_then_collected_as_the_readme_says(both, tmp_path, capsys):
+    # the README's promise without Ctrl-C, as a reader meets it: 75, then 0 after approval
+    srv = both
+    out = str(tmp_path / "m9")
+    argv = ("enroll", "--server", "https://127.0.0.1:%d/manual" % srv.port, "--trust", srv.root_pem, "--user", USER,
+            "--password", PASSWORD, "--cn", "m9", "--out", out, "--deadline", "2")
+    rc, o, err = cli(capsys, *argv)
+    one_line(rc, err, 75)
+    rid = srv.ca.store.list_requests(status="pending")[0]["id"]
+    assert cli(capsys, "ca", "approve", "--data-dir", srv.data_dir, rid)[0] == 0
+    rc, o, err = cli(capsys, *argv)
+    assert rc == 0 and "(the request that was waiting)" in o, err
