@@ -163,3 +163,49 @@ def test_exit_status_75_then_collected_as_the_readme_says(both, tmp_path, capsys
     assert cli(capsys, "ca", "approve", "--data-dir", srv.data_dir, rid)[0] == 0
     rc, o, err = cli(capsys, *argv)
     assert rc == 0 and "(the request that was waiting)" in o, err
+
+
+# --- "Enroll a device": every command of the block, in order ---
+
+
+def _shell_block(after):
+    text = readme()
+    at = text.index(after)
+    m = re.search(r"```sh\n(.*?)```", text[at:], re.S)
+    assert m, "README: no sh block after %r" % after
+    return [ln.split("  #")[0].strip() for ln in m.group(1).splitlines() if ln.startswith("est-lite ")]
+
+
+def test_readme_enroll_block_runs_against_a_default_server(tmp_path, capsys, monkeypatch):
+    """The block as a newcomer runs it against `est-lite serve --data-dir
+    est-data --coaps-port ...` with the default profile, the pin `ca init`
+    prints and the stand-in IDevID the README says `ca issue` writes."""
+    import shlex
+
+    (tmp_path / "srv").mkdir()
+    srv = EstBothServer(tmp_path / "srv", config_text='[server]\nlisten = "127.0.0.1"\nport = 0\n[trust.idevid]\ncerts = ["vendor.pem"]\n[profiles.default]\n')
+    try:
+        monkeypatch.chdir(tmp_path)
+        root = x509.load_pem_x509_certificate(open(srv.root_pem, "rb").read())
+        pin = "sha256:" + hashlib.sha256(der(root)).hexdigest()
+        rc, o, err = cli(capsys, "ca", "issue", "--data-dir", srv.data_dir, "--cn", "idevid-1", "--out", "idevid")
+        assert rc == 0 and os.path.exists("idevid.pem") and os.stat("idevid.key").st_mode & 0o777 == 0o600, err
+        os.symlink(srv.root_pem, "root.pem")
+        lines = _shell_block("## Enroll a device")
+        assert len(lines) == 6, lines
+        for line in lines:
+            line = (line.replace("https://est.example:8443", "https://127.0.0.1:%d" % srv.port)
+                    .replace("coaps://est.example", "coaps://127.0.0.1:%d" % srv.coaps_port)
+                    .replace("sha256:6e35...ce6", pin))
+            assert "est.example" not in line and "..." not in line, line
+            argv = shlex.split(line)[1:]
+            rc, o, err = cli(capsys, *argv)
+            assert rc == 0 and err == "", (line, rc, err)
+            if "--out" in argv and argv[0] != "cacerts":
+                d = argv[argv.index("--out") + 1]
+                assert os.stat(os.path.join(d, "key.pem")).st_mode & 0o777 == 0o600, line
+                assert CredStore(d).load().cert is not None, line
+            if "--json" in argv:
+                assert o.startswith("{") and o.rstrip().endswith("}"), o
+    finally:
+        srv.stop()
