@@ -439,10 +439,16 @@ def _pending_call(args, req, fn):
         # manual approval): the server may hold the request, so its key is
         # kept as after --deadline; the same command collects it later
         if use.used:
-            if not again:
-                _write_pending(args, key, req, None, again)
+            kp = os.path.join(args.out, _PENDING_KEY)
+            try:
+                if not again:
+                    _write_pending(args, key, req, None, again)
+            except OSError as e:
+                print("est-lite: interrupted; the request's key could not be kept in %s: %s" % (kp, e.strerror or e),
+                      file=sys.stderr)
+                raise KeyboardInterrupt from None
             print("est-lite: interrupted; the request's key is kept in %s (0600): run the same command again (after "
-                  "approval) to collect the certificate" % os.path.join(args.out, _PENDING_KEY), file=sys.stderr)
+                  "approval) to collect the certificate" % kp, file=sys.stderr)
         raise
     if again:
         _drop_pending(args)
