@@ -111,8 +111,9 @@ def run_demo(out=None, keep=None, heap="256K", micropython=True):
         result["device"] = _cert_info(r.cert)
         _block(out, "CPython device demo-gateway-1: EST over HTTPS (RFC 7030/8951), TLS", result["device"],
                [("store", "%s (generation %d)" % (store.path, r.gen))])
-        out.write("\nissued %d certificates (plus the server's own) in %.1f s; %s\n"
-                  % (srv.issued_count() - 1, time.monotonic() - t0,
+        n = srv.issued_count() - 1
+        out.write("\nissued %d certificate%s (plus the server's own) in %.1f s; %s\n"
+                  % (n, "" if n == 1 else "s", time.monotonic() - t0,
                      "kept in %s" % base if keep else "cleaning up"))
         out.flush()
         return result

@@ -49,3 +49,4 @@ def test_demo_keep(tmp_path):
 
     assert hashlib.sha256(c.cert).hexdigest() == res["device"]["sha256"]
     assert "kept in %s" % keep in out.getvalue()
+    assert "issued 1 certificate (plus" in out.getvalue()  # one device without MicroPython: singular
