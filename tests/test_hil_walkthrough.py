@@ -402,3 +402,34 @@ def test_powercut_that_cannot_calibrate_is_one_line(tmp_path):
     p = est_lite("hil", "powercut", "--runs", "1", "--heap", "64K", cwd=tmp_path)
     err = one_clear_line(p, "calibration run of provision failed", "MemoryError")
     assert "#HIL" not in err
+
+
+def test_hil_run_real_board_with_a_loopback_host_is_told(capsys, monkeypatch, tmp_path):
+    """`hil run --port PORT` with the default --host 127.0.0.1: a real board
+    cannot reach this machine's loopback, and each scenario would fail only
+    after its deadline (120 s); a note says so before anything starts. A
+    pseudo-terminal (the local stand-in, `hil pty-board`) gets no note."""
+    from helpers_cli import cli
+
+    from est_lite_cpython import cli_hil
+
+    B = cli_hil._sub("bundle")
+
+    def stop(*a, **k):
+        raise B.BundleError("stopped here by the test")
+
+    monkeypatch.setattr(B, "build", stop)
+    port = tmp_path / "ttyUSB-stand-in"
+    port.write_bytes(b"")
+    rc, _, err = cli(capsys, "hil", "run", "enroll_coaps", "--port", str(port))
+    assert rc == 1 and "stopped here by the test" in err, err
+    assert "--host 127.0.0.1 is this machine's loopback, which a board on %s cannot reach" % port in err, err
+    master, slave = os.openpty()
+    try:
+        pts = os.ttyname(slave)
+        assert pts.startswith("/dev/pts/")
+        rc, _, err = cli(capsys, "hil", "run", "enroll_coaps", "--port", pts)
+        assert rc == 1 and "stopped here by the test" in err and "loopback" not in err, err
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -129,6 +129,17 @@ def _check_host(host):
                              "that the board can reach (see ip addr)" % (host, last.strerror or last))
 
 
+def _loopback(host):
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_run(args):
     B, S = _sub("bundle"), _sub("scenario")
     R = _sub("refserver")
@@ -146,6 +157,11 @@ def cmd_run(args):
     _check_host(args.host)
     if args.port:
         _check_port(args.port, "hil run")
+        if _loopback(args.host) and not os.path.realpath(args.port).startswith("/dev/pts/"):
+            # (a pseudo-terminal is the local stand-in, which loopback reaches)
+            print("est-lite hil run: note: --host %s is this machine's loopback, which a board on %s cannot reach: "
+                  "give --host an address of this machine on the board's network (e.g. --host 192.168.1.10), or "
+                  "each scenario fails after its deadline" % (args.host, args.port), file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="est-lite-hil-") as d:
         bundle = args.bundle
         if bundle is None:
