@@ -14,30 +14,11 @@ from helpers_cli import cli, one_line
 from helpers_client import der
 from helpers_coaps import EstBothServer, idevid_device, key_der
 from helpers_server import PASSWORD, USER
+from test_walkthrough_client import both  # noqa: F401 - the fixture: EstBothServer with the manualc label
 
 from est_lite_cpython.credstore import CredStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-MANUAL_TOML = """
-[profiles.manualc]
-manual_approval = true
-retry_after = 7
-auth = ["cert"]
-client_cert_trust = ["ca", "idevid"]
-pop_exempt_transports = ["coaps"]
-"""
-
-
-@pytest.fixture
-def both(tmp_path):
-    (tmp_path / "srv").mkdir()
-    srv = EstBothServer(tmp_path / "srv", extra_toml=MANUAL_TOML)
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
 
 def readme():
     with open(os.path.join(ROOT, "README.md")) as f:
