@@ -27,6 +27,7 @@ instructions per enrollment, total and split into OpenSSL/cryptography
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import re
@@ -73,7 +74,7 @@ def _https_one(port, root_pem, ids):
     from server import https_enroller
 
     ones = [https_enroller(port, root_pem, cert=pems[0], key=pems[1], timeout=120) for _, _, pems in ids]
-    turn = iter(range(10 ** 9))
+    turn = itertools.count()
     return lambda csr: ones[next(turn) % len(ones)](base64.encodebytes(csr))
 
 
