@@ -35,6 +35,7 @@ binding on the device's link, RFC 7030 §3.5). See docs/server.md.
 import base64
 import hashlib
 import hmac
+import ipaddress
 import threading
 
 from cryptography import x509
@@ -147,7 +148,7 @@ def has_ra_eku(cert):
     """True if the certificate's extendedKeyUsage lists id-kp-cmcRA."""
     try:
         return ID_KP_CMC_RA in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except (x509.ExtensionNotFound, ValueError, TypeError):
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError, TypeError):
         return False
 
 
@@ -270,6 +271,121 @@ _SUBJECT_OIDS = {
 }
 _SAN_KIND = {x509.DNSName: "dns", x509.IPAddress: "ip", x509.UniformResourceIdentifier: "uri", x509.RFC822Name: "email"}
 
+# -- what the CA copies from a CSR into a certificate: the subject and the
+# SANs only (every extension comes from the profile), and only in the forms
+# below, so that what a relying party reads is what was checked
+
+# RFC 5280 Appendix A upper bounds (characters) of the subject attributes
+# the CA copies; any other attribute type: _SUBJECT_MAX_OTHER
+_SUBJECT_MAX = {NameOID.COMMON_NAME: 64, NameOID.ORGANIZATION_NAME: 64, NameOID.ORGANIZATIONAL_UNIT_NAME: 64,
+                NameOID.COUNTRY_NAME: 2, NameOID.STATE_OR_PROVINCE_NAME: 128, NameOID.LOCALITY_NAME: 128,
+                NameOID.SERIAL_NUMBER: 64, NameOID.EMAIL_ADDRESS: 255, NameOID.DOMAIN_COMPONENT: 63,
+                NameOID.USER_ID: 256}
+_SUBJECT_MAX_OTHER = 128
+# attributes that name the subject: at most one of each (two CNs are two
+# identities, and relying parties disagree on which one they read)
+_SUBJECT_SINGLE = (NameOID.COMMON_NAME, NameOID.SERIAL_NUMBER, NameOID.COUNTRY_NAME)
+# RFC 5280 4.1.2.4/4.1.2.6: new certificates use UTF8String or PrintableString
+# (IA5String for emailAddress and domainComponent, accepted everywhere as the
+# fast path does)
+_SUBJECT_STRING_TYPES = (x509.name._ASN1Type.UTF8String, x509.name._ASN1Type.PrintableString,
+                         x509.name._ASN1Type.IA5String)
+# Unicode categories refused in names: controls (NUL, ESC, C1), format
+# characters (bidi overrides, zero-width), surrogates, private use, line
+# and paragraph separators
+_BAD_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Zl", "Zp")
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+_URI_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+
+
+def _bad_text(v):
+    """The first character of v a name must not contain, as U+XXXX, or None."""
+    import unicodedata
+
+    for c in v:
+        if unicodedata.category(c) in _BAD_CATEGORIES:
+            return "U+%04X" % ord(c)
+    return None
+
+
+def check_subject_name(subj):
+    """RemoteProtocolError unless every attribute of the x509.Name `subj`
+    is one a certificate may carry as it is: one attribute per RDN, CN /
+    serialNumber / C at most once, UTF8String / PrintableString / IA5String,
+    no control or format characters, RFC 5280's length bounds."""
+    seen = set()
+    for rdn in subj.rdns:
+        if len(rdn) != 1:
+            raise RemoteProtocolError("CSR subject has a multi-valued RDN (%s): one attribute per RDN"
+                                      % rdn.rfc4514_string()[:200])
+        a = next(iter(rdn))
+        name = a.rfc4514_attribute_name
+        v = a.value
+        if not isinstance(v, str):
+            raise RemoteProtocolError("CSR subject attribute %s is not text" % name)
+        if a.oid in _SUBJECT_SINGLE:
+            if a.oid in seen:
+                raise RemoteProtocolError("CSR subject has %s more than once (%s): a certificate names one subject"
+                                          % (name, subj.rfc4514_string()[:200]))
+            seen.add(a.oid)
+        if a._type not in _SUBJECT_STRING_TYPES:
+            raise RemoteProtocolError("CSR subject attribute %s is a %s: use UTF8String or PrintableString "
+                                      "(RFC 5280 4.1.2.6)" % (name, a._type.name))
+        n = _SUBJECT_MAX.get(a.oid, _SUBJECT_MAX_OTHER)
+        if not v or len(v) > n:
+            raise RemoteProtocolError("CSR subject attribute %s has %d characters (allowed: 1..%d)" % (name, len(v), n))
+        bad = _bad_text(v)
+        if bad is not None:
+            raise RemoteProtocolError("CSR subject attribute %s contains the control or format character %s"
+                                      % (name, bad))
+
+
+def _dns_name_ok(v):
+    """A DNS name in the preferred name syntax (RFC 5280 4.2.1.6, RFC 1034
+    3.5): letters, digits and '-' in dot-separated labels of 1..63, at most
+    253 characters, no wildcard, no trailing dot."""
+    if not 0 < len(v) <= 253:
+        return False
+    for lab in v.split("."):
+        if not 0 < len(lab) <= 63 or lab[0] == "-" or lab[-1] == "-" or not _LDH.issuperset(lab):
+            return False
+    return True
+
+
+def check_san(g, prof):
+    """RemoteProtocolError unless the GeneralName g is allowed by the
+    profile prof (san_types, san_dns_suffixes) and well-formed for its type."""
+    kind = _SAN_KIND.get(type(g))
+    if kind is None or kind not in prof.san_types:
+        raise RemoteProtocolError("subjectAltName of type %s is not allowed (allowed: %s)" % (
+            kind or type(g).__name__, ", ".join(prof.san_types)))
+    v = g.value
+    if kind == "dns":
+        if "*" in v:
+            raise RemoteProtocolError("wildcard DNS name %r is not issued: a certificate names its own hosts" % v[:253])
+        if not _dns_name_ok(v):
+            raise RemoteProtocolError("DNS name %r is not a host name (letters, digits and '-' in dot-separated "
+                                      "labels)" % v[:253])
+        if prof.san_dns_suffixes:
+            lv = v.lower()
+            if not any(lv == s.lstrip(".").lower() or lv.endswith("." + s.lstrip(".").lower())
+                       for s in prof.san_dns_suffixes):
+                raise RemoteProtocolError("DNS name %s is outside the allowed domains (%s)" % (
+                    v, ", ".join(prof.san_dns_suffixes)))
+    elif kind == "ip":
+        if not isinstance(v, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            raise RemoteProtocolError("subjectAltName IP address %s is a network, not an address" % (v,))
+    elif kind == "email":
+        local, at, domain = v.rpartition("@")
+        if not at or not local or len(v) > 254 or not _dns_name_ok(domain) or _bad_text(local) is not None \
+                or " " in local or not local.isascii():
+            raise RemoteProtocolError("email address %r is not local@domain" % v[:254])
+    else:  # uri
+        scheme, colon, rest = v.partition(":")
+        if not colon or not scheme or not scheme[0].isalpha() or not _URI_SCHEME_CHARS.issuperset(scheme) \
+                or not v.isascii() or len(v) > 1024 or any(c <= " " or c == "\x7f" for c in v):
+            raise RemoteProtocolError("URI %r is not an absolute URI without spaces or controls" % v[:200])
+
 
 def key_type(pub):
     """'ec:P-256', 'rsa:2048', 'ed25519' ... for a public key."""
@@ -352,6 +468,8 @@ _RFC4514_NAMES = {_oid(o.dotted_string): n for o, n in (
     (NameOID.STREET_ADDRESS, "STREET"), (NameOID.DOMAIN_COMPONENT, "DC"), (NameOID.USER_ID, "UID"),
     (NameOID.SERIAL_NUMBER, NameOID.SERIAL_NUMBER.dotted_string),
     (NameOID.EMAIL_ADDRESS, NameOID.EMAIL_ADDRESS.dotted_string))}
+# the fast path's value bounds (bytes of ASCII text): within _SUBJECT_MAX
+_SLICE_MAX = {_oid(o.dotted_string): n for o, n in _SUBJECT_MAX.items()}
 # value bytes that need no RFC 4514 escaping and are valid in each string type
 _SAFE_PRINTABLE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()-./:=?"
 _SAFE_TEXT = {0x13: _SAFE_PRINTABLE, 0x0C: _SAFE_PRINTABLE + b"_@", 0x16: _SAFE_PRINTABLE + b"_@"}
@@ -412,8 +530,9 @@ def csr_slices(der):
             safe = _SAFE_TEXT.get(der[oid_end])
             value = der[oid_end + 2:rdn_end]
             if name is None or safe is None or oid_end + 2 + der[oid_end + 1] != rdn_end or not value \
-                    or value[0] == 0x20 or value[-1] == 0x20 or value.translate(None, safe):
-                return None
+                    or value[0] == 0x20 or value[-1] == 0x20 or value.translate(None, safe) \
+                    or oid in oids or len(value) > _SLICE_MAX.get(oid, 64):
+                return None  # (an attribute type twice, or a long value: check_subject_name decides)
             oids.add(oid)
             text.append(name + "=" + value.decode("ascii"))
             j = rdn_end
@@ -720,6 +839,10 @@ class EstService:
     def _check_subject(self, prof, csr, subject=None):
         """Validate subject fields and SANs; return the SANs to certify."""
         subj = csr.subject if subject is None else subject
+        try:
+            check_subject_name(subj)
+        except (ValueError, TypeError) as e:  # cryptography decodes a value lazily
+            raise RemoteProtocolError("CSR subject cannot be parsed: %s" % e) from None
         missing = [f for f in prof.subject_required if not subj.get_attributes_for_oid(_SUBJECT_OIDS[f])]
         if missing:
             raise RemoteProtocolError("CSR subject lacks required field(s) %s (subject is %r)" % (
@@ -730,22 +853,14 @@ class EstService:
             sans = list(san_ext)
         except x509.ExtensionNotFound:
             sans = []
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, x509.DuplicateExtension) as e:  # DuplicateExtension: e.g. two SANs
             raise RemoteProtocolError("CSR extension request cannot be parsed: %s" % e) from None
         if prof.san == "forbid" and sans:
             raise RemoteProtocolError("subjectAltName is not allowed for this label")
         if prof.san == "require" and not sans:
             raise RemoteProtocolError("subjectAltName is required for this label")
         for g in sans:
-            kind = _SAN_KIND.get(type(g))
-            if kind is None or kind not in prof.san_types:
-                raise RemoteProtocolError("subjectAltName of type %s is not allowed (allowed: %s)" % (
-                    kind or type(g).__name__, ", ".join(prof.san_types)))
-            if kind == "dns" and prof.san_dns_suffixes:
-                v = g.value.lower()
-                if not any(v == s.lstrip(".").lower() or v.endswith("." + s.lstrip(".").lower()) for s in prof.san_dns_suffixes):
-                    raise RemoteProtocolError("DNS name %s is outside the allowed domains (%s)" % (
-                        g.value, ", ".join(prof.san_dns_suffixes)))
+            check_san(g, prof)
         return sans
 
     def _check_renewal(self, csr, sans, old):

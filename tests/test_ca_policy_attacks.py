@@ -1,0 +1,297 @@
+"""An adversary's review of what the CA puts into a certificate, of the CA's
+own lifetimes and of the HTTPS server's authentication (Basic, Digest,
+client certificates, re-enroll, PoP linking, serverkeygen).
+
+Every CSR here is built with `cryptography` so that anything can be put in
+it; requests go over HTTPS with stdlib `ssl` (tests/helpers_server.py) or
+straight to `EstService` with an `AuthContext`; issued certificates are
+read back with `cryptography` and `openssl x509 -text`. Both issuance paths
+of `LocalCA` (the hand-assembled DER, `_issue_der`, and the
+CertificateBuilder, `_issue_builder`) run every CSR case."""
+
+import base64
+import datetime
+import ipaddress
+import os
+import subprocess
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+from helpers_server import PASSWORD, USER, make_csr
+
+from est_lite.errors import EstError
+from est_lite_cpython.service import AuthContext
+
+AUTH = (USER, PASSWORD)
+_T = x509.name._ASN1Type
+
+
+def _ctx(**kw):
+    kw.setdefault("http_user", USER)
+    kw.setdefault("http_scheme", "basic")
+    return AuthContext("https", **kw)
+
+
+def _csr(name, exts=(), key=None):
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    b = x509.CertificateSigningRequestBuilder().subject_name(name)
+    for e, crit in exts:
+        b = b.add_extension(e, critical=crit)
+    return key, b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def _cn(v, t=_T.UTF8String):
+    return x509.NameAttribute(NameOID.COMMON_NAME, v, _type=t, _validate=False)
+
+
+def _raw_csr(key, subject_der, attributes_der=b""):
+    """A CSR assembled by hand (so that anything can be in it), signed by key."""
+    from est_lite_cpython.ca import _tlv
+
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    info = _tlv(0x30, b"\x02\x01\x00" + subject_der + spki + _tlv(0xA0, attributes_der))
+    sig = key.sign(info, ec.ECDSA(hashes.SHA256()))
+    return _tlv(0x30, info + bytes.fromhex("300a06082a8648ce3d040302") + _tlv(0x03, b"\x00" + sig))
+
+
+def _enroll(srv, der, label=None):
+    """The issued certificate, or the EstError raised."""
+    try:
+        return pkcs7.load_der_pkcs7_certificates(srv.service.simpleenroll(label, der, _ctx()))[0]
+    except EstError as e:
+        return e
+
+
+@pytest.fixture(params=["der", "builder"])
+def srv(request, est_server):
+    """The test server with LocalCA issuing on one path or the other."""
+    if request.param == "builder":
+        est_server.ca._fast = False
+    return est_server
+
+
+# ---------------------------------------------------------------- 1. CSR contents
+
+_KU_CA = x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=True,
+                       data_encipherment=True, key_agreement=True, key_cert_sign=True, crl_sign=True,
+                       encipher_only=False, decipher_only=False)
+_HOSTILE_EXTS = [
+    (x509.BasicConstraints(ca=True, path_length=None), True),
+    (_KU_CA, True),
+    (x509.NameConstraints([x509.DNSName("victim.example")], None), True),
+    (x509.AuthorityInformationAccess([x509.AccessDescription(
+        AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier("http://evil.example/ca"))]), False),
+    (x509.CRLDistributionPoints([x509.DistributionPoint(
+        [x509.UniformResourceIdentifier("http://evil.example/crl")], None, None, None)]), False),
+    (x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00"), True),
+    (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.SERVER_AUTH,
+                            x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")]), False),
+    (x509.SubjectKeyIdentifier(b"\x01" * 20), False),
+    (x509.AuthorityKeyIdentifier(b"\x02" * 20, None, None), False),
+]
+
+
+def test_csr_extensions_never_reach_the_certificate(srv, tmp_path):
+    """CA:TRUE, keyCertSign/cRLSign, nameConstraints, an AIA and a CRLDP
+    pointing elsewhere, an unknown critical extension, an EKU the profile
+    does not give, a chosen SKI/AKI: the certificate carries exactly the
+    profile's extensions (and the CSR's SAN, checked), on both paths."""
+    key, der = _csr(x509.Name([_cn("greedy-1")]),
+                    _HOSTILE_EXTS + [(x509.SubjectAlternativeName([x509.DNSName("greedy-1.example.com")]), False)])
+    c = _enroll(srv, der)
+    assert isinstance(c, x509.Certificate), c
+    ext = {e.oid: e for e in c.extensions}
+    assert set(ext) == {x509.OID_BASIC_CONSTRAINTS, x509.OID_KEY_USAGE, x509.OID_AUTHORITY_KEY_IDENTIFIER,
+                        x509.OID_SUBJECT_KEY_IDENTIFIER, x509.OID_EXTENDED_KEY_USAGE,
+                        x509.OID_SUBJECT_ALTERNATIVE_NAME}
+    assert ext[x509.OID_BASIC_CONSTRAINTS].value.ca is False and ext[x509.OID_BASIC_CONSTRAINTS].critical
+    ku = ext[x509.OID_KEY_USAGE].value
+    assert not ku.key_cert_sign and not ku.crl_sign and not ku.content_commitment and not ku.data_encipherment
+    assert list(ext[x509.OID_EXTENDED_KEY_USAGE].value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert ext[x509.OID_SUBJECT_KEY_IDENTIFIER].value.digest != b"\x01" * 20
+    assert ext[x509.OID_AUTHORITY_KEY_IDENTIFIER].value.key_identifier == \
+        x509.SubjectKeyIdentifier.from_public_key(srv.ca.issuer.public_key()).digest
+    assert ext[x509.OID_SUBJECT_ALTERNATIVE_NAME].critical is False
+    assert list(ext[x509.OID_SUBJECT_ALTERNATIVE_NAME].value) == [x509.DNSName("greedy-1.example.com")]
+    # what an independent reader sees
+    p = tmp_path / "c.pem"
+    p.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(p)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "CA:FALSE" in text and "CA:TRUE" not in text
+    for word in ("Certificate Sign", "CRL Sign", "Name Constraints", "Authority Information Access",
+                 "CRL Distribution", "1.3.6.1.4.1.99999.1", "Code Signing", "Server Authentication", "evil.example"):
+        assert word not in text, word
+    c.verify_directly_issued_by(srv.ca.issuer)
+
+
+def test_both_issuance_paths_give_the_same_certificate_for_a_hostile_csr(est_server, monkeypatch):
+    """The same hostile request through _issue_der and _issue_builder (the
+    serial drawn the same): the same TBSCertificate, field for field."""
+    ca = est_server.ca
+    _, der = _csr(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ACME"), _cn("same-1")]),
+                  _HOSTILE_EXTS + [(x509.SubjectAlternativeName([x509.DNSName("same-1.example.com"),
+                                                                 x509.IPAddress(ipaddress.ip_address("10.1.2.3"))]),
+                                    False)])
+    fixed = os.urandom(20)
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: fixed if n == 20 else real(n))
+    out = []
+    for fast in (True, False):
+        ca._fast = fast
+        out.append(_enroll(est_server, der))
+        ca.store._db().execute("DELETE FROM certs")  # the same serial again
+    a, b = out
+    assert isinstance(a, x509.Certificate) and isinstance(b, x509.Certificate), out
+    assert a.tbs_certificate_bytes[:] != b"" and a.serial_number == b.serial_number
+    # the validity may differ by the second the two issuances ran in
+    assert [e for e in a.extensions] == [e for e in b.extensions]
+    assert a.subject.public_bytes() == b.subject.public_bytes()
+    assert a.public_key() == b.public_key()
+
+
+SUBJECT_CASES = [
+    ("multi-valued RDN", x509.Name([x509.RelativeDistinguishedName(
+        [_cn("mv-1"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ACME")])]), "multi-valued RDN"),
+    ("two CNs", x509.Name([_cn("good-device"), _cn("admin")]), "CN more than once"),
+    ("two CNs, fast-path shape", x509.Name([_cn("a", _T.PrintableString), _cn("b", _T.PrintableString)]),
+     "CN more than once"),
+    ("CN with NUL", x509.Name([_cn("victim.example.com\x00.evil.example")]), "U+0000"),
+    ("CN with ESC", x509.Name([_cn("dev\x1b[2Jice")]), "U+001B"),
+    ("CN with DEL", x509.Name([_cn("dev\x7fice")]), "U+007F"),
+    ("CN with C1 control", x509.Name([_cn("dev\x85ice")]), "U+0085"),
+    ("CN with a bidi override", x509.Name([_cn("invoice\u202etxt.exe")]), "U+202E"),
+    ("CN with a zero-width joiner", x509.Name([_cn("pay\u200dpal")]), "U+200D"),
+    ("CN of 65 characters", x509.Name([_cn("a" * 65, _T.PrintableString)]), "65 characters"),
+    ("CN of 2000 characters", x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "é" * 2000, _validate=False)]),
+     "2000 characters"),
+    ("CN as BMPString", x509.Name([_cn("bmp-device", _T.BMPString)]), "BMPString"),
+    ("CN as T61String", x509.Name([_cn("t61-device", _T.T61String)]), "T61String"),
+    ("CN as UniversalString", x509.Name([_cn("u-device", _T.UniversalString)]), "UniversalString"),
+    ("O as BMPString, CN fine", x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ACME", _type=_T.BMPString),
+                                          _cn("dev-o")]), "BMPString"),
+    ("country of 3 letters", x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "USA", _validate=False),
+                                       _cn("dev-c")]), "allowed: 1..2"),
+]
+
+
+@pytest.mark.parametrize("case", SUBJECT_CASES, ids=[c[0] for c in SUBJECT_CASES])
+def test_hostile_subjects_are_refused(srv, case):
+    _, name, reason = case
+    n = srv.ca.store.count_certificates()
+    _, der = _csr(name)
+    e = _enroll(srv, der)
+    assert isinstance(e, EstError) and e.http_status == 400, e
+    assert reason in e.msg, e.msg
+    assert srv.ca.store.count_certificates() == n
+
+
+def test_non_utf8_bytes_in_a_utf8string_are_refused_over_https(est_server):
+    """A UTF8String CN holding bytes that are not UTF-8: 400 with a reason,
+    nothing issued, over the wire."""
+    from est_lite_cpython.ca import _tlv
+
+    cn = _tlv(0x31, _tlv(0x30, bytes.fromhex("0603550403") + b"\x0c\x04\xff\xfeAB"))
+    bad = _raw_csr(ec.generate_private_key(ec.SECP256R1()), _tlv(0x30, cn))
+    n = est_server.ca.store.count_certificates()
+    r = est_server.request("POST", est_server.path("simpleenroll"), bad, auth=AUTH)
+    assert r.status == 400 and r.header("content-type").startswith("text/plain"), (r.status, r.text)
+    assert est_server.ca.store.count_certificates() == n
+
+
+def test_subjects_the_policy_keeps(srv):
+    """What a device may send still works: repeated OU and DC, an accented
+    UTF-8 CN, a 64-character CN, an IA5String emailAddress, on both
+    paths; the subject DER is copied as sent."""
+    name = x509.Name([x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "com", _type=_T.IA5String),
+                      x509.NameAttribute(NameOID.DOMAIN_COMPONENT, "example", _type=_T.IA5String),
+                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "plant 1"),
+                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "line 2"),
+                      x509.NameAttribute(NameOID.EMAIL_ADDRESS, "ops@example.com", _type=_T.IA5String),
+                      _cn("capteur-é-" + "x" * 50)])
+    _, der = _csr(name)
+    c = _enroll(srv, der)
+    assert isinstance(c, x509.Certificate), c
+    assert c.subject.public_bytes() == name.public_bytes()
+    _, der = _csr(x509.Name([_cn("d" * 64, _T.PrintableString)]))
+    assert isinstance(_enroll(srv, der), x509.Certificate)
+
+
+def _san(*names):
+    return [(x509.SubjectAlternativeName(list(names)), False)]
+
+
+def _strict_name(cn="s-1"):
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ACME"), _cn(cn)])
+
+
+SAN_CASES = [
+    # (name, label, GeneralNames, reason)
+    ("wildcard DNS", None, [x509.DNSName("*.example.com")], "wildcard"),
+    ("wildcard DNS inside the allowed domain", "strict", [x509.DNSName("*.example.com")], "wildcard"),
+    ("NUL inside the allowed domain", "strict", [x509.DNSName("evil.org\x00.example.com")], "not a host name"),
+    ("empty label inside the allowed domain", "strict", [x509.DNSName(".example.com")], "not a host name"),
+    ("space in a DNS name", None, [x509.DNSName("a b.example.com")], "not a host name"),
+    ("underscore in a DNS name", None, [x509.DNSName("_srv.example.com")], "not a host name"),
+    ("label of 64", None, [x509.DNSName("a" * 64 + ".example.com")], "not a host name"),
+    ("email with a control", None, [x509.RFC822Name("a\x07@example.com")], "not local@domain"),
+    ("email without a domain", None, [x509.RFC822Name("root")], "not local@domain"),
+    ("URI with a space", None, [x509.UniformResourceIdentifier("https://a.example/ x")], "not an absolute URI"),
+    ("URI without a scheme", None, [x509.UniformResourceIdentifier("//a.example/")], "not an absolute URI"),
+    ("IP network instead of an address", None, [x509.IPAddress(ipaddress.ip_network("10.0.0.0/8"))],
+     "a network"),
+    ("otherName (UPN)", None, [x509.OtherName(x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3"), b"\x0c\x05admin")],
+     "type OtherName is not allowed"),
+    ("directoryName", None, [x509.DirectoryName(x509.Name([_cn("root")]))], "type DirectoryName"),
+    ("registeredID", None, [x509.RegisteredID(x509.ObjectIdentifier("1.2.3.4"))], "type RegisteredID"),
+    ("IP on a DNS-only label", "strict", [x509.DNSName("ok.example.com"),
+                                          x509.IPAddress(ipaddress.ip_address("10.0.0.1"))], "type ip"),
+    ("URI on a DNS-only label", "strict", [x509.UniformResourceIdentifier("https://ok.example.com/")], "type uri"),
+    ("email on a DNS-only label", "strict", [x509.RFC822Name("a@ok.example.com")], "type email"),
+]
+
+
+@pytest.mark.parametrize("case", SAN_CASES, ids=[c[0] for c in SAN_CASES])
+def test_hostile_sans_are_refused(srv, case):
+    _, label, names, reason = case
+    n = srv.ca.store.count_certificates()
+    _, der = _csr(_strict_name() if label == "strict" else x509.Name([_cn("san-1")]), _san(*names))
+    e = _enroll(srv, der, label)
+    assert isinstance(e, EstError) and e.http_status == 400, e
+    assert reason in e.msg, e.msg
+    assert srv.ca.store.count_certificates() == n
+
+
+def test_sans_the_policy_keeps(srv):
+    _, der = _csr(x509.Name([_cn("keep-1")]), _san(
+        x509.DNSName("Keep-1.Example.com"), x509.IPAddress(ipaddress.ip_address("2001:db8::1")),
+        x509.RFC822Name("ops@example.com"), x509.UniformResourceIdentifier("urn:uuid:0e7f4b3c-1d2e-4f5a-8b9c-0d1e2f3a4b5c")))
+    c = _enroll(srv, der)
+    assert isinstance(c, x509.Certificate), c
+    assert len(c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == 4
+    _, der = _csr(_strict_name(), _san(x509.DNSName("a-1.sub.example.com")))
+    assert isinstance(_enroll(srv, der, "strict"), x509.Certificate)
+
+
+def test_two_san_extensions_are_refused_over_https(est_server):
+    """A CSR whose extensionRequest holds subjectAltName twice (the second
+    naming another host) is refused: the CA never picks one of them."""
+    from est_lite_cpython.ca import _tlv
+
+    def san(host):
+        return _tlv(0x30, bytes.fromhex("0603551d11") + _tlv(0x04, x509.SubjectAlternativeName(
+            [x509.DNSName(host)]).public_bytes()))
+
+    ext_req = _tlv(0x30, bytes.fromhex("06092a864886f70d01090e") + _tlv(0x31, _tlv(
+        0x30, san("aaaa.example.com") + san("bbbb.example.com"))))
+    bad = _raw_csr(ec.generate_private_key(ec.SECP256R1()), x509.Name([_cn("two-sans")]).public_bytes(), ext_req)
+    n = est_server.ca.store.count_certificates()
+    r = est_server.request("POST", est_server.path("simpleenroll"), bad, auth=AUTH)
+    assert r.status == 400 and r.header("content-type").startswith("text/plain"), (r.status, r.text)
+    assert "Duplicate" in r.text or "duplicate" in r.text, r.text
+    assert est_server.ca.store.count_certificates() == n
