@@ -4,7 +4,8 @@
 # CONFIG: server, trust [DER paths], pin (hex), cert, key (DER paths), user,
 # password, table (P-256 table file), store (dir), cn, steps [...] (cacerts,
 # csrattrs, enroll, reenroll, serverkeygen, provision, renew, load, close, sleep),
-# deadline, timeout, threshold, now, szx, ack_timeout.
+# deadline, timeout, threshold, now, szx, ack_timeout, clock (the calendar clock reads
+# this many seconds since 1970: a board after a cold boot).
 # Prints "OK <step> <detail>" per step, then "DONE"; on an error
 # "ERROR <Class>: <message>" and exit status 1.
 import gc
@@ -19,10 +20,31 @@ def _read(p):
     return d
 
 
+def _set_clock(t):
+    # a board's calendar clock reading t (seconds since 1970): a `time`
+    # module whose gmtime()/time() say so (ticks and sleep unchanged), put
+    # in sys.modules before est_lite_mp imports it
+    import time
+
+    class _T:
+        pass
+
+    ft = _T()
+    for n in dir(time):
+        if not n.startswith("__"):
+            setattr(ft, n, getattr(time, n))
+    g = time.gmtime(t)
+    ft.gmtime = lambda *a: g if not a else time.gmtime(*a)
+    ft.time = lambda: t
+    sys.modules["time"] = ft
+
+
 def main():
     f = open(sys.argv[1])
     cfg = json.load(f)
     f.close()
+    if cfg.get("clock") is not None:
+        _set_clock(cfg["clock"])
     if cfg.get("table"):
         from est_lite_mp import tablefile
 

@@ -21,7 +21,8 @@ import json
 import os
 import sys
 
-from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, SecurityError, TransportError
+from est_lite.errors import (EstError, LocalProtocolError, RemoteProtocolError, SecurityError, ServerError,
+                             TransportError)
 
 
 def _read(path, what, max_size=1 << 20):
@@ -524,10 +525,30 @@ def _refuse_to_replace(args, creds, cmd):
     if creds is None or not creds.cert or getattr(args, "replace", False):
         return
     d = _describe(bytes(creds.cert))
+    if _expired(bytes(creds.cert)):
+        # a renewal is refused for an expired certificate: the way back is
+        # a new first contact into the same store, which is what --replace does
+        raise LocalProtocolError("--out %s already holds the certificate of %s (serial %s), which expired on %s by "
+                                 "this machine's clock, and its key: a renewal of it would be refused. Add --replace "
+                                 "to %s a new one in its place with the first-contact credentials (IDevID or "
+                                 "password)" % (args.out, d["subject"], d["serial"], d["not_after"], cmd))
     what = "the certificate of %s (serial %s, valid until %s)" % (d["subject"], d["serial"], d["not_after"][:10])
     raise LocalProtocolError("--out %s already holds %s and its key: %s would replace both. Renew it with "
                              "`est-lite reenroll --out %s`, give another --out, or add --replace to put a new "
                              "identity in its place" % (args.out, what, cmd, args.out))
+
+
+def _expired(der):
+    """True if the certificate's notAfter is past by this machine's clock
+    (False when it cannot be read)."""
+    import time
+
+    from cryptography import x509
+
+    try:
+        return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp() < time.time()
+    except ValueError:
+        return False
 
 
 def cmd_enroll(args):
@@ -643,6 +664,19 @@ def cmd_reenroll(args):
         else:
             r, again = _pending_call(args, _pending_request(args, "reenroll", cert=cur.cert), lambda key: (
                 c.renew_if_needed(src, threshold=float("inf"), key_backend=key)))
+    except (ServerError, SecurityError) as e:
+        # refused (403 / 4.03 naming the expiry, or the DTLS handshake) for
+        # an expired certificate: the way back, in the command's terms
+        # instead of the library's (docs/client-runtime.md)
+        text = str(e).split(" (the certificate being renewed expired", 1)[0]
+        if not (_expired(bytes(cur.cert)) or isinstance(e, ServerError) and e.http_status == 403
+                and "expired" in text):
+            raise
+        raise type(e)("%s. The certificate in --out has expired (%s) and cannot be renewed: enroll again with the "
+                      "first-contact credentials (IDevID --cert/--key, or --user/--password) and --replace: "
+                      "`est-lite enroll --out %s --replace ...`" % (text, _describe(bytes(cur.cert))["not_after"],
+                                                                      args.out),
+                      e.coap_code, e.http_status, e.diagnostic) from None
     finally:
         c.close()
     _result(args, store, r, "re-enrolled" + (" (the request that was waiting)" if again else ""))

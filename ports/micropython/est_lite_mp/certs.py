@@ -35,6 +35,20 @@ def utc_seconds(now=None):
     return t if t >= 1704067200 else None
 
 
+def _text(t):
+    # seconds since 1970 as YYYY-MM-DD HH:MM:SS (days to a civil date)
+    d, r = divmod(int(t), 86400)
+    z = d + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    m = mp + 3 if mp < 10 else mp - 9
+    return "%04d-%02d-%02d %02d:%02d:%02d" % (yoe + era * 400 + (m <= 2), m, doy - (153 * mp + 2) // 5 + 1,
+                                              r // 3600, r // 60 % 60, r % 60)
+
+
 def _fields(der):
     from est_lite import pkcs7
 
@@ -63,11 +77,13 @@ def check_issued(cert, chain, anchors, public_key, verify, hook=None, now=None, 
     what = "the issued certificate" if public_key is not None else "the server certificate"
     t = utc_seconds(now) if check_time else None
     if t is not None:
-        if seconds(f["not_before"]) - SKEW > t:
-            raise SecurityError("the issued certificate is not valid yet (notBefore %04d-%02d-%02d %02d:%02d:%02d)"
-                                % f["not_before"])
-        if seconds(f["not_after"]) < t:
-            raise SecurityError("the issued certificate has expired")
+        # a fresh certificate outside its dates by more than SKEW: the
+        # server's clock or ours is wrong; both dates and our time are said
+        nb, na = seconds(f["not_before"]), seconds(f["not_after"])
+        if nb - SKEW > t or na < t:
+            raise SecurityError("%s is %s by this device's clock (valid %s to %s, the clock reads %s UTC): is the "
+                                "clock wrong?" % (what, "not valid yet" if nb - SKEW > t else "expired", _text(nb),
+                                                  _text(na), _text(t)))
     anchors = [bytes(a) for a in anchors]
     pool = [bytes(c) for c in chain] + anchors
     cur = bytes(cert)

@@ -504,6 +504,16 @@ class EstClient:
                     attempt += 1
                     continue
                 return ev
+        except SecurityError as e:
+            # a board without a battery-backed clock reads 1970/2000 after a
+            # cold boot: (D)TLS then refuses every server certificate as
+            # "not valid yet" (Mbed TLS and OpenSSL check dates against it)
+            from est_lite_mp import certs
+
+            if not outer or certs.utc_seconds() is not None:
+                raise
+            raise SecurityError("%s (this device's clock reads %04d-%02d-%02d, not set: set it (NTP, RTC) first)"
+                                % ((e,) + certs.time.gmtime()[:3]))
         finally:
             if outer:
                 self._end = None

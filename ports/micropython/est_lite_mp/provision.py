@@ -5,7 +5,7 @@
 import gc
 import sys
 
-from est_lite.errors import LocalProtocolError, const
+from est_lite.errors import LocalProtocolError, SecurityError, ServerError, const
 
 _MP = sys.implementation.name == "micropython"
 
@@ -264,6 +264,16 @@ def renew(cl, store, threshold, rotate_key, key_backend, now):
     c = None
     try:
         return _enroll(cl, store, b, key_backend, None, now, cl.trust, True)
+    except (SecurityError, ServerError) as e:
+        # refused (403 / 4.03, or the (D)TLS handshake) with a certificate
+        # that has expired: no renewal gets past that, say the way back
+        if t <= na or "clock" in str(e):
+            raise
+        from est_lite_mp import certs
+
+        raise type(e)("%s (the certificate being renewed expired on %s UTC by this device's clock: provision() "
+                      "again with the first-contact credentials)" % (e, certs._text(na)), e.coap_code, e.http_status,
+                      e.diagnostic)
     finally:
         cl.close()
         cl.cert, cl.key = saved

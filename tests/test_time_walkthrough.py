@@ -1,0 +1,235 @@
+"""Time walkthrough (brief AM): what the clients do when the device's clock
+is wrong or a certificate has expired, on CPython (API and CLI) and on the
+MicroPython unix port (.mpy, tests/mp_scripts/client_run.py with its
+`clock` setting standing in for a board without a battery-backed clock).
+No test sleeps: clocks are injected (`now=`, the CA's clock, a fake `time`
+module on MicroPython)."""
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from helpers_client import RecordingTls, load_cert, root_der
+from helpers_coaps import EstBothServer, idevid_device
+from helpers_pki import Issued, TestPki, _name
+from helpers_server import PASSWORD, USER
+from test_client_runtime_mp import _w, coaps_cfg, https_cfg, mplib, run  # noqa: F401 - mplib is a fixture
+
+from est_lite.errors import SecurityError, ServerError
+from est_lite_cpython.client import EstClient
+from est_lite_cpython.credstore import CredStore
+
+COLD_BOOT = 946684805  # 2000-01-01 00:00:05 UTC: an ESP32/RP2040 after a cold boot
+DAY = 86400
+
+
+@pytest.fixture
+def srv(tmp_path):
+    s = EstBothServer(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _future_dated_tls_server():
+    """A TLS server for localhost whose certificate becomes valid tomorrow
+    (what a device whose clock is behind sees), and the root it chains to."""
+    from OpenSSL import SSL
+
+    pki = TestPki()
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(pki.root.cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now + datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(pki.root.key, hashes.SHA256()))
+    iss = Issued(cert, key)
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate(iss.cert)
+    ctx.use_privatekey(iss.key)
+    return RecordingTls(ctx), pki.root_der
+
+
+class _ColdBootTime:
+    """Stands in for the `time` module of est_lite_mp.certs: the calendar
+    clock reads 2000-01-01."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def gmtime(self, *a):
+        return time.gmtime(*a) if a else time.gmtime(COLD_BOOT)
+
+
+def test_unset_clock_is_named_when_the_handshake_refuses_a_date(tmp_path, mplib, monkeypatch):  # noqa: F811
+    # Mbed TLS and OpenSSL check the server certificate's dates against the
+    # device clock: after a cold boot (2000) every server certificate is
+    # "not valid yet". The error must say that the clock is not set.
+    tls, root = _future_dated_tls_server()
+    try:
+        server = "https://localhost:%d" % tls.port
+        # MicroPython: the handshake refusal carries the clock note
+        cfg = dict(server=server, trust=[_w(tmp_path, "root.der", root)], steps=["cacerts"], deadline=None,
+                   clock=COLD_BOOT)
+        rc, out = run(mplib, tmp_path, cfg)
+        assert rc == 1 and "ERROR SecurityError" in out and "in the future" in out, out
+        assert "clock reads 2000-01-01, not set: set it (NTP, RTC) first" in out, out
+        # the same client with a set clock: the refusal only
+        del cfg["clock"]
+        rc, out = run(mplib, tmp_path, cfg)
+        assert rc == 1 and "ERROR SecurityError" in out and "clock reads" not in out, out
+        # CPython (the same EstClient class): OpenSSL's own words plus the note
+        from est_lite_mp import certs
+
+        monkeypatch.setattr(certs, "time", _ColdBootTime())
+        c = EstClient(server, trust=[root], deadline=None)
+        with pytest.raises(SecurityError) as ei:
+            c.cacerts()
+        assert "not yet valid" in str(ei.value) and "clock reads 2000-01-01, not set" in str(ei.value)
+    finally:
+        tls.close()
+
+
+def test_unset_clock_first_enrollment_then_renewal_asks_for_the_time(srv, tmp_path, mplib):  # noqa: F811
+    # Where TLS does not check dates (the unix port's Mbed TLS has the host's
+    # clock; a pinned bootstrap), a device whose clock reads 2000 enrolls:
+    # the issued certificate's dates are not checked against an unset clock.
+    # A renewal cannot tell whether it is due and says so; nothing is sent.
+    cfg = https_cfg(srv, tmp_path, steps=["provision", "renew"], clock=COLD_BOOT)
+    rc, out = run(mplib, tmp_path, cfg)
+    assert "OK provision gen=1" in out, out
+    assert rc == 1 and "ERROR LocalProtocolError: renewal needs the time" in out, out
+    assert CredStore(os.path.join(str(tmp_path), "store")).load().gen == 1
+
+
+def test_issued_certificate_outside_its_dates_names_the_clock(srv, tmp_path, mplib):  # noqa: F811
+    now = time.time()
+    c = EstClient("https://localhost:%d" % srv.port, trust=root_der(srv), user=USER, password=PASSWORD)
+    try:
+        # a device clock two minutes behind the server's: within the 5 min tolerance
+        r = c.provision(CredStore(str(tmp_path / "behind-2min")), cn="skew-1", now=now - 120)
+        assert r.gen == 1
+        # an hour behind: the fresh certificate is "not valid yet", and the error says by which clock
+        with pytest.raises(SecurityError) as ei:
+            c.provision(CredStore(str(tmp_path / "behind-1h")), cn="skew-2", now=now - 3600)
+        assert "not valid yet by this device's clock" in str(ei.value) and "the clock reads" in str(ei.value)
+        # 200 days ahead: "expired", with both dates and the clock
+        with pytest.raises(SecurityError) as ei:
+            c.provision(CredStore(str(tmp_path / "ahead")), cn="skew-3", now=now + 200 * DAY)
+        msg = str(ei.value)
+        assert "expired by this device's clock" in msg and "the clock reads %s" % time.strftime(
+            "%Y-%m-%d", time.gmtime(now + 200 * DAY)) in msg, msg
+    finally:
+        c.close()
+    for d in ("behind-1h", "ahead"):
+        assert CredStore(str(tmp_path / d)).load() is None  # nothing stored
+    # a renewal with a clock 200 days ahead: due, re-enrolled, the new
+    # certificate refused by that clock with the same words; the pair in force stays
+    store = CredStore(str(tmp_path / "behind-2min"))
+    c = EstClient("https://localhost:%d" % srv.port, trust=root_der(srv))
+    try:
+        with pytest.raises(SecurityError, match="expired by this device's clock"):
+            c.renew_if_needed(store, now=now + 200 * DAY)
+    finally:
+        c.close()
+    assert store.load().gen == 1
+    # MicroPython: the same check, the same words
+    cfg = https_cfg(srv, tmp_path, steps=["provision"], now=int(now + 200 * DAY))
+    rc, out = run(mplib, tmp_path, cfg)
+    assert rc == 1 and "ERROR SecurityError: the issued certificate is expired by this device's clock" in out, out
+    assert "the clock reads %s" % time.strftime("%Y-%m-%d", time.gmtime(now + 200 * DAY)) in out, out
+
+
+def _expired_store(srv, path, cn="gw-old"):
+    """A store whose certificate (from the server's CA, 90 days of validity)
+    expired 10 days ago: a device that was off for longer than its
+    certificate's lifetime."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(srv.ca.issuer.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=100)).not_valid_after(now - datetime.timedelta(days=10))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(srv.ca._key, hashes.SHA256()))
+    store = CredStore(path)
+    store.save(key=key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()),
+               cert=cert.public_bytes(serialization.Encoding.DER), ca=[root_der(srv)])
+    return store
+
+
+def _cli(*args):
+    p = subprocess.run([sys.executable, "-m", "est_lite_cpython.cli"] + list(args), capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, EST_PASSWORD=""))
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_expired_certificate_way_back_cli_and_api(srv, tmp_path):
+    # the device was off longer than its certificate's lifetime
+    out = str(tmp_path / "gw")
+    store = _expired_store(srv, out)
+    old = store.load()
+    server = "https://localhost:%d" % srv.port
+    # API: the server refuses the renewal and says why; nothing replaced
+    c = EstClient(server, trust=root_der(srv))
+    try:
+        with pytest.raises(ServerError) as ei:
+            c.renew_if_needed(store)
+    finally:
+        c.close()
+    assert ei.value.http_status == 403 and "expired on" in str(ei.value)
+    assert "provision() again with the first-contact credentials" in str(ei.value)
+    assert store.load().gen == 1 and store.load().cert == old.cert
+    # CLI reenroll: the refusal and the way back in one line
+    rc, so, se = _cli("reenroll", "--server", server, "--out", out)
+    assert rc == 1 and "expired on" in se and "enroll again with the first-contact credentials" in se, se
+    assert "--replace" in se and "provision()" not in se and len(se.strip().splitlines()) == 1, se
+    # CLI enroll into it without --replace: refused, and not with "renew it with reenroll"
+    rc, so, se = _cli("enroll", "--server", server, "--user", USER, "--password", PASSWORD, "--cn", "gw-old",
+                      "--out", out)
+    assert rc == 1 and "expired on" in se and "reenroll" not in se and "--replace" in se, se
+    assert store.load().cert == old.cert
+    # the way back: a new first contact into the same store
+    rc, so, se = _cli("enroll", "--server", server, "--user", USER, "--password", PASSWORD, "--cn", "gw-old",
+                      "--out", out, "--replace")
+    assert rc == 0, se
+    got = store.load()
+    assert got.gen == 2 and load_cert(got.cert).not_valid_after_utc.timestamp() > time.time() + 80 * DAY
+    # and renewal works again from there
+    rc, so, se = _cli("reenroll", "--server", server, "--out", out)
+    assert rc == 0 and store.load().gen == 3, se
+
+
+def test_expired_certificate_way_back_micropython_coaps(srv, tmp_path, mplib):  # noqa: F811
+    # a device (IDevID, CoAPs) whose operational certificate expired while it
+    # was off: the renewal is refused (4.03, naming the expiry), the store
+    # keeps the old pair, and provision() with the IDevID again commits a
+    # new generation in the same store
+    dev = idevid_device(srv)
+    _expired_store(srv, os.path.join(str(tmp_path), "store"), cn="mp-dev")
+    first = CredStore(os.path.join(str(tmp_path), "store")).load()
+    base = coaps_cfg(srv, tmp_path, dev)
+    rc, out = run(mplib, tmp_path, dict(server=base["server"], trust=base["trust"], steps=["renew"]))
+    # the reference CoAPs server refuses an expired client certificate in
+    # the DTLS handshake (a fatal alert, no reason): the device names it
+    assert rc == 1 and "ERROR SecurityError" in out and "fatal alert" in out, out
+    assert "the certificate being renewed expired on" in out and "first-contact credentials" in out, out
+    assert CredStore(os.path.join(str(tmp_path), "store")).load().cert == first.cert
+    # the CLI over CoAPs: the refusal and the way back, in its own terms
+    rc, so, se = _cli("reenroll", "--server", base["server"], "--out", os.path.join(str(tmp_path), "store"))
+    assert rc == 1 and "alert certificate expired" in se and "has expired" in se and "--replace" in se, se
+    assert "provision()" not in se and len(se.strip().splitlines()) == 1, se
+    rc, out = run(mplib, tmp_path, coaps_cfg(srv, tmp_path, dev, steps=["provision", "load"]))
+    assert rc == 0 and "OK load gen=2" in out, out
+    got = CredStore(os.path.join(str(tmp_path), "store")).load()
+    assert load_cert(got.cert).not_valid_after_utc.timestamp() > time.time() + 80 * DAY
