@@ -250,7 +250,10 @@ def decode(data, max_items=32, max_size=4096):
 
 def apply(builder, attrs, strict=False):
     """est_lite.csr.CsrBuilder.apply_csrattrs (see there): a new builder
-    following attrs, with .unmet and .ignored."""
+    following attrs, with .unmet and .ignored. attrs None (a CsrAttrs
+    event's when the server has none): nothing to follow."""
+    if attrs is None:
+        return builder
     from est_lite.csr_ext import _add_ext, _find_ext
 
     b = builder
