@@ -303,3 +303,48 @@ def test_dtls_micropython_client_block_under_the_unix_port(dtls_pki, tmp_path):
         srv.stop()
     out = p.stdout + p.stderr
     assert p.returncode == 0 and "GOT 27 b'echo hello from micropython'" in out, out
+
+
+def test_client_coap_loop_on_micropython_as_written(both, tmp_path):
+    """client.md's MicroPython names (est_lite_mp.dtls, a ticks-based now)
+    and then its CoAP loop, verbatim, under the unix port with the core as
+    .mpy: an enrollment against the reference server."""
+    from helpers_coaps import key_der
+    from helpers_mp import MICROPYTHON, MISSING, MPY_CROSS, compile_packages
+
+    from est_lite_cpython import crypto
+    from est_lite.csr import CsrBuilder
+
+    if MICROPYTHON is None or MPY_CROSS is None:
+        pytest.fail(MISSING)
+    lib = compile_packages(tmp_path / "lib")
+    dev = operational_device(both, cn="doc-mp-dev")
+    key = crypto.P256Key.generate()
+    d = tmp_path / "in"
+    d.mkdir()
+    for name, data in (("ca.der", both.ca.root.public_bytes(serialization.Encoding.DER)),
+                       ("dev.der", dev.cert.public_bytes(serialization.Encoding.DER)),
+                       ("key.der", key_der(dev.key)),
+                       ("csr.der", CsrBuilder().subject(cn="doc-mp").sign(key)), ("pub", key.public_key)):
+        (d / name).write_bytes(data)
+    setup = snippet("client.md", "client-coap-micropython")
+    assert setup.count("host, 5684") == 1
+    setup = setup.replace("host, 5684", "'127.0.0.1', %d" % both.coaps_port)
+    script = tmp_path / "coap_loop.py"
+    script.write_text(
+        "import sys\nsys.path.insert(0, %r)\n" % str(lib)
+        + "def rd(n):\n    with open(%r + '/' + n, 'rb') as f:\n        return f.read()\n" % str(d)
+        + "ca_der, dev_der, key_der, csr_der = rd('ca.der'), rd('dev.der'), rd('key.der'), rd('csr.der')\n"
+        + "class Key:\n    public_key = rd('pub')\nkey = Key()\n"
+        + setup + snippet("client.md", "client-coap-loop")
+        + "dtls.c.close()\nprint('EVENT', type(ev).__name__, len(ev.cert))\n"
+        + "f = open(%r, 'wb')\nf.write(ev.cert)\nf.close()\n" % str(tmp_path / "cert.der")
+    )
+    p = subprocess.run([MICROPYTHON, "-X", "heapsize=96K", str(script)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, MICROPYPATH=""))
+    out = p.stdout + p.stderr
+    assert p.returncode == 0 and "EVENT Enrolled" in out, out
+    cert = x509.load_der_x509_certificate((tmp_path / "cert.der").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "doc-mp"
+    point = cert.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    assert point == key.public_key
