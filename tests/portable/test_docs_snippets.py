@@ -288,3 +288,67 @@ def test_coap_operation_keeps_nothing_of_the_datagram_buffer():
         rx[:] = b"\xff" * len(rx)  # the next recv_into overwrites it
     ev = op.next_event()
     assert len(blocks) > 2 and len(ev.certs) == 2 and bytes(P7_LEAF_CA).find(ev.certs[0]) > 0
+
+
+# --- the value errors the docs promise (types are Python's TypeError) ---
+
+
+def test_bad_values_are_est_errors():
+    from est_lite import cbor, coap, csrattrs, der, http1
+    from est_lite import client as C
+    from est_lite.errors import LimitError, LocalProtocolError
+
+    L, X = LocalProtocolError, LimitError
+    for exc, fn, args, kw in (
+        (L, coap.request, (1, ["est"], b"123456789", 1), {}),  # a 9-byte token
+        (L, coap.request, (1, ["est"], b"", 65536), {}),
+        (L, coap.request, (1, ["est"], b"", 1), {"block1": (0, 0, 7)}),
+        (L, coap.request, (1, ["est"], b"", 1), {"accept": -1}),
+        (X, coap.decode, (b"\x40\x01\x00\x00",), {"max_message": -1}),
+        (X, coap.decode, (b"\x40\x01\x00\x00\xb1x",), {"max_options": 0}),
+        (L, coap.block_encode, (-1, 0, 0), {}),
+        (X, coap.BlockAssembler(-1).add, (0, 0, 0, b"a"), {}),
+        (X, cbor.decode_multipart, (b"\x80",), {"max_items": -1}),
+        (L, http1.build_est_request, (2, "h", b"0"), {"label": "a/b"}),
+        (L, http1.build_est_request, (0, "h"), {"label": "CACERTS"}),
+        (L, http1.build_request, ("GET", "/", "h\r\nX: y"), {}),
+        (X, http1.decode_b64_body, (b"MAMC",), {"max_out": -1}),
+        (X, der.read_tlv, (b"\x30\x00", 0, None, -1), {}),
+        (X, csrattrs.decode, (b"\x30\x00",), {"max_size": -1}),
+        (L, C.CoapOperation, (0,), {"token": b"123456789"}),
+        (L, C.CoapOperation, (0,), {"label": "a/b"}),
+        (L, C.CoapOperation, (0,), {"szx": 7}),
+        (L, C.CoapOperation, (2,), {"body": b""}),
+        (L, C.HttpOperation, (0,), {"host": "h", "label": "sen"}),
+    ):
+        raises(exc, fn, *args, **kw)
+
+
+def test_out_of_order_and_after_the_result():
+    from est_lite import client as C
+    from est_lite import coap, http1
+    from est_lite.errors import LocalProtocolError
+
+    p = http1.ResponseParser()
+    p.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert p.next_event().status == 204
+    raises(LocalProtocolError, p.next_event)  # reset() first
+    p.receive_data(b"")
+    raises(LocalProtocolError, p.receive_data, b"x")  # after EOF
+    # a CoAP operation ignores datagrams after its result, and sends nothing more
+    op = C.CoapOperation(1, token=b"t", mid=5)
+    op.send(0)
+    answer = coap.Message(2, 0x45, 5, b"t", [(12, coap.uint_encode(285))], b"").encode()
+    op.receive_data(answer, 0)
+    ev = op.next_event()
+    assert ev.attrs is None
+    op.receive_data(answer, 1)
+    op.receive_data(b"garbage", 1)
+    assert op.send(2) is None and op.next_event() is ev and op.next_timeout() is None
+    # an HTTP operation: send() has nothing more, later bytes change nothing
+    h = C.HttpOperation(1, host="h")
+    h.send()
+    h.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n")
+    ev = h.next_event()
+    h.receive_data(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+    assert h.send() is None and h.next_event() is ev
