@@ -98,6 +98,62 @@ def test_unset_clock_is_named_when_the_handshake_refuses_a_date(tmp_path, mplib,
         tls.close()
 
 
+def test_pinned_first_contact_checks_the_dates_when_the_clock_is_set(tmp_path, mplib, monkeypatch):  # noqa: F811
+    # a pin stands in for trust anchors, not for the validity period: an
+    # expired server certificate was accepted by a pinned first contact on
+    # both ports (the handshake completed and the request went out). With a
+    # set clock it is refused in the handshake; with an unset one the pin
+    # alone decides (the dates are unknown), as for the issued certificate.
+    import hashlib
+
+    from helpers_dtls import Pki, ServerThread
+    from OpenSSL import SSL
+
+    pki = TestPki()
+    expired = pki.issue("localhost", dns=["localhost"], ips=["127.0.0.1"], server=True, expired=True)
+    pin = hashlib.sha256(expired.cert_der).hexdigest()
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate(expired.cert)
+    ctx.use_privatekey(expired.key)
+    tls = RecordingTls(ctx)
+    try:
+        server = "https://localhost:%d" % tls.port
+        c = EstClient(server, pin="sha256:" + pin, deadline=None, timeout=5)
+        with pytest.raises(SecurityError, match="depth 0 .* is expired by this machine's clock"):
+            c.cacerts()
+        cfg = dict(server=server, pin=pin, steps=["cacerts"], deadline=None, timeout=5)
+        rc, out = run(mplib, tmp_path, cfg)
+        assert rc == 1 and "ERROR SecurityError" in out and "is expired by this device's clock" in out, out
+        assert not [r for r in tls.connections if r["handshake"]]  # refused inside the handshake
+        # a board after a cold boot: the pin decides, the handshake completes
+        rc, out = run(mplib, tmp_path, dict(cfg, clock=COLD_BOOT))
+        assert rc == 1 and "SecurityError" not in out, out
+        from est_lite_mp import certs
+
+        monkeypatch.setattr(certs, "time", _ColdBootTime())
+        with pytest.raises(Exception) as ei:
+            EstClient(server, pin="sha256:" + pin, deadline=None, timeout=5).cacerts()
+        assert not isinstance(ei.value, SecurityError), ei.value
+        assert len([r for r in tls.connections if r["handshake"]]) == 2
+    finally:
+        tls.close()
+    # CoAPs (the device pins the server certificate there): the same refusal
+    monkeypatch.undo()
+    dpki = Pki()
+    dpki.server = dpki.ca.issue("est-lite test server", dns=["localhost"], ips=["127.0.0.1"], server=True,
+                                expired=True)
+    st = ServerThread(dpki)
+    try:
+        cfg = dict(server="coaps://127.0.0.1:%d" % st.port, pin=hashlib.sha256(dpki.server.cert_der).hexdigest(),
+                   cert=_w(tmp_path, "dev.der", dpki.client.cert_der), key=_w(tmp_path, "dev.key", dpki.client.key_der),
+                   steps=["cacerts"], deadline=None, timeout=5)
+        rc, out = run(mplib, tmp_path, cfg)
+        assert rc == 1 and "ERROR SecurityError" in out and "is expired by this device's clock" in out, out
+        assert "before our certificate was sent" in out, out
+    finally:
+        st.stop()
+
+
 def test_unset_clock_first_enrollment_then_renewal_asks_for_the_time(srv, tmp_path, mplib):  # noqa: F811
     # Where TLS does not check dates (the unix port's Mbed TLS has the host's
     # clock; a pinned bootstrap), a device whose clock reads 2000 enrolls:

@@ -58,6 +58,18 @@ def check_pin(pin, chain):
             return ("server's certificate chain contains the pinned certificate (sha256:%s) but %s is not "
                     "signed by %s" % (bytes(pin).hex(), chain[i].subject.rfc4514_string(),
                                       chain[i + 1].subject.rfc4514_string()))
+    # the pinned certificate and those below it within their dates, unless
+    # the clock is not set (est_lite_mp.certs.utc_seconds: before 2024), as
+    # on MicroPython (est_lite_mp.pincheck)
+    from est_lite_mp import certs
+
+    t = certs.utc_seconds()
+    for i in range(fps.index(pin) + 1 if t is not None else 0):
+        nb, na = chain[i].not_valid_before_utc.timestamp(), chain[i].not_valid_after_utc.timestamp()
+        if nb > t or na < t:
+            return ("server certificate at depth %d (%s) is %s by this machine's clock (valid %s to %s, the clock "
+                    "reads %s UTC)" % (i, chain[i].subject.rfc4514_string(), "not valid yet" if nb > t else "expired",
+                                       certs._text(nb), certs._text(na), certs._text(t)))
     return None
 
 

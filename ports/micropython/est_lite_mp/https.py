@@ -317,8 +317,7 @@ def bootstrap(cl):
                 raise SecurityError("bootstrap refused: the pinned certificate (sha256:%s) is neither in the "
                                     "server's TLS chain nor in its CA certificates" % cl.pin.hex())
             chain = t.peer_der()
-            X.check_issued(chain[0], chain[1:] + certs, pinned, None, cl._crypto().verify, cl._verify_hook(),
-                           check_time=False)
+            X.check_issued(chain[0], chain[1:] + certs, pinned, None, cl._crypto().verify, cl._verify_hook())
         return certs
     finally:
         cl.close()

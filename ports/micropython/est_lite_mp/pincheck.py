@@ -2,7 +2,7 @@
 # verify callback of est_lite_mp.client and est_lite_mp.https); loaded only
 # when a client bootstraps from a pin. Portable.
 from est_lite.errors import EstError, LocalProtocolError
-from est_lite_mp.certs import _fields, _signed_by, name_pairs
+from est_lite_mp.certs import _fields, _signed_by, _text, name_pairs, seconds, utc_seconds
 
 
 class PinCheck:
@@ -87,6 +87,18 @@ class PinCheck:
                         self.why = ("server's certificate chain contains the pinned certificate (sha256:%s) but %s "
                                     "is not signed by %s" % (self.pin.hex(), lab[0], lab[1]))
                         f = None
+            t = utc_seconds() if self.hit and self.why is None else None
+            if t is not None:
+                # the pinned certificate and those below it must be within
+                # their dates, unless the clock is not set (before 2024)
+                if f is None:
+                    f = _fields(der)  # the pinned leaf
+                nb, na = seconds(f["not_before"]), seconds(f["not_after"])
+                if nb > t or na < t:
+                    self.why = ("server certificate at depth %d is %s by this device's clock (valid %s to %s, the "
+                                "clock reads %s UTC)" % (depth, "not valid yet" if nb > t else "expired", _text(nb),
+                                                         _text(na), _text(t)))
+                    f = None
             if depth and f is not None:
                 # what checking the certificate below needs, copied out of Mbed TLS's buffer
                 self.issuer = ({"key_alg": f["key_alg"], "key_params": f["key_params"],
