@@ -295,3 +295,180 @@ def test_two_san_extensions_are_refused_over_https(est_server):
     assert r.status == 400 and r.header("content-type").startswith("text/plain"), (r.status, r.text)
     assert "Duplicate" in r.text or "duplicate" in r.text, r.text
     assert est_server.ca.store.count_certificates() == n
+
+
+# ---------------------------------------------------------------- 2. lifetimes
+
+def _old_ca(tmp_path, *, age_days, days, intermediate=False):
+    """A CA made age_days ago with a validity of `days` (server cert too)."""
+    import time
+
+    from est_lite_cpython.ca import init_ca
+
+    d = str(tmp_path / "old-ca")
+    ca = init_ca(d, validity_days=days, intermediate=intermediate, now=time.time() - age_days * 86400)
+    ca.store.close()
+    return d
+
+
+def test_a_certificate_never_outlives_its_ca(tmp_path):
+    """The CA has 2 days left, the profile asks 90: the certificate ends
+    with the CA (both paths), and no later than the root either."""
+    from est_lite_cpython.ca import LocalCA
+
+    d = _old_ca(tmp_path, age_days=8, days=10, intermediate=True)
+    ca = LocalCA(d)
+    key, der = make_csr("short-1")
+    csr = x509.load_der_x509_csr(der)
+    for fast in (True, False):
+        c = ca.issue_raw(csr.public_key(), csr.subject, days=90, fast=fast)
+        assert c.not_valid_after_utc == min(ca.issuer.not_valid_after_utc, ca.root.not_valid_after_utc)
+        assert c.not_valid_before_utc >= ca.issuer.not_valid_before_utc
+        assert c.not_valid_before_utc < c.not_valid_after_utc
+    ca.store.close()
+
+
+def test_an_expired_ca_issues_nothing(tmp_path):
+    """Before: an expired CA issued a certificate whose notBefore (now) was
+    after its notAfter (the CA's). Now: a 500 with the reason, over HTTPS
+    as at the service, nothing stored."""
+    from est_lite_cpython.ca import CaNotValid, LocalCA
+
+    d = _old_ca(tmp_path, age_days=12, days=10)
+    ca = LocalCA(d)
+    _, der = make_csr("late-1")
+    csr = x509.load_der_x509_csr(der)
+    for fast in (True, False):
+        with pytest.raises(CaNotValid) as ei:
+            ca.issue_raw(csr.public_key(), csr.subject, days=90, fast=fast)
+        assert "expired on" in str(ei.value) and ei.value.http_status == 500
+    assert ca.store.count_certificates() == 1  # the TLS certificate of ca init only
+    ca.store.close()
+
+
+def test_a_ca_from_the_future_issues_nothing(tmp_path):
+    """This host's clock is before the CA's notBefore (a CA made on a host
+    whose clock was ahead): refused with the reason, not a certificate
+    valid before its issuer."""
+    from est_lite_cpython.ca import CaNotValid, LocalCA
+
+    d = _old_ca(tmp_path, age_days=-3, days=100)
+    ca = LocalCA(d)
+    _, der = make_csr("early-1")
+    csr = x509.load_der_x509_csr(der)
+    with pytest.raises(CaNotValid) as ei:
+        ca.issue_raw(csr.public_key(), csr.subject, days=30)
+    assert "set the clock" in str(ei.value)
+    ca.store.close()
+
+
+def test_expired_ca_over_https_is_a_readable_500(est_server):
+    import time
+
+    ca = est_server.ca
+    real = ca.clock
+    ca.clock = lambda: ca._ca_after + 10
+    try:
+        r = est_server.request("POST", est_server.path("simpleenroll"), make_csr("late-2")[1], auth=AUTH)
+    finally:
+        ca.clock = real
+    assert r.status == 500 and r.header("content-type").startswith("text/plain"), (r.status, r.text)
+    assert "CA cannot issue" in r.text and "expired on" in r.text
+    assert time.time() < ca._ca_after
+
+
+def _serve(capsys, d, *extra):
+    from helpers_cli import cli
+
+    return cli(capsys, "serve", "--data-dir", d, "--port", "0", "--port-file", os.path.join(d, "never"), *extra)
+
+
+def test_serve_refuses_an_expired_ca(tmp_path, capsys):
+    from helpers_cli import one_line
+
+    d = _old_ca(tmp_path, age_days=12, days=10)
+    rc, out, err = _serve(capsys, d)
+    one_line(rc, err)
+    assert "CA certificate" in err and "expired on" in err and "ca init --force" in err
+    assert not os.path.exists(os.path.join(d, "never"))
+
+
+def test_serve_refuses_an_expired_tls_certificate_and_says_how_to_renew_it(tmp_path, capsys):
+    """ca init gives the TLS certificate min(CA days, 825): with a CA of
+    4000 days made 900 days ago the CA is fine and the TLS certificate
+    expired. serve says so in one line with the command that renews it;
+    that command, run as printed, makes serve start again."""
+    import shlex
+
+    from helpers_cli import cli, one_line
+
+    d = _old_ca(tmp_path, age_days=900, days=4000)
+    rc, out, err = _serve(capsys, d)
+    one_line(rc, err)
+    assert "TLS server certificate" in err and "expired on" in err
+    cmd = err.split("renew it: ", 1)[1].split("; restart", 1)[0]
+    argv = shlex.split(cmd)
+    assert argv[:3] == ["est-lite", "ca", "issue"] and "--dns" in argv and "--ip" in argv
+    rc, out, err2 = cli(capsys, *argv[1:])
+    assert rc == 0, err2
+    from est_lite_cpython.ca import check_init_args  # noqa: F401 - the module is importable
+    from est_lite_cpython.cli_serve import check_lifetimes
+    from est_lite_cpython.config import load_config
+    from est_lite_cpython.ca import LocalCA
+
+    cfg = load_config(None, data_dir=d)
+    ca = LocalCA(d)
+    warnings, error = check_lifetimes(cfg, ca)
+    ca.store.close()
+    assert error is None and warnings == [], (warnings, error)
+    tls = x509.load_pem_x509_certificate(open(os.path.join(d, "server.pem"), "rb").read())
+    san = tls.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
+
+
+def test_serve_warns_about_a_ca_or_tls_certificate_close_to_expiry(tmp_path):
+    from est_lite_cpython.ca import LocalCA
+    from est_lite_cpython.cli_serve import check_lifetimes
+    from est_lite_cpython.config import load_config
+
+    d = _old_ca(tmp_path, age_days=9, days=20)  # CA and TLS certificate: 11 days left
+    cfg = load_config(None, data_dir=d)
+    ca = LocalCA(d)
+    warnings, error = check_lifetimes(cfg, ca)
+    ca.store.close()
+    assert error is None
+    assert len(warnings) == 2, warnings
+    assert "certificates issued from now on end then" in warnings[0] and ("(in 10 days)" in warnings[0] or "(in 11 days)" in warnings[0])
+    assert "TLS server certificate" in warnings[1] and "renew it before then: est-lite ca issue" in warnings[1]
+
+
+def test_ca_init_lifetimes(tmp_path):
+    """What ca init gives: a CA of 3650 days, a TLS certificate of 825."""
+    from est_lite_cpython.ca import init_ca
+
+    ca = init_ca(str(tmp_path / "ca"))
+    tls = x509.load_pem_x509_certificate(open(str(tmp_path / "ca" / "server.pem"), "rb").read())
+    life = lambda c: (c.not_valid_after_utc - c.not_valid_before_utc).total_seconds() / 86400  # noqa: E731
+    assert round(life(ca.root)) == 3650
+    assert round(life(tls)) == 825
+    ca.store.close()
+
+
+def test_a_stale_vendor_crl_is_said_at_start(est_server_factory, tmp_path):
+    """A trust set's CRL past its nextUpdate: still used (what it lists
+    stays revoked), and serve says at start that it is stale."""
+    from est_lite_cpython.cli_serve import check_lifetimes
+
+    probe = est_server_factory()
+    v = probe.vendor
+    now = datetime.datetime.now(datetime.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(v["cert"].subject)
+           .last_update(now - datetime.timedelta(days=10)).next_update(now - datetime.timedelta(days=3))
+           .sign(v["key"], hashes.SHA256()))
+    p = tmp_path / "vendor-crl.pem"
+    p.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    srv = est_server_factory(extra_toml='\n[trust.stale]\ncerts = ["vendor.pem"]\ncrls = ["%s"]\n' % p)
+    warnings, error = check_lifetimes(srv.config, srv.ca)
+    assert error is None
+    assert any("past its nextUpdate" in w and "trust set stale" in w for w in warnings), warnings

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from est_lite.der import header as _header
-from est_lite.errors import LocalProtocolError
+from est_lite.errors import EstError, LocalProtocolError
 
 from .store import DuplicateSerial, Store
 
@@ -62,6 +62,19 @@ EKU_BY_NAME = {
 }
 
 _UTC = datetime.timezone.utc
+
+
+class CaNotValid(EstError):
+    """The CA cannot issue now: its certificate (or one above it) expired,
+    or this host's clock is before the CA's validity. A server-side fault:
+    HTTP 500 / CoAP 5.00 with the reason, nothing issued."""
+
+    http_status = 500
+    coap_code = 0xA0
+
+
+def _utc_text(t):
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
 
 
 def _dt(t):
@@ -250,15 +263,19 @@ def init_ca(
     skey = ec.generate_private_key(ec.SECP256R1())
     names = list(server_names) or ["localhost"]
     sname = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    scert = ca.issue_raw(
-        skey.public_key(),
-        sname,
-        sans=_san_for_names(names),
-        days=min(validity_days, 825),
-        eku=("serverAuth",),
-        label="",
-        requester="est-lite ca init",
-    )
+    clock, ca.clock = ca.clock, (lambda: now)  # the TLS certificate starts with the CA
+    try:
+        scert = ca.issue_raw(
+            skey.public_key(),
+            sname,
+            sans=_san_for_names(names),
+            days=min(validity_days, 825),
+            eku=("serverAuth",),
+            label="",
+            requester="est-lite ca init",
+        )
+    finally:
+        ca.clock = clock
     write_private(os.path.join(data_dir, SERVER_KEY), _key_pem(skey))
     with open(os.path.join(data_dir, SERVER_CERT), "wb") as f:
         f.write(_cert_pem(scert))
@@ -357,7 +374,10 @@ class LocalCA:
         # the fixed parts of every certificate, DER-encoded once (see _issue_der)
         self._mine = {}  # DER of certificates whose signature by the issuing CA verified (issued_by_me)
         self._fast = isinstance(self._key, ec.EllipticCurvePrivateKey)
-        self._ca_after = int(self.issuer.not_valid_after_utc.timestamp())
+        # a certificate never outlives, nor predates, any CA above it: the
+        # earliest notAfter and the latest notBefore of the chain
+        self._ca_after = min(int(c.not_valid_after_utc.timestamp()) for c in self.chain)
+        self._ca_before = max(int(c.not_valid_before_utc.timestamp()) for c in self.chain)
         self._issuer_name_der = self.issuer.subject.public_bytes()
         self._aki_ext_der = _ext_der(_OID_AKI, False, self._aki.public_bytes())
         self._alg_issuer_der = _ALG_ECDSA_SHA256 + self._issuer_name_der
@@ -445,18 +465,27 @@ class LocalCA:
         caller has them (public_key / subject may then be None)."""
         now = int(self.clock())
         not_after = now + int(days) * 86400
-        if not_after > self._ca_after:
+        if not_after > self._ca_after:  # cut at the CA's expiry (docs/server.md "Lifetimes")
             not_after = self._ca_after
+            if not_after <= now:
+                raise CaNotValid("this CA cannot issue: its certificate expired on %s; renew the CA (est-lite ca "
+                                 "init --force starts a new one)" % _utc_text(self._ca_after))
+        not_before = now - 60  # a minute back: a device whose clock is a little behind accepts it at once
+        if not_before < self._ca_before:
+            if now < self._ca_before:
+                raise CaNotValid("this CA cannot issue: its certificate is valid only from %s and this host's clock "
+                                 "says %s; set the clock" % (_utc_text(self._ca_before), _utc_text(now)))
+            not_before = self._ca_before
         eku = tuple(eku or ())
         if fast is None:
             fast = self._fast
         for _ in range(_tries):
             if fast:
-                serial, der, subject_text = self._issue_der(public_key, subject, sans, eku, now - 60, not_after,
+                serial, der, subject_text = self._issue_der(public_key, subject, sans, eku, not_before, not_after,
                                                             spki_der=spki_der, subject_der=subject_der,
                                                             subject_text=subject_text)
                 try:
-                    self.store.add_issued(serial, der, subject_text, now - 60, not_after, label=label,
+                    self.store.add_issued(serial, der, subject_text, not_before, not_after, label=label,
                                           requester=requester, request_id=request_id)
                 except DuplicateSerial:
                     continue  # 2**-159 odds; draw a new serial
@@ -468,7 +497,7 @@ class LocalCA:
                     public_key = serialization.load_der_public_key(spki_der)
                 if subject is None:
                     raise LocalProtocolError("issue_raw without the hand-DER path needs the subject as an x509.Name")
-            cert = self._issue_builder(public_key, subject, sans, eku, now - 60, not_after)
+            cert = self._issue_builder(public_key, subject, sans, eku, not_before, not_after)
             try:
                 self.store.add_certificate(cert, label=label, requester=requester, request_id=request_id)
             except DuplicateSerial:

@@ -47,6 +47,98 @@ def _warn_open_private_files(cfg):
                   % (path, mode, path), file=sys.stderr)
 
 
+TLS_RENEW_DAYS = 30  # warn this long before the TLS server certificate expires
+
+
+def _days_text(t, now):
+    import time
+
+    d = (t - now) / 86400.0
+    return "%s (in %d day%s)" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)), d, "" if int(d) == 1 else "s")
+
+
+def _tls_renew_command(cfg, cert):
+    """The `est-lite ca issue` line that makes a TLS server certificate like
+    `cert` (same CN, DNS and IP names) in place of the configured one."""
+    from cryptography import x509
+
+    try:
+        cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
+    except IndexError:
+        cn = "localhost"
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        sans = []
+    names = ["--dns %s" % n for n in sans.get_values_for_type(x509.DNSName)] if sans else []
+    names += ["--ip %s" % n for n in sans.get_values_for_type(x509.IPAddress)] if sans else []
+    cert_file = cfg.tls_cert or os.path.join(cfg.data_dir, "server.pem")
+    key_file = cfg.tls_key or os.path.join(cfg.data_dir, "server.key")
+    prefix = cert_file[:-4] if cert_file.endswith(".pem") else None
+    tail = ""
+    if prefix is None or key_file != prefix + ".key":
+        prefix = os.path.join(cfg.data_dir, "server-new")
+        tail = ", then move %s.pem and %s.key to %s and %s" % (prefix, prefix, cert_file, key_file)
+    return "est-lite ca issue --data-dir %s --cn %s --eku serverAuth %s --out %s --force%s; restart est-lite serve" % (
+        cfg.data_dir, cn, " ".join(names), prefix, tail)
+
+
+def check_lifetimes(cfg, ca, *, now=None):
+    """([warning lines], error line or None) about the CA's and the TLS
+    server certificate's lifetimes and the trust sets' CRLs at start:
+    an expired (or not yet valid) CA or TLS certificate is an error, one
+    that ends within the longest profile validity (CA) or TLS_RENEW_DAYS
+    (TLS) a warning, as is a CRL past its nextUpdate."""
+    import time
+
+    from cryptography import x509
+
+    now = time.time() if now is None else now
+    warnings = []
+    try:
+        chain = list(ca.ca_certs(None))
+    except Exception:  # noqa: BLE001 - another backend (e.g. an upstream CA) may not know its chain offline
+        chain = []
+    if chain:
+        first = min(chain, key=lambda c: c.not_valid_after_utc)
+        end = first.not_valid_after_utc.timestamp()
+        late = max(chain, key=lambda c: c.not_valid_before_utc)
+        who = "the CA certificate %s" % first.subject.rfc4514_string()
+        if end <= now:
+            return warnings, ("%s expired on %s: this server cannot issue certificates; renew the CA "
+                              "(`est-lite ca init --force` starts a new one)" % (who, _days_text(end, now)[:20]))
+        if late.not_valid_before_utc.timestamp() > now:
+            return warnings, ("the CA certificate %s is valid only from %s and this host's clock is before it: "
+                              "set the clock" % (late.subject.rfc4514_string(),
+                                                 _days_text(late.not_valid_before_utc.timestamp(), now)[:20]))
+        longest = max([p.validity_days for p in cfg.profiles.values()] or [0])
+        if end - now < longest * 86400:
+            warnings.append("%s expires on %s: certificates issued from now on end then, before their profile's "
+                            "validity_days (up to %d); plan the CA's renewal" % (who, _days_text(end, now), longest))
+    cert_file = cfg.tls_cert or os.path.join(cfg.data_dir, "server.pem")
+    try:
+        with open(cert_file, "rb") as f:
+            tls = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        tls = None  # server_from_config has said what is wrong with it
+    if tls is not None:
+        end = tls.not_valid_after_utc.timestamp()
+        if end <= now:
+            return warnings, ("the TLS server certificate %s expired on %s: clients refuse the handshake; renew it: %s"
+                              % (cert_file, _days_text(end, now)[:20], _tls_renew_command(cfg, tls)))
+        if end - now < TLS_RENEW_DAYS * 86400:
+            warnings.append("the TLS server certificate %s expires on %s; renew it before then: %s"
+                            % (cert_file, _days_text(end, now), _tls_renew_command(cfg, tls)))
+    for name, t in sorted(getattr(cfg, "trust", {}).items()):
+        for crl in t.crls:
+            nu = crl.next_update_utc
+            if nu is not None and nu.timestamp() <= now:
+                warnings.append("the CRL of %s in trust set %s is past its nextUpdate (%s): revocations published "
+                                "since are unknown to this server until a current CRL is configured"
+                                % (crl.issuer.rfc4514_string(), name, _days_text(nu.timestamp(), now)[:20]))
+    return warnings, None
+
+
 def cmd_serve(args):
     from .config import load_config
     from .https_server import server_from_config
@@ -60,6 +152,12 @@ def cmd_serve(args):
         cfg.coaps_send_chain = args.coaps_send_chain
     srv = server_from_config(cfg, port=args.port, host=args.host, reuse_port=hprocs > 1)
     _warn_open_private_files(cfg)
+    warnings, error = check_lifetimes(cfg, srv.service.ca)
+    for w in warnings:
+        print("est-lite: warning: " + w, file=sys.stderr)
+    if error is not None:
+        srv.stop()
+        raise LocalProtocolError(error)
     serving = []
 
     def _term(signum, frame):
