@@ -289,3 +289,57 @@ def test_expired_certificate_way_back_micropython_coaps(srv, tmp_path, mplib):  
     assert rc == 0 and "OK load gen=2" in out, out
     got = CredStore(os.path.join(str(tmp_path), "store")).load()
     assert load_cert(got.cert).not_valid_after_utc.timestamp() > time.time() + 80 * DAY
+
+
+def test_rekeyed_ca_old_trust_says_so_and_the_way_back(srv, tmp_path):
+    # the gateway holds the old CA; the server now presents a chain from a
+    # new root (CA re-keyed). The refusal names that case (OpenSSL alone
+    # says "unable to get local issuer certificate"); the documented way
+    # back, a new pinned first contact into the same store, works.
+    from helpers_server import EstTestServer
+
+    from est_lite_cpython.dtls import fingerprint
+
+    store = CredStore(str(tmp_path / "gw"))
+    c = EstClient("https://localhost:%d" % srv.port, trust=root_der(srv), user=USER, password=PASSWORD)
+    try:
+        c.provision(store, cn="gw-rekey")
+    finally:
+        c.close()
+    (tmp_path / "new").mkdir()
+    new = EstTestServer(tmp_path / "new")
+    try:
+        for server in ("https://localhost:%d" % new.port, "coaps://127.0.0.1:%d" % srv.coaps_port):
+            if server.startswith("coaps"):
+                # the CoAPs side of the old server, trusted with the new root: the same refusal over DTLS
+                c = EstClient(server, trust=root_der(new), deadline=None)
+            else:
+                # as the gateway loop in the docs: made with the (old) pin, renewal trusts the store's CA
+                c = EstClient(server, pin="sha256:" + fingerprint(srv.ca.root).hex(), deadline=None)
+            try:
+                with pytest.raises(SecurityError) as ei:
+                    if server.startswith("coaps"):
+                        c.cacerts()
+                    else:
+                        c.renew_if_needed(store, threshold=float("inf"))
+            finally:
+                c.close()
+            assert "unable to get local issuer certificate" in str(ei.value), ei.value
+            assert "the CA was re-keyed" in str(ei.value), ei.value
+        assert store.load().gen == 1 and store.load().ca == [root_der(srv)]
+        # the way back: the new root's pin and the first-contact credentials, same store
+        c = EstClient("https://localhost:%d" % new.port, pin="sha256:" + fingerprint(new.ca.root).hex(), user=USER,
+                      password=PASSWORD)
+        try:
+            r = c.provision(store, cn="gw-rekey")
+        finally:
+            c.close()
+        got = store.load()
+        assert r.gen == got.gen == 2 and got.ca == [root_der(new)]
+        c = EstClient("https://localhost:%d" % new.port, pin="sha256:" + fingerprint(new.ca.root).hex())
+        try:
+            assert c.renew_if_needed(store, threshold=float("inf")).gen == 3
+        finally:
+            c.close()
+    finally:
+        new.stop()

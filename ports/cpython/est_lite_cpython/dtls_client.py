@@ -73,6 +73,21 @@ def check_pin(pin, chain):
     return None
 
 
+# OpenSSL verify errors that mean "does not chain to the trust anchors":
+# unable to get issuer certificate (2), self-signed leaf (18) or root (19)
+# not trusted, unable to get local issuer certificate (20)
+_UNTRUSTED = (2, 18, 19, 20)
+
+
+def untrusted_hint(errno):
+    """What an OpenSSL 'does not chain to the trust anchors' error means
+    for an EST client (empty for other errors)."""
+    if errno not in _UNTRUSTED:
+        return ""
+    return ("; the server's chain does not lead to the trusted CA certificates (trust=, --trust, or the store's): "
+            "another CA, or the CA was re-keyed (docs/client-runtime.md: 'The CA was re-keyed')")
+
+
 def _check_pin_arg(pin):
     if pin is None or callable(pin):
         return pin
@@ -101,8 +116,8 @@ def _shared_verify_cb(conn, x509, errno, depth, ok):
             return client._pin_ok
         if not ok:
             if client._verify_error is None:
-                client._verify_error = "server certificate at depth %d: %s (%s)" % (
-                    depth, _d.verify_error_string(errno), _d.subject_text(x509),
+                client._verify_error = "server certificate at depth %d: %s (%s)%s" % (
+                    depth, _d.verify_error_string(errno), _d.subject_text(x509), untrusted_hint(errno),
                 )
             return False
         if depth == 0:

@@ -32,7 +32,7 @@ import threading
 from est_lite.errors import LocalProtocolError, SecurityError, TransportError
 
 from . import dtls as _d
-from .dtls_client import check_pin
+from .dtls_client import check_pin, untrusted_hint
 
 TLS_VERSIONS = ("1.2", "1.3")
 
@@ -165,8 +165,8 @@ class TlsTransport:
                 return self._pin_ok
             if not ok:
                 if self._error is None:
-                    self._error = "server certificate at depth %d: %s (%s)" % (
-                        depth, _d.verify_error_string(errno), cert.subject.rfc4514_string())
+                    self._error = "server certificate at depth %d: %s (%s)%s" % (
+                        depth, _d.verify_error_string(errno), cert.subject.rfc4514_string(), untrusted_hint(errno))
                 return False
             if depth == 0:
                 _d.check_server_name(cert, self.server_name)
