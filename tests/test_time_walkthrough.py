@@ -164,6 +164,30 @@ def test_unset_clock_first_enrollment_then_renewal_asks_for_the_time(srv, tmp_pa
     assert "OK provision gen=1" in out, out
     assert rc == 1 and "ERROR LocalProtocolError: renewal needs the time" in out, out
     assert CredStore(os.path.join(str(tmp_path), "store")).load().gen == 1
+    # a threshold of the whole lifetime or more is due whatever the time
+    # (est-lite reenroll renews with threshold=inf): no clock needed
+    rc, out = run(mplib, tmp_path, dict(server=cfg["server"], trust=cfg["trust"], steps=["renew"], clock=COLD_BOOT,
+                                        threshold=10 ** 9))
+    assert rc == 0 and "OK renew gen=2" in out, out
+
+
+def test_unset_clock_cli_reenroll(srv, tmp_path, monkeypatch):
+    # est-lite reenroll on a gateway whose clock is not set (1970 before
+    # NTP): it always renews, so it needs no clock (it failed with "renewal
+    # needs the time: ... pass now=", which the command has no option for)
+    from est_lite_mp import certs
+
+    from est_lite_cpython import cli
+
+    out = str(tmp_path / "gw")
+    c = EstClient("https://localhost:%d" % srv.port, trust=root_der(srv), user=USER, password=PASSWORD)
+    try:
+        c.provision(CredStore(out), cn="gw-cold")
+    finally:
+        c.close()
+    monkeypatch.setattr(certs, "time", _ColdBootTime())
+    assert cli.main(["reenroll", "--server", "https://localhost:%d" % srv.port, "--out", out]) == 0
+    assert CredStore(out).load().gen == 2
 
 
 def test_issued_certificate_outside_its_dates_names_the_clock(srv, tmp_path, mplib):  # noqa: F811
