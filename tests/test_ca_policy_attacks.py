@@ -472,3 +472,456 @@ def test_a_stale_vendor_crl_is_said_at_start(est_server_factory, tmp_path):
     warnings, error = check_lifetimes(srv.config, srv.ca)
     assert error is None
     assert any("past its nextUpdate" in w and "trust set stale" in w for w in warnings), warnings
+
+
+# ---------------------------------------------------------------- 3. authentication
+
+def _identity(srv, name, key, cert):
+    from helpers_server import write_identity
+
+    return write_identity(srv.tmp, name, key, cert)
+
+
+def _issue_from_ca(srv, cn, eku, *, label="", sans=(), ku=None):
+    key = ec.generate_private_key(ec.SECP256R1())
+    c = srv.ca.issue_raw(key.public_key(), x509.Name([_cn(cn)]), eku=eku, label=label, sans=sans, days=30)
+    return key, c
+
+
+def test_a_server_certificate_of_this_ca_is_not_a_client_certificate(est_server):
+    """Before: any certificate of this CA authenticated simpleenroll and
+    simplereenroll, the EST server's own TLS certificate (serverAuth) and
+    a profile's serverAuth-only certificates included, so whoever holds a
+    web server's key certified by this CA could enroll devices and renew
+    that name as a client. Now a client certificate whose
+    extendedKeyUsage lacks clientAuth is not trusted as one."""
+    srv = est_server
+    k, c = _issue_from_ca(srv, "web-1", ("serverAuth",))
+    cp, kp = _identity(srv, "web", k, c)
+    own = (os.path.join(srv.data_dir, "server.pem"), os.path.join(srv.data_dir, "server.key"))
+    n = srv.ca.store.count_certificates()
+    for cert, key in ((cp, kp), own):
+        r = srv.request("POST", srv.path("simpleenroll"), make_csr("web-1")[1], cert=cert, key=key)
+        assert r.status in (401, 403) and "clientAuth" in r.text, (r.status, r.text)
+        r = srv.request("POST", srv.path("simplereenroll"), make_csr("web-1")[1], cert=cert, key=key)
+        assert r.status == 403 and "clientAuth" in r.text, (r.status, r.text)
+    assert srv.ca.store.count_certificates() == n
+    # a client certificate of the same CA still works, with or without an EKU
+    for eku in (("clientAuth",), ()):
+        k, c = _issue_from_ca(srv, "dev-eku", eku)
+        cp, kp = _identity(srv, "dev", k, c)
+        r = srv.request("POST", srv.path("simplereenroll"), make_csr("dev-eku", k)[1], cert=cp, key=kp)
+        assert r.status == 200, r.text
+
+
+def test_a_password_still_works_next_to_a_server_certificate(est_server):
+    """The refused certificate does not spoil a valid password on an
+    enrollment (the certificate is just not an identity)."""
+    srv = est_server
+    k, c = _issue_from_ca(srv, "web-2", ("serverAuth",))
+    cp, kp = _identity(srv, "web2", k, c)
+    r = srv.request("POST", srv.path("simpleenroll"), make_csr("dev-pw")[1], cert=cp, key=kp, auth=AUTH)
+    assert r.status == 200, r.text
+    assert r.certs()[0].subject.rfc4514_string() == "CN=dev-pw"
+
+
+def test_basic_unknown_user_costs_what_a_wrong_password_costs(tmp_path, monkeypatch):
+    """User enumeration: the answer is the same ('wrong user name or
+    password', tested in test_server_badinput), and so is the work: an
+    unknown user runs PBKDF2 as a wrong password does (it returned at
+    once, a timing oracle of 100,000 iterations)."""
+    from est_lite_cpython import auth
+
+    pw = auth.PasswordFile(str(tmp_path / "passwords"), iterations=1000)
+    pw.set_password("alice", "s3cret")
+    calls = []
+    real = auth._pbkdf2
+    monkeypatch.setattr(auth, "_pbkdf2", lambda p, s, i: calls.append(i) or real(p, s, i))
+    assert not pw.check("alice", "wrong")
+    assert not pw.check("mallory", "wrong")
+    assert calls == [1000, 1000], calls
+    assert pw.check("alice", "s3cret")
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"alice:\xff\xfe", "malformed HTTP Basic"),
+    (b"alice:", "wrong user name or password"),
+    (b":s3cret", "wrong user name or password"),
+    (b"alice\x00:s3cret", "control character"),
+    (b"alice:s3cret\x00", "control character"),  # PBKDF2-HMAC pads the key with NULs: this matched s3cret
+    (b"alice:s3cret\x7f", "control character"),
+    (b"alice\x1b:s3cret", "control character"),
+])
+def test_basic_odd_credentials_are_refused(est_server, raw, reason):
+    srv = est_server
+    r = srv.request("POST", srv.path("simpleenroll"), make_csr("odd")[1],
+                    headers={"Authorization": "Basic " + base64.b64encode(raw).decode()})
+    assert r.status == 401 and reason in r.text, (r.status, r.text)
+    assert any(v.startswith("Digest ") for v in r.headers_all("www-authenticate"))
+
+
+# -- Digest (RFC 7616), with the server's own challenges
+
+def _challenge(srv, alg="SHA-256", path=None):
+    from est_lite_cpython.auth import parse_auth_params
+
+    r = srv.request("POST", path or srv.path("simpleenroll"), make_csr("probe")[1])
+    assert r.status == 401
+    for v in r.headers_all("www-authenticate"):
+        if v.startswith("Digest ") and ("algorithm=%s" % alg) in v:
+            return parse_auth_params(v[len("Digest "):]), r
+    raise AssertionError(r.headers)
+
+
+def _digest(srv, params, uri, *, path=None, user=USER, password=PASSWORD, nc=1, cnonce="c0ffee", edit=None):
+    from est_lite_cpython.auth import digest_response
+
+    h = digest_response(params, user, password, "POST", uri, cnonce=cnonce, nc=nc)
+    if edit:
+        h = edit(h)
+    return srv.request("POST", path or uri, make_csr("dig-%d" % nc)[1], headers={"Authorization": h})
+
+
+def test_digest_valid_then_replayed_nc(est_server):
+    srv = est_server
+    params, _ = _challenge(srv)
+    uri = srv.path("simpleenroll")
+    assert _digest(srv, params, uri).status == 200
+    r = _digest(srv, params, uri)  # the same nonce and nc again
+    assert r.status == 401 and "nc replayed" in r.text, r.text
+    assert _digest(srv, params, uri, nc=2).status == 200
+
+
+def test_digest_response_for_another_label_is_not_accepted_here(est_server):
+    """Label switching: a response computed (by the legitimate client) for
+    /.well-known/est/manual/simpleenroll, replayed on the default label's
+    path with its uri left as it was or changed, is refused."""
+    srv = est_server
+    params, _ = _challenge(srv)
+    other = srv.path("simpleenroll", "manual")
+    r = _digest(srv, params, other, path=srv.path("simpleenroll"))
+    assert r.status == 401 and "uri does not match" in r.text, r.text
+    r = _digest(srv, params, other, path=srv.path("simpleenroll"),
+                edit=lambda h: h.replace('uri="%s"' % other, 'uri="%s"' % srv.path("simpleenroll")))
+    assert r.status == 401 and "wrong user name or password" in r.text, r.text
+
+
+def test_digest_nonce_of_another_server_or_start_is_refused(est_server_factory):
+    a = est_server_factory()
+    b = est_server_factory()
+    params, _ = _challenge(a)
+    r = _digest(b, params, b.path("simpleenroll"))
+    assert r.status == 401 and "opaque value is not ours" in r.text, r.text
+    params = dict(params, opaque=_challenge(b)[0]["opaque"])  # b's opaque, a's nonce
+    r = _digest(b, params, b.path("simpleenroll"))
+    assert r.status == 401 and "nonce was not issued by this server" in r.text, r.text
+
+
+def test_digest_stale_nonce_gets_a_new_challenge(est_server):
+    srv = est_server
+    params, _ = _challenge(srv)
+    d = srv.server.digest
+    real = d.clock
+    d.clock = lambda: real() + d.lifetime_s + 5
+    try:
+        r = _digest(srv, params, srv.path("simpleenroll"))
+    finally:
+        d.clock = real
+    assert r.status == 401 and "expired" in r.text, r.text
+    assert any("stale=true" in v for v in r.headers_all("www-authenticate")), r.headers
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda h: h.replace(", qop=auth", ""), "without qop"),
+    (lambda h: h.replace(", qop=auth", ", qop=auth-int"), "qop"),
+    (lambda h: h.replace('realm="est-lite"', 'realm="other"'), "realm"),
+    (lambda h: h.replace("algorithm=SHA-256", "algorithm=SHA-512-256"), "not supported"),
+    (lambda h: h.replace('username="alice"', 'username="alice", userhash=true'), None),
+    (lambda h: h.replace('username="alice"', 'username="%s"' % __import__("hashlib").sha256(
+        b"alice:est-lite").hexdigest()) + ", userhash=true", "wrong user name or password"),
+])
+def test_digest_malformed_or_downgraded_answers_are_refused(est_server, edit, reason):
+    srv = est_server
+    params, _ = _challenge(srv)
+    r = _digest(srv, params, srv.path("simpleenroll"), edit=edit)
+    if reason is None:  # userhash=true with the plain name: the response still binds the name
+        assert r.status in (200, 401), r.text
+        return
+    assert r.status == 401 and reason in r.text, r.text
+
+
+def test_digest_md5_answer_to_the_sha256_challenge_is_accepted(est_server):
+    """Both algorithms are offered with one nonce; a client may answer
+    MD5 (RFC 7616 keeps it for old clients): documented, not a downgrade
+    an attacker inside TLS could force."""
+    srv = est_server
+    params, _ = _challenge(srv, "SHA-256")
+    params = dict(params, algorithm="MD5")
+    assert _digest(srv, params, srv.path("simpleenroll")).status == 200
+
+
+def test_digest_on_a_cert_only_label_is_refused(est_server):
+    srv = est_server
+    params, _ = _challenge(srv)
+    uri = srv.path("simpleenroll", "certonly")
+    r = _digest(srv, params, uri)
+    assert r.status == 403 and "digest authentication is not accepted" in r.text, r.text
+
+
+# -- re-enroll
+
+def _enrolled(srv, cn, label=None, *, org=None, sans=()):
+    """(key, cert, cert file, key file) of a certificate enrolled with Basic on label."""
+    key, der = make_csr(cn, org=org, sans=sans)
+    r = srv.request("POST", srv.path("simpleenroll", label), der, auth=AUTH)
+    assert r.status == 200, r.text
+    c = r.certs()[0]
+    cp, kp = _identity(srv, cn, key, c)
+    return key, c, cp, kp
+
+
+def test_reenroll_on_another_label_than_the_one_that_issued_it(est_server):
+    """Before: a certificate enrolled on the default label (clientAuth,
+    90 days) renewed on 'strict' (clientAuth + serverAuth, Basic-only
+    enrollment) got strict's certificate without strict's credentials.
+    A renewal now happens on the label that issued the certificate."""
+    srv = est_server
+    key, c, cp, kp = _enrolled(srv, "hop-1", org="ACME", sans=["hop-1.example.com"])
+    n = srv.ca.store.count_certificates()
+    r = srv.request("POST", srv.path("simplereenroll", "strict"),
+                    make_csr("hop-1", key, org="ACME", sans=["hop-1.example.com"])[1], cert=cp, key=kp)
+    assert r.status == 403 and "issued for" in r.text, (r.status, r.text)
+    assert srv.ca.store.count_certificates() == n
+    r = srv.request("POST", srv.path("simplereenroll"),
+                    make_csr("hop-1", key, org="ACME", sans=["hop-1.example.com"])[1], cert=cp, key=kp)
+    assert r.status == 200, r.text
+
+
+def test_reenroll_with_an_idevid_where_only_operational_certificates_renew(est_server):
+    from helpers_server import issue_cert
+
+    srv = est_server
+    k, c = issue_cert(srv.vendor["cert"], srv.vendor["key"], "idev-1")
+    cp, kp = _identity(srv, "idev", k, c)
+    r = srv.request("POST", srv.path("simpleenroll"), make_csr("idev-1", k)[1], cert=cp, key=kp)
+    assert r.status == 200, r.text  # the IDevID may enroll (client_cert_trust)
+    r = srv.request("POST", srv.path("simplereenroll"), make_csr("idev-1", k)[1], cert=cp, key=kp)
+    assert r.status == 403 and "not issued by a CA trusted" in r.text, r.text
+
+
+def test_reenroll_subject_rules(est_server):
+    """The subject compares as X.500 names: the same RDNs in the same
+    order, whatever string type (PrintableString vs UTF8String: accepted,
+    the new certificate carries the CSR's encoding); another RDN order or
+    a changed SAN is refused."""
+    srv = est_server
+    key, c, cp, kp = _enrolled(srv, "enc-1", org="ACME", sans=["enc-1.example.com"])
+    san = _san(x509.DNSName("enc-1.example.com"))
+    printable = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ACME", _type=_T.PrintableString),
+                           _cn("enc-1", _T.PrintableString)])
+    r = srv.request("POST", srv.path("simplereenroll"), _csr(printable, san, key)[1], cert=cp, key=kp)
+    assert r.status == 200, r.text
+    swapped = x509.Name([_cn("enc-1"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ACME")])
+    r = srv.request("POST", srv.path("simplereenroll"), _csr(swapped, san, key)[1], cert=cp, key=kp)
+    assert r.status == 400 and "keep the subject" in r.text, r.text
+    orig = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ACME"), _cn("enc-1")])
+    r = srv.request("POST", srv.path("simplereenroll"),
+                    _csr(orig, _san(x509.DNSName("enc-1.example.com"), x509.DNSName("other.example.com")), key)[1],
+                    cert=cp, key=kp)
+    assert r.status == 400 and "subjectAltName" in r.text, r.text
+
+
+# ---------------------------------------------------------------- 4. PoP linking
+
+def _basic():
+    return {"Authorization": "Basic " + base64.b64encode(("%s:%s" % AUTH).encode()).decode()}
+
+
+@pytest.mark.parametrize("ver", ["1.2", "1.3"])
+def test_the_server_never_resumes_a_session(est_server, ver):
+    """tls-unique over a resumed TLS 1.2 session is the triple-handshake
+    hole: the server offers no resumption at all (no tickets, no session
+    cache), so every connection is a full handshake."""
+    import socket
+
+    from helpers_server import Response
+
+    srv = est_server
+    ctx = srv.tls_client_context(version=ver)
+    sess = None
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            with ctx.wrap_socket(s, server_hostname="localhost", session=sess) as t:
+                t.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert Response.read(t).status == 200
+                assert not t.session_reused
+                sess = t.session
+
+
+def _pyopenssl_12(srv, *, ems=True):
+    import socket
+    import struct
+
+    from OpenSSL import SSL
+
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    ctx.load_verify_locations(srv.root_pem)
+    if not ems:
+        ctx.set_options(0x1)  # SSL_OP_NO_EXTENDED_MASTER_SECRET
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s.settimeout(None)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 10, 0))
+    c = SSL.Connection(ctx, s)
+    c.set_tlsext_host_name(b"localhost")
+    c.set_connect_state()
+    c.do_handshake()
+    return c, s
+
+
+def test_renegotiation_is_refused(est_server):
+    """A TLS 1.2 client that renegotiates (a new handshake, a new
+    tls-unique, on the same connection) gets OpenSSL's no_renegotiation."""
+    from OpenSSL import SSL
+
+    c, s = _pyopenssl_12(est_server)
+    try:
+        assert c.renegotiate()
+        with pytest.raises(SSL.Error, match="no renegotiation"):
+            c.do_handshake()
+            c.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.recv(100)
+    finally:
+        s.close()
+
+
+def test_tls_unique_without_extended_master_secret_is_no_binding(est_server):
+    """Before: a TLS 1.2 connection without the extended master secret
+    (RFC 7627) still gave tls-unique, the binding RFC 9266 says not to
+    trust there. Now it has none: a PoP-required label refuses the client
+    with the reason; with EMS the same request passes."""
+    from OpenSSL._util import lib
+
+    from helpers_server import Response
+
+    srv = est_server
+    for ems in (False, True):
+        c, s = _pyopenssl_12(srv, ems=ems)
+        try:
+            assert lib.SSL_get_extms_support(c._ssl) == (1 if ems else 0)
+            key = ec.generate_private_key(ec.SECP256R1())
+            _, der = make_csr("ems-%d" % ems, key, challenge=base64.b64encode(c.get_finished()).decode())
+            body = base64.encodebytes(der)
+            h = "POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n%s\r\n" % (
+                srv.path("simpleenroll", "pop"), len(body), "".join("%s: %s\r\n" % kv for kv in _basic().items()))
+            c.sendall(h.encode() + body)
+            chunks = []
+            while True:
+                try:
+                    d = c.recv(65536)
+                except Exception:  # noqa: BLE001 - close_notify / EOF end the answer
+                    break
+                if not d:
+                    break
+                chunks.append(d)
+        finally:
+            s.close()
+        r = Response.parse(b"".join(chunks))
+        if ems:
+            assert r.status == 200, r.text
+        else:
+            assert r.status == 403 and "extended master secret" in r.text, (r.status, r.text)
+
+
+def _pop_csr(binding, attr_der):
+    from est_lite_cpython.ca import _tlv
+
+    del binding
+    return _raw_csr(ec.generate_private_key(ec.SECP256R1()), x509.Name([_cn("pop-odd")]).public_bytes(), attr_der)
+
+
+def _cp_attr(*values):
+    from est_lite_cpython.ca import _tlv
+
+    return _tlv(0x30, bytes.fromhex("06092a864886f70d010907") + _tlv(0x31, b"".join(values)))
+
+
+def _svc_pop(srv, der, binding):
+    try:
+        srv.service.simpleenroll("pop", der, _ctx(tls_unique=binding, tls_version="TLSv1.2"))
+        return None
+    except EstError as e:
+        return e
+
+
+def test_challenge_password_odd_forms(est_server):
+    """The binding in other string types (PrintableString, IA5String,
+    BMPString of the same text, or an OCTET STRING of its bytes) is still
+    the binding: accepted. Two challengePassword attributes, two values
+    in one, an empty one or an INTEGER: refused (400 or 403), never a 500,
+    never the right value picked from a wrong one."""
+    from est_lite_cpython.ca import _tlv
+
+    srv = est_server
+    b = os.urandom(12)
+    good = base64.b64encode(b)
+    for tag, v in ((0x13, good), (0x16, good), (0x04, good)):
+        assert _svc_pop(srv, _pop_csr(b, _cp_attr(_tlv(tag, v))), b) is None, tag
+    n = srv.ca.store.count_certificates()
+    for attrs in (_cp_attr(_tlv(0x0C, b"bad")) + _cp_attr(_tlv(0x0C, good)),
+                  _cp_attr(_tlv(0x0C, good)) + _cp_attr(_tlv(0x0C, b"bad")),
+                  _cp_attr(_tlv(0x0C, b"bad"), _tlv(0x0C, good)),
+                  _cp_attr(),
+                  _cp_attr(_tlv(0x02, b"\x01")),
+                  _cp_attr(_tlv(0x0C, good + b"\x00"))):
+        e = _svc_pop(srv, _pop_csr(b, attrs), b)
+        assert isinstance(e, EstError) and e.http_status in (400, 403), (attrs, e)
+    assert srv.ca.store.count_certificates() == n
+
+
+def test_challenge_password_on_a_label_without_required_pop(est_server):
+    """pop = "if-present" (the default): a challengePassword that is not
+    this connection's binding is refused even though PoP is optional."""
+    srv = est_server
+    _, der = make_csr("opt-pop", challenge=base64.b64encode(b"\x00" * 12).decode())
+    e = None
+    try:
+        srv.service.simpleenroll(None, der, _ctx(tls_unique=b"\x01" * 12, tls_version="TLSv1.2"))
+    except EstError as err:
+        e = err
+    assert e is not None and e.http_status == 403 and "PoP linking failed" in e.msg
+
+
+# ---------------------------------------------------------------- 5. serverkeygen
+
+def test_serverkeygen_key_is_not_logged_or_stored(est_server, caplog):
+    """At DEBUG, the key the server generated for a client appears in no
+    log record and in no file of the data directory (ca.db and its WAL
+    included); it goes only to the authenticated connection."""
+    import logging
+
+    from helpers_server import parse_multipart
+
+    srv = est_server
+    caplog.set_level(logging.DEBUG)
+    r = srv.request("POST", srv.path("serverkeygen"), make_csr("skg-1")[1], auth=AUTH)
+    assert r.status == 200, r.text
+    p8 = parse_multipart(r)["application/pkcs8"]
+    key = serialization.load_der_private_key(p8, None)
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    forms = [p8, scalar, base64.b64encode(p8), base64.b64encode(scalar), scalar.hex().encode(), p8.hex().encode(),
+             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()).split(b"\n")[1]]
+    logged = "\n".join(rec.getMessage() for rec in caplog.records).encode()
+    assert logged  # the request was logged at all
+    for f in forms:
+        assert f not in logged
+    for root, _, files in os.walk(srv.tmp):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as fh:
+                data = fh.read()
+            for f in forms:
+                assert f not in data, (name, f[:8])
+    # without credentials: no key
+    r = srv.request("POST", srv.path("serverkeygen"), make_csr("skg-2")[1])
+    assert r.status == 401 and b"PRIVATE" not in r.body and "application/pkcs8" not in (r.header("content-type") or "")

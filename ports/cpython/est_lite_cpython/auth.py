@@ -179,6 +179,9 @@ class PasswordFile:
             self._load()
             rec = self._users.get(user)
             if rec is None:
+                # the same PBKDF2 as a wrong password: an unknown user answers
+                # no faster than a known one (no timing oracle for user names)
+                _pbkdf2(password, self._secret[:16], self.iterations)
                 return False
             # keyed BLAKE2b (CPython's own code): no second OpenSSL library
             # touched per request (hmac.digest goes through the system
@@ -370,6 +373,36 @@ class VerifiedChain(list):
         self.path = list(path) if path else None
 
 
+def _client_use(cert):
+    """"" if the certificate may authenticate a TLS client (RFC 5280
+    4.2.1.12 / 4.2.1.3: no extendedKeyUsage, or one with clientAuth or
+    anyExtendedKeyUsage; no keyUsage, or one with digitalSignature), else
+    the reason. E.g. a TLS server certificate (serverAuth only) of the same
+    CA is not a device's identity."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    try:
+        exts = cert.extensions
+        try:
+            eku = exts.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = None
+        try:
+            ku = exts.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            ku = None
+    except (ValueError, TypeError, x509.DuplicateExtension) as e:
+        return "its extensions cannot be parsed (%s)" % e
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku \
+            and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+        return "its extendedKeyUsage (%s) lacks clientAuth" % ", ".join(
+            getattr(o, "_name", None) or o.dotted_string for o in eku)
+    if ku is not None and not ku.digital_signature:
+        return "its keyUsage lacks digitalSignature"
+    return ""
+
+
 class DefaultAuthenticator:
     """Passwords from a PasswordFile; client certificates against this
     server's CA ("ca", revocation from its store) and the [trust.NAME] sets of
@@ -392,6 +425,8 @@ class DefaultAuthenticator:
         # every request it authenticates): 55 k instructions to build from
         # the certificate, 10 k to find here; bounded like _sig_ok
         self._subject_text = {}
+        # leaf -> "" (usable for TLS client authentication) or why not (_client_use)
+        self._not_client = {}
 
     # -- passwords --
     def verify_password(self, username, password, label):
@@ -420,6 +455,15 @@ class DefaultAuthenticator:
         if not chain:
             raise AuthenticationRequired("no client certificate")
         leaf = chain[0]
+        why = self._not_client.get(leaf)
+        if why is None:
+            why = _client_use(leaf)
+            if len(self._not_client) >= self.max_cached_signatures:
+                self._not_client.clear()
+            self._not_client[leaf] = why
+        if why:
+            raise UntrustedCertificate("client certificate %s is not for TLS client authentication: %s"
+                                       % (leaf.subject.rfc4514_string(), why))
         now = self.clock()
         extra = list(chain[1:])
         last_err = None

@@ -30,6 +30,7 @@ import binascii
 import functools
 import logging
 import os
+import re
 import select
 import selectors
 import socket
@@ -507,6 +508,24 @@ class _Conn:
             yield from self.io.push(time.monotonic() + self.server.request_timeout_s)
         except _TimedOut:
             raise _Closed() from None
+
+
+def _extms(tls):
+    """True if this TLS 1.2 connection negotiated the extended master
+    secret (True when OpenSSL cannot say: pyOpenSSL builds without the call)."""
+    try:
+        from OpenSSL._util import lib
+
+        return lib.SSL_get_extms_support(tls._ssl) == 1
+    except AttributeError:  # pragma: no cover - a binding without SSL_get_extms_support
+        return True
+
+
+_CTL = re.compile("[\x00-\x1f\x7f]")
+
+
+def _has_ctl(text):
+    return _CTL.search(text) is not None
 
 
 def _ssl_reason(e):
@@ -1102,8 +1121,11 @@ class EstHttpsServer:
         if version == "TLSv1.3":
             # computed on first use (AuthContext): only PoP-linked CSRs need it
             info["tls_exporter"] = functools.partial(tls.export_keying_material, b"EXPORTER-Channel-Binding", 32)
-        else:
-            # full handshake (no resumption): the client's Finished came first
+        elif _extms(tls):
+            # full handshake (no resumption, no renegotiation) with the
+            # extended master secret: the client's Finished came first and
+            # binds this connection only (RFC 7627; without EMS tls-unique
+            # is the triple-handshake binding RFC 9266 warns about: none)
             info["tls_unique"] = tls.get_peer_finished()
         leaf = tls.get_peer_certificate(as_cryptography=True)
         if leaf is not None:
@@ -1207,6 +1229,8 @@ class EstHttpsServer:
                 user, sep, pw = raw.partition(":")
                 if not sep:
                     raise AuthenticationRequired("malformed HTTP Basic credentials (no ':')")
+                if _has_ctl(raw):  # RFC 7617 §2: no control characters (PBKDF2 would take "pw\0" as "pw")
+                    raise AuthenticationRequired("malformed HTTP Basic credentials (a control character)")
                 if not auth.verify_password(user, pw, label):
                     raise AuthenticationRequired("wrong user name or password")
                 ctx.http_user, ctx.http_scheme = user, "basic"

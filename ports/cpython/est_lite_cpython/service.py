@@ -759,9 +759,13 @@ class EstService:
             if op == "simplereenroll":
                 # an RA renews a device's certificate found in the store; a
                 # device renews the certificate it authenticated with
-                renewing = self._current_certificate(prof, csr) if isinstance(cert_id, RaIdentity) \
-                    else cert_id.leaf
-                self._check_renewal(csr, sans, renewing)
+                if isinstance(cert_id, RaIdentity):
+                    renewing = self._current_certificate(prof, csr)
+                    self._check_renewal(csr, sans, renewing)
+                else:
+                    renewing = cert_id.leaf
+                    self._check_renewal(csr, sans, renewing)
+                    self._check_renewal_label(prof, cert_id)
             pub = server_key.public_key() if server_key is not None else csr_pub
         except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as e:
             # cryptography parses lazily: any malformed part of the CSR
@@ -863,6 +867,23 @@ class EstService:
             check_san(g, prof)
         return sans
 
+    def _check_renewal_label(self, prof, cert_id):
+        """A certificate this CA issued renews on the label that issued it:
+        another label may give other extensions, validity or approval, and
+        its enrollment credentials were never shown (SecurityError). Client
+        certificates of other trust sets, and those this CA's store does
+        not know, are not restricted."""
+        store = getattr(self.ca, "store", None)
+        find = getattr(store, "certificate_label", None)
+        if cert_id.trust_name != "ca" or find is None:
+            return
+        issued_for = find(cert_id.leaf.serial_number)
+        if issued_for is not None and issued_for != prof.label:
+            raise SecurityError("certificate serial %X was issued for %s; renew it there (/.well-known/est/%s"
+                                "simplereenroll)" % (cert_id.leaf.serial_number,
+                                                     "label %r" % issued_for if issued_for else "the default label",
+                                                     issued_for + "/" if issued_for else ""))
+
     def _check_renewal(self, csr, sans, old):
         if csr.subject != old.subject:
             raise RemoteProtocolError("simplereenroll must keep the subject of the certificate being renewed "
@@ -899,14 +920,16 @@ class EstService:
                 binding = ctx.channel_binding()
                 if binding is None:
                     raise SecurityError("this label requires PoP linking, but this connection offers no channel "
-                                        "binding (a client that cannot link must be exempted in the profile)")
+                                        "binding (TLS 1.2 has one only with the extended master secret; a client "
+                                        "that cannot link must be exempted in the profile)")
                 raise SecurityError("this label requires PoP linking: put base64(%s) of this TLS connection in the "
                                     "CSR's challengePassword" % binding[0])
             return
         binding = ctx.channel_binding()
         if binding is None:
             if prof.pop == "required" and not exempt:
-                raise SecurityError("CSR carries challengePassword but this connection has no channel binding to check it against")
+                raise SecurityError("CSR carries challengePassword but this connection has no channel binding to check "
+                                    "it against (TLS 1.2 has one only with the extended master secret)")
             return
         if isinstance(cp, bytes):
             cp = cp.decode("latin-1")

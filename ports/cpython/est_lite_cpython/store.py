@@ -220,6 +220,13 @@ class Store:
         r = self._db().execute("SELECT der FROM certs WHERE serial=?", (serial_hex(serial),)).fetchone()
         return bytes(r[0]) if r else None
 
+    def certificate_label(self, serial):
+        """The label an issued certificate was issued for ('' = the default
+        label, `ca issue` and `ca init`), or None if this store has no such
+        serial."""
+        r = self._db().execute("SELECT label FROM certs WHERE serial=?", (serial_hex(serial),)).fetchone()
+        return r[0] if r else None
+
     def has_serial(self, serial):
         return self.get_certificate(serial) is not None
 
