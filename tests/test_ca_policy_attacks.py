@@ -925,3 +925,26 @@ def test_serverkeygen_key_is_not_logged_or_stored(est_server, caplog):
     # without credentials: no key
     r = srv.request("POST", srv.path("serverkeygen"), make_csr("skg-2")[1])
     assert r.status == 401 and b"PRIVATE" not in r.body and "application/pkcs8" not in (r.header("content-type") or "")
+
+
+def test_ra_renewal_on_another_label_is_refused(est_server_factory):
+    """An RA renews the subject's newest certificate on the label that
+    issued it only (a device enrolled on ra1 is not renewed on ra2 with
+    ra2's profile); on ra1 the same request passes."""
+    srv = est_server_factory(extra_toml="""
+        [profiles.ra1]
+        ra_trust = ["ca"]
+        [profiles.ra2]
+        ra_trust = ["ca"]
+        eku = ["clientAuth", "serverAuth"]
+        """)
+    key, der = make_csr("ra-dev-1")
+    assert srv.request("POST", srv.path("simpleenroll", "ra1"), der, auth=AUTH).status == 200
+    k, c = _issue_from_ca(srv, "ra-x", ("clientAuth", "cmcRA"))
+    cp, kp = _identity(srv, "ra-x", k, c)
+    n = srv.ca.store.count_certificates()
+    r = srv.request("POST", srv.path("simplereenroll", "ra2"), make_csr("ra-dev-1", key)[1], cert=cp, key=kp)
+    assert r.status == 403 and "issued for label 'ra1'" in r.text, (r.status, r.text)
+    assert srv.ca.store.count_certificates() == n
+    r = srv.request("POST", srv.path("simplereenroll", "ra1"), make_csr("ra-dev-1", key)[1], cert=cp, key=kp)
+    assert r.status == 200, r.text

@@ -731,6 +731,12 @@ class EstService:
                                     "this CA issued to it) expired on %s; the device must enroll again"
                                     % (subject.rfc4514_string(), c.serial_number,
                                        c.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC")))
+            issued_for = store.certificate_label(c.serial_number) if hasattr(store, "certificate_label") else None
+            if issued_for is not None and issued_for != prof.label:  # as for a device's own renewal
+                raise SecurityError("simplereenroll by an RA: the current certificate of %s (serial %X) was issued "
+                                    "for %s; renew it there" % (subject.rfc4514_string(), c.serial_number,
+                                                               "label %r" % issued_for if issued_for
+                                                               else "the default label"))
             return c
         raise SecurityError("simplereenroll by an RA: this CA has issued no certificate to %s, so there is "
                             "nothing to renew (use simpleenroll)" % subject.rfc4514_string())
