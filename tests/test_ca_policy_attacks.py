@@ -948,3 +948,23 @@ def test_ra_renewal_on_another_label_is_refused(est_server_factory):
     assert srv.ca.store.count_certificates() == n
     r = srv.request("POST", srv.path("simplereenroll", "ra1"), make_csr("ra-dev-1", key)[1], cert=cp, key=kp)
     assert r.status == 200, r.text
+
+
+def test_csr_key_encodings(srv):
+    """A P-256 point off the curve: 400. A compressed point: the
+    certificate carries the same key, uncompressed, on both paths."""
+    from est_lite_cpython.ca import _tlv
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    pub = k.public_key()
+    spki = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    off = spki[:-1] + bytes([spki[-1] ^ 1])
+    comp = bytes.fromhex("3039301306072a8648ce3d020106082a8648ce3d030107032200") + pub.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    out = []
+    for sp in (off, comp):
+        info = _tlv(0x30, b"\x02\x01\x00" + x509.Name([_cn("pt-1")]).public_bytes() + sp + _tlv(0xA0, b""))
+        sig = k.sign(info, ec.ECDSA(hashes.SHA256()))
+        out.append(_enroll(srv, _tlv(0x30, info + bytes.fromhex("300a06082a8648ce3d040302") + _tlv(0x03, b"\x00" + sig))))
+    assert isinstance(out[0], EstError) and out[0].http_status == 400, out[0]
+    assert isinstance(out[1], x509.Certificate) and out[1].public_key() == pub, out[1]
