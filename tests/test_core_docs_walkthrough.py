@@ -348,3 +348,36 @@ def test_client_coap_loop_on_micropython_as_written(both, tmp_path):
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "doc-mp"
     point = cert.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     assert point == key.public_key
+
+
+def test_codec_blocks_run_from_a_hil_bundle_in_64k(tmp_path):
+    """docs/design.md: `est-lite hil bundle --out DIR`, then
+    MICROPYPATH=DIR/lib micropython -X heapsize=64K runs the coap.md and
+    http1.md blocks."""
+    from helpers_mp import MICROPYTHON, MISSING, MPY_CROSS
+
+    if MICROPYTHON is None or MPY_CROSS is None:
+        pytest.fail(MISSING)
+    out = tmp_path / "bundle"
+    p = subprocess.run(["est-lite", "hil", "bundle", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    stand_ins = (
+        "class Sock:\n"
+        "    def __init__(self, data=b''):\n        self.data = data\n        self.out = []\n"
+        "    def send(self, b):\n        self.out.append(bytes(b))\n    write = send\n"
+        "    def read(self, n):\n        d = self.data[:n]\n        self.data = self.data[n:]\n        return d\n"
+    )
+    for name, doc, setup, check in (
+        ("coap-codec", "coap.md", "sock = Sock()\ndatagram = b'\\x60\\x45\\x00\\x01\\xc2\\x01\\x19'\n",
+         "assert cf == 281 and v is None\nprint('OK', n, cf)\n"),
+        ("http1-request", "http1.md", "sock = Sock()\ncsr_der = b'\\x30\\x03\\x02\\x01\\x00'\n",
+         "assert sock.out[0].split(b' ')[1] == b'/.well-known/est/lbl/simpleenroll'\nprint('OK')\n"),
+        ("http1-response", "http1.md",
+         "sock = Sock(b'HTTP/1.1 200 OK\\r\\nContent-Length: 4\\r\\nContent-Type: application/pkcs7-mime\\r\\n\\r\\nMAMC')\n",
+         "assert ev.status == 200 and bytes(ev.body) == b'MAMC'\nprint('OK')\n"),
+    ):
+        script = tmp_path / (name + ".py")
+        script.write_text(stand_ins + setup + snippet(doc, name) + check)
+        r = subprocess.run([MICROPYTHON, "-X", "heapsize=64K", str(script)], capture_output=True, text=True,
+                           timeout=60, env=dict(os.environ, MICROPYPATH=str(out / "lib")))
+        assert r.returncode == 0 and r.stdout.startswith("OK"), (name, r.stdout + r.stderr)
