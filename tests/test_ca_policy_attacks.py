@@ -968,3 +968,34 @@ def test_csr_key_encodings(srv):
         out.append(_enroll(srv, _tlv(0x30, info + bytes.fromhex("300a06082a8648ce3d040302") + _tlv(0x03, b"\x00" + sig))))
     assert isinstance(out[0], EstError) and out[0].http_status == 400, out[0]
     assert isinstance(out[1], x509.Certificate) and out[1].public_key() == pub, out[1]
+
+
+@pytest.fixture(params=["der", "builder"])
+def nosubj(request, est_server_factory):
+    s = est_server_factory(extra_toml="""
+        [profiles.nosubj]
+        subject_required = []
+        """)
+    if request.param == "builder":
+        s.ca._fast = False
+    return s
+
+
+def test_empty_subject_needs_a_critical_san(nosubj):
+    """A label that requires no subject field: an empty subject without a
+    SAN was issued (a certificate naming nothing); with a SAN it was
+    issued with the SAN non-critical. RFC 5280 4.1.2.6 / 4.2.1.6: refused,
+    and critical."""
+    n = nosubj.ca.store.count_certificates()
+    _, der = _csr(x509.Name([]))
+    e = _enroll(nosubj, der, "nosubj")
+    assert isinstance(e, EstError) and e.http_status == 400 and "empty subject" in e.msg, e
+    assert nosubj.ca.store.count_certificates() == n
+    _, der = _csr(x509.Name([]), _san(x509.DNSName("anon-1.example.com")))
+    c = _enroll(nosubj, der, "nosubj")
+    assert isinstance(c, x509.Certificate), c
+    assert len(c.subject) == 0
+    assert c.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical is True
+    _, der = _csr(x509.Name([_cn("named-1")]), _san(x509.DNSName("named-1.example.com")))
+    c = _enroll(nosubj, der, "nosubj")
+    assert c.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical is False

@@ -526,7 +526,7 @@ class LocalCA:
         if eku_ext is not None:
             b = b.add_extension(eku_ext, critical=False)
         if sans:
-            b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+            b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=len(subject) == 0)
         return b.sign(self._key, hashes.SHA256())
 
     def _issue_der(self, public_key, subject, sans, eku, not_before, not_after, *, spki_der=None, subject_der=None,
@@ -563,7 +563,9 @@ class LocalCA:
             subject_text = subject.rfc4514_string()
         if sans:
             tail = _eku_der(eku) if eku else b""
-            tail += _ext_der(_OID_SAN, False, x509.SubjectAlternativeName(list(sans)).public_bytes())
+            # RFC 5280 4.2.1.6: critical when the subject is empty
+            tail += _ext_der(_OID_SAN, subject_der == b"\x30\x00",
+                             x509.SubjectAlternativeName(list(sans)).public_bytes())
             ext = _ext_wrap(head + _SKI_EXT_HEAD, tail)
         else:  # the same extensions around each SKI: headers cached per (key class, EKU)
             ext = self._ext_cache.get((head, eku))

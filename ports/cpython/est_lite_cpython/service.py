@@ -755,7 +755,8 @@ class EstService:
             # sl: the CSR's DER slices (csr_slices), or None (then csr_pub is set)
             no_attrs = sl is not None and sl[5]
             self._check_pop(prof, csr, ctx, cert_id, no_attributes=no_attrs)
-            if no_attrs and prof.san != "require" and all(_REQUIRED_OIDS[f] in sl[2] for f in prof.subject_required):
+            if no_attrs and sl[2] and prof.san != "require" and \
+                    all(_REQUIRED_OIDS[f] in sl[2] for f in prof.subject_required):
                 sans = []  # no extensionRequest, so no SAN; the required fields are there
                 subject = None  # the CA takes sl's DER and text
             else:  # checks (and raises) with cryptography's objects
@@ -865,6 +866,9 @@ class EstService:
             sans = []
         except (ValueError, TypeError, x509.DuplicateExtension) as e:  # DuplicateExtension: e.g. two SANs
             raise RemoteProtocolError("CSR extension request cannot be parsed: %s" % e) from None
+        if not sans and not list(subj):
+            raise RemoteProtocolError("CSR has an empty subject and no subjectAltName: a certificate must name "
+                                      "its subject in one of them (RFC 5280 4.1.2.6)")
         if prof.san == "forbid" and sans:
             raise RemoteProtocolError("subjectAltName is not allowed for this label")
         if prof.san == "require" and not sans:
