@@ -299,14 +299,14 @@ def test_two_san_extensions_are_refused_over_https(est_server):
 
 # ---------------------------------------------------------------- 2. lifetimes
 
-def _old_ca(tmp_path, *, age_days, days, intermediate=False):
+def _old_ca(tmp_path, *, age_days, days, intermediate=False, name="old-ca", **kw):
     """A CA made age_days ago with a validity of `days` (server cert too)."""
     import time
 
     from est_lite_cpython.ca import init_ca
 
-    d = str(tmp_path / "old-ca")
-    ca = init_ca(d, validity_days=days, intermediate=intermediate, now=time.time() - age_days * 86400)
+    d = str(tmp_path / name)
+    ca = init_ca(d, validity_days=days, intermediate=intermediate, now=time.time() - age_days * 86400, **kw)
     ca.store.close()
     return d
 
@@ -402,7 +402,7 @@ def test_serve_refuses_an_expired_tls_certificate_and_says_how_to_renew_it(tmp_p
 
     from helpers_cli import cli, one_line
 
-    d = _old_ca(tmp_path, age_days=900, days=4000)
+    d = _old_ca(tmp_path, age_days=900, days=4000, name="old ca", server_names=("est.example", "127.0.0.1", "::1"))
     rc, out, err = _serve(capsys, d)
     one_line(rc, err)
     assert "TLS server certificate" in err and "expired on" in err
@@ -423,7 +423,8 @@ def test_serve_refuses_an_expired_tls_certificate_and_says_how_to_renew_it(tmp_p
     assert error is None and warnings == [], (warnings, error)
     tls = x509.load_pem_x509_certificate(open(os.path.join(d, "server.pem"), "rb").read())
     san = tls.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.DNSName) == ["est.example"]
+    assert tls.subject.rfc4514_string() == "CN=est.example"
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
 
 

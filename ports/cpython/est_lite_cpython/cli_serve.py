@@ -10,6 +10,7 @@ EST-coaps (RFC 9148) too when the config has a [coaps] section or
 import errno
 import logging
 import os
+import shlex
 import signal
 import sys
 
@@ -70,7 +71,7 @@ def _tls_renew_command(cfg, cert):
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
         sans = []
-    names = ["--dns %s" % n for n in sans.get_values_for_type(x509.DNSName)] if sans else []
+    names = ["--dns %s" % shlex.quote(n) for n in sans.get_values_for_type(x509.DNSName)] if sans else []
     names += ["--ip %s" % n for n in sans.get_values_for_type(x509.IPAddress)] if sans else []
     cert_file = cfg.tls_cert or os.path.join(cfg.data_dir, "server.pem")
     key_file = cfg.tls_key or os.path.join(cfg.data_dir, "server.key")
@@ -79,8 +80,9 @@ def _tls_renew_command(cfg, cert):
     if prefix is None or key_file != prefix + ".key":
         prefix = os.path.join(cfg.data_dir, "server-new")
         tail = ", then move %s.pem and %s.key to %s and %s" % (prefix, prefix, cert_file, key_file)
+    q = shlex.quote
     return "est-lite ca issue --data-dir %s --cn %s --eku serverAuth %s --out %s --force%s; restart est-lite serve" % (
-        cfg.data_dir, cn, " ".join(names), prefix, tail)
+        q(cfg.data_dir), q(cn), " ".join(names), q(prefix), tail)
 
 
 def check_lifetimes(cfg, ca, *, now=None):
