@@ -95,7 +95,14 @@ def test_gateway_bad_days(est_server, tmp_path):
     srv = est_server
     url = "https://localhost:%d" % srv.port
     store = CredStore(str(tmp_path / "gw"))
-    EstClient(url, pin=pin_of(srv), user=USER, password=PASSWORD).provision(store, cn="gw-3")
+
+    class Approving(EstClient):
+        def _sleep(self, s):  # the operator approves during the Retry-After wait
+            approve_pending(srv)
+
+    # a certificate renews on the label that issued it: the gateway enrolls on the
+    # manual-approval label from the start
+    Approving(url + "/manual", pin=pin_of(srv), user=USER, password=PASSWORD).provision(store, cn="gw-3")
     before = store.load()
 
     # server down: a TransportError within the deadline, the pair intact, the next attempt works
@@ -107,7 +114,7 @@ def test_gateway_bad_days(est_server, tmp_path):
         EstClient("https://localhost:%d" % down, pin=pin_of(srv), deadline=2).renew_if_needed(store,
                                                                                              threshold=10 ** 9)
     assert (store.load().gen, store.load().key) == (before.gen, before.key)
-    assert EstClient(url, pin=pin_of(srv)).renew_if_needed(store, threshold=10 ** 9).gen == 2
+    assert Approving(url + "/manual", pin=pin_of(srv)).renew_if_needed(store, threshold=10 ** 9).gen == 2
 
     # manual approval: 202 past the deadline is "come back later" (0xA3); the same key
     # given back later collects the certificate (docs: "Retry-After and deadlines")
@@ -124,7 +131,7 @@ def test_gateway_bad_days(est_server, tmp_path):
     cur = store.load()
     srv.ca.revoke(load_cert(cur.cert).serial_number)
     with pytest.raises(ServerError, match="revoked") as e:
-        EstClient(url, pin=pin_of(srv), deadline=5).renew_if_needed(store, threshold=10 ** 9)
+        EstClient(url + "/manual", pin=pin_of(srv), deadline=5).renew_if_needed(store, threshold=10 ** 9)
     assert e.value.http_status == 403
     after = store.load()
     assert (after.gen, after.key, after.cert) == (cur.gen, cur.key, cur.cert)
@@ -443,7 +450,12 @@ def test_retry_after_a_wait_in_which_the_server_closed_the_idle_connection(tmp_p
     try:
         url = "https://localhost:%d" % srv.port
         store = CredStore(str(tmp_path / "gw"))
-        EstClient(url, trust=der(srv.ca.root), user=USER, password=PASSWORD).provision(store, cn="gw-6")
+        class Approving(EstClient):
+            def _sleep(self, s):
+                approve_pending(srv)
+
+        # enrolled on the label it renews on (a certificate renews on the label that issued it)
+        Approving(url + "/manual", trust=der(srv.ca.root), user=USER, password=PASSWORD).provision(store, cn="gw-6")
         kept = []
 
         class Waits(EstClient):

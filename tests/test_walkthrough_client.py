@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from helpers_cli import cli, main, one_line
-from helpers_client import der
+from helpers_client import approve_pending, der
 from helpers_coaps import EstBothServer, idevid_device, key_der
 from helpers_server import PASSWORD, USER, make_csr
 
@@ -111,9 +111,19 @@ def test_a_pending_request_is_not_lost_to_another_command(both, tmp_path, capsys
     one_line(rc, err)
     assert "holds the key of another request still waiting" in err and "enrollment request 1" in err, err
     assert open(os.path.join(out, "pending-key.pem"), "rb").read() == key_pem and len(_pending(srv)) == 1
-    # reenroll against a manual profile keeps its new key the same way
+    # reenroll against a manual profile keeps its new key the same way; a
+    # certificate renews on the label that issued it, so r1 is first enrolled
+    # on manualc (authenticated by an operational certificate, approved)
     rc, o, err = cli(capsys, "enroll", "--server", "https://127.0.0.1:%d" % srv.port, "--trust", srv.root_pem,
-                     "--user", USER, "--password", PASSWORD, "--out", tmp_path / "r", "--cn", "r1")
+                     "--user", USER, "--password", PASSWORD, "--out", tmp_path / "r0", "--cn", "r0")
+    assert rc == 0, err
+    first = ("enroll", "--server", "https://127.0.0.1:%d/manualc" % srv.port, "--trust", srv.root_pem,
+             "--cert", tmp_path / "r0" / "cert.pem", "--key", tmp_path / "r0" / "key.pem", "--out", tmp_path / "r",
+             "--cn", "r1", "--deadline", "3")
+    rc, o, err = cli(capsys, *first)
+    one_line(rc, err, 75)
+    assert approve_pending(srv) == 2  # m6's, still waiting, and r1's
+    rc, o, err = cli(capsys, *first)
     assert rc == 0, err
     argv = ("reenroll", "--server", "https://127.0.0.1:%d/manualc" % srv.port, "--out", tmp_path / "r",
             "--deadline", "3")
