@@ -1002,15 +1002,13 @@ def test_empty_subject_needs_a_critical_san(nosubj):
     assert c.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical is False
 
 
-def test_renewal_on_a_manual_approval_label_waits_for_the_operator(est_server):
-    """Another label with manual approval may renew a certificate of this
-    CA: the request waits (202), the operator sees its label, and only
-    approval issues."""
+def test_renewal_on_another_label_with_manual_approval_is_refused_too(est_server):
+    """Manual approval on the other label does not make a cross-label
+    renewal acceptable: 403 at once, no request for the operator."""
     srv = est_server
     key, c, cp, kp = _enrolled(srv, "to-manual-1")
     n = srv.ca.store.count_certificates()
     r = srv.request("POST", srv.path("simplereenroll", "manual"), make_csr("to-manual-1", key)[1], cert=cp, key=kp)
-    assert r.status == 202, (r.status, r.text)
+    assert r.status == 403 and "issued for the default label" in r.text, (r.status, r.text)
     assert srv.ca.store.count_certificates() == n
-    req = srv.ca.store.list_requests()[-1]
-    assert req["label"] == "manual" and req["op"] == "simplereenroll"
+    assert srv.ca.store.list_requests() == []

@@ -732,7 +732,7 @@ class EstService:
                                     % (subject.rfc4514_string(), c.serial_number,
                                        c.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC")))
             issued_for = store.certificate_label(c.serial_number) if hasattr(store, "certificate_label") else None
-            if issued_for is not None and issued_for != prof.label and not prof.manual_approval:  # as for a device
+            if issued_for is not None and issued_for != prof.label:  # as for a device's own renewal
                 raise SecurityError("simplereenroll by an RA: the current certificate of %s (serial %X) was issued "
                                     "for %s; renew it there" % (subject.rfc4514_string(), c.serial_number,
                                                                "label %r" % issued_for if issued_for
@@ -882,12 +882,11 @@ class EstService:
         another label may give other extensions, validity or approval, and
         its enrollment credentials were never shown (SecurityError). Client
         certificates of other trust sets, and those this CA's store does
-        not know, are not restricted, nor is a renewal on a label with
-        manual approval."""
+        not know, are not restricted."""
         store = getattr(self.ca, "store", None)
         find = getattr(store, "certificate_label", None)
-        if cert_id.trust_name != "ca" or find is None or prof.manual_approval:
-            return  # manual approval: an operator decides each request, label shown (`ca requests`)
+        if cert_id.trust_name != "ca" or find is None:
+            return
         issued_for = find(cert_id.leaf.serial_number)
         if issued_for is not None and issued_for != prof.label:
             raise SecurityError("certificate serial %X was issued for %s; renew it there (/.well-known/est/%s"
