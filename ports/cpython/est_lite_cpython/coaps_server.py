@@ -49,7 +49,7 @@ from aiocoap.numbers.codes import Code
 
 from est_lite import coap, numbers
 from est_lite.coap import BlockAssembler
-from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError
+from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
 
 from .auth import VerifiedChain
 from .codec_server import encode_multipart
@@ -185,10 +185,15 @@ def auth_context(request):
     # the chain OpenSSL verified in the handshake rides along, so the service
     # does not verify its signatures again
     chain = VerifiedChain(peer.peer_chain, getattr(peer, "verified_chain", None)) if peer.peer_chain else None
-    return AuthContext("coaps", peer_chain=chain,
-                       tls_unique=peer.tls_unique if ems else None,
-                       tls_exporter=(lambda: peer.exporter) if ems else None,
-                       tls_version="DTLSv1.2", remote=peer.address)
+    ctx = AuthContext("coaps", peer_chain=chain,
+                      tls_unique=peer.tls_unique if ems else None,
+                      tls_exporter=(lambda: peer.exporter) if ems else None,
+                      tls_version="DTLSv1.2", remote=peer.address)
+    # a session whose client certificate is outside its dates (admitted by
+    # the handshake so that the refusal can say so): EstResource._authenticate
+    # refuses its every request
+    ctx.date_error = getattr(peer, "date_error", None)
+    return ctx
 
 
 # options these resources act on (RFC 7252 §5.4.1: an unrecognized critical
@@ -281,6 +286,12 @@ class EstResource(resource.Resource, resource.PathCapable):
                 svc.authenticate("simplereenroll", prof, ctx)
             except EstError:
                 raise first from None
+        if ctx.date_error is not None:
+            # the handshake admitted a certificate outside its dates by this
+            # host's clock, the service's clock found it valid: refused all
+            # the same (fail closed), with the handshake's reason
+            raise SecurityError("%s; renew it before it expires, or enroll again with the first-contact "
+                                "credentials" % ctx.date_error)
 
     # -- rendering --
     async def render(self, request):
@@ -338,6 +349,8 @@ class EstResource(resource.Resource, resource.PathCapable):
         ctx = auth_context(request)
         if ctx is None:
             raise CoapError("EST-coaps needs a DTLS session with a client certificate", 0x81)
+        if ctx.date_error is not None:  # a certificate outside its dates: every request refused, saying why
+            await self._call(self._authenticate, name, label, ctx)
         accept = request.opt.accept
         accept = None if accept is None else int(accept)
         allowed = _ACCEPT[op]
@@ -708,6 +721,10 @@ class EstCoapsServer:
 
             workers = 0 if isinstance(getattr(service, "ca", None), LocalCA) else 4
         self.workers = workers
+        # a client certificate of a trusted CA that is only outside its dates
+        # completes the handshake and gets 4.03 naming the reason on every
+        # request (as over HTTPS), not a bare fatal alert
+        dtls_options.setdefault("admit_out_of_date", True)
         self.dtls_options = dtls_options
         self.resource_options = dict(max_body=max_body, max_transfers=max_transfers,
                                      max_transfers_per_session=max_transfers_per_session,

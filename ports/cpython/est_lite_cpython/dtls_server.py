@@ -223,6 +223,10 @@ class CookieJar:
 # --- sessions -------------------------------------------------------------------------------
 
 
+# X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED (admit_out_of_date)
+_DATE_ERRORS = (9, 10)
+
+
 class DtlsPeer:
     """One DTLS session with one client address. Handed to `on_datagram`
     with every decrypted datagram; the same object for the whole session.
@@ -236,7 +240,8 @@ class DtlsPeer:
     __slots__ = (
         "id", "address", "_sockaddr", "_server", "_conn", "established", "closed", "created", "last_rx",
         "peer_chain", "verified_chain", "tls_unique", "_exporter", "_cipher", "extended_master_secret",
-        "max_payload", "verify_error", "_vcerts", "_hello_random", "_hello_seq", "_seq_shift", "_hs_progress",
+        "max_payload", "verify_error", "date_error", "_vcerts", "_hello_random", "_hello_seq", "_seq_shift",
+        "_hs_progress",
         "_flight", "_flight_at", "_retx", "_cookie", "__weakref__",
     )
     _next_id = 0
@@ -260,6 +265,7 @@ class DtlsPeer:
         self.extended_master_secret = None
         self.max_payload = None
         self.verify_error = None
+        self.date_error = None  # admit_out_of_date: why the client certificate is outside its dates
         self._vcerts = {}  # depth -> cryptography certificate, filled by the verify callback
         self._hello_random = None  # random of the ClientHello (with cookie) that opened the session
         self._hello_seq = 0  # record number of that ClientHello
@@ -417,6 +423,16 @@ class DtlsServer:
                        for at least this many seconds (closed with
                        close_notify); None: refuse new clients until a slot
                        frees (idle_timeout, handshake_timeout, close_notify)
+    admit_out_of_date  a client chain that OpenSSL refuses only because a
+                       certificate of it is expired or not yet valid (errors
+                       9 and 10; it chains to a trusted CA, every signature
+                       checked, revocation asked as usual) completes the
+                       handshake with `peer.date_error` saying why: the
+                       application must then refuse every request of that
+                       session, with the reason (EstCoapsServer answers
+                       4.03 "client certificate ... expired on ..."), as an
+                       HTTPS server does after its handshake. Any other
+                       verification failure still ends the handshake.
     """
 
     def __init__(
@@ -441,6 +457,7 @@ class DtlsServer:
         verify_depth=4,
         flight_resend_gap=0.005,
         evict_idle_after=10.0,
+        admit_out_of_date=False,
     ):
         if max_sessions < 1:
             raise LocalProtocolError("max_sessions must be at least 1")
@@ -470,6 +487,7 @@ class DtlsServer:
         self.verify_depth = verify_depth
         self.flight_resend_gap = flight_resend_gap
         self.evict_idle_after = evict_idle_after
+        self.admit_out_of_date = admit_out_of_date
         self._cookie_lifetime = cookie_lifetime
         self._cookies = None
         self._raw = _d.raw_ops()  # pyOpenSSL's calls without its wrappers (None: the public API)
@@ -605,6 +623,11 @@ class DtlsServer:
         """The verify callback's decision for the certificate (DER) at
         `depth` of the client's chain; OpenSSL's verdict is `ok`/`errno`."""
         if not ok:
+            if errno in _DATE_ERRORS and self.admit_out_of_date:
+                if peer is not None and peer.date_error is None:
+                    peer.date_error = "client certificate at depth %d: %s (%s)" % (
+                        depth, _d.verify_error_string(errno), _der_subject(der))
+                return True  # OpenSSL goes on with the rest of the checks (the callback is asked again, ok=1)
             if peer is not None and peer.verify_error is None:
                 peer.verify_error = "client certificate at depth %d: %s (%s)" % (
                     depth, _d.verify_error_string(errno), _der_subject(der),
