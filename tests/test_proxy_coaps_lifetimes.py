@@ -5,6 +5,12 @@
    certificate ... expired on ...") on every request of the session,
    instead of a bare fatal DTLS alert; nothing is issued; a certificate
    of an untrusted CA still fails the handshake.
+2. The proxy's own credentials: `est-lite proxy` refuses to start with an
+   expired RA or TLS/DTLS server certificate (one line: the file and the
+   `est-lite ca issue` command, run here as printed), warns 30 days ahead
+   and for a stale upstream CRL; while running, an upstream refusal of an
+   expired RA certificate reaches the device as 503 / 5.03 "the RA cannot
+   reach its CA", not as the device's own refusal.
 
 No test sleeps: expired certificates are issued with past dates, the
 service's clock is injected where the policy clock matters."""
@@ -158,3 +164,169 @@ def test_micropython_client_over_coaps_renewal_names_the_expiry(srv, tmp_path, m
     assert "fatal alert" not in out, out
     assert CredStore(os.path.join(str(tmp_path), "store")).load().cert == first.cert
     assert srv.issued_count() == before
+
+
+# ------------------------------------------------------------------ 2. the proxy's own credentials
+
+
+@pytest.fixture
+def up(tmp_path):
+    from helpers_server import EstTestServer
+
+    s = EstTestServer(tmp_path / "up")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _ra_files(up, tmp, *, nb_days=-100, na_days=-10):
+    """An RA identity (clientAuth + id-kp-cmcRA) of the upstream's CA with the given dates, as ra.crt / ra.key."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    from helpers_proxy import CMC_RA
+    from helpers_server import write_identity
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name("est-proxy-ra")).issuer_name(up.ca.issuer.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now + datetime.timedelta(days=nb_days))
+            .not_valid_after(now + datetime.timedelta(days=na_days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, CMC_RA]), critical=False)
+            .sign(up.ca._key, hashes.SHA256()))
+    up.ca.store.add_certificate(cert, label="", requester="test: RA")
+    return write_identity(str(tmp), "ra", key, cert)
+
+
+def _harness(up, tmp, **kw):
+    from helpers_proxy import ProxyHarness
+
+    return ProxyHarness(tmp, up, up.url.replace("127.0.0.1", "localhost"), upstream_root_pem=up.root_pem,
+                        vendor_pem=os.path.join(up.tmp, "vendor.pem"), **kw)
+
+
+def test_running_proxy_with_expired_ra_certificate_answers_503_not_403(up, tmp_path):
+    # fails on the previous code: the upstream's 403 about the RA's own
+    # certificate reached the device as 4.03 / 403, as if it were refused
+    from helpers_proxy import https_post
+
+    from est_lite import numbers as N
+
+    d = tmp_path / "px"
+    d.mkdir()
+    _ra_files(up, d)
+    px = _harness(up, d, ra=True)
+    try:
+        before = up.ca.store.count_certificates()
+        dev = idevid_device(up, "px-dev")
+        with px.dtls_client(dev, [up.ca.root]) as dc:
+            ev = CoapsSession(dc).op(N.OP_SIMPLEENROLL, None, make_csr("px-dev", dev.key)[1])
+        assert type(ev).__name__ == "RetryAfter", ev  # 5.03
+        assert "the RA cannot reach its CA" in ev.diagnostic and "RA certificate" in ev.diagnostic, ev.diagnostic
+        assert "expired on" in ev.diagnostic, ev.diagnostic
+        r = https_post(px, up, "/.well-known/est/simpleenroll", make_csr("px-dev-2")[1], auth=("dave", "devpass"))
+        assert r.status == 503 and "the RA cannot reach its CA" in r.text, (r.status, r.text)
+        assert up.ca.store.count_certificates() == before
+    finally:
+        px.stop()
+        px.service.ca.close()
+
+
+def _proxy_cli(config, *extra):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "est_lite_cpython.cli", "proxy", "--config", str(config)] + list(extra),
+                       capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_proxy_start_refuses_expired_ra_certificate_and_the_printed_renewal_works(up, tmp_path):
+    # fails on the previous code: the proxy started (cacerts needs no
+    # client certificate upstream) and every enrollment failed later
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers_proxy import write_proxy_dir
+
+    d = tmp_path / "px"
+    cfg = write_proxy_dir(up, d)
+    _ra_files(up, d)  # replaces ra.crt / ra.key with an expired pair
+    rc, so, se = _proxy_cli(cfg, "--port", "0", "--coaps-port", "0")
+    lines = se.strip().splitlines()
+    assert rc == 1 and len(lines) == 1, se
+    assert lines[0].startswith("est-lite: error: the proxy's RA certificate %s expired on" % (d / "ra.crt")), se
+    assert "est-lite ca issue --data-dir UPSTREAM-DATA-DIR --cn est-proxy-ra --eku clientAuth,cmcRA" in se, se
+    # the command as printed, on the upstream's data directory, then the copies it names
+    cmd = se.split("on the upstream CA's host: ", 1)[1].split("; then", 1)[0]
+    argv = shlex.split(cmd.replace("UPSTREAM-DATA-DIR", shlex.quote(up.data_dir)))
+    assert argv[:3] == ["est-lite", "ca", "issue"], argv
+    p = subprocess.run([sys.executable, "-m", "est_lite_cpython.cli"] + argv[1:], cwd=str(d), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    shutil.copy(d / "ra-new.pem", d / "ra.crt")
+    shutil.copy(d / "ra-new.key", d / "ra.key")
+    from est_lite_cpython.cli_proxy import check_proxy_lifetimes
+    from est_lite_cpython.proxy import load_proxy_config
+
+    c, pc = load_proxy_config(str(cfg))
+    warnings, error = check_proxy_lifetimes(c, pc)
+    # (the test TLS certificate is a 30-day one: its warning stays)
+    assert error is None and [w for w in warnings if "RA certificate" in w] == [], (warnings, error)
+    # and the renewed RA works: an enrollment through a proxy on these files
+    from helpers_proxy import https_post
+
+    d2 = tmp_path / "px2"
+    d2.mkdir()
+    shutil.copy(d / "ra.crt", d2 / "ra.crt")
+    shutil.copy(d / "ra.key", d2 / "ra.key")
+    px = _harness(up, d2, ra=True, coaps=False)
+    try:
+        r = https_post(px, up, "/.well-known/est/simpleenroll", make_csr("px-renewed")[1], auth=("dave", "devpass"))
+        assert r.status == 200, (r.status, r.text)
+    finally:
+        px.stop()
+        px.service.ca.close()
+
+
+def test_proxy_start_checks_warn_and_refuse(up, tmp_path):
+    from helpers_proxy import write_proxy_dir
+
+    from est_lite_cpython.cli_proxy import check_proxy_lifetimes
+    from est_lite_cpython.proxy import load_proxy_config
+
+    d = tmp_path / "px"
+    cfg = write_proxy_dir(up, d)
+    c, pc = load_proxy_config(str(cfg))
+    now = time.time()
+    # the test TLS/DTLS server certificate and RA certificate are 30-day ones: two warnings
+    assert check_proxy_lifetimes(c, pc, now=now - 20 * DAY)[1] is not None  # before their notBefore
+    w, e = check_proxy_lifetimes(c, pc, now=now + 20 * DAY)
+    assert e is None and len(w) == 2, w
+    assert "RA certificate %s expires on" % pc.ra_cert in w[0] and "renew it before then" in w[0], w
+    assert "TLS/DTLS server certificate %s expires on" % c.tls_cert in w[1] and "--eku serverAuth" in w[1], w
+    assert "--dns localhost" in w[1] and "--ip 127.0.0.1" in w[1], w
+    # the TLS certificate expired (the RA's is checked first: make it longer-lived)
+    _ra_files(up, d, nb_days=-1, na_days=365)
+    w, e = check_proxy_lifetimes(c, pc, now=now + 40 * DAY)
+    assert e is not None and e.startswith("the proxy's TLS/DTLS server certificate %s expired on" % c.tls_cert), e
+    assert "devices refuse the handshake" in e, e
+    # a clock before the RA certificate
+    w, e = check_proxy_lifetimes(c, pc, now=now - 10 * DAY)
+    assert e is not None and "valid only from" in e and "set the clock" in e, e
+    # an upstream CRL past its nextUpdate: a warning
+    from cryptography.hazmat.primitives import serialization
+
+    t = datetime.datetime.now(datetime.timezone.utc)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(up.ca.issuer.subject)
+           .last_update(t - datetime.timedelta(days=2)).next_update(t - datetime.timedelta(days=1))
+           .sign(up.ca._key, hashes.SHA256()))
+    (d / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    pc.upstream_crl = [str(d / "crl.pem")]
+    w, e = check_proxy_lifetimes(c, pc, now=now)
+    w = [x for x in w if "CRL" in x]
+    assert e is None and len(w) == 1 and "the upstream CRL %s is past its nextUpdate" % (d / "crl.pem") in w[0], w
+    assert "devices of its CA get 5.03" in w[0], w

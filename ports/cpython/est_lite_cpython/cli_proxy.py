@@ -20,8 +20,97 @@ authenticate devices) plus a [proxy] section (see docs/proxy.md):
 """
 
 import logging
+import os
+import shlex
 import signal
 import sys
+
+RENEW_DAYS = 30  # warn this long before the RA or the TLS/DTLS server certificate expires
+
+
+def _renew_command(cert_file, key_file, cert, eku):
+    """How to renew `cert` (the RA's or the proxy's server certificate) when
+    the upstream is est-lite: the `est-lite ca issue` line to run on the
+    upstream CA's host, and where its output goes here."""
+    from cryptography import x509
+
+    try:
+        cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
+    except IndexError:
+        cn = "est-proxy"
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        sans = None
+    names = ["--dns %s" % shlex.quote(n) for n in sans.get_values_for_type(x509.DNSName)] if sans else []
+    names += ["--ip %s" % n for n in sans.get_values_for_type(x509.IPAddress)] if sans else []
+    prefix = os.path.splitext(os.path.basename(cert_file))[0] + "-new"
+    q = shlex.quote
+    return ("on the upstream CA's host: est-lite ca issue --data-dir UPSTREAM-DATA-DIR --cn %s --eku %s%s --out %s "
+            "--force; then copy %s.pem to %s and %s.key to %s and restart est-lite proxy (another CA: issue it "
+            "there with the same names and extendedKeyUsage)" % (
+                q(cn), eku, "".join(" " + n for n in names), q(prefix), prefix, q(cert_file), prefix, q(key_file)))
+
+
+def check_proxy_lifetimes(cfg, pcfg, *, now=None, crls=None):
+    """([warning lines], error line or None) about the proxy's own
+    credentials at start: its RA certificate (proxy.ra_cert), its TLS and
+    DTLS server certificate (server.tls_cert) and the upstream CRL files.
+    Expired (or not yet valid) -> the error, naming the file and how to
+    renew it; ending within RENEW_DAYS -> a warning, as is an upstream CRL
+    past its nextUpdate. `crls`: [(path, CRL)] already loaded (else read
+    from pcfg.upstream_crl)."""
+    import time
+
+    from cryptography import x509
+
+    from .cli_serve import _days_text
+    from .proxy import _load_certs
+
+    now = time.time() if now is None else now
+    warnings = []
+    for what, cert_file, key_file, eku, consequence in (
+            ("RA certificate", pcfg.ra_cert, pcfg.ra_key, "clientAuth,cmcRA",
+             "the upstream refuses the proxy, and devices get 5.03 'the RA cannot reach its CA'"),
+            ("TLS/DTLS server certificate", cfg.tls_cert, cfg.tls_key, "serverAuth",
+             "devices refuse the handshake")):
+        if not cert_file:
+            continue
+        try:
+            cert = _load_certs(cert_file)[0]
+        except (OSError, ValueError, IndexError):
+            continue  # the servers say what is wrong with it when they load it
+        end = cert.not_valid_after_utc.timestamp()
+        begin = cert.not_valid_before_utc.timestamp()
+        how = _renew_command(cert_file, key_file, cert, eku)
+        if end <= now:
+            return warnings, ("the proxy's %s %s expired on %s: %s; renew it: %s"
+                              % (what, cert_file, _days_text(end, now)[:20], consequence, how))
+        if begin > now:
+            return warnings, ("the proxy's %s %s is valid only from %s and this host's clock is before it: set the "
+                              "clock (or renew it: %s)" % (what, cert_file, _days_text(begin, now)[:20], how))
+        if end - now < RENEW_DAYS * 86400:
+            warnings.append("the proxy's %s %s expires on %s; renew it before then: %s"
+                            % (what, cert_file, _days_text(end, now), how))
+    if crls is None:
+        crls = []
+        for path in pcfg.upstream_crl:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                crls.append((path, x509.load_pem_x509_crl(data) if b"-----BEGIN" in data
+                             else x509.load_der_x509_crl(data)))
+            except (OSError, ValueError):
+                continue  # the proxy refuses to start with it (UpstreamCA.load_crls)
+    for path, crl in crls:
+        nu = crl.next_update_utc
+        if nu is not None and nu.timestamp() <= now:
+            warnings.append("the upstream CRL %s is past its nextUpdate (%s): %s; copy a current one from the "
+                            "upstream (est-lite ca crl --out FILE there)" % (
+                                path, _days_text(nu.timestamp(), now)[:20],
+                                "devices of its CA get 5.03 until then (upstream_crl_stale = \"refuse\")"
+                                if pcfg.upstream_crl_stale == "refuse" else "revocations since are not seen"))
+    return warnings, None
 
 
 def cmd_proxy(args):
@@ -43,6 +132,13 @@ def cmd_proxy(args):
         from .config import ConfigError
 
         raise ConfigError("the proxy needs its own TLS certificate: set server.tls_cert and server.tls_key")
+    warnings, error = check_proxy_lifetimes(cfg, pcfg)
+    for w in warnings:
+        print("est-lite: warning: " + w, file=sys.stderr)
+    if error is not None:
+        from est_lite.errors import LocalProtocolError
+
+        raise LocalProtocolError(error)
     svc = proxy_from_config(cfg, pcfg)
     svc.prefetch()  # the upstream's CA certificates: the DTLS handshake needs them
     https = None

@@ -97,10 +97,27 @@ def _decode_body(resp):
     return decode_body(bytes(resp.body), resp.header("content-transfer-encoding"))
 
 
-def _ra_check(cert_file):
+def _load_certs(cert_file):
+    """The certificates of a PEM (or DER) file."""
     with open(cert_file, "rb") as f:
         data = f.read()
-    certs = x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [x509.load_der_x509_certificate(data)]
+    return (x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [x509.load_der_x509_certificate(data)])
+
+
+def out_of_date(cert, now, what):
+    """"" when cert is within its dates at `now` (seconds), else one line
+    saying which end it is past ("WHAT CN=... expired on ...")."""
+    na, nb = cert.not_valid_after_utc, cert.not_valid_before_utc
+    if now > na.timestamp():
+        return "%s %s expired on %s" % (what, cert.subject.rfc4514_string(), _utc_text(na))
+    if now < nb.timestamp():
+        return "%s %s is not valid before %s (this host's clock is behind it, or it was issued for later)" % (
+            what, cert.subject.rfc4514_string(), _utc_text(nb))
+    return ""
+
+
+def _ra_check(cert_file):
+    certs = _load_certs(cert_file)
     try:
         ekus = certs[0].extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -139,6 +156,11 @@ class Upstream:
         self.timeout = timeout
         self.max_body = max_body
         self.ra_cert = _ra_check(ra_cert) if (ra_cert and require_ra_eku) else None
+        # the RA certificate (leaf) whatever its EKU: an upstream refusal is
+        # told apart from the device's own when the RA's is out of date
+        self.ra_leaf = self.ra_cert if self.ra_cert is not None else (_load_certs(ra_cert)[0] if ra_cert else None)
+        self.ra_cert_file = ra_cert
+        self.wall_clock = time.time
         ctx = ssl.create_default_context(cafile=ca_file)
         if ra_cert:
             ctx.load_cert_chain(ra_cert, ra_key)
@@ -187,6 +209,8 @@ class Upstream:
                                 504, 0xA4) from None
         except (ssl.SSLError, OSError) as e:
             self.stats["errors"] += 1
+            if isinstance(e, ssl.SSLError):
+                self._ra_refused("the TLS handshake failed: %s" % e)
             raise UpstreamError("cannot reach the upstream EST server %s: %s" % (self.url, e), 502, 0xA2) from None
         except EstError as e:
             self.stats["errors"] += 1
@@ -204,8 +228,29 @@ class Upstream:
             return
         text = _text(resp)
         msg = "upstream EST server answered %d to %s%s" % (st, what, (": " + text) if text else "")
+        if st in (401, 403):
+            self._ra_refused(msg)
         http_status = 502 if st in (401, 407) else (st if 400 <= st < 600 else 502)
         raise UpstreamError(msg, http_status, coap_code_for_http(st), st)
+
+    def ra_problem(self, now=None):
+        """"" or why the RA certificate cannot authenticate (out of its
+        dates by wall_clock)."""
+        if self.ra_leaf is None:
+            return ""
+        return out_of_date(self.ra_leaf, self.wall_clock() if now is None else now, "the proxy's RA certificate")
+
+    def _ra_refused(self, what):
+        """After the upstream refused the RA (401/403, or the TLS handshake
+        failed): when the RA certificate is out of its dates, the device
+        is not the one refused: 503 / 5.03 saying so (the device's
+        diagnostic names no file of the proxy; the log does)."""
+        why = self.ra_problem()
+        if why:
+            log.warning("%s (%s): renew it (docs/proxy.md, Lifetimes) and restart the proxy; %s",
+                        why, self.ra_cert_file, what)
+            raise UpstreamError("the RA cannot reach its CA: %s; the proxy's operator must renew it" % why,
+                                503, 0xA3, None)
 
     # -- operations --
     def cacerts(self, label):
