@@ -330,3 +330,54 @@ def test_proxy_start_checks_warn_and_refuse(up, tmp_path):
     w = [x for x in w if "CRL" in x]
     assert e is None and len(w) == 1 and "the upstream CRL %s is past its nextUpdate" % (d / "crl.pem") in w[0], w
     assert "devices of its CA get 5.03" in w[0], w
+
+
+# ------------------------------------------------------------------ 3. the RA's label
+
+
+def test_ra_from_ca_issue_renews_devices_on_another_label(tmp_path):
+    # the RA certificate `est-lite ca issue` makes is recorded on the default
+    # label; the proxy never renews it itself (it is not an EST client of its
+    # own identity). The upstream's renewal-on-its-label rule is about the
+    # device's certificate: a device of label certonly renews through the
+    # proxy on certonly with that RA.
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers_proxy import https_post
+    from helpers_server import EstTestServer, write_identity
+    from test_ra_service import RA_CONFIG
+
+    up = EstTestServer(tmp_path / "up", config_text=RA_CONFIG)
+    px = None
+    try:
+        d = tmp_path / "px"
+        d.mkdir()
+        p = subprocess.run([sys.executable, "-m", "est_lite_cpython.cli", "ca", "issue", "--data-dir", up.data_dir,
+                            "--cn", "est-proxy-ra", "--eku", "clientAuth,cmcRA", "--out", str(d / "ra")],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        shutil.copy(d / "ra.pem", d / "ra.crt")
+        ra = x509.load_pem_x509_certificate((d / "ra.crt").read_bytes())
+        assert up.ca.store.certificate_label(ra.serial_number) == ""
+        px = _harness(up, d, ra=True, coaps=False, reenroll_as="simplereenroll")
+        # the device's certificate, issued upstream on certonly (IDevID authentication)
+        dev = idevid_device(up, "lbl-dev")
+        files = write_identity(str(tmp_path), "idevid", dev.key, dev.cert)
+        key1, csr1 = make_csr("lbl-dev")
+        r = up.request("POST", up.path("simpleenroll", "certonly"), csr1, cert=files[0], key=files[1])
+        assert r.status == 200, r.text
+        c1 = r.certs()[0]
+        cur = write_identity(str(tmp_path), "op", key1, c1)
+        key2, csr2 = make_csr("lbl-dev")
+        r = https_post(px, up, "/.well-known/est/certonly/simplereenroll", csr2, cert_files=cur)
+        assert r.status == 200, (r.status, r.text)
+        c2 = r.certs()[0]
+        assert c2.subject == c1.subject and c2.public_key() == key2.public_key()
+        assert up.ca.store.certificate_label(c2.serial_number) == "certonly"
+    finally:
+        if px is not None:
+            px.stop()
+            px.service.ca.close()
+        up.stop()
