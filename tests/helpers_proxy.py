@@ -20,7 +20,7 @@ from helpers_server import Response, write_identity
 CMC_RA = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 
 
-def issue(issuer_cert, issuer_key, cn, *, ekus=(), dns=(), ips=(), days=30):
+def issue(issuer_cert, issuer_key, cn, *, ekus=(), dns=(), ips=(), days=90):
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))

@@ -302,16 +302,18 @@ def test_proxy_start_checks_warn_and_refuse(up, tmp_path):
     cfg = write_proxy_dir(up, d)
     c, pc = load_proxy_config(str(cfg))
     now = time.time()
-    # the test TLS/DTLS server certificate and RA certificate are 30-day ones: two warnings
+    # the test TLS/DTLS server certificate and RA certificate are 90-day ones
+    # (helpers_proxy.issue): 80 days on, two warnings
     assert check_proxy_lifetimes(c, pc, now=now - 20 * DAY)[1] is not None  # before their notBefore
-    w, e = check_proxy_lifetimes(c, pc, now=now + 20 * DAY)
+    assert check_proxy_lifetimes(c, pc, now=now + 20 * DAY) == ([], None)  # more than 30 days left
+    w, e = check_proxy_lifetimes(c, pc, now=now + 80 * DAY)
     assert e is None and len(w) == 2, w
     assert "RA certificate %s expires on" % pc.ra_cert in w[0] and "renew it before then" in w[0], w
     assert "TLS/DTLS server certificate %s expires on" % c.tls_cert in w[1] and "--eku serverAuth" in w[1], w
     assert "--dns localhost" in w[1] and "--ip 127.0.0.1" in w[1], w
     # the TLS certificate expired (the RA's is checked first: make it longer-lived)
     _ra_files(up, d, nb_days=-1, na_days=365)
-    w, e = check_proxy_lifetimes(c, pc, now=now + 40 * DAY)
+    w, e = check_proxy_lifetimes(c, pc, now=now + 100 * DAY)
     assert e is not None and e.startswith("the proxy's TLS/DTLS server certificate %s expired on" % c.tls_cert), e
     assert "devices refuse the handshake" in e, e
     # a clock before the RA certificate
