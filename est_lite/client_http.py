@@ -22,9 +22,9 @@ class HttpOperation(C.Operation):
     """One EST operation over an HTTP/1.1 connection (the port's TLS stream).
 
     host: the Host header; body: the CSR (DER) of POST operations (sent as
-    base64 lines); auth: (user, password) or None. With auth, one 401 is
-    answered automatically (Digest preferred, else Basic; cnonce, random
-    bytes or str from the port, is needed for Digest), and
+    base64 lines); auth: (user, password), both str, or None. With auth,
+    one 401 is answered automatically (Digest preferred, else Basic;
+    cnonce, random bytes or str from the port, is needed for Digest), and
     preemptive_basic=True sends Basic with the first request already.
     Without auth a 401 ends in an AuthRequired event. After a response that
     does not keep the connection alive, need_new_connection is True: the
@@ -46,6 +46,8 @@ class HttpOperation(C.Operation):
         max_certs=8,
     ):
         super().__init__(op, body, public_key, max_body, max_certs)
+        if auth is not None and (type(auth) is str or list(map(type, auth)) != [str, str]):
+            raise LocalProtocolError("auth: (user, password) of str")
         from est_lite.paths import https_path
 
         self.method = "POST" if op > 1 else "GET"
