@@ -168,10 +168,10 @@ def _rand(r):
 def retry_delay(retry_after, attempt, now, deadline, rand, jitter=0.25, base=5, cap=3600):
     """Time at which to repeat an operation that ended in RetryAfter (or, with
     retry_after None, failed transiently: backoff base * 2**attempt, at most
-    cap). Jitter of up to jitter * delay is added, never subtracted; rand in
-    [0, 1) comes from the port. Raises TransportError when that time is past
+    cap; a negative attempt counts as 0). Jitter of up to jitter * delay is
+    added, never subtracted; rand in [0, 1) comes from the port. Raises TransportError when that time is past
     `deadline` (None: no deadline)."""
-    d = min(cap, base << min(attempt, 20)) if retry_after is None else max(0, retry_after)
+    d = min(cap, base << max(0, min(attempt, 20))) if retry_after is None else max(0, retry_after)
     t = now + d + d * jitter * _rand(rand)
     if deadline is not None and t > deadline:
         raise TransportError("next attempt past the deadline")
@@ -180,12 +180,13 @@ def retry_delay(retry_after, attempt, now, deadline, rand, jitter=0.25, base=5, 
 
 class MidSource:
     """CoAP message ids for one session: start at a random 16-bit value (an
-    int or 2 random bytes from the port), then count up. Share one between
+    int or 2 random bytes from the port; bytes of another length are taken
+    as a big-endian number, mod 65536), then count up. Share one between
     the operations of a session."""
 
     def __init__(self, start):
         if not isinstance(start, int):
-            start = start[0] << 8 | start[1]
+            start = int.from_bytes(start, "big")
         self.mid = start & 0xFFFF
 
     def next(self):
@@ -297,8 +298,8 @@ class Operation:
     def __init__(self, op, body, public_key, max_body, max_certs):
         if op not in (0, 1, 2, 3, 4):
             raise LocalProtocolError("unsupported EST operation %r" % (op,))
-        if (op < 2) == bool(body):
-            raise LocalProtocolError("no body for cacerts/csrattrs, the CSR for the others")
+        if (op < 2) == bool(body) or type(body) is str:
+            raise LocalProtocolError("no body for cacerts/csrattrs, the CSR (bytes) for the others")
         self.op = op
         self._body = body
         self.public_key = None if op == _OP_SERVERKEYGEN else public_key
@@ -394,8 +395,8 @@ class CoapOperation(Operation):
         buf=None,
     ):
         super().__init__(op, body, public_key, max_body, max_certs)
-        if not 0 <= szx <= 6 or len(token) > 8:
-            raise LocalProtocolError("szx 0..6, token <= 8 bytes")
+        if not 0 <= szx <= 6 or len(token) > 8 or max_message < 0:
+            raise LocalProtocolError("szx 0..6, token <= 8 bytes, max_message >= 0")
         if label is None:  # = paths.coap_path(op, None, skc), without loading paths
             self._path = [".well-known", "est", "skc" if skc and op == 4 else "crts att sen sren skg".split()[op]]
         else:
