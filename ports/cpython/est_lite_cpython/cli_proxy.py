@@ -32,18 +32,9 @@ def _renew_command(cert_file, key_file, cert, eku):
     """How to renew `cert` (the RA's or the proxy's server certificate) when
     the upstream is est-lite: the `est-lite ca issue` line to run on the
     upstream CA's host, and where its output goes here."""
-    from cryptography import x509
+    from .cli_serve import issue_names
 
-    try:
-        cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
-    except IndexError:
-        cn = "est-proxy"
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
-        sans = None
-    names = ["--dns %s" % shlex.quote(n) for n in sans.get_values_for_type(x509.DNSName)] if sans else []
-    names += ["--ip %s" % n for n in sans.get_values_for_type(x509.IPAddress)] if sans else []
+    cn, names = issue_names(cert, "est-proxy")
     prefix = os.path.splitext(os.path.basename(cert_file))[0] + "-new"
     q = shlex.quote
     return ("on the upstream CA's host: est-lite ca issue --data-dir UPSTREAM-DATA-DIR --cn %s --eku %s%s --out %s "

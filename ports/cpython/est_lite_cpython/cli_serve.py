@@ -58,21 +58,28 @@ def _days_text(t, now):
     return "%s (in %d day%s)" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)), d, "" if int(d) == 1 else "s")
 
 
-def _tls_renew_command(cfg, cert):
-    """The `est-lite ca issue` line that makes a TLS server certificate like
-    `cert` (same CN, DNS and IP names) in place of the configured one."""
+def issue_names(cert, default_cn):
+    """(CN, ["--dns N", "--ip A", ...]) of `cert`, shell-quoted, for an
+    `est-lite ca issue` line that makes a certificate with the same names
+    (default_cn when it has no CN)."""
     from cryptography import x509
 
     try:
         cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
     except IndexError:
-        cn = "localhost"
+        cn = default_cn
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
-        sans = []
-    names = ["--dns %s" % shlex.quote(n) for n in sans.get_values_for_type(x509.DNSName)] if sans else []
-    names += ["--ip %s" % n for n in sans.get_values_for_type(x509.IPAddress)] if sans else []
+        return cn, []
+    return cn, (["--dns %s" % shlex.quote(n) for n in sans.get_values_for_type(x509.DNSName)]
+                + ["--ip %s" % n for n in sans.get_values_for_type(x509.IPAddress)])
+
+
+def _tls_renew_command(cfg, cert):
+    """The `est-lite ca issue` line that makes a TLS server certificate like
+    `cert` (same CN, DNS and IP names) in place of the configured one."""
+    cn, names = issue_names(cert, "localhost")
     cert_file = cfg.tls_cert or os.path.join(cfg.data_dir, "server.pem")
     key_file = cfg.tls_key or os.path.join(cfg.data_dir, "server.key")
     prefix = cert_file[:-4] if cert_file.endswith(".pem") else None
