@@ -24,25 +24,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from helpers_client import root_der
-from helpers_coaps import CoapsSession, Device, EstBothServer, idevid_device
+from helpers_coaps import CoapsSession, Device, idevid_device
 from helpers_pki import _name
 from helpers_server import issue_cert, make_csr, make_vendor_ca
 from test_client_runtime_mp import coaps_cfg, mplib, run  # noqa: F401 - mplib is a fixture
+from test_time_walkthrough import DAY, srv  # noqa: F401 - srv is a fixture (an EstBothServer)
 
 from est_lite.errors import EstError, SecurityError, ServerError, TransportError
 from est_lite_cpython.client import EstClient
 from est_lite_cpython.credstore import CredStore
-
-DAY = 86400
-
-
-@pytest.fixture
-def srv(tmp_path):
-    s = EstBothServer(tmp_path)
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def _cert_of(srv, cn, nb_days, na_days, key=None, nb=None, na=None):
