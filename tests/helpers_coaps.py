@@ -72,6 +72,19 @@ def idevid_device(srv, cn="device-idevid-1"):
     return Device(key, cert)
 
 
+def idevid_files(srv, dirpath, cn="device-idevid-1"):
+    """idevid_device(srv, cn) written where the CLI's --cert/--key read it:
+    dirpath/id.der (certificate) and dirpath/id.key (PKCS#8 key), both DER.
+    Returns the Device."""
+    import pathlib
+
+    dev = idevid_device(srv, cn)
+    d = pathlib.Path(dirpath)
+    (d / "id.der").write_bytes(der(dev.cert))
+    (d / "id.key").write_bytes(key_der(dev.key))
+    return dev
+
+
 class EstBothServer(EstTestServer):
     """EstTestServer (HTTPS) plus an EstCoapsServer on the same service."""
 

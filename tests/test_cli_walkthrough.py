@@ -11,7 +11,7 @@ import re
 
 import pytest
 from helpers_client import der
-from helpers_coaps import EstBothServer, idevid_device, key_der
+from helpers_coaps import EstBothServer, idevid_files, key_der
 from helpers_server import PASSWORD, USER
 from test_walkthrough_client import cli, one_line
 
@@ -83,9 +83,7 @@ def test_coaps_without_a_client_certificate_hints_at_cert_and_key(both, tmp_path
     c.close()
     assert str(e.value).endswith("a client certificate: give cert= and key=)"), e.value
     # with a certificate the handshake goes through (the hint is not a check made before it)
-    dev = idevid_device(both)
-    (tmp_path / "id.der").write_bytes(der(dev.cert))
-    (tmp_path / "id.key").write_bytes(key_der(dev.key))
+    dev = idevid_files(both, tmp_path)
     rc, o, err = cli(capsys, "cacerts", "--server", url, "--trust", both.root_pem, "--cert", tmp_path / "id.der",
                      "--key", tmp_path / "id.key")
     assert rc == 0 and "BEGIN CERTIFICATE" in o, err
@@ -302,9 +300,7 @@ def test_verbose_quotes_the_server_while_waiting(transport, tmp_path, capsys):
         if transport == "https":
             argv = ["--server", "https://127.0.0.1:%d/waith" % srv.port, "--user", USER, "--password", PASSWORD]
         else:
-            dev = idevid_device(srv)
-            (tmp_path / "id.der").write_bytes(der(dev.cert))
-            (tmp_path / "id.key").write_bytes(key_der(dev.key))
+            dev = idevid_files(srv, tmp_path)
             argv = ["--server", "coaps://127.0.0.1:%d/waitc" % srv.coaps_port, "--cert", tmp_path / "id.der",
                     "--key", tmp_path / "id.key"]
         rc, o, err = cli(capsys, "enroll", *argv, "--trust", srv.root_pem, "--cn", "w1", "--out", tmp_path / "o",

@@ -11,7 +11,7 @@ import sys
 import pytest
 from cryptography import x509
 from helpers_client import der, root_der
-from helpers_coaps import EstBothServer, idevid_device, key_der
+from helpers_coaps import EstBothServer, idevid_files
 from helpers_server import PASSWORD, USER
 
 from est_lite_cpython.cli import main
@@ -133,9 +133,7 @@ def test_server_down(tmp_path, capsys, est_server):
 def test_coaps_enroll_with_an_idevid(tmp_path, capsys):
     srv = EstBothServer(tmp_path / "srv") if (tmp_path / "srv").mkdir() is None else None
     try:
-        dev = idevid_device(srv)
-        (tmp_path / "id.der").write_bytes(der(dev.cert))
-        (tmp_path / "id.key").write_bytes(key_der(dev.key))
+        dev = idevid_files(srv, tmp_path)
         rc, out, err = cli(capsys, "enroll", "--server", "coaps://127.0.0.1:%d" % srv.coaps_port, "--trust",
                            srv.root_pem, "--cert", str(tmp_path / "id.der"), "--key", str(tmp_path / "id.key"),
                            "--cn", "coaps-cli", "--out", str(tmp_path / "o"))

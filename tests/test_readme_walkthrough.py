@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from helpers_cli import cli, one_line
 from helpers_client import der
-from helpers_coaps import EstBothServer, idevid_device, key_der
+from helpers_coaps import EstBothServer, idevid_device, idevid_files, key_der
 from helpers_server import PASSWORD, USER
 from test_walkthrough_client import both  # noqa: F401 - the fixture: EstBothServer with the manualc label
 
@@ -97,9 +97,7 @@ def test_readme_library_snippet_runs_on_micropython_in_the_heap_it_names(tmp_pat
         code = code.replace('"/var/lib/est/dev-1"', repr(str(tmp_path / "dev-1")))
         lines = code.rstrip().splitlines()
         lines[-1] = "print('RENEW', %s)" % lines[-1]
-        dev = idevid_device(srv)
-        (tmp_path / "id.der").write_bytes(der(dev.cert))
-        (tmp_path / "id.key").write_bytes(key_der(dev.key))
+        dev = idevid_files(srv, tmp_path)
         head = ("%s\nidevid_der = open('id.der', 'rb').read()\nidevid_key_der = open('id.key', 'rb').read()\n"
                 % install.group(1).replace("/p256_table.bin", str(tmp_path / "p256_table.bin")))
         (tmp_path / "snippet.py").write_text(head + "\n".join(lines) + "\nprint('GEN', r.gen)\n")
@@ -128,9 +126,7 @@ def test_ctrl_c_during_the_approval_wait_keeps_the_key(both, tmp_path, capsys, m
     from est_lite_cpython.client import EstClient
 
     srv = both
-    dev = idevid_device(srv)
-    (tmp_path / "id.der").write_bytes(der(dev.cert))
-    (tmp_path / "id.key").write_bytes(key_der(dev.key))
+    dev = idevid_files(srv, tmp_path)
     out = str(tmp_path / "m7")
     argv = ("enroll", "--server", "coaps://127.0.0.1:%d/manualc" % srv.coaps_port, "--trust", srv.root_pem,
             "--cert", tmp_path / "id.der", "--key", tmp_path / "id.key", "--cn", "m7", "--out", out)

@@ -13,8 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from helpers_cli import cli, main, one_line
-from helpers_client import approve_pending, der
-from helpers_coaps import EstBothServer, idevid_device, key_der
+from helpers_client import approve_pending
+from helpers_coaps import EstBothServer, idevid_files, key_der
 from helpers_server import PASSWORD, USER, make_csr
 
 from est_lite_cpython.credstore import CredStore
@@ -89,9 +89,7 @@ def test_manual_approval_collected_over_https(both, tmp_path, capsys):
 
 def test_manual_approval_collected_over_coaps(both, tmp_path, capsys):
     srv = both
-    dev = idevid_device(srv)
-    (tmp_path / "id.der").write_bytes(der(dev.cert))
-    (tmp_path / "id.key").write_bytes(key_der(dev.key))
+    dev = idevid_files(srv, tmp_path)
     out = str(tmp_path / "m5")
     argv = ("enroll", "--server", "coaps://127.0.0.1:%d/manualc" % srv.coaps_port, "--trust", srv.root_pem,
             "--cert", tmp_path / "id.der", "--key", tmp_path / "id.key", "--cn", "m5", "--out", out,
@@ -143,9 +141,7 @@ def test_csrattrs_of_an_unknown_label_shows_the_servers_text(both, tmp_path, cap
     rc, out, err = cli(capsys, "csrattrs", "--server", "https://127.0.0.1:%d/strickt" % srv.port, "--trust",
                        srv.root_pem)
     assert rc == 0 and out.startswith("the server asks for no CSR attributes (it says: ") and "strickt" in out, err
-    dev = idevid_device(srv)
-    (tmp_path / "id.der").write_bytes(der(dev.cert))
-    (tmp_path / "id.key").write_bytes(key_der(dev.key))
+    dev = idevid_files(srv, tmp_path)
     rc, out, err = cli(capsys, "csrattrs", "--server", "coaps://127.0.0.1:%d/strickt" % srv.coaps_port, "--trust",
                        srv.root_pem, "--cert", tmp_path / "id.der", "--key", tmp_path / "id.key", "--json")
     assert rc == 0, err
@@ -199,9 +195,7 @@ def test_pin_forms_of_the_root_ca(both, tmp_path, capsys):
         assert rc == 0 and "1 CA certificate(s) written" in o, (pin, err)
     # over CoAPs the pin is checked in the DTLS handshake (the device's certificate goes out in it), so it must
     # be a certificate the server sends there: the reference server sends server.pem, not the root (docs/client.md)
-    dev = idevid_device(srv)
-    (tmp_path / "id.der").write_bytes(der(dev.cert))
-    (tmp_path / "id.key").write_bytes(key_der(dev.key))
+    dev = idevid_files(srv, tmp_path)
     coaps = ("cacerts", "--server", "coaps://127.0.0.1:%d" % srv.coaps_port, "--cert", tmp_path / "id.der", "--key",
              tmp_path / "id.key")
     rc, o, err = cli(capsys, *coaps, "--pin", colons)
