@@ -7,6 +7,7 @@
     est-lite ca approve ID | reject ID [--reason TEXT]
     est-lite ca revoke SERIAL [--reason R]
     est-lite ca crl [--out FILE] [--der]
+    est-lite ca backup DEST | verify [BACKUP] | restore BACKUP [--force]   (backup.py)
 """
 
 import getpass
@@ -362,5 +363,9 @@ def register(sub):
     q.add_argument("--out", default="-", help="file (default stdout)")
     q.add_argument("--der", action="store_true")
     q.set_defaults(func=cmd_crl)
+
+    from .backup import register as register_backup
+
+    register_backup(csub, common)  # backup, verify, restore
 
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
