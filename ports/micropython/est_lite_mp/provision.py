@@ -12,15 +12,18 @@ _MP = sys.implementation.name == "micropython"
 
 class Result:
     """What provision() / renew() did: cert, chain, ca (DER), public_key,
-    unmet (CSR attributes not satisfied), gen (store generation)."""
+    unmet (CSR attributes not satisfied), gen (store generation), note
+    (renew(): what the CA certificates of /cacerts changed, or why they
+    changed nothing; None when there was nothing to say)."""
 
-    def __init__(self, cert, chain, ca, public_key, unmet, gen):
+    def __init__(self, cert, chain, ca, public_key, unmet, gen, note=None):
         self.cert = cert
         self.chain = chain
         self.ca = ca
         self.public_key = public_key
         self.unmet = unmet
         self.gen = gen
+        self.note = note
 
 
 def drop(*names):
@@ -204,7 +207,7 @@ def _low(b):
     return bytes(memoryview(b)) if _MP and isinstance(b, (bytes, bytearray)) else b
 
 
-def _enroll(cl, store, what, key_backend, pop, now, ca, renew):
+def _enroll(cl, store, what, key_backend, pop, now, ca, renew, note=None):
     drop("est_lite.pkcs7", "est_lite.der")
     der = _attrs_der(cl)
     if _MP and not cl.keep_session and cl.binding is None:
@@ -223,11 +226,34 @@ def _enroll(cl, store, what, key_backend, pop, now, ca, renew):
     drop("est_lite_mp.dtls", *_SESSION)
     drop(*_CRYPTO)
     cert, chain = _low(cert), [_low(c) for c in chain]
-    _check(cl, cert, chain, ca, pk, now)
+    try:
+        _check(cl, cert, chain, ca, pk, now)
+    except SecurityError as e:
+        if note is None:
+            raise
+        raise SecurityError("%s (%s)" % (e, note))
     drop("est_lite_mp.certs", "est_lite.pkcs7", "est_lite.der", *_CRYPTO)
     gen = store.save(key=kd, cert=cert, ca=ca, keep=("key",) if kd is None else ())
     drop("est_lite_mp.storeops")
-    return Result(cert, chain, ca, pk, unmet, gen)
+    return Result(cert, chain, ca, pk, unmet, gen, note)
+
+
+def _follow(cl, ca, now):
+    # RFC 7030 §4.1.3 root key update: /cacerts in the renewal's session
+    # (its server chained to `ca`), the rule in est_lite_mp.certs.follow
+    from est_lite.errors import RemoteProtocolError
+
+    _pkcs7()
+    try:
+        got = cl._run(0).certs
+    except (RemoteProtocolError, ServerError) as e:
+        return ca, "CA certificates unchanged: /cacerts failed: %s" % e
+    drop(*_SESSION)
+    from est_lite_mp import certs
+
+    r = certs.follow(ca, got, cl._crypto().verify, cl._verify_hook(), now)
+    drop("est_lite_mp.certs", *_CRYPTO)
+    return r
 
 
 def renew(cl, store, threshold, rotate_key, key_backend, now):
@@ -267,7 +293,8 @@ def renew(cl, store, threshold, rotate_key, key_backend, now):
         key_backend = cl._crypto().P256Key.load_der(c.key)
     c = None
     try:
-        return _enroll(cl, store, b, key_backend, None, now, cl.trust, True)
+        ca, note = _follow(cl, cl.trust, now) if cl.follow_rollover else (cl.trust, None)
+        return _enroll(cl, store, b, key_backend, None, now, ca, True, note)
     except (SecurityError, ServerError) as e:
         # refused (403 / 4.03, or the (D)TLS handshake) with a certificate
         # that has expired: no renewal gets past that, say the way back
