@@ -474,7 +474,8 @@ def _check_store(db):
     try:
         r = c.execute("PRAGMA integrity_check").fetchall()
         if [x[0] for x in r] != ["ok"]:
-            raise BackupError("the CA store %s fails SQLite's integrity check: %s" % (db, "; ".join(x[0] for x in r[:3])))
+            raise BackupError("the CA store %s fails SQLite's integrity check: %s"
+                              % (db, "; ".join(x[0] for x in r[:3])))
         tables = set(x[0] for x in c.execute("SELECT name FROM sqlite_master WHERE type='table'"))
         for t in ("certs", "requests", "revocations", "meta"):
             if t not in tables:
@@ -561,7 +562,8 @@ def verify(path):
         for ext in (".pem", ".crt"):
             if stem + ext in certs:
                 if _spki(certs[stem + ext][0].public_key()) != _spki(key.public_key()):
-                    raise BackupError("the private key %s does not match the certificate in %s" % (p(rel), p(stem + ext)))
+                    raise BackupError("the private key %s does not match the certificate in %s"
+                                      % (p(rel), p(stem + ext)))
                 break
         else:
             if is_ca and rel in ("root.key", "intermediate.key", "server.key"):
@@ -576,10 +578,12 @@ def verify(path):
             if not _issued_by(issuer, root):
                 raise BackupError("the intermediate certificate %s is not issued by the root in %s"
                                   % (p("intermediate.pem"), p("root.pem")))
-        cas = [c for cs in certs.values() for c in cs if _is_ca_cert(c)]
+        # this CA's certificates under the same names with other keys (a root key rollover:
+        # root-old.pem, the cross certificates), not another CA that happens to be in the directory
+        cas = [c for cs in certs.values() for c in cs if _is_ca_cert(c) and c.subject in (root.subject, issuer.subject)]
         if not any(_issued_by(certs["server.pem"][0], c) for c in [issuer] + cas):
-            raise BackupError("the TLS certificate %s is not issued by this CA (%s) nor by another CA certificate "
-                              "of the directory" % (p("server.pem"), issuer.subject.rfc4514_string()))
+            raise BackupError("the TLS certificate %s is not issued by this CA (%s)"
+                              % (p("server.pem"), issuer.subject.rfc4514_string()))
         crl_path = p("crl.pem")
         if os.path.exists(crl_path):
             try:
@@ -588,10 +592,13 @@ def verify(path):
             except (OSError, ValueError):
                 raise BackupError("the CRL %s is damaged (run est-lite ca crl --out %s after restoring)"
                                   % (crl_path, crl_path)) from None
-            if not crl.is_signature_valid(issuer.public_key()):
-                raise BackupError("the CRL %s is not signed by this CA (%s)" % (crl_path, issuer.subject.rfc4514_string()))
+            # by the issuing CA, or (after a root key rollover) a previous key of it
+            if not any(c.subject == crl.issuer and crl.is_signature_valid(c.public_key()) for c in [issuer] + cas):
+                raise BackupError("the CRL %s is not signed by this CA (%s)"
+                                  % (crl_path, issuer.subject.rfc4514_string()))
         out["root"] = root
         out["issuer"] = issuer
+        out["cas"] = [issuer, root] + cas
     pw = p("passwords")
     if os.path.exists(pw):
         from .auth import PasswordFile
@@ -758,7 +765,7 @@ def restore(backup, data_dir, *, force=False, merge_from=None, now=None):
             crl_number = v["store"]["crl_number"] if v["store"] else 0
             merged_crl = None
             if merge_db is not None:
-                cas = [v["issuer"], v["root"]]
+                cas = v["cas"]  # the issuing CA, its root, and any previous CA certificate (rollover)
                 merged = _merge_store(db, merge_db, cas)
                 merged_crl = store_summary(merge_db)["crl_number"]
             want = max([n for n in (crl_number, old and old["crl_number"], old_crl, merged_crl) if n] or [0])
@@ -913,7 +920,8 @@ def cmd_restore(args):
         warn.append("revocations made after that are lost: revoke those certificates again from your records "
                     "(the revoke commands run, or a crl.pem published after the backup), then publish the CRL: "
                     "est-lite ca crl --data-dir %s --out %s" % (target, os.path.join(target, "crl.pem")))
-        warn.append("the next CRL is number %d or higher (never lower than one published before)" % (r["crl_number"] + 1)
+        warn.append("the next CRL is number %d or higher (never lower than one published before)"
+                    % (r["crl_number"] + 1)
                     if r["old"] is not None else
                     "the next CRL is number %d: if a CRL numbered higher was published after the backup, relying "
                     "parties may ignore the new ones until theirs expires" % ((r["crl_number"] or 0) + 1))
