@@ -142,25 +142,48 @@ def _serve_procs(tmp_path):
     from est_lite_cpython.config import load_config
 
     cfg = tmp_path / "server.toml"
-    cfg.write_text('[ca]\ndata_dir = "data"\n[server]\nport = 0\nprocesses = 2\n')
+    cfg.write_text('[ca]\ndata_dir = "data"\n[server]\nport = 0\nprocesses = 2\n[coaps]\nport = 0\nmtu = 1000\n'
+                   'processes = 2\n[profiles.default]\nauth = ["basic", "cert"]\n')
     PasswordFile(load_config(str(cfg)).password_file, iterations=1000).set_password(USER, PASSWORD, "est-lite")
-    pf = tmp_path / "port"
+    pf, cpf = tmp_path / "port", tmp_path / "cport"
     proc = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--config", str(cfg),
-                             "--port-file", str(pf)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return proc, data, cfg, pf
+                             "--port-file", str(pf), "--coaps-port-file", str(cpf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc, data, cfg, pf, cpf
 
 
-def test_backup_while_two_https_processes_enroll(tmp_path, capsys):
-    """`est-lite serve` with [server] processes = 2: two processes writing
-    the store while `ca backup` runs as a separate process."""
+def test_backup_while_https_and_coaps_processes_enroll(tmp_path, capsys):
+    """`est-lite serve` with two HTTPS and two EST-coaps processes writing
+    the store (and this test's LocalCA issuing device certificates: a
+    fifth writer) while `ca backup` runs as a separate process."""
     import base64
 
+    from helpers_coaps import CoapsSession, Device, point
     from test_https_processes import _post
 
-    proc, data, cfg, pf = _serve_procs(tmp_path)
+    from est_lite_cpython.dtls_client import DtlsClient
+
+    proc, data, cfg, pf, cpf = _serve_procs(tmp_path)
     done, errors = [], []
     try:
         port = wait_file(pf, proc, timeout=60)
+        cport = wait_file(cpf, proc, timeout=60)
+        ca = LocalCA(str(data))
+
+        def coaps_enroll():
+            try:
+                for j in range(6):
+                    key = ec.generate_private_key(ec.SECP256R1())
+                    dev = Device(key, ca.issue_raw(key.public_key(), x509.Name.from_rfc4514_string("CN=d-%d" % j)))
+                    done.append("%x" % dev.cert.serial_number)
+                    nkey, csr = make_csr("c-%d" % j)
+                    with DtlsClient("127.0.0.1", cport, [ca.root], cert=dev.cert, key=dev.key, timeout=10,
+                                    mtu=1000) as dc:
+                        ev = CoapsSession(dc).enroll(csr, public_key=point(nkey))
+                    done.append("%x" % x509.load_der_x509_certificate(ev.cert).serial_number)
+            except Exception as e:  # noqa: BLE001 - asserted below
+                errors.append(repr(e))
+
         authz = "Basic " + base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()).decode()
 
         def enroll(i):
@@ -173,6 +196,7 @@ def test_backup_while_two_https_processes_enroll(tmp_path, capsys):
                     errors.append((r.status, r.text))
 
         threads = [threading.Thread(target=enroll, args=(i,), daemon=True) for i in range(4)]
+        threads.append(threading.Thread(target=coaps_enroll, daemon=True))
         for t in threads:
             t.start()
         backups = []
@@ -186,11 +210,12 @@ def test_backup_while_two_https_processes_enroll(tmp_path, capsys):
             k += 1
         for t in threads:
             t.join(60)
+        ca.store.close()
     finally:
         stop(proc)
     err = proc.stderr.read().decode()
     assert proc.returncode == 0, err[-2000:]
-    assert errors == [] and len(done) == 32
+    assert errors == [] and len(done) == 32 + 12
     assert "locked" not in err
     for dest, before in backups:
         v = backup.verify(str(dest))
