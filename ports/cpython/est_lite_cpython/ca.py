@@ -11,6 +11,32 @@ Data directory layout (written by `init_ca` / `est-lite ca init`)::
     ca.db                         SQLite store (WAL), 0600
     passwords                     HTTP Basic/Digest users (est-lite ca passwd)
 
+After `rollover_ca` / `est-lite ca rollover` (root CA key update, RFC 4210
+§4.4, served in /cacerts as RFC 7030 §4.1.3 asks)::
+
+    root.pem  root.key            the NEW root (NewWithNew) and its key:
+                                  same subject name, new key, new SKI
+    root-old.pem  root-old.key    the previous root (OldWithOld) and its key
+                                  (the key is used for nothing any more;
+                                  kept 0600 so nothing is lost)
+    root-new-with-old.pem         NewWithOld: the new key signed by the old
+                                  one (until the old root expires)
+    root-old-with-new.pem         OldWithNew: the old key signed by the new
+                                  one (same dates as the old root)
+    intermediate.pem              (with an intermediate) the SAME key,
+                                  re-certified by the new root
+    intermediate-old.pem          its previous certificate
+    server.pem  server.key        a new TLS key and certificate; server.pem
+                                  holds leaf, intermediate, NewWithOld,
+                                  OldWithOld, OldWithNew, NewWithNew (each
+                                  certifies the one before it)
+
+While the rollover writes, rollover.new/ holds the new files; once all are
+complete rollover.journal names them and they are renamed into place. A
+LocalCA opened with a journal present finishes the renames first: an
+interruption before the journal leaves the old CA as it was, one after it
+the new one.
+
 `LocalCA` is the default CA *backend* of `EstService`. Any object with the
 same three methods can replace it (see docs/server.md), for instance one
 that forwards the request to an external CA:
@@ -48,6 +74,15 @@ SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
 DB_FILE = "ca.db"
 PASSWORDS = "passwords"
+# root CA key update (rollover_ca)
+OLD_ROOT_CERT = "root-old.pem"
+OLD_ROOT_KEY = "root-old.key"
+NEW_WITH_OLD = "root-new-with-old.pem"
+OLD_WITH_NEW = "root-old-with-new.pem"
+OLD_INT_CERT = "intermediate-old.pem"
+ROLLOVER_STAGE = "rollover.new"
+ROLLOVER_JOURNAL = "rollover.journal"
+ROLLOVER_FILES = (OLD_ROOT_CERT, OLD_ROOT_KEY, NEW_WITH_OLD, OLD_WITH_NEW, OLD_INT_CERT)
 
 EKU_BY_NAME = {
     "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
@@ -121,7 +156,7 @@ def open_private_files(paths):
 
 def private_files(data_dir):
     """The files of a CA data directory only its owner should read."""
-    return [os.path.join(data_dir, f) for f in (ROOT_KEY, INT_KEY, SERVER_KEY, DB_FILE, PASSWORDS)]
+    return [os.path.join(data_dir, f) for f in (ROOT_KEY, INT_KEY, SERVER_KEY, DB_FILE, PASSWORDS, OLD_ROOT_KEY)]
 
 
 def write_private(path, data):
@@ -144,15 +179,15 @@ def _cert_pem(cert):
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _ca_cert(subject, issuer, pub, signer_key, issuer_pub, now, days, path_len):
+def _ca_cert(subject, issuer, pub, signer_key, issuer_pub, now, days, path_len, not_before=None, not_after=None):
     b = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(pub)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_dt(now - 300))
-        .not_valid_after(_dt(now + days * 86400))
+        .not_valid_before(_dt(now - 300 if not_before is None else not_before))
+        .not_valid_after(_dt(now + days * 86400 if not_after is None else not_after))
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_len), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -233,10 +268,12 @@ def init_ca(
         raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % data_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     if force:
-        for f in (ROOT_CERT, ROOT_KEY, INT_CERT, INT_KEY, SERVER_CERT, SERVER_KEY, DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm"):
+        for f in (ROOT_CERT, ROOT_KEY, INT_CERT, INT_KEY, SERVER_CERT, SERVER_KEY, DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm",
+                  ROLLOVER_JOURNAL) + ROLLOVER_FILES:
             p = os.path.join(data_dir, f)
             if os.path.exists(p):
                 os.unlink(p)
+        _remove_stage(data_dir)
     root_key = ec.generate_private_key(ec.SECP256R1())
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
@@ -282,6 +319,182 @@ def init_ca(
         if intermediate:
             f.write(_cert_pem(issuer))
     return ca
+
+
+# ---------------------------------------------------------------- root CA key update (RFC 4210 §4.4)
+
+
+def _remove_stage(data_dir):
+    """Remove an unfinished rollover's staging directory (no journal: the
+    old CA is the valid one)."""
+    stage = os.path.join(data_dir, ROLLOVER_STAGE)
+    if os.path.isdir(stage):
+        for f in os.listdir(stage):
+            os.unlink(os.path.join(stage, f))
+        os.rmdir(stage)
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path, data, private=False):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    try:
+        if private:
+            os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def finish_rollover(data_dir):
+    """Complete a rollover whose files are all staged (rollover.journal
+    exists): rename each named file of rollover.new/ into data_dir, then
+    remove the journal. Idempotent: a file already moved is skipped, so an
+    interruption here is finished by the next call (every LocalCA does)."""
+    journal = os.path.join(data_dir, ROLLOVER_JOURNAL)
+    stage = os.path.join(data_dir, ROLLOVER_STAGE)
+    try:
+        with open(journal) as f:
+            names = [n for n in f.read().split() if n]
+    except OSError as e:
+        raise LocalProtocolError("cannot read %s to finish the root CA rollover: %s" % (journal, e.strerror or e)) from None
+    for n in names:
+        if os.path.basename(n) != n or n.startswith("."):
+            raise LocalProtocolError("%s is damaged (file name %r): restore the CA from a backup" % (journal, n))
+        src = os.path.join(stage, n)
+        if os.path.exists(src):
+            os.replace(src, os.path.join(data_dir, n))
+    _fsync_dir(data_dir)
+    os.unlink(journal)
+    _remove_stage(data_dir)
+    _fsync_dir(data_dir)
+
+
+def _path_len(cert):
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        return None
+
+
+def rollover_ca(data_dir, *, validity_days=3650, force=False, now=None):
+    """Root CA key update (RFC 4210 §4.4) of the CA in data_dir: a new P-256
+    root key and, all with the root's subject name unchanged,
+    NewWithNew (the new self-signed root, validity_days), NewWithOld (the
+    new key signed by the old, until the old root expires), OldWithNew (the
+    old key signed by the new, the old root's dates); a new certificate
+    from the new root for the SAME intermediate key (--intermediate CAs);
+    a new TLS server key and certificate for the names of the current one.
+    The files are staged, then renamed into place under a journal (see the
+    module docstring). Refuses a second rollover while the previous root's
+    files are there unless force=True (which drops that older generation),
+    and a CA whose root has expired. Returns the new LocalCA."""
+    now = int(time.time() if now is None else now)
+    if not isinstance(validity_days, int) or not 1 <= validity_days <= 36500:
+        raise LocalProtocolError("the new root's validity must be 1..36500 days, not %r" % (validity_days,))
+    ca = LocalCA(data_dir)  # "no CA in ...", and finishes an interrupted rollover
+    p = ca.path
+    if ca.old_root is not None and not force:
+        raise LocalProtocolError(
+            "the root CA key in %s was already rolled over on %s (%s holds the previous root, served in /cacerts until "
+            "it expires on %s); --force rolls over again and drops that previous generation"
+            % (ca.data_dir, _utc_text(ca.root.not_valid_before_utc.timestamp() + 300), p(OLD_ROOT_CERT),
+               _utc_text(ca.old_root.not_valid_after_utc.timestamp())))
+    old_root = ca.root
+    old_na = int(old_root.not_valid_after_utc.timestamp())
+    if old_na <= now:
+        raise LocalProtocolError(
+            "the root CA certificate %s expired on %s: a key update needs it valid (devices check the new key with "
+            "it); start a new CA with `est-lite ca init --force --data-dir %s` and give devices its pin"
+            % (p(ROOT_CERT), _utc_text(old_na), ca.data_dir))
+    old_key = load_pem_file(p(ROOT_KEY), "root CA private key")
+    old_pub = old_root.public_key()
+    if old_key.public_key() != old_pub:
+        raise LocalProtocolError("%s does not belong to %s: restore the CA from a backup" % (p(ROOT_KEY), p(ROOT_CERT)))
+    name = old_root.subject
+    plen = _path_len(old_root)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    new_pub = new_key.public_key()
+    nwn = _ca_cert(name, name, new_pub, new_key, new_pub, now, validity_days, plen)
+    new_na = int(nwn.not_valid_after_utc.timestamp())
+    # NewWithOld: from NewWithNew's notBefore to the old root's end (no later than the new root's)
+    nwo = _ca_cert(name, name, new_pub, old_key, old_pub, now, 0, plen, not_before=now - 300,
+                   not_after=min(old_na, new_na))
+    # OldWithNew: the old root's dates (RFC 4210 §4.4)
+    own = _ca_cert(name, name, old_pub, new_key, new_pub, now, 0, plen,
+                   not_before=int(old_root.not_valid_before_utc.timestamp()), not_after=old_na)
+    files = [  # (name, bytes, private)
+        (OLD_ROOT_CERT, _cert_pem(old_root), False),
+        (OLD_ROOT_KEY, _key_pem(old_key), True),
+        (NEW_WITH_OLD, _cert_pem(nwo), False),
+        (OLD_WITH_NEW, _cert_pem(own), False),
+        (ROOT_CERT, _cert_pem(nwn), False),
+        (ROOT_KEY, _key_pem(new_key), True),
+    ]
+    inew = None
+    if ca.issuer is not ca.root:
+        old_int = ca.issuer
+        ikey = ca._key
+        inew = _ca_cert(old_int.subject, name, ikey.public_key(), new_key, new_pub, now, validity_days,
+                        _path_len(old_int))
+        files += [(OLD_INT_CERT, _cert_pem(old_int), False), (INT_CERT, _cert_pem(inew), False),
+                  (INT_KEY, _key_pem(ikey), True)]
+    # the TLS server certificate: same names as the current one, a new key
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    sans = _san_for_names(("localhost", "127.0.0.1", "::1"))
+    try:
+        with open(p(SERVER_CERT), "rb") as f:
+            cur = x509.load_pem_x509_certificate(f.read())
+        subject = cur.subject
+        try:
+            sans = list(cur.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            sans = []
+    except (OSError, ValueError):
+        pass  # a missing or damaged server.pem: the names of `ca init`
+    stage = p(ROLLOVER_STAGE)
+    _remove_stage(ca.data_dir)  # a previous attempt that stopped before its journal
+    os.mkdir(stage, 0o700)
+    try:
+        for n, data, private in files:
+            _write_synced(os.path.join(stage, n), data, private)
+        sca = LocalCA(stage, store=ca.store, clock=lambda: now)
+        skey = ec.generate_private_key(ec.SECP256R1())
+        scert = sca.issue_raw(skey.public_key(), subject, sans=sans, days=min(validity_days, 825),
+                              eku=("serverAuth",), label="", requester="est-lite ca rollover")
+        chain = [scert] + ([inew] if inew is not None else []) + [nwo, old_root, own, nwn]
+        _write_synced(os.path.join(stage, SERVER_CERT), b"".join(_cert_pem(c) for c in chain))
+        _write_synced(os.path.join(stage, SERVER_KEY), _key_pem(skey), True)
+        _fsync_dir(stage)
+        names = [n for n, _, _ in files] + [SERVER_CERT, SERVER_KEY]
+        tmp = p(ROLLOVER_JOURNAL + ".tmp")
+        _write_synced(tmp, ("\n".join(names) + "\n").encode())
+        os.replace(tmp, p(ROLLOVER_JOURNAL))  # the commit point
+        _fsync_dir(ca.data_dir)
+    except BaseException:
+        if not os.path.exists(p(ROLLOVER_JOURNAL)):
+            try:
+                _remove_stage(ca.data_dir)
+                if os.path.exists(p(ROLLOVER_JOURNAL + ".tmp")):
+                    os.unlink(p(ROLLOVER_JOURNAL + ".tmp"))
+            except OSError:
+                pass
+        raise
+    finish_rollover(ca.data_dir)
+    ca.store.close()
+    return LocalCA(ca.data_dir)
 
 
 class IssueRequest:
@@ -350,6 +563,8 @@ class LocalCA:
         self.data_dir = str(data_dir)
         self.clock = clock
         p = lambda f: os.path.join(self.data_dir, f)  # noqa: E731
+        if os.path.exists(p(ROLLOVER_JOURNAL)):  # a root key update interrupted after its commit point
+            finish_rollover(self.data_dir)
         if not os.path.exists(p(ROOT_CERT)):
             raise LocalProtocolError("no CA in %s: run `est-lite ca init --data-dir %s` first" % (data_dir, data_dir))
         self.root = load_pem_file(p(ROOT_CERT), "root CA certificate")
@@ -385,6 +600,19 @@ class LocalCA:
         self._ext_head_other = _BC_LEAF_DER + _KU_OTHER_DER + self._aki_ext_der
         self._validity = (None, None, b"")  # (not_before, not_after, Validity DER) of the last certificate
         self._ext_cache = {}  # (extensions before the SKI, EKU names) -> _ext_wrap(...)
+        # after a root key update (rollover_ca): the previous root and the
+        # link certificates, served by ca_certs until the previous root expires
+        self.old_root = None
+        self.rollover_certs = []  # [NewWithOld, OldWithOld, OldWithNew]
+        self._old_until = None
+        self._issuers = (self.issuer,)  # the certificates whose keys issued what the store holds
+        if os.path.exists(p(OLD_ROOT_CERT)):
+            self.old_root = load_pem_file(p(OLD_ROOT_CERT), "previous root CA certificate")
+            self.rollover_certs = [load_pem_file(p(NEW_WITH_OLD), "NewWithOld link certificate"), self.old_root,
+                                   load_pem_file(p(OLD_WITH_NEW), "OldWithNew link certificate")]
+            self._old_until = int(self.old_root.not_valid_after_utc.timestamp())
+            if self.issuer is self.root:  # the old root key issued the previous generation
+                self._issuers = (self.issuer, self.old_root)
 
     # -- paths --
     def path(self, name):
@@ -400,7 +628,20 @@ class LocalCA:
 
     # -- backend interface --
     def ca_certs(self, label=None):
-        return list(self.chain)
+        """The issuing CA first, then its root (NewWithNew after a rollover);
+        after a root key update, until the previous root expires, then
+        NewWithOld, OldWithOld (the previous root) and OldWithNew."""
+        if self._old_until is None or self.clock() > self._old_until:
+            return list(self.chain)
+        return self.chain + self.rollover_certs
+
+    @property
+    def ca_certs_until(self):
+        """When ca_certs() will change by itself (the previous root's expiry
+        after a rollover), else None: a cache of its answer holds until then."""
+        if self._old_until is None or self.clock() > self._old_until:
+            return None
+        return self._old_until
 
     def issue(self, req):
         return self._issue_req(req, False)
@@ -438,14 +679,21 @@ class LocalCA:
         return self.store.is_revoked(cert.serial_number)
 
     def issued_by_me(self, cert):
+        """True if the issuing key signed cert; after a rollover without an
+        intermediate also the previous root key (same name, another key:
+        the signature decides)."""
         if cert.issuer != self.issuer.subject:
             return False
         der = cert.public_bytes(serialization.Encoding.DER)
         if der in self._mine:  # verified before: the same bytes verify the same way
             return True
-        try:
-            cert.verify_directly_issued_by(self.issuer)
-        except (ValueError, TypeError, InvalidSignature):
+        for issuer in self._issuers:
+            try:
+                cert.verify_directly_issued_by(issuer)
+                break
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        else:
             return False
         if len(self._mine) >= 4096:
             self._mine.clear()

@@ -105,7 +105,9 @@ def check_lifetimes(cfg, ca, *, now=None):
     now = time.time() if now is None else now
     warnings = []
     try:
-        chain = list(ca.ca_certs(None))
+        # the issuing chain (LocalCA.chain): after a root key update ca_certs()
+        # also holds the previous generation, which ends earlier by design
+        chain = list(getattr(ca, "chain", None) or ca.ca_certs(None))
     except Exception:  # noqa: BLE001 - another backend (e.g. an upstream CA) may not know its chain offline
         chain = []
     if chain:

@@ -672,6 +672,19 @@ def _ca_pool(service):
         return []
 
 
+def intermediates(certs):
+    """The certificates of a server chain file after the leaf, up to the
+    first self-signed one (a root, by its signature: after a root key
+    update NewWithOld carries the root's name as subject and issuer but is
+    signed by the old key, and a device that trusts the old root needs it)."""
+    out = []
+    for c in certs[1:]:
+        if c.issuer == c.subject and issued_by(c, c):
+            break
+        out.append(c)
+    return out
+
+
 def complete_chain(certs, pool, *, max_length=8):
     """certs (leaf first) extended with certificates from `pool` until it
     ends in a self-signed certificate (the root) or no issuer is found:
@@ -759,7 +772,7 @@ class EstCoapsServer:
         elif mode == "all":  # up to and including the root: a device may pin the root (first contact)
             chain = complete_chain(certs, _ca_pool(service))[1:]
         else:  # the chain the client lacks: intermediates, never the root it trusts
-            chain = [c for c in certs[1:] if c.issuer != c.subject]
+            chain = intermediates(certs)
         kw = dict(chain=chain, host=host or getattr(config, "coaps_listen", None) or config.listen,
                   port=getattr(config, "coaps_port", 5684) if port is None else port,
                   mtu=getattr(config, "coaps_mtu", 1200),

@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import ipaddress
 import threading
+import time
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -599,6 +600,7 @@ class EstService:
         self.csrattrs_provider = csrattrs_provider or ProfileCsrAttrs()
         self.store = store if store is not None else getattr(ca, "store", None)
         self._cacerts = {}
+        self._cacerts_until = None  # the backend's ca_certs_until: the cache holds until then
         self._lock = threading.Lock()
 
     # -- operations --
@@ -611,9 +613,13 @@ class EstService:
     def cacerts(self, label, ctx):
         self.profile(label)
         der = self._cacerts.get(label or "")
-        if der is None:
+        if der is None or (self._cacerts_until is not None
+                           and getattr(self.ca, "clock", time.time)() > self._cacerts_until):
+            if der is not None:  # the backend's answer changed by itself (a rolled-over CA's old root expired)
+                self._cacerts.clear()
             der = _pkcs7(self.ca.ca_certs(label or None))
             self._cacerts[label or ""] = der
+            self._cacerts_until = getattr(self.ca, "ca_certs_until", None)
         return der
 
     def csrattrs(self, label, ctx):
