@@ -557,3 +557,116 @@ def test_micropython_old_anchor_and_new_key_tls_chain(rolled, mplib, tmp_path):
                                            threshold=10 ** 9), SCRIPT)
     assert rc == 1 and "The certificate is not correctly signed by the trusted CA" in out, out
     assert _files(store.path) == before
+
+
+_KILLER = r"""
+import os, signal, sys
+from est_lite_cpython.client import EstClient
+from est_lite_cpython.credstore import CredStore
+
+url, path, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+n = [0]
+
+
+def hooked(name):
+    orig = getattr(CredStore, name)
+
+    def f(self, *a):
+        n[0] += 1
+        if n[0] == k:
+            if name == "_write":  # half the file under its real name, then die
+                fd = os.open(self._p(a[0]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(fd, bytes(a[1])[:len(a[1]) // 2])
+                os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return orig(self, *a)
+    return f
+
+
+for h in ("_write", "_rename", "_remove", "_sync_dir"):
+    setattr(CredStore, h, hooked(h))
+s = CredStore(path)
+r = EstClient(url, trust=s.load().ca, deadline=30).renew_if_needed(s, threshold=10 ** 9)
+print(r.note)
+"""
+
+
+def test_killed_while_saving_across_a_rollover(rolled, tmp_path):
+    """SIGKILL at every file operation of the renewal's save (a write cut in
+    half included) across a rollover: the store then loads the old
+    generation (old certificate, the old root only) or the new one (new
+    certificate with both roots), never a mix, and renews from there."""
+    import shutil
+    import signal
+    import sys
+
+    from est_lite_cpython.client import EstClient
+    from est_lite_cpython.credstore import CredStore
+
+    srv = rolled()
+    first = str(tmp_path / "first")
+    _provision(srv, "https", CredStore(first))
+    old = CredStore(first).load()
+    srv = rolled(roll=True)
+    r = rolled.state["roll"]
+    url = "https://localhost:%d" % srv.port
+    killed, seen = 0, set()
+    for k in range(1, 30):
+        path = str(tmp_path / ("s%d" % k))
+        shutil.copytree(first, path)
+        p = subprocess.run([sys.executable, "-c", _KILLER, url, path, str(k)], capture_output=True, timeout=120)
+        if p.returncode == 0:
+            assert b"CA root key update: now trusting" in p.stdout
+            break
+        assert p.returncode == -signal.SIGKILL, p.stderr.decode()
+        killed += 1
+        got = CredStore(path).load()
+        if got.gen == 1:
+            assert (got.key, got.cert, got.ca) == (old.key, old.cert, old.ca)
+        else:
+            assert got.ca[0] == r.old and r.new in got.ca and got.cert != old.cert
+        seen.add(got.gen)
+        s = CredStore(path)
+        res = EstClient(url, trust=got.ca).renew_if_needed(s, threshold=10 ** 9)
+        assert s.load().gen > got.gen and r.new in s.load().ca
+        assert (res.note is None) == (got.gen == 2)
+    assert killed >= 6 and p.returncode == 0 and seen == {1, 2}
+
+
+@pytest.mark.parametrize("transport", ["https", "coaps"])
+def test_no_rollover_stores_what_it_stored_before(rolled, tmp_path, transport):
+    """No rollover: the renewal's one extra request (/cacerts) changes no
+    byte of what is stored beyond the new key and certificate; with
+    follow_rollover = False the request is not made and the files are
+    laid out the same."""
+    import shutil
+
+    from est_lite_cpython.credstore import CredStore
+
+    srv = rolled()
+    first = str(tmp_path / "first")
+    _provision(srv, transport, CredStore(first))
+    old = CredStore(first).load()
+    calls = []
+    orig = srv.service.cacerts
+    srv.service.cacerts = lambda *a: calls.append(1) or orig(*a)
+    stores = {}
+    for follow in (True, False):
+        path = str(tmp_path / ("s%s" % follow))
+        shutil.copytree(first, path)
+        c = _client(srv, transport, old.ca)
+        c.follow_rollover = follow
+        try:
+            res = c.renew_if_needed(CredStore(path), threshold=10 ** 9)
+        finally:
+            c.close()
+        assert res.note is None and res.ca == old.ca
+        stores[follow] = _files(path)
+        assert calls == [1]  # the renewal with follow_rollover = True asked, the other one did not
+    a, b = stores[True], stores[False]
+    assert sorted(a) == sorted(b) == ["ca.2", "cert.2", "key.2", "manifest"]
+    assert a["ca.2"] == b["ca.2"] == _files(first)["ca.1"] == old.ca[0]
+    # the manifests differ only in the key and certificate lines (and their own hash)
+    la, lb = a["manifest"].splitlines(), b["manifest"].splitlines()
+    assert [x for x in la if not x.startswith((b"key ", b"cert ", b"end "))] == \
+        [x for x in lb if not x.startswith((b"key ", b"cert ", b"end "))]
