@@ -17,6 +17,7 @@ import threading
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from helpers_cli import cli, one_line
 from helpers_server import PASSWORD, USER, EstTestServer, key_pem, make_csr
@@ -564,6 +565,13 @@ def test_backup_of_a_proxy_data_dir(tmp_path, capsys):
     d = tmp_path / "pdata"
     d.mkdir(mode=0o700)
     PasswordFile(str(d / "passwords"), iterations=1000).set_password("dev", "pw", "est-lite")
+    # the proxy's own TLS identity kept in its data directory, and a public key file: no CA files needed
+    up = tmp_path / "upstream"
+    init_ca(str(up)).store.close()
+    shutil.copyfile(str(up / "server.pem"), str(d / "server.pem"))
+    shutil.copyfile(str(up / "server.key"), str(d / "server.key"))
+    (d / "pub.pem").write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     db = open_state(str(d / "proxy-state.sqlite"))
     try:
         db.execute("PRAGMA wal_autocheckpoint=0")
@@ -577,4 +585,8 @@ def test_backup_of_a_proxy_data_dir(tmp_path, capsys):
     c.close()
     assert _mode(str(tmp_path / "bk" / "proxy-state.sqlite")) == 0o600
     rc, out, err = cli(capsys, "ca", "verify", str(tmp_path / "bk"))
-    assert rc == 0 and "backup OK" in out, err
+    assert rc == 0 and "backup OK" in out and "files:        5 checked" in out, (out, err)
+    (tmp_path / "bk" / "server.key").write_bytes(key_pem(ec.generate_private_key(ec.SECP256R1())))
+    rc, out, err = cli(capsys, "ca", "verify", str(tmp_path / "bk"))
+    one_line(rc, err)
+    assert "server.key does not match" in err

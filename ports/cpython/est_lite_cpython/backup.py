@@ -511,7 +511,7 @@ def verify(path):
         raise BackupError("no backup or data directory %s" % path)
     manifest = read_manifest(path)
     p = lambda f: os.path.join(path, f)  # noqa: E731
-    is_ca = any(os.path.lexists(p(f)) for f in ("root.pem", "root.key", "ca.db", "server.pem"))
+    is_ca = any(os.path.lexists(p(f)) for f in ("root.pem", "root.key", "ca.db"))
     if manifest is not None and any(f in manifest["files"] for f in ("root.pem", "root.key", "ca.db")):
         is_ca = True
     out = {"path": path, "manifest": manifest, "kind": "CA" if is_ca else "data", "store": None, "checked": 0}
@@ -551,10 +551,11 @@ def verify(path):
             raise BackupError("cannot read %s: %s" % (full, e.strerror or e)) from None
         if rel.endswith(".key") or b"PRIVATE KEY-----" in head:
             keys[rel] = _load_key(full)
-        elif rel.endswith(".pem") and b"X509 CRL-----" in head:
-            pass  # checked below against the issuing CA
-        elif rel.endswith((".pem", ".crt")) or b"-----BEGIN CERTIFICATE-----" in head:
+        elif b"-----BEGIN CERTIFICATE-----" in head:
             certs[rel] = _load_certs(full)
+        elif rel.endswith((".pem", ".crt")) and b"-----BEGIN " not in head:
+            raise BackupError("%s is damaged or not PEM (no -----BEGIN line)" % full)
+        # (other PEM files: a CRL is checked below against the CA, CSRs and public keys are only compared)
         out["checked"] += 1
     # each key with its certificate: NAME.key with NAME.pem (or NAME.crt)
     for rel, key in sorted(keys.items()):
