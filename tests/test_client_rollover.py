@@ -670,3 +670,37 @@ def test_no_rollover_stores_what_it_stored_before(rolled, tmp_path, transport):
     la, lb = a["manifest"].splitlines(), b["manifest"].splitlines()
     assert [x for x in la if not x.startswith((b"key ", b"cert ", b"end "))] == \
         [x for x in lb if not x.startswith((b"key ", b"cert ", b"end "))]
+
+
+def test_cli_reenroll_across_a_rollover(rolled, tmp_path, capsys):
+    """`est-lite reenroll --out DIR` follows the rollover and says so on
+    stderr (ca.pem then holds both roots); --no-ca-update keeps the CA
+    certificates as they were (and the renewal then fails, naming the
+    reason, when the new key issued the certificate)."""
+    import shutil
+
+    from est_lite_cpython.cli import main
+    from est_lite_cpython.credstore import CredStore
+
+    srv = rolled()
+    out_dir = str(tmp_path / "dev")
+    _provision(srv, "https", CredStore(out_dir))
+    keep = str(tmp_path / "keep")
+    shutil.copytree(out_dir, keep)
+    srv = rolled(roll=True)
+    r = rolled.state["roll"]
+    url = "https://localhost:%d" % srv.port
+    rc = main(["reenroll", "--server", url, "--out", out_dir])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.startswith("re-enrolled: CN=roll-dev"), err
+    assert "est-lite: CA root key update: now trusting CN=" in err
+    assert CredStore(out_dir).load().ca[:1] == [r.old] and r.new in CredStore(out_dir).load().ca
+    assert open(os.path.join(out_dir, "ca.pem"), "rb").read().count(b"BEGIN CERTIFICATE") == 4
+    rc = main(["reenroll", "--server", url, "--out", out_dir, "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and json.loads(out)["ca_note"] is None, err
+    before = _files(keep)
+    rc = main(["reenroll", "--server", url, "--out", keep, "--no-ca-update"])
+    out, err = capsys.readouterr()
+    assert rc != 0 and "the issued certificate does not chain to the CA certificates" in err, err
+    assert _files(keep) == before

@@ -512,7 +512,10 @@ def _result(args, store, r, what):
     if store is not None:
         _write_pem_copies(store)
     info = _describe(r.cert)
-    _emit(args, {"cert": info, "unmet": list(r.unmet), "generation": r.gen, "out": args.out},
+    obj = {"cert": info, "unmet": list(r.unmet), "generation": r.gen, "out": args.out}
+    if what.startswith("re-enrolled"):
+        obj["ca_note"] = r.note  # what /cacerts changed (root CA key update), or why nothing; None: nothing to say
+    _emit(args, obj,
           "%s: %s, valid until %s, serial %s -> %s%s" % (
               what, info["subject"], info["not_after"], info["serial"], args.out,
               "" if not r.unmet else " (not satisfied: %s)" % "; ".join(r.unmet)))
@@ -658,6 +661,7 @@ def cmd_reenroll(args):
                                  "enroll --csr writes only cert.pem): give --cert CERT --key KEY, or enroll with --out "
                                  "first" % args.out)
     c = _client(args, cert=False)  # renew_if_needed authenticates with the current certificate
+    c.follow_rollover = not args.no_ca_update
     try:
         if args.keep_key:  # the same key: a repeated request is the same one anyway
             r, again = c.renew_if_needed(src, threshold=float("inf"), rotate_key=False), False
@@ -679,6 +683,8 @@ def cmd_reenroll(args):
                       e.coap_code, e.http_status, e.diagnostic) from None
     finally:
         c.close()
+    if r.note and not args.json:
+        print("est-lite: %s" % r.note, file=sys.stderr, flush=True)
     _result(args, store, r, "re-enrolled" + (" (the request that was waiting)" if again else ""))
     return 0
 
@@ -846,6 +852,10 @@ def register(sub):
     p = sub.add_parser("reenroll", help="EST client: renew the certificate in --out (or --cert/--key)")
     _common(p)
     p.add_argument("--keep-key", action="store_true", help="keep the key (default: a new key)")
+    p.add_argument("--no-ca-update", action="store_true",
+                   help="do not fetch /cacerts to follow a root CA key update (RFC 7030 4.1.3): the CA "
+                        "certificates in --out stay as they are (default: a new root vouched for by the trusted "
+                        "one is added)")
     p.set_defaults(func=_wrap(cmd_reenroll))
     p = sub.add_parser("serverkeygen", help="EST client: key and certificate made by the server")
     _common(p)

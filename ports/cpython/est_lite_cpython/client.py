@@ -206,7 +206,15 @@ class EstClient(_portable.EstClient):
     def renew_if_needed(self, store, *a, **kw):
         with self._user():
             _check_store(store)
-            return super().renew_if_needed(store, *a, **kw)
+            r = super().renew_if_needed(store, *a, **kw)
+        if r is not None and r.note:
+            # what the /cacerts answer changed (a root CA key update), or why it changed nothing
+            import logging
+
+            logging.getLogger("est_lite.client").log(
+                logging.WARNING if "not trusted" in r.note or "failed" in r.note else logging.INFO, "%s: %s",
+                getattr(store, "path", store), r.note)
+        return r
 
     def csrattrs_event(self):
         """Like csrattrs(), but the whole CsrAttrs event: .attrs (None when
