@@ -166,7 +166,9 @@ def follow(anchors, got, verify, hook=None, now=None):
     their dates and its self-signature holds. Nothing new: `anchors`
     itself (the same list) and None, or the reason a root was refused.
     Else the anchors still in their dates, then every certificate of `got`
-    in its dates that chains to the roots now trusted, and a note."""
+    in its dates that chains to the roots now trusted, and a note.
+    verify/hook: as in check_issued (verify None: est_lite_mp.crypto's,
+    loaded only when a signature is checked: a new root is offered)."""
     t = utc_seconds(now)
     got = [bytes(c) for c in got]
     F = [_fields(c) for c in got]
@@ -179,7 +181,12 @@ def follow(anchors, got, verify, hook=None, now=None):
 
     def sig(c, f, a, fa):  # c (fields f) signed by the key of a (fields fa)?
         try:
-            return hook(a, c) if hook is not None else _signed_by(f, a, fa, verify)
+            if hook is not None:
+                return hook(a, c)
+            v = verify
+            if v is None:
+                from est_lite_mp.crypto import verify as v
+            return _signed_by(f, a, fa, v)
         except EstError:
             return False
 
