@@ -108,7 +108,8 @@ def test_the_four_certificates_are_what_rfc4210_says(rolled):
     for c in (newwithnew, nwo, own):
         assert c.subject == name and c.issuer == name
         assert _bc(c).critical and _bc(c).value.ca
-        assert _bc(c).value.path_length == _bc(oldwithold).value.path_length
+        # no pathLenConstraint: Mbed TLS counts a self-issued link certificate against it
+        assert _bc(c).value.path_length is None
         ku = c.extensions.get_extension_for_class(x509.KeyUsage).value
         assert ku.key_cert_sign and ku.crl_sign
     # NewWithNew: the new key, self-signed, a later notAfter
@@ -221,14 +222,29 @@ def test_openssl_verifies_both_generations_under_either_root(rolled, tmp_path):
     nwo, oldwithold, own = ca.rollover_certs
     new_leaf = _leaf(ca, "new-leaf")[1]
     mid = [ca.issuer] if o["intermediate"] else []
-    # the chain the TLS server presents (server.pem after the leaf) serves both anchors
+    old_mid = [o["old_issuer"]] if o["intermediate"] else []
+    # the chain the TLS server presents (server.pem after the leaf): on the old path, then OldWithNew, NewWithNew
     server = _read_pems(ca.server_cert_file)
-    assert server[1:] == mid + [nwo, oldwithold, own, ca.root]
+    assert server[1:] == old_mid + [own, ca.root, nwo, oldwithold]
+    assert _verify_links(server)  # each certifies the one before it (TLS 1.2's order)
+    assert _signed_by(server[0], (old_mid or [oldwithold])[0])
     for anchor in (oldwithold, ca.root):
         rc, out = _openssl_verify(tmp_path, anchor, server[1:], server[0])
         assert rc == 0, out
         rc, out = _openssl_verify(tmp_path, anchor, mid + [nwo], new_leaf)
         assert rc == 0, out
+    # after --finish: the new key's leaf, NewWithOld, OldWithOld, OldWithNew, NewWithNew
+    ca.store.close()
+    fin = CA.finish_rollover_tls(o["dir"])
+    try:
+        server = _read_pems(fin.server_cert_file)
+        assert server[1:] == mid + [nwo, oldwithold, own, ca.root] and _signed_by(server[0], ca.issuer)
+        assert _verify_links(server)
+        for anchor in (oldwithold, ca.root):
+            rc, out = _openssl_verify(tmp_path, anchor, server[1:], server[0])
+            assert rc == 0, out
+    finally:
+        fin.store.close()
     # an old-generation leaf under the new root alone
     rc, out = _openssl_verify(tmp_path, ca.root, mid or [own], o["old_leaf"])
     assert rc == 0, out
@@ -323,8 +339,175 @@ def test_failure_after_the_commit_is_finished_by_the_next_open(tmp_path, monkeyp
         nwo, oldwithold, own = ca.rollover_certs
         assert _signed_by(nwo, oldwithold) and _signed_by(own, ca.root)
         server = _read_pems(ca.server_cert_file)
-        assert _signed_by(server[0], ca.root)
+        assert _signed_by(server[0], ca.old_root) and server[1:] == [own, ca.root, nwo, oldwithold]  # the old path
         key = CA.load_pem_file(ca.server_key_file, "key")
         assert _pub_der(key.public_key()) == _pub_der(server[0].public_key())
     finally:
         ca.store.close()
+
+
+# ---------------------------------------------------------------- a rolled-over server: TLS chains, /cacerts, clients
+
+
+def restart(s, send_chain="intermediates"):
+    """Start the HTTPS and CoAPs front ends of EstBothServer `s` again on
+    its data directory (after a rollover), CoAPs with `send_chain`."""
+    from est_lite_cpython.coaps_server import EstCoapsServer
+    from est_lite_cpython.config import load_config
+    from est_lite_cpython.https_server import server_from_config
+
+    s.config = load_config(s.config_path)
+    s.config.coaps_send_chain = send_chain
+    s.server = server_from_config(s.config)
+    s.service = s.server.service
+    s.ca = s.service.ca
+    s.port = s.server.start()
+    s.url = s.server.url
+    s.coaps = EstCoapsServer.from_config(s.service, s.config, port=0)
+    s.coaps_port = s.coaps.start()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["root-issues", "intermediate"])
+def served(request, tmp_path_factory):
+    """A server whose CA was rolled over after it had certified a device
+    (`old_dev`, trust set "ca") and an RA; CoAPs sends "intermediates" (a
+    second CoAPs server, `coaps_all`, sends "all")."""
+    from est_lite_cpython.coaps_server import EstCoapsServer
+    from helpers_coaps import Device, operational_device
+
+    tmp = tmp_path_factory.mktemp("rolled")
+    s = EstBothServer(tmp, intermediate=request.param)
+    # the CA was made a month ago (its dates differ from the rollover's)
+    s.coaps.stop()
+    s.server.stop()
+    s.ca.store.close()
+    init_ca(s.data_dir, intermediate=request.param, force=True, now=time.time() - 30 * 86400).store.close()
+    restart(s)
+    old = dict(root=s.ca.root, issuer=s.ca.issuer, dev=operational_device(s, "old-dev"),
+               dev2=operational_device(s, "old-dev-revoked"), intermediate=request.param)
+    s.coaps.stop()
+    s.server.stop()
+    s.ca.store.close()
+    rollover_ca(s.data_dir).store.close()
+    restart(s)
+    s.config.coaps_send_chain = "all"
+    s.coaps_all = EstCoapsServer.from_config(s.service, s.config, port=0)
+    s.coaps_all_port = s.coaps_all.start()
+    s.old = old
+    s.Device = Device
+    try:
+        yield s
+    finally:
+        s.coaps_all.stop()
+        s.stop()
+
+
+def _stdlib_get(srv, anchor, path="/.well-known/est/cacerts", cert=None, key=None, method="GET", body=None,
+                auth=None):
+    ctx = ssl.create_default_context(cadata=_pem(anchor).decode())
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost") as t:
+            data = b"" if body is None else base64.encodebytes(body)
+            h = "Host: localhost\r\nConnection: close\r\n"
+            if body is not None:
+                h += "Content-Type: application/pkcs10\r\nContent-Length: %d\r\n" % len(data)
+            if auth:
+                h += "Authorization: Basic %s\r\n" % base64.b64encode(("%s:%s" % auth).encode()).decode()
+            t.sendall(("%s %s HTTP/1.1\r\n%s\r\n" % (method, path, h)).encode() + data)
+            return Response.read(t)
+
+
+def test_https_clients_anchored_on_either_root_alone(served):
+    o = served.old
+    want = served.ca.ca_certs(None)
+    assert want[-2] == o["root"] and len(want) == len(served.ca.chain) + 3
+    for anchor in (o["root"], served.ca.root):
+        r = _stdlib_get(served, anchor)
+        assert r.status == 200, r.text
+        assert sorted(map(_der, r.certs())) == sorted(map(_der, want))  # a PKCS#7 SET OF: DER order on the wire
+
+
+def test_dtls_clients_anchored_on_either_root_alone(served):
+    from helpers_coaps import CoapsSession
+    from est_lite_cpython.dtls_client import DtlsClient
+
+    from est_lite.errors import SecurityError
+
+    dev = served.old["dev"]
+    every = served.ca.ca_certs(None)
+    for port, anchors in ((served.coaps_port, ([served.old["root"]], [served.ca.root])),
+                          (served.coaps_all_port, ([served.old["root"]], every))):
+        for anchor in anchors:
+            with DtlsClient("127.0.0.1", port, anchor, cert=dev.cert, key=dev.key, timeout=10) as dc:
+                ca = CoapsSession(dc).cacerts()
+                assert sorted(ca.certs) == sorted(map(_der, every))
+    # send_chain "all" puts OldWithOld right above the leaf (for pins): OpenSSL takes it as the leaf's
+    # issuer and stops at an untrusted self-signed certificate when it trusts only the new root
+    # (docs/server.md; est-lite clients keep the whole /cacerts answer, OldWithOld included)
+    with pytest.raises(SecurityError, match="self-signed certificate in certificate chain"):
+        DtlsClient("127.0.0.1", served.coaps_all_port, [served.ca.root], cert=dev.cert, key=dev.key, timeout=10)
+
+
+def test_pins_of_either_root_on_first_contact(served):
+    from est_lite_cpython.client import EstClient
+    from helpers_coaps import idevid_device, key_der
+
+    want = [_der(c) for c in served.ca.ca_certs(None)]
+    new_pin = pin_of(served.ca.root)
+    old_pin = pin_of(served.old["root"])
+    # HTTPS: both met in the handshake (server.pem holds both paths)
+    for pin in (old_pin, new_pin):
+        c = EstClient("https://localhost:%d" % served.port, pin=pin, user=USER, password=PASSWORD, deadline=30)
+        assert sorted(c.cacerts()) == sorted(want)
+    # CoAPs with send_chain "all": both
+    dev = idevid_device(served)
+    for pin in (old_pin, new_pin):
+        c = EstClient("coaps://127.0.0.1:%d" % served.coaps_all_port, pin=pin, cert=_der(dev.cert),
+                      key=key_der(dev.key), deadline=30)
+        assert sorted(c.cacerts()) == sorted(want), pin
+
+
+def test_old_generation_device_renews_into_the_new_generation(served):
+    from helpers_coaps import CoapsSession, point
+    from est_lite_cpython.dtls_client import DtlsClient
+
+    dev = served.old["dev"]
+    assert served.ca.issued_by_me(dev.cert)
+    with DtlsClient("127.0.0.1", served.coaps_port, [served.old["root"]], cert=dev.cert, key=dev.key,
+                    timeout=10) as dc:
+        key, csr = make_csr("old-dev")
+        ev = CoapsSession(dc).reenroll(csr, public_key=point(key))
+    new = x509.load_der_x509_certificate(ev.cert)
+    assert _signed_by(new, served.ca.issuer) and new.subject == dev.cert.subject
+    assert _aki(new) == _ski(served.ca.issuer)
+    if not served.old["intermediate"]:
+        assert not _signed_by(new, served.old["root"])
+    assert served.ca.store.certificate_label(new.serial_number) == ""
+
+
+def test_old_generation_certificate_over_https_and_revocation(served, tmp_path):
+    from est_lite_cpython.ca import _key_pem
+
+    for d in ("dev", "dev2"):
+        dev = served.old[d]
+        with open(str(tmp_path / (d + ".pem")), "wb") as f:
+            f.write(_pem(dev.cert))
+        with open(str(tmp_path / (d + ".key")), "wb") as f:
+            f.write(_key_pem(dev.key))
+    served.ca.revoke(served.old["dev2"].cert.serial_number, "keyCompromise")
+    key, csr = make_csr("old-dev")
+    r = _stdlib_get(served, served.ca.root, "/.well-known/est/simplereenroll", cert=str(tmp_path / "dev.pem"),
+                    key=str(tmp_path / "dev.key"), method="POST", body=csr)
+    assert r.status == 200, r.text
+    new = r.certs()[0]
+    assert _signed_by(new, served.ca.issuer) and new.subject == served.old["dev"].cert.subject
+    key, csr = make_csr("old-dev-revoked")
+    r = _stdlib_get(served, served.ca.root, "/.well-known/est/simplereenroll", cert=str(tmp_path / "dev2.pem"),
+                    key=str(tmp_path / "dev2.key"), method="POST", body=csr)
+    assert r.status in (401, 403) and "revoked" in r.text, r.text
+    # the CRL: signed by the issuing key of now, listing the old generation's revocation
+    crl = served.ca.crl()
+    assert crl.is_signature_valid(served.ca.issuer.public_key())
+    assert crl.get_revoked_certificate_by_serial_number(served.old["dev2"].cert.serial_number) is not None

@@ -26,10 +26,20 @@ After `rollover_ca` / `est-lite ca rollover` (root CA key update, RFC 4210
     intermediate.pem              (with an intermediate) the SAME key,
                                   re-certified by the new root
     intermediate-old.pem          its previous certificate
-    server.pem  server.key        a new TLS key and certificate; server.pem
-                                  holds leaf, intermediate, NewWithOld,
-                                  OldWithOld, OldWithNew, NewWithNew (each
-                                  certifies the one before it)
+    server.pem  server.key        a new TLS key and certificate, still from
+                                  the OLD path (old root key, or the
+                                  intermediate under its old certificate):
+                                  leaf, (old intermediate,) OldWithNew,
+                                  NewWithNew, NewWithOld, OldWithOld (each
+                                  certifies the one before it) -- devices
+                                  of either root verify it, Mbed TLS ones
+                                  included
+
+`finish_rollover_tls` / `est-lite ca rollover --finish` (once devices have
+renewed) moves the TLS certificate to the new key: server.pem then holds
+leaf, (intermediate,) NewWithOld, OldWithOld, OldWithNew, NewWithNew (each
+certifies the one before it) while the old root is valid, and only the
+issuing chain after that.
 
 While the rollover writes, rollover.new/ holds the new files; once all are
 complete rollover.journal names them and they are renamed into place. A
@@ -41,7 +51,9 @@ the new one.
 same three methods can replace it (see docs/server.md), for instance one
 that forwards the request to an external CA:
 
-    ca_certs(label) -> [x509.Certificate]      issuing CA first, root last
+    ca_certs(label) -> [x509.Certificate]      issuing CA first, then its root;
+                                               after a rollover NewWithOld,
+                                               OldWithOld, OldWithNew follow
     issue(req: IssueRequest) -> x509.Certificate
     is_revoked(cert) -> bool                   for client certs it issued
 """
@@ -389,111 +401,175 @@ def _path_len(cert):
         return None
 
 
+def _commit(data_dir, files):
+    """Write files [(name, bytes, private)] into data_dir all or nothing:
+    staged in rollover.new/ (synced), then the journal naming them (the
+    commit point), then renamed into place (finish_rollover). An error
+    before the journal removes the staging and leaves data_dir as it was."""
+    p = lambda f: os.path.join(data_dir, f)  # noqa: E731
+    stage = p(ROLLOVER_STAGE)
+    _remove_stage(data_dir)  # a previous attempt that stopped before its journal
+    os.mkdir(stage, 0o700)
+    try:
+        for n, data, private in files:
+            _write_synced(os.path.join(stage, n), data, private)
+        _fsync_dir(stage)
+        tmp = p(ROLLOVER_JOURNAL + ".tmp")
+        _write_synced(tmp, ("\n".join(n for n, _, _ in files) + "\n").encode())
+        os.replace(tmp, p(ROLLOVER_JOURNAL))  # the commit point
+        _fsync_dir(data_dir)
+    except BaseException:
+        if not os.path.exists(p(ROLLOVER_JOURNAL)):
+            try:
+                _remove_stage(data_dir)
+                if os.path.exists(p(ROLLOVER_JOURNAL + ".tmp")):
+                    os.unlink(p(ROLLOVER_JOURNAL + ".tmp"))
+            except OSError:
+                pass
+        raise
+    finish_rollover(data_dir)
+
+
+def _tls_names(ca):
+    """(subject, [GeneralName]) of the CA's current TLS server certificate,
+    or those of `ca init` when server.pem is missing or damaged."""
+    try:
+        with open(ca.server_cert_file, "rb") as f:
+            cur = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), _san_for_names(
+            ("localhost", "127.0.0.1", "::1"))
+    try:
+        sans = list(cur.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        sans = []
+    return cur.subject, sans
+
+
+def _tls_files(ca, chain_after, now, days, requester):
+    """[(server.pem, ...), (server.key, ...)]: a new key and a serverAuth
+    certificate from `ca` (recorded in its store) for the current names,
+    server.pem holding it and then chain_after."""
+    subject, sans = _tls_names(ca)
+    skey = ec.generate_private_key(ec.SECP256R1())
+    clock, ca.clock = ca.clock, (lambda: now)
+    try:
+        scert = ca.issue_raw(skey.public_key(), subject, sans=sans, days=days, eku=("serverAuth",), label="",
+                             requester=requester)
+    finally:
+        ca.clock = clock
+    return [(SERVER_CERT, b"".join(_cert_pem(c) for c in [scert] + list(chain_after)), False),
+            (SERVER_KEY, _key_pem(skey), True)]
+
+
 def rollover_ca(data_dir, *, validity_days=3650, force=False, now=None):
     """Root CA key update (RFC 4210 §4.4) of the CA in data_dir: a new P-256
     root key and, all with the root's subject name unchanged,
     NewWithNew (the new self-signed root, validity_days), NewWithOld (the
     new key signed by the old, until the old root expires), OldWithNew (the
     old key signed by the new, the old root's dates); a new certificate
-    from the new root for the SAME intermediate key (--intermediate CAs);
-    a new TLS server key and certificate for the names of the current one.
-    The files are staged, then renamed into place under a journal (see the
-    module docstring). Refuses a second rollover while the previous root's
-    files are there unless force=True (which drops that older generation),
-    and a CA whose root has expired. Returns the new LocalCA."""
+    from the new root for the SAME intermediate key (--intermediate CAs).
+    New certificates are issued by the new key (or the intermediate,
+    re-certified) from then on.
+
+    The TLS server gets a new key and certificate still on the OLD path
+    (the old root key, or the intermediate under its old certificate), its
+    server.pem [leaf, (old intermediate,) OldWithNew, NewWithNew, NewWithOld,
+    OldWithOld]: a device that trusts only the old root verifies it as before
+    (OpenSSL and Mbed TLS look at trusted certificates first; Mbed TLS, unlike
+    OpenSSL, counts a self-issued NewWithOld against the old root's
+    pathLenConstraint 0 and so cannot use the new-key path), one that trusts
+    only the new root goes through OldWithNew; a pin of either root is met on
+    a path of signatures (dtls_client.check_pin). `finish_rollover_tls` later
+    moves the TLS certificate to the new key.
+
+    The new root, NewWithOld and OldWithNew have no pathLenConstraint (for
+    the same Mbed TLS count). Files are staged and committed under a
+    journal (module docstring). Refuses a second rollover while the previous
+    root's files are there unless force=True (which drops that older
+    generation), and a CA whose root has expired. Returns the new LocalCA."""
     now = int(time.time() if now is None else now)
     if not isinstance(validity_days, int) or not 1 <= validity_days <= 36500:
         raise LocalProtocolError("the new root's validity must be 1..36500 days, not %r" % (validity_days,))
     ca = LocalCA(data_dir)  # "no CA in ...", and finishes an interrupted rollover
-    p = ca.path
-    if ca.old_root is not None and not force:
-        raise LocalProtocolError(
-            "the root CA key in %s was already rolled over on %s (%s holds the previous root, served in /cacerts until "
-            "it expires on %s); --force rolls over again and drops that previous generation"
-            % (ca.data_dir, _utc_text(ca.root.not_valid_before_utc.timestamp() + 300), p(OLD_ROOT_CERT),
-               _utc_text(ca.old_root.not_valid_after_utc.timestamp())))
-    old_root = ca.root
-    old_na = int(old_root.not_valid_after_utc.timestamp())
-    if old_na <= now:
-        raise LocalProtocolError(
-            "the root CA certificate %s expired on %s: a key update needs it valid (devices check the new key with "
-            "it); start a new CA with `est-lite ca init --force --data-dir %s` and give devices its pin"
-            % (p(ROOT_CERT), _utc_text(old_na), ca.data_dir))
-    old_key = load_pem_file(p(ROOT_KEY), "root CA private key")
-    old_pub = old_root.public_key()
-    if old_key.public_key() != old_pub:
-        raise LocalProtocolError("%s does not belong to %s: restore the CA from a backup" % (p(ROOT_KEY), p(ROOT_CERT)))
-    name = old_root.subject
-    plen = _path_len(old_root)
-    new_key = ec.generate_private_key(ec.SECP256R1())
-    new_pub = new_key.public_key()
-    nwn = _ca_cert(name, name, new_pub, new_key, new_pub, now, validity_days, plen)
-    new_na = int(nwn.not_valid_after_utc.timestamp())
-    # NewWithOld: from NewWithNew's notBefore to the old root's end (no later than the new root's)
-    nwo = _ca_cert(name, name, new_pub, old_key, old_pub, now, 0, plen, not_before=now - 300,
-                   not_after=min(old_na, new_na))
-    # OldWithNew: the old root's dates (RFC 4210 §4.4)
-    own = _ca_cert(name, name, old_pub, new_key, new_pub, now, 0, plen,
-                   not_before=int(old_root.not_valid_before_utc.timestamp()), not_after=old_na)
-    files = [  # (name, bytes, private)
-        (OLD_ROOT_CERT, _cert_pem(old_root), False),
-        (OLD_ROOT_KEY, _key_pem(old_key), True),
-        (NEW_WITH_OLD, _cert_pem(nwo), False),
-        (OLD_WITH_NEW, _cert_pem(own), False),
-        (ROOT_CERT, _cert_pem(nwn), False),
-        (ROOT_KEY, _key_pem(new_key), True),
-    ]
-    inew = None
-    if ca.issuer is not ca.root:
-        old_int = ca.issuer
-        ikey = ca._key
-        inew = _ca_cert(old_int.subject, name, ikey.public_key(), new_key, new_pub, now, validity_days,
-                        _path_len(old_int))
-        files += [(OLD_INT_CERT, _cert_pem(old_int), False), (INT_CERT, _cert_pem(inew), False),
-                  (INT_KEY, _key_pem(ikey), True)]
-    # the TLS server certificate: same names as the current one, a new key
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    sans = _san_for_names(("localhost", "127.0.0.1", "::1"))
     try:
-        with open(p(SERVER_CERT), "rb") as f:
-            cur = x509.load_pem_x509_certificate(f.read())
-        subject = cur.subject
-        try:
-            sans = list(cur.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-        except x509.ExtensionNotFound:
-            sans = []
-    except (OSError, ValueError):
-        pass  # a missing or damaged server.pem: the names of `ca init`
-    stage = p(ROLLOVER_STAGE)
-    _remove_stage(ca.data_dir)  # a previous attempt that stopped before its journal
-    os.mkdir(stage, 0o700)
+        p = ca.path
+        if ca.old_root is not None and not force:
+            raise LocalProtocolError(
+                "the root CA key in %s was already rolled over on %s (%s holds the previous root, served in /cacerts "
+                "until it expires on %s); --force rolls over again and drops that previous generation"
+                % (ca.data_dir, _utc_text(ca.root.not_valid_before_utc.timestamp() + 300), p(OLD_ROOT_CERT),
+                   _utc_text(ca.old_root.not_valid_after_utc.timestamp())))
+        old_root = ca.root
+        old_na = int(old_root.not_valid_after_utc.timestamp())
+        if old_na <= now:
+            raise LocalProtocolError(
+                "the root CA certificate %s expired on %s: a key update needs it valid (devices check the new key "
+                "with it); start a new CA with `est-lite ca init --force --data-dir %s` and give devices its pin"
+                % (p(ROOT_CERT), _utc_text(old_na), ca.data_dir))
+        old_key = load_pem_file(p(ROOT_KEY), "root CA private key")
+        old_pub = old_root.public_key()
+        if old_key.public_key() != old_pub:
+            raise LocalProtocolError("%s does not belong to %s: restore the CA from a backup" % (p(ROOT_KEY),
+                                                                                                p(ROOT_CERT)))
+        name = old_root.subject
+        new_key = ec.generate_private_key(ec.SECP256R1())
+        new_pub = new_key.public_key()
+        nwn = _ca_cert(name, name, new_pub, new_key, new_pub, now, validity_days, None)
+        new_na = int(nwn.not_valid_after_utc.timestamp())
+        # NewWithOld: from NewWithNew's notBefore to the old root's end (no later than the new root's)
+        nwo = _ca_cert(name, name, new_pub, old_key, old_pub, now, 0, None, not_before=now - 300,
+                       not_after=min(old_na, new_na))
+        # OldWithNew: the old root's dates (RFC 4210 §4.4)
+        own = _ca_cert(name, name, old_pub, new_key, new_pub, now, 0, None,
+                       not_before=int(old_root.not_valid_before_utc.timestamp()), not_after=old_na)
+        files = [  # (name, bytes, private)
+            (OLD_ROOT_CERT, _cert_pem(old_root), False),
+            (OLD_ROOT_KEY, _key_pem(old_key), True),
+            (NEW_WITH_OLD, _cert_pem(nwo), False),
+            (OLD_WITH_NEW, _cert_pem(own), False),
+            (ROOT_CERT, _cert_pem(nwn), False),
+            (ROOT_KEY, _key_pem(new_key), True),
+        ]
+        old_mid = []
+        if ca.issuer is not ca.root:
+            old_int = ca.issuer
+            old_mid = [old_int]
+            inew = _ca_cert(old_int.subject, name, ca._key.public_key(), new_key, new_pub, now, validity_days,
+                            _path_len(old_int))
+            files += [(OLD_INT_CERT, _cert_pem(old_int), False), (INT_CERT, _cert_pem(inew), False)]
+        # the TLS certificate on the old path (cut at the old root's end by issue_raw); each certificate of
+        # server.pem certifies the one before it (NewWithOld has NewWithNew's key, OldWithOld signed it)
+        files += _tls_files(ca, old_mid + [own, nwn, nwo, old_root], now, min(validity_days, 825),
+                            "est-lite ca rollover")
+        _commit(ca.data_dir, files)
+    finally:
+        ca.store.close()
+    return LocalCA(ca.data_dir)
+
+
+def finish_rollover_tls(data_dir, *, days=825, now=None):
+    """After rollover_ca: a new TLS server key and certificate from the NEW
+    key (the new root, or the intermediate under its new certificate);
+    server.pem [leaf, (intermediate,) NewWithOld, OldWithOld, OldWithNew,
+    NewWithNew] while the old root is valid (each certifies the one before
+    it: OpenSSL clients of either root and a pin of either root verify it;
+    Mbed TLS clients that trust only the old root do not), [leaf,
+    (intermediate)] once it has expired. Returns the LocalCA."""
+    now = int(time.time() if now is None else now)
+    ca = LocalCA(data_dir)
     try:
-        for n, data, private in files:
-            _write_synced(os.path.join(stage, n), data, private)
-        sca = LocalCA(stage, store=ca.store, clock=lambda: now)
-        skey = ec.generate_private_key(ec.SECP256R1())
-        scert = sca.issue_raw(skey.public_key(), subject, sans=sans, days=min(validity_days, 825),
-                              eku=("serverAuth",), label="", requester="est-lite ca rollover")
-        chain = [scert] + ([inew] if inew is not None else []) + [nwo, old_root, own, nwn]
-        _write_synced(os.path.join(stage, SERVER_CERT), b"".join(_cert_pem(c) for c in chain))
-        _write_synced(os.path.join(stage, SERVER_KEY), _key_pem(skey), True)
-        _fsync_dir(stage)
-        names = [n for n, _, _ in files] + [SERVER_CERT, SERVER_KEY]
-        tmp = p(ROLLOVER_JOURNAL + ".tmp")
-        _write_synced(tmp, ("\n".join(names) + "\n").encode())
-        os.replace(tmp, p(ROLLOVER_JOURNAL))  # the commit point
-        _fsync_dir(ca.data_dir)
-    except BaseException:
-        if not os.path.exists(p(ROLLOVER_JOURNAL)):
-            try:
-                _remove_stage(ca.data_dir)
-                if os.path.exists(p(ROLLOVER_JOURNAL + ".tmp")):
-                    os.unlink(p(ROLLOVER_JOURNAL + ".tmp"))
-            except OSError:
-                pass
-        raise
-    finish_rollover(ca.data_dir)
-    ca.store.close()
+        if ca.old_root is None:
+            raise LocalProtocolError("no root CA key update to finish in %s: run `est-lite ca rollover` first"
+                                     % ca.data_dir)
+        mid = ca.chain[:-1]
+        links = []
+        if now < ca._old_until:
+            nwo, oldwithold, own = ca.rollover_certs
+            links = [nwo, oldwithold, own, ca.root]
+        _commit(ca.data_dir, _tls_files(ca, mid + links, now, days, "est-lite ca rollover --finish"))
+    finally:
+        ca.store.close()
     return LocalCA(ca.data_dir)
 
 

@@ -685,6 +685,33 @@ def intermediates(certs):
     return out
 
 
+def pin_chain(certs, pool):
+    """send_chain "all": complete_chain(certs, pool), except for a server
+    certificate still on the OLDER root's path (the root that became valid
+    first) after a root key update
+    (est-lite ca rollover; the chain file then goes [leaf, (intermediate,)
+    OldWithNew, NewWithNew, NewWithOld, OldWithOld]): [leaf,
+    (intermediate,) OldWithOld, OldWithNew, NewWithNew], each signed by the
+    next, so a device pinning either root meets it on a path of signatures
+    (Mbed TLS builds that path; it would stop below OldWithOld in the file's
+    order, counting the self-issued certificates against the old root's
+    pathLenConstraint)."""
+    out = complete_chain(certs, pool)
+    for i in range(1, len(out)):
+        link = out[i]
+        if link.issuer != link.subject:
+            continue
+        if issued_by(link, link):
+            break  # a root right above: nothing to arrange
+        roots = [r for r in out[i + 1:] + list(pool) if r.subject == link.subject and issued_by(r, r)]
+        old = next((r for r in roots if issued_by(out[i - 1], r)), None)
+        new = next((r for r in roots if issued_by(link, r)), None)
+        if old is not None and new is not None and old.not_valid_before_utc < new.not_valid_before_utc:
+            return out[:i] + [old, link, new]
+        break
+    return out
+
+
 def complete_chain(certs, pool, *, max_length=8):
     """certs (leaf first) extended with certificates from `pool` until it
     ends in a self-signed certificate (the root) or no issuer is found:
@@ -770,7 +797,7 @@ class EstCoapsServer:
         if mode == "none":
             chain = []
         elif mode == "all":  # up to and including the root: a device may pin the root (first contact)
-            chain = complete_chain(certs, _ca_pool(service))[1:]
+            chain = pin_chain(certs, _ca_pool(service))[1:]
         else:  # the chain the client lacks: intermediates, never the root it trusts
             chain = intermediates(certs)
         kw = dict(chain=chain, host=host or getattr(config, "coaps_listen", None) or config.listen,
