@@ -511,3 +511,33 @@ def test_old_generation_certificate_over_https_and_revocation(served, tmp_path):
     crl = served.ca.crl()
     assert crl.is_signature_valid(served.ca.issuer.public_key())
     assert crl.get_revoked_certificate_by_serial_number(served.old["dev2"].cert.serial_number) is not None
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_cli_rollover_and_finish(tmp_path):
+    d = str(tmp_path / "ca")
+    env = dict(os.environ, EST_LITE_DATA=d)
+
+    def cli(*a):
+        return subprocess.run(["est-lite", "ca"] + list(a), capture_output=True, text=True, env=env, timeout=60)
+
+    r = cli("rollover")
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "no CA in" in r.stderr, r.stderr
+    assert cli("init").returncode == 0
+    old = _read_pems(os.path.join(d, "root.pem"))[0]
+    r = cli("rollover", "--finish")
+    assert r.returncode != 0 and "no root CA key update to finish" in r.stderr, r.stderr
+    r = cli("rollover", "--days", "7300")
+    assert r.returncode == 0, r.stderr
+    new = _read_pems(os.path.join(d, "root.pem"))[0]
+    assert pin_of(new) in r.stdout and pin_of(old) in r.stdout and "rollover --finish" in r.stdout
+    assert new.subject == old.subject and new != old
+    assert (new.not_valid_after_utc - new.not_valid_before_utc).days == 7300
+    r = cli("rollover")
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "already rolled over" in r.stderr, r.stderr
+    r = cli("rollover", "--finish")
+    assert r.returncode == 0, r.stderr
+    server = _read_pems(os.path.join(d, "server.pem"))
+    assert _signed_by(server[0], new) and server[-1] == new

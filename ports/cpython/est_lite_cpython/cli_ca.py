@@ -1,6 +1,7 @@
 """`est-lite ca ...`: create and run the reference CA.
 
     est-lite ca init [--data-dir DIR] [--intermediate] [--user NAME:PASSWORD]
+    est-lite ca rollover [--days N] [--force] | rollover --finish   (root CA key update, RFC 4210 4.4)
     est-lite ca passwd USER [--password P]      (prompts when omitted)
     est-lite ca issue --cn NAME --out PREFIX [--eku clientAuth,cmcRA] [--dns N] [--ip A] [--days N]
     est-lite ca list | requests [--status S]
@@ -101,6 +102,49 @@ def cmd_init(args):
     print("  pin:    %s  (the root CA, for a client's --pin)" % pin_of(ca.root))
     print("next: est-lite serve --data-dir %s" % d)
     print("      (EST-coaps too, devices pinning the root: add --coaps-port 5684 --coaps-send-chain all)")
+    return 0
+
+
+def cmd_rollover(args):
+    """Root CA key update (ca.rollover_ca), or with --finish the TLS
+    certificate moved to the new key (ca.finish_rollover_tls)."""
+    from .ca import _utc_text, finish_rollover_tls, pin_of, rollover_ca
+
+    d = _data_dir(args)
+    if args.finish:
+        ca = finish_rollover_tls(d)
+        try:
+            until = ca.ca_certs_until
+            print("TLS certificate of %s now from the new root key: %s" % (os.path.abspath(d), ca.server_cert_file))
+            if until is not None:
+                print("  chain:  leaf, NewWithOld, OldWithOld, OldWithNew, NewWithNew until the old root expires "
+                      "on %s" % _utc_text(until))
+            print("next: restart est-lite serve. Devices that still trust only the old root and verify with Mbed "
+                  "TLS (MicroPython) no longer accept the server; OpenSSL clients of either root do")
+        finally:
+            ca.store.close()
+        return 0
+    ca = rollover_ca(d, validity_days=args.days, force=args.force)
+    try:
+        until = ca.ca_certs_until
+        print("root CA key of %s rolled over (RFC 4210 root CA key update)" % os.path.abspath(d))
+        print("  new root:  %s  (%s, valid until %s)" % (ca.path("root.pem"), ca.root.subject.rfc4514_string(),
+                                                         _utc_text(ca.root.not_valid_after_utc.timestamp())))
+        print("  old root:  %s  (in /cacerts with NewWithOld and OldWithNew until %s)"
+              % (ca.path("root-old.pem"), _utc_text(until)))
+        if ca.issuer is not ca.root:
+            print("  issuer:    %s  (the same key, certified by the new root)" % ca.path("intermediate.pem"))
+        print("  TLS:       %s  (a new key, still on the old root's path: devices of either root verify it)"
+              % ca.server_cert_file)
+        print("  pin:       %s  (the new root: for devices' first contacts from now on)" % pin_of(ca.root))
+        print("  old pin:   %s  (still met until %s over HTTPS, and CoAPs with send_chain all)"
+              % (pin_of(ca.old_root), _utc_text(until)))
+        print("devices: nothing to do for est-lite clients, which take the new root from /cacerts at their next "
+              "renewal; new devices get the new pin")
+        print("next: restart est-lite serve; once devices have renewed: est-lite ca rollover --finish --data-dir %s"
+              % d)
+    finally:
+        ca.store.close()
     return 0
 
 
@@ -306,6 +350,16 @@ def register(sub):
     q.add_argument("--realm", default=None, help="HTTP realm for --user (default est-lite)")
     q.add_argument("--force", action="store_true", help="replace an existing CA (destroys it)")
     q.set_defaults(func=cmd_init)
+
+    q = csub.add_parser("rollover", help="root CA key update: a new root key, link certificates for devices of the "
+                                         "old root (RFC 4210 4.4, in /cacerts), the TLS certificate renewed")
+    common(q)
+    q.add_argument("--days", type=int, default=3650, help="the new root's validity in days")
+    q.add_argument("--force", action="store_true",
+                   help="roll over again although a previous rollover's old root is still served (drops it)")
+    q.add_argument("--finish", action="store_true",
+                   help="after a rollover: move the TLS certificate to the new key (once devices have renewed)")
+    q.set_defaults(func=cmd_rollover)
 
     q = csub.add_parser("issue", help="issue a key and certificate from this CA, e.g. the RA certificate of "
                                       "est-lite proxy (--eku clientAuth,cmcRA) or a TLS server certificate")
