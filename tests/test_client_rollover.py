@@ -4,6 +4,7 @@ NewWithOld signed by a root it already trusts vouches for it
 (est_lite_mp.certs.follow, called by est_lite_mp.provision.renew on both
 ports). The rule on its own (both interpreters), then renewals across a
 rollover over HTTPS and CoAPs (CPython) and on the MicroPython unix port,
+emulated and with `est-lite ca rollover` (est_lite_cpython.ca.rollover_ca),
 the hostile /cacerts answers, a crash between the writes of the renewal's
 save, and the no-rollover case byte for byte."""
 
@@ -160,7 +161,8 @@ def test_garbage_raises_remote_protocol_error():
         follow([r.old], [b"\x30\x03\x02\x01\x00"])
 
 
-# --- renewals across a rollover (the server side emulated until `est-lite ca rollover` exists) ---
+# --- renewals across an emulated rollover (cryptography): hostile answers and server chains
+# --- `est-lite ca rollover` does not make; the real one is at the end of the file ---
 
 
 def _pem(der_or_cert):
@@ -704,3 +706,117 @@ def test_cli_reenroll_across_a_rollover(rolled, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc != 0 and "the issued certificate does not chain to the CA certificates" in err, err
     assert _files(keep) == before
+
+
+# --- against `est-lite ca rollover` (est_lite_cpython.ca.rollover_ca / finish_rollover_tls) ---
+
+
+@pytest.fixture
+def real(tmp_path, monkeypatch):
+    """start(step=None): a server on tmp_path/ca; step "rollover" runs
+    rollover_ca on the directory first (as `est-lite ca rollover`),
+    "finish" finish_rollover_tls (`est-lite ca rollover --finish`)."""
+    from helpers_coaps import EstBothServer
+
+    from est_lite_cpython import ca as camod
+
+    servers = []
+
+    def start(step=None, intermediate=False):
+        if servers:
+            servers[-1].stop()
+            monkeypatch.setattr(camod, "init_ca", lambda *a, **k: None)  # the same CA directory
+        d = str(tmp_path / "ca")
+        if step == "rollover":
+            camod.rollover_ca(d)
+        elif step == "finish":
+            camod.finish_rollover_tls(d)
+        s = EstBothServer(tmp_path, intermediate=intermediate)
+        servers.append(s)
+        return s
+
+    try:
+        yield start
+    finally:
+        if servers:
+            servers[-1].stop()
+
+
+def _roots(ca_der):
+    out = []
+    for d in ca_der:
+        c = x509.load_der_x509_certificate(d)
+        try:
+            c.verify_directly_issued_by(c)
+        except Exception:  # noqa: BLE001 - not self-signed
+            continue
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("transport,intermediate", [("https", False), ("coaps", False), ("https", True)])
+def test_renewal_across_est_lite_ca_rollover(real, tmp_path, transport, intermediate):
+    """An old-anchor client renews across `est-lite ca rollover` (both roots
+    stored, a certificate of the new generation), renews again after
+    `--finish` (the TLS certificate under the new key) anchored on what it
+    stored, and a client anchored on the new root alone talks to the server."""
+    from est_lite_cpython.credstore import CredStore
+
+    srv = real(intermediate=intermediate)
+    store = CredStore(str(tmp_path / "store"))
+    _provision(srv, transport, store)
+    old = store.load()
+    old_root = srv.ca.root.public_bytes(DER)
+    assert _roots(old.ca) == [old_root]
+    srv = real("rollover", intermediate=intermediate)
+    new_root = srv.ca.root.public_bytes(DER)
+    assert new_root != old_root
+    c = _client(srv, transport, old.ca)
+    try:
+        res = c.renew_if_needed(store, threshold=10 ** 9)
+    finally:
+        c.close()
+    assert res.note.startswith("CA root key update: now trusting CN="), res.note
+    now = store.load()
+    assert _roots(now.ca) == [old_root, new_root]
+    issued = x509.load_der_x509_certificate(now.cert)
+    issued.verify_directly_issued_by(srv.ca.issuer)
+    srv = real("finish", intermediate=intermediate)
+    c = _client(srv, transport, now.ca)
+    try:
+        res = c.renew_if_needed(store, threshold=10 ** 9)
+    finally:
+        c.close()
+    assert res.note is None and store.load().ca == now.ca
+    last = store.load()
+    c = _client(srv, transport, [new_root], cert=last.cert, key=last.key)
+    try:
+        assert new_root in c.cacerts()
+    finally:
+        c.close()
+
+
+@needs_mp
+def test_micropython_device_across_est_lite_ca_rollover(real, mplib, tmp_path):
+    """The same on the MicroPython unix port over CoAPs: renewal across
+    `est-lite ca rollover` (TLS certificate still on the old path), then
+    after `--finish` Mbed TLS verifies the new-key chain with what the
+    device stored (two roots of one name)."""
+    from est_lite_cpython.credstore import CredStore
+
+    srv = real()
+    store = CredStore(str(tmp_path / "store"))
+    _provision(srv, "coaps", store)
+    old = store.load()
+    srv = real("rollover")
+    new_root = srv.ca.root.public_bytes(DER)
+    rc, out = _mp(mplib, tmp_path, _mp_cfg(srv, mplib, tmp_path, store.path, old.ca, ["renew", "load"],
+                                           threshold=10 ** 9), SCRIPT)
+    assert rc == 0 and "OK renew gen=2" in out, out
+    now = store.load()
+    assert _roots(now.ca) == [old.ca[0], new_root]
+    srv = real("finish")
+    rc, out = _mp(mplib, tmp_path, _mp_cfg(srv, mplib, tmp_path, store.path, now.ca, ["cacerts", "renew", "load"],
+                                           ident=now, threshold=10 ** 9), SCRIPT)
+    assert rc == 0 and "OK renew gen=3" in out, out
+    assert store.load().ca == now.ca
