@@ -385,6 +385,13 @@ def served(request, tmp_path_factory):
     restart(s)
     old = dict(root=s.ca.root, issuer=s.ca.issuer, dev=operational_device(s, "old-dev"),
                dev2=operational_device(s, "old-dev-revoked"), intermediate=request.param)
+    # an est-lite proxy set up before the rollover: its RA certificate and the upstream root it trusts
+    from helpers_proxy import ra_identity
+
+    old["proxy_dir"] = str(tmp / "proxy")
+    os.makedirs(old["proxy_dir"])
+    ra_identity(s, old["proxy_dir"])
+    old["root_pem"] = _w(tmp, "old-root.pem", _pem(s.ca.root))
     s.coaps.stop()
     s.server.stop()
     s.ca.store.close()
@@ -616,3 +623,25 @@ def test_micropython_pins_of_either_root(served, mplib, tmp_path):
                                                 cert=_w(tmp_path, "id.der", _der(dev.cert)),
                                                 key=_w(tmp_path, "id.key", key_der(dev.key)), steps=["cacerts"]))
         assert rc == 0 and "OK cacerts" in out, ("coaps all", pin, out)
+
+
+def test_proxy_in_front_of_a_rolled_over_upstream(served):
+    """est-lite proxy configured before the rollover (the old root as
+    upstream_ca, an RA certificate of the old generation): passes the new
+    /cacerts through and enrolls devices at the rolled-over upstream."""
+    from helpers_proxy import ProxyHarness, https_post
+
+    px = ProxyHarness(served.old["proxy_dir"], served, served.url.replace("127.0.0.1", "localhost"),
+                      upstream_root_pem=served.old["root_pem"], vendor_pem=os.path.join(served.tmp, "vendor.pem"),
+                      ra=True, coaps=False)
+    try:
+        r = _stdlib_get(px, served.ca.root)
+        assert r.status == 200, r.text
+        assert sorted(map(_der, r.certs())) == sorted(_der(c) for c in served.ca.ca_certs(None))
+        key, csr = make_csr("via-proxy")
+        r = https_post(px, served, "/.well-known/est/simpleenroll", csr, auth=("dave", "devpass"))
+        assert r.status == 200, r.text
+        cert = r.certs()[0]
+        assert _signed_by(cert, served.ca.issuer) and cert.subject == _name("via-proxy")
+    finally:
+        px.stop()
