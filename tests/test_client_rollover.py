@@ -820,3 +820,44 @@ def test_micropython_device_across_est_lite_ca_rollover(real, mplib, tmp_path):
                                            ident=now, threshold=10 ** 9), SCRIPT)
     assert rc == 0 and "OK renew gen=3" in out, out
     assert store.load().ca == now.ca
+
+
+def test_cli_cacerts_refresh_follows_the_rule(real, rolled, tmp_path, capsys):
+    """`est-lite cacerts --out DIR` on a store (no --trust/--pin: the server
+    verified with the stored CA certificates) takes a new root only under
+    the renewal's rule, without renewing: after `est-lite ca rollover` both
+    roots, key and certificate kept; an unvouched root: exit status 1, the
+    reason on stderr, the store untouched."""
+    from est_lite_cpython.cli import main
+    from est_lite_cpython.credstore import CredStore
+
+    srv = real()
+    out_dir = str(tmp_path / "dev")
+    _provision(srv, "https", CredStore(out_dir))
+    old = CredStore(out_dir).load()
+    srv = real("rollover")
+    rc = main(["cacerts", "--server", "https://localhost:%d" % srv.port, "--out", out_dir])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "est-lite: CA root key update: now trusting CN=" in err, err
+    now = CredStore(out_dir).load()
+    assert _roots(now.ca) == [old.ca[0], srv.ca.root.public_bytes(DER)]
+    assert (now.key, now.cert) == (old.key, old.cert) and now.gen == 2
+    # again: nothing new, the answer is stored as before this change
+    rc = main(["cacerts", "--server", "https://localhost:%d" % srv.port, "--out", out_dir])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "est-lite:" not in err and set(_roots(CredStore(out_dir).load().ca)) == set(_roots(now.ca)), err
+
+
+def test_cli_cacerts_refresh_refuses_an_unvouched_root(rolled, tmp_path, capsys):
+    from est_lite_cpython.cli import main
+    from est_lite_cpython.credstore import CredStore
+
+    srv = rolled()
+    out_dir = str(tmp_path / "dev")
+    _provision(srv, "https", CredStore(out_dir))
+    before = _files(out_dir)
+    srv = rolled(roll=True, tls=False, bag=lambda r: [r.new, r.old])
+    rc = main(["cacerts", "--server", "https://localhost:%d" % srv.port, "--out", out_dir])
+    out, err = capsys.readouterr()
+    assert rc != 0 and "are unchanged: a new root CN=" in err and "not trusted" in err, err
+    assert _files(out_dir) == before

@@ -467,6 +467,22 @@ def cmd_cacerts(args):
         certs = c.cacerts()
     finally:
         c.close()
+    if store is not None and old is not None and old.ca and not args.trust and not args.pin:
+        # the server was verified with the store's CA certificates: a new
+        # root in the answer is taken under the renewal's rule (RFC 7030
+        # §4.1.3 root key update, est_lite_mp.certs.follow), never as it is
+        from est_lite_mp.certs import follow
+
+        from .client import verify_issued_by
+        from .crypto import verify
+
+        ca, note = follow(old.ca, certs, verify, verify_issued_by)
+        if note is not None:
+            print("est-lite: %s" % note, file=sys.stderr, flush=True)
+        if ca is old.ca and note is not None:
+            raise SecurityError("the CA certificates in %s are unchanged: %s" % (args.out, note))
+        if ca is not old.ca:
+            certs = ca
     if store is not None:
         store.save(ca=certs, keep=("key", "cert")) if old is not None else store.save(ca=certs)
         _write_pem_copies(store)
