@@ -217,6 +217,27 @@ class CoapsRemote(interfaces.EndpointAddress):
         return (self.peer.address, self.peer.id)
 
 
+class _ClosedPeer:
+    """What a CoapsRemote keeps of its DtlsPeer once the session has closed:
+    the attributes the remote and the resources read, without the OpenSSL
+    connection and the certificates. A request still being rendered for
+    it sees no client certificate (its answer could not be sent anyway)."""
+
+    closed = True
+    established = False
+    peer_chain = verified_chain = ()
+    tls_unique = exporter = extended_master_secret = None
+
+    def __init__(self, peer):
+        self.id = peer.id
+        self.address = peer.address
+        self.max_payload = peer.max_payload
+        self.date_error = getattr(peer, "date_error", None)
+
+    def send(self, data):
+        pass
+
+
 def coaps_peer(request_or_remote):
     """The DtlsPeer behind an aiocoap request (or remote) that came in over
     this transport, else None."""
@@ -340,8 +361,16 @@ class CoapsServerInterface(GenericMessageInterface):
 
     def _session_closed(self, peer, reason):
         r = self._remotes.pop(peer.id, None)
-        if r is not None and r.via_aiocoap and self._mman is not None:  # fast-path-only sessions left nothing there
+        if r is None:
+            return
+        if r.via_aiocoap and self._mman is not None:  # fast-path-only sessions left nothing there
             self._received_exception(r, error.NetworkError("DTLS session closed: %s" % reason))
+        # aiocoap keeps the messages of this remote for its deduplication
+        # (EXCHANGE_LIFETIME, 247 s), and with them the remote: from now on
+        # it holds a small record of the session, not the session (its
+        # OpenSSL connection, the client's certificates)
+        r.peer = _ClosedPeer(peer)
+        r.answered = collections.OrderedDict()  # up to 16 answers of the fast path
 
     async def determine_remote(self, request):
         # Server-initiated coaps requests would need a DTLS client role.
