@@ -135,7 +135,8 @@ def test_the_four_certificates_are_what_rfc4210_says(rolled):
         assert os.stat(os.path.join(d, k)).st_mode & 0o077 == 0, k
     newkey = CA.load_pem_file(os.path.join(d, "root.key"), "key")
     assert _pub_der(newkey.public_key()) == new_pub
-    assert not os.path.exists(os.path.join(d, "rollover.new")) and not os.path.exists(os.path.join(d, "rollover.journal"))
+    assert not os.path.exists(os.path.join(d, "rollover.new"))
+    assert not os.path.exists(os.path.join(d, "rollover.journal"))
 
 
 def test_intermediate_keeps_its_key_under_the_new_root(rolled):

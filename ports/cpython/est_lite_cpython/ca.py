@@ -280,8 +280,8 @@ def init_ca(
         raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % data_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     if force:
-        for f in (ROOT_CERT, ROOT_KEY, INT_CERT, INT_KEY, SERVER_CERT, SERVER_KEY, DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm",
-                  ROLLOVER_JOURNAL) + ROLLOVER_FILES:
+        for f in (ROOT_CERT, ROOT_KEY, INT_CERT, INT_KEY, SERVER_CERT, SERVER_KEY, DB_FILE, DB_FILE + "-wal",
+                  DB_FILE + "-shm", ROLLOVER_JOURNAL) + ROLLOVER_FILES:
             p = os.path.join(data_dir, f)
             if os.path.exists(p):
                 os.unlink(p)
@@ -381,7 +381,8 @@ def finish_rollover(data_dir):
         with open(journal) as f:
             names = [n for n in f.read().split() if n]
     except OSError as e:
-        raise LocalProtocolError("cannot read %s to finish the root CA rollover: %s" % (journal, e.strerror or e)) from None
+        raise LocalProtocolError("cannot read %s to finish the root CA rollover: %s"
+                                 % (journal, e.strerror or e)) from None
     for n in names:
         if os.path.basename(n) != n or n.startswith("."):
             raise LocalProtocolError("%s is damaged (file name %r): restore the CA from a backup" % (journal, n))

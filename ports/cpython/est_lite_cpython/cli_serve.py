@@ -125,9 +125,9 @@ def check_lifetimes(cfg, ca, *, now=None):
         longest = max([p.validity_days for p in cfg.profiles.values()] or [0])
         if end - now < longest * 86400:
             warnings.append("%s expires on %s: certificates issued from now on end then, before their profile's "
-                            "validity_days (up to %d); plan the CA's renewal (`est-lite ca rollover` makes a new root key "
-                            "that devices of the old root still accept; docs/server.md)" % (who, _days_text(end, now),
-                                                                                            longest))
+                            "validity_days (up to %d); plan the CA's renewal (`est-lite ca rollover` makes a new root "
+                            "key that devices of the old root still accept; docs/server.md)"
+                            % (who, _days_text(end, now), longest))
     cert_file = cfg.tls_cert or os.path.join(cfg.data_dir, "server.pem")
     try:
         with open(cert_file, "rb") as f:
