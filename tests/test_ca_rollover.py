@@ -646,3 +646,28 @@ def test_proxy_in_front_of_a_rolled_over_upstream(served):
         assert _signed_by(cert, served.ca.issuer) and cert.subject == _name("via-proxy")
     finally:
         px.stop()
+
+
+def test_two_keys_one_name_are_told_apart(rolled):
+    """issued_by_me and the authenticator's signature cache decide by the
+    signature, not by the issuer name the generations share: an old leaf
+    (old key, or the unchanged intermediate key) is this CA's, a leaf that
+    only names the CA (a third key) is not, before and after a cached hit."""
+    from est_lite.errors import SecurityError
+    from est_lite_cpython.auth import DefaultAuthenticator
+    from helpers_proxy import issue
+
+    o, ca = rolled
+    forger = ec.generate_private_key(ec.SECP256R1())
+    fake_issuer = type("I", (), {"subject": ca.issuer.subject})()
+    _, forged = issue(fake_issuer, forger, "old-leaf")
+    new_leaf = _leaf(ca, "new-leaf")[1]
+    for _ in range(2):  # the second round from the caches
+        assert ca.issued_by_me(o["old_leaf"]) and ca.issued_by_me(new_leaf)
+        assert not ca.issued_by_me(forged)
+    auth = DefaultAuthenticator(ca)
+    for _ in range(2):
+        for leaf in (o["old_leaf"], new_leaf):
+            assert auth.verify_client_cert([leaf], ["ca"]).trust_name == "ca"
+        with pytest.raises(SecurityError):
+            auth.verify_client_cert([forged], ["ca"])
