@@ -671,3 +671,41 @@ def test_two_keys_one_name_are_told_apart(rolled):
             assert auth.verify_client_cert([leaf], ["ca"]).trust_name == "ca"
         with pytest.raises(SecurityError):
             auth.verify_client_cert([forged], ["ca"])
+
+
+def test_serve_start_checks_after_a_rollover(tmp_path):
+    """serve's lifetime check looks at the issuing chain (the old root ends
+    first by design) and names `ca rollover --finish` for the TLS
+    certificate, which is cut at the old root's end."""
+    from est_lite_cpython.cli_serve import check_lifetimes
+    from est_lite_cpython.config import load_config
+
+    d = str(tmp_path / "ca")
+    now = time.time()
+    init_ca(d, validity_days=400, now=now - 380 * 86400).store.close()  # 20 days left
+    ca = rollover_ca(d, validity_days=3650)
+    try:
+        cfg = load_config(None, data_dir=d)
+        warnings, error = check_lifetimes(cfg, ca)
+        assert error is None
+        assert len(warnings) == 1 and "TLS server certificate" in warnings[0], warnings  # not the old root
+        assert "est-lite ca rollover --finish --data-dir %s" % d in warnings[0], warnings
+        warnings, error = check_lifetimes(cfg, ca, now=now + 30 * 86400)
+        assert error is not None and "rollover --finish" in error
+    finally:
+        ca.store.close()
+    ca = CA.finish_rollover_tls(d)
+    try:
+        assert check_lifetimes(cfg, ca) == ([], None)
+        # past the old root's end server.pem's link certificates are stale: --finish again
+        warnings, error = check_lifetimes(cfg, ca, now=now + 30 * 86400)
+        assert error is None and len(warnings) == 1 and "3 certificate(s) of the previous root" in warnings[0]
+        assert "rollover --finish" in warnings[0]
+    finally:
+        ca.store.close()
+    ca = CA.finish_rollover_tls(d, now=now + 30 * 86400)
+    try:
+        assert _read_pems(ca.server_cert_file)[1:] == []  # [leaf] only: the new root issues directly
+        assert check_lifetimes(cfg, ca, now=now + 30 * 86400) == ([], None)
+    finally:
+        ca.store.close()

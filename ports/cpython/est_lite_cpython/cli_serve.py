@@ -76,9 +76,14 @@ def issue_names(cert, default_cn):
                 + ["--ip %s" % n for n in sans.get_values_for_type(x509.IPAddress)])
 
 
-def _tls_renew_command(cfg, cert):
+def _tls_renew_command(cfg, cert, ca=None):
     """The `est-lite ca issue` line that makes a TLS server certificate like
-    `cert` (same CN, DNS and IP names) in place of the configured one."""
+    `cert` (same CN, DNS and IP names) in place of the configured one; after
+    a root key update of the data directory's CA, `est-lite ca rollover
+    --finish` (which keeps the link certificates in server.pem)."""
+    q = shlex.quote
+    if getattr(ca, "old_root", None) is not None and not cfg.tls_cert:
+        return "est-lite ca rollover --finish --data-dir %s; restart est-lite serve" % q(cfg.data_dir)
     cn, names = issue_names(cert, "localhost")
     cert_file = cfg.tls_cert or os.path.join(cfg.data_dir, "server.pem")
     key_file = cfg.tls_key or os.path.join(cfg.data_dir, "server.key")
@@ -87,7 +92,6 @@ def _tls_renew_command(cfg, cert):
     if prefix is None or key_file != prefix + ".key":
         prefix = os.path.join(cfg.data_dir, "server-new")
         tail = ", then move %s.pem and %s.key to %s and %s" % (prefix, prefix, cert_file, key_file)
-    q = shlex.quote
     return "est-lite ca issue --data-dir %s --cn %s --eku serverAuth %s --out %s --force%s; restart est-lite serve" % (
         q(cfg.data_dir), q(cn), " ".join(names), q(prefix), tail)
 
@@ -134,14 +138,27 @@ def check_lifetimes(cfg, ca, *, now=None):
             tls = x509.load_pem_x509_certificate(f.read())
     except (OSError, ValueError):
         tls = None  # server_from_config has said what is wrong with it
+    if tls is not None and getattr(ca, "old_root", None) is not None and not cfg.tls_cert:
+        # after a root key update server.pem carries the link certificates, which end with the old root
+        try:
+            with open(cert_file, "rb") as f:
+                gone = [c for c in x509.load_pem_x509_certificates(f.read())[1:]
+                        if c.not_valid_after_utc.timestamp() <= now]
+        except (OSError, ValueError):
+            gone = []
+        if gone:
+            warnings.append("%s carries %d certificate(s) of the previous root that expired on %s (a pinned first "
+                            "contact is refused); run est-lite ca rollover --finish --data-dir %s and restart"
+                            % (cert_file, len(gone), _days_text(gone[0].not_valid_after_utc.timestamp(), now)[:20],
+                               shlex.quote(cfg.data_dir)))
     if tls is not None:
         end = tls.not_valid_after_utc.timestamp()
         if end <= now:
             return warnings, ("the TLS server certificate %s expired on %s: clients refuse the handshake; renew it: %s"
-                              % (cert_file, _days_text(end, now)[:20], _tls_renew_command(cfg, tls)))
+                              % (cert_file, _days_text(end, now)[:20], _tls_renew_command(cfg, tls, ca)))
         if end - now < TLS_RENEW_DAYS * 86400:
             warnings.append("the TLS server certificate %s expires on %s; renew it before then: %s"
-                            % (cert_file, _days_text(end, now), _tls_renew_command(cfg, tls)))
+                            % (cert_file, _days_text(end, now), _tls_renew_command(cfg, tls, ca)))
     for name, t in sorted(getattr(cfg, "trust", {}).items()):
         for crl in t.crls:
             nu = crl.next_update_utc
