@@ -233,8 +233,8 @@ def _ro(path):
 
 
 def store_summary(db_path):
-    """{certificates, revocations, pending, newest_issued_at, crl_number,
-    serials (set), revoked {serial: (when, reason)}} of a CA store."""
+    """{certificates, revocations, pending, newest_issued_at,
+    newest_revoked_at, crl_number} of the CA store db_path (read-only)."""
     c = _ro(db_path)
     try:
         out = {
@@ -599,7 +599,7 @@ def verify(path):
                                   % (crl_path, issuer.subject.rfc4514_string()))
         out["root"] = root
         out["issuer"] = issuer
-        out["cas"] = [issuer, root] + cas
+        out["cas"] = [issuer, root] + [c for i, c in enumerate(cas) if c not in cas[:i]]
     pw = p("passwords")
     if os.path.exists(pw):
         from .auth import PasswordFile
