@@ -590,3 +590,149 @@ def test_backup_of_a_proxy_data_dir(tmp_path, capsys):
     rc, out, err = cli(capsys, "ca", "verify", str(tmp_path / "bk"))
     one_line(rc, err)
     assert "server.key does not match" in err
+
+
+# -- a directory that changes, or is damaged, while it is copied ---------------------------------
+
+
+def test_a_copy_torn_by_a_change_is_taken_again(ca_dir, tmp_path, capsys, monkeypatch):
+    """`ca issue --force --out DIR/server` replacing server.pem/.key while
+    the backup copies them: the first copy has the old key with the new
+    certificate, fails the check, and is taken again."""
+    d = _copy(ca_dir, tmp_path)
+    real = backup._copy_file
+    swapped = []
+
+    def copy(src, dst, mode):
+        if os.path.basename(src) == "server.key" and not swapped:
+            r = real(src, dst, mode)  # the old key is copied, then the pair changes
+            from est_lite_cpython.cli import main
+
+            assert main(["ca", "issue", "--data-dir", str(d), "--cn", "localhost", "--eku", "serverAuth",
+                         "--dns", "localhost", "--out", str(d / "server"), "--force"]) == 0
+            swapped.append(1)
+            return r
+        return real(src, dst, mode)
+
+    monkeypatch.setattr(backup, "_copy_file", copy)
+    rc, out, err = cli(capsys, "ca", "backup", str(tmp_path / "bk"), "--data-dir", str(d))
+    assert rc == 0 and err == "", err
+    assert swapped == [1]
+    assert (tmp_path / "bk" / "server.key").read_bytes() == (d / "server.key").read_bytes()
+    assert (tmp_path / "bk" / "server.pem").read_bytes() == (d / "server.pem").read_bytes()
+    assert backup.verify(str(tmp_path / "bk"))["store"]["certificates"] == 4
+    assert sorted(os.listdir(str(tmp_path))) == ["bk", "ca"]
+
+
+def test_a_directory_that_keeps_changing_gives_no_backup(ca_dir, tmp_path, capsys, monkeypatch):
+    d = _copy(ca_dir, tmp_path)
+    real = backup._copy_file
+
+    def copy(src, dst, mode):
+        if os.path.basename(src) == "server.pem":  # every copy gets a certificate of another key
+            key = ec.generate_private_key(ec.SECP256R1())
+            ca = LocalCA(str(d))
+            try:
+                c = ca.issue_raw(key.public_key(), x509.Name.from_rfc4514_string("CN=localhost"))
+            finally:
+                ca.store.close()
+            with open(dst, "wb") as f:
+                f.write(c.public_bytes(serialization.Encoding.PEM))
+            os.chmod(dst, mode)
+            return backup._file_digest(dst)
+        return real(src, dst, mode)
+
+    monkeypatch.setattr(backup, "_copy_file", copy)
+    rc, out, err = cli(capsys, "ca", "backup", str(tmp_path / "bk"), "--data-dir", str(d))
+    one_line(rc, err)
+    assert "changed during each of 3 copies" in err and "server.key does not match" in err
+    assert sorted(os.listdir(str(tmp_path))) == ["ca"]
+
+
+def test_a_damaged_data_dir_is_still_backed_up_and_says_so(ca_dir, tmp_path, capsys):
+    d = _copy(ca_dir, tmp_path)
+    (d / "passwords").write_text("not:a:password:line\n")
+    rc, out, err = cli(capsys, "ca", "backup", str(tmp_path / "bk"), "--data-dir", str(d))
+    one_line(rc, err)
+    assert "the data directory fails the check" in err and str(d / "passwords") in err
+    assert (tmp_path / "bk" / "passwords").read_text() == "not:a:password:line\n"  # a faithful copy
+    assert (tmp_path / "bk" / "root.key").read_bytes() == (d / "root.key").read_bytes()
+    m = json.loads((tmp_path / "bk" / backup.MANIFEST).read_text())
+    assert "passwords" in m["problem"]
+
+
+# -- a root key rollover (ca rollover) -------------------------------------------------------------
+
+
+def test_backup_and_restore_after_a_root_key_rollover(tmp_path, capsys):
+    from est_lite_cpython.ca import rollover_ca
+
+    d = tmp_path / "ca"
+    ca = init_ca(str(d), intermediate=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    old_leaf = ca.issue_raw(key.public_key(), x509.Name.from_rfc4514_string("CN=before-rollover"))
+    ca.store.close()
+    assert cli(capsys, "ca", "revoke", "%x" % old_leaf.serial_number, "--data-dir", str(d))[0] == 0
+    rollover_ca(str(d)).store.close()
+    rc, out, err = cli(capsys, "ca", "backup", str(tmp_path / "bk"), "--data-dir", str(d))
+    assert rc == 0, err
+    for f in ("root-old.pem", "root-old.key", "root-new-with-old.pem", "root-old-with-new.pem", "intermediate-old.pem"):
+        assert f in out and (tmp_path / "bk" / f).read_bytes() == (d / f).read_bytes()
+    assert _mode(str(tmp_path / "bk" / "root-old.key")) == 0o600
+    rc, out, err = cli(capsys, "ca", "restore", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "r"))
+    assert rc == 0, err
+    r = LocalCA(str(tmp_path / "r"))
+    try:
+        assert r.old_root is not None and r.root.public_key() != r.old_root.public_key()
+        assert r.is_revoked(old_leaf)
+    finally:
+        r.store.close()
+    # the old root's key does not match the new root: caught
+    shutil.copyfile(str(d / "root-old.key"), str(tmp_path / "bk" / "root.key"))
+    rc, out, err = cli(capsys, "ca", "verify", str(tmp_path / "bk"))
+    one_line(rc, err)
+    assert "root.key does not match" in err
+
+
+def test_backup_during_a_rollover(tmp_path, capsys, monkeypatch):
+    """Caught after the rollover's commit point (rollover.journal, some
+    files renamed): the backup holds the rolled-over CA, as the next
+    LocalCA would make it. Caught before it (staged files only): the
+    previous CA, without the staging."""
+    import est_lite_cpython.ca as CA
+    from est_lite_cpython.ca import rollover_ca
+
+    d = tmp_path / "ca"
+    init_ca(str(d)).store.close()
+    old_root = (d / "root.pem").read_bytes()
+    real, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:  # the journal, two staged files, then a crash
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(CA.os, "replace", flaky)
+    with pytest.raises(OSError):
+        rollover_ca(str(d))
+    monkeypatch.undo()
+    assert (d / "rollover.journal").exists()
+    rc, out, err = cli(capsys, "ca", "backup", str(tmp_path / "bk"), "--data-dir", str(d))
+    assert rc == 0, err
+    assert "a root key rollover was finishing its renames" in out
+    bk = tmp_path / "bk"
+    assert not (bk / "rollover.journal").exists() and not (bk / "rollover.new").exists()
+    assert (bk / "root-old.pem").read_bytes() == old_root and (bk / "root.pem").read_bytes() != old_root
+    assert (d / "rollover.journal").exists()  # the data directory itself is left as it was
+
+    d2 = tmp_path / "ca2"
+    init_ca(str(d2)).store.close()
+    (d2 / "rollover.new").mkdir(mode=0o700)
+    (d2 / "rollover.new" / "root.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nhalf")
+    rc, out, err = cli(capsys, "ca", "backup", str(tmp_path / "bk2"), "--data-dir", str(d2))
+    assert rc == 0, err
+    assert "skipped: rollover.new (an unfinished root key rollover" in out
+    assert set(os.listdir(str(tmp_path / "bk2"))) == \
+        set(os.listdir(str(d2))) - {"rollover.new", "ca.db-wal", "ca.db-shm"} | {backup.MANIFEST}
+    assert (d2 / "rollover.new" / "root.key").exists()  # left as it was

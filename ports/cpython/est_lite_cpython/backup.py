@@ -198,11 +198,7 @@ def snapshot_sqlite(src, dst):
         s = sqlite3.connect("file:%s?mode=ro" % _uri_path(src), uri=True, timeout=30)
         d = sqlite3.connect(dst, isolation_level=None)
         s.backup(d)  # pages=-1: every page in one step, one read transaction
-        d.execute("PRAGMA journal_mode=DELETE")
-        r = d.execute("PRAGMA integrity_check").fetchone()[0]
-        if r != "ok":
-            raise BackupError("the copy of %s fails SQLite's integrity check: %s (the data directory's database "
-                              "is damaged: run est-lite ca verify on it)" % (src, r))
+        d.execute("PRAGMA journal_mode=DELETE")  # (its integrity: the check of the whole copy)
     except sqlite3.Error as e:
         raise BackupError("cannot copy the database %s: %s" % (src, e)) from None
     finally:
@@ -316,15 +312,21 @@ def _fsync_tree(d):
         _fsync_dir(sub)
 
 
-def backup_data_dir(src, dest, *, outside=(), _fail_after=None):
+def backup_data_dir(src, dest, *, outside=(), attempts=3, _fail_after=None):
     """Write a consistent backup of the data directory src to dest (which
     must not exist, or be an empty directory). Returns the manifest (dict).
     outside: [(what, path)] files the CA uses that live outside src (from
     its config): listed in the manifest as not backed up.
+
+    The copy is checked (verify) before it is renamed to dest. A copy that
+    fails while src passes was torn by a change during the copy (`ca
+    rollover`, `ca issue --force` into the directory): it is dropped and
+    taken again, up to `attempts` times. When src itself fails the check,
+    the faithful copy is written anyway (a damaged CA is better kept than
+    lost) and manifest["problem"] says why (the CLI exits 1).
     _fail_after: tests only, raise after copying that many files."""
     import tempfile
-    import socket
-    import json
+
     src = os.path.abspath(src)
     if not os.path.isdir(src):
         raise BackupError("no data directory %s" % src)
@@ -336,45 +338,104 @@ def backup_data_dir(src, dest, *, outside=(), _fail_after=None):
         raise BackupError("%s holds no CA (no root.pem, root.key or ca.db) and no database: not a data directory"
                           % src)
     was_empty = _dest_free(dest, "backup")
+    last = None
+    for _attempt in range(attempts):
+        tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + "backup-", dir=os.path.dirname(os.path.abspath(dest)))
+        try:
+            manifest = _copy_once(src, tmp, outside, _fail_after)
+            try:
+                verify(tmp)
+                problem = None
+            except BackupError as e:
+                problem = str(e)
+            if problem is not None:
+                try:
+                    verify(src)
+                    src_problem = None
+                except BackupError as e:
+                    src_problem = str(e)
+                if src_problem is None:  # torn by a change during the copy: take it again
+                    last = problem
+                    _rmtree(tmp)
+                    continue
+                manifest["problem"] = src_problem
+                _write_manifest(tmp, manifest, replace=True)
+            _fsync_dir(tmp)
+            _move_into_place(tmp, dest, was_empty)
+        except BaseException:
+            _rmtree(tmp)
+            raise
+        return manifest
+    raise BackupError("the data directory %s changed during each of %d copies (a ca rollover or ca issue --force "
+                      "writing into it?), the last copy failed the check: %s; run the backup again"
+                      % (src, attempts, last))
+
+
+def _copy_once(src, tmp, outside, _fail_after):
+    """One copy of src into tmp and its manifest (written into tmp)."""
+    import socket
+
+    os.chmod(tmp, 0o700)
     files, skipped = scan(src)
     started = time.time()
-    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + "backup-", dir=os.path.dirname(os.path.abspath(dest)))
-    try:
-        os.chmod(tmp, 0o700)
-        copied = {}
-        for n, f in enumerate(files):
-            if _fail_after is not None and n >= _fail_after:
-                raise BackupError("interrupted after %d files (test)" % n)
-            copied.update(_copy_tree([f], tmp))
-        _fsync_tree(tmp)
-        summary = None
-        if os.path.exists(os.path.join(tmp, "ca.db")):
-            summary = store_summary(os.path.join(tmp, "ca.db"))
-        manifest = {
-            "format": FORMAT,
-            "created": int(started),
-            "created_utc": _utc(started),
-            "source": src,
-            "host": socket.gethostname(),
-            "files": copied,
-            "skipped": [[r, why] for r, why in skipped],
-            "symlinks_followed": [r for r, _p, note in files if note],
-            "not_backed_up": [[w, p] for w, p in outside],
-            "store": summary,
-        }
-        data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-        fd = os.open(os.path.join(tmp, MANIFEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(tmp)
-        _move_into_place(tmp, dest, was_empty)
-    except BaseException:
-        _rmtree(tmp)
-        raise
+    for n, f in enumerate(files):
+        if _fail_after is not None and n >= _fail_after:
+            raise BackupError("interrupted after %d files (test)" % n)
+        _copy_tree([f], tmp)
+    notes = []
+    # a root key rollover (ca.py) caught in the copy: after its commit point
+    # (rollover.journal) the CA is the new one, and every LocalCA opening the
+    # directory finishes the renames: so does the copy. Before it, the staged
+    # files are not the CA (a new attempt removes them).
+    from .ca import ROLLOVER_JOURNAL, ROLLOVER_STAGE, finish_rollover
+
+    if os.path.exists(os.path.join(tmp, ROLLOVER_JOURNAL)):
+        finish_rollover(tmp)
+        notes.append("a root key rollover was finishing its renames: the backup holds the rolled-over CA")
+    elif os.path.isdir(os.path.join(tmp, ROLLOVER_STAGE)):
+        _rmtree(os.path.join(tmp, ROLLOVER_STAGE))
+        skipped.append((ROLLOVER_STAGE, "an unfinished root key rollover's staged files (the CA is the previous one)"))
+    _fsync_tree(tmp)
+    copied = {}
+    for rel, path, _note in scan(tmp)[0]:
+        size, digest = _file_digest(path)
+        info = {"size": size, "sha256": digest, "mode": "%04o" % stat.S_IMODE(os.stat(path).st_mode)}
+        if is_sqlite(path):
+            info["sqlite"] = True
+        copied[rel] = info
+    summary = None
+    if os.path.exists(os.path.join(tmp, "ca.db")):
+        summary = store_summary(os.path.join(tmp, "ca.db"))
+    manifest = {
+        "format": FORMAT,
+        "created": int(started),
+        "created_utc": _utc(started),
+        "source": src,
+        "host": socket.gethostname(),
+        "files": copied,
+        "skipped": [[r, why] for r, why in skipped],
+        "symlinks_followed": [r for r, _p, note in files if note],
+        "notes": notes,
+        "not_backed_up": [[w, p] for w, p in outside],
+        "store": summary,
+    }
+    _write_manifest(tmp, manifest)
     return manifest
+
+
+def _write_manifest(tmp, manifest, replace=False):
+    import json
+
+    path = os.path.join(tmp, MANIFEST)
+    if replace:
+        os.unlink(path)
+    data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _rmtree(d):
@@ -864,6 +925,8 @@ def cmd_backup(args):
     dest = os.path.abspath(args.dest)
     s = m["store"]
     print("backup of %s written to %s (0700) at %s" % (d, dest, m["created_utc"]))
+    for note in m.get("notes", ()):
+        print("  note:    %s" % note)
     print("  files:   %d (%s)" % (len(m["files"]), ", ".join(sorted(m["files"]))))
     if s is not None:
         print("  store:   %d certificates (newest issued %s), %d revocations, %d pending requests; a point-in-time "
@@ -876,7 +939,12 @@ def cmd_backup(args):
     for what, p in m["not_backed_up"]:
         print("  NOT in the backup: %s (%s, outside the data directory): back it up separately" % (p, what))
     print("  it holds the CA's private keys: keep it as safe as the data directory (encrypted, offline)")
-    print("check:   est-lite ca verify %s" % dest)
+    if m.get("problem"):
+        # written anyway: a damaged CA is better kept than lost
+        print("est-lite: error: the data directory fails the check, the backup is a faithful copy of it: %s"
+              % m["problem"], file=sys.stderr)
+        return 1
+    print("checked: est-lite ca verify %s passes" % dest)
     print("restore: est-lite ca restore %s --data-dir %s   (with the server stopped)" % (dest, d))
     return 0
 
