@@ -1,7 +1,7 @@
 """Root CA key update (RFC 7030 §4.1.3, RFC 4210 §4.4) on the client side:
 a renewal fetches /cacerts in its session and trusts a new root only when a
 NewWithOld signed by a root it already trusts vouches for it
-(est_lite_mp.certs.follow, called by est_lite_mp.provision.renew on both
+(est_lite_mp.rollover, called by est_lite_mp.provision.renew on both
 ports). The rule on its own (both interpreters), then renewals across a
 rollover over HTTPS and CoAPs (CPython) and on the MicroPython unix port,
 emulated and with `est-lite ca rollover` (est_lite_cpython.ca.rollover_ca),
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from helpers_mp import MICROPYTHON, MPY_CROSS, ROOT, compile_packages
 
-from est_lite_mp import certs
+from est_lite_mp import rollover
 
 DER = serialization.Encoding.DER
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -79,7 +79,7 @@ def hook(issuer, c):
 def follow(anchors, got, **kw):
     from est_lite_cpython import crypto
 
-    return certs.follow(anchors, got, crypto.verify, kw.pop("hook", hook), **kw)
+    return rollover.follow(anchors, got, crypto.verify, kw.pop("hook", hook), **kw)
 
 
 # --- the rule ---
@@ -419,13 +419,13 @@ FOLLOW_MP = """
 import sys
 from est_lite_mp import tablefile
 tablefile.install(sys.argv[2])
-from est_lite_mp import certs, crypto
+from est_lite_mp import rollover, crypto
 def rd(p):
     f = open(p, "rb"); d = f.read(); f.close(); return d
 cfg = [l.split() for l in rd(sys.argv[1]).decode().splitlines()]
 for anchors, got in zip(cfg[0::2], cfg[1::2]):
     a = [rd(p) for p in anchors]
-    out, note = certs.follow(a, [rd(p) for p in got], crypto.verify)
+    out, note = rollover.follow(a, [rd(p) for p in got], crypto.verify)
     print("RESULT %s %s" % ("same" if out is a else ",".join([str(a.index(c)) if c in a else str([rd(p) for p in got].index(c) + 100) for c in out]), note))
 """
 
@@ -861,3 +861,65 @@ def test_cli_cacerts_refresh_refuses_an_unvouched_root(rolled, tmp_path, capsys)
     out, err = capsys.readouterr()
     assert rc != 0 and "are unchanged: a new root CN=" in err and "not trusted" in err, err
     assert _files(out_dir) == before
+
+
+@pytest.mark.parametrize("transport", ["https", "coaps"])
+def test_garbage_cacerts_answer_changes_nothing(rolled, tmp_path, transport, caplog):
+    """A /cacerts answer that does not decode: the renewal completes with
+    the old anchors, the note and a WARNING log line say why."""
+    import logging
+
+    from est_lite_cpython.credstore import CredStore
+
+    srv = rolled()
+    store = CredStore(str(tmp_path / "store"))
+    _provision(srv, transport, store)
+    old = store.load()
+    srv.service.cacerts = lambda *a: b"\x30\x03\x02\x01\x00"
+    c = _client(srv, transport, old.ca)
+    try:
+        with caplog.at_level(logging.INFO, logger="est_lite.client"):
+            res = c.renew_if_needed(store, threshold=10 ** 9)
+    finally:
+        c.close()
+    assert res.note.startswith("CA certificates unchanged: /cacerts failed: "), res.note
+    assert store.load().gen == 2 and store.load().ca == old.ca
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "unchanged" in caplog.records[0].getMessage()
+
+
+def test_a_certificate_that_does_not_parse_changes_nothing():
+    class Ev:
+        certs = [b"\x30\x03\x02\x01\x00"]
+
+    class Cl:
+        def _run(self, op):
+            assert op == 0
+            return Ev()
+
+        def _verify_hook(self):
+            return None
+
+    anchors = [Rollover().old]
+    ca, note = rollover.renew(Cl(), anchors, None)
+    assert ca is anchors and note.startswith("CA certificates unchanged: /cacerts: "), note
+
+
+def test_without_the_rollover_module_a_renewal_works_as_before(rolled, tmp_path, monkeypatch):
+    """A device bundle that lacks est_lite_mp/rollover.py (an older
+    package list) renews as before and says that nothing was checked."""
+    import sys
+
+    from est_lite_cpython.credstore import CredStore
+
+    srv = rolled()
+    store = CredStore(str(tmp_path / "store"))
+    _provision(srv, "https", store)
+    old = store.load()
+    monkeypatch.setitem(sys.modules, "est_lite_mp.rollover", None)  # import raises ImportError
+    c = _client(srv, "https", old.ca)
+    try:
+        res = c.renew_if_needed(store, threshold=10 ** 9)
+    finally:
+        c.close()
+    assert res.note == "CA certificates not checked for a root key update: est_lite_mp.rollover is not installed"
+    assert store.load().gen == 2 and store.load().ca == old.ca

@@ -470,8 +470,8 @@ def cmd_cacerts(args):
     if store is not None and old is not None and old.ca and not args.trust and not args.pin:
         # the server was verified with the store's CA certificates: a new
         # root in the answer is taken under the renewal's rule (RFC 7030
-        # §4.1.3 root key update, est_lite_mp.certs.follow), never as it is
-        from est_lite_mp.certs import follow
+        # §4.1.3 root key update, est_lite_mp.rollover.follow), never as it is
+        from est_lite_mp.rollover import follow
 
         from .client import verify_issued_by
         from .crypto import verify

@@ -101,6 +101,9 @@ class EstClient(_portable.EstClient):
     # then the server's text with its 202 / 5.03 ("waiting for approval"),
     # None when the wait follows a link failure
     on_wait = None
+    # renew_if_needed() follows a root CA key update (est_lite_mp.rollover;
+    # the MicroPython class reads it with getattr, default True)
+    follow_rollover = True
 
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
                  server_name=None, timeout=30, deadline=120, *, proxy=None, crls=None, tls_version=None, chain=(),
@@ -212,7 +215,8 @@ class EstClient(_portable.EstClient):
             import logging
 
             logging.getLogger("est_lite.client").log(
-                logging.WARNING if "not trusted" in r.note or "failed" in r.note else logging.INFO, "%s: %s",
+                logging.INFO if r.note.startswith("CA root key update") and "not trusted" not in r.note
+                else logging.WARNING, "%s: %s",
                 getattr(store, "path", store), r.note)
         return r
 

@@ -4,7 +4,7 @@
 # pinned-bootstrap check of a server chain is est_lite_mp.pincheck.
 import time
 
-from est_lite.errors import EstError, SecurityError, const
+from est_lite.errors import SecurityError, const
 
 _ECDSA_SHA256 = const("1.2.840.10045.4.3.2")
 _EC = const("1.2.840.10045.2.1")
@@ -155,95 +155,3 @@ def renewal_info(cert):
             san = (crit, bytes(val))
     return seconds(f["not_before"]), seconds(f["not_after"]), name_pairs(f["subject"]), san
 
-
-def follow(anchors, got, verify, hook=None, now=None):
-    """RFC 7030 §4.1.3 root CA key update on the client: (anchors, note)
-    after the /cacerts answer `got` (DER list), fetched over a session
-    whose server chained to `anchors`. A self-signed certificate in `got`
-    with a key no self-signed anchor has (NewWithNew) is trusted only when
-    a certificate of the same subject and key in `got` (NewWithOld) is
-    signed by the key of a self-signed anchor (RFC 4210 §4.4), both are in
-    their dates and its self-signature holds. Nothing new: `anchors`
-    itself (the same list) and None, or the reason a root was refused.
-    Else the anchors still in their dates, then every certificate of `got`
-    in its dates that chains to the roots now trusted, and a note.
-    verify/hook: as in check_issued (verify None: est_lite_mp.crypto's,
-    loaded only when a signature is checked: a new root is offered)."""
-    t = utc_seconds(now)
-    got = [bytes(c) for c in got]
-    F = [_fields(c) for c in got]
-    A = [_fields(a) for a in anchors]
-    B = bytes
-    keys = [B(f["spki"]) for f in A if B(f["subject"]) == B(f["issuer"])]
-
-    def fresh(f):
-        return t is None or seconds(f["not_before"]) - SKEW <= t <= seconds(f["not_after"])
-
-    def sig(c, f, a, fa):  # c (fields f) signed by the key of a (fields fa)?
-        try:
-            if hook is not None:
-                return hook(a, c)
-            v = verify
-            if v is None:
-                from est_lite_mp.crypto import verify as v
-            return _signed_by(f, a, fa, v)
-        except EstError:
-            return False
-
-    new = []
-    why = None
-    for i, f in enumerate(F):
-        k = B(f["spki"])
-        s = B(f["subject"])
-        if s != B(f["issuer"]) or k in keys:
-            continue
-        ok = False
-        for j, g in enumerate(F):
-            if j != i and B(g["subject"]) == s and B(g["spki"]) == k and fresh(g):
-                for a, fa in zip(anchors, A):
-                    if B(fa["subject"]) == B(fa["issuer"]) == B(g["issuer"]) and sig(got[j], g, a, fa):
-                        ok = True
-        own = sig(got[i], f, got[i], f)  # a root (or a link of the same name)?
-        if ok and own and fresh(f):
-            new.append(i)
-            keys.append(k)
-            continue
-        if ok or own:
-            why = "a new root %s in /cacerts is not trusted: %s" % (_dn(f), (
-                "out of its dates or a bad self-signature" if ok else
-                "no certificate of its key (NewWithOld) signed by a trusted root"))
-    if not new:
-        return anchors, why
-    out = [B(a) for a, f in zip(anchors, A) if fresh(f)]
-    todo = [i for i in range(len(F)) if got[i] not in out and fresh(F[i])]
-    more = True
-    while more:  # what chains to the roots trusted now (at most len(got) rounds)
-        more = False
-        for i in todo[:]:
-            f = F[i]
-            ok = B(f["subject"]) == B(f["issuer"]) and B(f["spki"]) in keys
-            for c in out:
-                if ok:
-                    break
-                fc = _fields(c)
-                ok = B(fc["subject"]) == B(f["issuer"]) and sig(got[i], f, c, fc)
-            if ok:
-                out.append(got[i])
-                todo.remove(i)
-                more = True
-    return out, "CA root key update: now trusting %s (vouched by the trusted root)%s" % (
-        ", ".join([_dn(F[i]) for i in new]), "" if why is None else "; " + why)
-
-
-def _dn(f):
-    # "CN=name key <hash>": old and new roots share a name
-    import hashlib
-
-    n = "?"
-    try:
-        for o, v in name_pairs(f["subject"]):
-            if o == "2.5.4.3":
-                n = str(v[2:], "utf-8")
-    except (EstError, UnicodeError, ValueError):
-        pass
-    return "CN=%s key %s" % (n, hashlib.sha256(bytes(f["spki"])).digest().hex()[:16])

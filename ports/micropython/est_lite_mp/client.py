@@ -258,13 +258,13 @@ class EstClient:
     # CSR; enroll then opens a second session (one handshake more, and
     # twice the exposure to datagram loss).
     keep_session = True
-    # renew_if_needed(): fetch /cacerts in the renewal's session and follow
-    # a root CA key update (RFC 7030 §4.1.3): a new root becomes a trust
-    # anchor, stored with the new certificate, only when a certificate of
-    # its key is signed by a root already trusted (est_lite_mp.certs.follow;
-    # docs/client-runtime.md). False: one request less per renewal, and the
-    # CA certificates of the store are kept as they are.
-    follow_rollover = True
+    # follow_rollover (not defined here: True; one interned name less in an
+    # enrollment): renew_if_needed() asks /cacerts in the renewal's session
+    # and follows a root CA key update (RFC 7030 §4.1.3): a new root becomes
+    # a trust anchor, stored with the new certificate, only when a
+    # certificate of its key is signed by a root already trusted
+    # (est_lite_mp.rollover; docs/client-runtime.md). Set it to False for
+    # one request less per renewal: the stored CA certificates stay as they are.
 
     def __init__(self, server, trust=None, pin=None, cert=None, key=None, user=None, password=None, label=None,
                  server_name=None, timeout=30, deadline=120):

@@ -148,7 +148,8 @@ def _info(what, der, pk, pop):
 
 def _keygen(cl, key_backend, keep):
     key = cl._make_key(key_backend)
-    kd = _export(key)
+    kd = getattr(key, "export_pkcs8", None)  # (no function of its own: one interned name less)
+    kd = kd() if kd is not None else None
     return (key if keep or kd is None else None), key.public_key, kd
 
 
@@ -231,31 +232,11 @@ def _enroll(cl, store, what, key_backend, pop, now, ca, renew, note=None):
     except SecurityError as e:
         if note is None:
             raise
-        raise SecurityError("%s (%s)" % (e, note))
+        raise SecurityError("%s (the CA certificates: %s)" % (e, note))
     drop("est_lite_mp.certs", "est_lite.pkcs7", "est_lite.der", *_CRYPTO)
     gen = store.save(key=kd, cert=cert, ca=ca, keep=("key",) if kd is None else ())
     drop("est_lite_mp.storeops")
     return Result(cert, chain, ca, pk, unmet, gen, note)
-
-
-def _follow(cl, ca, now):
-    # RFC 7030 §4.1.3 root key update: /cacerts in the renewal's session
-    # (its server chained to `ca`), the rule in est_lite_mp.certs.follow
-    from est_lite.errors import RemoteProtocolError
-
-    _pkcs7()
-    try:
-        got = cl._run(0).certs
-    except (RemoteProtocolError, ServerError) as e:
-        return ca, "CA certificates unchanged: /cacerts failed: %s" % e
-    if got == ca:
-        return ca, None  # the answer is what the store holds (the usual case): nothing to parse
-    from est_lite_mp import certs
-
-    # verify None: the port's ECDSA is loaded only if a new root is offered
-    r = certs.follow(ca, got, None, cl._verify_hook(), now)
-    drop("est_lite_mp.certs", *_CRYPTO)
-    return r
 
 
 def renew(cl, store, threshold, rotate_key, key_backend, now):
@@ -295,7 +276,17 @@ def renew(cl, store, threshold, rotate_key, key_backend, now):
         key_backend = cl._crypto().P256Key.load_der(c.key)
     c = None
     try:
-        ca, note = _follow(cl, cl.trust, now) if cl.follow_rollover else (cl.trust, None)
+        ca, note = cl.trust, None
+        if getattr(cl, "follow_rollover", True):
+            # est_lite_mp.rollover (loaded this way, its names are interned
+            # only here, not in an enrollment: the qstr pools are full there)
+            try:
+                __import__("est_lite_mp.rollover")
+            except ImportError:  # a device bundle without it: renew as before, and say so
+                note = "CA certificates not checked for a root key update: est_lite_mp.rollover is not installed"
+            else:
+                ca, note = sys.modules["est_lite_mp.rollover"].renew(cl, ca, now)
+                drop("est_lite_mp.rollover")
         return _enroll(cl, store, b, key_backend, None, now, ca, True, note)
     except (SecurityError, ServerError) as e:
         # refused (403 / 4.03, or the (D)TLS handshake) with a certificate
@@ -311,7 +302,3 @@ def renew(cl, store, threshold, rotate_key, key_backend, now):
         cl.close()
         cl.cert, cl.key = saved
 
-
-def _export(key):
-    f = getattr(key, "export_pkcs8", None)
-    return f() if f is not None else None
