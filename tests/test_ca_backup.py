@@ -624,6 +624,29 @@ def test_a_copy_torn_by_a_change_is_taken_again(ca_dir, tmp_path, capsys, monkey
     assert sorted(os.listdir(str(tmp_path))) == ["bk", "ca"]
 
 
+def test_a_file_renamed_away_during_the_copy_is_taken_again(ca_dir, tmp_path, capsys, monkeypatch):
+    d = _copy(ca_dir, tmp_path)
+    real = backup._copy_file
+    calls = []
+
+    def copy(src, dst, mode):
+        if os.path.basename(src) == "crl.pem":
+            calls.append(src)
+            if len(calls) == 1:  # listed, then gone when read (renamed away and back, as a rewrite may)
+                os.rename(src, src + ".away")
+                try:
+                    return real(src, dst, mode)
+                finally:
+                    os.rename(src + ".away", src)
+        return real(src, dst, mode)
+
+    monkeypatch.setattr(backup, "_copy_file", copy)
+    rc, out, err = cli(capsys, "ca", "backup", str(tmp_path / "bk"), "--data-dir", str(d))
+    assert rc == 0 and err == "", err
+    assert len(calls) == 2 and (tmp_path / "bk" / "crl.pem").read_bytes() == (d / "crl.pem").read_bytes()
+    assert sorted(os.listdir(str(tmp_path))) == ["bk", "ca"]
+
+
 def test_a_directory_that_keeps_changing_gives_no_backup(ca_dir, tmp_path, capsys, monkeypatch):
     d = _copy(ca_dir, tmp_path)
     real = backup._copy_file

@@ -60,6 +60,11 @@ class BackupError(LocalProtocolError):
     file and the problem (the CLI prints it and exits 1)."""
 
 
+class _Vanished(BackupError):
+    """A file listed for the copy was gone when it was read: the directory
+    changed during the copy (backup_data_dir takes it again)."""
+
+
 def _utc(t):
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if t else "-"
 
@@ -302,6 +307,8 @@ def _copy_tree(files, tmp, *, digests=None):
                     raise BackupError("%s changed while it was copied (size or SHA-256 differ from the checked "
                                       "backup)" % path)
                 out[rel] = {"size": size, "sha256": digest, "mode": "%04o" % mode}
+        except FileNotFoundError:
+            raise _Vanished("%s was removed or renamed during the copy" % path) from None
         except OSError as e:
             raise BackupError("cannot copy %s: %s" % (path, e.strerror or e)) from None
     return out
@@ -342,7 +349,12 @@ def backup_data_dir(src, dest, *, outside=(), attempts=3, _fail_after=None):
     for _attempt in range(attempts):
         tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + "backup-", dir=os.path.dirname(os.path.abspath(dest)))
         try:
-            manifest = _copy_once(src, tmp, outside, _fail_after)
+            try:
+                manifest = _copy_once(src, tmp, outside, _fail_after)
+            except _Vanished as e:
+                last = str(e)
+                _rmtree(tmp)
+                continue
             try:
                 verify(tmp)
                 problem = None
