@@ -15,9 +15,12 @@ backup_data_dir(src, dest)
     modes (private keys, databases and the password file at most 0600), the
     backup directory is 0700, and a manifest (est-lite-backup.json: time,
     source, size and SHA-256 of every file, store counts) is written last.
-    Everything goes into a temporary directory next to DEST, fsynced, then
-    renamed to DEST: an interrupted backup never leaves a half backup under
-    DEST's name.
+    Everything goes into a temporary directory next to DEST, fsynced,
+    checked (verify), then renamed to DEST: an interrupted backup never
+    leaves a half backup under DEST's name. A copy torn by a change during
+    it is taken again; a root key rollover past its commit point is
+    finished in the copy (ca.finish_rollover), its staging before it
+    skipped.
 
 verify(path)
     The check of a backup (or of a live data directory): the store opened
@@ -29,13 +32,15 @@ verify(path)
     there with its size and SHA-256. The first problem raises BackupError,
     one line naming the file.
 
-restore(backup, data_dir, force=False)
+restore(backup, data_dir, force=False, merge_from=None)
     verify(backup), then a copy in a temporary directory next to data_dir,
     renamed into place; an existing non-empty data_dir is refused unless
     force, which moves it aside to DIR.replaced-YYYYmmddTHHMMSSZ (nothing is
-    deleted). Returns what the operator must know: the backup's time and
-    newest issuance, and, when the replaced store could be read, the
-    certificates and revocations it had that the backup lacks.
+    deleted). merge_from: a store of this CA whose certificates and
+    revocations the backup lacks are added. The CRL number never goes back.
+    Returns what the operator must know: the backup's time and newest
+    issuance, and, when the replaced store could be read, the certificates
+    and revocations it had that the backup lacks.
 """
 
 import os
