@@ -290,6 +290,31 @@ def test_backup_names_files_outside_the_data_dir(ca_dir, tmp_path, capsys):
     assert rc == 0, err
     assert "NOT in the backup: %s (server.tls_key" % (tmp_path / "tls.key") in out
     assert "NOT in the backup: %s (the config" % cfg in out
+    assert "it holds private keys (intermediate.key, ra.key, root.key, server.key)" in out
+
+
+def test_backup_of_a_proxy_with_its_config(tmp_path, capsys):
+    """`ca backup --config proxy.toml`: the proxy's [ca] data_dir, and the
+    RA identity and upstream CA it names from elsewhere listed as not in it."""
+    from est_lite_cpython.proxy import _open_state
+
+    up = tmp_path / "up"
+    init_ca(str(up)).store.close()
+    assert cli(capsys, "ca", "issue", "--data-dir", up, "--cn", "ra", "--eku", "clientAuth,cmcRA",
+               "--out", tmp_path / "ra")[0] == 0
+    cfg = tmp_path / "proxy.toml"
+    cfg.write_text('[ca]\ndata_dir = "pdata"\n[proxy]\nupstream = "https://127.0.0.1:8443"\n'
+                   'upstream_ca = "up/root.pem"\nra_cert = "ra.pem"\nra_key = "ra.key"\n')
+    assert cli(capsys, "ca", "passwd", "--config", cfg, "dev", "--password", "pw")[0] == 0
+    _open_state(str(tmp_path / "pdata" / "proxy-state.sqlite")).close()
+    rc, out, err = cli(capsys, "ca", "backup", tmp_path / "bk", "--config", cfg)
+    assert rc == 0 and err == "", err
+    assert "files:   2 (passwords, proxy-state.sqlite)" in out
+    for what, f in (("proxy.ra_key", "ra.key"), ("proxy.ra_cert", "ra.pem"), ("proxy.upstream_ca", "up/root.pem")):
+        assert "NOT in the backup: %s (%s" % (tmp_path / f, what) in out
+    assert "it holds password hashes and state" in out
+    rc, out, err = cli(capsys, "ca", "verify", tmp_path / "bk")
+    assert rc == 0 and "users:        1 in passwords" in out, err
 
 
 def test_backup_never_overwrites_and_refuses_inside(ca_dir, tmp_path, capsys):

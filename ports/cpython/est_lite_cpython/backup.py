@@ -955,7 +955,12 @@ def cmd_backup(args):
         print("  note:    %s is a symbolic link: the backup holds the file it points to" % r)
     for what, p in m["not_backed_up"]:
         print("  NOT in the backup: %s (%s, outside the data directory): back it up separately" % (p, what))
-    print("  it holds the CA's private keys: keep it as safe as the data directory (encrypted, offline)")
+    keys = sorted(r for r in m["files"] if r.endswith(".key"))
+    if keys:
+        print("  it holds private keys (%s): keep it as safe as the data directory (encrypted, offline)"
+              % ", ".join(keys))
+    else:
+        print("  it holds password hashes and state: keep it as private as the data directory")
     if m.get("problem"):
         # written anyway: a damaged CA is better kept than lost
         print("est-lite: error: the data directory fails the check, the backup is a faithful copy of it: %s"
