@@ -796,7 +796,26 @@ def main(argv=None):
     finally:
         srv.stop()
     shutil.rmtree(str(tmp), ignore_errors=True)
+    summary(result)
     print(json.dumps(result))
+
+
+def summary(result):
+    """A few lines per part: the counters at the second and the last
+    checkpoint."""
+    for part in ("client", "server"):
+        r = result.get(part)
+        if r:
+            a, b = r["samples"][1], r["samples"][-1]
+            print("%s: %s" % (part, ", ".join("%s %s -> %s" % (k, a[k], b[k]) for k in a)))
+    for scheme, r in sorted(result.get("kept", {}).items()):
+        a, b = r["samples"][1], r["samples"][-1]
+        print("kept %s: %s" % (scheme, ", ".join("%s %s -> %s" % (k, a[k], b[k]) for k in a)))
+    for name, r in sorted(result.get("mp", {}).items()):
+        f = r["mem_free"]
+        print("mp %s: ok=%s mem_free after renewal 2 %s, after %d %s; fds %s; min heap 1/%d: %s/%s KB" % (
+            name, r["ok"], f[2] if len(f) > 2 else "-", len(f) - 1, f[-1] if f else "-",
+            sorted(set(r["fds"])), r["cycles"], r.get("min_heap_kb_1", "-"), r.get("min_heap_kb_n", "-")))
 
 
 if __name__ == "__main__":
