@@ -85,13 +85,17 @@ def check_issued(cert, chain, anchors, public_key, verify, hook=None, now=None, 
                                 "clock wrong?" % (what, "not valid yet" if nb - SKEW > t else "expired", _text(nb),
                                                   _text(na), _text(t)))
     anchors = [bytes(a) for a in anchors]
-    pool = [bytes(c) for c in chain] + anchors
+    # anchors first (as OpenSSL's trusted-first): after a root key update
+    # certificates of one name link both ways (NewWithOld, OldWithNew), and
+    # a walk through them must end at an anchor, never go round
+    pool = anchors + [bytes(c) for c in chain]
     cur = bytes(cert)
+    seen = [cur]
     for _ in range(max_depth):
         issuer = bytes(f["issuer"])
         found = None
         for c in pool:
-            if c == cur:
+            if c in seen:
                 continue
             fi = _fields(c)
             if bytes(fi["subject"]) != issuer:
@@ -114,6 +118,7 @@ def check_issued(cert, chain, anchors, public_key, verify, hook=None, now=None, 
         if found in anchors:
             return
         cur = found
+        seen.append(cur)
         f = _fields(cur)
     raise SecurityError("%s: chain longer than %d" % (what, max_depth))
 
