@@ -63,6 +63,15 @@ def follow(anchors, got, verify, hook=None, now=None):
         except EstError:
             return False
 
+    # (subject, key) of the CA certificates in `got` signed by the key of a
+    # trusted root: the NewWithOld candidates (each signature checked once)
+    vk = []
+    for j, g in enumerate(F):
+        if fresh(g) and _ca(g):
+            for a, fa in zip(anchors, A):
+                if B(fa["subject"]) == B(fa["issuer"]) == B(g["issuer"]) and sig(got[j], g, a, fa):
+                    vk.append((B(g["subject"]), B(g["spki"])))
+                    break
     new = []
     why = None
     for i, f in enumerate(F):
@@ -70,25 +79,22 @@ def follow(anchors, got, verify, hook=None, now=None):
         s = B(f["subject"])
         if s != B(f["issuer"]) or k in keys:
             continue
-        ok = False
-        for j, g in enumerate(F):
-            if j != i and B(g["subject"]) == s and B(g["spki"]) == k and fresh(g):
-                for a, fa in zip(anchors, A):
-                    if B(fa["subject"]) == B(fa["issuer"]) == B(g["issuer"]) and sig(got[j], g, a, fa):
-                        ok = True
+        ok = (s, k) in vk
         own = sig(got[i], f, got[i], f)  # a root (or a link of the same name)?
-        if ok and own and fresh(f):
+        if ok and own and fresh(f) and _ca(f):
             new.append(i)
             keys.append(k)
             continue
         if ok or own:
             why = "a new root %s in /cacerts is not trusted: %s" % (_dn(f), (
-                "out of its dates or a bad self-signature" if ok else
-                "no certificate of its key (NewWithOld) signed by a trusted root"))
+                "out of its dates, not a CA certificate or a bad self-signature" if ok else
+                "no certificate of its key (NewWithOld) signed by a trusted root as a CA certificate"))
     if not new:
         return anchors, why
     out = [B(a) for a, f in zip(anchors, A) if fresh(f)]
-    todo = [i for i in range(len(F)) if got[i] not in out and fresh(F[i])]
+    # only CA certificates, each signed by a CA certificate (RFC 5280 §6.1.4
+    # (k), (n)): a leaf of the old root is no issuer of anything
+    todo = [i for i in range(len(F)) if got[i] not in out and fresh(F[i]) and _ca(F[i])]
     more = True
     while more:  # what chains to the roots trusted now (at most len(got) rounds)
         more = False
@@ -99,13 +105,35 @@ def follow(anchors, got, verify, hook=None, now=None):
                 if ok:
                     break
                 fc = _fields(c)
-                ok = B(fc["subject"]) == B(f["issuer"]) and sig(got[i], f, c, fc)
+                ok = B(fc["subject"]) == B(f["issuer"]) and _ca(fc) and sig(got[i], f, c, fc)
             if ok:
                 out.append(got[i])
                 todo.remove(i)
                 more = True
     return out, "CA root key update: now trusting %s (vouched by the trusted root)%s" % (
         ", ".join([_dn(F[i]) for i in new]), "" if why is None else "; " + why)
+
+
+def _ca(f):
+    # RFC 5280 §6.1.4 (k), (n): a certificate that certifies other keys has
+    # basicConstraints cA TRUE and, if it has a keyUsage, keyCertSign
+    from est_lite import der
+    from est_lite.pkcs7 import cert_extensions
+
+    ca = False
+    try:
+        for o, _, v in cert_extensions(f):
+            if o == "2.5.29.19":
+                s, e = der.read(v, 0, 0x30)
+                ca = e - s > 2 and v[s] == 1 and v[s + 1] == 1 and v[s + 2] == 0xFF
+            elif o == "2.5.29.15":
+                s, e = der.read(v, 0, 3)
+                u, s, e = der.read_bit_string(v, s, e)
+                if e == s or not v[s] & 4:
+                    return False
+    except EstError:
+        return False
+    return ca
 
 
 def _dn(f):
