@@ -105,6 +105,8 @@ def skip_reason(name, names):
         return "a temporary file of a write in progress"
     if name == MANIFEST:
         return "a backup's manifest (a new one is written)"
+    if name == "server.lock":  # datalock.LOCK_FILE
+        return "the lock file of est-lite serve / proxy"
     return None
 
 
@@ -240,7 +242,8 @@ def _ro(path):
 
 def store_summary(db_path):
     """{certificates, revocations, pending, newest_issued_at,
-    newest_revoked_at, crl_number} of the CA store db_path (read-only)."""
+    newest_revoked_at, revoked_not_in_store, crl_number} of the CA store
+    db_path (read-only)."""
     c = _ro(db_path)
     try:
         out = {
@@ -249,6 +252,9 @@ def store_summary(db_path):
             "pending": c.execute("SELECT COUNT(*) FROM requests WHERE status='pending'").fetchone()[0],
             "newest_issued_at": c.execute("SELECT MAX(issued_at) FROM certs").fetchone()[0],
             "newest_revoked_at": c.execute("SELECT MAX(revoked_at) FROM revocations").fetchone()[0],
+            # revoked with `ca revoke SERIAL --not-in-store` (issued after a restored backup)
+            "revoked_not_in_store": c.execute("SELECT COUNT(*) FROM revocations WHERE serial NOT IN "
+                                              "(SELECT serial FROM certs)").fetchone()[0],
         }
         r = c.execute("SELECT value FROM meta WHERE key='crl_number'").fetchone()
         out["crl_number"] = int(r[0]) if r else 0
@@ -566,10 +572,15 @@ def _check_store(db):
             if "%x" % cert.serial_number != serial:
                 raise BackupError("the CA store %s: the row of serial %s holds the certificate of serial %x"
                                   % (db, serial, cert.serial_number))
-        orphans = c.execute("SELECT COUNT(*) FROM revocations WHERE serial NOT IN (SELECT serial FROM certs)"
-                            ).fetchone()[0]
-        if orphans:
-            raise BackupError("the CA store %s: %d revocation(s) of serials it never issued" % (db, orphans))
+        # a revocation without a certificate row is `ca revoke SERIAL --not-in-store` (a certificate issued
+        # after a restored backup): kept and counted (store_summary), not an error; its serial must be one
+        for (serial,) in c.execute("SELECT serial FROM revocations WHERE serial NOT IN (SELECT serial FROM certs)"):
+            try:
+                ok = 0 < int(serial, 16) < (1 << 159) and "%x" % int(serial, 16) == serial
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise BackupError("the CA store %s: a revocation of %r, which is not a serial number" % (db, serial))
     except sqlite3.Error as e:
         raise BackupError("the CA store %s cannot be read: %s" % (db, e)) from None
     finally:
@@ -721,6 +732,9 @@ def describe(v):
     if s is not None:
         lines.append("  store:        %d certificates (newest issued %s), %d revocations, %d pending requests, "
                      "integrity ok" % (s["certificates"], _utc(s["newest_issued_at"]), s["revocations"], s["pending"]))
+        if s.get("revoked_not_in_store"):
+            lines.append("  revoked:      %d serial(s) without a certificate in the store (ca revoke --not-in-store; "
+                         "in the CRL)" % s["revoked_not_in_store"])
     if "users" in v:
         lines.append("  users:        %d in passwords" % v["users"])
     return lines
@@ -784,8 +798,9 @@ def _merge_store(db, src_db, cas):
         n_certs = c.execute("INSERT OR IGNORE INTO certs(serial, label, subject, not_before, not_after, issued_at, "
                             "requester, request_id, der) SELECT serial, label, subject, not_before, not_after, "
                             "issued_at, requester, NULL, der FROM m.certs").rowcount
+        # every revocation, also those recorded without a certificate (ca revoke --not-in-store)
         n_revs = c.execute("INSERT OR IGNORE INTO revocations(serial, revoked_at, reason) SELECT serial, revoked_at, "
-                           "reason FROM m.revocations WHERE serial IN (SELECT serial FROM certs)").rowcount
+                           "reason FROM m.revocations").rowcount
         c.execute("COMMIT")
     except sqlite3.Error as e:
         raise BackupError("cannot merge %s: %s" % (src_db, e)) from None
@@ -819,6 +834,19 @@ def restore(backup, data_dir, *, force=False, merge_from=None, now=None):
                               "then add --force to move it aside to %s.replaced-<time> and restore" % (target, target))
     if not exists and not os.path.isdir(os.path.dirname(target)):
         raise BackupError("the directory %s for %s does not exist" % (os.path.dirname(target), target))
+    if exists and not empty:
+        from .datalock import exclusive
+
+        # a server running on the directory would keep writing to the moved-away
+        # store: refused, nothing changed (datalock.py); held until the rename
+        with exclusive(target, "est-lite ca restore"):
+            return _restore(v, backup, target, exists, empty, merge_from, now)
+    return _restore(v, backup, target, exists, empty, merge_from, now)
+
+
+def _restore(v, backup, target, exists, empty, merge_from, now):
+    import tempfile
+    import sqlite3
     old = _old_state(target) if exists and not empty else None
     old_crl = _crl_number_of(os.path.join(target, "crl.pem")) if exists and not empty else None
     merge_db = None
@@ -880,10 +908,11 @@ def restore(backup, data_dir, *, force=False, merge_from=None, now=None):
         raise
     out = {"verify": v, "moved_aside": moved, "crl_number": crl_number, "old": old, "merged": merged}
     lost_certs, lost_revs = [], []
+    out["have_certs"] = set()
     if old is not None and v["store"] is not None:
         c = _ro(os.path.join(target, "ca.db"))
         try:
-            have = set(r[0] for r in c.execute("SELECT serial FROM certs"))
+            have = out["have_certs"] = set(r[0] for r in c.execute("SELECT serial FROM certs"))
             have_rev = set(r[0] for r in c.execute("SELECT serial FROM revocations"))
         finally:
             c.close()
@@ -985,6 +1014,8 @@ def cmd_verify(args):
 
 
 def cmd_restore(args):
+    from shlex import quote as q
+
     from .cli_ca import _data_dir
 
     target = os.path.abspath(_data_dir(args))
@@ -1005,12 +1036,16 @@ def cmd_restore(args):
         warn.append("this CA is now as it was at %s (the backup's time); its newest certificate was issued %s"
                     % (m["created_utc"], _utc(s and s["newest_issued_at"])))
     if s is not None and r["merged"] is None:
-        warn.append("certificates issued after that are unknown to it: they stay valid, est-lite ca list does not "
-                    "show them, and they cannot be revoked here (est-lite ca revoke needs the serial in the store); "
-                    "a store that has them (a later backup, the replaced directory) can be added with --merge-from")
+        warn.append("certificates issued after that are unknown to it: they stay valid and est-lite ca list does not "
+                    "show them; to revoke one: est-lite ca revoke --certificate FILE --reason R --data-dir %s (the "
+                    "certificate, checked against this CA's key), or by its serial alone: est-lite ca revoke SERIAL "
+                    "--not-in-store --reason R --data-dir %s; a store that has them (a later backup, the replaced "
+                    "directory) can be added with --merge-from" % (q(target), q(target)))
         warn.append("revocations made after that are lost: revoke those certificates again from your records "
-                    "(the revoke commands run, or a crl.pem published after the backup), then publish the CRL: "
-                    "est-lite ca crl --data-dir %s --out %s" % (target, os.path.join(target, "crl.pem")))
+                    "(the revoke commands run, or a crl.pem published after the backup: openssl crl -in FILE -noout "
+                    "-text): est-lite ca revoke SERIAL --reason R --data-dir %s (add --not-in-store for a serial "
+                    "the restored store lacks); the CRL is written to %s at each revoke"
+                    % (q(target), q(os.path.join(target, "crl.pem"))))
         warn.append("the next CRL is number %d or higher (never lower than one published before)"
                     % (r["crl_number"] + 1)
                     if r["old"] is not None else
@@ -1021,12 +1056,16 @@ def cmd_restore(args):
             warn.append("%d certificate(s) of the replaced store are not in the backup (serials: %s%s); to keep "
                         "them and their revocations: est-lite ca restore %s --data-dir %s --force --merge-from %s"
                         % (len(r["lost_certs"]), ", ".join(r["lost_certs"][:10]),
-                           ", ..." if len(r["lost_certs"]) > 10 else "", v["path"], target, r["moved_aside"]))
-        lost = set(r["lost_certs"])
-        for serial, when, reason in [x for x in r["lost_revocations"] if x[0] not in lost][:20]:
-            warn.append("%s was revoked %s in the replaced store, not in the backup: est-lite ca revoke %s --reason "
-                        "%s --data-dir %s" % (serial, _utc(when), serial, reason, target))
-        n = len([x for x in r["lost_revocations"] if x[0] not in lost])
+                           ", ..." if len(r["lost_certs"]) > 10 else "", q(v["path"]), q(target), q(r["moved_aside"])))
+        # runnable lines for every revocation the backup lacks; a serial whose
+        # certificate the restored store lacks too needs --not-in-store
+        # (--merge-from above brings the certificate as well)
+        have = r["have_certs"]
+        for serial, when, reason in r["lost_revocations"][:20]:
+            warn.append("%s was revoked %s in the replaced store, not in the backup: est-lite ca revoke %s%s --reason "
+                        "%s --data-dir %s" % (serial, _utc(when), serial, "" if serial in have else " --not-in-store",
+                                              reason, q(target)))
+        n = len(r["lost_revocations"])
         if n > 20:
             warn.append("... %d more revocations only in %s" % (n - 20, r["moved_aside"]))
     for w in warn:

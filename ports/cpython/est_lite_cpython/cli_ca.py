@@ -6,7 +6,7 @@
     est-lite ca issue --cn NAME --out PREFIX [--eku clientAuth,cmcRA] [--dns N] [--ip A] [--days N]
     est-lite ca list | requests [--status S]
     est-lite ca approve ID | reject ID [--reason TEXT]
-    est-lite ca revoke SERIAL [--reason R]
+    est-lite ca revoke SERIAL [--reason R] | revoke --certificate FILE | revoke SERIAL --not-in-store
     est-lite ca crl [--out FILE] [--der]
     est-lite ca backup DEST | verify [BACKUP] | restore BACKUP [--force]   (backup.py)
 """
@@ -86,10 +86,13 @@ def cmd_init(args):
     check_init_args(common_name=args.cn, server_names=names, validity_days=args.days)
     if not args.force and os.path.exists(os.path.join(d, ROOT_KEY)):
         raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % d)
-    ca = init_ca(d, common_name=args.cn, intermediate=args.intermediate, server_names=names,
-                 validity_days=args.days, force=args.force)
-    if user:
-        _passwords(args).set_password(user[0], user[1], realm)
+    from .datalock import exclusive
+
+    with exclusive(d, "est-lite ca init"):  # not under a running server (datalock.py)
+        ca = init_ca(d, common_name=args.cn, intermediate=args.intermediate, server_names=names,
+                     validity_days=args.days, force=args.force)
+        if user:
+            _passwords(args).set_password(user[0], user[1], realm)
     # everything is written before the first line is printed: a reader that
     # closes stdout early (| head -1) cannot leave a CA without its user
     print("CA created in %s" % os.path.abspath(d))
@@ -124,7 +127,10 @@ def cmd_rollover(args):
         finally:
             ca.store.close()
         return 0
-    ca = rollover_ca(d, validity_days=args.days, force=args.force)
+    from .datalock import exclusive
+
+    with exclusive(d, "est-lite ca rollover"):  # a running server would go on issuing from the old key
+        ca = rollover_ca(d, validity_days=args.days, force=args.force)
     try:
         until = ca.ca_certs_until
         print("root CA key of %s rolled over (RFC 4210 root CA key update)" % os.path.abspath(d))
@@ -141,7 +147,7 @@ def cmd_rollover(args):
               % (pin_of(ca.old_root), _utc_text(until)))
         print("devices: nothing to do for est-lite clients, which take the new root from /cacerts at their next "
               "renewal; new devices get the new pin")
-        print("next: restart est-lite serve; once devices have renewed: est-lite ca rollover --finish --data-dir %s"
+        print("next: start est-lite serve again; once devices have renewed: est-lite ca rollover --finish --data-dir %s"
               % d)
     finally:
         ca.store.close()
@@ -241,12 +247,15 @@ def _t(t):
 def cmd_list(args):
     ca = _ca(args)
     rows = ca.store.list_certificates(limit=args.limit)
-    if not rows:
+    if not rows and not ca.store.revocations_without_certificate():
         print("no certificates issued in %s" % ca.data_dir)
         return 0
     for c in rows:
         print("%-40s %-8s %s  until %s%s" % (c["serial"], c["label"] or "-", c["subject"], _t(c["not_after"]),
                                             "  REVOKED %s" % _t(c["revoked_at"]) if c["revoked_at"] else ""))
+    for serial, when, reason in ca.store.revocations_without_certificate():
+        print("%-40s %-8s %s  REVOKED %s (%s)" % (serial, "-", "(certificate not in the store: ca revoke "
+                                                  "--not-in-store)", _t(when), reason))
     return 0
 
 
@@ -283,12 +292,66 @@ def _revocation_reason(text):
     return text
 
 
+def _load_certificate_file(path):
+    """The first certificate of a PEM or DER file, or one LocalProtocolError."""
+    from cryptography import x509
+
+    from est_lite.errors import LocalProtocolError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except OSError as e:
+        raise LocalProtocolError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)[0]
+        return x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise LocalProtocolError("%s holds no certificate (PEM or DER)" % path) from None
+
+
 def cmd_revoke(args):
+    from est_lite.errors import LocalProtocolError
+
+    from .store import serial_hex
+
+    if args.serial is None and args.certificate is None:
+        raise LocalProtocolError("ca revoke needs a SERIAL (hex) or --certificate FILE")
+    if args.certificate is not None and args.not_in_store:
+        raise LocalProtocolError("--certificate imports the certificate: --not-in-store is for a serial without one")
     ca = _ca(args)
-    prior = ca.store.revocation(args.serial)  # (checks the serial's spelling too)
-    s = ca.revoke(args.serial, args.reason)
+    note = None
+    if args.certificate is not None:
+        # a certificate this CA issued that its store lacks (issued after the
+        # backup it was restored from): checked by signature, imported, revoked
+        cert = _load_certificate_file(args.certificate)
+        if args.serial is not None and serial_hex(args.serial) != "%x" % cert.serial_number:
+            raise LocalProtocolError("%s has serial %x, not %s" % (args.certificate, cert.serial_number,
+                                                                   serial_hex(args.serial)))
+        from .backup import _is_ca_cert
+
+        if _is_ca_cert(cert):
+            raise LocalProtocolError("%s is a CA certificate (%s): ca revoke is for the certificates this CA issued "
+                                     "to devices and servers" % (args.certificate, cert.subject.rfc4514_string()))
+        if not ca.issued_by_me(cert):
+            raise LocalProtocolError("%s (%s, serial %x) was not issued by this CA (issuer %s, key of %s%s): not "
+                                     "revoked" % (args.certificate, cert.subject.rfc4514_string(), cert.serial_number,
+                                                  cert.issuer.rfc4514_string(), ca.issuer.subject.rfc4514_string(),
+                                                  " or its previous root" if ca.old_root is not None else ""))
+        serial, added = ca.store.import_certificate(cert)
+        if added:
+            note = "imported %s (%s) into the store" % (serial, cert.subject.rfc4514_string())
+    else:
+        serial = args.serial
+    prior = ca.store.revocation(serial)  # (checks the serial's spelling too)
+    s = ca.store.revoke(serial, args.reason, not_in_store=args.not_in_store)
+    if args.not_in_store and not ca.store.has_serial(s) and not prior:
+        note = "recorded without a certificate (--not-in-store): the CRL lists it and the server refuses it"
     crl = os.path.join(ca.data_dir, "crl.pem")
     _write_crl(ca, crl, False)
+    if note:
+        print(note)
     if prior:  # the first revocation stands (date and reason in the CRL); say so rather than echo --reason
         print("%s was already revoked on %s UTC (%s); CRL written to %s" % (s, _t(prior[0]), prior[1], crl))
     else:
@@ -405,9 +468,15 @@ def register(sub):
     q.add_argument("--reason", default=None)
     q.set_defaults(func=lambda a: cmd_decide(a, False))
 
-    q = csub.add_parser("revoke", help="revoke an issued certificate (hex serial)")
+    q = csub.add_parser("revoke", help="revoke an issued certificate (hex serial, or --certificate FILE)")
     common(q)
-    q.add_argument("serial")
+    q.add_argument("serial", nargs="?", help="the certificate's serial number in hex")
+    q.add_argument("--certificate", metavar="FILE",
+                   help="the certificate itself (PEM or DER), e.g. one issued after the backup this store was "
+                        "restored from: checked to be signed by this CA, imported into the store, revoked")
+    q.add_argument("--not-in-store", action="store_true",
+                   help="revoke SERIAL although the store has no certificate with it (issued after the restored "
+                        "backup; you vouch this CA issued it): the CRL lists it, the server refuses it")
     q.add_argument("--reason", default="unspecified", type=_revocation_reason,
                    help="the CRL reason code, e.g. keyCompromise, superseded (default unspecified)")
     q.set_defaults(func=cmd_revoke)

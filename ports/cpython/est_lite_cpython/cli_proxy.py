@@ -130,6 +130,9 @@ def cmd_proxy(args):
         from est_lite.errors import LocalProtocolError
 
         raise LocalProtocolError(error)
+    from .datalock import hold_shared
+
+    _lock = hold_shared(cfg.data_dir, "est-lite proxy")  # noqa: F841 - ca restore refuses while it runs (datalock.py)
     svc = proxy_from_config(cfg, pcfg)
     svc.prefetch()  # the upstream's CA certificates: the DTLS handshake needs them
     https = None

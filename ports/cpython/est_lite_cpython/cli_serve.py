@@ -178,6 +178,11 @@ def cmd_serve(args):
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
     hprocs = getattr(cfg, "processes", 1)
+    from .datalock import hold_shared
+
+    # held (shared) while serving, by every process of this server: ca restore,
+    # init --force and rollover refuse while it is held (datalock.py)
+    _lock = hold_shared(cfg.data_dir, "est-lite serve")  # noqa: F841 - the lock lives as long as the fd
     if getattr(args, "coaps_send_chain", None):
         cfg.coaps_send_chain = args.coaps_send_chain
     srv = server_from_config(cfg, port=args.port, host=args.host, reuse_port=hprocs > 1)

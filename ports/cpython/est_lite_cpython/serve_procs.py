@@ -25,7 +25,10 @@ def _worker_main(kind, config_path, data_dir, host, port, digest_secret, conn):
     from .service import EstService
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from .datalock import hold_shared
+
     cfg = load_config(config_path, data_dir=data_dir)
+    lock = hold_shared(cfg.data_dir, "est-lite serve", note=False)  # noqa: F841 - held until this process ends
     ca = LocalCA(cfg.data_dir, synchronous=cfg.synchronous)
     svc = EstService(ca, cfg)
     if kind == "coaps":

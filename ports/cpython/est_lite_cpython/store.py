@@ -247,13 +247,53 @@ class Store:
     def count_certificates(self):
         return self._db().execute("SELECT COUNT(*) FROM certs").fetchone()[0]
 
-    # -- revocation --
-    def revoke(self, serial, reason="unspecified", when=None):
-        serial = serial_hex(serial)
+    def import_certificate(self, cert, *, requester="est-lite ca revoke --certificate"):
+        """Add a certificate this CA issued that the store lacks (e.g. one
+        issued after the backup a restore went back to; the caller has
+        checked its signature). issued_at is its notBefore plus the minute
+        the CA sets it back. Returns (serial_hex, added): False when the
+        same certificate was there; another certificate under its serial
+        is a LocalProtocolError."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        serial = "%x" % cert.serial_number
+        der = cert.public_bytes(Encoding.DER)
+        nb = int(cert.not_valid_before_utc.timestamp())
+        row = (serial, "", cert.subject.rfc4514_string(), nb, int(cert.not_valid_after_utc.timestamp()), nb + 60,
+               requester, None, der)
 
         def tx(db):
-            if not db.execute("SELECT 1 FROM certs WHERE serial=?", (serial,)).fetchone():
-                raise LocalProtocolError("no certificate with serial %s was issued by this CA" % serial)
+            r = db.execute("SELECT der FROM certs WHERE serial=?", (serial,)).fetchone()
+            if r is not None:
+                if bytes(r[0]) != der:
+                    raise LocalProtocolError("the store holds another certificate with serial %s: not imported"
+                                             % serial)
+                return False
+            db.execute(_INSERT_CERT, row)
+            return True
+
+        return serial, self._write(tx)
+
+    # -- revocation --
+    def revoke(self, serial, reason="unspecified", when=None, *, not_in_store=False):
+        """Record the revocation of an issued serial (the first one stands).
+        A serial the store has no certificate for is an error (a typo),
+        unless not_in_store=True: the operator vouches this CA issued it
+        (e.g. after a restore of an older backup); it is recorded without
+        a certificate row, listed in the CRL and refused by is_revoked
+        like any other."""
+        serial = serial_hex(serial)
+        n = int(serial, 16)
+        if not 0 < n < (1 << 159):  # RFC 5280 4.1.2.2: positive, at most 20 octets
+            raise LocalProtocolError("serial %s cannot be a certificate serial number (positive, at most 20 "
+                                     "octets)" % serial)
+
+        def tx(db):
+            if not db.execute("SELECT 1 FROM certs WHERE serial=?", (serial,)).fetchone() and not not_in_store:
+                raise LocalProtocolError(
+                    "no certificate with serial %s was issued by this CA (not in its store; if it was issued after "
+                    "the backup this store was restored from: est-lite ca revoke --certificate FILE, or SERIAL "
+                    "--not-in-store)" % serial)
             db.execute(
                 "INSERT OR IGNORE INTO revocations VALUES (?,?,?)",
                 (serial, int(when if when is not None else self._now()), reason),
@@ -271,6 +311,13 @@ class Store:
         r = self._db().execute("SELECT revoked_at, reason FROM revocations WHERE serial=?",
                                (serial_hex(serial),)).fetchone()
         return tuple(r) if r else None
+
+    def revocations_without_certificate(self):
+        """[(serial_hex, revoked_at, reason)] of serials revoked with
+        not_in_store=True that the store still has no certificate for."""
+        return list(self._db().execute(
+            "SELECT serial, revoked_at, reason FROM revocations WHERE serial NOT IN (SELECT serial FROM certs) "
+            "ORDER BY revoked_at, serial"))
 
     def revocations(self):
         """[(serial_hex, revoked_at, reason)]"""
