@@ -346,3 +346,31 @@ def test_a_server_killed_with_sigkill_leaves_no_stale_lock(tmp_path, capsys):
                             "--port", "0"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
     assert "is being changed by est-lite ca restore (pid %d)" % os.getpid() in p.stderr
+
+
+def test_restore_refused_while_a_proxy_runs_on_its_data_directory(tmp_path, capsys):
+    """est-lite proxy holds the lock of its data directory (passwords and
+    its state database) too."""
+    from helpers_proxy import write_proxy_dir
+    from helpers_server import EstTestServer
+
+    up = EstTestServer(tmp_path / "up")
+    try:
+        cfg = write_proxy_dir(up, tmp_path / "px")
+        data = tmp_path / "px" / "proxydata"
+        pf = tmp_path / "px" / "port"
+        proc = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "proxy", "--config", str(cfg),
+                                 "--port-file", str(pf), "--no-coaps"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_file(pf, proc, timeout=60)
+            rc, out, err = cli(capsys, "ca", "backup", str(tmp_path / "pbk"), "--config", str(cfg))
+            assert rc == 0, err
+            rc, out, err = cli(capsys, "ca", "restore", str(tmp_path / "pbk"), "--data-dir", str(data), "--force")
+            one_line(rc, err)
+            assert "est-lite proxy (pid %d) is running on %s" % (proc.pid, data) in err, err
+        finally:
+            stop(proc)
+        rc, out, err = cli(capsys, "ca", "restore", str(tmp_path / "pbk"), "--data-dir", str(data), "--force")
+        assert rc == 0, err
+    finally:
+        up.stop()

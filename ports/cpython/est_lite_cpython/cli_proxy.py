@@ -134,6 +134,8 @@ def cmd_proxy(args):
 
     _lock = hold_shared(cfg.data_dir, "est-lite proxy")  # noqa: F841 - ca restore refuses while it runs (datalock.py)
     svc = proxy_from_config(cfg, pcfg)
+    if _lock is None:  # the data directory did not exist before (proxy_from_config makes it for its state)
+        _lock = hold_shared(cfg.data_dir, "est-lite proxy")  # noqa: F841
     svc.prefetch()  # the upstream's CA certificates: the DTLS handshake needs them
     https = None
     if not args.no_https:
