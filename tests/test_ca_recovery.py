@@ -374,3 +374,24 @@ def test_restore_refused_while_a_proxy_runs_on_its_data_directory(tmp_path, caps
         assert rc == 0, err
     finally:
         up.stop()
+
+
+def test_revoke_certificate_of_the_previous_root_key_after_a_rollover(tmp_path, capsys):
+    """After a root key rollover (no intermediate) a certificate of the old
+    key the store lacks is still this CA's: --certificate accepts it."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    init_ca(str(data)).store.close()
+    old = _issue(data, "old-gen", tmp_path)
+    assert cli(capsys, "ca", "rollover", "--data-dir", str(data))[0] == 0
+    new = _issue(data, "new-gen", tmp_path)
+    assert new[0].issuer == old[0].issuer  # same name, another key
+    c = sqlite3.connect(str(data / "ca.db"))
+    c.execute("DELETE FROM certs WHERE serial IN (?, ?)", ("%x" % old[0].serial_number, "%x" % new[0].serial_number))
+    c.commit()
+    c.close()
+    for cert, key, cf, kf in (old, new):
+        rc, out, err = cli(capsys, "ca", "revoke", "--certificate", str(cf), "--data-dir", str(data))
+        assert rc == 0 and "imported" in out, (out, err)
+    assert {"%x" % old[0].serial_number, "%x" % new[0].serial_number} <= _crl_serials(data)[0]
