@@ -5,7 +5,8 @@ through the /cacerts answer. Each case failed on the code before its fix."""
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from test_client_rollover import DER, FOLLOW_MP, Rollover, _mp, _name, cert, follow, mplib, needs_mp  # noqa: F401
+from test_client_rollover import (DER, FOLLOW_MP, Rollover, _mp, _name, _provision, cert, follow, mplib,  # noqa: F401
+                                  needs_mp, rolled)
 
 
 def _no_cert_sign(subject, pub, issuer, signer):
@@ -101,3 +102,32 @@ def test_only_a_ca_certificate_vouches_under_micropython(mplib, tmp_path):
     for (name, _), ln in zip(cases, res):
         assert ln.startswith("RESULT same a new root") and "not trusted" in ln, (name, ln)
     assert res[3].startswith("RESULT 0,100,101,102 CA root key update: now trusting"), res[3]
+
+
+
+def test_cli_cacerts_refresh_keeps_the_roots_a_replayed_answer_drops(rolled, tmp_path, capsys):
+    """`est-lite cacerts --out DIR` on a store that followed a rollover,
+    then an answer without the new root (a replayed pre-rollover answer, or
+    an RA that dropped it): the stored roots and links still within their
+    dates stay (before: the store took the answer as it was, the new root
+    was lost and the device needed a new first contact at the old root's end)."""
+    from est_lite_cpython.cli import main
+    from est_lite_cpython.credstore import CredStore
+
+    srv = rolled()
+    out_dir = str(tmp_path / "dev")
+    _provision(srv, "https", CredStore(out_dir))
+    srv = rolled(roll=True)
+    r = rolled.state["roll"]
+    url = "https://localhost:%d" % srv.port
+    assert main(["cacerts", "--server", url, "--out", out_dir]) == 0
+    assert "now trusting" in capsys.readouterr().err
+    followed = CredStore(out_dir).load().ca
+    assert r.new in followed and r.new_with_old in followed
+    for replay in ([r.old], [r.old_with_new]):  # before the rollover / a root-less answer
+        rolled.state["bag"] = replay
+        srv.service._cacerts.clear()
+        assert main(["cacerts", "--server", url, "--out", out_dir]) == 0, capsys.readouterr().err
+        now = CredStore(out_dir).load().ca
+        assert set(now) == set(followed), replay
+        capsys.readouterr()

@@ -260,6 +260,24 @@ def _pem(der, kind="CERTIFICATE"):
         kind, "\n".join(b[i:i + 64] for i in range(0, len(b), 64)), kind)
 
 
+def _kept_roots(stored, answer):
+    """The stored self-issued CA certificates (roots, RFC 4210 link
+    certificates) still within their dates and not in `answer` (DER lists)."""
+    from est_lite_mp.certs import _fields, seconds, utc_seconds
+
+    t = utc_seconds()
+    have = [bytes(c) for c in answer]
+    out = []
+    for c in stored:
+        c = bytes(c)
+        f = _fields(c)
+        if c in have or bytes(f["subject"]) != bytes(f["issuer"]):
+            continue
+        if t is None or seconds(f["not_before"]) <= t <= seconds(f["not_after"]):
+            out.append(c)
+    return out
+
+
 def _describe(der):
     import hashlib
 
@@ -483,6 +501,14 @@ def cmd_cacerts(args):
             raise SecurityError("the CA certificates in %s are unchanged: %s" % (args.out, note))
         if ca is not old.ca:
             certs = ca
+        else:
+            # no new root: the answer, plus the stored roots and link
+            # certificates (subject = issuer) still within their dates that
+            # it lacks: a replayed pre-rollover answer, or one from a server
+            # that dropped the previous root early, must not take away an
+            # anchor the device still needs (RFC 7030 §4.1.3: the client
+            # keeps its trust anchors; only an expired generation goes)
+            certs = list(certs) + _kept_roots(old.ca, certs)
     if store is not None:
         store.save(ca=certs, keep=("key", "cert")) if old is not None else store.save(ca=certs)
         _write_pem_copies(store)
