@@ -58,6 +58,21 @@ def test_only_a_ca_certificate_vouches_for_a_new_root(with_hook):
         assert "not trusted" in note, (name, note)
 
 
+def test_the_notes_name_the_right_certificate():
+    """A genuine rollover's note says nothing of its NewWithOld (a
+    self-issued certificate of a new key, but no root); a root of another
+    name vouched under the old name is refused as unvouched."""
+    r = Rollover()
+    for got in (r.bag(), [r.new_with_old, r.new, r.old_with_new, r.old]):  # a PKCS#7 SET: any order
+        out, note = follow([r.old], got)
+        assert "now trusting" in note and "not trusted" not in note, note
+    k = ec.generate_private_key(ec.SECP256R1())
+    other = cert(_name("Other"), k.public_key(), _name("Other"), k).public_bytes(DER)
+    link = cert(r.name, k.public_key(), r.name, r.old_key).public_bytes(DER)
+    out, note = follow([r.old], [other, link, r.old])
+    assert out == [r.old] and "CN=Other key" in note and "(NewWithOld)" in note, note
+
+
 def test_only_ca_certificates_chaining_through_ca_certificates_are_kept():
     """After a genuine rollover the answer also holds a leaf of the new root
     and a "CA" signed by that leaf's key: neither is stored."""
@@ -90,10 +105,10 @@ def test_only_a_ca_certificate_vouches_under_micropython(mplib, tmp_path):
     for name, certs in cases:
         got = [w("%s_%d" % (name, i), c.public_bytes(DER)) for i, c in enumerate(certs)]
         lines += [paths["old"], " ".join(got + [paths["old"]])]
-    # and a genuine rollover still followed
+    # and a genuine rollover still followed, NewWithOld first: no note on it
     for k in ("new", "new_with_old", "old_with_new"):
         w(k, getattr(r, k))
-    lines += [paths["old"], " ".join(paths[k] for k in ("new", "new_with_old", "old_with_new", "old"))]
+    lines += [paths["old"], " ".join(paths[k] for k in ("new_with_old", "new", "old_with_new", "old"))]
     script = tmp_path / "follow_mp.py"
     script.write_text(FOLLOW_MP)
     rc, out = _mp(mplib, tmp_path, [w("cfg", "\n".join(lines).encode()), str(mplib / "p256_table.bin")], str(script))
@@ -102,6 +117,7 @@ def test_only_a_ca_certificate_vouches_under_micropython(mplib, tmp_path):
     for (name, _), ln in zip(cases, res):
         assert ln.startswith("RESULT same a new root") and "not trusted" in ln, (name, ln)
     assert res[3].startswith("RESULT 0,100,101,102 CA root key update: now trusting"), res[3]
+    assert "not trusted" not in res[3], res[3]
 
 
 

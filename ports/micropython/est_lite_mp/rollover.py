@@ -70,7 +70,7 @@ def follow(anchors, got, verify, hook=None, now=None):
         if fresh(g) and _ca(g):
             for a, fa in zip(anchors, A):
                 if B(fa["subject"]) == B(fa["issuer"]) == B(g["issuer"]) and sig(got[j], g, a, fa):
-                    vk.append((B(g["subject"]), B(g["spki"])))
+                    vk.append((B(g["subject"]), B(g["spki"]), j))
                     break
     new = []
     why = None
@@ -79,7 +79,9 @@ def follow(anchors, got, verify, hook=None, now=None):
         s = B(f["subject"])
         if s != B(f["issuer"]) or k in keys:
             continue
-        ok = (s, k) in vk
+        ok = False
+        for v in vk:  # another certificate of its name and key (NewWithOld)
+            ok = ok or v[0] == s and v[1] == k and v[2] != i
         own = sig(got[i], f, got[i], f)  # a root (or a link of the same name)?
         if ok and own and fresh(f) and _ca(f):
             new.append(i)
