@@ -213,3 +213,34 @@ class ConnectProxy(_LoopbackServer):
                     (b if s is a else a).sendall(d)
         finally:
             b.close()
+
+
+# The start of a script (python -c) that SIGKILLs itself at the k-th file
+# operation of a CredStore save, a write cut in half included: `k` and the
+# rest of the script follow it (tests/test_station_walkthrough.py,
+# tests/test_client_rollover.py).
+CREDSTORE_KILLER = r"""
+import os, signal, sys
+from est_lite_cpython.credstore import CredStore
+
+n = [0]
+
+
+def hooked(name):
+    orig = getattr(CredStore, name)
+
+    def f(self, *a):
+        n[0] += 1
+        if n[0] == k:
+            if name == "_write":  # half the file under its real name, then die
+                fd = os.open(self._p(a[0]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(fd, bytes(a[1])[:len(a[1]) // 2])
+                os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return orig(self, *a)
+    return f
+
+
+for h in ("_write", "_rename", "_remove", "_sync_dir"):
+    setattr(CredStore, h, hooked(h))
+"""

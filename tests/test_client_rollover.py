@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from helpers_client import CREDSTORE_KILLER
 from helpers_mp import MICROPYTHON, MPY_CROSS, ROOT, compile_packages
 
 from est_lite_mp import rollover
@@ -562,31 +563,11 @@ def test_micropython_old_anchor_and_new_key_tls_chain(rolled, mplib, tmp_path):
 
 
 _KILLER = r"""
-import os, signal, sys
+import sys
 from est_lite_cpython.client import EstClient
-from est_lite_cpython.credstore import CredStore
 
 url, path, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
-n = [0]
-
-
-def hooked(name):
-    orig = getattr(CredStore, name)
-
-    def f(self, *a):
-        n[0] += 1
-        if n[0] == k:
-            if name == "_write":  # half the file under its real name, then die
-                fd = os.open(self._p(a[0]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                os.write(fd, bytes(a[1])[:len(a[1]) // 2])
-                os.close(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
-        return orig(self, *a)
-    return f
-
-
-for h in ("_write", "_rename", "_remove", "_sync_dir"):
-    setattr(CredStore, h, hooked(h))
+""" + CREDSTORE_KILLER + r"""
 s = CredStore(path)
 r = EstClient(url, trust=s.load().ca, deadline=30).renew_if_needed(s, threshold=10 ** 9)
 print(r.note)

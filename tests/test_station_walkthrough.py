@@ -18,7 +18,7 @@ import threading
 
 import pytest
 from cryptography import x509
-from helpers_client import ConnectProxy, approve_pending, der, load_cert, point
+from helpers_client import CREDSTORE_KILLER, ConnectProxy, approve_pending, der, load_cert, point
 from helpers_server import PASSWORD, USER, EstTestServer, issue_cert, key_pem, make_vendor_ca, pem
 
 from est_lite.csr import CsrBuilder
@@ -158,31 +158,11 @@ def test_gateway_after_the_ca_was_rekeyed(est_server_factory, tmp_path):
 
 
 _KILLER = r"""
-import os, signal, sys
-from est_lite_cpython.credstore import CredStore
+import sys
 
 path, k = sys.argv[1], int(sys.argv[2])
 key, cert, ca = [open(p, "rb").read() for p in sys.argv[3:6]]
-n = [0]
-
-
-def hooked(name):
-    orig = getattr(CredStore, name)
-
-    def f(self, *a):
-        n[0] += 1
-        if n[0] == k:
-            if name == "_write":  # half the file under its real name, then die
-                fd = os.open(self._p(a[0]), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                os.write(fd, bytes(a[1])[:len(a[1]) // 2])
-                os.close(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
-        return orig(self, *a)
-    return f
-
-
-for h in ("_write", "_rename", "_remove", "_sync_dir"):
-    setattr(CredStore, h, hooked(h))
+""" + CREDSTORE_KILLER + r"""
 CredStore(path).save(key=key, cert=cert, ca=[ca])
 """
 
