@@ -541,6 +541,7 @@ def test_cli_rollover_and_finish(tmp_path):
     assert r.returncode == 0, r.stderr
     new = _read_pems(os.path.join(d, "root.pem"))[0]
     assert pin_of(new) in r.stdout and pin_of(old) in r.stdout and "rollover --finish" in r.stdout
+    assert "append %s to its TLS certificate" % os.path.join(d, "root-old-with-new.pem") in r.stdout, r.stdout
     assert new.subject == old.subject and new != old
     assert (new.not_valid_after_utc - new.not_valid_before_utc).days == 7300
     r = cli("rollover")

@@ -147,6 +147,8 @@ def cmd_rollover(args):
               % (pin_of(ca.old_root), _utc_text(until)))
         print("devices: nothing to do for est-lite clients, which take the new root from /cacerts at their next "
               "renewal; new devices get the new pin")
+        print("an est-lite proxy in front: append %s to its TLS certificate (server.tls_cert) and restart it, "
+              "or devices that trust only the new root refuse it (docs/proxy.md)" % ca.path("root-old-with-new.pem"))
         print("next: start est-lite serve again; once devices have renewed: est-lite ca rollover --finish --data-dir %s"
               % d)
     finally:
