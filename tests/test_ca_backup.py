@@ -31,20 +31,20 @@ def _mode(p):
     return stat.S_IMODE(os.stat(p).st_mode)
 
 
-def _serials(db):
+def _column(db, sql):
     c = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
     try:
-        return set(r[0] for r in c.execute("SELECT serial FROM certs"))
+        return set(r[0] for r in c.execute(sql))
     finally:
         c.close()
+
+
+def _serials(db):
+    return _column(db, "SELECT serial FROM certs")
 
 
 def _revoked(db):
-    c = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
-    try:
-        return set(r[0] for r in c.execute("SELECT serial FROM revocations"))
-    finally:
-        c.close()
+    return _column(db, "SELECT serial FROM revocations")
 
 
 @pytest.fixture(scope="module")

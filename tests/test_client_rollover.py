@@ -282,6 +282,15 @@ def _client(srv, transport, trust, **kw):
     return EstClient("coaps://127.0.0.1:%d/coapsonly" % srv.coaps_port, trust=trust, **kw)
 
 
+def _renew(srv, transport, trust, store):
+    """One renewal (due at once) by a client anchored on `trust`: its Result."""
+    c = _client(srv, transport, trust)
+    try:
+        return c.renew_if_needed(store, threshold=10 ** 9)
+    finally:
+        c.close()
+
+
 def _provision(srv, transport, store):
     from helpers_coaps import idevid_device
     from helpers_server import PASSWORD, USER
@@ -314,11 +323,7 @@ def test_renewal_follows_a_rollover(rolled, tmp_path, transport):
     assert len(old.ca) == 1
     srv = rolled(roll=True)
     r = rolled.state["roll"]
-    c = _client(srv, transport, old.ca)
-    try:
-        res = c.renew_if_needed(store, threshold=10 ** 9)
-    finally:
-        c.close()
+    res = _renew(srv, transport, old.ca, store)
     assert res.note.startswith("CA root key update: now trusting CN="), res.note
     now = store.load()
     assert now.gen == 2 and now.ca == res.ca and now.ca[0] == r.old and r.new in now.ca
@@ -332,11 +337,7 @@ def test_renewal_follows_a_rollover(rolled, tmp_path, transport):
     finally:
         c.close()
     # anchored on what it stored: the next renewal changes no anchor and says nothing
-    c = _client(srv, transport, now.ca)
-    try:
-        res = c.renew_if_needed(store, threshold=10 ** 9)
-    finally:
-        c.close()
+    res = _renew(srv, transport, now.ca, store)
     assert res.note is None and store.load().ca == now.ca and store.load().gen == 3
 
 
@@ -397,11 +398,7 @@ def test_unvouched_root_renewal_completes_with_old_anchors(rolled, tmp_path):
     camod.LocalCA.ca_certs = lambda self, label=None: [x509.load_der_x509_certificate(r.new), evil[1]]
     try:
         srv.service._cacerts.clear()
-        c = _client(srv, "https", old.ca)
-        try:
-            res = c.renew_if_needed(store, threshold=10 ** 9)
-        finally:
-            c.close()
+        res = _renew(srv, "https", old.ca, store)
     finally:
         camod.LocalCA.ca_certs = orig
     assert "is not trusted: no certificate of its key (NewWithOld) signed by a trusted root" in res.note
@@ -752,22 +749,14 @@ def test_renewal_across_est_lite_ca_rollover(real, tmp_path, transport, intermed
     srv = real("rollover", intermediate=intermediate)
     new_root = srv.ca.root.public_bytes(DER)
     assert new_root != old_root
-    c = _client(srv, transport, old.ca)
-    try:
-        res = c.renew_if_needed(store, threshold=10 ** 9)
-    finally:
-        c.close()
+    res = _renew(srv, transport, old.ca, store)
     assert res.note.startswith("CA root key update: now trusting CN="), res.note
     now = store.load()
     assert _roots(now.ca) == [old_root, new_root]
     issued = x509.load_der_x509_certificate(now.cert)
     issued.verify_directly_issued_by(srv.ca.issuer)
     srv = real("finish", intermediate=intermediate)
-    c = _client(srv, transport, now.ca)
-    try:
-        res = c.renew_if_needed(store, threshold=10 ** 9)
-    finally:
-        c.close()
+    res = _renew(srv, transport, now.ca, store)
     assert res.note is None and store.load().ca == now.ca
     last = store.load()
     c = _client(srv, transport, [new_root], cert=last.cert, key=last.key)
@@ -897,10 +886,6 @@ def test_without_the_rollover_module_a_renewal_works_as_before(rolled, tmp_path,
     _provision(srv, "https", store)
     old = store.load()
     monkeypatch.setitem(sys.modules, "est_lite_mp.rollover", None)  # import raises ImportError
-    c = _client(srv, "https", old.ca)
-    try:
-        res = c.renew_if_needed(store, threshold=10 ** 9)
-    finally:
-        c.close()
+    res = _renew(srv, "https", old.ca, store)
     assert res.note == "CA certificates not checked for a root key update: est_lite_mp.rollover is not installed"
     assert store.load().gen == 2 and store.load().ca == old.ca

@@ -484,14 +484,18 @@ def read_manifest(path):
 
 # ------------------------------------------------------------------ verify
 
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BackupError("cannot read %s: %s" % (path, e.strerror or e)) from None
+
+
 def _load_certs(path):
     from cryptography import x509
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise BackupError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    data = _read(path)
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -504,11 +508,7 @@ def _load_certs(path):
 def _load_key(path):
     from cryptography.hazmat.primitives import serialization
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise BackupError("cannot read %s: %s" % (path, e.strerror or e)) from None
+    data = _read(path)
     try:
         return serialization.load_pem_private_key(data, None)
     except TypeError:
