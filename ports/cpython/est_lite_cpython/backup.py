@@ -610,6 +610,10 @@ def verify(path):
             required[2:2] = ["intermediate.pem", "intermediate.key"]
         for f in required:
             if not os.path.lexists(p(f)):
+                if manifest is None:  # a data directory (ca verify --data-dir, serve's hint), not a backup
+                    raise BackupError("%s is missing from %s: this CA cannot run without it; with serve stopped, "
+                                      "restore the directory from a backup: est-lite ca restore BACKUP --data-dir %s "
+                                      "--force" % (f, path, path))
                 raise BackupError("%s is missing from %s: this backup cannot restore the CA" % (f, path))
         out["store"] = _check_store(p("ca.db"))
     files, _skipped = scan(path)
@@ -753,6 +757,30 @@ def _crl_number_of(path):
         return None
 
 
+def _crl_revocations(path, cas):
+    """[(serial hex, revoked_at epoch, reason)] of the CRL file path if one
+    of `cas` (this CA) signed it; [] if it is absent, unreadable or another
+    CA's."""
+    from cryptography import x509
+
+    try:
+        with open(path, "rb") as f:
+            crl = x509.load_pem_x509_crl(f.read())
+        if not any(ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key()) for ca in cas):
+            return []
+        out = []
+        for e in crl:
+            try:
+                reason = e.extensions.get_extension_for_class(x509.CRLReason).value.reason.value
+            except x509.ExtensionNotFound:
+                reason = "unspecified"
+            when = e.revocation_date_utc.timestamp()
+            out.append(("%x" % e.serial_number, when, reason))
+        return out
+    except Exception:  # noqa: BLE001 - any unreadable CRL: nothing to tell
+        return []
+
+
 def _old_state(d):
     """What the directory being replaced knows that a backup may lack:
     {serials, revoked {serial: (when, reason)}, crl_number, newest} or
@@ -849,6 +877,10 @@ def _restore(v, backup, target, exists, empty, merge_from, now):
     import sqlite3
     old = _old_state(target) if exists and not empty else None
     old_crl = _crl_number_of(os.path.join(target, "crl.pem")) if exists and not empty else None
+    # the replaced store is gone or unreadable (ca.db deleted): its crl.pem
+    # still names the revocations made after the backup
+    crl_revs = _crl_revocations(os.path.join(target, "crl.pem"), v.get("cas") or []) if exists and not empty \
+        and old is None and v["store"] is not None else []
     merge_db = None
     if merge_from is not None:
         merge_db = os.path.join(merge_from, "ca.db") if os.path.isdir(merge_from) else merge_from
@@ -909,15 +941,18 @@ def _restore(v, backup, target, exists, empty, merge_from, now):
     out = {"verify": v, "moved_aside": moved, "crl_number": crl_number, "old": old, "merged": merged}
     lost_certs, lost_revs = [], []
     out["have_certs"] = set()
-    if old is not None and v["store"] is not None:
+    out["crl_revocations"] = []
+    if (old is not None or crl_revs) and v["store"] is not None:
         c = _ro(os.path.join(target, "ca.db"))
         try:
             have = out["have_certs"] = set(r[0] for r in c.execute("SELECT serial FROM certs"))
             have_rev = set(r[0] for r in c.execute("SELECT serial FROM revocations"))
         finally:
             c.close()
-        lost_certs = sorted(s for s in old["serials"] if s not in have)
-        lost_revs = sorted((s, w, r) for s, (w, r) in old["revoked"].items() if s not in have_rev)
+        if old is not None:
+            lost_certs = sorted(s for s in old["serials"] if s not in have)
+            lost_revs = sorted((s, w, r) for s, (w, r) in old["revoked"].items() if s not in have_rev)
+        out["crl_revocations"] = sorted(x for x in crl_revs if x[0] not in have_rev)
     out["lost_certs"] = lost_certs
     out["lost_revocations"] = lost_revs
     return out
@@ -1068,6 +1103,19 @@ def cmd_restore(args):
         n = len(r["lost_revocations"])
         if n > 20:
             warn.append("... %d more revocations only in %s" % (n - 20, r["moved_aside"]))
+    if r["crl_revocations"]:
+        # the replaced store could not be read, its crl.pem could: one
+        # runnable line per serial it revokes that the restored store does not
+        have = r["have_certs"]
+        crl = os.path.join(r["moved_aside"], "crl.pem")
+        for serial, when, reason in r["crl_revocations"][:20]:
+            warn.append("%s was revoked %s in the replaced directory's CRL %s, not in the backup: est-lite ca revoke "
+                        "%s%s --reason %s --data-dir %s" % (serial, _utc(when), crl, serial,
+                                                            "" if serial in have else " --not-in-store", reason,
+                                                            q(target)))
+        n = len(r["crl_revocations"])
+        if n > 20:
+            warn.append("... %d more serials revoked in %s (openssl crl -in %s -noout -text)" % (n - 20, crl, q(crl)))
     for w in warn:
         print("WARNING: " + w, file=sys.stderr)
     print("next: est-lite serve --data-dir %s" % target)

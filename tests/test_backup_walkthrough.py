@@ -1,0 +1,74 @@
+"""docs/ca-backup.md and README "Run a server" followed literally by an
+operator (brief AW): each test is a discrepancy found that way, and runs the
+command lines est-lite itself printed."""
+
+import os
+import shlex
+import shutil
+import sqlite3
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from helpers_cli import cli, one_line
+
+from est_lite_cpython.ca import LocalCA, init_ca
+
+
+def _revoked(db):
+    c = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
+    try:
+        return set(r[0] for r in c.execute("SELECT serial FROM revocations"))
+    finally:
+        c.close()
+
+
+def _printed_commands(err, marker):
+    """The `est-lite ...` command lines of the WARNING lines containing marker."""
+    return [shlex.split(line.split(": est-lite ", 1)[1]) for line in err.splitlines()
+            if marker in line and ": est-lite " in line]
+
+
+@pytest.fixture()
+def ca_and_backup(tmp_path, capsys):
+    d = tmp_path / "est-data"
+    init_ca(str(d)).store.close()
+    bk = tmp_path / "backups" / "est-2027-01-01"
+    os.mkdir(str(tmp_path / "backups"))
+    rc, out, err = cli(capsys, "ca", "backup", "--data-dir", str(d), str(bk))
+    assert rc == 0, err
+    return d, bk
+
+
+def _issue(d, cn):
+    ca = LocalCA(str(d))
+    try:
+        key = ec.generate_private_key(ec.SECP256R1())
+        return "%x" % ca.issue_raw(key.public_key(), x509.Name.from_rfc4514_string("CN=" + cn)).serial_number
+    finally:
+        ca.store.close()
+
+
+def test_ca_db_deleted_restore_prints_the_revocations_of_the_replaced_crl(ca_and_backup, tmp_path, capsys):
+    """ca.db deleted after a keyCompromise revocation: the replaced
+    directory's store cannot tell what the backup lacks, its crl.pem can;
+    the restore prints the runnable revoke line (was: only the generic hint,
+    the revoked device enrolled again)."""
+    d, bk = ca_and_backup
+    before = _issue(d, "after-backup")  # issued and revoked after the backup
+    assert cli(capsys, "ca", "revoke", before, "--reason", "keyCompromise", "--data-dir", str(d))[0] == 0
+    os.remove(str(d / "ca.db"))
+    rc, out, err = cli(capsys, "ca", "verify", "--data-dir", str(d))
+    one_line(rc, err)
+    assert "this backup" not in err and "est-lite ca restore BACKUP --data-dir %s --force" % d in err
+    rc, out, err = cli(capsys, "ca", "restore", str(bk), "--data-dir", str(d))
+    one_line(rc, err)
+    assert "--force" in err
+    rc, out, err = cli(capsys, "ca", "restore", str(bk), "--data-dir", str(d), "--force")
+    assert rc == 0, err
+    lines = _printed_commands(err, "replaced directory's CRL")
+    assert len(lines) == 1 and before in lines[0] and "--not-in-store" in lines[0], err
+    assert before not in _revoked(str(d / "ca.db"))
+    rc, out, err2 = cli(capsys, *lines[0])  # the line as printed
+    assert rc == 0, err2
+    assert before in _revoked(str(d / "ca.db"))
