@@ -72,3 +72,25 @@ def test_ca_db_deleted_restore_prints_the_revocations_of_the_replaced_crl(ca_and
     rc, out, err2 = cli(capsys, *lines[0])  # the line as printed
     assert rc == 0, err2
     assert before in _revoked(str(d / "ca.db"))
+
+
+def test_verify_of_a_damaged_data_dir_leads_to_the_restore(ca_and_backup, capsys):
+    """A key file overwritten in the live directory: `ca verify --data-dir`
+    names the problem and the restore (was: the problem alone)."""
+    d, bk = ca_and_backup
+    with open(str(d / "server.key"), "wb") as f:
+        f.write(open(str(d / "root.key"), "rb").read())
+    rc, out, err = cli(capsys, "ca", "verify", "--data-dir", str(d))
+    one_line(rc, err)
+    assert "does not match" in err and "est-lite ca restore BACKUP --data-dir %s --force" % d in err, err
+    argv = shlex.split(err.split(": est-lite ", 1)[1])
+    argv[argv.index("BACKUP")] = str(bk)
+    rc, out, err = cli(capsys, *argv)
+    assert rc == 0, err
+    assert cli(capsys, "ca", "verify", "--data-dir", str(d))[0] == 0
+    # a backup keeps its own message: no restore hint about itself
+    with open(str(bk / "passwords"), "ab") as f:
+        f.write(b"x")
+    rc, out, err = cli(capsys, "ca", "verify", str(bk))
+    one_line(rc, err)
+    assert "est-lite ca restore" not in err

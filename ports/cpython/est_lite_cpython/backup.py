@@ -1042,7 +1042,15 @@ def cmd_verify(args):
         path = _data_dir(args)
     else:
         path = args.path
-    v = verify(path)
+    try:
+        v = verify(path)
+    except BackupError as e:
+        if args.path is not None or "est-lite ca restore" in str(e) or os.path.exists(os.path.join(path, MANIFEST)):
+            raise
+        # a damaged live data directory: the way out is a restore
+        from shlex import quote as q
+        raise BackupError("%s; with serve stopped, restore the directory from a backup: est-lite ca restore BACKUP "
+                          "--data-dir %s --force" % (e, q(os.path.abspath(path)))) from None
     for line in describe(v):
         print(line)
     return 0
