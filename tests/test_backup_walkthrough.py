@@ -94,3 +94,32 @@ def test_verify_of_a_damaged_data_dir_leads_to_the_restore(ca_and_backup, capsys
     rc, out, err = cli(capsys, "ca", "verify", str(bk))
     one_line(rc, err)
     assert "est-lite ca restore" not in err
+
+
+def _printed(out, prefix):
+    """argv of the line of out starting with prefix ('checked: ', 'next: '),
+    up to the first double space (the comment after it)."""
+    line = [ln for ln in out.splitlines() if ln.startswith(prefix)][0][len(prefix):]
+    return shlex.split(line.split("   (")[0].replace(" passes", ""))
+
+
+def test_printed_commands_run_as_printed_in_paths_with_spaces(tmp_path, capsys):
+    """`ca init`, `ca backup` and `ca restore` into directories with spaces:
+    each printed command line runs as printed (was: unquoted paths)."""
+    d = tmp_path / "ca data"
+    rc, out, err = cli(capsys, "ca", "init", "--data-dir", str(d))
+    assert rc == 0, err
+    assert _printed(out, "next: ") == ["est-lite", "serve", "--data-dir", str(d)]
+    bk = tmp_path / "my backups" / "est 2027-01-01"
+    os.mkdir(str(tmp_path / "my backups"))
+    rc, out, err = cli(capsys, "ca", "backup", "--data-dir", str(d), str(bk))
+    assert rc == 0, err
+    verify = _printed(out, "checked: ")
+    restore = _printed(out, "restore: ")
+    assert verify == ["est-lite", "ca", "verify", str(bk)], out
+    assert restore == ["est-lite", "ca", "restore", str(bk), "--data-dir", str(d)], out
+    assert cli(capsys, *verify[1:])[0] == 0
+    shutil.rmtree(str(d))  # lost
+    rc, out, err = cli(capsys, *restore[1:])
+    assert rc == 0, err
+    assert _printed(out, "next: ") == ["est-lite", "serve", "--data-dir", str(d)]

@@ -47,6 +47,7 @@ import os
 import stat
 import sys
 import time
+from shlex import quote  # printed commands run as printed, spaces and all
 
 # (sqlite3, hashlib, json, tempfile, socket are imported where used: `est-lite
 # ca` registers these subcommands at every start of the CLI)
@@ -613,7 +614,7 @@ def verify(path):
                 if manifest is None:  # a data directory (ca verify --data-dir, serve's hint), not a backup
                     raise BackupError("%s is missing from %s: this CA cannot run without it; with serve stopped, "
                                       "restore the directory from a backup: est-lite ca restore BACKUP --data-dir %s "
-                                      "--force" % (f, path, path))
+                                      "--force" % (f, path, quote(path)))
                 raise BackupError("%s is missing from %s: this backup cannot restore the CA" % (f, path))
         out["store"] = _check_store(p("ca.db"))
     files, _skipped = scan(path)
@@ -1030,8 +1031,9 @@ def cmd_backup(args):
         print("est-lite: error: the data directory fails the check, the backup is a faithful copy of it: %s"
               % m["problem"], file=sys.stderr)
         return 1
-    print("checked: est-lite ca verify %s passes" % dest)
-    print("restore: est-lite ca restore %s --data-dir %s   (with the server stopped)" % (dest, d))
+    from shlex import quote as q  # the lines run as printed, spaces and all
+    print("checked: est-lite ca verify %s passes" % q(dest))
+    print("restore: est-lite ca restore %s --data-dir %s   (with the server stopped)" % (q(dest), q(d)))
     return 0
 
 
@@ -1126,7 +1128,7 @@ def cmd_restore(args):
             warn.append("... %d more serials revoked in %s (openssl crl -in %s -noout -text)" % (n - 20, crl, q(crl)))
     for w in warn:
         print("WARNING: " + w, file=sys.stderr)
-    print("next: est-lite serve --data-dir %s" % target)
+    print("next: est-lite serve --data-dir %s" % q(target))
     return 0
 
 

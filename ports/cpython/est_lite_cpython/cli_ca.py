@@ -15,6 +15,7 @@ import getpass
 import os
 import sys
 import time
+from shlex import quote  # printed commands run as printed, spaces and all
 
 DEFAULT_DATA_DIR = "est-data"
 
@@ -103,7 +104,7 @@ def cmd_init(args):
     if user:
         print("  user:   %s" % user[0])
     print("  pin:    %s  (the root CA, for a client's --pin)" % pin_of(ca.root))
-    print("next: est-lite serve --data-dir %s" % d)
+    print("next: est-lite serve --data-dir %s" % quote(d))
     print("      (EST-coaps too, devices pinning the root: add --coaps-port 5684 --coaps-send-chain all)")
     return 0
 
@@ -150,7 +151,7 @@ def cmd_rollover(args):
         print("an est-lite proxy in front: append %s to its TLS certificate (server.tls_cert) and restart it, "
               "or devices that trust only the new root refuse it (docs/proxy.md)" % ca.path("root-old-with-new.pem"))
         print("next: start est-lite serve again; once devices have renewed: est-lite ca rollover --finish --data-dir %s"
-              % d)
+              % quote(d))
     finally:
         ca.store.close()
     return 0
