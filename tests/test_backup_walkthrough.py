@@ -123,3 +123,35 @@ def test_printed_commands_run_as_printed_in_paths_with_spaces(tmp_path, capsys):
     rc, out, err = cli(capsys, *restore[1:])
     assert rc == 0, err
     assert _printed(out, "next: ") == ["est-lite", "serve", "--data-dir", str(d)]
+
+
+def test_restore_of_a_proxy_data_dir_names_the_proxy_not_a_ca(tmp_path, capsys):
+    """`ca restore --config proxy.toml`: the next line starts the proxy with
+    its config, not `serve --data-dir` (which would run a CA-less server
+    without the config's TLS files); no "its newest certificate was issued -"
+    about a CA that is not there."""
+    from est_lite_cpython.proxy import _open_state
+
+    up = tmp_path / "up"
+    init_ca(str(up)).store.close()
+    cfg = tmp_path / "proxy.toml"
+    cfg.write_text('[ca]\ndata_dir = "pdata"\n[proxy]\nupstream = "https://127.0.0.1:8443"\n'
+                   'upstream_ca = "up/root.pem"\nra_cert = "ra.pem"\nra_key = "ra.key"\n')
+    assert cli(capsys, "ca", "passwd", "--config", cfg, "dev", "--password", "pw")[0] == 0
+    _open_state(str(tmp_path / "pdata" / "proxy-state.sqlite")).close()
+    assert cli(capsys, "ca", "backup", tmp_path / "bk", "--config", cfg)[0] == 0
+    rc, out, err = cli(capsys, "ca", "restore", tmp_path / "bk", "--config", cfg, "--force")
+    assert rc == 0, err
+    assert _printed(out, "next: ") == ["est-lite", "proxy", "--config", str(cfg)], out
+    assert "certificate" not in err and "this data directory is now as it was at" in err, err
+    shutil.rmtree(str(tmp_path / "pdata"))
+    rc, out, err = cli(capsys, "ca", "restore", tmp_path / "bk", "--data-dir", tmp_path / "pdata")
+    assert rc == 0, err
+    assert "est-lite serve" not in out and "est-lite proxy --config FILE" in out, out
+    # a CA restored with its server config: serve with that config
+    scfg = tmp_path / "server.toml"
+    scfg.write_text('[ca]\ndata_dir = "up"\n')
+    assert cli(capsys, "ca", "backup", tmp_path / "upbk", "--config", scfg)[0] == 0
+    rc, out, err = cli(capsys, "ca", "restore", tmp_path / "upbk", "--config", scfg, "--force")
+    assert rc == 0, err
+    assert _printed(out, "next: ") == ["est-lite", "serve", "--config", str(scfg)], out

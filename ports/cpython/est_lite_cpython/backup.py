@@ -1077,9 +1077,12 @@ def cmd_restore(args):
         print("  merged:       %d certificates and %d revocations from %s that the backup lacked"
               % (r["merged"][0], r["merged"][1], args.merge_from))
     warn = []
-    if m is not None:
+    if m is not None and s is not None:
         warn.append("this CA is now as it was at %s (the backup's time); its newest certificate was issued %s"
-                    % (m["created_utc"], _utc(s and s["newest_issued_at"])))
+                    % (m["created_utc"], _utc(s["newest_issued_at"])))
+    elif m is not None:  # no CA: a proxy's data directory
+        warn.append("this data directory is now as it was at %s (the backup's time): passwords set and requests "
+                    "bound to devices (waiting for the upstream's approval) after it are lost" % m["created_utc"])
     if s is not None and r["merged"] is None:
         warn.append("certificates issued after that are unknown to it: they stay valid and est-lite ca list does not "
                     "show them; to revoke one: est-lite ca revoke --certificate FILE --reason R --data-dir %s (the "
@@ -1128,8 +1131,26 @@ def cmd_restore(args):
             warn.append("... %d more serials revoked in %s (openssl crl -in %s -noout -text)" % (n - 20, crl, q(crl)))
     for w in warn:
         print("WARNING: " + w, file=sys.stderr)
-    print("next: est-lite serve --data-dir %s" % q(target))
+    cfg = getattr(args, "config", None)
+    if cfg:  # the server or proxy this config runs, with its TLS files and profiles
+        print("next: est-lite %s --config %s" % ("proxy" if _is_proxy_config(cfg) else "serve",
+                                                 q(os.path.abspath(cfg))))
+    elif v["kind"] == "CA":
+        print("next: est-lite serve --data-dir %s" % q(target))
+    else:
+        print("next: the est-lite proxy (or serve) whose config names %s as [ca] data_dir: est-lite proxy --config "
+              "FILE" % q(target))
     return 0
+
+
+def _is_proxy_config(path):
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return "proxy" in tomllib.load(f)
+    except (OSError, ValueError):
+        return False
 
 
 def register(csub, common):
