@@ -155,3 +155,28 @@ def test_restore_of_a_proxy_data_dir_names_the_proxy_not_a_ca(tmp_path, capsys):
     rc, out, err = cli(capsys, "ca", "restore", tmp_path / "upbk", "--config", scfg, "--force")
     assert rc == 0, err
     assert _printed(out, "next: ") == ["est-lite", "serve", "--config", str(scfg)], out
+
+
+@pytest.mark.parametrize("junk", [b"junk\n", b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"])
+def test_a_damaged_crl_pem_is_written_again_as_printed(ca_and_backup, tmp_path, capsys, junk):
+    """crl.pem damaged in the live directory: the line says to write it
+    again with `ca crl --data-dir DIR --out DIR/crl.pem` (was: "run est-lite
+    ca crl --out FILE after restoring", which writes the default est-data's
+    CRL, or a generic "not PEM"); in a backup it says the backup cannot be
+    restored (restore refuses it), not "after restoring"."""
+    d, bk = ca_and_backup
+    (d / "crl.pem").write_bytes(junk)
+    rc, out, err = cli(capsys, "ca", "verify", "--data-dir", str(d))
+    one_line(rc, err)
+    argv = shlex.split(err.split(": est-lite ", 1)[1])
+    assert argv == ["ca", "crl", "--data-dir", str(d), "--out", str(d / "crl.pem")], err
+    assert cli(capsys, *argv)[0] == 0
+    assert cli(capsys, "ca", "verify", "--data-dir", str(d))[0] == 0
+    (d / "crl.pem").write_bytes(junk)
+    rc, out, err = cli(capsys, "ca", "backup", "--data-dir", str(d), str(tmp_path / "bk2"))
+    assert rc == 1
+    rc, out, err = cli(capsys, "ca", "verify", str(tmp_path / "bk2"))
+    one_line(rc, err)
+    assert "cannot be restored" in err and "after restoring" not in err, err
+    rc, out, err = cli(capsys, "ca", "restore", str(tmp_path / "bk2"), "--data-dir", str(tmp_path / "r"))
+    one_line(rc, err)

@@ -589,6 +589,14 @@ def _check_store(db):
     return store_summary(db)
 
 
+def _crl_damaged(crl_path, path, manifest):
+    if manifest is None:  # a live data directory: the CRL is written again from the store
+        return ("the CRL %s is damaged: write it again from the store: est-lite ca crl --data-dir %s --out %s"
+                % (crl_path, quote(path), quote(crl_path)))
+    # (was "run est-lite ca crl after restoring": restore refuses a backup that fails the check)
+    return "the CRL %s is damaged: this backup cannot be restored as it is (restore another one)" % crl_path
+
+
 def verify(path):
     """Check the backup (or data directory) `path`; returns a dict (kind,
     manifest, store summary, root, issuer, files checked). The first
@@ -648,6 +656,8 @@ def verify(path):
         elif b"-----BEGIN CERTIFICATE-----" in head:
             certs[rel] = _load_certs(full)
         elif rel.endswith((".pem", ".crt")) and b"-----BEGIN " not in head:
+            if rel == "crl.pem" and is_ca:
+                raise BackupError(_crl_damaged(full, path, manifest))
             raise BackupError("%s is damaged or not PEM (no -----BEGIN line)" % full)
         # (other PEM files: a CRL is checked below against the CA, CSRs and public keys are only compared)
         out["checked"] += 1
@@ -685,8 +695,7 @@ def verify(path):
                 with open(crl_path, "rb") as f:
                     crl = x509.load_pem_x509_crl(f.read())
             except (OSError, ValueError):
-                raise BackupError("the CRL %s is damaged (run est-lite ca crl --out %s after restoring)"
-                                  % (crl_path, crl_path)) from None
+                raise BackupError(_crl_damaged(crl_path, path, manifest)) from None
             # by the issuing CA, or (after a root key rollover) a previous key of it
             if not any(c.subject == crl.issuer and crl.is_signature_valid(c.public_key()) for c in [issuer] + cas):
                 raise BackupError("the CRL %s is not signed by this CA (%s)"
@@ -1047,7 +1056,7 @@ def cmd_verify(args):
     try:
         v = verify(path)
     except BackupError as e:
-        if args.path is not None or "est-lite ca restore" in str(e) or os.path.exists(os.path.join(path, MANIFEST)):
+        if args.path is not None or "est-lite ca " in str(e) or os.path.exists(os.path.join(path, MANIFEST)):
             raise
         # a damaged live data directory: the way out is a restore
         from shlex import quote as q
