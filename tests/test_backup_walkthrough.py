@@ -180,3 +180,24 @@ def test_a_damaged_crl_pem_is_written_again_as_printed(ca_and_backup, tmp_path, 
     assert "cannot be restored" in err and "after restoring" not in err, err
     rc, out, err = cli(capsys, "ca", "restore", str(tmp_path / "bk2"), "--data-dir", str(tmp_path / "r"))
     one_line(rc, err)
+
+
+def test_a_root_restore_keeps_the_server_users_ownership(ca_and_backup, tmp_path, capsys):
+    """`sudo est-lite ca restore --force` over a directory the server's user
+    owns: the restored files are that user's (was: root's 0600 files, which
+    the server running as its user could not open). Not root: the files are
+    the caller's, as before."""
+    d, bk = ca_and_backup
+    uid, gid = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    for dirpath, dirnames, filenames in os.walk(str(d)):
+        for n in [dirpath] + [os.path.join(dirpath, f) for f in filenames]:
+            os.chown(n, uid, gid)
+    rc, out, err = cli(capsys, "ca", "restore", str(bk), "--data-dir", str(d), "--force")
+    assert rc == 0, err
+    for n in os.listdir(str(d)):
+        st = os.stat(str(d / n))
+        assert (st.st_uid, st.st_gid) == (uid, gid), n
+    st = os.stat(str(d))
+    assert (st.st_uid, st.st_gid) == (uid, gid)
+    if os.geteuid() == 0:
+        assert "owner:        uid 65534, gid 65534, as the directory it replaces" in out

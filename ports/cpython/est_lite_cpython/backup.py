@@ -907,6 +907,16 @@ def _restore(v, backup, target, exists, empty, merge_from, now):
     try:
         os.chmod(tmp, 0o700)
         _copy_tree(files, tmp, digests=digests)
+        owner = None
+        if exists and not empty and hasattr(os, "geteuid") and os.geteuid() == 0:
+            # a root restore of a directory a server user owns: the restored files are that
+            # user's again (was: root's 0600 files, which the server could not open)
+            st = os.stat(target)
+            if (st.st_uid, st.st_gid) != (0, 0):
+                owner = (st.st_uid, st.st_gid)
+                for dirpath, dirnames, filenames in os.walk(tmp):
+                    for n in [dirpath] + [os.path.join(dirpath, f) for f in dirnames + filenames]:
+                        os.lchown(n, st.st_uid, st.st_gid)
         _fsync_tree(tmp)
         crl_number = merged = None
         db = os.path.join(tmp, "ca.db")
@@ -948,7 +958,8 @@ def _restore(v, backup, target, exists, empty, merge_from, now):
     except BaseException:
         _rmtree(tmp)
         raise
-    out = {"verify": v, "moved_aside": moved, "crl_number": crl_number, "old": old, "merged": merged}
+    out = {"verify": v, "moved_aside": moved, "crl_number": crl_number, "old": old, "merged": merged,
+           "owner": owner}
     lost_certs, lost_revs = [], []
     out["have_certs"] = set()
     out["crl_revocations"] = []
@@ -1080,6 +1091,11 @@ def cmd_restore(args):
     print("restored %s into %s" % (v["path"], target))
     if r["moved_aside"]:
         print("  the previous %s was moved to %s (nothing deleted)" % (target, r["moved_aside"]))
+    if r.get("owner"):
+        print("  owner:        uid %d, gid %d, as the directory it replaces" % r["owner"])
+    elif hasattr(os, "geteuid") and os.geteuid() == 0 and not r["moved_aside"]:
+        print("  owner:        root (0600 files): a server running as another user needs chown -R USER:GROUP %s"
+              % q(target))
     for line in describe(v)[1:]:
         print(line)
     if r["merged"] is not None:
