@@ -201,3 +201,24 @@ def test_a_root_restore_keeps_the_server_users_ownership(ca_and_backup, tmp_path
     assert (st.st_uid, st.st_gid) == (uid, gid)
     if os.geteuid() == 0:
         assert "owner:        uid 65534, gid 65534, as the directory it replaces" in out
+
+
+def test_the_readme_backup_line_twice_a_day_into_a_new_directory(ca_and_backup, tmp_path, capsys):
+    """README's `ca backup --data-dir est-data /backups/est-$(date +%F)`:
+    the first run on a host without /backups, and a second run the same
+    day, each fail with the command or name that works (was: the problem
+    alone)."""
+    d, _bk = ca_and_backup
+    dest = tmp_path / "no backups" / "est-2027-01-01"
+    rc, out, err = cli(capsys, "ca", "backup", "--data-dir", str(d), str(dest))
+    one_line(rc, err)
+    mkdir = shlex.split(err.split("(mkdir -p ", 1)[1].split("),", 1)[0])
+    assert mkdir == [str(tmp_path / "no backups")], err
+    os.makedirs(mkdir[0])
+    assert cli(capsys, "ca", "backup", "--data-dir", str(d), str(dest))[0] == 0
+    rc, out, err = cli(capsys, "ca", "backup", "--data-dir", str(d), str(dest))
+    one_line(rc, err)
+    new = shlex.split(err.split("e.g. with the time: ", 1)[1])
+    assert len(new) == 1 and new[0].startswith(str(dest) + "-"), err
+    rc, out, err = cli(capsys, "ca", "backup", "--data-dir", str(d), new[0])
+    assert rc == 0, err

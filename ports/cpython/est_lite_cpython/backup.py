@@ -276,11 +276,13 @@ def _dest_free(dest, what):
             raise BackupError("%s exists and is not a directory; give a new name for the %s" % (dest, what))
         if os.listdir(dest):
             raise BackupError("%s exists and is not empty; give a new name for the %s (a previous one is never "
-                              "overwritten)" % (dest, what))
+                              "overwritten), e.g. with the time: %s"
+                              % (dest, what, quote(dest.rstrip("/") + "-" + time.strftime("%H%M%SZ", time.gmtime()))))
         return True
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
-        raise BackupError("the directory %s for the %s does not exist" % (parent, what))
+        raise BackupError("the directory %s for the %s does not exist: create it first (mkdir -p %s), "
+                          "readable only by the CA's operators" % (parent, what, quote(parent)))
     return False
 
 
