@@ -222,3 +222,20 @@ def test_the_readme_backup_line_twice_a_day_into_a_new_directory(ca_and_backup, 
     assert len(new) == 1 and new[0].startswith(str(dest) + "-"), err
     rc, out, err = cli(capsys, "ca", "backup", "--data-dir", str(d), new[0])
     assert rc == 0, err
+
+
+def test_a_copied_backup_with_an_added_file_says_so(ca_and_backup, tmp_path, capsys):
+    """A backup copied with `cp -r` and a file added to it (notes, a stray
+    key): verify still passes (the manifest's files are intact) but names
+    the file it could not compare (was: "7 checked, sizes and SHA-256 as
+    written", the added file silently restored into the data directory)."""
+    d, bk = ca_and_backup
+    cp = tmp_path / "copied"
+    shutil.copytree(str(bk), str(cp))  # cp -r
+    rc, out, err = cli(capsys, "ca", "verify", str(cp))
+    assert rc == 0 and "sizes and SHA-256 as written" in out and "not in the manifest" not in out, (out, err)
+    (cp / "NOTES.txt").write_text("taken before the upgrade\n")
+    rc, out, err = cli(capsys, "ca", "verify", str(cp))
+    assert rc == 0, err
+    assert "not in the manifest (put there after the backup; a restore copies them): NOTES.txt" in out, out
+    assert ", sizes and SHA-256 as written" not in out

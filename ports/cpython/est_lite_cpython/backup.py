@@ -725,6 +725,8 @@ def verify(path):
             if (size, digest) != (info.get("size"), info.get("sha256")):
                 raise BackupError("%s differs from the file the backup wrote (%d bytes, was %s; SHA-256 differs): "
                                   "damaged copy" % (full, size, info.get("size")))
+        # files put there after the backup: checked as files, not against the manifest (a restore copies them)
+        out["unlisted"] = sorted(r for r in names if r not in manifest["files"])
     return out
 
 
@@ -738,7 +740,13 @@ def describe(v):
                                                                  m.get("source", "?")))
     else:
         lines.append("data directory OK: %s (no backup manifest: files checked, not compared)" % v["path"])
-    lines.append("  files:        %d checked%s" % (v["checked"], ", sizes and SHA-256 as written" if m else ""))
+    unlisted = v.get("unlisted") or []
+    lines.append("  files:        %d checked%s" % (v["checked"], "" if not m else ", sizes and SHA-256 as written"
+                                                   if not unlisted else ", %d with sizes and SHA-256 as written"
+                                                   % len(m["files"])))
+    if unlisted:
+        lines.append("  not in the manifest (put there after the backup; a restore copies them): %s"
+                     % ", ".join(unlisted))
     if v.get("root") is not None:
         lines.append("  root:         %s, until %s" % (v["root"].subject.rfc4514_string(),
                                                        v["root"].not_valid_after_utc.strftime("%Y-%m-%d")))
