@@ -239,3 +239,16 @@ def test_a_copied_backup_with_an_added_file_says_so(ca_and_backup, tmp_path, cap
     assert rc == 0, err
     assert "not in the manifest (put there after the backup; a restore copies them): NOTES.txt" in out, out
     assert ", sizes and SHA-256 as written" not in out
+
+
+def test_backup_of_a_directory_whose_ca_db_is_an_empty_database(ca_and_backup, tmp_path, capsys):
+    """ca.db deleted under a running server, which then opened a new, empty
+    one: `ca backup` keeps the faithful copy and says what is wrong in one
+    line, exit 1 (was: internal error OperationalError: no such table)."""
+    d, _bk = ca_and_backup
+    os.remove(str(d / "ca.db"))
+    sqlite3.connect(str(d / "ca.db")).execute("CREATE TABLE t(x)").connection.close()
+    rc, out, err = cli(capsys, "ca", "backup", "--data-dir", str(d), str(tmp_path / "bk2"))
+    one_line(rc, err)
+    assert "faithful copy" in err and "no certs table" in err, err
+    assert os.path.exists(str(tmp_path / "bk2" / "ca.db"))

@@ -431,7 +431,12 @@ def _copy_once(src, tmp, outside, _fail_after):
         copied[rel] = info
     summary = None
     if os.path.exists(os.path.join(tmp, "ca.db")):
-        summary = store_summary(os.path.join(tmp, "ca.db"))
+        import sqlite3
+        try:
+            summary = store_summary(os.path.join(tmp, "ca.db"))
+        except (sqlite3.Error, ValueError):
+            pass  # not a CA store (an empty database a server made after ca.db was deleted, a damaged file):
+            # the check below names it; the copy is kept, a damaged CA is better kept than lost
     manifest = {
         "format": FORMAT,
         "created": int(started),
