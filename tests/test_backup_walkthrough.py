@@ -252,3 +252,18 @@ def test_backup_of_a_directory_whose_ca_db_is_an_empty_database(ca_and_backup, t
     one_line(rc, err)
     assert "faithful copy" in err and "no certs table" in err, err
     assert os.path.exists(str(tmp_path / "bk2" / "ca.db"))
+
+
+def test_the_documented_openssl_check_of_a_backup_without_intermediate(ca_and_backup):
+    """docs/ca-backup.md's openssl line for the default CA (no
+    intermediate): it said `-untrusted BACKUP/intermediate.pem`, a file a
+    default `ca init` does not make (openssl: No such file)."""
+    import subprocess
+
+    _d, bk = ca_and_backup
+    assert not os.path.exists(str(bk / "intermediate.pem"))
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "ca-backup.md")).read()
+    line = "openssl verify -CAfile BACKUP/root.pem BACKUP/server.pem"
+    assert "`%s`" % line in " ".join(doc.split()), "the documented line changed"
+    r = subprocess.run(line.replace("BACKUP", str(bk)).split(), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "OK" in r.stdout, (r.stdout, r.stderr)
