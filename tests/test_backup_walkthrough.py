@@ -267,3 +267,21 @@ def test_the_documented_openssl_check_of_a_backup_without_intermediate(ca_and_ba
     assert "`%s`" % line in " ".join(doc.split()), "the documented line changed"
     r = subprocess.run(line.replace("BACKUP", str(bk)).split(), capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "OK" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_revoke_of_a_serial_the_restored_store_lacks_prints_runnable_lines(ca_and_backup, tmp_path, capsys):
+    """`ca revoke SERIAL` of a certificate issued after the backup: the
+    refusal's two ways out name this directory and the reason asked for
+    (was: without --data-dir, so they ran on the default est-data)."""
+    d, bk = ca_and_backup
+    later = _issue(d, "later")
+    shutil.rmtree(str(d))
+    assert cli(capsys, "ca", "restore", str(bk), "--data-dir", str(d))[0] == 0
+    rc, out, err = cli(capsys, "ca", "revoke", later.upper(), "--reason", "keyCompromise", "--data-dir", str(d))
+    one_line(rc, err)
+    line = err.split("--not-in-store --reason", 1)[0].rsplit(", or est-lite ", 1)[1] + "--not-in-store --reason" + \
+        err.split("--not-in-store --reason", 1)[1].rstrip(")\n")
+    argv = shlex.split(line)
+    assert argv == ["ca", "revoke", later, "--not-in-store", "--reason", "keyCompromise", "--data-dir", str(d)], err
+    assert cli(capsys, *argv)[0] == 0
+    assert later in _revoked(str(d / "ca.db"))

@@ -348,6 +348,13 @@ def cmd_revoke(args):
     else:
         serial = args.serial
     prior = ca.store.revocation(serial)  # (checks the serial's spelling too)
+    if args.certificate is None and not args.not_in_store and not ca.store.has_serial(serial):
+        # the store's own refusal, with the two ways out as runnable lines of this directory
+        h, d = serial_hex(serial), quote(os.path.abspath(ca.data_dir))
+        raise LocalProtocolError(
+            "no certificate with serial %s was issued by this CA (not in its store; if it was issued after the backup "
+            "this store was restored from: est-lite ca revoke --certificate FILE --reason %s --data-dir %s, or est-lite "
+            "ca revoke %s --not-in-store --reason %s --data-dir %s)" % (h, args.reason, d, h, args.reason, d))
     s = ca.store.revoke(serial, args.reason, not_in_store=args.not_in_store)
     if args.not_in_store and not ca.store.has_serial(s) and not prior:
         note = "recorded without a certificate (--not-in-store): the CRL lists it and the server refuses it"
