@@ -285,3 +285,21 @@ def test_revoke_of_a_serial_the_restored_store_lacks_prints_runnable_lines(ca_an
     assert argv == ["ca", "revoke", later, "--not-in-store", "--reason", "keyCompromise", "--data-dir", str(d)], err
     assert cli(capsys, *argv)[0] == 0
     assert later in _revoked(str(d / "ca.db"))
+
+
+def test_a_backup_taken_with_config_prints_a_restore_with_config(tmp_path, capsys):
+    """`ca backup --config server.toml`: the printed restore line keeps the
+    config, so the restore's next line starts serve with it (was: --data-dir,
+    and then `serve --data-dir` without the config's TLS files and profiles)."""
+    d = tmp_path / "data"
+    init_ca(str(d)).store.close()
+    cfg = tmp_path / "server.toml"
+    cfg.write_text('[ca]\ndata_dir = "data"\n[server]\nprocesses = 2\n')
+    rc, out, err = cli(capsys, "ca", "backup", tmp_path / "bk", "--config", cfg)
+    assert rc == 0, err
+    restore = _printed(out, "restore: ")
+    assert restore == ["est-lite", "ca", "restore", str(tmp_path / "bk"), "--config", str(cfg)], out
+    shutil.rmtree(str(d))
+    rc, out, err = cli(capsys, *restore[1:])
+    assert rc == 0, err
+    assert _printed(out, "next: ") == ["est-lite", "serve", "--config", str(cfg)], out

@@ -1068,7 +1068,7 @@ def cmd_backup(args):
         return 1
     from shlex import quote as q  # the lines run as printed, spaces and all
     print("checked: est-lite ca verify %s passes" % q(dest))
-    print("restore: est-lite ca restore %s --data-dir %s   (with the server stopped)" % (q(dest), q(d)))
+    print("restore: est-lite ca restore %s %s   (with the server stopped)" % (q(dest), _dir_args(args, d)))
     return 0
 
 
@@ -1142,9 +1142,10 @@ def cmd_restore(args):
     if r["old"] is not None:
         if r["lost_certs"]:
             warn.append("%d certificate(s) of the replaced store are not in the backup (serials: %s%s); to keep "
-                        "them and their revocations: est-lite ca restore %s --data-dir %s --force --merge-from %s"
+                        "them and their revocations: est-lite ca restore %s %s --force --merge-from %s"
                         % (len(r["lost_certs"]), ", ".join(r["lost_certs"][:10]),
-                           ", ..." if len(r["lost_certs"]) > 10 else "", q(v["path"]), q(target), q(r["moved_aside"])))
+                           ", ..." if len(r["lost_certs"]) > 10 else "", q(v["path"]), _dir_args(args, target),
+                           q(r["moved_aside"])))
         # runnable lines for every revocation the backup lacks; a serial whose
         # certificate the restored store lacks too needs --not-in-store
         # (--merge-from above brings the certificate as well)
@@ -1181,6 +1182,13 @@ def cmd_restore(args):
         print("next: the est-lite proxy (or serve) whose config names %s as [ca] data_dir: est-lite proxy --config "
               "FILE" % q(target))
     return 0
+
+
+def _dir_args(args, data_dir):
+    """How a printed command names the directory: the --config given (the
+    next command's serve/proxy line keeps it), else --data-dir."""
+    cfg = getattr(args, "config", None)
+    return "--config %s" % quote(os.path.abspath(cfg)) if cfg else "--data-dir %s" % quote(data_dir)
 
 
 def _is_proxy_config(path):
