@@ -204,10 +204,10 @@ def test_a_root_restore_keeps_the_server_users_ownership(ca_and_backup, tmp_path
 
 
 def test_the_readme_backup_line_twice_a_day_into_a_new_directory(ca_and_backup, tmp_path, capsys):
-    """README's `ca backup --data-dir est-data /backups/est-$(date +%F)`:
-    the first run on a host without /backups, and a second run the same
-    day, each fail with the command or name that works (was: the problem
-    alone)."""
+    """A dated backup line (README had `ca backup --data-dir est-data
+    /backups/est-$(date +%F)`): the first run on a host without the parent
+    directory, and a second run the same day, each fail with the command or
+    name that works (was: the problem alone)."""
     d, _bk = ca_and_backup
     dest = tmp_path / "no backups" / "est-2027-01-01"
     rc, out, err = cli(capsys, "ca", "backup", "--data-dir", str(d), str(dest))
