@@ -76,6 +76,7 @@ def test_damaged_data_dir_is_one_line_for_every_ca_command(ca_dir, tmp_path, cap
         one_line(rc, err)
         for w in words:
             assert w in err, err
+        assert "est-lite ca restore BACKUP --data-dir %s --force" % d in err, err
 
 
 def test_a_missing_store_is_refused_not_recreated_empty(ca_dir, tmp_path, capsys):
@@ -91,6 +92,7 @@ def test_a_missing_store_is_refused_not_recreated_empty(ca_dir, tmp_path, capsys
         rc, out, err = cli(capsys, "ca", argv[0], "--data-dir", d, *argv[1:])
         one_line(rc, err)
         assert "CA store" in err and "ca.db" in err and "is missing" in err and "ca init --force" in err, err
+        assert "est-lite ca restore BACKUP --data-dir %s --force" % d in err, err
     _serve_one_line(_serve(d), "CA store", "ca.db", "is missing")
     assert not (d / "ca.db").exists()
     # ca init --force (what the line suggests) makes a new CA with a store

@@ -60,6 +60,7 @@ that forwards the request to an external CA:
 
 import datetime
 import os
+import shlex
 import time
 
 try:  # CPython's own SHA-1: the SKI hash without the system libcrypto (cold per request)
@@ -76,7 +77,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from est_lite.der import header as _header
 from est_lite.errors import EstError, LocalProtocolError
 
-from .store import DuplicateSerial, Store
+from .store import DuplicateSerial, Store, restore_hint
 
 ROOT_CERT = "root.pem"
 ROOT_KEY = "root.key"
@@ -138,7 +139,8 @@ def load_pem_file(path, what):
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise LocalProtocolError("cannot read the %s %s: %s" % (what, path, e.strerror or e)) from None
+        raise LocalProtocolError("cannot read the %s %s: %s; %s" % (what, path, e.strerror or e,
+                                                                     restore_hint(os.path.dirname(path) or "."))) from None
     try:
         if what.endswith("key"):
             return serialization.load_pem_private_key(data, None)
@@ -147,8 +149,9 @@ def load_pem_file(path, what):
         raise LocalProtocolError("the %s %s cannot be used: %s (est-lite needs it unencrypted, 0600)"
                                  % (what, path, e)) from None
     except ValueError:
-        raise LocalProtocolError("the %s %s is damaged or not a PEM %s: restore it from a backup"
-                                 % (what, path, "private key" if what.endswith("key") else "certificate")) from None
+        raise LocalProtocolError("the %s %s is damaged or not a PEM %s: %s"
+                                 % (what, path, "private key" if what.endswith("key") else "certificate",
+                                    restore_hint(os.path.dirname(path) or "."))) from None
 
 
 def open_private_files(paths):
@@ -656,9 +659,9 @@ class LocalCA:
         if store is None and not new_store and not os.path.exists(p(DB_FILE)):
             raise LocalProtocolError(
                 "the CA store %s is missing: without it this CA would forget every certificate it issued, every "
-                "revocation and every pending request (revoked certificates would be accepted again); restore it "
-                "from a backup, or start a new CA with `est-lite ca init --force --data-dir %s`"
-                % (p(DB_FILE), self.data_dir))
+                "revocation and every pending request (revoked certificates would be accepted again); %s; or start "
+                "a new CA with `est-lite ca init --force --data-dir %s`"
+                % (p(DB_FILE), restore_hint(self.data_dir), shlex.quote(self.data_dir)))
         self.store = store if store is not None else Store(p(DB_FILE), synchronous=synchronous, clock=clock)
         self._ski = x509.SubjectKeyIdentifier.from_public_key(self.issuer.public_key())
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issuer.public_key())

@@ -15,6 +15,7 @@ between threads); several processes may open the same file.
 """
 
 import os
+import shlex
 import sqlite3
 import threading
 import time
@@ -81,6 +82,13 @@ def write_transaction(db, fn):
     db.execute("COMMIT")
     return r
 
+
+def restore_hint(data_dir):
+    """The way back for a damaged or incomplete data directory: how the
+    error lines of every `ca` command and of `serve` end (docs/ca-backup.md)."""
+    return ("with serve stopped, restore the directory from a backup: est-lite ca restore BACKUP --data-dir %s "
+            "--force" % shlex.quote(str(data_dir)))
+
 class StoreError(EstError):
     http_status = 500
     coap_code = 0xA0
@@ -124,8 +132,8 @@ class Store:
             db.executescript(_SCHEMA)
         except sqlite3.Error as e:  # not a database, damaged, unreadable: name the file, no traceback
             self.close()
-            raise LocalProtocolError("the CA store %s cannot be used: %s (restore it from a backup)"
-                                     % (self.path, e)) from None
+            raise LocalProtocolError("the CA store %s cannot be used: %s; %s"
+                                     % (self.path, e, restore_hint(os.path.dirname(self.path) or "."))) from None
         if new:
             os.chmod(self.path, 0o600)
 
