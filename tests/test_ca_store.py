@@ -48,6 +48,37 @@ def test_store_basics(tmp_path):
     assert st._db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_store_removed_or_replaced_under_a_running_ca_writes_nothing(tmp_path, how):
+    """ca.db deleted, or a backup copied over it, while a server has it
+    open: SQLite would go on writing into the unlinked file (certificates
+    issued, then lost at the next start; was: enrollments answered 200).
+    Every write is refused with the reason instead: nothing issued, revoked
+    or decided, and no path of the server in the text a client may see."""
+    from est_lite_cpython.store import StoreError
+
+    ca = init_ca(str(tmp_path / "ca"))
+    key = make_csr()[0].public_key()
+    first = ca.issue_raw(key, x509.Name([]), days=1)
+    rid = ca.store.add_request("fp1", label="", op="simpleenroll", subject="CN=a", csr_der=b"\x30\x00")
+    db = ca.store.path
+    if how == "removed":
+        os.unlink(db)
+    else:
+        other = Store(str(tmp_path / "other.db"))
+        other.close()
+        os.replace(str(tmp_path / "other.db"), db)
+    for write in (lambda: ca.issue_raw(key, x509.Name([]), days=1),  # the issuance insert (autocommit path)
+                  lambda: ca.store.revoke(first.serial_number),      # a write transaction
+                  lambda: ca.store.decide(rid, True)):
+        with pytest.raises(StoreError) as ei:
+            write()
+        msg = str(ei.value)
+        assert "ca.db was removed or replaced while this server ran: nothing was written" in msg, msg
+        assert "est-lite ca restore BACKUP --data-dir DIR --force" in msg and str(tmp_path) not in msg, msg
+    ca.store.close()
+
+
 def test_concurrent_threads_unique_serials(tmp_path):
     ca = init_ca(str(tmp_path / "ca"))
     key = make_csr()[0].public_key()

@@ -89,6 +89,7 @@ def restore_hint(data_dir):
     return ("with serve stopped, restore the directory from a backup: est-lite ca restore BACKUP --data-dir %s "
             "--force" % shlex.quote(str(data_dir)))
 
+
 class StoreError(EstError):
     http_status = 500
     coap_code = 0xA0
@@ -136,6 +137,14 @@ class Store:
                                      % (self.path, e, restore_hint(os.path.dirname(self.path) or "."))) from None
         if new:
             os.chmod(self.path, 0o600)
+        self._file_id = self._stat_id()
+
+    def _stat_id(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     # -- connections --
     def _connect(self):
@@ -176,8 +185,20 @@ class Store:
         self._local = threading.local()
         self._wconn = None
 
+    def _check_file(self):
+        # removed or replaced under a running server (rm, a backup copied
+        # over it): SQLite would go on writing into the unlinked file, lost
+        # at the next start. One stat per write; the caller holds _wlock.
+        if self._stat_id() != self._file_id:
+            # (the text may reach a client as the 500's reason: no path in it)
+            raise StoreError("the CA store %s was removed or replaced while this server ran: nothing was written "
+                             "(nothing issued, revoked or decided); with the server stopped, restore the data "
+                             "directory from a backup (est-lite ca restore BACKUP --data-dir DIR --force)"
+                             % os.path.basename(self.path))
+
     def _write(self, fn):
         with self._wlock:
+            self._check_file()
             return write_transaction(self._wdb(), fn)
 
     def _now(self):
@@ -205,6 +226,7 @@ class Store:
             # one statement = one implicit transaction (autocommit): durable on return
             try:
                 with self._wlock:
+                    self._check_file()
                     self._wdb().execute(_INSERT_CERT, row)
             except sqlite3.IntegrityError:
                 raise DuplicateSerial("serial %s already issued" % serial) from None
