@@ -32,7 +32,12 @@ def test_fifty_devices_at_ten_percent_loss_all_enroll(tmp_path):
     rep = run_fleet(cfg, plot=None, progress=False, workdir=str(tmp_path))
     assert rep["failures"] == 0, rep["failures_by_cause"]
     assert rep["devices"] == rep["ok"] == 50 + mp
-    assert rep["server_issued"] == 1 + 50 + mp  # plus the server's own TLS certificate
+    # one certificate per device, plus the server's own TLS certificate; a
+    # device that started over (attempts > 1, as after a reboot) may have
+    # been issued one for an attempt whose answer it never got (seen once
+    # in a full CI run on a loaded machine: 54 for 53 devices)
+    tries = sum(int(k) * v for k, v in rep["attempts"].items())
+    assert 1 + 50 + mp <= rep["server_issued"] <= 1 + tries, (rep["server_issued"], rep["attempts"])
     for k in KEYS:
         assert rep[k] is not None, k
     assert rep["p50_ms"] <= rep["p95_ms"] <= rep["p99_ms"] <= rep["max_ms"]
