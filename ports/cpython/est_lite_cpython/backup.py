@@ -167,10 +167,7 @@ def _copy_file(src, dst, mode):
         st = os.fstat(fi.fileno())
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
-            while True:
-                b = fi.read(1 << 20)
-                if not b:
-                    break
+            for b in _chunks(fi):
                 h.update(b)
                 n += len(b)
                 view = memoryview(b)
@@ -189,13 +186,19 @@ def _file_digest(path):
     h = hashlib.sha256()
     n = 0
     with open(path, "rb") as f:
-        while True:
-            b = f.read(1 << 20)
-            if not b:
-                break
+        for b in _chunks(f):
             h.update(b)
             n += len(b)
     return n, h.hexdigest()
+
+
+def _chunks(f):
+    """The file's bytes, 1 MB at a time."""
+    while True:
+        b = f.read(1 << 20)
+        if not b:
+            return
+        yield b
 
 
 def snapshot_sqlite(src, dst):
@@ -627,9 +630,10 @@ def verify(path):
         for f in required:
             if not os.path.lexists(p(f)):
                 if manifest is None:  # a data directory (ca verify --data-dir, serve's hint), not a backup
-                    raise BackupError("%s is missing from %s: this CA cannot run without it; with serve stopped, "
-                                      "restore the directory from a backup: est-lite ca restore BACKUP --data-dir %s "
-                                      "--force" % (f, path, quote(path)))
+                    from .store import restore_hint
+
+                    raise BackupError("%s is missing from %s: this CA cannot run without it; %s"
+                                      % (f, path, restore_hint(path)))
                 raise BackupError("%s is missing from %s: this backup cannot restore the CA" % (f, path))
         out["store"] = _check_store(p("ca.db"))
     files, _skipped = scan(path)
@@ -1085,9 +1089,9 @@ def cmd_verify(args):
         if args.path is not None or "est-lite ca " in str(e) or os.path.exists(os.path.join(path, MANIFEST)):
             raise
         # a damaged live data directory: the way out is a restore
-        from shlex import quote as q
-        raise BackupError("%s; with serve stopped, restore the directory from a backup: est-lite ca restore BACKUP "
-                          "--data-dir %s --force" % (e, q(os.path.abspath(path)))) from None
+        from .store import restore_hint
+
+        raise BackupError("%s; %s" % (e, restore_hint(os.path.abspath(path)))) from None
     for line in describe(v):
         print(line)
     return 0
