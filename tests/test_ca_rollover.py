@@ -190,9 +190,11 @@ def _verify_links(path):
 
 def test_cross_generation_paths_link_by_link(rolled):
     """cryptography's path builder (x509.verification) counts the self-issued
-    NewWithOld against the old root's pathLenConstraint 0, which RFC 5280
-    6.1.4 (l) exempts (OpenSSL and Mbed TLS follow the RFC): so the paths
-    are checked signature by signature here and by `openssl verify` below."""
+    NewWithOld against an old root's pathLenConstraint, which RFC 5280
+    6.1.4 (l) exempts (OpenSSL follows the RFC, Mbed TLS does not; roots
+    made by `ca init` before 2026-11-29 had pathLen 0, now none): so the
+    paths are checked signature by signature here and by `openssl verify`
+    below."""
     o, ca = rolled
     nwo, oldwithold, own = ca.rollover_certs
     new_leaf = _leaf(ca, "new-leaf")[1]
@@ -548,8 +550,21 @@ def test_cli_rollover_and_finish(tmp_path):
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "already rolled over" in r.stderr, r.stderr
     r = cli("rollover", "--finish")
     assert r.returncode == 0, r.stderr
+    assert "MicroPython (Mbed TLS) ones included" in r.stdout and "no longer accept" not in r.stdout, r.stdout
     server = _read_pems(os.path.join(d, "server.pem"))
     assert _signed_by(server[0], new) and server[-1] == new
+
+
+def test_cli_finish_warns_for_a_root_with_pathlen(tmp_path):
+    """A root made before 2026-11-29 (pathLen 0): --finish says that
+    MicroPython devices of the old root alone lose the server."""
+    d = str(tmp_path / "ca")
+    init_ca(d, root_path_len=0).store.close()
+    rollover_ca(d).store.close()
+    r = subprocess.run(["est-lite", "ca", "rollover", "--finish", "--data-dir", d], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "no longer accept the server (the old root has a pathLenConstraint" in r.stdout, r.stdout
 
 
 # ---------------------------------------------------------------- the MicroPython client (Mbed TLS) after a rollover
@@ -712,3 +727,85 @@ def test_serve_start_checks_after_a_rollover(tmp_path):
         assert check_lifetimes(cfg, ca, now=now + 30 * 86400) == ([], None)
     finally:
         ca.store.close()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["root-issues", "intermediate"])
+def finished(request, tmp_path_factory):
+    """A CA made by `ca init` (its root without pathLenConstraint), an
+    operational device certified by it, then `ca rollover` and
+    `ca rollover --finish` (the TLS certificates on the new key), the
+    front ends restarted: CoAPs "intermediates" and a second one "all"."""
+    from est_lite_cpython.coaps_server import EstCoapsServer
+    from helpers_coaps import operational_device
+
+    tmp = tmp_path_factory.mktemp("finished")
+    s = EstBothServer(tmp, intermediate=request.param)
+    assert _bc(s.ca.root).value.path_length is None
+    old = dict(root=s.ca.root, dev=operational_device(s, "old-dev"))
+    s.coaps.stop()
+    s.server.stop()
+    s.ca.store.close()
+    rollover_ca(s.data_dir).store.close()
+    CA.finish_rollover_tls(s.data_dir).store.close()
+    restart(s)
+    s.config.coaps_send_chain = "all"
+    s.coaps_all = EstCoapsServer.from_config(s.service, s.config, port=0)
+    s.coaps_all_port = s.coaps_all.start()
+    s.old = old
+    try:
+        yield s
+    finally:
+        s.coaps_all.stop()
+        s.stop()
+
+
+def test_micropython_device_of_the_old_root_after_finish(finished, mplib, tmp_path):
+    """After `--finish` the TLS certificates are under the new key: a
+    MicroPython device that knows only the old root (Mbed TLS verifies
+    leaf, (intermediate,) NewWithOld up to it) fetches /cacerts over HTTPS
+    and renews its old-generation certificate over CoAPs in both send_chain
+    modes. (With a root that has pathLen 0, as `ca init` made them before,
+    Mbed TLS refuses this chain: tests/test_client_rollover.py.)"""
+    from helpers_coaps import key_der
+
+    srv = finished
+    server = _read_pems(srv.ca.server_cert_file)
+    # the new key's path: the first CA certificate above the leaf is signed by the new root, not the old one
+    first = server[1] if srv.ca.issuer != srv.ca.root else server[0]
+    assert _signed_by(first, srv.ca.root) and not _signed_by(first, srv.old["root"])
+    assert srv.ca.rollover_certs[0] in server  # NewWithOld, the old root's way to the new key
+    old = _w(tmp_path, "old.der", _der(srv.old["root"]))
+    every = sorted(_der(c) for c in srv.ca.ca_certs(None))
+    rc, out = _mp_run(mplib, tmp_path, dict(server="https://localhost:%d" % srv.port, trust=[old],
+                                            user=USER, password=PASSWORD, steps=["cacerts"]))
+    assert rc == 0 and "OK cacerts %d" % len(every) in out, out
+    dev = srv.old["dev"]
+    for port in (srv.coaps_port, srv.coaps_all_port):
+        rc, out = _mp_run(mplib, tmp_path, dict(server="coaps://127.0.0.1:%d" % port, trust=[old],
+                                                cert=_w(tmp_path, "dev.der", _der(dev.cert)),
+                                                key=_w(tmp_path, "dev.key", key_der(dev.key)), cn="old-dev",
+                                                steps=["cacerts", "reenroll"]))
+        assert rc == 0 and "OK cacerts %d" % len(every) in out and "OK reenroll" in out, (port, out)
+
+
+
+def test_micropython_pins_of_either_root_after_finish(finished, mplib, tmp_path):
+    """A new device's first contact after `--finish`, pinning the old root
+    or the new one (docs/server.md advises the new pin), over HTTPS and
+    CoAPs "all". With an intermediate, Mbed TLS hands the pin check the
+    chain of 6 certificates it built from the leaf up to NewWithNew:
+    5 certificates below the new root's pin, more than PinCheck's former
+    max_below of 4 (now 6); with a root that had pathLen 0, the old root's
+    pin over CoAPs "all" was refused as well."""
+    from helpers_coaps import idevid_device, key_der
+
+    dev = idevid_device(finished, "mp-pin")
+    every = len(finished.ca.ca_certs(None))
+    for root in (finished.old["root"], finished.ca.root):
+        rc, out = _mp_run(mplib, tmp_path, dict(server="https://localhost:%d" % finished.port, pin=pin_of(root),
+                                                user=USER, password=PASSWORD, steps=["cacerts"]))
+        assert rc == 0 and "OK cacerts %d" % every in out, ("https", pin_of(root), out)
+        rc, out = _mp_run(mplib, tmp_path, dict(server="coaps://127.0.0.1:%d" % finished.coaps_all_port,
+                                                pin=pin_of(root), cert=_w(tmp_path, "id.der", _der(dev.cert)),
+                                                key=_w(tmp_path, "id.key", key_der(dev.key)), steps=["cacerts"]))
+        assert rc == 0 and "OK cacerts %d" % every in out, ("coaps all", pin_of(root), out)

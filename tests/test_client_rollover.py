@@ -535,28 +535,38 @@ def test_micropython_device_renews_across_a_rollover(rolled, mplib, tmp_path):
 
 
 @needs_mp
-def test_micropython_old_anchor_and_new_key_tls_chain(rolled, mplib, tmp_path):
+@pytest.mark.parametrize("root_path_len", [0, None], ids=["legacy-root-pathlen-0", "root-without-pathlen"])
+def test_micropython_old_anchor_and_new_key_tls_chain(rolled, mplib, tmp_path, monkeypatch, root_path_len):
     """Mbed TLS (the `tls` module) counts the self-issued NewWithOld against
-    the old root's pathLenConstraint (0 from `est-lite ca init`; RFC 5280
-    §6.1.4 (l) does not count self-issued certificates, OpenSSL does not):
-    a device anchored on the old root alone refuses the chain [leaf,
-    NewWithOld]. docs/client-runtime.md says to keep the old-key TLS
-    certificate until the devices have renewed. If this test fails, Mbed
-    TLS changed: update that paragraph."""
+    the old root's pathLenConstraint (RFC 5280 §6.1.4 (l) does not count
+    self-issued certificates, OpenSSL does not): a device anchored on the
+    old root alone refuses the chain [leaf, NewWithOld] when that root has
+    pathLen 0, as `est-lite ca init` made roots before 2026-11-29. If that
+    case fails, Mbed TLS changed: update docs/server.md ("Why the TLS
+    certificate stays on the old path first"). Roots made now carry no
+    pathLen, and the same device renews through the new key's chain."""
+    from est_lite_cpython import ca as camod
     from est_lite_cpython.credstore import CredStore
 
+    orig_init = camod.init_ca
+    monkeypatch.setattr(camod, "init_ca", lambda *a, **k: orig_init(*a, **dict(k, root_path_len=root_path_len)))
     srv = rolled()
     store = CredStore(str(tmp_path / "store"))
     _provision(srv, "coaps", store)
     old = store.load()
     assert x509.load_der_x509_certificate(old.ca[0]).extensions.get_extension_for_class(
-        x509.BasicConstraints).value.path_length == 0
+        x509.BasicConstraints).value.path_length == root_path_len
     srv = rolled(roll=True)
     before = _files(store.path)
     rc, out = _mp(mplib, tmp_path, _mp_cfg(srv, mplib, tmp_path, store.path, old.ca, ["renew"],
                                            threshold=10 ** 9), SCRIPT)
-    assert rc == 1 and "The certificate is not correctly signed by the trusted CA" in out, out
-    assert _files(store.path) == before
+    if root_path_len == 0:
+        assert rc == 1 and "The certificate is not correctly signed by the trusted CA" in out, out
+        assert _files(store.path) == before
+    else:
+        assert rc == 0 and "OK renew gen=2" in out, out
+        now = CredStore(store.path).load()
+        assert now.cert != old.cert and now.ca[0] == old.ca[0]
 
 
 _KILLER = r"""

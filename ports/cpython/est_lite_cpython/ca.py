@@ -273,10 +273,19 @@ def init_ca(
     validity_days=3650,
     force=False,
     now=None,
+    root_path_len=None,
 ):
     """Create a CA in data_dir: P-256 root, optional intermediate, a TLS
     server certificate for server_names, an empty store. Refuses to overwrite
-    an existing CA unless force=True. Returns the LocalCA."""
+    an existing CA unless force=True. Returns the LocalCA.
+
+    The root carries no pathLenConstraint (root_path_len=None) unless asked:
+    the depth is bounded below it (the intermediate's pathLen 0, leaves
+    CA:FALSE), and Mbed TLS (MicroPython's `tls`) counts the self-issued
+    NewWithOld of a later root key update against the old root's pathLen,
+    where RFC 5280 6.1.4 (l) does not, so a device that trusts only the old
+    root could not verify the new key's chain (docs/server.md). Roots made
+    before 2026-11-29 have 0 (1 with an intermediate)."""
     now = int(time.time() if now is None else now)
     check_init_args(common_name=common_name, server_names=server_names, validity_days=validity_days)
     if os.path.exists(os.path.join(data_dir, ROOT_KEY)) and not force:
@@ -294,7 +303,7 @@ def init_ca(
     if organization:
         attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
     root_name = x509.Name(attrs)
-    root = _ca_cert(root_name, root_name, root_key.public_key(), root_key, root_key.public_key(), now, validity_days, 1 if intermediate else 0)
+    root = _ca_cert(root_name, root_name, root_key.public_key(), root_key, root_key.public_key(), now, validity_days, root_path_len)
     write_private(os.path.join(data_dir, ROOT_KEY), _key_pem(root_key))
     with open(os.path.join(data_dir, ROOT_CERT), "wb") as f:
         f.write(_cert_pem(root))
@@ -482,7 +491,8 @@ def rollover_ca(data_dir, *, validity_days=3650, force=False, now=None):
     OldWithOld]: a device that trusts only the old root verifies it as before
     (OpenSSL and Mbed TLS look at trusted certificates first; Mbed TLS, unlike
     OpenSSL, counts a self-issued NewWithOld against the old root's
-    pathLenConstraint 0 and so cannot use the new-key path), one that trusts
+    pathLenConstraint, which roots of `init_ca` had before 2026-11-29, and
+    then cannot use the new-key path), one that trusts
     only the new root goes through OldWithNew; a pin of either root is met on
     a path of signatures (dtls_client.check_pin). `finish_rollover_tls` later
     moves the TLS certificate to the new key.
@@ -558,7 +568,8 @@ def finish_rollover_tls(data_dir, *, days=825, now=None):
     server.pem [leaf, (intermediate,) NewWithOld, OldWithOld, OldWithNew,
     NewWithNew] while the old root is valid (each certifies the one before
     it: OpenSSL clients of either root and a pin of either root verify it;
-    Mbed TLS clients that trust only the old root do not), [leaf,
+    Mbed TLS clients that trust only the old root too, unless that root
+    has a pathLenConstraint, as `init_ca` made them before 2026-11-29), [leaf,
     (intermediate)] once it has expired. Returns the LocalCA."""
     now = int(time.time() if now is None else now)
     ca = LocalCA(data_dir)

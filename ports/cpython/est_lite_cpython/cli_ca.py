@@ -112,7 +112,7 @@ def cmd_init(args):
 def cmd_rollover(args):
     """Root CA key update (ca.rollover_ca), or with --finish the TLS
     certificate moved to the new key (ca.finish_rollover_tls)."""
-    from .ca import _utc_text, finish_rollover_tls, pin_of, rollover_ca
+    from .ca import _path_len, _utc_text, finish_rollover_tls, pin_of, rollover_ca
 
     d = _data_dir(args)
     if args.finish:
@@ -123,8 +123,14 @@ def cmd_rollover(args):
             if until is not None:
                 print("  chain:  leaf, NewWithOld, OldWithOld, OldWithNew, NewWithNew until the old root expires "
                       "on %s" % _utc_text(until))
-            print("next: restart est-lite serve. Devices that still trust only the old root and verify with Mbed "
-                  "TLS (MicroPython) no longer accept the server; OpenSSL clients of either root do")
+            if ca.old_root is not None and _path_len(ca.old_root) is not None:
+                # roots of `ca init` before 2026-11-29: Mbed TLS counts NewWithOld against their pathLen
+                print("next: restart est-lite serve. Devices that still trust only the old root and verify with "
+                      "Mbed TLS (MicroPython) no longer accept the server (the old root has a pathLenConstraint, "
+                      "docs/server.md); OpenSSL clients of either root do")
+            else:
+                print("next: restart est-lite serve. Clients of either root accept the server, MicroPython (Mbed "
+                      "TLS) ones included")
         finally:
             ca.store.close()
         return 0

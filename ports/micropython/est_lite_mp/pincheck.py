@@ -24,7 +24,7 @@ class PinCheck:
     certificate's fields at a time). max_below: most certificates checked
     below the pinned one (each costs a signature verification)."""
 
-    def __init__(self, pin, verify, max_below=4):
+    def __init__(self, pin, verify, max_below=6):
         if not isinstance(pin, bytes) or len(pin) != 32:
             raise LocalProtocolError("pin must be the 32-byte SHA-256 of a certificate")
         self.pin = pin
