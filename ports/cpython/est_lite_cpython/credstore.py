@@ -12,8 +12,9 @@ Beyond the portable checks (every file against its hash in the manifest):
 a file that exists but cannot be read (a directory, no permission) is a
 StoreError, not an empty store; load() and save() refuse a key that does
 not belong to the certificate (StoreError / LocalProtocolError); a save
-that fails on the filesystem raises StoreError and removes the files it
-had written (the committed generation stays in force); files are created
+that fails on the filesystem (a full disk included: "no space on the
+filesystem") raises StoreError and removes the files it had written (the
+committed generation stays in force); files are created
 fresh (an existing file or symlink of that name is removed first); save()
 holds an exclusive flock on the directory, load() a shared one, so two
 processes using one store do not interleave (a save inside a save would
@@ -22,9 +23,8 @@ wait for itself: do not call load() from a save hook).
 
 import os
 
-from est_lite.errors import EstError, LocalProtocolError
+from est_lite.errors import LocalProtocolError
 
-from est_lite_mp import storeops
 from est_lite_mp.credstore import Creds, StoreError, split_der  # noqa: F401 - re-exported
 from est_lite_mp.credstore import CredStore as _PortableStore
 
@@ -171,26 +171,12 @@ class CredStore(_PortableStore):
                 os.close(fd)
 
     def _save(self, key, cert, ca, keep):
-        try:
-            before = set(os.listdir(self.path))
-        except OSError:
-            before = set()
+        # the portable save removes what it wrote when it fails before its
+        # commit (ENOSPC included); an OSError that gets here came from a
+        # read or after the commit: nothing of this save to remove
         try:
             return super().save(key, cert, ca, keep)
-        except (OSError, EstError) as e:
-            # nothing committed (or the commit itself failed): remove what this save wrote
-            try:
-                after = set(os.listdir(self.path))
-            except OSError:
-                after = set()
-            for n in after - before:
-                if n == "manifest.tmp" or storeops._numbered(n):
-                    try:
-                        os.remove(self._p(n))
-                    except OSError:
-                        pass
-            if isinstance(e, EstError):
-                raise
+        except OSError as e:
             raise StoreError("credential store %s: cannot write: %s%s" % (
                 self.path, e.strerror or e, " (%s)" % e.filename if e.filename else "")) from None
 

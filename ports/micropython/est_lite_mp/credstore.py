@@ -127,8 +127,10 @@ class CredStore:
     def _mkdir(self):
         try:
             os.mkdir(self.path)
-        except OSError:
-            pass  # exists (or the parent is missing: the first write says so)
+        except OSError as e:
+            if e.args[0] not in (2, 17):
+                raise  # full (ENOSPC; EACCES on FAT): save() says so
+            # exists (or the parent is missing: the first write says so)
 
     def _rename(self, a, b):
         os.rename(self._p(a), self._p(b))

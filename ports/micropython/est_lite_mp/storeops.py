@@ -48,6 +48,11 @@ def _parse(st, text):
     i = s.rfind("end ")
     body = s[:i]
     lines = body.split("\n")
+    if lines[0] != _MAGIC and lines[0][:15] == _MAGIC[:15]:
+        # another format (a newer est-lite's): refused, never rewritten
+        # (not a StoreError, which save() would write over)
+        raise LocalProtocolError("credential store %s is format %s; this est-lite reads format 1: upgrade est-lite "
+                                 "(the store was not changed)" % (st.path, lines[0][15:]))
     if i < 0 or lines[0] != _MAGIC or s[i + 4:].strip() != _hex(body.encode()):
         raise StoreError("credential store manifest is corrupt or half-written (%s)" % st._p("manifest"))
     m = {"gen": 0}
@@ -121,38 +126,67 @@ def save(st, key, cert, ca, keep):
     except StoreError:
         if keep:
             raise
-    st._mkdir()
     gen = 0 if old is None else old["gen"]
     for n in st._names():  # above any generation left by an interrupted save
         p = _numbered(n)
         if p is not None and p[1] > gen:
             gen = p[1]
     gen += 1
-    new = {"key": key, "cert": cert, "ca": None if ca is None else b"".join([bytes(c) for c in ca])}
-    lines = [_MAGIC, "gen %d" % gen]
-    for part in _PARTS:
-        data = new[part]
-        if data is None:
-            if part in keep and old is not None and part in old:
-                lines.append("%s %s %s" % (part, old[part][0], old[part][1]))
-            continue
-        data = bytes(data)
-        name = "%s.%d" % (part, gen)
-        st._write(name, data)
-        h = _hex(data)
-        back = st._read(name)
-        if back is None or _hex(back) != h:
-            raise StoreError("credential store: %s did not read back as written" % st._p(name))
-        lines.append("%s %s %s" % (part, name, h))
-    body = "\n".join(lines) + "\n"
-    st._write("manifest.tmp", (body + "end " + _hex(body.encode()) + "\n").encode())
+    if old is not None:
+        # parts of an interrupted save (a power cut, an older version) take
+        # flash the new generation may need: only the committed ones stay
+        _clean(st, [0, 0] + [p + " " + old[p][0] for p in _PARTS if p in old])
+    cut = False
     try:
-        st._rename("manifest.tmp", "manifest")  # the commit point
-    except OSError:
-        # a filesystem whose rename does not replace (FAT): remove, then
-        # rename; load() recovers manifest.tmp if cut in between
-        st._remove("manifest")
-        st._rename("manifest.tmp", "manifest")
+        st._mkdir()
+        new = {"key": key, "cert": cert, "ca": None if ca is None else b"".join([bytes(c) for c in ca])}
+        lines = [_MAGIC, "gen %d" % gen]
+        for part in _PARTS:
+            data = new[part]
+            if data is None:
+                if part in keep and old is not None and part in old:
+                    lines.append("%s %s %s" % (part, old[part][0], old[part][1]))
+                continue
+            data = bytes(data)
+            name = "%s.%d" % (part, gen)
+            st._write(name, data)
+            h = _hex(data)
+            back = st._read(name)
+            if back is None or _hex(back) != h:
+                raise StoreError("credential store: %s did not read back as written" % st._p(name))
+            lines.append("%s %s %s" % (part, name, h))
+        body = "\n".join(lines) + "\n"
+        st._write("manifest.tmp", (body + "end " + _hex(body.encode()) + "\n").encode())
+        try:
+            st._rename("manifest.tmp", "manifest")  # the commit point
+        except OSError as e:
+            if "manifest.tmp" not in st._names():
+                pass  # renamed, then the filesystem reported an error (EIO while syncing): committed
+            elif e.args and e.args[0] == 28:
+                raise
+            else:
+                # a filesystem whose rename does not replace (FAT): remove,
+                # then rename; load() recovers manifest.tmp if cut in between
+                cut = True
+                st._remove("manifest")
+                st._rename("manifest.tmp", "manifest")
+    except (OSError, StoreError) as e:
+        why = str(e)
+        if isinstance(e, OSError):
+            n = e.args[0] if e.args else 0
+            why = "credential store %s: cannot write: %s" % (st.path, "no space on the filesystem (free some space "
+                                                                "and try again)" if n == 28 else
+                                                                "EACCES (no permission, or a full FAT filesystem)"
+                                                                if n == 13 else why)
+        if cut:
+            # the old manifest is gone, the new one complete: load() takes it
+            raise StoreError(why + "; the commit was cut: the next load() takes the new credentials")
+        # not committed: the previous generation stays in force; remove what
+        # this save wrote so that the flash it took is free for the next try
+        for n in st._names():
+            if n == "manifest.tmp" or (_numbered(n) or (0, 0))[1] == gen:
+                st._remove(n)
+        raise StoreError(why + "; nothing saved, the store is as it was")
     st._sync_dir()
     _clean(st, lines)
     return gen
