@@ -732,6 +732,7 @@ def cmd_reenroll(args):
 
 
 def cmd_serverkeygen(args):
+    from .credstore import StoreError
     from .crypto import P256Key
 
     store = _store(args)
@@ -740,6 +741,7 @@ def cmd_serverkeygen(args):
                                  "store (0600), never printed")
     # a corrupt store, or one holding another identity: said before any network traffic
     _refuse_to_replace(args, store.load(), "serverkeygen")
+    store.check_writable()  # a full disk: said before the server makes a key that could not be kept
     names = _builder_args(args)
     b = _request_builder(args, names)
     if not names and not (args.dns or args.ip or args.uri):
@@ -770,9 +772,14 @@ def cmd_serverkeygen(args):
         if "public key" in str(e):
             raise SecurityError("serverkeygen: the server's certificate is not for the key it sent") from None
         raise
-    gen = store.save(key=key.export_pkcs8(), cert=ev.cert, ca=ca)
-    _write_pem_copies(store)
     info = _describe(ev.cert)
+    try:
+        gen = store.save(key=key.export_pkcs8(), cert=ev.cert, ca=ca)
+    except StoreError as e:  # the disk filled up after check_writable(): the key exists nowhere else
+        raise StoreError("%s; the server-generated key was not kept, so its certificate (serial %s) is unusable: "
+                         "free some space and run serverkeygen again (and revoke that serial)"
+                         % (e, info["serial"])) from None
+    _write_pem_copies(store)
     _emit(args, {"cert": info, "generation": gen, "out": args.out},
           "server-generated key and certificate: %s, valid until %s -> %s" % (
               info["subject"], info["not_after"], args.out))

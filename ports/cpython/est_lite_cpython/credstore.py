@@ -60,6 +60,12 @@ def write_file_atomic(path, data, mode=0o600, tmp_suffix=".tmp"):
         raise
 
 
+# bytes check_writable() writes (and removes) to see that the disk has room
+# for a new generation next to the old one and the PEM copies (a few KB of
+# data, a filesystem block or more per file)
+SPACE_PROBE = 32768
+
+
 class CredStore(_PortableStore):
     def __init__(self, path, max_file=16384):
         # the portable store turns "" (and "/") into the root directory
@@ -73,7 +79,8 @@ class CredStore(_PortableStore):
         Creates nothing that stays: EstClient.provision() and
         renew_if_needed() call it before contacting the server, so a store
         that cannot be written costs no certificate (issued, then lost
-        with its key)."""
+        with its key). A full disk is one: it writes SPACE_PROBE bytes and
+        removes them ("no space on the filesystem")."""
         p = os.path.abspath(self.path)
         probe = p
         while not os.path.lexists(probe):
@@ -83,18 +90,33 @@ class CredStore(_PortableStore):
             probe = up
         if not os.path.isdir(probe):
             raise StoreError("credential store %s cannot be created: %s is not a directory" % (self.path, probe))
-        if probe != p:
-            if not os.access(probe, os.W_OK | os.X_OK):
-                raise StoreError("credential store %s cannot be created: %s is not writable" % (self.path, probe))
-            return
+        if probe != p and not os.access(probe, os.W_OK | os.X_OK):
+            raise StoreError("credential store %s cannot be created: %s is not writable" % (self.path, probe))
+        import errno
         import tempfile
 
+        # a test write of SPACE_PROBE bytes, removed at once: a full disk is
+        # said before the server issues a certificate that could not be kept
+        name = None
         try:
-            fd, name = tempfile.mkstemp(dir=p, prefix=".est-lite-probe-")
-            os.close(fd)
-            os.remove(name)
+            fd, name = tempfile.mkstemp(dir=probe, prefix=".est-lite-probe-")
+            try:
+                view = memoryview(bytes(SPACE_PROBE))
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise StoreError("credential store %s: no space on the filesystem (a %d-byte test write failed: %s): "
+                                 "free some space and try again" % (self.path, SPACE_PROBE, e.strerror)) from None
             raise StoreError("credential store %s is not writable: %s" % (self.path, e.strerror or e)) from None
+        finally:
+            if name is not None:
+                try:
+                    os.remove(name)
+                except OSError:
+                    pass
 
     def _mkdir(self):
         if os.path.exists(self.path) and not os.path.isdir(self.path):

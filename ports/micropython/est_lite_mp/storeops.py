@@ -135,7 +135,10 @@ def save(st, key, cert, ca, keep):
     if old is not None:
         # parts of an interrupted save (a power cut, an older version) take
         # flash the new generation may need: only the committed ones stay
-        _clean(st, [0, 0] + [p + " " + old[p][0] for p in _PARTS if p in old])
+        used = [old[p][0] for p in _PARTS if p in old]
+        for n in st._names():
+            if _numbered(n) and n not in used:
+                st._remove(n)
     cut = False
     try:
         st._mkdir()

@@ -1,0 +1,294 @@
+"""A full disk wherever est-lite writes (CPython client and server).
+
+Two ways to fill a disk, both real (nothing of est-lite is mocked):
+- tmpfs: a small tmpfs mounted for the test (`mount -t tmpfs -o size=..`),
+  filled by a filler file: the kernel's own ENOSPC ("No space left on
+  device"). Needs root and a kernel that lets the test mount (a container
+  may not); without them these tests are skipped, and say why.
+- RLIMIT_FSIZE: the command runs in a subprocess whose file size limit is
+  set with resource.setrlimit (as `ulimit -f`): a write past the limit
+  fails with EFBIG ("File too large"; CPython ignores SIGXFSZ). Works for
+  any user, in any CI; it is the same failure path (an OSError from a
+  write), with another errno.
+"""
+
+import contextlib
+import datetime
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from helpers_server import PASSWORD, USER
+
+from est_lite_cpython.cli import main
+from est_lite_cpython.credstore import CredStore, StoreError, write_file_atomic
+
+CLI = "import sys; from est_lite_cpython.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+# --- filling a disk ---
+
+
+def _can_mount():
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    d = tempfile.mkdtemp()
+    try:
+        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", d], capture_output=True).returncode == 0
+        if ok:
+            subprocess.run(["umount", d], check=True)
+        return ok
+    except OSError:
+        return False
+    finally:
+        os.rmdir(d)
+
+
+CAN_MOUNT = _can_mount()
+needs_tmpfs = pytest.mark.skipif(not CAN_MOUNT, reason="mounting a tmpfs needs root and a kernel that allows it; "
+                                                       "the RLIMIT_FSIZE tests cover the same paths")
+
+
+@contextlib.contextmanager
+def tmpfs(tmp_path, size="256k"):
+    d = tmp_path / "small"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", str(d)], check=True)
+    try:
+        yield str(d)
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=True)
+
+
+def fill(mnt, leave=0):
+    """A filler file that takes all the space but `leave` bytes (about:
+    tmpfs counts pages). Returns its path."""
+    p = os.path.join(mnt, "filler")
+    st = os.statvfs(mnt)
+    want = max(0, st.f_bavail * st.f_frsize - leave)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        chunk = b"\0" * 4096
+        while want > 0:
+            try:
+                n = os.write(fd, chunk[:min(4096, want)])
+            except OSError:
+                break
+            want -= n
+    finally:
+        os.close(fd)
+    return p
+
+
+def limited(nbytes):
+    """preexec_fn: a file size limit of nbytes for the subprocess (EFBIG past it)."""
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return set_limit
+
+
+def run_limited(nbytes, argv, code=CLI, **kw):
+    return subprocess.run([sys.executable, "-c", code] + list(argv), capture_output=True, text=True, timeout=120,
+                          preexec_fn=limited(nbytes), **kw)
+
+
+def one_line(err):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def snapshot(d):
+    out = {}
+    for n in sorted(os.listdir(d)):
+        with open(os.path.join(d, n), "rb") as f:
+            out[n] = f.read()
+    return out
+
+
+# --- credentials without a server ---
+
+
+def pair(cn):
+    k = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    c = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+         .not_valid_after(now + datetime.timedelta(days=30)).sign(k, hashes.SHA256()))
+    kd = k.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return kd, c.public_bytes(serialization.Encoding.DER)
+
+
+def seeded(path):
+    key, cert = pair("old")
+    s = CredStore(path)
+    s.save(key=key, cert=cert, ca=[cert])
+    for name, data in s.pem_files().items():  # as the CLI writes them
+        write_file_atomic(os.path.join(path, name), data)
+    return s, (key, cert)
+
+
+# --- the client's credential store ---
+
+
+@needs_tmpfs
+def test_store_save_at_every_fill_level(tmp_path):
+    new = pair("new")
+    with tmpfs(tmp_path) as mnt:
+        d = os.path.join(mnt, "st")
+        s, old = seeded(d)
+        seen = set()
+        for leave in range(0, 40 * 1024, 2048):
+            before = snapshot(d)
+            filler = fill(mnt, leave)
+            try:
+                s.save(key=new[0], cert=new[1], ca=[new[1]])
+            except StoreError as e:
+                seen.add("full")
+                assert "no space on the filesystem" in str(e) and "nothing saved" in str(e), e
+                assert snapshot(d) == before  # nothing written stays (PEM copies included)
+                got = CredStore(d).load()
+                assert (got.key, got.cert) == old
+                os.remove(filler)
+                s.save(key=new[0], cert=new[1], ca=[new[1]])  # space freed: it works
+            else:
+                seen.add("ok")
+                os.remove(filler)
+            got = CredStore(d).load()
+            assert (got.key, got.cert) == new
+            s.save(key=old[0], cert=old[1], ca=[old[1]])  # back to the old pair for the next level
+        assert seen == {"full", "ok"}, seen
+
+
+SAVE = """
+import sys
+from est_lite_cpython.credstore import CredStore, StoreError
+d, key, cert = sys.argv[1], open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
+try:
+    CredStore(d).save(key=key, cert=cert, ca=[cert])
+except StoreError as e:
+    print(e)
+    sys.exit(1)
+"""
+
+
+def test_store_save_past_the_file_size_limit(tmp_path):
+    d = str(tmp_path / "st")
+    s, old = seeded(d)
+    before = snapshot(d)
+    key, cert = pair("new")
+    assert len(key) < 200 < len(cert)  # the key is written, the certificate not
+    (tmp_path / "k").write_bytes(key)
+    (tmp_path / "c").write_bytes(cert)
+    p = run_limited(200, [d, str(tmp_path / "k"), str(tmp_path / "c")], code=SAVE)
+    assert p.returncode == 1 and "cannot write: [Errno 27] File too large" in p.stdout and "nothing saved" in p.stdout, p
+    assert snapshot(d) == before
+    got = CredStore(d).load()
+    assert (got.key, got.cert) == old
+
+
+def test_check_writable_says_a_full_disk(tmp_path):
+    d = str(tmp_path / "st")
+    seeded(d)
+    code = ("import sys\nfrom est_lite_cpython.credstore import CredStore, StoreError\ntry:\n"
+            "    CredStore(sys.argv[1]).check_writable()\nexcept StoreError as e:\n    print(e)\n    sys.exit(1)\n")
+    p = run_limited(8192, [d], code=code)
+    assert p.returncode == 1 and "no space on the filesystem" in p.stdout and "File too large" in p.stdout, p
+    assert not [n for n in os.listdir(d) if n.startswith(".est-lite-probe")]
+    assert run_limited(1 << 20, [d], code=code).returncode == 0
+
+
+# --- the client's commands ---
+
+
+def https(srv):
+    return "https://localhost:%d" % srv.port
+
+
+def enroll_into(srv, out, capsys, cn="full-1"):
+    rc = main(["enroll", "--server", https(srv), "--trust", srv.root_pem, "--out", out, "--user", USER,
+               "--password", PASSWORD, "--cn", cn])
+    capsys.readouterr()
+    assert rc == 0
+
+
+def commands(srv, out, skg):
+    return {
+        "reenroll": ["reenroll", "--server", https(srv), "--out", out],
+        "enroll": ["enroll", "--server", https(srv), "--trust", srv.root_pem, "--out", out, "--user", USER,
+                   "--password", PASSWORD, "--cn", "full-1", "--replace"],
+        "serverkeygen": ["serverkeygen", "--server", https(srv), "--trust", srv.root_pem, "--out", skg, "--user",
+                         USER, "--password", PASSWORD, "--cn", "full-2"],
+    }
+
+
+@pytest.mark.parametrize("cmd", ["reenroll", "enroll", "serverkeygen"])
+def test_cli_on_a_full_tmpfs(est_server, tmp_path, capsys, cmd):
+    if not CAN_MOUNT:
+        pytest.skip("mounting a tmpfs needs root; test_cli_past_the_file_size_limit covers the same path")
+    srv = est_server
+    with tmpfs(tmp_path) as mnt:
+        out, skg = os.path.join(mnt, "dev"), os.path.join(mnt, "skg")
+        enroll_into(srv, out, capsys)
+        before = snapshot(out)
+        issued = srv.ca.store.count_certificates()
+        filler = fill(mnt)
+        argv = commands(srv, out, skg)[cmd]
+        rc = main(argv)
+        _, err = capsys.readouterr()
+        line = one_line(err)
+        assert rc == 1 and "no space on the filesystem" in line and "free some space" in line, err
+        assert snapshot(out) == before  # the previous pair, PEM copies included
+        assert srv.ca.store.count_certificates() == issued  # said before the server issued anything
+        os.remove(filler)
+        rc = main(argv)
+        _, err = capsys.readouterr()
+        assert rc == 0, err
+        got = CredStore(skg if cmd == "serverkeygen" else out).load()
+        assert got.cert != CredStore(out).load().cert or cmd != "serverkeygen"
+        assert srv.ca.store.count_certificates() == issued + 1
+
+
+@pytest.mark.parametrize("cmd", ["reenroll", "enroll", "serverkeygen"])
+def test_cli_past_the_file_size_limit(est_server, tmp_path, capsys, cmd):
+    srv = est_server
+    out, skg = str(tmp_path / "dev"), str(tmp_path / "skg")
+    enroll_into(srv, out, capsys)
+    before = snapshot(out)
+    issued = srv.ca.store.count_certificates()
+    argv = commands(srv, out, skg)[cmd]
+    p = run_limited(8192, argv)
+    line = one_line(p.stderr)
+    assert p.returncode == 1 and "no space on the filesystem" in line and "File too large" in line, p.stderr
+    assert snapshot(out) == before
+    assert srv.ca.store.count_certificates() == issued
+    assert run_limited(1 << 20, argv).returncode == 0
+
+
+SKG_LATE = CLI.replace("from est_lite_cpython.cli import main;",
+                       "from est_lite_cpython.cli import main; import est_lite_cpython.credstore as c; "
+                       "c.SPACE_PROBE = 0;")
+
+
+def test_serverkeygen_when_the_disk_fills_after_the_check(est_server, tmp_path):
+    # the disk fills between the check and the save (SPACE_PROBE = 0: the
+    # check passes under the limit): the key the server made is lost, and
+    # the message says so, with the serial to revoke and what to do
+    srv = est_server
+    skg = str(tmp_path / "skg")
+    issued = srv.ca.store.count_certificates()
+    p = run_limited(300, commands(srv, None, skg)["serverkeygen"], code=SKG_LATE)
+    line = one_line(p.stderr)
+    assert p.returncode == 1 and "server-generated key was not kept" in line and "revoke that serial" in line, line
+    assert srv.ca.store.count_certificates() == issued + 1
+    serial = line.split("(serial ")[1].split(")")[0]
+    assert srv.ca.store.has_serial(int(serial, 16))
+    assert not os.path.exists(os.path.join(skg, "manifest"))
