@@ -292,3 +292,139 @@ def test_serverkeygen_when_the_disk_fills_after_the_check(est_server, tmp_path):
     serial = line.split("(serial ")[1].split(")")[0]
     assert srv.ca.store.has_serial(int(serial, 16))
     assert not os.path.exists(os.path.join(skg, "manifest"))
+
+
+# --- the server: ca.db full ---
+
+
+def _cap_pages(srv):
+    """The CA store may not grow (PRAGMA max_page_count = its page count, on
+    the store's write connection: SQLite's SQLITE_FULL, as on a full disk).
+    Returns the function that lifts the cap."""
+    db = srv.ca.store._wdb()
+    n = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute("PRAGMA max_page_count = %d" % n)
+    return lambda: db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def _enroll_until_refused(srv, enroll, limit=60):
+    """Enroll until the store refuses; every answered enrollment is recorded.
+    -> the error of the refused one."""
+    from est_lite.errors import EstError
+
+    for _ in range(limit):
+        before = srv.ca.store.count_certificates()
+        try:
+            ev = enroll()
+        except EstError as e:
+            assert srv.ca.store.count_certificates() == before  # refused: nothing recorded (or issued)
+            return e
+        serial = x509.load_der_x509_certificate(ev.cert).serial_number
+        assert srv.ca.store.has_serial(serial) and srv.ca.store.count_certificates() == before + 1
+    raise AssertionError("the store never filled up")
+
+
+def _clients(srv):
+    from helpers_client import der as der_
+    from helpers_client import root_der
+    from helpers_coaps import idevid_device
+
+    from est_lite_cpython.client import EstClient
+    from est_lite_cpython.crypto import P256Key
+
+    dev = idevid_device(srv)
+    key = dev.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    out = {}
+    for name, url, kw in (("https", "https://localhost:%d" % srv.port, {"user": USER, "password": PASSWORD}),
+                          ("coaps", "coaps://127.0.0.1:%d" % srv.coaps_port, {"cert": der_(dev.cert), "key": key})):
+        def enroll(url=url, kw=kw):
+            from est_lite.csr import CsrBuilder
+
+            c = EstClient(url, trust=root_der(srv), deadline=20, **kw)
+            try:
+                k = P256Key.generate()
+                return c.enroll(CsrBuilder().subject(cn="full-disk").sign(k), k.public_key)
+            finally:
+                c.close()
+
+        def cacerts(url=url, kw=kw):
+            c = EstClient(url, trust=root_der(srv), deadline=20, **kw)
+            try:
+                return c.cacerts()
+            finally:
+                c.close()
+        out[name] = (enroll, cacerts)
+    return out
+
+
+@pytest.fixture
+def both(tmp_path):
+    from helpers_coaps import EstBothServer
+
+    s = EstBothServer(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("transport", ["https", "coaps"])
+def test_serve_with_a_full_ca_store(both, transport, caplog):
+    srv = both
+    enroll, cacerts = _clients(srv)[transport]
+    lift = _cap_pages(srv)
+    e = _enroll_until_refused(srv, enroll)
+    assert "no space on the disk" in str(e) and "nothing was written" in str(e), e
+    assert e.http_status == 500 if transport == "https" else e.coap_code == 0xA0, (e.http_status, e.coap_code)
+    assert srv.ca.data_dir not in str(e)  # no server path in what the client sees
+    assert cacerts()  # still serving
+    e2 = _enroll_until_refused(srv, enroll, limit=1)  # still refused, the same clear reason
+    assert "no space on the disk" in str(e2)
+    lift()
+    before = srv.ca.store.count_certificates()
+    enroll()  # space is back: enrollments work again
+    assert srv.ca.store.count_certificates() == before + 1
+
+
+@needs_tmpfs
+def test_serve_with_its_data_directory_on_a_full_tmpfs(tmp_path):
+    from helpers_coaps import EstBothServer
+
+    with tmpfs(tmp_path, "2m") as mnt:
+        srv = EstBothServer(mnt)
+        try:
+            clients = _clients(srv)
+            filler = fill(mnt)
+            for transport in ("https", "coaps"):
+                enroll, cacerts = clients[transport]
+                e = _enroll_until_refused(srv, enroll)
+                assert "no space on the disk" in str(e), e
+                assert cacerts()
+            os.remove(filler)
+            for transport in ("https", "coaps"):
+                before = srv.ca.store.count_certificates()
+                clients[transport][0]()
+                assert srv.ca.store.count_certificates() == before + 1
+        finally:
+            srv.stop()
+
+
+def test_a_commit_that_fails_is_rolled_back():
+    # SQLite leaves the transaction open when COMMIT itself fails (SQLITE_FULL
+    # while the WAL grows; here a deferred foreign key, the same path): the
+    # Store's one write connection then refused every later write ("cannot
+    # start a transaction within a transaction") until the server restarted
+    import sqlite3
+
+    from est_lite_cpython.store import write_transaction
+
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("CREATE TABLE p(id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TABLE c(p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError):
+        write_transaction(db, lambda d: d.execute("INSERT INTO c VALUES (7)"))
+    assert not db.in_transaction
+    write_transaction(db, lambda d: d.execute("INSERT INTO p VALUES (7)"))  # the next write works
+    assert db.execute("SELECT COUNT(*) FROM c").fetchone()[0] == 0

@@ -76,11 +76,23 @@ def write_transaction(db, fn):
     db.execute("BEGIN IMMEDIATE")
     try:
         r = fn(db)
+        db.execute("COMMIT")  # SQLITE_FULL here leaves the transaction open: rolled back below
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
     return r
+
+
+def full_disk(e, path):
+    """A StoreError saying so if the sqlite3 error e is SQLITE_FULL
+    ("database or disk is full": the filesystem, a quota, or PRAGMA
+    max_page_count), else None. No directory in the text (it may reach a
+    client as a 500's reason)."""
+    if getattr(e, "sqlite_errorcode", None) != getattr(sqlite3, "SQLITE_FULL", 13) and "disk is full" not in str(e):
+        return None
+    return StoreError("the CA store %s: no space on the disk (%s): nothing was written (nothing issued, revoked or "
+                      "decided); free space on the server's disk, then try again" % (os.path.basename(path), e))
 
 
 def restore_hint(data_dir):
@@ -199,7 +211,10 @@ class Store:
     def _write(self, fn):
         with self._wlock:
             self._check_file()
-            return write_transaction(self._wdb(), fn)
+            try:
+                return write_transaction(self._wdb(), fn)
+            except sqlite3.OperationalError as e:
+                raise full_disk(e, self.path) or e from None
 
     def _now(self):
         return int(self.clock())
@@ -230,6 +245,8 @@ class Store:
                     self._wdb().execute(_INSERT_CERT, row)
             except sqlite3.IntegrityError:
                 raise DuplicateSerial("serial %s already issued" % serial) from None
+            except sqlite3.OperationalError as e:
+                raise full_disk(e, self.path) or e from None
             return serial
 
         def tx(db):
