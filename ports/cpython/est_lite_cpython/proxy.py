@@ -54,7 +54,7 @@ from est_lite import http1, numbers
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
 
 from .service import EstService, OperationNotAllowed, PendingApproval
-from .store import write_transaction
+from .store import file_format, mark_format, write_transaction
 
 log = logging.getLogger("est_lite.proxy")
 
@@ -352,6 +352,11 @@ CREATE TABLE IF NOT EXISTS meta(
     value INTEGER NOT NULL
 );
 """
+# the state file's format, in its PRAGMA user_version (as ca.db's, store.py):
+# 0 = a file of est-lite before formats were numbered (the tables of
+# version 1), marked 1 when opened; a higher one is refused, left unchanged
+STATE_FORMAT_VERSION = 1
+_STATE_MIGRATIONS = {}
 
 
 def _open_state(path, busy_timeout_s=30.0):
@@ -365,6 +370,11 @@ def _open_state(path, busy_timeout_s=30.0):
     else:
         name = str(path)
         d = os.path.dirname(os.path.abspath(name))
+        if os.path.exists(name):  # a newer est-lite's file: refused before anything writes to it
+            try:
+                file_format(name, "proxy state file", STATE_FORMAT_VERSION)
+            except sqlite3.Error:
+                pass  # not a database: said below, with the way out
         try:
             os.makedirs(d, mode=0o700, exist_ok=True)
             if not os.path.exists(name):  # 0600 from the start, not after sqlite made it with the umask
@@ -378,6 +388,7 @@ def _open_state(path, busy_timeout_s=30.0):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_STATE_SCHEMA)
+        mark_format(db, "proxy state file", name, STATE_FORMAT_VERSION, _STATE_MIGRATIONS)
         cols = [r[1] for r in db.execute("PRAGMA table_info(pending_owners)")]
         if cols != ["key", "requester", "created"]:
             raise sqlite3.DatabaseError("its pending_owners table has the columns %s, not key, requester, created"

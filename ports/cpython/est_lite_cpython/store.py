@@ -19,6 +19,7 @@ import shlex
 import sqlite3
 import threading
 import time
+import urllib.parse
 
 from est_lite.errors import EstError, LocalProtocolError
 
@@ -62,6 +63,14 @@ CREATE TABLE IF NOT EXISTS meta(
 
 _INSERT_CERT = "INSERT INTO certs VALUES (?,?,?,?,?,?,?,?,?)"
 
+# The format of ca.db, in SQLite's user_version (PRAGMA user_version). 0 is
+# a file of est-lite before formats were numbered (its tables are those of
+# version 1): it is marked 1 when opened. A higher number than this code's
+# was written by a newer est-lite: refused, the file left as it is.
+FORMAT_VERSION = 1
+# version N -> SQL bringing a file of version N to N + 1 (none yet)
+_MIGRATIONS = {}
+
 PENDING = "pending"
 APPROVED = "approved"
 REJECTED = "rejected"
@@ -100,6 +109,46 @@ def restore_hint(data_dir):
     error lines of every `ca` command and of `serve` end (docs/ca-backup.md)."""
     return ("with serve stopped, restore the directory from a backup: est-lite ca restore BACKUP --data-dir %s "
             "--force" % shlex.quote(str(data_dir)))
+
+
+def file_format(path, what, supported):
+    """The format version (PRAGMA user_version) of the existing SQLite file
+    path, read without changing it (a read-only connection, no journal
+    mode set). A version above `supported` is a LocalProtocolError naming
+    both versions, the file unchanged. 0: a file without a version."""
+    db = sqlite3.connect("file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path)), uri=True, timeout=30)
+    try:
+        v = db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+    if v > supported:
+        raise LocalProtocolError("the %s %s is format version %d, written by a newer est-lite; this est-lite reads "
+                                 "format version %d at most: upgrade est-lite to use it (the file was not changed)"
+                                 % (what, path, v, supported))
+    return v
+
+
+def mark_format(db, what, path, version, migrations):
+    """Bring the SQLite file of the autocommit connection db to format
+    `version` in one write transaction: a file without one (0, its tables
+    just created if missing) or of an older version runs `migrations`
+    ({N: SQL from N to N + 1}) and gets user_version = version. Returns the
+    version the file had. A newer one (written by a newer est-lite since
+    file_format looked) is refused as there."""
+    def tx(db):
+        v = db.execute("PRAGMA user_version").fetchone()[0]
+        if v > version:
+            raise LocalProtocolError("the %s %s is format version %d, written by a newer est-lite; this est-lite "
+                                     "reads format version %d at most: upgrade est-lite to use it (the file was not "
+                                     "changed)" % (what, path, v, version))
+        if v < version:
+            for n in range(max(v, 1), version):
+                for stmt in migrations[n]:
+                    db.execute(stmt)
+            db.execute("PRAGMA user_version = %d" % version)
+        return v
+
+    return write_transaction(db, tx)
 
 
 class StoreError(EstError):
@@ -141,8 +190,14 @@ class Store:
         self._wlock = threading.Lock()
         new = not os.path.exists(self.path)
         try:
+            if not new:  # before anything writes to it (journal_mode=WAL would)
+                file_format(self.path, "CA store", FORMAT_VERSION)
             db = self._db()
             db.executescript(_SCHEMA)
+            self.format_was = mark_format(db, "CA store", self.path, FORMAT_VERSION, _MIGRATIONS)
+        except LocalProtocolError:
+            self.close()
+            raise
         except sqlite3.Error as e:  # not a database, damaged, unreadable: name the file, no traceback
             self.close()
             raise LocalProtocolError("the CA store %s cannot be used: %s; %s"
