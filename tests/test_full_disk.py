@@ -189,7 +189,8 @@ def test_store_save_past_the_file_size_limit(tmp_path):
     (tmp_path / "k").write_bytes(key)
     (tmp_path / "c").write_bytes(cert)
     p = run_limited(200, [d, str(tmp_path / "k"), str(tmp_path / "c")], code=SAVE)
-    assert p.returncode == 1 and "cannot write: [Errno 27] File too large" in p.stdout and "nothing saved" in p.stdout, p
+    assert p.returncode == 1 and "cannot write: [Errno 27] File too large" in p.stdout, p
+    assert "nothing saved" in p.stdout
     assert snapshot(d) == before
     got = CredStore(d).load()
     assert (got.key, got.cert) == old
@@ -428,3 +429,99 @@ def test_a_commit_that_fails_is_rolled_back():
     assert not db.in_transaction
     write_transaction(db, lambda d: d.execute("INSERT INTO p VALUES (7)"))  # the next write works
     assert db.execute("SELECT COUNT(*) FROM c").fetchone()[0] == 0
+
+
+# --- the ca commands ---
+
+SIDE = ("ca.db", "ca.db-shm", "ca.db-wal", "server.lock")  # the store (compared by its rows), the directory's lock
+
+
+def ca_files(d):
+    return {n: v for n, v in snapshot(d).items() if n not in SIDE}
+
+
+def ca_rows(d):
+    import sqlite3
+
+    db = sqlite3.connect(os.path.join(d, "ca.db"))
+    try:
+        return [db.execute("SELECT * FROM %s ORDER BY 1" % t).fetchall() for t in ("certs", "revocations", "meta")]
+    finally:
+        db.close()
+
+
+def ca_commands(d, out):
+    return {
+        "issue": ["issue", "--data-dir", d, "--cn", "ra", "--eku", "clientAuth,cmcRA", "--out",
+                  os.path.join(out, "ra")],
+        "crl": ["crl", "--data-dir", d, "--out", os.path.join(out, "crl.pem")],
+        "rollover": ["rollover", "--data-dir", d],
+        "backup": ["backup", "--data-dir", d, os.path.join(out, "bk")],
+    }
+
+
+def run(argv):
+    return subprocess.run([sys.executable, "-c", CLI] + list(argv), capture_output=True, text=True, timeout=120)
+
+
+@needs_tmpfs
+def test_ca_commands_on_a_full_tmpfs(tmp_path):
+    # (each command in its own process, as an operator runs them)
+    with tmpfs(tmp_path, "512k") as mnt:
+        d = os.path.join(mnt, "ca")
+        assert run(["ca", "init", "--data-dir", d]).returncode == 0
+        before, rows = ca_files(d), ca_rows(d)
+        filler = fill(mnt)
+        for name, argv in ca_commands(d, mnt).items():
+            p = run(["ca"] + argv)
+            line = one_line(p.stderr)
+            assert p.returncode == 1 and "no space on the disk" in line and "restore" not in line, (name, line)
+            assert ca_files(d) == before, name  # nothing changed, nothing half-written
+            assert sorted(os.listdir(mnt)) == ["ca", "filler"], name  # no half backup, key, CRL
+        # ca init: nothing left that would make the next one fail
+        p = run(["ca", "init", "--data-dir", os.path.join(mnt, "ca2")])
+        assert p.returncode == 1 and "No space left on device" in one_line(p.stderr)
+        assert not os.path.exists(os.path.join(mnt, "ca2"))
+        os.remove(filler)
+        assert ca_rows(d) == rows  # nothing issued or revoked, no CRL number taken
+        for name, argv in ca_commands(d, mnt).items():
+            p = run(["ca"] + argv)
+            assert p.returncode == 0, (name, p.stderr)
+        assert run(["ca", "init", "--data-dir", os.path.join(mnt, "ca2")]).returncode == 0
+
+
+@pytest.fixture
+def ca_dir(tmp_path):
+    d = str(tmp_path / "ca")
+    assert run(["ca", "init", "--data-dir", d]).returncode == 0
+    return d
+
+
+@pytest.mark.parametrize("name", ["issue", "crl", "rollover", "backup"])
+def test_ca_commands_past_the_file_size_limit(ca_dir, tmp_path, name):
+    # SQLite meets the limit creating ca.db-shm (32 KB) and says "disk I/O
+    # error": before, the line told the operator to restore a backup
+    out = str(tmp_path / "out")
+    os.mkdir(out)
+    before, rows = ca_files(ca_dir), ca_rows(ca_dir)
+    argv = ["ca"] + ca_commands(ca_dir, out)[name]
+    p = run_limited(8192, argv)
+    line = one_line(p.stderr)
+    assert p.returncode == 1 and "no space on the disk" in line and "File too large" in line, line
+    assert "restore" not in line
+    assert ca_files(ca_dir) == before and ca_rows(ca_dir) == rows
+    assert os.listdir(out) == []
+    assert run_limited(1 << 24, argv).returncode == 0
+
+
+def test_ca_init_past_the_file_size_limit(tmp_path):
+    # root.key (241 B) fits, root.pem does not: before, root.key stayed and
+    # the next `ca init` said "a CA already exists (use --force)"
+    d = str(tmp_path / "ca")
+    p = run_limited(300, ["ca", "init", "--data-dir", d])
+    assert p.returncode == 1 and "File too large" in one_line(p.stderr), p.stderr
+    assert not os.path.exists(d)
+    os.mkdir(d)
+    p = run_limited(300, ["ca", "init", "--data-dir", d])  # a directory that was there stays, with no CA file
+    assert p.returncode == 1 and [n for n in os.listdir(d) if n != "server.lock"] == [], os.listdir(d)
+    assert run_limited(1 << 24, ["ca", "init", "--data-dir", d]).returncode == 0

@@ -216,7 +216,12 @@ def snapshot_sqlite(src, dst):
         s.backup(d)  # pages=-1: every page in one step, one read transaction
         d.execute("PRAGMA journal_mode=DELETE")  # (its integrity: the check of the whole copy)
     except sqlite3.Error as e:
-        raise BackupError("cannot copy the database %s: %s" % (src, e)) from None
+        from .store import no_room
+
+        full = no_room(os.path.dirname(os.path.abspath(dst)))  # SQLite says "disk I/O error" for most of them
+        why = e if full is None else "%s: no space on the disk of the backup (%s); free some space and run it again" % (
+            e, full)
+        raise BackupError("cannot copy the database %s: %s" % (src, why)) from None
     finally:
         for c in (s, d):
             if c is not None:

@@ -70,6 +70,27 @@ def _init_user(args):
     return user, pw
 
 
+def _undo_init(d, before, force):
+    # a failed init (a full disk) leaves no part of a CA: the files it made
+    # (with --force also those it was replacing: the old CA is gone by then),
+    # so the next `ca init` neither finds "a CA already exists" nor half of one
+    from .ca import DB_FILE, INT_CERT, INT_KEY, PASSWORDS, ROOT_CERT, ROOT_KEY, SERVER_CERT, SERVER_KEY
+
+    made = (ROOT_KEY, ROOT_CERT, INT_KEY, INT_CERT, SERVER_KEY, SERVER_CERT, DB_FILE, DB_FILE + "-wal",
+            DB_FILE + "-shm", PASSWORDS)
+    for n in made:
+        if before is None or n not in before or force:
+            try:
+                os.unlink(os.path.join(d, n))
+            except OSError:
+                pass
+    if before is None:  # the directory was made for it
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
 def cmd_init(args):
     from est_lite.errors import LocalProtocolError
 
@@ -90,10 +111,15 @@ def cmd_init(args):
     from .datalock import exclusive
 
     with exclusive(d, "est-lite ca init"):  # not under a running server (datalock.py)
-        ca = init_ca(d, common_name=args.cn, intermediate=args.intermediate, server_names=names,
-                     validity_days=args.days, force=args.force)
-        if user:
-            _passwords(args).set_password(user[0], user[1], realm)
+        before = set(os.listdir(d)) if os.path.isdir(d) else None
+        try:
+            ca = init_ca(d, common_name=args.cn, intermediate=args.intermediate, server_names=names,
+                         validity_days=args.days, force=args.force)
+            if user:
+                _passwords(args).set_password(user[0], user[1], realm)
+        except BaseException:
+            _undo_init(d, before, args.force)
+            raise
     # everything is written before the first line is printed: a reader that
     # closes stdout early (| head -1) cannot leave a CA without its user
     print("CA created in %s" % os.path.abspath(d))
@@ -198,15 +224,31 @@ def cmd_issue(args):
     for f in (cert_path, key_path):
         if os.path.exists(f) and not args.force:
             raise LocalProtocolError("%s exists (use --force to replace it)" % f)
+    from .store import no_room
+
+    full = no_room(os.path.dirname(os.path.abspath(key_path)))
+    if full:  # said before a certificate is issued whose key could not be kept
+        raise LocalProtocolError("cannot write %s: no space on the disk (%s): nothing issued; free some space and "
+                                 "try again" % (key_path, full))
     ca = _ca(args)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = ca.issue_raw(key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, args.cn)]),
                         sans=sans, days=args.days, eku=eku, label="", requester="est-lite ca issue")
-    write_private(key_path, _key_pem(key))
-    with open(cert_path, "wb") as f:  # leaf first, then the issuing CAs below the root (a TLS chain file)
-        f.write(_cert_pem(cert))
-        for c in ca.chain[:-1]:
-            f.write(_cert_pem(c))
+    try:
+        write_private(key_path, _key_pem(key))
+        with open(cert_path, "wb") as f:  # leaf first, then the issuing CAs below the root (a TLS chain file)
+            f.write(_cert_pem(cert))
+            for c in ca.chain[:-1]:
+                f.write(_cert_pem(c))
+    except (LocalProtocolError, OSError) as e:  # the disk filled up in between: no half pair left
+        for f in (key_path, cert_path):
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+        raise LocalProtocolError("%s; the certificate (serial %x) is recorded in the CA store but its key was not "
+                                 "kept: revoke it (est-lite ca revoke %x) and issue again once there is space"
+                                 % (e, cert.serial_number, cert.serial_number)) from None
     print("issued %s (%s), serial %x, until %s" % (cert.subject.rfc4514_string(), ", ".join(eku), cert.serial_number,
                                                    cert.not_valid_after_utc.strftime("%Y-%m-%d")))
     print("  cert:   %s" % cert_path)

@@ -93,15 +93,50 @@ def write_transaction(db, fn):
     return r
 
 
-def full_disk(e, path):
+def full_disk(e, path, shown=None):
     """A StoreError saying so if the sqlite3 error e is SQLITE_FULL
     ("database or disk is full": the filesystem, a quota, or PRAGMA
     max_page_count), else None. No directory in the text (it may reach a
-    client as a 500's reason)."""
-    if getattr(e, "sqlite_errorcode", None) != getattr(sqlite3, "SQLITE_FULL", 13) and "disk is full" not in str(e):
-        return None
+    client as a 500's reason; `shown`: the name to give instead)."""
+    code = getattr(e, "sqlite_errorcode", 0)
+    why = str(e)
+    if code != 13 and "disk is full" not in why:
+        if code & 0xFF != 10:  # not SQLITE_IOERR (a full disk as SQLite meets it growing -shm or the WAL)
+            return None
+        why = no_room(os.path.dirname(path) or ".")
+        if why is None:
+            return None
+        why = "%s; a test write: %s" % (e, why)
     return StoreError("the CA store %s: no space on the disk (%s): nothing was written (nothing issued, revoked or "
-                      "decided); free space on the server's disk, then try again" % (os.path.basename(path), e))
+                      "decided); free space on the server's disk, then try again"
+                      % (shown or os.path.basename(path), why))
+
+
+def no_room(d, size=65536):
+    """Why `size` bytes cannot be written in directory d for want of space
+    (strerror of ENOSPC, EDQUOT or EFBIG), or None (they can, or it fails
+    for another reason). The test file is removed."""
+    import errno
+    import tempfile
+
+    name = None
+    try:
+        fd, name = tempfile.mkstemp(dir=d, prefix=".est-lite-space-")
+        try:
+            view = memoryview(bytes(size))
+            while view:  # (a short write at a file size limit, EFBIG at the next)
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return e.strerror if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else None
+    finally:
+        if name is not None:
+            try:
+                os.remove(name)
+            except OSError:
+                pass
+    return None
 
 
 def restore_hint(data_dir):
@@ -200,6 +235,9 @@ class Store:
             raise
         except sqlite3.Error as e:  # not a database, damaged, unreadable: name the file, no traceback
             self.close()
+            full = full_disk(e, self.path, self.path)
+            if full is not None:  # not a damaged store: no restore to suggest
+                raise LocalProtocolError(full.msg) from None
             raise LocalProtocolError("the CA store %s cannot be used: %s; %s"
                                      % (self.path, e, restore_hint(os.path.dirname(self.path) or "."))) from None
         if new:
