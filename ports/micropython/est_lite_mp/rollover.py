@@ -37,7 +37,9 @@ def follow(anchors, got, verify, hook=None, now=None):
     a certificate of the same subject and key in `got` (NewWithOld) is
     signed by the key of a self-signed anchor (RFC 4210 §4.4), both are in
     their dates and its self-signature holds. Nothing new: `anchors`
-    itself (the same list) and None, or the reason a root was refused.
+    itself (the same list), or a new list of the anchors and the issuing
+    CA certificates of `got` that chain to them (not the self-issued link
+    certificates), and None or the reason a root was refused.
     Else the anchors still in their dates, then every certificate of `got`
     in its dates that chains to the roots now trusted, and a note.
     verify/hook: as in check_issued (verify None: est_lite_mp.crypto's,
@@ -92,11 +94,24 @@ def follow(anchors, got, verify, hook=None, now=None):
                 "out of its dates, not a CA certificate or a bad self-signature" if ok else
                 "no certificate of its key (NewWithOld) signed by a trusted root as a CA certificate"))
     if not new:
-        return anchors, why
-    out = [B(a) for a, f in zip(anchors, A) if fresh(f)]
-    # only CA certificates, each signed by a CA certificate (RFC 5280 §6.1.4
-    # (k), (n)): a leaf of the old root is no issuer of anything
-    todo = [i for i in range(len(F)) if got[i] not in out and fresh(F[i]) and _ca(F[i])]
+        # no new root: the anchors as they are, and the issuing CA
+        # certificates of `got` below them (a trust list of the root alone,
+        # behind an intermediate: the issued certificate chains through it)
+        out = _below([B(a) for a in anchors], got, F, keys, sig, fresh, False)
+        return anchors if len(out) == len(anchors) else out, why
+    out = _below([B(a) for a, f in zip(anchors, A) if fresh(f)], got, F, keys, sig, fresh, True)
+    return out, "CA root key update: now trusting %s (vouched by the trusted root)%s" % (
+        ", ".join([_dn(F[i]) for i in new]), "" if why is None else "; " + why)
+
+
+def _below(out, got, F, keys, sig, fresh, links):
+    # out, then the certificates of `got` that chain to it: only CA
+    # certificates, each signed by a CA certificate (RFC 5280 §6.1.4 (k),
+    # (n): a leaf of the old root is no issuer of anything); self-issued
+    # ones (the link certificates of a key update) only when `links`
+    B = bytes
+    todo = [i for i in range(len(F)) if got[i] not in out and fresh(F[i]) and _ca(F[i])
+            and (links or B(F[i]["subject"]) != B(F[i]["issuer"]))]
     more = True
     while more:  # what chains to the roots trusted now (at most len(got) rounds)
         more = False
@@ -112,8 +127,7 @@ def follow(anchors, got, verify, hook=None, now=None):
                 out.append(got[i])
                 todo.remove(i)
                 more = True
-    return out, "CA root key update: now trusting %s (vouched by the trusted root)%s" % (
-        ", ".join([_dn(F[i]) for i in new]), "" if why is None else "; " + why)
+    return out
 
 
 def _ca(f):
