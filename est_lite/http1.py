@@ -16,7 +16,7 @@ from est_lite.errors import LimitError, LocalProtocolError, RemoteProtocolError,
 _MT_PKCS7 = const("application/pkcs7-mime")  # = numbers.MT_PKCS7 (numbers is not loaded here)
 
 NEED_DATA = "NEED_DATA"
-RETRY_AFTER_DEFAULT = const(60)  # seconds, for a Retry-After in HTTP-date form
+RETRY_AFTER_DEFAULT = const(60)  # seconds, for a Retry-After HTTP-date without a Date to measure it from
 
 _B64WIN = const(1024)  # input bytes per base64 decoding window
 _PREALLOC = const(4096)  # a Content-Length body is allocated up to this at once, then grows as bytes arrive
@@ -202,8 +202,9 @@ class Part:
 
 class Response(Part):
     """status (int), reason, version, headers, body (bytearray), keep_alive,
-    content_type, params, retry_after (delta-seconds as int;
-    RETRY_AFTER_DEFAULT for the HTTP-date form; None if absent)."""
+    content_type, params, retry_after (seconds as int: the delta-seconds,
+    or an HTTP-date minus the answer's Date header, both the server's
+    clock; RETRY_AFTER_DEFAULT if that cannot be had; None if absent)."""
 
     def __init__(self, version, status, reason, headers):
         super().__init__(headers, bytearray())
@@ -214,7 +215,12 @@ class Response(Part):
         self.keep_alive = "keep-alive" in c if version == "HTTP/1.0" else "close" not in c
         v = self.header("retry-after")
         if v is not None:
-            v = (int(v) if len(v) < 10 else 999999999) if _only(v) else RETRY_AFTER_DEFAULT
+            if _only(v):
+                v = int(v) if len(v) < 10 else 999999999
+            else:  # an HTTP-date: how far past this answer's Date (http1_rare)
+                from est_lite.http1_rare import date_delay
+
+                v = date_delay(v, self.header("date"))
         self.retry_after = v
 
     def __repr__(self):

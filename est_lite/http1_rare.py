@@ -1,10 +1,11 @@
 # The rarely used parts of est_lite.http1, loaded on first use through
 # http1's module __getattr__ (http1.digest_auth etc. keep working):
 # WWW-Authenticate challenges and Digest (RFC 7235, RFC 7616), needed only
-# after a 401, and multipart/mixed (RFC 2046, RFC 7030 §4.4.2), needed only
-# for serverkeygen. See docs/http1.md.
+# after a 401, multipart/mixed (RFC 2046, RFC 7030 §4.4.2), needed only
+# for serverkeygen, and HTTP-dates (a Retry-After in date form). See
+# docs/http1.md.
 from est_lite.errors import LocalProtocolError, RemoteProtocolError, const
-from est_lite.http1 import Part, _check, _headers, _istok, _limit, _text, decode_b64_body
+from est_lite.http1 import RETRY_AFTER_DEFAULT, Part, _check, _headers, _istok, _limit, _only, _text, decode_b64_body
 
 def _tok(s, i):
     while i < len(s) and _istok(s[i]):
@@ -64,10 +65,15 @@ _MT_PKCS8 = const("application/pkcs8")
 
 
 def pick_digest(challenges):
-    """Params of the Digest challenge we answer best (SHA-256 first), or None."""
+    """Params of the Digest challenge we answer best (SHA-256 first), or
+    None. A challenge we cannot answer (another algorithm, or a qop list
+    without "auth", e.g. only auth-int) is passed over, so a Basic offered
+    beside it is used instead."""
     best, rank = None, 99
     for scheme, p in challenges:
         r = _ALGS.find(" %s " % p.get("algorithm", "MD5").upper())
+        if "qop" in p and "auth" not in p["qop"].replace(" ", "").lower().split(","):
+            r = -1
         if scheme == "digest" and 0 <= r < rank:
             best, rank = p, r
     return best
@@ -191,3 +197,51 @@ def split_serverkeygen(body, boundary, max_out=8192):
     if key is None or certs is None:
         raise RemoteProtocolError("serverkeygen: need key and certs-only parts")
     return decode_b64_body(key.body, max_out), kt, decode_b64_body(certs.body, max_out)
+
+
+# ---------------------------------------------------------------- HTTP-date
+
+_MONTHS = const("janfebmaraprmayjunjulaugsepoctnovdec")
+
+
+def http_date(s):
+    """Seconds since 1970-01-01 of an HTTP-date (RFC 9110 §5.6.7: the
+    IMF-fixdate 'Sun, 06 Nov 1994 08:49:37 GMT' and the obsolete RFC 850
+    'Sunday, 06-Nov-94 08:49:37 GMT' and asctime 'Sun Nov  6 08:49:37 1994'
+    forms, which recipients must accept), or None. No clock, no time module."""
+    w = (s or "").replace(",", " ").replace("-", " ").split()
+    if len(w) == 5:  # asctime: day-name month day time year
+        w = [w[0], w[2], w[1], w[4], w[3], "GMT"]
+    if len(w) != 6 or w[5] != "GMT" or len(w[4]) != 8 or not 1 <= len(w[1]) <= 2 or len(w[3]) not in (2, 4):
+        return None
+    t = w[4].split(":")
+    m = _MONTHS.find(w[2].lower())
+    if len(w[2]) != 3 or m % 3 or len(t) != 3 or not all(map(_only, t + w[1:2] + w[3:4])):
+        return None
+    y = int(w[3])
+    if y < 100:  # RFC 850: a two-digit year (RFC 9110: more than 50 years ahead means the past)
+        y += 2000 if y < 70 else 1900
+    m = m // 3 + 1
+    d = int(w[1])
+    hh, mm, ss = int(t[0]), int(t[1]), int(t[2])
+    if not 1 <= d <= 31 or hh > 23 or mm > 59 or ss > 60:
+        return None
+    # days from 1970-01-01 (the proleptic Gregorian calendar, March-based year)
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return days * 86400 + hh * 3600 + mm * 60 + ss
+
+
+def date_delay(retry_after, date):
+    """Seconds a Retry-After HTTP-date lies after the same answer's Date
+    header (both the server's clock, so the device's own clock, often unset
+    before enrollment, plays no part); 0 for a date in the past;
+    RETRY_AFTER_DEFAULT when either is missing or malformed."""
+    a = http_date(retry_after)
+    b = http_date(date)
+    if a is None or b is None:
+        return RETRY_AFTER_DEFAULT
+    return min(max(0, a - b), 999999999)

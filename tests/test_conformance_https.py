@@ -1,0 +1,229 @@
+"""RFC 7030 / RFC 8951 conformance over HTTPS: the statements of
+docs/conformance-https.md that no other test showed, and the gaps that
+audit found (each test here failed on the code before its fix)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(HERE, "portable"))
+sys.path.insert(0, HERE)
+
+import client_vectors as V  # noqa: E402
+
+from est_lite import client as C  # noqa: E402
+from est_lite import http1  # noqa: E402
+from est_lite import numbers as N  # noqa: E402
+from est_lite.errors import ServerError  # noqa: E402
+
+
+def response(status, reason, headers=(), body=b""):
+    h = ["HTTP/1.1 %d %s\r\n" % (status, reason)]
+    h += ["%s: %s\r\n" % kv for kv in headers]
+    h.append("Content-Length: %d\r\n\r\n" % len(body))
+    return "".join(h).encode() + body
+
+
+def answer(op, data):
+    op.send()
+    op.receive_data(data)
+    return op.next_event()
+
+
+# -- §4.2.3: 202 + Retry-After; "the client MUST wait at least the specified
+#    retry-after time"; RFC 9110 §10.2.3: Retry-After = HTTP-date / delay-seconds
+
+
+def test_retry_after_http_date_is_measured_from_the_answers_date():
+    # before: any HTTP-date counted as 60 s, so a server asking for two
+    # hours was asked again after one minute
+    date = "Sun, 06 Nov 1994 08:49:37 GMT"
+    for later, want in (
+        ("Sun, 06 Nov 1994 10:49:37 GMT", 7200),  # IMF-fixdate
+        ("Sunday, 06-Nov-94 08:50:07 GMT", 30),  # obsolete RFC 850 form
+        ("Sun Nov  6 08:49:47 1994", 10),  # obsolete asctime form
+        ("Mon, 07 Nov 1994 08:49:37 GMT", 86400),
+        ("Sat, 05 Nov 1994 08:49:37 GMT", 0),  # already past: at once (the client's min_retry applies)
+    ):
+        for status in (202, 503):
+            ev = answer(C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr"),
+                        response(status, "Later", [("Date", date), ("Retry-After", later)]))
+            assert isinstance(ev, C.RetryAfter) and ev.seconds == want, (later, status, ev)
+
+
+def test_retry_after_http_date_without_a_usable_date_stays_the_default():
+    # no Date (or a malformed one, or a malformed Retry-After): the delay
+    # cannot be known without the device's clock, which is never consulted
+    for hdrs in (
+        [("Retry-After", "Sun, 06 Nov 1994 10:49:37 GMT")],
+        [("Retry-After", "Sun, 06 Nov 1994 10:49:37 GMT"), ("Date", "yesterday")],
+        [("Retry-After", "soon"), ("Date", "Sun, 06 Nov 1994 08:49:37 GMT")],
+        [("Retry-After", "Sun, 06 Nov 1994 10:49:37 UTC"), ("Date", "Sun, 06 Nov 1994 08:49:37 GMT")],
+    ):
+        ev = answer(C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr"), response(202, "Accepted", hdrs))
+        assert ev.seconds == http1.RETRY_AFTER_DEFAULT == 60, hdrs
+
+
+def test_http_date_against_the_stdlib():
+    import calendar
+    import email.utils
+    import random
+
+    from est_lite.http1_rare import date_delay, http_date
+
+    rnd = random.Random(7030)
+    for _ in range(2000):
+        t = rnd.randrange(0, 4102444800)  # 1970 .. 2100
+        s = email.utils.formatdate(t, usegmt=True)
+        assert http_date(s) == t, s
+    for bad in ("", "Sun, 06 Nov 1994", "Sun, 32 Nov 1994 08:49:37 GMT", "Sun, 06 Nvo 1994 08:49:37 GMT",
+                "Sun, 06 Nov 1994 24:00:00 GMT", "Sun, 06 Nov 1994 8:49:37 GMT", "Sun, 06 Nov +994 08:49:37 GMT",
+                "Sun, 06 Nov 1994 08:49:37 CET", "x" * 300, "Sun, 06 Nov 1994 08:4a:37 GMT"):
+        assert http_date(bad) is None, bad
+    assert http_date("Sunday, 06-Nov-94 08:49:37 GMT") == calendar.timegm((1994, 11, 6, 8, 49, 37))
+    assert http_date("Thursday, 01-Jan-26 00:00:00 GMT") == calendar.timegm((2026, 1, 1, 0, 0, 0))
+    assert date_delay("Sun, 06 Nov 1994 08:49:38 GMT", "Sun, 06 Nov 1994 08:49:37 GMT") == 1
+
+
+@pytest.mark.skipif(not __import__("shutil").which("micropython"), reason="micropython not installed")
+def test_retry_after_http_date_under_micropython():
+    # dates past 2^30 s (2004): the device's int arithmetic must not wrap
+    script = textwrap.dedent("""
+        from est_lite import http1
+        p = http1.ResponseParser()
+        p.receive_data(b"HTTP/1.1 202 Accepted\\r\\nDate: Tue, 31 Dec 2030 23:00:00 GMT\\r\\n"
+                       b"Retry-After: Wed, 01 Jan 2031 00:00:00 GMT\\r\\nContent-Length: 0\\r\\n\\r\\n")
+        r = p.next_event()
+        from est_lite.http1_rare import http_date
+        print(r.retry_after, http_date("Sun Nov  6 08:49:37 1994"), http_date("nonsense"))
+    """)
+    out = subprocess.run(["micropython", "-c", script], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, MICROPYPATH=ROOT))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["3600", "784111777", "None"], out.stdout
+
+
+# -- §3.2.3 / RFC 7616: a 401 offering several schemes
+
+
+def test_digest_challenge_we_cannot_answer_falls_back_to_basic_offered_beside_it():
+    # before: a Digest challenge with qop="auth-int" only was picked and then
+    # refused ("no 'auth'"), although the server also offered Basic
+    op = C.HttpOperation(N.OP_CACERTS, host="h", auth=("u", "p"), cnonce=b"c")
+    ev = answer(op, response(401, "Unauthorized", [("WWW-Authenticate", 'Digest realm="r", nonce="n", qop="auth-int"'),
+                                                   ("WWW-Authenticate", 'Basic realm="r"')]))
+    assert ev is C.NEED_DATA and op.state == C.AUTH_CONTINUE
+    assert op.send().split(b"\r\nAuthorization: ")[1].startswith(b"Basic ")
+    # only the unanswerable Digest: the 401 is the answer, a ServerError
+    op = C.HttpOperation(N.OP_CACERTS, host="h", auth=("u", "p"), cnonce=b"c")
+    with pytest.raises(ServerError) as e:
+        answer(op, response(401, "Unauthorized", [("WWW-Authenticate", 'Digest realm="r", nonce="n", qop="auth-int"')]))
+    assert e.value.http_status == 401
+
+
+def test_basic_and_digest_in_one_header_digest_is_chosen():
+    op = C.HttpOperation(N.OP_CACERTS, host="h", auth=("u", "p"), cnonce=b"c")
+    ev = answer(op, response(401, "Unauthorized", [
+        ("WWW-Authenticate", 'Basic realm="r", Digest realm="r", nonce="n", qop="auth", algorithm=SHA-256')]))
+    assert ev is C.NEED_DATA
+    req = op.send()
+    assert b"Authorization: Digest " in req and b"algorithm=SHA-256" in req
+
+
+# -- §4.1.3 / §4.2.3 / RFC 8951: what the client accepts in a 200
+
+
+def test_client_accepts_pkcs7_with_and_without_smime_type_and_content_transfer_encoding():
+    b64 = http1.b64_encode_lines(V.P7_LEAF_CA)
+    for hdrs, body in (
+        ([("Content-Type", "application/pkcs7-mime")], b64),
+        ([("Content-Type", "application/pkcs7-mime; smime-type=certs-only")], b64),
+        ([("Content-Type", 'Application/PKCS7-MIME; smime-type="certs-only"')], b64),
+        ([("Content-Type", N.MT_PKCS7_CERTS), ("Content-Transfer-Encoding", "base64")], b64),
+        ([("Content-Type", N.MT_PKCS7_CERTS), ("Content-Transfer-Encoding", "BASE64")], b64.replace(b"\r\n", b"")),
+        ([("Content-Type", N.MT_PKCS7_CERTS)], b64.replace(b"\r\n", b"\n") + b"\x00"),
+    ):
+        ev = answer(C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr"), response(200, "OK", hdrs, body))
+        assert isinstance(ev, C.Enrolled) and ev.cert == V.LEAF and ev.chain == [V.CA], hdrs
+
+
+def test_client_csrattrs_200_empty_204_404_are_no_attributes():
+    for status, hdrs in ((204, []), (404, []), (200, [("Content-Type", N.MT_CSRATTRS)])):
+        ev = answer(C.HttpOperation(N.OP_CSRATTRS, host="h"), response(status, "X", hdrs))
+        assert isinstance(ev, C.CsrAttrs) and ev.attrs is None, status
+
+
+def test_client_does_not_follow_redirects():
+    # RFC 7030 §3.2.1 allows 3xx; est-lite does not follow them (documented):
+    # no request, and no credentials, go to a place the user did not name
+    op = C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr", auth=("u", "p"), preemptive_basic=True)
+    with pytest.raises(ServerError) as e:
+        answer(op, response(301, "Moved", [("Location", "https://elsewhere.example/.well-known/est/simpleenroll")]))
+    assert e.value.http_status == 301 and op.send() is None
+
+
+# -- server side: media types, 204, 501, labels, 401 challenges, over HTTPS
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    from helpers_server import EstTestServer
+
+    s = EstTestServer(tmp_path_factory.mktemp("conf"), extra_toml="""
+        [profiles.nocsrattrs]
+        csrattrs = []
+        """)
+    yield s
+    s.stop()
+
+
+
+def test_server_media_types_and_content_transfer_encoding(srv):
+    from helpers_server import PASSWORD, USER, make_csr
+
+    r = srv.request("GET", srv.path("cacerts"))
+    assert r.status == 200 and r.header("content-type") == "application/pkcs7-mime; smime-type=certs-only"
+    assert r.header("content-transfer-encoding") == "base64" and max(map(len, r.body.split(b"\r\n"))) <= 64
+    _k, csr = make_csr("conf-1")
+    # the request's Content-Transfer-Encoding is optional (RFC 8951) and
+    # the base64 may come in one line
+    r = srv.request("POST", srv.path("simpleenroll"), raw_body=__import__("base64").b64encode(csr),
+                    auth=(USER, PASSWORD))
+    assert r.status == 200 and r.header("content-type") == N.MT_PKCS7_CERTS and len(r.certs()) >= 1
+
+
+def test_server_csrattrs_none_is_204_and_fullcmc_is_501(srv):
+    from helpers_server import PASSWORD, USER, make_csr
+
+    r = srv.request("GET", srv.path("csrattrs", "nocsrattrs"), auth=(USER, PASSWORD))
+    assert r.status == 204 and r.body == b""
+    _k, csr = make_csr("conf-2")
+    r = srv.request("POST", srv.path("fullcmc"), csr, auth=(USER, PASSWORD),
+                    headers={"Content-Type": "application/pkcs7-mime"})
+    assert r.status == 501
+
+
+def test_server_401_offers_basic_and_digest(srv):
+    from helpers_server import make_csr
+
+    _k, csr = make_csr("conf-3")
+    r = srv.request("POST", srv.path("simpleenroll"), csr)
+    ch = http1.parse_challenges(r.headers_all("www-authenticate"))
+    assert r.status == 401 and "basic" in [c[0] for c in ch]
+    assert sorted(p["algorithm"] for s, p in ch if s == "digest") == ["MD5", "SHA-256"]
+    assert all(p.get("qop") == "auth" and p.get("nonce") for s, p in ch if s == "digest")
+
+
+def test_server_label_rules(srv):
+    # §3.2.2: a label is one path segment between /.well-known/est/ and the
+    # operation; operation names are not labels; unknown labels are 404
+    assert srv.request("GET", "/.well-known/est/simpleenroll/cacerts").status == 404
+    assert srv.request("GET", "/.well-known/est/nolabel/cacerts").status == 404
+    assert srv.request("GET", "/.well-known/est/a/b/cacerts").status == 404
+    assert srv.request("GET", "/.well-known/est/strict/cacerts").status == 200
+    assert srv.request("GET", "/.well-known/est/crts").status == 404  # the RFC 9148 short name is CoAP only
