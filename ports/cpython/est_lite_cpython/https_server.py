@@ -566,6 +566,54 @@ def load_tls_identity(ctx, cert_file, key_file):
                                  % (key_file, reason)) from None
 
 
+def fd_reserve(limit):
+    """File descriptors the loop leaves for the rest of the server (SQLite's
+    connections of every thread, the CoAPs socket, key and CRL files, logs)
+    under an open-file limit of `limit`."""
+    return min(256, max(32, limit // 4))
+
+
+def connection_cap(max_connections, fds_each=1):
+    """(connections the loop -- or worker threads, fds_each descriptors
+    each: the socket and the thread's SQLite connection -- the server may
+    hold open, the open-file limit that made it lower than max_connections
+    or None)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return max_connections, None
+    if soft == resource.RLIM_INFINITY or (soft - fd_reserve(soft)) // fds_each >= max_connections:
+        return max_connections, None
+    return max(1, (soft - fd_reserve(soft)) // fds_each), soft
+
+
+class _AcceptTrouble:
+    """accept() failing (EMFILE and friends): one warning when it starts,
+    one line when connections are accepted again, not one per try."""
+
+    def __init__(self):
+        self.since = None
+        self.lock = threading.Lock()
+
+    def failed(self, e, what):
+        with self.lock:
+            if self.since is not None:
+                return
+            self.since = time.monotonic()
+        log.warning("accept failed: %s; new connections wait in the listen backlog until %s (said once; "
+                    "raise the open-file limit, ulimit -n, for more)", e, what)
+
+    def ok(self):
+        if self.since is None:
+            return
+        with self.lock:
+            since, self.since = self.since, None
+        if since is not None:
+            log.warning("accepting connections again (after %.1f s)", time.monotonic() - since)
+
+
 class EstHttpsServer:
     """EST HTTPS server. `service` is an EstService; cert_file is a PEM
     chain (leaf first), key_file its PEM key. io: "loop" (one thread,
@@ -573,7 +621,10 @@ class EstHttpsServer:
     threads, one blocking connection each); None picks "loop" when the
     service runs the built-in CA and authenticator (they answer without
     waiting on a network) and "threads" otherwise. max_connections bounds
-    the open connections of the loop (more wait in the listen backlog);
+    the open connections of the loop (more wait in the listen backlog), and
+    so does the process's open-file limit (ulimit -n): the loop keeps
+    fd_reserve(limit) descriptors for the store, the CoAPs server and the
+    files it reads, so a flood of connections does not make them fail;
     max_connections_per_host (None: no limit) bounds those of one host (an
     IPv4 address, an IPv6 /64) in both modes: a further connection from it
     is closed at once, so one peer holding connections open cannot take
@@ -622,6 +673,7 @@ class EstHttpsServer:
         self._threads = []
         self._family = socket.AF_INET
         self._stopping = threading.Event()
+        self._accept_trouble = _AcceptTrouble()
         self._lf_lock = threading.Lock()  # leader/followers state (see _worker)
         self._leading = False
         self._idle = []
@@ -720,12 +772,17 @@ class EstHttpsServer:
             # no accept thread: every worker blocks in accept() on the
             # listening socket (the kernel wakes one per connection), so a
             # connection costs no queue hand-off and no extra GIL switch
-            for i in range(self.workers):
+            n, limit = connection_cap(self.workers, 3)
+            if limit is not None:
+                log.warning("the open-file limit (ulimit -n) is %d: %d worker threads (not workers = %d), %d "
+                            "descriptors kept for the store and CoAPs; raise the limit for more", limit, n,
+                            self.workers, fd_reserve(limit))
+            for i in range(n):
                 w = threading.Thread(target=self._worker, name="est-worker-%d" % i, daemon=True)
                 w.start()
                 self._threads.append(w)
         log.info("EST HTTPS server on %s port %d (%s)", self.host, self.port,
-                 "event loop" if self.io == "loop" else "%d worker threads" % self.workers)
+                 "event loop" if self.io == "loop" else "%d worker threads" % len(self._threads))
         return self.port
 
     def stop(self, timeout=5.0):
@@ -824,7 +881,9 @@ class EstHttpsServer:
                     if self._stopping.is_set():
                         return
                     if not isinstance(e, BlockingIOError):  # EAGAIN: SO_RCVTIMEO of an idle listener
-                        time.sleep(0.01)  # EMFILE and friends: back off, keep serving
+                        self._accept_trouble.failed(e, "a connection closes")
+                        time.sleep(0.05)  # EMFILE and friends: back off, keep serving
+            self._accept_trouble.ok()
             with lf:  # hand the lead on before handling the connection
                 if idle:
                     idle.pop().release()
@@ -995,6 +1054,12 @@ class EstHttpsServer:
         sel.register(lsock, _READ, None)
         listening = True
         paused = 0.0  # accept() failed (EMFILE and friends): not before this time
+        cap, limit = connection_cap(self.max_connections)
+        if limit is not None:
+            log.warning("the open-file limit (ulimit -n) is %d: at most %d HTTPS connections at once (not "
+                        "max_connections = %d), %d descriptors kept for the store and CoAPs; raise the limit "
+                        "for more", limit, cap, self.max_connections, fd_reserve(limit))
+        trouble = self._accept_trouble
         conns = {}  # socket -> [generator, events, deadline]
         due = [float("inf")]  # earliest deadline of a waiting connection (or later)
         stopping = self._stopping
@@ -1046,16 +1111,17 @@ class EstHttpsServer:
                 # a ClientHello costs the loop ~0.3 ms, and the connections
                 # already under way finish first (the rest wait in the backlog)
                 for _ in range(8 if accept else 0):
-                    if len(conns) >= self.max_connections:
+                    if len(conns) >= cap:
                         break
                     try:
                         fd, addr = raw_accept()
                     except BlockingIOError:
                         break
                     except OSError as e:  # EMFILE and friends: pause accepting, keep serving
-                        log.warning("accept failed: %s", e)
+                        trouble.failed(e, "one of the %d open connections closes" % len(conns))
                         paused = mono() + 0.1
                         break
+                    trouble.ok()
                     c = socket.socket(fam, socket.SOCK_STREAM, 0, fd)
                     host = host_key(addr)
                     if not self._host_take(host):
@@ -1073,7 +1139,7 @@ class EstHttpsServer:
                             step(c, rec, _TimedOut())
                         elif rec[2] < due[0]:
                             due[0] = rec[2]
-                want = len(conns) < self.max_connections
+                want = len(conns) < cap
                 if paused:  # after a failed accept()
                     if mono() < paused:
                         want = False
