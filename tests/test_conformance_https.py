@@ -227,3 +227,33 @@ def test_server_label_rules(srv):
     assert srv.request("GET", "/.well-known/est/a/b/cacerts").status == 404
     assert srv.request("GET", "/.well-known/est/strict/cacerts").status == 200
     assert srv.request("GET", "/.well-known/est/crts").status == 404  # the RFC 9148 short name is CoAP only
+
+
+# -- §4.4.1.1 / §4.4.1.2: serverkeygen with the key to be encrypted
+
+
+@pytest.mark.parametrize("oid", ["1.2.840.113549.1.9.16.2.37", "1.2.840.113549.1.9.16.2.54"])
+def test_serverkeygen_asking_for_an_encrypted_key_is_refused_not_answered_in_clear(srv, oid):
+    # before: the attribute was ignored and the key came back as plain
+    # application/pkcs8, against the client's request
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID, ObjectIdentifier
+    from helpers_server import PASSWORD, USER, der, make_csr
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "conf-skg")]))
+           .add_attribute(ObjectIdentifier(oid), b"key-id-1")
+           .sign(key, hashes.SHA256()))
+    r = srv.request("POST", srv.path("serverkeygen"), der(csr), auth=(USER, PASSWORD))
+    assert r.status == 501 and b"encrypted" in r.body and b"pkcs8" in r.body
+    assert r.header("content-type").startswith("text/plain")
+    # without the attribute the same client gets its key (application/pkcs8)
+    _k, plain = make_csr("conf-skg")
+    r = srv.request("POST", srv.path("serverkeygen"), plain, auth=(USER, PASSWORD))
+    assert r.status == 200 and r.header("content-type").startswith("multipart/mixed")
+    assert b"application/pkcs8" in r.body
+    # an unauthenticated client still gets 401 first, not the 501
+    assert srv.request("POST", srv.path("serverkeygen"), der(csr)).status == 401

@@ -579,6 +579,24 @@ _EC_CURVE = {"ec:P-256": ec.SECP256R1(), "ec:P-384": ec.SECP384R1(), "ec:P-521":
 _CSR_BAD_SIGNATURE = "CSR signature does not verify: the request was not signed by the key it carries"
 _REQUIRED_OIDS = {k: _oid(v.dotted_string) for k, v in _SUBJECT_OIDS.items()}  # subject field name -> OID DER
 
+# CSR attributes by which a serverkeygen client asks for its private key
+# encrypted (RFC 7030 §4.4.1.1 symmetric, §4.4.1.2 asymmetric); this server
+# returns the key as application/pkcs8 protected by TLS only
+_KEY_ENCRYPTION_ATTRS = {"1.2.840.113549.1.9.16.2.37": "DecryptKeyIdentifier",
+                         "1.2.840.113549.1.9.16.2.54": "AsymmetricDecryptKeyIdentifier"}
+
+
+def _refuse_key_encryption(csr):
+    """A serverkeygen CSR asking for an encrypted key is refused (501):
+    sending the key unencrypted would ignore what the client asked for."""
+    for a in csr.attributes:
+        name = _KEY_ENCRYPTION_ATTRS.get(a.oid.dotted_string)
+        if name is not None:
+            raise NotImplementedOp("serverkeygen: the CSR asks for the private key encrypted (%s, RFC 7030 "
+                                   "§4.4.1); this server returns keys protected by TLS only (application/pkcs8) "
+                                   "and does not send one unencrypted against that request: leave the attribute "
+                                   "out" % name)
+
 
 # ---------------------------------------------------------------- service
 
@@ -761,6 +779,8 @@ class EstService:
             # sl: the CSR's DER slices (csr_slices), or None (then csr_pub is set)
             no_attrs = sl is not None and sl[5]
             self._check_pop(prof, csr, ctx, cert_id, no_attributes=no_attrs)
+            if server_key is not None and not no_attrs:
+                _refuse_key_encryption(csr)
             if no_attrs and sl[2] and prof.san != "require" and \
                     all(_REQUIRED_OIDS[f] in sl[2] for f in prof.subject_required):
                 sans = []  # no extensionRequest, so no SAN; the required fields are there
