@@ -12,7 +12,7 @@ Resources (RFC 9148 §4, short names only; the HTTPS long names answer 4.04):
 
     /.well-known/core                 link format, rt="ace.est.*" filter
     /.well-known/est/[LABEL/]crts     GET   -> 2.05, 281 (default) or 287 (a one-certificate chain)
-    /.well-known/est/[LABEL/]att      GET   -> 2.05, 285 (empty payload: no attributes)
+    /.well-known/est/[LABEL/]att      GET   -> 2.05, 285 (no attributes: 4.04)
     /.well-known/est/[LABEL/]sen      POST 286 -> 2.04, 281 or 287
     /.well-known/est/[LABEL/]sren     POST 286 -> 2.04, 281 or 287
     /.well-known/est/[LABEL/]skg      POST 286 -> 2.04, 62 [284 key, 281 certs]
@@ -372,6 +372,10 @@ class EstResource(resource.Resource, resource.PathCapable):
                 body = self._certs_body(p7, cert_cf, None)
             else:
                 body = await self._call(svc.csrattrs, label, ctx)
+                if not body:
+                    # RFC 9148 §4.5: EST's 204/404 "not available" is 4.04 in
+                    # EST-coaps (an empty 2.05 is not a valid application/csrattrs)
+                    raise CoapError("no CSR attributes for this label", 0x84)
             tr = _Transfer()
             tr.body, tr.code, tr.cf, tr.asm = bytes(body), Code.CONTENT, cf_out, None
             return self._answer(key, tr, b2, None, rexp)
@@ -510,9 +514,10 @@ class CoreResource(resource.Resource):
             prof = profiles[label]
             base = "/.well-known/est/" + (label + "/" if label else "")
             for short, rt, ct in _LINKS:
+                # crts, sen and sren are always listed (RFC 9148 §4.1: MUST;
+                # a label that does not renew answers sren with 4.03), skg and
+                # skc only where serverkeygen is on
                 if prof is not None and short in ("skg", "skc") and not prof.serverkeygen:
-                    continue
-                if prof is not None and short == "sren" and not prof.reenroll:
                     continue
                 out.append((base + short, {"rt": rt, "ct": ct}))
         return out

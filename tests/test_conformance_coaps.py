@@ -1,0 +1,261 @@
+"""RFC 9148 (EST-coaps) conformance: the normative statements of
+docs/conformance-coaps.md that no other test file shows, one test each
+(the table names the test of every row). Server and proxy rows run against
+the reference server over a real DTLS session; client rows drive the
+core's CoapOperation with crafted answers (no socket)."""
+
+import datetime
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7 as cpkcs7
+from cryptography.x509.oid import NameOID
+
+from est_lite import coap
+from est_lite import client as C
+from est_lite import numbers as N
+from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, ServerError
+from est_lite_cpython import dtls as d
+from helpers_coaps import CoapsSession, EstBothServer, RawCoap, make_csr, operational_device, opt_uint
+
+GET, POST = N.GET, N.POST
+
+EXTRA = """
+[profiles.noattrs]
+csrattrs = []
+reenroll = false
+client_cert_trust = ["ca", "idevid"]
+"""
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = EstBothServer(tmp_path_factory.mktemp("conf-coaps"), extra_toml=EXTRA)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def dev(srv):
+    return operational_device(srv, "conf-dev-1")
+
+
+# ---------------------------------------------------------------- server
+
+
+def test_att_without_attributes_is_4_04(srv, dev):
+    # RFC 9148 §4.5: "4.04 is used when the resource is not available for
+    # the client" (EST's 204/404 for csrattrs). An empty 2.05 carrying
+    # Content-Format 285 is not a valid application/csrattrs (a DER SEQUENCE).
+    with srv.dtls_client(dev) as dc:
+        raw = RawCoap(dc)
+        r = raw.request(GET, raw.path("att", "noattrs"))
+        assert r.code == N.NOT_FOUND, N.code_str(r.code)
+        assert opt_uint(r, N.CONTENT_FORMAT) is None  # a diagnostic payload has none
+        assert b"no CSR attributes" in bytes(r.payload)
+        # a label with attributes still answers 2.05 + 285
+        r = raw.request(GET, raw.path("att"))
+        assert r.code == N.CONTENT and opt_uint(r, N.CONTENT_FORMAT) == N.CF_CSRATTRS and len(r.payload) > 2
+        # the core client reads 4.04 on /att as "no attributes", with the text
+        ev = CoapsSession(dc).csrattrs("noattrs")
+        assert ev.attrs is None and ev.der == b"" and "no CSR attributes" in ev.diagnostic
+
+
+def test_discovery_always_lists_crts_sen_sren(srv, dev):
+    # RFC 9148 §4.1: the crts, sen and sren links "MUST be returned if the
+    # server supports resource discovery"; the others only if implemented.
+    with srv.dtls_client(dev) as dc:
+        raw = RawCoap(dc)
+        r, payload = raw.get_all([".well-known", "core"], options=[(N.URI_QUERY, b"rt=ace.est*")])
+        assert r.code == N.CONTENT and opt_uint(r, N.CONTENT_FORMAT) == N.CF_LINK_FORMAT
+        links = payload.decode().split(",")
+        for label in ("", "noattrs/", "basiconly/", "strict/"):
+            for short in ("crts", "sen", "sren"):
+                want = '</.well-known/est/%s%s>;rt="ace.est.%s";ct="281 287"' % (label, short, short)
+                assert want in links, want
+        # optional functions only where implemented: strict has serverkeygen = false
+        assert '</.well-known/est/strict/skg>;rt="ace.est.skg";ct=62' not in links
+        assert '</.well-known/est/skg>;rt="ace.est.skg";ct=62' in links
+        assert '</.well-known/est/skc>;rt="ace.est.skc";ct=62' in links
+        assert '</.well-known/est/att>;rt="ace.est.att";ct=285' in links
+        # the listed sren of a label that does not renew exists: 4.03, not 4.04
+        _, csr = make_csr("conf-dev-1")
+        r = raw.request(POST, raw.path("sren", "noattrs"), csr, content_format=N.CF_PKCS10)
+        assert r.code == N.FORBIDDEN, N.code_str(r.code)
+
+
+def test_uri_host_and_uri_port_are_accepted(srv, dev):
+    # RFC 9148 §4.4: Uri-Host and Uri-Port (critical options) may be sent;
+    # omitted they are the destination address and port. Not 4.02.
+    with srv.dtls_client(dev) as dc:
+        raw = RawCoap(dc)
+        r = raw.request(GET, raw.path("crts"),
+                        options=[(N.URI_HOST, b"127.0.0.1"), (N.URI_PORT, coap.uint_encode(srv.coaps_port))])
+        assert r.code == N.CONTENT and opt_uint(r, N.CONTENT_FORMAT) == N.CF_PKCS7_CERTS
+
+
+def test_block2_crts_in_small_blocks_with_size2(srv, dev):
+    # RFC 9148 §4.6 / RFC 7959: the server MUST implement Block2; a GET of
+    # /crts in 16-byte blocks is the same representation as the whole.
+    with srv.dtls_client(dev) as dc:
+        raw = RawCoap(dc)
+        whole = bytes(raw.request(GET, raw.path("crts")).payload)
+        got = []
+        num = 0
+        while True:
+            r = raw.request(GET, raw.path("crts"), block2=(num, 0, 0))
+            assert r.code == N.CONTENT and opt_uint(r, N.CONTENT_FORMAT) == N.CF_PKCS7_CERTS
+            bnum, more, szx = coap.block_decode(coap.opt(r, N.BLOCK2))
+            assert (bnum, szx) == (num, 0)
+            if num == 0:
+                assert opt_uint(r, N.SIZE2) == len(whole)
+            got.append(bytes(r.payload))
+            if not more:
+                break
+            num += 1
+        assert b"".join(got) == whole and num == (len(whole) - 1) // 16
+
+
+# ---------------------------------------------------------------- DTLS (RFC 9148 §3, §9; RFC 7925)
+
+
+def test_dtls_suites_are_ecdhe_ecdsa_aead_only(srv, dev):
+    # §3: TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 is mandatory; §9: no _EXPORT_ or
+    # _DES_ suites; certificate authentication only (no PSK, no anonymous).
+    with srv.dtls_client(dev, ciphers=[d.SUITE_CCM8]) as dc:
+        assert dc.cipher == d.SUITE_CCM8
+        assert CoapsSession(dc).cacerts().certs
+    ctxs = list(srv.coaps.dtls._contexts.values())
+    assert ctxs
+    from OpenSSL import SSL
+
+    for ctx in ctxs:
+        # OpenSSL also lists its TLS 1.3 suites, which DTLS 1.2 (the only
+        # version the context allows) never negotiates
+        offered = [c for c in SSL.Connection(ctx).get_cipher_list() if not c.startswith("TLS_")]
+        assert offered == [d.SUITE_CCM8, d.SUITE_GCM], offered
+        assert not [c for c in offered if "PSK" in c or "DES" in c or "EXP" in c or "RSA" in c or "NULL" in c]
+
+
+@pytest.mark.parametrize("suite", ["PSK-AES128-CCM8", "ECDHE-PSK-AES128-CBC-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"])
+def test_dtls_psk_or_rsa_only_clients_get_no_session(srv, dev, suite):
+    # the client's OpenSSL builds the context: the refusal is the server's
+    # (no shared suite: a handshake failure), not a local configuration error
+    d.base_context(False, [suite])
+    with pytest.raises(EstError) as e:
+        srv.dtls_client(dev, ciphers=[suite], timeout=5).close()
+    assert not isinstance(e.value, LocalProtocolError), e.value
+
+
+# ---------------------------------------------------------------- client (core CoapOperation)
+
+
+def _run(op, *answers):
+    """Send the operation's request(s) and feed piggybacked answers built
+    by answers[i](request) -> (code, options, payload); returns the event."""
+    for make in answers:
+        req = coap.decode(bytes(op.send(0.0)))
+        code, opts, payload = make(req)
+        op.receive_data(coap.Message(N.ACK, code, req.mid, req.token, opts, payload).encode(), 0.0)
+        ev = op.next_event()
+        if ev is not C.NEED_DATA:
+            return ev
+    return op.next_event()
+
+
+def _cert_and_key(cn="conf-client"):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    n = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    cert = (x509.CertificateBuilder().subject_name(n).issuer_name(n).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    p8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption())
+    return cert, p8
+
+
+def _uint(n, v):
+    return (n, coap.uint_encode(v))
+
+
+def test_client_takes_skg_parts_in_either_order():
+    # RFC 9148 §4.8: the two representations "do not need to be in a
+    # specific order, since each representation is preceded by its
+    # Content-Format ID"
+    cert, p8 = _cert_and_key()
+    cder = cert.public_bytes(serialization.Encoding.DER)
+    p7 = cpkcs7.serialize_certificates([cert], serialization.Encoding.DER)
+    _, csr = make_csr("conf-client")
+    for parts in ([(N.CF_PKCS8, p8), (N.CF_PKCS7_CERTS, p7)], [(N.CF_PKCS7_CERTS, p7), (N.CF_PKCS8, p8)],
+                  [(N.CF_PKIX_CERT, cder), (N.CF_PKCS8, p8)]):
+        body = _multipart(parts)
+        op = C.CoapOperation(N.OP_SERVERKEYGEN, body=csr, token=b"\x01\x02", mid=7)
+        ev = _run(op, lambda req: (N.CHANGED, [_uint(N.CONTENT_FORMAT, N.CF_MULTIPART_CORE)], body))
+        assert ev.key_der == p8 and ev.key_type == N.CF_PKCS8 and ev.cert == cder, parts[0][0]
+
+
+def _multipart(parts):
+    from est_lite_cpython.codec_server import encode_multipart
+
+    return encode_multipart(parts)
+
+
+def test_client_takes_2_04_and_2_05_and_content_format_287():
+    # §4.5: 2.05 answers GET, 2.04 answers POST. The client takes either
+    # success code for either method (RFC 8075 maps both to HTTP 200), and
+    # a single certificate as 287 where it asked for it (§4.3)
+    cert, _ = _cert_and_key()
+    cder = cert.public_bytes(serialization.Encoding.DER)
+    p7 = cpkcs7.serialize_certificates([cert], serialization.Encoding.DER)
+    _, csr = make_csr("conf-client")
+    for code in (N.CONTENT, N.CHANGED):
+        op = C.CoapOperation(N.OP_SIMPLEENROLL, body=csr, token=b"\x05", mid=1, accept=N.CF_PKIX_CERT)
+        seen = []
+
+        def answer(req, code=code):
+            seen.append(req)
+            return code, [_uint(N.CONTENT_FORMAT, N.CF_PKIX_CERT)], cder
+
+        ev = _run(op, answer)
+        assert ev.cert == cder
+        assert opt_uint(seen[0], N.ACCEPT) == N.CF_PKIX_CERT and seen[0].type == N.CON
+        assert opt_uint(seen[0], N.CONTENT_FORMAT) == N.CF_PKCS10
+        op = C.CoapOperation(N.OP_CACERTS, token=b"\x06", mid=2)
+        ev = _run(op, lambda req, code=code: (code, [_uint(N.CONTENT_FORMAT, N.CF_PKCS7_CERTS)], p7))
+        assert ev.certs == [cder]
+
+
+def test_client_5_03_max_age_and_its_default():
+    # §4.7: 5.03 + Max-Age: the client waits Max-Age and resends; no
+    # Max-Age is the CoAP default of 60 s (RFC 7252 §5.10.5)
+    _, csr = make_csr("conf-client")
+    for opts, want in (([_uint(N.MAX_AGE, 17)], 17), ([], 60)):
+        op = C.CoapOperation(N.OP_SIMPLEENROLL, body=csr, token=b"\x07", mid=3)
+        ev = _run(op, lambda req, opts=opts: (N.SERVICE_UNAVAILABLE, opts, b"waiting for approval"))
+        assert type(ev).__name__ == "RetryAfter" and ev.seconds == want and ev.diagnostic == "waiting for approval"
+
+
+def test_client_att_4_04_is_no_attributes_and_other_errors_raise():
+    # Table 3: /att 4.04 = not available; any other 4.xx/5.xx is a failure
+    op = C.CoapOperation(N.OP_CSRATTRS, token=b"\x08", mid=4)
+    ev = _run(op, lambda req: (N.NOT_FOUND, [], b"no CSR attributes for this label"))
+    assert ev.attrs is None and ev.diagnostic == "no CSR attributes for this label"
+    op = C.CoapOperation(N.OP_CACERTS, token=b"\x09", mid=5)
+    with pytest.raises(ServerError) as e:
+        _run(op, lambda req: (N.NOT_FOUND, [], b"no such label"))
+    assert e.value.coap_code == N.NOT_FOUND
+
+
+def test_client_refuses_a_content_format_the_operation_cannot_carry():
+    # §4.3: the Content-Format determines the EST message; a /crts answer in
+    # 285 (or a skg answer that is not 62) is refused, not misparsed
+    op = C.CoapOperation(N.OP_CACERTS, token=b"\x0a", mid=6)
+    with pytest.raises(RemoteProtocolError):
+        _run(op, lambda req: (N.CONTENT, [_uint(N.CONTENT_FORMAT, N.CF_CSRATTRS)], b"0\x00"))
+    _, csr = make_csr("conf-client")
+    op = C.CoapOperation(N.OP_SERVERKEYGEN, body=csr, token=b"\x0b", mid=7)
+    with pytest.raises(RemoteProtocolError):
+        _run(op, lambda req: (N.CHANGED, [_uint(N.CONTENT_FORMAT, N.CF_PKCS7_CERTS)], b"0\x00"))
