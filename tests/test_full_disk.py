@@ -379,6 +379,7 @@ def test_serve_with_a_full_ca_store(both, transport, caplog):
     assert "no space on the disk" in str(e) and "nothing was written" in str(e), e
     assert e.http_status == 500 if transport == "https" else e.coap_code == 0xA0, (e.http_status, e.coap_code)
     assert srv.ca.data_dir not in str(e)  # no server path in what the client sees
+    assert not [r for r in caplog.records if r.exc_info]  # logged as one line, no traceback
     assert cacerts()  # still serving
     e2 = _enroll_until_refused(srv, enroll, limit=1)  # still refused, the same clear reason
     assert "no space on the disk" in str(e2)
