@@ -257,3 +257,130 @@ def test_serverkeygen_asking_for_an_encrypted_key_is_refused_not_answered_in_cle
     assert b"application/pkcs8" in r.body
     # an unauthenticated client still gets 401 first, not the 501
     assert srv.request("POST", srv.path("serverkeygen"), der(csr)).status == 401
+
+
+# -- §3.3.1 (as updated by RFC 8996): TLS 1.2 or later, both ends
+
+
+def test_server_refuses_tls_1_1_and_1_0(srv):
+    import socket
+    import ssl
+    import warnings
+
+    for v in ("TLSv1_1", "TLSv1"):
+        c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        c.check_hostname = False
+        c.verify_mode = ssl.CERT_NONE
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            c.minimum_version = c.maximum_version = getattr(ssl.TLSVersion, v)
+        c.set_ciphers("ALL:@SECLEVEL=0")
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            with pytest.raises(ssl.SSLError) as e:
+                c.wrap_socket(s)
+        assert "PROTOCOL_VERSION" in str(e.value), e.value  # the server's alert, not a local refusal
+
+
+def _tls_server(pki, issued, max_version=None):
+    """A one-shot TLS server on loopback presenting `issued`; returns its port."""
+    import socket
+    import ssl
+    import tempfile
+    import threading
+    import warnings
+
+    d = tempfile.mkdtemp()
+    cp, kp = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    with open(cp, "wb") as f:
+        f.write(issued.cert_pem)
+    with open(kp, "wb") as f:
+        f.write(issued.key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cp, kp)
+    if max_version:
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.maximum_version = max_version
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    ls.settimeout(10)
+
+    def serve():
+        try:
+            s, _ = ls.accept()
+            with s:
+                try:
+                    with ctx.wrap_socket(s, server_side=True):
+                        pass
+                except (ssl.SSLError, OSError):
+                    pass
+        except OSError:
+            pass
+        finally:
+            ls.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return ls.getsockname()[1]
+
+
+def test_client_refuses_a_tls_1_1_server():
+    import ssl
+
+    from est_lite.errors import SecurityError
+    from est_lite_cpython.transport_https import TlsTransport
+    from helpers_pki import TestPki
+
+    pki = TestPki()
+    port = _tls_server(pki, pki.issue("localhost", dns=["localhost"], server=True), ssl.TLSVersion.TLSv1_1)
+    t = TlsTransport("127.0.0.1", port, trust=[pki.root.cert], server_name="localhost", timeout=10)
+    with pytest.raises(SecurityError):
+        t.connect()
+    assert t.conn is None
+
+
+# -- §3.6.1 with RFC 6125 §6.4: the client checks the server's name (DNS-ID
+#    or IP SAN, one left-most wildcard label), never the CN when a SAN exists
+
+
+@pytest.mark.parametrize("sans,name,ok", [
+    (dict(dns=["est.example"]), "est.example", True),
+    (dict(dns=["*.example.com"]), "est.example.com", True),
+    (dict(dns=["*.example.com"]), "a.est.example.com", False),  # the wildcard covers one label only
+    (dict(dns=["*.example.com"]), "example.com", False),
+    (dict(dns=["*.example"]), "est.example", False),  # no wildcard over a whole top-level domain
+    (dict(dns=["e*.example.com"]), "est.example.com", False),  # partial-label wildcards are not taken
+    (dict(dns=["est.example"], ips=["127.0.0.1"]), "127.0.0.1", True),  # IP literal: the IP SAN
+    (dict(dns=["127.0.0.1"]), "127.0.0.1", False),  # an IP in a DNS SAN is no IP-ID
+    (dict(dns=["other.example"]), "est.example", False),
+])
+def test_client_server_identity_rules(sans, name, ok):
+    from est_lite.errors import SecurityError
+    from est_lite_cpython.transport_https import TlsTransport
+    from helpers_pki import TestPki
+
+    pki = TestPki()
+    port = _tls_server(pki, pki.issue(name if ok else "est.example", server=True, **sans))
+    t = TlsTransport("127.0.0.1", port, trust=[pki.root.cert], server_name=name, timeout=10)
+    if ok:
+        t.connect()
+        t.close()
+    else:
+        with pytest.raises(SecurityError) as e:
+            t.connect()
+        assert "does not cover" in str(e.value)
+
+
+def test_client_does_not_match_the_cn_of_a_certificate_without_san():
+    from est_lite.errors import SecurityError
+    from est_lite_cpython.transport_https import TlsTransport
+    from helpers_pki import TestPki
+
+    pki = TestPki()
+    port = _tls_server(pki, pki.issue("est.example", server=True))
+    t = TlsTransport("127.0.0.1", port, trust=[pki.root.cert], server_name="est.example", timeout=10)
+    with pytest.raises(SecurityError) as e:
+        t.connect()
+    assert "no subjectAltName" in str(e.value)
