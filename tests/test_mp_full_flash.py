@@ -70,3 +70,56 @@ def test_a_write_that_fails_with_eio(mplib, kind, bs, blocks):
     ok, err, levels = sweep(mplib, kind, bs, blocks, "eio")
     assert ok > 0 and err > 0, (ok, err)
     assert any("EIO" in ln for ln in levels if " err " in ln)
+
+
+# --- provision() and renew_if_needed() against the reference server ---
+
+
+@pytest.fixture(scope="module")
+def devlib(tmp_path_factory):
+    lib = compile_packages(tmp_path_factory.mktemp("fullflashdev"))
+    from est_lite_mp import tablefile
+
+    tablefile.write(str(lib / "p256_table.bin"))
+    return lib
+
+
+def test_provision_and_renew_on_a_full_flash(devlib, tmp_path):
+    import json
+    import os
+
+    from helpers_client import der, root_der
+    from helpers_coaps import EstBothServer, idevid_device, key_der
+
+    srv = EstBothServer(tmp_path)
+    try:
+        dev = idevid_device(srv)
+
+        def w(name, data):
+            p = str(tmp_path / name)
+            with open(p, "wb") as f:
+                f.write(data)
+            return p
+
+        cfg = dict(server="coaps://127.0.0.1:%d" % srv.coaps_port, trust=[w("root.der", root_der(srv))],
+                   cert=w("dev.der", der(dev.cert)), key=w("dev.key", key_der(dev.key)), cn="mp-full",
+                   table=str(devlib / "p256_table.bin"))
+        path = w("cfg.json", json.dumps(cfg).encode())
+        p = subprocess.run([MICROPYTHON, "-X", "heapsize=512K", str(ROOT / "tests" / "mp_scripts" /
+                                                                    "full_flash_provision.py"), path],
+                           capture_output=True, text=True, timeout=600, env=dict(os.environ, MICROPYPATH=str(devlib)))
+    finally:
+        srv.stop()
+    out = p.stdout + p.stderr
+    lines = [ln for ln in out.splitlines() if ln.startswith(("OK", "ERR"))]
+    assert p.returncode == 0 and out.rstrip().endswith("DONE") and len(lines) == 8, out[-3000:]
+    # a full flash: a clear EstError, nothing in the store
+    assert lines[0].startswith("ERR provision-full StoreError") and "no space on the filesystem" in lines[0], lines
+    assert lines[1] == "OK load none", lines
+    assert lines[2] == "OK provision 1", lines
+    gen1 = lines[3]
+    assert gen1.startswith("OK load gen=1"), lines
+    # renewal on a full flash: the old pair stays in force
+    assert lines[4].startswith("ERR renew-full StoreError") and "no space on the filesystem" in lines[4], lines
+    assert lines[5] == gen1, lines
+    assert lines[6] == "OK renew 2" and lines[7].startswith("OK load gen=2"), lines
