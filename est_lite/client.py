@@ -45,6 +45,7 @@ _MAX_AGE = const(14)
 _BLOCK2 = const(23)
 _BLOCK1 = const(27)
 _SIZE2 = const(28)
+_ETAG = const(4)
 _CF_MULTIPART_CORE = const(62)
 _CF_PKCS7_SERVER_KEYGEN = const(280)
 _CF_PKCS7_CERTS = const(281)
@@ -369,7 +370,7 @@ class CoapOperation(Operation):
     _off1 = 0  # offset of the Block1 block out
     _b1 = False  # the request out carries Block1
     _last1 = True  # ... and it is the last block
-    _asm = None  # coap.BlockAssembler of a Block2 transfer (.cf: its Content-Format)
+    _asm = None  # coap.BlockAssembler of a Block2 transfer (.cf: its (Content-Format, ETag))
     retransmissions = 0  # statistics for the port
     ignored = 0
 
@@ -589,16 +590,18 @@ class CoapOperation(Operation):
             num, more, szx = coap.block_decode(b2)
             if num << (4 + szx) != (a.got if a else 0):
                 return True
+            e = opt(m, _ETAG)
+            cf2 = (cf, None if e is None else bytes(e))  # RFC 7959 §2.4: blocks of one representation
             if a is None and more:
                 s2 = opt(m, _SIZE2)
                 s2 = 0 if s2 is None else u(s2)
                 if s2 > self.max_body:
                     raise LimitError("Size2 %d > max_body=%d" % (s2, self.max_body))
                 a = self._asm = coap.BlockAssembler(self.max_body, s2)
-                a.cf = cf
+                a.cf = cf2
             if a:
-                if cf != a.cf:
-                    raise RemoteProtocolError("Content-Format changed in Block2")
+                if cf2 != a.cf:
+                    raise RemoteProtocolError("Content-Format or ETag changed in Block2")
                 body = a.add(num, more, szx, body)
                 if more:
                     return self._to(_MORE2)

@@ -96,13 +96,14 @@ def test_uri_host_and_uri_port_are_accepted(srv, dev):
         assert r.code == N.CONTENT and opt_uint(r, N.CONTENT_FORMAT) == N.CF_PKCS7_CERTS
 
 
-def test_block2_crts_in_small_blocks_with_size2(srv, dev):
+def test_block2_crts_in_small_blocks_with_size2_and_etag(srv, dev):
     # RFC 9148 §4.6 / RFC 7959: the server MUST implement Block2; a GET of
     # /crts in 16-byte blocks is the same representation as the whole.
     with srv.dtls_client(dev) as dc:
         raw = RawCoap(dc)
         whole = bytes(raw.request(GET, raw.path("crts")).payload)
         got = []
+        etags = set()
         num = 0
         while True:
             r = raw.request(GET, raw.path("crts"), block2=(num, 0, 0))
@@ -111,11 +112,15 @@ def test_block2_crts_in_small_blocks_with_size2(srv, dev):
             assert (bnum, szx) == (num, 0)
             if num == 0:
                 assert opt_uint(r, N.SIZE2) == len(whole)
+            # every block carries the same ETag (RFC 7959 §2.4), so a client
+            # can tell blocks of another representation apart
+            etags.add(bytes(coap.opt(r, N.ETAG)))
             got.append(bytes(r.payload))
             if not more:
                 break
             num += 1
         assert b"".join(got) == whole and num == (len(whole) - 1) // 16
+        assert len(etags) == 1 and 1 <= len(etags.pop()) <= 8
 
 
 # ---------------------------------------------------------------- DTLS (RFC 9148 §3, §9; RFC 7925)
@@ -259,3 +264,37 @@ def test_client_refuses_a_content_format_the_operation_cannot_carry():
     op = C.CoapOperation(N.OP_SERVERKEYGEN, body=csr, token=b"\x0b", mid=7)
     with pytest.raises(RemoteProtocolError):
         _run(op, lambda req: (N.CHANGED, [_uint(N.CONTENT_FORMAT, N.CF_PKCS7_CERTS)], b"0\x00"))
+
+
+def test_client_refuses_blocks_of_two_representations():
+    # RFC 7959 §2.4: blocks of one transfer come from one representation;
+    # an ETag that changes between blocks (the CA certificates changed and
+    # the server rendered the answer again) is refused, not spliced
+    cert, _ = _cert_and_key()
+    p7 = cpkcs7.serialize_certificates([cert], serialization.Encoding.DER)
+    other = cpkcs7.serialize_certificates([_cert_and_key("conf-other")[0]], serialization.Encoding.DER)
+
+    def blocks(etags, bodies):
+        def make(i):
+            def answer(req):
+                num = coap.block_decode(coap.opt(req, N.BLOCK2))[0] if coap.opt(req, N.BLOCK2) else 0
+                assert num == i
+                body = bodies[i]
+                more = (i + 1) * 64 < len(body)
+                opts = [_uint(N.CONTENT_FORMAT, N.CF_PKCS7_CERTS), (N.BLOCK2, coap.block_encode(i, more, 2))]
+                if etags[i] is not None:
+                    opts.append((N.ETAG, etags[i]))
+                return N.CONTENT, opts, body[i * 64:(i + 1) * 64]
+            return answer
+        return [make(i) for i in range(len(bodies))]
+
+    n = (len(p7) + 63) // 64
+    assert n >= 2
+    op = C.CoapOperation(N.OP_CACERTS, token=b"\x0c", mid=8)
+    ev = _run(op, *blocks([b"\x01\x02\x03\x04"] * n, [p7] * n))
+    assert ev.certs == [cert.public_bytes(serialization.Encoding.DER)]
+    op = C.CoapOperation(N.OP_CACERTS, token=b"\x0d", mid=9)  # no ETag at all: as before
+    assert _run(op, *blocks([None] * n, [p7] * n)).certs
+    op = C.CoapOperation(N.OP_CACERTS, token=b"\x0e", mid=10)
+    with pytest.raises(RemoteProtocolError, match="ETag"):
+        _run(op, *blocks([b"\x01\x02\x03\x04"] + [b"\x09\x09\x09\x09"] * (n - 1), [p7] + [other] * (n - 1)))

@@ -42,6 +42,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+import zlib
 
 import aiocoap
 import aiocoap.resource as resource
@@ -87,9 +88,10 @@ class CoapError(EstError):
 
 
 # the response options the resources set, by aiocoap's keyword
-_OPTION_NUMBERS = {"content_format": 12, "max_age": 14, "block2": 23, "block1": 27, "size2": 28, "size1": 60}
+_OPTION_NUMBERS = {"etag": 4, "content_format": 12, "max_age": 14, "block2": 23, "block1": 27, "size2": 28,
+                   "size1": 60}
 # the plain uint options of PlainResponse.encode's direct path, by number
-_UINT_ORDER = tuple(sorted((n, k) for k, n in _OPTION_NUMBERS.items() if k not in ("block1", "block2")))
+_UINT_ORDER = tuple(sorted((n, k) for k, n in _OPTION_NUMBERS.items() if k not in ("block1", "block2", "etag")))
 _UINT_OPTIONS = frozenset(k for _, k in _UINT_ORDER)
 
 
@@ -140,7 +142,8 @@ class PlainResponse:
         o = []
         for k, v in self.opts.items():
             n = _OPTION_NUMBERS[k]
-            o.append((n, coap.block_encode(*v) if n == 23 or n == 27 else coap.uint_encode(int(v))))
+            o.append((n, coap.block_encode(*v) if n == 23 or n == 27 else bytes(v) if n == 4 else
+                      coap.uint_encode(int(v))))
         return coap.Message(int(self.mtype), int(self.code), self.mid, bytes(self.token), o,
                             bytes(self.payload)).encode()
 
@@ -483,6 +486,12 @@ class EstResource(resource.Resource, resource.PathCapable):
                 self._put(key, tr)
         elif not more:
             self._transfers.pop(key, None)
+        if tr.code == Code.CONTENT:
+            # a GET answer in blocks carries an ETag of its representation
+            # (RFC 7252 §5.10.6, RFC 7959 §2.4): a follow-up rendered again
+            # after the copy expired (or a CA rollover in between) cannot be
+            # mixed with earlier blocks by a client that compares it
+            opts["etag"] = zlib.crc32(body).to_bytes(4, "big")
         return _msg(tr.code, body[start:start + size], content_format=tr.cf, block2=(num, int(more), szx), **opts)
 
 
