@@ -194,7 +194,34 @@ def test_server_media_types_and_content_transfer_encoding(srv):
     # the base64 may come in one line
     r = srv.request("POST", srv.path("simpleenroll"), raw_body=__import__("base64").b64encode(csr),
                     auth=(USER, PASSWORD))
-    assert r.status == 200 and r.header("content-type") == N.MT_PKCS7_CERTS and len(r.certs()) >= 1
+    assert r.status == 200 and r.header("content-type") == N.MT_PKCS7_CERTS and len(r.certs()) == 1
+    # §4.2.3: certs-only with the issued certificate alone; the request's
+    # Content-Type is not checked (lenient: the body is read as a CSR)
+    _k, csr = make_csr("conf-1b")
+    r = srv.request("POST", srv.path("simpleenroll"), csr, auth=(USER, PASSWORD), headers={"Content-Type": "text/plain"})
+    assert r.status == 200 and r.certs()[0].subject.rfc4514_string() == "CN=conf-1b"
+
+
+def test_server_reenroll_with_the_same_key_and_with_a_new_key(srv):
+    # §4.2.2: renewal (same key) and rekey (new key) of the TLS client
+    # certificate, Subject and SAN unchanged; a changed SAN is refused
+    from cryptography.x509 import DNSName
+    from helpers_server import PASSWORD, USER, make_csr, write_identity
+
+    key, csr = make_csr("conf-re", sans=["conf-re.example.com"])
+    r = srv.request("POST", srv.path("simpleenroll"), csr, auth=(USER, PASSWORD))
+    cert = r.certs()[0]
+    cp, kp = write_identity(srv.tmp, "conf-re", key, cert)
+    _k, same_key = make_csr("conf-re", key, sans=["conf-re.example.com"])
+    r = srv.request("POST", srv.path("simplereenroll"), same_key, cert=cp, key=kp)
+    assert r.status == 200 and r.certs()[0].public_key() == cert.public_key()
+    assert r.certs()[0].serial_number != cert.serial_number
+    _k, new_key = make_csr("conf-re", sans=["conf-re.example.com"])
+    r = srv.request("POST", srv.path("simplereenroll"), new_key, cert=cp, key=kp)
+    assert r.status == 200 and r.certs()[0].public_key() != cert.public_key()
+    _k, other_san = make_csr("conf-re", key, sans=[DNSName("other.example.com")])
+    r = srv.request("POST", srv.path("simplereenroll"), other_san, cert=cp, key=kp)
+    assert r.status == 400 and b"subjectAltName" in r.body
 
 
 def test_server_csrattrs_none_is_204_and_fullcmc_is_501(srv):
