@@ -298,3 +298,96 @@ def test_client_refuses_blocks_of_two_representations():
     op = C.CoapOperation(N.OP_CACERTS, token=b"\x0e", mid=10)
     with pytest.raises(RemoteProtocolError, match="ETag"):
         _run(op, *blocks([b"\x01\x02\x03\x04"] + [b"\x09\x09\x09\x09"] * (n - 1), [p7] + [other] * (n - 1)))
+
+
+class _SlowService:
+    """The server's EstService with a slow simpleenroll (a CA that takes
+    its time): enough for aiocoap's empty-ACK delay (0.1 s) to pass."""
+
+    def __init__(self, service, delay):
+        self._s = service
+        self._delay = delay
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def simpleenroll(self, *a):
+        import time
+
+        time.sleep(self._delay)
+        return self._s.simpleenroll(*a)
+
+
+def test_slow_enrollment_is_an_empty_ack_then_a_separate_2_04(srv, dev):
+    # §4.7 (RFC 7252 §5.2.2): a slow server acknowledges the CON request with
+    # an empty ACK and sends the answer later as a CON 2.04, which the client
+    # acknowledges; the core client takes it
+    from est_lite_cpython.coaps_server import EstCoapsServer
+
+    slow = EstCoapsServer.from_config(_SlowService(srv.service, 1.0), srv.config, port=0, workers=2)
+    port = slow.start()
+    try:
+        _, csr = make_csr("conf-slow-1")
+        with srv.dtls_client(dev, port=port) as dc:
+            msg = coap.request(POST, [".well-known", "est", "sen"], b"\x51", 0x5151, content_format=N.CF_PKCS10,
+                               payload=csr)
+            dc.send(msg.encode())
+            first = coap.decode(dc.recv(timeout=10))
+            assert (first.type, first.code, first.mid, bytes(first.token)) == (N.ACK, N.EMPTY, 0x5151, b"")
+            sep = coap.decode(dc.recv(timeout=10))
+            assert sep.type == N.CON and sep.code == N.CHANGED and bytes(sep.token) == b"\x51"
+            assert opt_uint(sep, N.CONTENT_FORMAT) == N.CF_PKCS7_CERTS
+            dc.send(coap.Message(N.ACK, N.EMPTY, sep.mid).encode())
+            key, csr2 = make_csr("conf-slow-2")
+            ev = CoapsSession(dc).enroll(csr2)
+            assert x509.load_der_x509_certificate(ev.cert).subject.rfc4514_string() == "CN=conf-slow-2"
+    finally:
+        slow.stop()
+
+
+# ---------------------------------------------------------------- Registrar (RFC 9148 §5)
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory):
+    import os
+
+    from helpers_proxy import ProxyHarness
+    from helpers_server import EstTestServer
+
+    up = EstTestServer(tmp_path_factory.mktemp("conf-upstream"))
+    try:
+        px = ProxyHarness(tmp_path_factory.mktemp("conf-proxy"), up, up.url.replace("127.0.0.1", "localhost"),
+                          upstream_root_pem=up.root_pem, vendor_pem=os.path.join(up.tmp, "vendor.pem"))
+    except BaseException:
+        up.stop()
+        raise
+    yield up, px
+    px.stop()
+    up.stop()
+
+
+def test_registrar_converts_to_287_and_serves_discovery(proxied):
+    # §5: the Registrar maps Table 1's paths and the Content-Formats to
+    # HTTP and back, including "a conversion from CoAP Content-Format 287 to
+    # HTTP MIME type application/pkcs7-mime" (upstream answers are PKCS#7)
+    from helpers_coaps import idevid_device
+
+    up, px = proxied
+    dev = idevid_device(up, "conf-px-1")
+    with px.dtls_client(dev, [up.ca.root]) as dc:
+        raw = RawCoap(dc)
+        key, csr = make_csr("conf-px-1")
+        r = raw.request(POST, raw.path("sen"), csr, content_format=N.CF_PKCS10, accept=N.CF_PKIX_CERT)
+        assert r.code == N.CHANGED and opt_uint(r, N.CONTENT_FORMAT) == N.CF_PKIX_CERT
+        c = x509.load_der_x509_certificate(bytes(r.payload))
+        assert c.public_key() == key.public_key() and c.issuer == up.ca.issuer.subject
+        r = raw.request(GET, raw.path("crts"), accept=N.CF_PKIX_CERT)
+        assert r.code == N.CONTENT and opt_uint(r, N.CONTENT_FORMAT) == N.CF_PKIX_CERT
+        assert x509.load_der_x509_certificate(bytes(r.payload)) == up.ca.root
+        r = raw.request(POST, raw.path("skc"), csr, content_format=N.CF_PKCS10)
+        assert r.code == N.CHANGED and opt_uint(r, N.CONTENT_FORMAT) == N.CF_MULTIPART_CORE
+        r, payload = raw.get_all([".well-known", "core"], options=[(N.URI_QUERY, b"rt=ace.est*")])
+        links = payload.decode().split(",")
+        for short in ("crts", "sen", "sren"):
+            assert '</.well-known/est/%s>;rt="ace.est.%s";ct="281 287"' % (short, short) in links
