@@ -391,3 +391,90 @@ def test_registrar_converts_to_287_and_serves_discovery(proxied):
         links = payload.decode().split(",")
         for short in ("crts", "sen", "sren"):
             assert '</.well-known/est/%s>;rt="ace.est.%s";ct="281 287"' % (short, short) in links
+
+
+def test_client_block1_restarts_in_the_smaller_blocks_a_4_13_asks_for():
+    # §4.6: clients MUST implement Block1 when requests exceed the path MTU;
+    # RFC 7959 §2.9.3: a 4.13 carrying a smaller Block1 size on the first
+    # block means "start over in these blocks". Size1 rides on block 0.
+    cert, _ = _cert_and_key()
+    cder = cert.public_bytes(serialization.Encoding.DER)
+    _, csr = make_csr("conf-client-b1", sans=["a%d.example.com" % i for i in range(8)])
+    assert len(csr) > 256
+    seen = []
+
+    def upload(req):
+        seen.append(req)
+        b1 = coap.opt(req, N.BLOCK1)
+        num, more, szx = coap.block_decode(b1)
+        if len(seen) == 1:
+            assert (num, more, szx) == (0, 1, 4) and opt_uint(req, N.SIZE1) == len(csr)
+            return N.REQUEST_ENTITY_TOO_LARGE, [(N.BLOCK1, coap.block_encode(0, 0, 2))], b""
+        assert szx == 2 and num == len(seen) - 2
+        if more:
+            return N.CONTINUE, [(N.BLOCK1, coap.block_encode(num, 1, 2))], b""
+        return N.CHANGED, [(N.BLOCK1, coap.block_encode(num, 0, 2)), _uint(N.CONTENT_FORMAT, N.CF_PKIX_CERT)], cder
+
+    op = C.CoapOperation(N.OP_SIMPLEENROLL, body=csr, token=b"\x0f", mid=11, szx=4)
+    ev = _run(op, *[upload] * 40)
+    assert ev.cert == cder
+    assert b"".join(bytes(r.payload) for r in seen[1:]) == csr
+    assert opt_uint(seen[1], N.SIZE1) == len(csr)
+
+
+def _client_hello_fields(datagram):
+    """(cipher suite numbers, {extension type: data}) of a DTLS 1.2
+    ClientHello in one record (header 13 bytes, handshake header 12)."""
+    b = bytes(datagram)
+    assert b[0] == 22 and b[13] == 1  # handshake record, ClientHello
+    p = 25 + 2 + 32
+    p += 1 + b[p]  # session id
+    p += 1 + b[p]  # cookie
+    n = int.from_bytes(b[p:p + 2], "big")
+    suites = [int.from_bytes(b[i:i + 2], "big") for i in range(p + 2, p + 2 + n, 2)]
+    p += 2 + n
+    p += 1 + b[p]  # compression methods
+    end = p + 2 + int.from_bytes(b[p:p + 2], "big")
+    p += 2
+    ext = {}
+    while p < end:
+        t, ln = int.from_bytes(b[p:p + 2], "big"), int.from_bytes(b[p + 2:p + 4], "big")
+        ext[t] = b[p + 4:p + 4 + ln]
+        p += 4 + ln
+    return suites, ext
+
+
+def test_client_hello_offers_ccm8_p256_uncompressed_points_and_ems(srv, dev):
+    # §3: "DTLS 1.2 implementations MUST use the Supported Elliptic Curves
+    # and Supported Point Formats Extensions"; "Uncompressed point format
+    # MUST also be supported"; secp256r1 MUST be supported; CCM_8 (0xC0AE) is
+    # the mandatory suite; the extended master secret makes tls-unique safe
+    # for PoP linking (§9.1, 3SHAKE)
+    import socket
+    import threading
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(10)
+    port = s.getsockname()[1]
+
+    def connect():
+        try:
+            srv.dtls_client(dev, port=port, timeout=1).close()
+        except EstError:
+            pass  # nobody answers: the client gives up
+
+    t = threading.Thread(target=connect, daemon=True)
+    t.start()
+    try:
+        hello, _ = s.recvfrom(4096)
+    finally:
+        s.close()
+        t.join(30)
+    suites, ext = _client_hello_fields(hello)
+    assert suites[0] == 0xC0AE and 0xC02B in suites  # CCM_8 first, then ECDHE-ECDSA-AES128-GCM-SHA256
+    assert all(x in (0xC0AE, 0xC02B, 0x00FF) for x in suites), [hex(x) for x in suites]  # 0xFF: SCSV
+    groups = [int.from_bytes(ext[10][i:i + 2], "big") for i in range(2, len(ext[10]), 2)]
+    assert 23 in groups  # secp256r1
+    assert 0 in ext[11][1:]  # ec_point_formats: uncompressed
+    assert 23 in ext  # extended_master_secret
