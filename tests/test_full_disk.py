@@ -59,7 +59,7 @@ needs_tmpfs = pytest.mark.skipif(not CAN_MOUNT, reason="mounting a tmpfs needs r
 @contextlib.contextmanager
 def tmpfs(tmp_path, size="256k"):
     d = tmp_path / "small"
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", str(d)], check=True)
     try:
         yield str(d)
@@ -526,3 +526,28 @@ def test_ca_init_past_the_file_size_limit(tmp_path):
     p = run_limited(300, ["ca", "init", "--data-dir", d])  # a directory that was there stays, with no CA file
     assert p.returncode == 1 and [n for n in os.listdir(d) if n != "server.lock"] == [], os.listdir(d)
     assert run_limited(1 << 24, ["ca", "init", "--data-dir", d]).returncode == 0
+
+
+@needs_tmpfs
+def test_ca_rollover_when_the_disk_fills_half_way(tmp_path):
+    # the store has room for the new TLS certificate, the staged files do
+    # not: before, "internal error: OSError: [Errno 28]" (exit 70)
+    seen = set()
+    for leave in range(40 * 1024, 96 * 1024, 8 * 1024):
+        with tmpfs(tmp_path, "512k") as mnt:
+            d = os.path.join(mnt, "ca")
+            assert run(["ca", "init", "--data-dir", d]).returncode == 0
+            before = ca_files(d)
+            filler = fill(mnt, leave)
+            p = run(["ca", "rollover", "--data-dir", d])
+            if p.returncode == 0:
+                seen.add("done")
+                continue
+            line = one_line(p.stderr)
+            assert p.returncode == 1 and "no space on the disk" in line, line
+            assert ca_files(d) == before  # the old CA, no staging left
+            seen.add("cannot write its files" in line and "the CA is as it was" in line or "store")
+            os.remove(filler)
+            assert run(["ca", "verify", d]).returncode == 0
+            assert run(["ca", "rollover", "--data-dir", d]).returncode == 0
+    assert seen == {"done", True, "store"}, seen

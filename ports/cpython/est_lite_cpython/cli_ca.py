@@ -11,6 +11,7 @@
     est-lite ca backup DEST | verify [BACKUP] | restore BACKUP [--force]   (backup.py)
 """
 
+import errno
 import getpass
 import os
 import sys
@@ -135,6 +136,28 @@ def cmd_init(args):
     return 0
 
 
+def _rollover_step(d, fn, *a, **kw):
+    # fn(*a, **kw), a file it cannot write (a full disk) as one line: its
+    # files are staged and committed by one journal (ca._commit), so before
+    # the journal nothing changed; after it, the next LocalCA finishes
+    from est_lite.errors import LocalProtocolError
+
+    from .ca import ROLLOVER_JOURNAL
+
+    try:
+        return fn(*a, **kw)
+    except OSError as e:
+        why = "%s%s" % ("no space on the disk: " if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "",
+                        e.strerror or e)
+        if os.path.exists(os.path.join(d, ROLLOVER_JOURNAL)):
+            raise LocalProtocolError("ca rollover in %s: committed, but its files could not all be put in place (%s): "
+                                     "free some space, then any est-lite ca command (or serve) finishes it"
+                                     % (d, why)) from None
+        raise LocalProtocolError("ca rollover in %s: cannot write its files (%s); the CA is as it was (the store "
+                                 "keeps the unused TLS certificate made for it): free some space and run it again"
+                                 % (d, why)) from None
+
+
 def cmd_rollover(args):
     """Root CA key update (ca.rollover_ca), or with --finish the TLS
     certificate moved to the new key (ca.finish_rollover_tls)."""
@@ -142,7 +165,7 @@ def cmd_rollover(args):
 
     d = _data_dir(args)
     if args.finish:
-        ca = finish_rollover_tls(d)
+        ca = _rollover_step(d, finish_rollover_tls, d)
         try:
             until = ca.ca_certs_until
             print("TLS certificate of %s now from the new root key: %s" % (os.path.abspath(d), ca.server_cert_file))
@@ -163,7 +186,7 @@ def cmd_rollover(args):
     from .datalock import exclusive
 
     with exclusive(d, "est-lite ca rollover"):  # a running server would go on issuing from the old key
-        ca = rollover_ca(d, validity_days=args.days, force=args.force)
+        ca = _rollover_step(d, rollover_ca, d, validity_days=args.days, force=args.force)
     try:
         until = ca.ca_certs_until
         print("root CA key of %s rolled over (RFC 4210 root CA key update)" % os.path.abspath(d))
