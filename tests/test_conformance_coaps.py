@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7 as cpkcs7
 from cryptography.x509.oid import NameOID
 
-from est_lite import coap
+from est_lite import cbor, coap
 from est_lite import client as C
 from est_lite import numbers as N
 from est_lite.errors import EstError, LocalProtocolError, RemoteProtocolError, ServerError
@@ -121,6 +121,27 @@ def test_block2_crts_in_small_blocks_with_size2_and_etag(srv, dev):
             num += 1
         assert b"".join(got) == whole and num == (len(whole) - 1) // 16
         assert len(etags) == 1 and 1 <= len(etags.pop()) <= 8
+
+
+def test_serverkeygen_ignores_the_csr_signature(srv, dev):
+    # RFC 9148 §4.8 (as RFC 7030 §4.4.1): "the server MUST ignore the public
+    # key values and signature in the CSR"
+    _, csr = make_csr("conf-skg-badsig")
+    bad = csr[:-1] + bytes([csr[-1] ^ 1])
+    assert not x509.load_der_x509_csr(bad).is_signature_valid
+    with srv.dtls_client(dev) as dc:
+        raw = RawCoap(dc)
+        r = raw.request(POST, raw.path("skg"), bad, content_format=N.CF_PKCS10)
+        assert r.code == N.CHANGED, (N.code_str(r.code), bytes(r.payload))
+        (kcf, key), (ccf, p7) = cbor.decode_multipart(bytes(r.payload))
+        assert (kcf, ccf) == (N.CF_PKCS8, N.CF_PKCS7_CERTS)
+        k = serialization.load_der_private_key(bytes(key), None)
+        cert = cpkcs7.load_der_pkcs7_certificates(bytes(p7))[0]
+        assert cert.public_key() == k.public_key()
+        assert cert.subject.rfc4514_string() == "CN=conf-skg-badsig"
+        # simpleenroll still checks it (the signature is the proof of possession there)
+        r = raw.request(POST, raw.path("sen"), bad, content_format=N.CF_PKCS10)
+        assert r.code == N.BAD_REQUEST and b"signature" in bytes(r.payload)
 
 
 # ---------------------------------------------------------------- DTLS (RFC 9148 §3, §9; RFC 7925)
@@ -387,6 +408,10 @@ def test_registrar_converts_to_287_and_serves_discovery(proxied):
         assert x509.load_der_x509_certificate(bytes(r.payload)) == up.ca.root
         r = raw.request(POST, raw.path("skc"), csr, content_format=N.CF_PKCS10)
         assert r.code == N.CHANGED and opt_uint(r, N.CONTENT_FORMAT) == N.CF_MULTIPART_CORE
+        # §4.8 through the Registrar: the CSR's signature is ignored there too
+        bad = csr[:-1] + bytes([csr[-1] ^ 1])
+        r = raw.request(POST, raw.path("skc"), bad, content_format=N.CF_PKCS10)
+        assert r.code == N.CHANGED, (N.code_str(r.code), bytes(r.payload))
         r, payload = raw.get_all([".well-known", "core"], options=[(N.URI_QUERY, b"rt=ace.est*")])
         links = payload.decode().split(",")
         for short in ("crts", "sen", "sren"):

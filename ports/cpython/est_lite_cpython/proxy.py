@@ -839,7 +839,7 @@ class ProxyService(EstService):
             raise OperationNotAllowed("serverkeygen is disabled for this label")
         requester, cert_id = self.authenticate("serverkeygen", prof, ctx)
         try:
-            csr = self._load_csr(prof, csr_der)
+            csr = self._load_csr(prof, csr_der, keygen=True)  # its key and signature: ignored
             self._check_pop(prof, csr, ctx, cert_id)
             self._check_subject(prof, csr)
             self.ca._request_key(numbers.OP_SERVERKEYGEN, label, csr)  # the CSR's key and subject encode

@@ -775,7 +775,7 @@ class EstService:
             raise OperationNotAllowed("simplereenroll is disabled for this label")
         requester, cert_id = self.authenticate(op, prof, ctx)
         try:
-            csr, csr_pub, sl = self._load_csr_slices(prof, csr_der)
+            csr, csr_pub, sl = self._load_csr_slices(prof, csr_der, keygen=server_key is not None)
             # sl: the CSR's DER slices (csr_slices), or None (then csr_pub is set)
             no_attrs = sl is not None and sl[5]
             self._check_pop(prof, csr, ctx, cert_id, no_attributes=no_attrs)
@@ -820,18 +820,21 @@ class EstService:
             return self.ca.issue(req).public_bytes(serialization.Encoding.DER)
         return self.ca.issue(req)
 
-    def _load_csr(self, prof, der):
-        return self._load_csr_slices(prof, der)[0]
+    def _load_csr(self, prof, der, keygen=False):
+        return self._load_csr_slices(prof, der, keygen)[0]
 
     def _load_csr_key(self, prof, der):
         """(CSR, its public key): parsed, signature verified, key type allowed."""
         csr, pub, _ = self._load_csr_slices(prof, der)
         return csr, (csr.public_key() if pub is None else pub)
 
-    def _load_csr_slices(self, prof, der):
+    def _load_csr_slices(self, prof, der, keygen=False):
         """(CSR, public key, None) or (CSR, None, csr_slices(der)): parsed,
         signature verified, key type allowed. The slices come when the CSR
-        has the common shape; the public key object is then not built."""
+        has the common shape; the public key object is then not built.
+        keygen: a serverkeygen CSR, whose public key and signature the
+        server MUST ignore (RFC 7030 §4.4.1, RFC 9148 §4.8): (CSR, None,
+        slices or None), neither checked."""
         if len(der) > prof.max_csr_bytes:
             raise LimitError("CSR of %d bytes exceeds the limit of %d bytes" % (len(der), prof.max_csr_bytes))
         der = trim_der(der, max_len=prof.max_csr_bytes)
@@ -840,6 +843,8 @@ class EstService:
         except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as e:
             raise RemoteProtocolError("request body is not a valid PKCS#10 CSR: %s" % e) from None
         sl = csr_slices(der)
+        if keygen:
+            return csr, None, sl
         if sl is not None and sl[4] in prof.key_types:
             # the signature checked from the DER slices: the key from its
             # point, no second copy of the request info (is_signature_valid
