@@ -484,3 +484,23 @@ def test_micropython_client_server_identity(mpy_pkgs, tmp_path, cn, sans, name, 
     # comes first), a name refused in a SecurityError from the handshake
     assert "RESULT " in out and "RESULT ok" not in out, out
     assert ("RESULT SecurityError" in out) == refused, out
+
+
+# -- RFC 9110 §6.6.1: "An origin server with a clock MUST generate a Date
+#    header field" in 2xx, 3xx and 4xx answers (a client measuring a
+#    Retry-After HTTP-date needs it)
+
+
+def test_server_answers_carry_a_date(srv):
+    import time
+
+    from est_lite.http1_rare import http_date
+    from helpers_server import make_csr
+
+    _k, csr = make_csr("conf-date")
+    for r in (srv.request("GET", srv.path("cacerts")),  # 200
+              srv.request("POST", srv.path("simpleenroll"), csr),  # 401
+              srv.request("GET", "/.well-known/est/nolabel/cacerts")):  # 404
+        d = r.header("date")
+        assert d is not None and http_date(d) is not None, (r.status, d)
+        assert abs(http_date(d) - time.time()) < 3600, d  # the server's clock, read as UTC

@@ -70,6 +70,24 @@ _MODE_NO_AUTO_CHAIN = 0x00000008
 _CIPHERS_13 = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
 
 
+_WDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_date_cache = [(None, "")]  # [(second, its IMF-fixdate)]: one slot, replaced whole (threads)
+
+
+def _http_date():
+    """Now as an RFC 9110 IMF-fixdate, for the Date header an origin server
+    with a clock must send (RFC 9110 §6.6.1); formatted once a second."""
+    t = int(time.time())
+    c = _date_cache[0]
+    if c[0] != t:
+        g = time.gmtime(t)
+        c = (t, "%s, %02d %s %04d %02d:%02d:%02d GMT" % (_WDAYS[g.tm_wday], g.tm_mday, _MONTHS[g.tm_mon - 1],
+                                                          g.tm_year, g.tm_hour, g.tm_min, g.tm_sec))
+        _date_cache[0] = c
+    return c[1]
+
+
 class HttpError(EstError):
     """An HTTP-level problem of the request (status set per instance)."""
 
@@ -1314,7 +1332,7 @@ class EstHttpsServer:
         return ctx
 
     def _send(self, conn, status, ctype, body, close, *, b64=False, extra=()):
-        head = "HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Status"))
+        head = "HTTP/1.1 %d %s\r\nDate: %s\r\n" % (status, _REASONS.get(status, "Status"), _http_date())
         if ctype:
             head += "Content-Type: " + ctype + "\r\n"
         if b64:
