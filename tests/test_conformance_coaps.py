@@ -376,10 +376,11 @@ def proxied(tmp_path_factory):
     from helpers_proxy import ProxyHarness
     from helpers_server import EstTestServer
 
-    up = EstTestServer(tmp_path_factory.mktemp("conf-upstream"))
+    up = EstTestServer(tmp_path_factory.mktemp("conf-upstream"), extra_toml=EXTRA)
     try:
         px = ProxyHarness(tmp_path_factory.mktemp("conf-proxy"), up, up.url.replace("127.0.0.1", "localhost"),
-                          upstream_root_pem=up.root_pem, vendor_pem=os.path.join(up.tmp, "vendor.pem"))
+                          upstream_root_pem=up.root_pem, vendor_pem=os.path.join(up.tmp, "vendor.pem"),
+                          extra_toml='[profiles.noattrs]\nauth = ["cert"]\nclient_cert_trust = ["ca", "idevid"]\n')
     except BaseException:
         up.stop()
         raise
@@ -412,6 +413,9 @@ def test_registrar_converts_to_287_and_serves_discovery(proxied):
         bad = csr[:-1] + bytes([csr[-1] ^ 1])
         r = raw.request(POST, raw.path("skc"), bad, content_format=N.CF_PKCS10)
         assert r.code == N.CHANGED, (N.code_str(r.code), bytes(r.payload))
+        # §4.5 through the Registrar: the upstream's 204 on csrattrs is 4.04
+        r = raw.request(GET, raw.path("att", "noattrs"))
+        assert r.code == N.NOT_FOUND and b"no CSR attributes" in bytes(r.payload), (N.code_str(r.code), r.payload)
         r, payload = raw.get_all([".well-known", "core"], options=[(N.URI_QUERY, b"rt=ace.est*")])
         links = payload.decode().split(",")
         for short in ("crts", "sen", "sren"):
