@@ -507,3 +507,21 @@ def test_client_hello_offers_ccm8_p256_uncompressed_points_and_ems(srv, dev):
     assert 23 in groups  # secp256r1
     assert 0 in ext[11][1:]  # ec_point_formats: uncompressed
     assert 23 in ext  # extended_master_secret
+
+
+def test_label_is_one_segment_and_never_an_operation_name(srv, dev):
+    # §4.1 (RFC 7030 §3.2.2): /.well-known/est/ArbitraryLabel/<short-est>;
+    # a label is one path segment and not an operation name (of either form)
+    with srv.dtls_client(dev) as dc:
+        raw = RawCoap(dc)
+        for path in ([".well-known", "est", "sen", "crts"], [".well-known", "est", "cacerts", "crts"],
+                     [".well-known", "est", "coapsonly", "x", "crts"], [".well-known", "est", "nosuch", "crts"]):
+            r = raw.request(GET, path)
+            assert r.code == N.NOT_FOUND, (path, N.code_str(r.code))
+        r = raw.request(GET, [".well-known", "est", "coapsonly", "crts"])
+        assert r.code == N.CONTENT
+    # the client refuses to build such a path
+    for label in ("sen", "CRTS", "simpleenroll", "a/b", ".."):
+        with pytest.raises(LocalProtocolError):
+            C.CoapOperation(N.OP_CACERTS, label=label)
+    assert N.coap_path(N.OP_CACERTS, "coapsonly") == [".well-known", "est", "coapsonly", "crts"]
