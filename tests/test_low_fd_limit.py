@@ -129,6 +129,7 @@ sys.path.insert(0, sys.argv[2])
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
 from helpers_server import EstTestServer
 srv = EstTestServer(sys.argv[1])
+assert srv.request("GET", srv.path("cacerts")).status == 200  # the loop runs (its poller made) before the fds go
 fill = []
 try:
     while True:  # every descriptor taken by something else than the server's connections
