@@ -26,9 +26,13 @@ class HttpOperation(C.Operation):
     one 401 is answered automatically (Digest preferred, else Basic;
     cnonce, random bytes or str from the port, is needed for Digest), and
     preemptive_basic=True sends Basic with the first request already.
-    Without auth a 401 ends in an AuthRequired event. After a response that
-    does not keep the connection alive, need_new_connection is True: the
-    port must reconnect before sending the next request."""
+    Without auth a 401 ends in an AuthRequired event. A redirection (301,
+    302, 307, 308) to the same origin (a path, or https:// with the same
+    host and port) is followed up to 3 times with the same method and body
+    (RFC 7030 §3.2.1); one to another origin is a ServerError naming it.
+    After a response that does not keep the connection alive,
+    need_new_connection is True: the port must reconnect before sending
+    the next request."""
 
     def __init__(
         self,
@@ -67,7 +71,7 @@ class HttpOperation(C.Operation):
         """The request bytes to write now, or None."""
         if self.state != _AWAIT_RESPONSE and self.state < _DONE:
             data = http1.build_est_request(
-                self.op, self.host, self._body, self.label, authorization=self._authz, accept=self.accept
+                self.op, self.host, self._body, self.label, self.path, authorization=self._authz, accept=self.accept
             )
             self._tried = self._authz is not None
             self._to(_SEND)
@@ -119,6 +123,9 @@ class HttpOperation(C.Operation):
             elif "basic" in [c[0] for c in ch]:
                 self._authz = http1.basic_auth(a[0], a[1])
                 return self._to(_AUTH)
+        if s in (301, 302, 307, 308):
+            http1.follow(self, r)  # http1_rare: same origin -> self.path, or raises
+            return self._to(_AUTH)
         if self.op == 1 and s in (204, 404):
             return self._finish(_FINAL, C._make_event("CsrAttrs", None, b"", C._text(r.body) or None))
         if s != 200:
@@ -134,3 +141,4 @@ class HttpOperation(C.Operation):
         if cf == -1:
             raise RemoteProtocolError("unexpected Content-Type %r" % ct)
         self._result(cf, http1.decode_b64_body(r.body, self.max_body))
+

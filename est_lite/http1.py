@@ -123,13 +123,15 @@ def build_request(
     return "".join(out).encode() + body
 
 
-def build_est_request(op, host, der=b"", label=None, **kw):
+def build_est_request(op, host, der=b"", label=None, path=None, **kw):
     """Request for EST operation op (numbers.OP_*): GET for cacerts and
     csrattrs; otherwise POST of base64(der) as application/pkcs10
-    (application/pkcs7-mime for fullcmc). Other keywords: build_request."""
-    from est_lite.paths import https_path
+    (application/pkcs7-mime for fullcmc). path: instead of the operation's
+    (a same-origin redirection). Other keywords: build_request."""
+    if path is None:
+        from est_lite.paths import https_path
 
-    path = https_path(op, label)
+        path = https_path(op, label)
     if op < 2:
         return build_request("GET", path, host, **kw)
     ct = _MT_PKCS7 if op == 5 else "application/pkcs10"

@@ -2,9 +2,9 @@
 # http1's module __getattr__ (http1.digest_auth etc. keep working):
 # WWW-Authenticate challenges and Digest (RFC 7235, RFC 7616), needed only
 # after a 401, multipart/mixed (RFC 2046, RFC 7030 §4.4.2), needed only
-# for serverkeygen, and HTTP-dates (a Retry-After in date form). See
-# docs/http1.md.
-from est_lite.errors import LocalProtocolError, RemoteProtocolError, const
+# for serverkeygen, HTTP-dates (a Retry-After in date form) and
+# redirections (a 3xx). See docs/http1.md.
+from est_lite.errors import LocalProtocolError, RemoteProtocolError, ServerError, const
 from est_lite.http1 import RETRY_AFTER_DEFAULT, Part, _check, _headers, _istok, _limit, _only, _text, decode_b64_body
 
 def _tok(s, i):
@@ -245,3 +245,39 @@ def date_delay(retry_after, date):
     if a is None or b is None:
         return RETRY_AFTER_DEFAULT
     return min(max(0, a - b), 999999999)
+
+
+# ---------------------------------------------------------------- redirections
+
+
+def follow(op, r):
+    """A 301/302/307/308 answer r to HttpOperation op (RFC 7030 §3.2.1:
+    redirections to the same origin SHOULD be followed without user input):
+    the Location's path becomes op.path, at most 3 times; a Digest answer
+    made for the old path is dropped (the next 401 gets a new one).
+    Another origin, no Location, or a loop: ServerError naming it."""
+    u = r.header("location") or ""
+    u = u.split("#")[0]
+    if u[:2] == "//":  # a network-path reference: our scheme
+        u = "https:" + u
+    if u[:8].lower() == "https://":
+        a, _, p = u[8:].partition("/")
+        a = a.lower()
+        h = op.host.lower()
+        if a[-4:] == ":443":  # https's default port may be omitted (RFC 3986 §3.2.3)
+            a = a[:-4]
+        if h[-4:] == ":443":
+            h = h[:-4]
+        if a == h and "@" not in a:
+            u = "/" + p
+    if [c for c in u if c <= " " or c >= "\x7f"]:
+        raise RemoteProtocolError("redirection to %r: not a URI" % u[:80])
+    n = getattr(op, "_hops", 0)
+    if u[:1] != "/" or n >= 3:
+        raise ServerError("the server answered %d %s: redirected to %s (%s)" % (
+            r.status, r.reason, u[:200] or "nowhere", "too many redirections" if u[:1] == "/" else
+            "another origin: not followed"), None, r.status, u)
+    op._hops = n + 1
+    op.path = u
+    if op._authz and op._authz[:6] != "Basic ":
+        op._authz = None

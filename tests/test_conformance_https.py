@@ -19,7 +19,7 @@ import client_vectors as V  # noqa: E402
 from est_lite import client as C  # noqa: E402
 from est_lite import http1  # noqa: E402
 from est_lite import numbers as N  # noqa: E402
-from est_lite.errors import ServerError  # noqa: E402
+from est_lite.errors import RemoteProtocolError, ServerError  # noqa: E402
 
 
 def response(status, reason, headers=(), body=b""):
@@ -158,13 +158,140 @@ def test_client_csrattrs_200_empty_204_404_are_no_attributes():
         assert isinstance(ev, C.CsrAttrs) and ev.attrs is None, status
 
 
-def test_client_does_not_follow_redirects():
-    # RFC 7030 §3.2.1 allows 3xx; est-lite does not follow them (documented):
-    # no request, and no credentials, go to a place the user did not name
-    op = C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr", auth=("u", "p"), preemptive_basic=True)
+def test_client_follows_same_origin_redirects_only():
+    # RFC 7030 §3.2.1: "HTTP redirections (3xx status codes) to the same web
+    # origin (see [RFC6454]) SHOULD be handled by the client without user
+    # input"; before: every 3xx was an error
+    op = C.HttpOperation(N.OP_SIMPLEENROLL, host="est.example", body=b"csr", auth=("u", "p"), preemptive_basic=True)
+    for status, loc, path in ((307, "https://EST.example:443/est/simpleenroll", "/est/simpleenroll"),
+                              (308, "/est2/simpleenroll?x=1#f", "/est2/simpleenroll?x=1"),
+                              (301, "//est.example/est3/simpleenroll", "/est3/simpleenroll")):
+        assert answer(op, response(status, "Moved", [("Location", loc)])) is C.NEED_DATA
+        req = op.send()
+        assert req.startswith(b"POST %s HTTP/1.1\r\n" % path.encode()), req[:80]
+        assert b"\r\nAuthorization: Basic " in req and http1.decode_b64_body(req.split(b"\r\n\r\n", 1)[1]) == b"csr"
+    op.receive_data(response(200, "OK", [("Content-Type", N.MT_PKCS7)], http1.b64_encode_lines(V.P7_LEAF_CA)))
+    assert isinstance(op.next_event(), C.Enrolled)
+    # another origin (host, port, scheme, userinfo), no Location, a loop: an
+    # error naming where it pointed; nothing is sent there
+    for loc, why in (("https://elsewhere.example/x", "another origin"), ("https://est.example:8443/x", "another origin"),
+                     ("http://est.example/x", "another origin"), ("//elsewhere.example/x", "another origin"),
+                     ("https://u@est.example/x", "another origin"), ("", "nowhere")):
+        op = C.HttpOperation(N.OP_SIMPLEENROLL, host="est.example", body=b"csr", auth=("u", "p"), preemptive_basic=True)
+        with pytest.raises(ServerError) as e:
+            answer(op, response(302, "Found", [("Location", loc)] if loc else []))
+        assert e.value.http_status == 302 and why in str(e.value) and op.send() is None, (loc, e.value)
+    op = C.HttpOperation(N.OP_CACERTS, host="h")
     with pytest.raises(ServerError) as e:
-        answer(op, response(301, "Moved", [("Location", "https://elsewhere.example/.well-known/est/simpleenroll")]))
-    assert e.value.http_status == 301 and op.send() is None
+        for _ in range(4):
+            answer(op, response(301, "Moved", [("Location", "/loop")]))
+    assert "too many redirections" in str(e.value)
+    op = C.HttpOperation(N.OP_CACERTS, host="h")
+    with pytest.raises(RemoteProtocolError):
+        answer(op, response(302, "Found", [("Location", "/a b")]))
+
+
+def test_a_redirect_drops_a_digest_answer_made_for_the_old_path():
+    op = C.HttpOperation(N.OP_CACERTS, host="h", auth=("u", "p"), cnonce=b"c")
+    assert answer(op, response(401, "U", [("WWW-Authenticate", 'Digest realm="r", nonce="n", qop="auth"')])) is C.NEED_DATA
+    assert b"uri=\"/.well-known/est/cacerts\"" in op.send()
+    op.receive_data(response(307, "TR", [("Location", "/est/cacerts")]))
+    assert op.next_event() is C.NEED_DATA
+    req = op.send()
+    assert req.startswith(b"GET /est/cacerts ") and b"Authorization" not in req
+    op.receive_data(response(401, "U", [("WWW-Authenticate", 'Digest realm="r", nonce="n2", qop="auth"')]))
+    assert op.next_event() is C.NEED_DATA
+    assert b'uri="/est/cacerts"' in op.send()
+
+
+class _Redirector:
+    """A stdlib HTTPS server on loopback: /.well-known/est/cacerts answers
+    301 to /est/cacerts on the same origin, which answers certs-only."""
+
+    def __init__(self, tmp):
+        import http.server
+        import ssl
+        import threading
+
+        from helpers_pki import TestPki
+
+        pki = self.pki = TestPki()
+        leaf = pki.issue("localhost", dns=["localhost"], ips=["127.0.0.1"], server=True)
+        (tmp / "c.pem").write_bytes(leaf.cert_pem)
+        (tmp / "k.pem").write_bytes(leaf.key_pem)
+        self.root_der = pki.root.cert.public_bytes(__import__("cryptography.hazmat.primitives.serialization",
+                                                              fromlist=["Encoding"]).Encoding.DER)
+        body = bytes(http1.b64_encode_lines(V.P7_CA))
+        self.log = log = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                log.append(self.path)
+                if self.path == "/.well-known/est/cacerts":
+                    self.send_response(301)
+                    self.send_header("Location", "/est/cacerts")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif self.path == "/est/cacerts":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/pkcs7-mime")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_error(404)
+
+            def log_message(self, *a):
+                pass
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(tmp / "c.pem"), str(tmp / "k.pem"))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def redirector(tmp_path):
+    r = _Redirector(tmp_path)
+    yield r
+    r.stop()
+
+
+def test_cpython_client_follows_a_same_origin_redirect(redirector):
+    from est_lite_cpython.client import EstClient
+
+    c = EstClient("https://localhost:%d" % redirector.port, trust=[redirector.root_der], deadline=30)
+    try:
+        assert c.cacerts() == [V.CA]
+    finally:
+        c.close()
+    assert redirector.log == ["/.well-known/est/cacerts", "/est/cacerts"]
+
+
+def test_micropython_client_follows_a_same_origin_redirect(redirector, mpy_pkgs, tmp_path):
+    from helpers_mp import MICROPYTHON
+
+    (tmp_path / "root.der").write_bytes(redirector.root_der)
+    (tmp_path / "r.py").write_text(textwrap.dedent("""
+        import sys
+        from est_lite_mp.client import EstClient
+        with open(sys.argv[1], "rb") as f:
+            root = f.read()
+        print("CERTS", len(EstClient("https://localhost:%d" % int(sys.argv[2]), trust=[root], deadline=30).cacerts()))
+    """))
+    p = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", str(tmp_path / "r.py"), str(tmp_path / "root.der"),
+                        str(redirector.port)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, MICROPYPATH=str(mpy_pkgs)))
+    assert "CERTS 1" in p.stdout, p.stdout + p.stderr
+    assert redirector.log == ["/.well-known/est/cacerts", "/est/cacerts"]
 
 
 # -- server side: media types, 204, 501, labels, 401 challenges, over HTTPS

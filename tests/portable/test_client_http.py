@@ -227,7 +227,7 @@ def test_malformed_answers():
         response(200, "OK", [("Content-Type", "text/html")], b"<html>"),
         response(200, "OK", [("Content-Type", N.MT_PKCS7)], b"!!!!"),
         response(200, "OK", [("Content-Type", N.MT_PKCS7)], b64(V.P7_CA[:-3])),
-        response(302, "Found", [("Location", "/elsewhere")], b""),
+        response(302, "Found", [("Location", "https://elsewhere.example/")], b""),  # another origin: not followed
         b"HTTP/1.1 abc\r\n\r\n",
     ):
         op = C.HttpOperation(N.OP_CACERTS, host="h")
