@@ -631,3 +631,12 @@ def test_server_answers_carry_a_date(srv):
         d = r.header("date")
         assert d is not None and http_date(d) is not None, (r.status, d)
         assert abs(http_date(d) - time.time()) < 3600, d  # the server's clock, read as UTC
+
+
+def test_basic_with_an_empty_user_name():
+    # §3.2.3: a password not associated with a user name goes with user ""
+    import base64
+
+    op = C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr", auth=("", "s3cret"), preemptive_basic=True)
+    req = op.send()
+    assert b"\r\nAuthorization: Basic %s\r\n" % base64.b64encode(b":s3cret") in req
