@@ -178,3 +178,37 @@ def test_accept_emfile_is_said_once_and_recovers(tmp_path):
             p.kill()
     assert err.count("accept failed") == 1 and "Too many open files" in err, err[-3000:]
     assert err.count("accepting connections again") == 1, err[-3000:]
+
+
+START_WITHOUT_FDS = r"""
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from helpers_server import EstTestServer
+srv = EstTestServer(sys.argv[1])
+srv.server.stop()
+fill = []
+try:
+    while True:
+        fill.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+for _ in range(3):  # three left: the listening socket and the wake-up socket pair, none for the loop's poller
+    os.close(fill.pop())
+try:
+    srv.server.start()
+except OSError as e:
+    print("refused", e.errno)
+else:
+    print("started")
+"""
+
+
+def test_start_with_no_descriptor_left_fails_at_start(tmp_path):
+    # the event loop's poller was made in its thread: with no descriptor
+    # left, start() returned a port and the loop thread died (a traceback on
+    # stderr, a server that never answered)
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = subprocess.run([sys.executable, "-c", START_WITHOUT_FDS, str(tmp_path), here], capture_output=True,
+                       text=True, timeout=60, preexec_fn=_limit)
+    assert p.stdout.strip() == "refused 24", (p.stdout, p.stderr[-2000:])
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]

@@ -780,10 +780,21 @@ class EstHttpsServer:
         self._threads = []
         if self.io == "loop":
             s.setblocking(False)
-            self._wake = socket.socketpair()
+            sel = None
+            try:
+                # here, not in the thread: with no descriptor left (EMFILE)
+                # start() fails instead of a loop thread that dies silently
+                sel = _poller()
+                self._wake = socket.socketpair()
+            except OSError:
+                if sel is not None:
+                    sel.close()
+                s.close()
+                self._sock = None
+                raise
             for w in self._wake:
                 w.setblocking(False)
-            t = threading.Thread(target=self._loop, name="est-https-loop", daemon=True)
+            t = threading.Thread(target=self._loop, args=(sel,), name="est-https-loop", daemon=True)
             t.start()
             self._threads.append(t)
         else:
@@ -1059,14 +1070,13 @@ class EstHttpsServer:
                 return
 
     # -- event loop --
-    def _loop(self):
+    def _loop(self, sel):
         """io="loop": accept, and step every connection generator when its
-        socket is ready or its deadline has passed."""
+        socket is ready or its deadline has passed (sel: its _poller)."""
         lsock = self._sock
         raw_accept = lsock._accept  # (fd, addr) without socket.accept()'s enum look-ups
         fam = self._family
         ops = _ops()
-        sel = _poller()
         wake = self._wake[0]
         sel.register(wake, _READ, None)
         sel.register(lsock, _READ, None)
