@@ -601,7 +601,7 @@ class CoapOperation(Operation):
                 a.cf = cf2
             if a:
                 if cf2 != a.cf:
-                    raise RemoteProtocolError("Content-Format or ETag changed in Block2")
+                    raise RemoteProtocolError("Content-Format changed in Block2 (or ETag)")
                 body = a.add(num, more, szx, body)
                 if more:
                     return self._to(_MORE2)
