@@ -640,3 +640,19 @@ def test_basic_with_an_empty_user_name():
     op = C.HttpOperation(N.OP_SIMPLEENROLL, host="h", body=b"csr", auth=("", "s3cret"), preemptive_basic=True)
     req = op.send()
     assert b"\r\nAuthorization: Basic %s\r\n" % base64.b64encode(b":s3cret") in req
+
+
+def test_serverkeygen_over_https_ignores_the_csr_key_and_signature(srv):
+    # §4.4.1: "the server MUST ignore the public key values and signature in
+    # the CSR" (service.py since 56ce913; shown here over HTTPS)
+    from cryptography import x509
+    from helpers_server import PASSWORD, USER, make_csr, parse_multipart
+
+    _k, csr = make_csr("conf-skg-badsig")
+    bad = csr[:-1] + bytes([csr[-1] ^ 1])
+    assert not x509.load_der_x509_csr(bad).is_signature_valid
+    r = srv.request("POST", srv.path("serverkeygen"), bad, auth=(USER, PASSWORD))
+    assert r.status == 200, r.text
+    parts = parse_multipart(r)
+    assert set(parts) == {N.MT_PKCS8, N.MT_PKCS7_CERTS}
+    assert srv.request("POST", srv.path("simpleenroll"), bad, auth=(USER, PASSWORD)).status == 400
