@@ -520,6 +520,20 @@ def test_label_is_one_segment_and_never_an_operation_name(srv, dev):
             assert r.code == N.NOT_FOUND, (path, N.code_str(r.code))
         r = raw.request(GET, [".well-known", "est", "coapsonly", "crts"])
         assert r.code == N.CONTENT
+        # RFC 9148 defines no query on the EST resources: one is ignored
+        r = raw.request(GET, raw.path("crts"), options=[(N.URI_QUERY, b"x=1")])
+        assert r.code == N.CONTENT and opt_uint(r, N.CONTENT_FORMAT) == N.CF_PKCS7_CERTS
+
+
+def test_enrollment_answer_is_2_04_without_location(srv, dev):
+    # §4.5: 2.04 Changed, not 2.01 Created: nothing is created at a new URI,
+    # so no Location-Path / Location-Query (RFC 7252 §5.8.2, §5.10.7)
+    _, csr = make_csr("conf-loc-1")
+    with srv.dtls_client(dev) as dc:
+        raw = RawCoap(dc)
+        r = raw.request(POST, raw.path("sen"), csr, content_format=N.CF_PKCS10)
+        assert r.code == N.CHANGED
+        assert coap.opt(r, N.LOCATION_PATH) is None and coap.opt(r, N.LOCATION_QUERY) is None
     # the client refuses to build such a path
     for label in ("sen", "CRTS", "simpleenroll", "a/b", ".."):
         with pytest.raises(LocalProtocolError):
