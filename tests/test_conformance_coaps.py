@@ -5,6 +5,7 @@ the reference server over a real DTLS session; client rows drive the
 core's CoapOperation with crafted answers (no socket)."""
 
 import datetime
+import os
 
 import pytest
 from cryptography import x509
@@ -539,3 +540,56 @@ def test_enrollment_answer_is_2_04_without_location(srv, dev):
         with pytest.raises(LocalProtocolError):
             C.CoapOperation(N.OP_CACERTS, label=label)
     assert N.coap_path(N.OP_CACERTS, "coapsonly") == [".well-known", "est", "coapsonly", "crts"]
+
+
+def test_pinned_bootstrap_revalidates_the_server_under_the_served_cas(srv, dev, tmp_path):
+    # §9.1: "A client that interleaves EST-coaps /crts request with other
+    # requests in the same DTLS connection SHOULD revalidate the server
+    # certificate chain against the updated Explicit TA ... If the server
+    # certificate chain does not authenticate against the database, the
+    # client SHOULD close the connection without completing the rest"
+    from helpers_coaps import idevid_device
+    from helpers_proxy import issue
+
+    from est_lite.errors import SecurityError
+    from est_lite_cpython.client import EstClient
+    from est_lite_cpython.coaps_server import EstCoapsServer
+    from est_lite_cpython.credstore import CredStore
+    from est_lite_cpython.dtls import fingerprint
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    idev = idevid_device(srv, "conf-pin-1")
+
+    def client(port, leaf):
+        return EstClient("coaps://127.0.0.1:%d" % port, pin=fingerprint(leaf),
+                         cert=idev.cert.public_bytes(serialization.Encoding.DER),
+                         key=idev.key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+
+    # the server's certificate comes from another CA than the one /crts serves
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    n = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Some Other CA")])
+    ca = (x509.CertificateBuilder().subject_name(n).issuer_name(n).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    key, leaf = issue(ca, ca_key, "foreign-est", ips=["127.0.0.1"], ekus=[ExtendedKeyUsageOID.SERVER_AUTH])
+    other = EstCoapsServer(srv.service, leaf, key, host="127.0.0.1", port=0)
+    port = other.start()
+    try:
+        before = srv.issued_count()
+        c = client(port, leaf)
+        with pytest.raises(SecurityError, match="does not verify against the CA certificates it served"):
+            c.provision(CredStore(str(tmp_path / "a")), cn="conf-pin-1")
+        assert srv.issued_count() == before  # nothing enrolled on the pinned session
+        assert c.trust is None and not c.bootstrapped
+        assert not os.path.exists(tmp_path / "a") or not os.listdir(tmp_path / "a")
+    finally:
+        other.stop()
+    # the reference server's certificate is under the CA it serves: one session, enrolled
+    with open(srv.ca.server_cert_file, "rb") as f:
+        good = x509.load_pem_x509_certificate(f.read())
+    c = client(srv.coaps_port, good)
+    r = c.provision(CredStore(str(tmp_path / "b")), cn="conf-pin-2")
+    assert c.bootstrapped and x509.load_der_x509_certificate(r.cert).subject.rfc4514_string() == "CN=conf-pin-2"

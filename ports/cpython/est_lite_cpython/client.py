@@ -23,7 +23,7 @@ import random
 import threading
 import time
 
-from est_lite.errors import LocalProtocolError, TransportError
+from est_lite.errors import EstError, LocalProtocolError, TransportError
 from est_lite_mp import client as _portable
 from est_lite_mp.client import parse_pin, parse_server  # noqa: F401 - parse_pin re-exported
 from est_lite_mp.provision import Result  # noqa: F401 - re-exported
@@ -176,7 +176,16 @@ class EstClient(_portable.EstClient):
 
     def cacerts(self):
         with self._user():
-            return super().cacerts()
+            boot = self.trust is None and self.scheme == "coaps"
+            certs = super().cacerts()
+            if boot and self._t is not None:
+                try:  # RFC 9148 §9.1: the pinned session goes on only if its server verifies under the new anchors
+                    self._t.check_trust(certs)
+                except EstError:
+                    self.close()
+                    self.trust, self.bootstrapped = None, False
+                    raise
+            return certs
 
     def csrattrs(self):
         with self._user():

@@ -69,6 +69,32 @@ class CoapsTransport:
         self.binding = self.client.tls_unique
         self.peer_chain = list(self.client.peer_chain)
 
+    def check_trust(self, trust):
+        """RFC 9148 §9.1: a client that goes on in the session of a pinned
+        bootstrap after /crts "SHOULD revalidate the server certificate
+        chain against the updated Explicit TA". SecurityError unless the
+        chain the server presented verifies against `trust` (the /crts
+        certificates) and covers the server name, as the next session's
+        handshake will require."""
+        from OpenSSL import crypto
+
+        from . import dtls as _d
+
+        chain = self.peer_chain
+        if not chain:
+            raise SecurityError("no server certificate chain to check against the CA certificates")
+        store = crypto.X509Store()
+        for c in _d.load_certificates(trust):
+            store.add_cert(crypto.X509.from_cryptography(c))
+        try:
+            crypto.X509StoreContext(store, crypto.X509.from_cryptography(chain[0]),
+                                    [crypto.X509.from_cryptography(c) for c in chain[1:]]).verify_certificate()
+        except crypto.X509StoreContextError as e:
+            raise SecurityError("the server's certificate (%s) does not verify against the CA certificates it "
+                                "served (%s): later sessions would refuse it; its certificate must come from "
+                                "this EST CA" % (chain[0].subject.rfc4514_string(), e)) from None
+        _d.check_server_name(chain[0], self.server_name)
+
     def send(self, datagram):
         self.client.send(datagram)
 
