@@ -166,6 +166,17 @@ def test_dtls_suites_are_ecdhe_ecdsa_aead_only(srv, dev):
         assert not [c for c in offered if "PSK" in c or "DES" in c or "EXP" in c or "RSA" in c or "NULL" in c]
 
 
+def test_dtls_server_prefers_ccm8_to_the_clients_order(srv, dev):
+    # §3's mandatory suite, and 8 bytes shorter per record than GCM's tag:
+    # the server's order decides (OP_CIPHER_SERVER_PREFERENCE), a client
+    # offering GCM first gets CCM_8; one offering GCM alone still gets GCM
+    with srv.dtls_client(dev, ciphers=[d.SUITE_GCM, d.SUITE_CCM8]) as dc:
+        assert dc.cipher == d.SUITE_CCM8
+        assert CoapsSession(dc).cacerts().certs
+    with srv.dtls_client(dev, ciphers=[d.SUITE_GCM]) as dc:
+        assert dc.cipher == d.SUITE_GCM
+
+
 @pytest.mark.parametrize("suite", ["PSK-AES128-CCM8", "ECDHE-PSK-AES128-CBC-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"])
 def test_dtls_psk_or_rsa_only_clients_get_no_session(srv, dev, suite):
     # the client's OpenSSL builds the context: the refusal is the server's
