@@ -174,14 +174,45 @@ def private_files(data_dir):
     return [os.path.join(data_dir, f) for f in (ROOT_KEY, INT_KEY, SERVER_KEY, DB_FILE, PASSWORDS, OLD_ROOT_KEY)]
 
 
-def write_private(path, data):
-    """Write a file readable by its owner only (0600) from the first byte on."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _create(path, mode):
+    """The fd of `path` made anew with exactly `mode`, whatever the umask.
+    What was at that name (a file, a symlink to /etc/..., a hard link, a
+    FIFO) is removed first, never written through or waited on: a data
+    directory or --out in a directory other users can write (/tmp) must
+    not make est-lite write a key into someone else's file."""
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_private(path, data, mode=0o600):
+    """Write a new file readable by its owner only (0600) from the first
+    byte on (mode=0o644: a certificate, not writable by others whatever the
+    umask). Never writes through what was at that name (_create); a file
+    that cannot be written is one LocalProtocolError naming it."""
+    try:
+        fd = _create(path, mode)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise LocalProtocolError("cannot write %s: %s" % (path, e.strerror or e)) from None
 
 
 def _key_pem(key):
@@ -290,6 +321,10 @@ def init_ca(
     check_init_args(common_name=common_name, server_names=server_names, validity_days=validity_days)
     if os.path.exists(os.path.join(data_dir, ROOT_KEY)) and not force:
         raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % data_dir)
+    if os.path.isdir(data_dir) and os.stat(data_dir).st_mode & 0o002:  # /tmp itself, a 0777 directory
+        raise LocalProtocolError("%s is writable by every user (mode %04o): anyone could replace the CA's keys and "
+                                 "certificates there; give a directory of its own (est-lite creates it 0700)"
+                                 % (data_dir, os.stat(data_dir).st_mode & 0o7777))
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     if force:
         for f in (ROOT_CERT, ROOT_KEY, INT_CERT, INT_KEY, SERVER_CERT, SERVER_KEY, DB_FILE, DB_FILE + "-wal",
@@ -305,8 +340,7 @@ def init_ca(
     root_name = x509.Name(attrs)
     root = _ca_cert(root_name, root_name, root_key.public_key(), root_key, root_key.public_key(), now, validity_days, root_path_len)
     write_private(os.path.join(data_dir, ROOT_KEY), _key_pem(root_key))
-    with open(os.path.join(data_dir, ROOT_CERT), "wb") as f:
-        f.write(_cert_pem(root))
+    write_private(os.path.join(data_dir, ROOT_CERT), _cert_pem(root), 0o644)
     issuer_key, issuer = root_key, root
     if intermediate:
         ikey = ec.generate_private_key(ec.SECP256R1())
@@ -316,8 +350,7 @@ def init_ca(
             iattrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
         icert = _ca_cert(x509.Name(iattrs), root_name, ikey.public_key(), root_key, root_key.public_key(), now, validity_days, 0)
         write_private(os.path.join(data_dir, INT_KEY), _key_pem(ikey))
-        with open(os.path.join(data_dir, INT_CERT), "wb") as f:
-            f.write(_cert_pem(icert))
+        write_private(os.path.join(data_dir, INT_CERT), _cert_pem(icert), 0o644)
         issuer_key, issuer = ikey, icert
     ca = LocalCA(data_dir, new_store=True)
     # the EST server's own TLS certificate, recorded in the store like any other
@@ -338,10 +371,8 @@ def init_ca(
     finally:
         ca.clock = clock
     write_private(os.path.join(data_dir, SERVER_KEY), _key_pem(skey))
-    with open(os.path.join(data_dir, SERVER_CERT), "wb") as f:
-        f.write(_cert_pem(scert))
-        if intermediate:
-            f.write(_cert_pem(issuer))
+    write_private(os.path.join(data_dir, SERVER_CERT), _cert_pem(scert) + (_cert_pem(issuer) if intermediate else b""),
+                  0o644)
     return ca
 
 
@@ -352,7 +383,9 @@ def _remove_stage(data_dir):
     """Remove an unfinished rollover's staging directory (no journal: the
     old CA is the valid one)."""
     stage = os.path.join(data_dir, ROLLOVER_STAGE)
-    if os.path.isdir(stage):
+    if os.path.islink(stage):  # never empty the directory a link planted there points to
+        os.unlink(stage)
+    elif os.path.isdir(stage):
         for f in os.listdir(stage):
             os.unlink(os.path.join(stage, f))
         os.rmdir(stage)
@@ -372,11 +405,9 @@ def _fsync_dir(path):
 
 
 def _write_synced(path, data, private=False):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    fd = _create(path, 0o600 if private else 0o644)
     try:
-        if private:
-            os.fchmod(fd, 0o600)
-        os.write(fd, data)
+        _write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

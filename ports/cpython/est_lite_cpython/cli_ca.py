@@ -259,10 +259,9 @@ def cmd_issue(args):
                         sans=sans, days=args.days, eku=eku, label="", requester="est-lite ca issue")
     try:
         write_private(key_path, _key_pem(key))
-        with open(cert_path, "wb") as f:  # leaf first, then the issuing CAs below the root (a TLS chain file)
-            f.write(_cert_pem(cert))
-            for c in ca.chain[:-1]:
-                f.write(_cert_pem(c))
+        # leaf first, then the issuing CAs below the root (a TLS chain file); 0644 whatever the umask, never
+        # written through a symlink or hard link left at that name
+        write_private(cert_path, b"".join(_cert_pem(c) for c in [cert] + ca.chain[:-1]), 0o644)
     except (LocalProtocolError, OSError) as e:  # the disk filled up in between: no half pair left
         for f in (key_path, cert_path):
             try:

@@ -124,6 +124,9 @@ def _prepare_out(args):
         except OSError as e:
             raise LocalProtocolError("--out %s cannot be created: %s" % (out, e.strerror or e)) from None
         args._made_out = out
+    from .credstore import CredStore
+
+    CredStore(out).check_dir()  # /tmp itself: others could plant a key or a trust anchor there
     import tempfile
 
     try:

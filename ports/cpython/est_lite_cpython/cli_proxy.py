@@ -162,11 +162,9 @@ def cmd_proxy(args):
         pcfg.upstream, "; devices over %s/.well-known/est/" % https.url if https else "",
         "; devices over %s/.well-known/est/" % coaps.url if coaps else ""), flush=True)
     if coaps is not None and args.coaps_port_file:
-        with open(args.coaps_port_file, "w") as f:
-            f.write("%d\n" % coaps.port)
+        _write_port_file(args.coaps_port_file, coaps.port)
     if https is not None and args.port_file:
-        with open(args.port_file, "w") as f:
-            f.write("%d\n" % https.port)
+        _write_port_file(args.port_file, https.port)
 
     try:
         while not stop.wait(1.0):
@@ -194,3 +192,11 @@ def register(sub):
     p.add_argument("--coaps-port-file", help="write the EST-coaps port here once listening")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.set_defaults(func=cmd_proxy)
+
+
+def _write_port_file(path, port):
+    # written whole (a reader polling it never sees it empty) and never through
+    # a symlink or file left at that name: --port-file is often in /tmp
+    from .credstore import write_file_atomic
+
+    write_file_atomic(path, b"%d\n" % port, 0o644, ".%d.tmp" % os.getpid())

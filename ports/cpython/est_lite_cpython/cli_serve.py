@@ -254,11 +254,9 @@ def cmd_serve(args):
         if coaps is not None:
             print("est-lite EST-coaps server on %s/.well-known/est/" % coaps.url, flush=True)
         if coaps is not None and getattr(args, "coaps_port_file", None):
-            with open(args.coaps_port_file, "w") as f:
-                f.write("%d\n" % coaps.port)
+            _write_port_file(args.coaps_port_file, coaps.port)
         if args.port_file:
-            with open(args.port_file, "w") as f:
-                f.write("%d\n" % port)
+            _write_port_file(args.port_file, port)
         serving.append(True)
         srv.serve_forever()
     except KeyboardInterrupt:
@@ -290,3 +288,11 @@ def register(sub):
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="log to stderr: -v each request and handshake failure (INFO), -vv debug detail")
     p.set_defaults(func=cmd_serve)
+
+
+def _write_port_file(path, port):
+    # written whole (a reader polling it never sees it empty) and never through
+    # a symlink or file left at that name: --port-file is often in /tmp
+    from .credstore import write_file_atomic
+
+    write_file_atomic(path, b"%d\n" % port, 0o644, ".%d.tmp" % os.getpid())

@@ -81,6 +81,7 @@ class CredStore(_PortableStore):
         that cannot be written costs no certificate (issued, then lost
         with its key). A full disk is one: it writes SPACE_PROBE bytes and
         removes them ("no space on the filesystem")."""
+        self.check_dir()
         p = os.path.abspath(self.path)
         probe = p
         while not os.path.lexists(probe):
@@ -118,6 +119,22 @@ class CredStore(_PortableStore):
                 except OSError:
                     pass
 
+    def check_dir(self):
+        """StoreError if the store's directory exists and every user may
+        write it (/tmp itself, a 0777 directory): anyone could plant a key,
+        a certificate or a trust anchor there (a later load() would use
+        them) or remove ours. Checked by load(), save(), check_writable()."""
+        import stat
+
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o002:
+            raise StoreError("credential store %s is writable by every user (mode %04o): anyone could replace its "
+                             "key or trust anchors; give a directory of its own (est-lite creates it 0700)"
+                             % (self.path, stat.S_IMODE(st.st_mode)))
+
     def _mkdir(self):
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StoreError("credential store %s is not a directory" % self.path)
@@ -128,7 +145,7 @@ class CredStore(_PortableStore):
             raise StoreError("credential store %s: the manifest names %r, a file outside the store" % (self.path, name))
         p = self._p(name)
         try:
-            os.stat(p)
+            st = os.stat(p)
         except FileNotFoundError:
             return None
         except NotADirectoryError:
@@ -137,6 +154,10 @@ class CredStore(_PortableStore):
             raise StoreError("credential store: cannot read %s: %s" % (p, e.strerror or e)) from None
         if os.path.isdir(p):
             raise StoreError("credential store: %s is a directory, not a file" % p)
+        import stat
+
+        if not stat.S_ISREG(st.st_mode):  # a FIFO: open() would wait for a writer forever
+            raise StoreError("credential store: %s is not a plain file (a FIFO or device)" % p)
         return super()._read(name)
 
     def _lock(self, exclusive):
@@ -158,6 +179,7 @@ class CredStore(_PortableStore):
         return fd
 
     def load(self):
+        self.check_dir()
         fd = self._lock(False)
         try:
             return self._load()
@@ -185,6 +207,7 @@ class CredStore(_PortableStore):
                 self._mkdir()
             except OSError as e:
                 raise StoreError("credential store %s cannot be created: %s" % (self.path, e.strerror or e)) from None
+        self.check_dir()
         fd = self._lock(True)
         try:
             return self._save(key, cert, ca, keep)

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 
 from est_lite.errors import LocalProtocolError
 
@@ -33,11 +34,24 @@ def _open(data_dir):
         return None
     path = os.path.join(data_dir, LOCK_FILE)
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        # never through a symlink (_note truncates and writes the file: a
+        # link to /etc/passwd would lose it); a FIFO or device is refused below
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0), 0o600)
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):  # a read-only directory: nothing can replace it either
             return None
+        if e.errno == errno.ELOOP:
+            raise LocalProtocolError("the lock file %s is a symbolic link: remove it (est-lite makes a plain "
+                                     "file there)" % path) from None
         raise LocalProtocolError("cannot open the lock file %s: %s" % (path, e.strerror or e)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a FIFO, a device, a hard link to another file
+        os.close(fd)
+        raise LocalProtocolError("the lock file %s is not a plain file of its own (%s): remove it (est-lite makes "
+                                 "one there)" % (path, "%d hard links" % st.st_nlink if stat.S_ISREG(st.st_mode)
+                                                 else "a FIFO or device"))
+    return fd
 
 
 def _note(fd, what):
@@ -54,10 +68,15 @@ def holder(data_dir):
     """(pid, what) last written into DIR's lock file by a holder that is
     still alive, or None."""
     try:
-        with open(os.path.join(data_dir, LOCK_FILE), "rb") as f:
-            text = f.read(200).decode("utf-8", "replace").strip()
+        fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None
+    try:
+        text = os.read(fd, 200).decode("utf-8", "replace").strip() if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     pid, _sp, what = text.partition(" ")
     try:
         pid = int(pid)

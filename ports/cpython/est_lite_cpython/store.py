@@ -224,6 +224,11 @@ class Store:
         self._wconn = None
         self._wlock = threading.Lock()
         new = not os.path.exists(self.path)
+        if new:  # 0600 from the start: SQLite gives its -wal and -shm files the mode of the database file
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            except OSError:
+                pass  # sqlite3 says why below
         try:
             if not new:  # before anything writes to it (journal_mode=WAL would)
                 file_format(self.path, "CA store", FORMAT_VERSION)
