@@ -213,6 +213,9 @@ class VirtualBoard(Board):
 
     def __init__(self, flash, heap="256K", name=None, micropython=None):
         self.flash = os.path.abspath(flash)
+        # the unix port creates its files with the umask (0644: no chmod in its
+        # os module): the board's keys are private through this directory
+        os.makedirs(self.flash, mode=0o700, exist_ok=True)
         os.makedirs(os.path.join(self.flash, "lib"), exist_ok=True)
         self.heap = heap
         self.name = name or os.path.basename(self.flash)

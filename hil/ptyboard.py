@@ -32,6 +32,7 @@ RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 class PtyBoard:
     def __init__(self, flash_dir, heap="256K", micropython=None):
         self.flash = os.path.abspath(flash_dir)
+        os.makedirs(self.flash, mode=0o700, exist_ok=True)  # the unix port's files follow the umask (boards.py)
         os.makedirs(os.path.join(self.flash, "lib"), exist_ok=True)
         self.heap = heap
         self.micropython = micropython or shutil.which("micropython")

@@ -421,3 +421,34 @@ def test_no_password_or_key_in_debug_logs_or_output(est_server, tmp_path, capsys
         assert PASSWORD not in text and basic not in text
         assert base64.b64encode(key).decode()[:48] not in text.replace("\n", "")
         assert "PRIVATE KEY" not in text
+
+
+# ---------------------------------------------------------------- MicroPython unix port (virtual boards)
+
+
+def test_micropython_unix_port_store_files_follow_the_umask_so_the_board_dir_is_0700(tmp_path):
+    """The MicroPython unix port has no os.chmod: its credential store's
+    files (key.N) are 0666 & ~umask, 0644 under umask 022. A virtual or pty
+    board's flash directory is what keeps the key private: it is made 0700
+    (was 0755 under umask 022). A link planted at key.N is replaced, not
+    written through (storeops picks a fresh generation and removes it)."""
+    from helpers_mp import MICROPYTHON, ROOT
+
+    from hil.boards import VirtualBoard
+
+    old = os.umask(0o022)
+    try:
+        b = VirtualBoard(str(tmp_path / "work" / "board-1"))
+    finally:
+        os.umask(old)
+    assert _mode(b.flash) == 0o700
+    store = os.path.join(b.flash, "est")
+    os.mkdir(store)
+    got = _plant("symlink", tmp_path / "work" / "board-1" / "est" / "key.1", tmp_path)
+    script = tmp_path / "save.py"
+    script.write_text("import sys\nsys.path[:0] = [%r, %r]\nfrom est_lite_mp.credstore import CredStore\n"
+                      "s = CredStore(%r)\ns.save(key=bytes([48, 3, 2, 1, 1]), cert=None, ca=[])\n"
+                      "print(s.load().gen)\n" % (str(ROOT), str(ROOT / "ports" / "micropython"), store))
+    r = subprocess.run([MICROPYTHON, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert got() == b"" and not os.path.lexists(os.path.join(store, "key.1"))
