@@ -452,3 +452,65 @@ def test_micropython_unix_port_store_files_follow_the_umask_so_the_board_dir_is_
     r = subprocess.run([MICROPYTHON, str(script)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert got() == b"" and not os.path.lexists(os.path.join(store, "key.1"))
+
+
+# ---------------------------------------------------------------- ca backup / restore
+
+
+@pytest.mark.parametrize("name", ["root.key", "ca.db", "server.pem"])
+def test_backup_with_a_fifo_or_a_link_inside(tmp_path, capsys, name):
+    """A backup directory where NAME is a FIFO: `ca verify` and `ca
+    restore` waited forever for a writer (the old code opened it); now one
+    line. NAME a symlink to a copy of the file elsewhere: the restored
+    data directory holds a plain file (the backup's link is not carried
+    into the CA), with its mode."""
+    import shutil
+
+    d, b = tmp_path / "ca", tmp_path / "b1"
+    assert cli(capsys, "ca", "init", "--data-dir", d)[0] == 0
+    rc, out, err = cli(capsys, "ca", "backup", "--data-dir", d, b)
+    assert rc == 0, err
+    fifo = tmp_path / "b-fifo"
+    shutil.copytree(str(b), str(fifo))
+    os.unlink(str(fifo / name))
+    os.mkfifo(str(fifo / name))
+    for argv in (("ca", "verify", fifo), ("ca", "restore", fifo, "--data-dir", tmp_path / "r1")):
+        rc, out, err = cli(capsys, *argv)
+        one_line(rc, err)
+        assert "%s in %s is not a regular file" % (name, fifo) in err
+    assert not os.path.exists(str(tmp_path / "r1"))
+    link = tmp_path / "b-link"
+    shutil.copytree(str(b), str(link))
+    os.rename(str(link / name), str(tmp_path / ("elsewhere-" + name)))
+    os.symlink(str(tmp_path / ("elsewhere-" + name)), str(link / name))
+    rc, out, err = cli(capsys, "ca", "restore", link, "--data-dir", tmp_path / "r2")
+    assert rc == 0, err
+    r = tmp_path / "r2" / name
+    assert _regular(r) and _mode(r) == (0o644 if name.endswith(".pem") else 0o600)
+
+
+def test_pending_files_after_a_202_hold_no_password(est_server, tmp_path, capsys, monkeypatch):
+    """An enrollment left waiting for manual approval (202): its key in
+    pending-key.pem (0600, even under umask 000) and the request in
+    pending.json, which holds neither the password (given here through
+    EST_PASSWORD, as /proc/PID/cmdline would show --password) nor the key."""
+    import base64
+
+    from helpers_server import PASSWORD, USER
+
+    srv = est_server
+    d = tmp_path / "dev"
+    monkeypatch.setenv("EST_PASSWORD", PASSWORD)
+    old = os.umask(0)
+    try:
+        rc, out, err = cli(capsys, "enroll", "--server", "https://localhost:%d/manual" % srv.port, "--trust",
+                           srv.root_pem, "--user", USER, "--cn", "dev-9", "--out", d, "--deadline", "1")
+    finally:
+        os.umask(old)
+    one_line(rc, err, 75)
+    assert _mode(d) == 0o700 and _mode(d / "pending-key.pem") == 0o600 and _mode(d / "pending.json") == 0o600
+    key_b64 = b"".join((d / "pending-key.pem").read_bytes().splitlines()[1:-1]).decode()
+    req = (d / "pending.json").read_text()
+    basic = base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()).decode()
+    for text in (req, out, err):
+        assert PASSWORD not in text and basic not in text and key_b64[:40] not in text

@@ -640,6 +640,8 @@ def verify(path):
                     raise BackupError("%s is missing from %s: this CA cannot run without it; %s"
                                       % (f, path, restore_hint(path)))
                 raise BackupError("%s is missing from %s: this backup cannot restore the CA" % (f, path))
+            if not os.path.isfile(p(f)):  # a FIFO there made verify and restore wait forever for a writer
+                raise BackupError("%s in %s is not a regular file (a FIFO, a directory, a dangling link)" % (f, path))
         out["store"] = _check_store(p("ca.db"))
     files, _skipped = scan(path)
     names = [r for r, _a, _n in files if r != MANIFEST]
