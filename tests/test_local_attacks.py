@@ -431,7 +431,8 @@ def test_micropython_unix_port_store_files_follow_the_umask_so_the_board_dir_is_
     files (key.N) are 0666 & ~umask, 0644 under umask 022. A virtual or pty
     board's flash directory is what keeps the key private: it is made 0700
     (was 0755 under umask 022). A link planted at key.N is replaced, not
-    written through (storeops picks a fresh generation and removes it)."""
+    written through (storeops picks a fresh generation and removes it);
+    one at manifest.tmp is removed before the write (credstore._write)."""
     from helpers_mp import MICROPYTHON, ROOT
 
     from hil.boards import VirtualBoard
@@ -445,6 +446,7 @@ def test_micropython_unix_port_store_files_follow_the_umask_so_the_board_dir_is_
     store = os.path.join(b.flash, "est")
     os.mkdir(store)
     got = _plant("symlink", tmp_path / "work" / "board-1" / "est" / "key.1", tmp_path)
+    got_tmp = _plant("symlink", tmp_path / "work" / "board-1" / "est" / "manifest.tmp", tmp_path)
     script = tmp_path / "save.py"
     script.write_text("import sys\nsys.path[:0] = [%r, %r]\nfrom est_lite_mp.credstore import CredStore\n"
                       "s = CredStore(%r)\ns.save(key=bytes([48, 3, 2, 1, 1]), cert=None, ca=[])\n"
@@ -452,6 +454,10 @@ def test_micropython_unix_port_store_files_follow_the_umask_so_the_board_dir_is_
     r = subprocess.run([MICROPYTHON, str(script)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert got() == b"" and not os.path.lexists(os.path.join(store, "key.1"))
+    # manifest.tmp, written and renamed over manifest: the old code wrote the
+    # manifest into the link's target and renamed the link, so `manifest`
+    # became a symlink to a file outside the store
+    assert got_tmp() == b"" and _regular(os.path.join(store, "manifest"))
 
 
 # ---------------------------------------------------------------- ca backup / restore

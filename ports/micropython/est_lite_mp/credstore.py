@@ -84,6 +84,10 @@ class CredStore:
         return self.path + "/" + name
 
     def _write(self, name, data):
+        try:  # a link left at that name (unix port) is replaced, not written through
+            os.remove(self._p(name))
+        except OSError:
+            pass
         f = open(self._p(name), "wb")
         try:
             f.write(data)
