@@ -520,3 +520,37 @@ def test_pending_files_after_a_202_hold_no_password(est_server, tmp_path, capsys
     basic = base64.b64encode(("%s:%s" % (USER, PASSWORD)).encode()).decode()
     for text in (req, out, err):
         assert PASSWORD not in text and basic not in text and key_b64[:40] not in text
+
+
+def test_proxy_warns_about_its_ra_key_and_a_config_with_the_upstream_password(tmp_path):
+    """`est-lite serve` warns when a private file of its own is readable by
+    other users; the proxy said nothing about its RA key (its identity at
+    the CA) or a config holding proxy.upstream_auth = "user:password". Now
+    the same one-line warning; the proxy still starts."""
+    from helpers_proxy import write_proxy_dir
+    from helpers_server import EstTestServer
+
+    up = EstTestServer(tmp_path / "up")
+    try:
+        d = tmp_path / "px"
+        cfg = write_proxy_dir(up, d)
+        cfg.write_text(cfg.read_text() + 'upstream_auth = "ra-user:Upstream-S3cret"\n')
+        for f in (d / "ra.key", cfg, d / "proxy-tls.key"):
+            os.chmod(str(f), 0o644)
+        pf = d / "port"
+        p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "proxy", "--config", str(cfg),
+                              "--port-file", str(pf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            end = time.monotonic() + 60  # a guard against a hang, not a timing assert
+            while p.poll() is None and time.monotonic() < end and not (pf.exists() and pf.read_text().strip()):
+                time.sleep(0.05)
+            assert p.poll() is None
+        finally:
+            p.terminate()
+            p.wait()
+        err = p.stderr.read().decode()
+    finally:
+        up.stop()
+    for f in (d / "ra.key", cfg, d / "proxy-tls.key"):
+        assert "est-lite: warning: %s is readable or writable by other users (mode 0644)" % f in err, err
+    assert "Upstream-S3cret" not in err

@@ -126,6 +126,10 @@ def cmd_proxy(args):
     warnings, error = check_proxy_lifetimes(cfg, pcfg)
     for w in warnings:
         print("est-lite: warning: " + w, file=sys.stderr)
+    from .cli_serve import _warn_open_private_files
+
+    # the RA key, and the config when it holds the upstream password, as serve warns for its keys
+    _warn_open_private_files(cfg, (pcfg.ra_key, args.config if pcfg.upstream_auth else None))
     if error is not None:
         from est_lite.errors import LocalProtocolError
 

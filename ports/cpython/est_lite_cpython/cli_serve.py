@@ -32,13 +32,14 @@ def _listen_error(what, host, port, proto, e, flag):
     return LocalProtocolError("cannot serve %s on %s:%s/%s: %s%s" % (what, h, port, proto, why, hint))
 
 
-def _warn_open_private_files(cfg):
+def _warn_open_private_files(cfg, extra=()):
     """One warning line per private file (CA and TLS keys, the store, the
-    password file) other users may read: the server still starts (e.g. a
+    password file; `extra`: the proxy's RA key, its config holding
+    upstream_auth) other users may read: the server still starts (e.g. a
     group-readable key may be deliberate), the operator sees the fix."""
     from .ca import open_private_files, private_files
 
-    paths = private_files(cfg.data_dir) + [p for p in (cfg.tls_key, cfg.password_file) if p]
+    paths = private_files(cfg.data_dir) + [p for p in (cfg.tls_key, cfg.password_file) + tuple(extra) if p]
     seen = set()
     for path, mode in open_private_files(paths):
         real = os.path.realpath(path)
