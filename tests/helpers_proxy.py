@@ -105,6 +105,8 @@ def write_proxy_dir(up, d, reenroll_as="simpleenroll"):
     d.mkdir()
     ra_identity(up, d)
     proxy_tls_identity(up, d)
+    for k in ("ra.key", "proxy-tls.key"):
+        os.chmod(str(d / k), 0o600)  # as `est-lite ca issue` makes them (the proxy warns about others)
     shutil.copy(up.root_pem, d / "upstream-root.pem")
     shutil.copy(os.path.join(up.tmp, "vendor.pem"), d / "vendor.pem")
     (d / "proxy.toml").write_text(PROXY_TOML % {"upstream": up.url.replace("127.0.0.1", "localhost"),

@@ -554,3 +554,24 @@ def test_proxy_warns_about_its_ra_key_and_a_config_with_the_upstream_password(tm
     for f in (d / "ra.key", cfg, d / "proxy-tls.key"):
         assert "est-lite: warning: %s is readable or writable by other users (mode 0644)" % f in err, err
     assert "Upstream-S3cret" not in err
+
+
+def test_serve_warns_about_a_data_directory_others_may_write(tmp_path, capsys):
+    """`serve` (and `proxy`) on a data directory other users may write
+    (made by hand, or `chmod -R a+w`): they could swap its keys and
+    certificates under the server. One warning line at start (was
+    silent); 0700 (what ca init makes) says nothing."""
+    import types
+
+    from est_lite_cpython.cli_serve import _warn_open_private_files
+
+    d = tmp_path / "ca"
+    assert cli(capsys, "ca", "init", "--data-dir", d)[0] == 0
+    cfg = types.SimpleNamespace(data_dir=str(d), tls_key=None, password_file=None)
+    _warn_open_private_files(cfg)
+    assert capsys.readouterr().err == ""
+    os.chmod(str(d), 0o777)
+    _warn_open_private_files(cfg)
+    err = capsys.readouterr().err
+    assert err == ("est-lite: warning: the data directory %s is writable by other users (mode 0777): they could "
+                   "replace its keys and certificates; chmod 700 %s\n" % (d, d))

@@ -47,6 +47,13 @@ def _warn_open_private_files(cfg, extra=()):
             seen.add(real)
             print("est-lite: warning: %s is readable or writable by other users (mode %04o): chmod 600 %s"
                   % (path, mode, path), file=sys.stderr)
+    try:
+        mode = os.stat(cfg.data_dir).st_mode & 0o7777
+    except OSError:
+        return
+    if mode & 0o022:  # they could replace its keys, certificates or ca.db (ca init makes it 0700)
+        print("est-lite: warning: the data directory %s is writable by other users (mode %04o): they could replace "
+              "its keys and certificates; chmod 700 %s" % (cfg.data_dir, mode, cfg.data_dir), file=sys.stderr)
 
 
 TLS_RENEW_DAYS = 30  # warn this long before the TLS server certificate expires
