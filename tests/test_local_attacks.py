@@ -252,7 +252,7 @@ def test_serve_port_file_link(tmp_path, capsys, kind):
     assert cli(capsys, "ca", "init", "--data-dir", d)[0] == 0
     pf = tmp_path / "est.port"
     got = _plant(kind, pf, tmp_path)
-    p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--data-dir", str(d), "--port", "0",
+    p = subprocess.Popen([sys.executable, "-m", "est_lite_cpython.cli", "serve", "--data-dir", str(d), "--host", "127.0.0.1", "--port", "0",
                           "--port-file", str(pf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         end = time.monotonic() + 60  # a guard against a hang, not a timing assert
