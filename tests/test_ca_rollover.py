@@ -809,3 +809,17 @@ def test_micropython_pins_of_either_root_after_finish(finished, mplib, tmp_path)
                                                 pin=pin_of(root), cert=_w(tmp_path, "id.der", _der(dev.cert)),
                                                 key=_w(tmp_path, "id.key", key_der(dev.key)), steps=["cacerts"]))
         assert rc == 0 and "OK cacerts %d" % every in out, ("coaps all", pin_of(root), out)
+
+
+def test_cli_rollover_blocked_by_a_file_names_it_not_a_full_disk(tmp_path):
+    """A rollover whose files cannot be written for another reason than
+    space (a plain file where its staging directory goes) names the file
+    and does not tell the operator to free space."""
+    d = str(tmp_path / "ca")
+    init_ca(d).store.close()
+    before = _read_pems(os.path.join(d, "root.pem"))
+    open(os.path.join(d, "rollover.new"), "w").close()
+    r = subprocess.run(["est-lite", "ca", "rollover", "--data-dir", d], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "fix that (%s)" % os.path.join(d, "rollover.new") in r.stderr and "space" not in r.stderr, r.stderr
+    assert _read_pems(os.path.join(d, "root.pem")) == before

@@ -147,15 +147,16 @@ def _rollover_step(d, fn, *a, **kw):
     try:
         return fn(*a, **kw)
     except OSError as e:
-        why = "%s%s" % ("no space on the disk: " if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "",
-                        e.strerror or e)
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        why = "%s%s" % ("no space on the disk: " if full else "", e.strerror or e)
+        fix = "free some space" if full else "fix that (%s)" % (getattr(e, "filename", None) or d)
         if os.path.exists(os.path.join(d, ROLLOVER_JOURNAL)):
             raise LocalProtocolError("ca rollover in %s: committed, but its files could not all be put in place (%s): "
-                                     "free some space, then any est-lite ca command (or serve) finishes it"
-                                     % (d, why)) from None
+                                     "%s, then any est-lite ca command (or serve) finishes it"
+                                     % (d, why, fix)) from None
         raise LocalProtocolError("ca rollover in %s: cannot write its files (%s); the CA is as it was (the store "
-                                 "keeps the unused TLS certificate made for it): free some space and run it again"
-                                 % (d, why)) from None
+                                 "keeps the unused TLS certificate made for it): %s and run it again"
+                                 % (d, why, fix)) from None
 
 
 def cmd_rollover(args):
