@@ -294,6 +294,16 @@ def check_init_args(*, common_name="est-lite Root CA", server_names=("localhost"
         _san_for_names([n])
 
 
+def check_data_dir(data_dir):
+    """LocalProtocolError if data_dir exists and every user may write it
+    (/tmp itself, a 0777 directory); writes nothing (`ca init` checks it
+    before anything it might have to undo)."""
+    if os.path.isdir(data_dir) and os.stat(data_dir).st_mode & 0o002:  # /tmp itself, a 0777 directory
+        raise LocalProtocolError("%s is writable by every user (mode %04o): anyone could replace the CA's keys and "
+                                 "certificates there; give a directory of its own (est-lite creates it 0700)"
+                                 % (data_dir, os.stat(data_dir).st_mode & 0o7777))
+
+
 def init_ca(
     data_dir,
     *,
@@ -321,10 +331,7 @@ def init_ca(
     check_init_args(common_name=common_name, server_names=server_names, validity_days=validity_days)
     if os.path.exists(os.path.join(data_dir, ROOT_KEY)) and not force:
         raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % data_dir)
-    if os.path.isdir(data_dir) and os.stat(data_dir).st_mode & 0o002:  # /tmp itself, a 0777 directory
-        raise LocalProtocolError("%s is writable by every user (mode %04o): anyone could replace the CA's keys and "
-                                 "certificates there; give a directory of its own (est-lite creates it 0700)"
-                                 % (data_dir, os.stat(data_dir).st_mode & 0o7777))
+    check_data_dir(data_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     if force:
         for f in (ROOT_CERT, ROOT_KEY, INT_CERT, INT_KEY, SERVER_CERT, SERVER_KEY, DB_FILE, DB_FILE + "-wal",

@@ -96,7 +96,7 @@ def cmd_init(args):
     from est_lite.errors import LocalProtocolError
 
     from .auth import check_realm
-    from .ca import ROOT_KEY, check_init_args, init_ca, pin_of
+    from .ca import ROOT_KEY, check_data_dir, check_init_args, init_ca, pin_of
 
     # every argument is checked before the first file is written: a failed
     # init leaves nothing behind that makes the next attempt fail
@@ -107,6 +107,7 @@ def cmd_init(args):
         check_realm(realm)
     names = args.server_name or ("localhost", "127.0.0.1", "::1")
     check_init_args(common_name=args.cn, server_names=names, validity_days=args.days)
+    check_data_dir(d)  # before the try below: with --force its undo would remove the CA it refused to replace
     if not args.force and os.path.exists(os.path.join(d, ROOT_KEY)):
         raise LocalProtocolError("a CA already exists in %s (use --force to replace it)" % d)
     from .datalock import exclusive
