@@ -209,6 +209,38 @@ def test_202_then_success_with_retry_after(est_server, tmp_path):
     assert load_cert(r.cert).subject.rfc4514_string() == "CN=waits-1"
 
 
+def test_a_long_retry_after_is_waited_in_full(tmp_path, monkeypatch):
+    """RFC 7030 §4.2.3: the client MUST wait at least the Retry-After. A
+    server asking for 2 hours, a deadline of 3: the real EstClient (its own
+    _sleep, time.sleep replaced by a clock that moves) waits the 2 hours
+    at once; before, one wait was capped at retry_max_s = 3600 s and the
+    server was asked again after an hour. The cap is now opt-in."""
+    import est_lite_cpython.client as cm
+    from helpers_server import EstTestServer
+
+    srv = EstTestServer(tmp_path, extra_toml="[profiles.slow]\nmanual_approval = true\nretry_after = 7200\n")
+    try:
+        slept = []
+
+        class Moved(EstClient):
+            def _mono(self):
+                return cm.time.monotonic() + sum(slept)
+
+        def sleep(s):
+            slept.append(s)
+            assert approve_pending(srv) == 1
+
+        monkeypatch.setattr(cm.time, "sleep", sleep)
+        c = Moved("https://localhost:%d" % srv.port, trust=root_der(srv), user=USER, password=PASSWORD,
+                  label="slow", deadline=3 * 3600)
+        k, body = csr("waits-long")
+        assert c.enroll(body).cert
+        assert len(slept) == 1 and 7200 <= slept[0] <= 7200 * 1.25, slept
+        assert EstClient.retry_max_s is None
+    finally:
+        srv.stop()
+
+
 def test_202_past_the_deadline_fails_at_once(est_server):
     c = ClockClient("https://localhost:%d" % est_server.port, trust=root_der(est_server), user=USER,
                     password=PASSWORD, label="manual", deadline=5)

@@ -92,10 +92,14 @@ class EstClient(_portable.EstClient):
     max_body = 16384
     # bounds of one wait before a retry: a server answering 202 with
     # "Retry-After: 0" (or a negative value) must not make the client loop
-    # at full speed, and without a deadline one Retry-After cannot put the
-    # client to sleep for years (the core accepts up to 999,999,999 s)
+    # at full speed. No upper bound by default: RFC 7030 §4.2.3 says the
+    # client MUST wait at least the Retry-After, and the deadline bounds
+    # every wait already (without one there is no retry; a wait past it is
+    # not started: "not done yet: the server asks to retry in N s"). A
+    # number here caps one wait (a link failure's backoff as well): a
+    # server asking for longer is then asked again early.
     retry_min_s = 1.0
-    retry_max_s = 3600.0
+    retry_max_s = None
     # callable(seconds, seconds_left_or_None), called before each retry
     # wait (e.g. to show progress: est-lite -v); None: quiet. self.said is
     # then the server's text with its 202 / 5.03 ("waiting for approval"),
@@ -246,9 +250,11 @@ class EstClient(_portable.EstClient):
 
     def _sleep(self, s):
         # a retry wait (Retry-After / Max-Age with jitter, or the backoff
-        # after a link failure), kept within [retry_min_s, retry_max_s] and
-        # the time left before the deadline
-        s = min(max(s, self.retry_min_s), self.retry_max_s)
+        # after a link failure), at least retry_min_s, at most retry_max_s
+        # if set, and within the time left before the deadline
+        s = max(s, self.retry_min_s)
+        if self.retry_max_s is not None:
+            s = min(s, self.retry_max_s)
         left = self._left()
         if left is not None and s >= left:
             time.sleep(max(0.0, left))
