@@ -27,3 +27,40 @@ def test_ca_init_force_refused_for_a_world_writable_dir_keeps_the_ca(tmp_path, c
     one_line(rc, err)
     assert "writable by every user (mode 0777)" in err
     assert _files(d) == before
+
+
+def test_ca_issue_force_keeps_the_previous_pair_when_the_new_one_cannot_be_written(tmp_path, capsys, monkeypatch):
+    """`ca issue --out PREFIX --force` on a disk that fills between the
+    key and the certificate: the previous PREFIX.key was unlinked before
+    the new one was written, and the clean-up then removed the new key and
+    the previous PREFIX.pem: no pair at all where one was (and the message
+    blamed space for any error). Now both are written under temporary
+    names and renamed: the previous pair stays, nothing else is left."""
+    import errno
+
+    from est_lite_cpython import ca as ca_mod
+
+    d, out = tmp_path / "ca", tmp_path / "out"
+    out.mkdir()
+    assert cli(capsys, "ca", "init", "--data-dir", d)[0] == 0
+    assert cli(capsys, "ca", "issue", "--data-dir", d, "--cn", "ra", "--out", out / "ra")[0] == 0
+    before = _files(out)
+    write_all = ca_mod._write_all
+    calls = []
+
+    def second_fails(fd, data):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_all(fd, data)
+
+    monkeypatch.setattr(ca_mod, "_write_all", second_fails)
+    rc, _out, err = cli(capsys, "ca", "issue", "--data-dir", d, "--cn", "ra", "--out", out / "ra", "--force")
+    one_line(rc, err)
+    assert "no space on the disk" in err and "revoke" in err and str(out / "ra.pem") in err
+    assert _files(out) == before  # the previous pair, nothing half-written or temporary
+    monkeypatch.setattr(ca_mod, "_write_all", write_all)
+    assert cli(capsys, "ca", "issue", "--data-dir", d, "--cn", "ra", "--out", out / "ra", "--force")[0] == 0
+    after = _files(out)
+    assert sorted(after) == ["ra.key", "ra.pem"] and after != before
+    assert os.stat(str(out / "ra.key")).st_mode & 0o777 == 0o600

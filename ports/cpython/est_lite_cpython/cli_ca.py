@@ -227,7 +227,7 @@ def cmd_issue(args):
 
     from est_lite.errors import LocalProtocolError
 
-    from .ca import EKU_BY_NAME, _cert_pem, _key_pem, _san_for_names, pin_of, write_private
+    from .ca import EKU_BY_NAME, _cert_pem, _key_pem, _san_for_names, pin_of
 
     eku = tuple(e.strip() for e in args.eku.split(",") if e.strip())
     for e in eku:
@@ -259,20 +259,34 @@ def cmd_issue(args):
     key = ec.generate_private_key(ec.SECP256R1())
     cert = ca.issue_raw(key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, args.cn)]),
                         sans=sans, days=args.days, eku=eku, label="", requester="est-lite ca issue")
+    # leaf first, then the issuing CAs below the root (a TLS chain file); 0644 whatever the umask, never
+    # written through a symlink or hard link left at that name (ca._create). Both are written under temporary
+    # names, then renamed: with --force the previous pair stays as it was until the new one is complete
+    from .ca import _create, _write_all
+
+    tmps, path = [], key_path
     try:
-        write_private(key_path, _key_pem(key))
-        # leaf first, then the issuing CAs below the root (a TLS chain file); 0644 whatever the umask, never
-        # written through a symlink or hard link left at that name
-        write_private(cert_path, b"".join(_cert_pem(c) for c in [cert] + ca.chain[:-1]), 0o644)
-    except (LocalProtocolError, OSError) as e:  # the disk filled up in between: no half pair left
-        for f in (key_path, cert_path):
+        for path, data, mode in ((key_path, _key_pem(key), 0o600),
+                                 (cert_path, b"".join(_cert_pem(c) for c in [cert] + ca.chain[:-1]), 0o644)):
+            tmps.append("%s.%d.tmp" % (path, os.getpid()))
+            fd = _create(tmps[-1], mode)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        for path, tmp in zip((key_path, cert_path), tmps):
+            os.replace(tmp, path)
+    except OSError as e:  # the disk filled up in between: no half pair left, the previous one untouched
+        for f in tmps:
             try:
                 os.unlink(f)
             except OSError:
                 pass
-        raise LocalProtocolError("%s; the certificate (serial %x) is recorded in the CA store but its key was not "
-                                 "kept: revoke it (est-lite ca revoke %x) and issue again once there is space"
-                                 % (e, cert.serial_number, cert.serial_number)) from None
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise LocalProtocolError("cannot write %s: %s%s; the certificate (serial %x) is recorded in the CA store but "
+                                 "its key was not kept: revoke it (est-lite ca revoke %x) and issue again once %s"
+                                 % (path, "no space on the disk: " if full else "", e.strerror or e, cert.serial_number,
+                                    cert.serial_number, "there is space" if full else "that is fixed")) from None
     print("issued %s (%s), serial %x, until %s" % (cert.subject.rfc4514_string(), ", ".join(eku), cert.serial_number,
                                                    cert.not_valid_after_utc.strftime("%Y-%m-%d")))
     print("  cert:   %s" % cert_path)
