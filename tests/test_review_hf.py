@@ -64,3 +64,29 @@ def test_ca_issue_force_keeps_the_previous_pair_when_the_new_one_cannot_be_writt
     after = _files(out)
     assert sorted(after) == ["ra.key", "ra.pem"] and after != before
     assert os.stat(str(out / "ra.key")).st_mode & 0o777 == 0o600
+
+
+def test_password_file_write_failing_leaves_no_half_temporary_file(tmp_path, capsys, monkeypatch):
+    """ca.write_private (passwords.tmp, then renamed; the CA's keys) left
+    the part it had written when the write failed (a full disk): a
+    half-written passwords.tmp with Digest HA1 values stayed beside the
+    password file. Now the file it made is removed; passwords unchanged."""
+    import errno
+
+    from est_lite_cpython import ca as ca_mod
+
+    d = tmp_path / "ca"
+    assert cli(capsys, "ca", "init", "--data-dir", d)[0] == 0
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    assert cli(capsys, "ca", "passwd", "--data-dir", d, "alice", "--password", "s3cret-pw-1")[0] == 0
+    before = _files(d)
+
+    def full(fd, data):
+        os.write(fd, data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ca_mod, "_write_all", full)
+    rc, _out, err = cli(capsys, "ca", "passwd", "--data-dir", d, "bob", "--password", "s3cret-pw-2")
+    one_line(rc, err)
+    assert "No space left on device" in err
+    assert _files(d) == before  # no passwords.tmp, passwords as it was

@@ -209,8 +209,14 @@ def write_private(path, data, mode=0o600):
         fd = _create(path, mode)
         try:
             _write_all(fd, data)
-        finally:
+        except BaseException:  # never a half-written key left (a full disk)
             os.close(fd)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
     except OSError as e:
         raise LocalProtocolError("cannot write %s: %s" % (path, e.strerror or e)) from None
 
