@@ -90,3 +90,73 @@ def test_password_file_write_failing_leaves_no_half_temporary_file(tmp_path, cap
     one_line(rc, err)
     assert "No space left on device" in err
     assert _files(d) == before  # no passwords.tmp, passwords as it was
+
+
+def _odd_key_csr(cn):
+    """A CSR whose public key is of an algorithm nobody knows (its key and
+    signature are what a serverkeygen server MUST ignore)."""
+    from helpers_server import make_csr
+
+    _k, csr = make_csr(cn)
+    ec_oid = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey
+    assert csr.count(ec_oid) == 1
+    return csr.replace(ec_oid, bytes.fromhex("06072a8648ce3d0209"))
+
+
+def test_serverkeygen_with_manual_approval_and_a_key_the_server_cannot_read(est_server):
+    """Since serverkeygen ignores the CSR's key (56ce913), a key of an
+    unknown algorithm passes its checks; manual approval then read it for
+    the request's fingerprint: UnsupportedAlgorithm, a 500 'internal
+    server error' and a traceback in the log. Now 202, then the key."""
+    from helpers_server import PASSWORD, USER
+
+    srv = est_server
+    odd = _odd_key_csr("skg-odd-key")
+    r = srv.request("POST", srv.path("serverkeygen", "manual"), odd, auth=(USER, PASSWORD))
+    assert r.status == 202, (r.status, r.text)
+    rid = int(r.text.split("request ")[1].split()[0])
+    srv.ca.store.decide(rid, True)
+    r = srv.request("POST", srv.path("serverkeygen", "manual"), odd, auth=(USER, PASSWORD))
+    assert r.status == 200, (r.status, r.text)
+
+
+def test_proxy_serverkeygen_with_a_key_it_cannot_read(tmp_path):
+    """The same through the proxy (its RA forwards serverkeygen): the
+    request's key for the owner binding read the CSR's key, and
+    UnsupportedAlgorithm was not among the errors caught: 5.00 and a
+    traceback. Now the upstream's key and certificate come back."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from helpers_coaps import CoapsSession, idevid_device
+    from helpers_proxy import ProxyHarness
+    from test_proxy_rfc7030 import Stub
+
+    (tmp_path / "stub").mkdir()
+    stub = Stub(tmp_path / "stub")
+    sign = stub.ca.sign_csr
+
+    def sign_csr(csr):  # the stub signs every CSR before it looks at the operation
+        from cryptography.exceptions import UnsupportedAlgorithm
+
+        try:
+            csr.public_key()
+        except UnsupportedAlgorithm:
+            return None  # serverkeygen: the stub then signs a CSR of the key it makes
+        return sign(csr)
+
+    stub.ca.sign_csr = sign_csr
+    try:
+        px = ProxyHarness(tmp_path / "px", stub, stub.url, upstream_root_pem=stub.root_pem,
+                          vendor_pem=os.path.join(stub.tmp, "vendor.pem"), https=False)
+        try:
+            dev = idevid_device(stub, "odd-dev")
+            with px.dtls_client(dev, [stub.ca.root]) as dc:
+                ev = CoapsSession(dc).serverkeygen(_odd_key_csr("odd-dev"))
+            cert = x509.load_der_x509_certificate(ev.cert)
+            assert cert.public_key() == serialization.load_der_private_key(ev.key_der, None).public_key()
+            assert cert.subject.rfc4514_string() == "CN=odd-dev"
+        finally:
+            px.stop()
+    finally:
+        stub.stop()

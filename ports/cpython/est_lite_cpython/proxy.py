@@ -46,6 +46,7 @@ import time
 import urllib.parse
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -582,8 +583,13 @@ class UpstreamCA:
 
     # -- who may collect what the upstream approved --
     def _request_key(self, op, label, csr):
-        spki = csr.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        try:
+            spki = csr.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            # a serverkeygen CSR's key is ignored (RFC 7030 §4.4.1): one this proxy cannot read is not refused;
+            # the request info stands for it (the other operations have checked theirs)
+            spki = csr.tbs_certrequest_bytes
         path = self.upstream.path(op, label or None).encode()
         return hashlib.sha256(b"\0".join([path, spki, csr.subject.public_bytes()])).digest()
 

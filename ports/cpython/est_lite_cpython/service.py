@@ -983,7 +983,12 @@ class EstService:
         issue now, or raises PendingApproval / RequestRejected."""
         if self.store is None:
             raise LocalProtocolError("manual approval needs a store (the CA backend has none)")
-        spki = csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        try:
+            spki = csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            # a serverkeygen CSR's key is ignored (RFC 7030 §4.4.1), so it may be one this server cannot read: the
+            # request info then stands for it (the other operations have checked theirs)
+            spki = csr.tbs_certrequest_bytes
         kind = {"serverkeygen": "skg", "simplereenroll": "reenroll"}.get(op, "enroll")
         fp = hashlib.sha256(b"\0".join([prof.label.encode(), kind.encode(), spki,
                                         csr.subject.public_bytes()])).hexdigest()
