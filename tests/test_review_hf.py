@@ -160,3 +160,21 @@ def test_proxy_serverkeygen_with_a_key_it_cannot_read(tmp_path):
             px.stop()
     finally:
         stub.stop()
+
+
+def test_serve_port_file_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """--port-file in a directory that does not exist (or is not
+    writable): 'internal error: FileNotFoundError ... please report it',
+    exit 70; now one line naming the port file, exit 1."""
+    import subprocess
+    import sys
+
+    d = tmp_path / "ca"
+    assert cli(capsys, "ca", "init", "--data-dir", d)[0] == 0
+    pf = tmp_path / "missing" / "port"
+    p = subprocess.run([sys.executable, "-c", "import sys; from est_lite_cpython.cli import main; sys.exit(main())",
+                        "serve", "--data-dir", str(d), "--host", "127.0.0.1", "--port", "0", "--port-file", str(pf)],
+                       capture_output=True, text=True, timeout=60)
+    err = p.stderr.replace("stopped\n", "")
+    one_line(p.returncode, err)
+    assert "cannot write the port file %s" % pf in err

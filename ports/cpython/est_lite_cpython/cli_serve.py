@@ -303,4 +303,9 @@ def _write_port_file(path, port):
     # a symlink or file left at that name: --port-file is often in /tmp
     from .credstore import write_file_atomic
 
-    write_file_atomic(path, b"%d\n" % port, 0o644, ".%d.tmp" % os.getpid())
+    try:
+        write_file_atomic(path, b"%d\n" % port, 0o644, ".%d.tmp" % os.getpid())
+    except OSError as e:  # one line, not "internal error"
+        from est_lite.errors import LocalProtocolError
+
+        raise LocalProtocolError("cannot write the port file %s: %s" % (path, e.strerror or e)) from None
