@@ -178,3 +178,24 @@ def test_serve_port_file_that_cannot_be_written_is_one_line(tmp_path, capsys):
     err = p.stderr.replace("stopped\n", "")
     one_line(p.returncode, err)
     assert "cannot write the port file %s" % pf in err
+
+
+def test_world_writable_refusals_say_how_to_fix_an_existing_directory(tmp_path, capsys):
+    """A data directory or store made 0777 by hand (a common fix for a
+    container that could not write its volume) holds the operator's CA or
+    credentials: 'give a directory of its own' alone did not say that
+    chmod 700 is enough."""
+    from est_lite_cpython.credstore import CredStore, StoreError
+
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(str(d), 0o777)
+    rc, _out, err = cli(capsys, "ca", "init", "--data-dir", d)
+    one_line(rc, err)
+    assert "chmod 700 %s" % d in err
+    try:
+        CredStore(str(d)).load()
+    except StoreError as e:
+        assert "chmod 700 %s" % d in str(e)
+    else:
+        raise AssertionError("a world-writable store was loaded")

@@ -306,8 +306,8 @@ def check_data_dir(data_dir):
     before anything it might have to undo)."""
     if os.path.isdir(data_dir) and os.stat(data_dir).st_mode & 0o002:  # /tmp itself, a 0777 directory
         raise LocalProtocolError("%s is writable by every user (mode %04o): anyone could replace the CA's keys and "
-                                 "certificates there; give a directory of its own (est-lite creates it 0700)"
-                                 % (data_dir, os.stat(data_dir).st_mode & 0o7777))
+                                 "certificates there; chmod 700 %s if it is yours, else give a directory of its own "
+                                 "(est-lite creates it 0700)" % (data_dir, os.stat(data_dir).st_mode & 0o7777, data_dir))
 
 
 def init_ca(

@@ -132,8 +132,8 @@ class CredStore(_PortableStore):
             return
         if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o002:
             raise StoreError("credential store %s is writable by every user (mode %04o): anyone could replace its "
-                             "key or trust anchors; give a directory of its own (est-lite creates it 0700)"
-                             % (self.path, stat.S_IMODE(st.st_mode)))
+                             "key or trust anchors; chmod 700 %s if it is yours, else give a directory of its own "
+                             "(est-lite creates it 0700)" % (self.path, stat.S_IMODE(st.st_mode), self.path))
 
     def _mkdir(self):
         if os.path.exists(self.path) and not os.path.isdir(self.path):
