@@ -137,8 +137,8 @@ def handshake_progress(datagram):
     """How far the plaintext (epoch-0) handshake records of a datagram reach:
     the largest (message_seq, fragment end) among them, or None if it holds
     none. A client that repeats a flight sends nothing beyond what it sent
-    before, so a datagram whose progress is not above the session's best is
-    a retransmission. Never raises on malformed input."""
+    before, so a datagram whose progress is not above what our last flight
+    answered is a retransmission. Never raises on malformed input."""
     n = len(datagram)
     best = None
     off = 0
@@ -241,7 +241,7 @@ class DtlsPeer:
         "id", "address", "_sockaddr", "_server", "_conn", "established", "closed", "created", "last_rx",
         "peer_chain", "verified_chain", "tls_unique", "_exporter", "_cipher", "extended_master_secret",
         "max_payload", "verify_error", "date_error", "_vcerts", "_hello_random", "_hello_seq", "_seq_shift",
-        "_hs_progress",
+        "_hs_progress", "_flight_progress",
         "_flight", "_flight_at", "_retx", "_cookie", "__weakref__",
     )
     _next_id = 0
@@ -272,6 +272,7 @@ class DtlsPeer:
         self._seq_shift = None  # added to the numbers of our plaintext records (see _renumber)
         self._hs_progress = (-1, 0)  # furthest client handshake fragment seen (handshake_progress)
         self._flight = None  # our last handshake flight (datagrams), kept to answer a repeated client flight
+        self._flight_progress = (-1, 0)  # _hs_progress when that flight went out: what it answered
         self._flight_at = 0.0  # when it last went out
         self._retx = None
         self._cookie = None
@@ -767,8 +768,12 @@ class DtlsServer:
             if p is not None:
                 if p > peer._hs_progress:
                     peer._hs_progress = p
-                else:
-                    repeat = True
+                # a repeat reaches no further than the client flight our last
+                # flight answered. Not "than anything seen": when a flight of
+                # two datagrams loses its first, the second raises
+                # _hs_progress, and the resent first is the client's next
+                # flight (ours arrived), not a reason to send ours again
+                repeat = p <= peer._flight_progress
         raw = self._raw
         if raw is not None:
             raw.bio_write(peer._conn, data)
@@ -949,6 +954,7 @@ class DtlsServer:
         if dgs:
             peer._flight = dgs
             peer._flight_at = self._loop.time()
+            peer._flight_progress = peer._hs_progress
         return bool(dgs)
 
     def _retransmit(self, peer):
