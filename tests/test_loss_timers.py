@@ -58,7 +58,9 @@ def test_the_first_half_of_a_split_flight_after_the_second_is_not_a_repeat(pki):
         recs = [r for dg in flight5 for r in _records(dg)]
         assert len(recs) >= 4  # Certificate, ClientKeyExchange, CertificateVerify, CCS, Finished
         c.send([b"".join(recs[2:])])  # the first half is lost
-        assert c.receive(first=0.5) == []  # nothing to answer yet
+        # nothing to answer yet (OpenSSL's own 1 s timer may resend flight 4
+        # with new record numbers on a slow machine: not our resend)
+        assert not set(flight4) & set(c.receive(first=0.5))
         c.send([_renumber(recs[:2], 40), _renumber(recs[2:], 42)])  # the client resends both halves
         got = c.receive()
         assert not set(flight4) & set(got), "the ServerHello flight came again"
