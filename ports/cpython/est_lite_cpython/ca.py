@@ -59,6 +59,7 @@ that forwards the request to an external CA:
 """
 
 import datetime
+import logging
 import os
 import shlex
 import time
@@ -78,6 +79,10 @@ from est_lite.der import header as _header
 from est_lite.errors import EstError, LocalProtocolError
 
 from .store import DuplicateSerial, Store, restore_hint
+
+# one INFO line per certificate issued (est-lite serve -v shows it): the
+# audit trail in the log, as ca list / ca.db hold it
+_audit = logging.getLogger("est_lite.ca")
 
 ROOT_CERT = "root.pem"
 ROOT_KEY = "root.key"
@@ -872,6 +877,9 @@ class LocalCA:
                                           requester=requester, request_id=request_id)
                 except DuplicateSerial:
                     continue  # 2**-159 odds; draw a new serial
+                if _audit.isEnabledFor(logging.INFO):
+                    _audit.info("issued serial %x: %s, until %s, label %r, to %s", serial, subject_text,
+                                _utc_text(not_after), label or "", requester or "-")
                 return der if as_der else x509.load_der_x509_certificate(der)
             if _req is not None:  # the builder needs the objects
                 public_key, subject = _req.public_key, _req.subject
@@ -885,6 +893,9 @@ class LocalCA:
                 self.store.add_certificate(cert, label=label, requester=requester, request_id=request_id)
             except DuplicateSerial:
                 continue
+            if _audit.isEnabledFor(logging.INFO):
+                _audit.info("issued serial %x: %s, until %s, label %r, to %s", cert.serial_number,
+                            cert.subject.rfc4514_string(), _utc_text(not_after), label or "", requester or "-")
             return cert.public_bytes(serialization.Encoding.DER) if as_der else cert
         raise LocalProtocolError("could not draw a unique serial number in %d tries" % _tries)
 

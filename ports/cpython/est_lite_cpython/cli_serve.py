@@ -183,8 +183,10 @@ def cmd_serve(args):
 
     data_dir = args.data_dir or (None if args.config else os.environ.get("EST_LITE_DATA") or "est-data")
     cfg = load_config(args.config, data_dir=data_dir)
+    from .serve_procs import LOG_FORMAT
+
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s")
+                        format=LOG_FORMAT)
     hprocs = getattr(cfg, "processes", 1)
     from .datalock import hold_shared
 

@@ -15,10 +15,19 @@ serves one protocol until the parent says stop or goes away.
 from est_lite.errors import LocalProtocolError
 
 KINDS = ("https", "coaps")
+# the log line format of est-lite serve and proxy (and of these processes)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-def _worker_main(kind, config_path, data_dir, host, port, digest_secret, conn):
+def _worker_main(kind, config_path, data_dir, host, port, digest_secret, conn, log_level=None):
     import signal
+
+    if log_level is not None:
+        # as the parent's `est-lite serve -v`: a spawned process starts with no
+        # handler, and its requests' INFO lines were lost
+        import logging
+
+        logging.basicConfig(level=log_level, format=LOG_FORMAT)
 
     from .ca import LocalCA
     from .config import load_config
@@ -60,8 +69,12 @@ def start_worker_processes(kind, n, config_path, data_dir, host, port, *, digest
     EST-coaps the kernel keeps each client address on one process, so a
     DTLS session and its cookie exchange stay where they started. Returns
     a stop() function (with .pids)."""
+    import logging
     import multiprocessing
 
+    root = logging.getLogger()
+    # the parent's level, when it has set up logging (est-lite serve does)
+    level = root.level if root.handlers else None
     if kind not in KINDS:
         raise LocalProtocolError("worker processes serve https or coaps, not %r" % (kind,))
     mp = multiprocessing.get_context("spawn")
@@ -69,7 +82,8 @@ def start_worker_processes(kind, n, config_path, data_dir, host, port, *, digest
     try:
         for _ in range(n):
             parent, child = mp.Pipe()
-            p = mp.Process(target=_worker_main, args=(kind, config_path, data_dir, host, port, digest_secret, child),
+            p = mp.Process(target=_worker_main, args=(kind, config_path, data_dir, host, port, digest_secret, child,
+                                                      level),
                            daemon=True, name="est-%s-worker" % kind)
             p.start()
             child.close()
