@@ -199,3 +199,28 @@ def test_world_writable_refusals_say_how_to_fix_an_existing_directory(tmp_path, 
         assert "chmod 700 %s" % d in str(e)
     else:
         raise AssertionError("a world-writable store was loaded")
+
+
+def test_serverkeygen_approval_of_a_key_the_server_cannot_read_is_found_again_with_new_attributes(est_server):
+    """A request whose key the server cannot read is recognised, as any
+    other, by its label, subject and key (the SubjectPublicKeyInfo as sent):
+    not by the whole request info, whose attributes a client may make anew
+    for each attempt (a challengePassword linked to each TLS connection).
+    With the request info, each retry was a new request waiting for
+    approval, and the approved one could never be collected."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from helpers_server import PASSWORD, USER, make_csr
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    ec_oid = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey -> an algorithm nobody knows
+    odd = [make_csr("skg-odd-retry", key, sans=sans)[1].replace(ec_oid, bytes.fromhex("06072a8648ce3d0209"))
+           for sans in (["a.example"], ["a.example", "b.example"])]
+    assert odd[0] != odd[1]
+    srv = est_server
+    r = srv.request("POST", srv.path("serverkeygen", "manual"), odd[0], auth=(USER, PASSWORD))
+    assert r.status == 202, (r.status, r.text)
+    rid = int(r.text.split("request ")[1].split()[0])
+    srv.ca.store.decide(rid, True)
+    r = srv.request("POST", srv.path("serverkeygen", "manual"), odd[1], auth=(USER, PASSWORD))
+    assert r.status == 200, (r.status, r.text)

@@ -46,7 +46,6 @@ import time
 import urllib.parse
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -54,7 +53,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from est_lite import http1, numbers
 from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProtocolError, SecurityError
 
-from .service import EstService, OperationNotAllowed, PendingApproval
+from .service import EstService, OperationNotAllowed, PendingApproval, request_spki
 from .store import file_format, mark_format, write_transaction
 
 log = logging.getLogger("est_lite.proxy")
@@ -583,13 +582,7 @@ class UpstreamCA:
 
     # -- who may collect what the upstream approved --
     def _request_key(self, op, label, csr):
-        try:
-            spki = csr.public_key().public_bytes(serialization.Encoding.DER,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            # a serverkeygen CSR's key is ignored (RFC 7030 §4.4.1): one this proxy cannot read is not refused;
-            # the request info stands for it (the other operations have checked theirs)
-            spki = csr.tbs_certrequest_bytes
+        spki = request_spki(csr)  # as the upstream's manual approval (est-lite serve) knows it
         path = self.upstream.path(op, label or None).encode()
         return hashlib.sha256(b"\0".join([path, spki, csr.subject.public_bytes()])).digest()
 

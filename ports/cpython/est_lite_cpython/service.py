@@ -601,6 +601,26 @@ def _refuse_key_encryption(csr):
 # ---------------------------------------------------------------- service
 
 
+def request_spki(csr):
+    """The DER SubjectPublicKeyInfo by which manual approval (with the
+    label, operation and subject) and the proxy's owner binding know a
+    request: re-encoded when this server can read the key, else as sent (a
+    serverkeygen CSR's key is ignored, RFC 7030 §4.4.1, so it may be one it
+    cannot read; the other operations have checked theirs). Never the whole
+    request info: its attributes may be new in each attempt (a
+    challengePassword linked to each TLS connection)."""
+    try:
+        return csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        from est_lite import der
+
+        tbs = csr.tbs_certrequest_bytes  # SEQUENCE { version, subject, subjectPKInfo, [0] attributes }
+        s, e = der.read(tbs, 0, 0x30)
+        s = der.read_tlv(tbs, s, e)[2]  # after the version
+        s = der.read_tlv(tbs, s, e)[2]  # after the subject
+        return tbs[s : der.read_tlv(tbs, s, e)[2]]
+
+
 class EstService:
     """EST policy over a CA backend. `ca` is the built-in LocalCA or any
     backend with ca_certs(label), issue(IssueRequest), is_revoked(cert);
@@ -983,12 +1003,7 @@ class EstService:
         issue now, or raises PendingApproval / RequestRejected."""
         if self.store is None:
             raise LocalProtocolError("manual approval needs a store (the CA backend has none)")
-        try:
-            spki = csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            # a serverkeygen CSR's key is ignored (RFC 7030 §4.4.1), so it may be one this server cannot read: the
-            # request info then stands for it (the other operations have checked theirs)
-            spki = csr.tbs_certrequest_bytes
+        spki = request_spki(csr)
         kind = {"serverkeygen": "skg", "simplereenroll": "reenroll"}.get(op, "enroll")
         fp = hashlib.sha256(b"\0".join([prof.label.encode(), kind.encode(), spki,
                                         csr.subject.public_bytes()])).hexdigest()
