@@ -29,11 +29,11 @@ DER = serialization.Encoding.DER
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
-def _cert(subject, key, issuer, signer, ca=True):
+def _cert(subject, key, issuer, signer, ca=True, path_len=None):
     b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
          .serial_number(x509.random_serial_number()).not_valid_before(NOW - datetime.timedelta(days=1))
          .not_valid_after(NOW + datetime.timedelta(days=30))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_len), critical=True))
     return b.sign(signer, hashes.SHA256()).public_bytes(DER)
 
 
@@ -65,6 +65,29 @@ def test_the_rule_takes_issuing_cas_below_the_anchors_only():
     both = [root, inter]
     out, note = _follow(both, [inter, root])
     assert out is both and note is None
+
+
+def test_the_rule_takes_no_ca_below_an_issuer_of_path_length_zero():
+    """An issuing CA of pathLenConstraint 0 (as `est-lite ca init
+    --intermediate` makes them) certifies no further CA (RFC 5280 §6.1.4
+    (l)): a CA certificate it signed, in a /cacerts answer, does not chain
+    below the anchors and is not stored (there it would be a trust anchor
+    of its own, past the intermediate's limit and dates). Before, it was
+    taken. A root of pathLen 0 takes no intermediate either; a self-issued
+    certificate (a key update's link) does not count (§6.1.4 (l))."""
+    rk, ik, sk = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = _cert(_name("Root"), rk, _name("Root"), rk)
+    inter = _cert(_name("Issuing"), ik, _name("Root"), rk, path_len=0)
+    sub = _cert(_name("Sub CA"), sk, _name("Issuing"), ik)
+    out, note = _follow([root], [sub, inter, root])
+    assert out == [root, inter] and note is None
+    root0 = _cert(_name("Root"), rk, _name("Root"), rk, path_len=0)
+    anchors = [root0]
+    assert _follow(anchors, [inter, root0]) == (anchors, None)
+    link = _cert(_name("Root"), sk, _name("Root"), rk)  # self-issued, signed by the pathLen-0 root
+    out = rollover._below([root0], [link], [rollover._fields(link)], [], lambda c, f, a, fa: True,
+                          lambda f: True, True)
+    assert out == [root0, link]
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,9 @@ def _below(out, got, F, keys, sig, fresh, links):
                 if ok:
                     break
                 fc = _fields(c)
-                ok = B(fc["subject"]) == B(f["issuer"]) and _ca(fc) and sig(got[i], f, c, fc)
+                # an issuer of pathLen 0 certifies no CA but a self-issued one (RFC 5280 §6.1.4 (l))
+                ok = B(fc["subject"]) == B(f["issuer"]) and (_ca(fc) > 1 or B(f["subject"]) == B(f["issuer"])) \
+                    and sig(got[i], f, c, fc)
             if ok:
                 out.append(got[i])
                 todo.remove(i)
@@ -142,6 +144,8 @@ def _ca(f):
             if o == "2.5.29.19":
                 s, e = der.read(v, 0, 0x30)
                 ca = e - s > 2 and v[s] == 1 and v[s + 1] == 1 and v[s + 2] == 0xFF
+                if ca:  # 1: pathLenConstraint 0, 2: more or none
+                    ca = 1 if e - s == 6 and v[s + 3] == 2 and v[s + 4] == 1 and not v[s + 5] else 2
             elif o == "2.5.29.15":
                 s, e = der.read(v, 0, 3)
                 u, s, e = der.read_bit_string(v, s, e)
