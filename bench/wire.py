@@ -119,7 +119,10 @@ class TcpCounter:
             if not r:
                 break
             for s in r:
-                data = s.recv(65536)
+                try:
+                    data = s.recv(65536)
+                except ConnectionResetError:  # a peer that resets instead of closing (at the end): end of its stream
+                    data = b""
                 other = u if s is c else c
                 if not data:
                     try:
@@ -132,7 +135,11 @@ class TcpCounter:
                     self.up += len(data)
                 else:
                     self.down += len(data)
-                other.sendall(data)
+                try:
+                    other.sendall(data)
+                except OSError:  # the other side is gone: nothing more to count
+                    socks = []
+                    break
         c.close()
         u.close()
 
