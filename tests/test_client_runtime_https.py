@@ -336,3 +336,39 @@ def test_crl_check_of_the_server_certificate(est_server):
     c = client(srv, crls=[_crl(srv, [leaf.serial_number])], deadline=None)
     with pytest.raises(SecurityError, match="revoked"):
         c.cacerts()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1, 0, 2e6, "60", True])
+def test_a_deadline_given_per_call_is_checked_as_the_constructors(tmp_path, monkeypatch, bad):
+    """provision() and renew_if_needed() take a deadline for that call;
+    it was not checked. A NaN (or infinite) one bounded nothing: with no
+    cap on one wait (bab2286) a server's Retry-After of up to 999,999,999 s
+    was slept in full, and a server that cannot be reached was retried
+    without end. Now the constructor's rule: a number of seconds in
+    (0, 1e6], said before anything is sent."""
+    import est_lite_cpython.client as cm
+    from est_lite.errors import LocalProtocolError
+    from est_lite_cpython.credstore import CredStore
+
+    def sleep(s):
+        raise AssertionError("waited %r s" % s)
+
+    monkeypatch.setattr(cm.time, "sleep", sleep)
+    c = EstClient("https://127.0.0.1:1", trust=[_unused_root()], user=USER, password=PASSWORD)
+    store = CredStore(str(tmp_path / "s"))
+    for call in (lambda: c.provision(store, cn="d", deadline=bad), lambda: c.renew_if_needed(store, deadline=bad)):
+        with pytest.raises(LocalProtocolError, match="deadline must be a number of seconds"):
+            call()
+
+
+def _unused_root():
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    n = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unused root")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(n).issuer_name(n).public_key(k.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(k, hashes.SHA256()).public_bytes(serialization.Encoding.DER))

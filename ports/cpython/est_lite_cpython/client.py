@@ -219,6 +219,14 @@ class EstClient(_portable.EstClient):
             _check_store(store)
             return super().provision(store, *a, **kw)
 
+    def _with_deadline(self, deadline, fn, *args):
+        # provision() / renew_if_needed(deadline=...): the constructor's rule. A NaN or infinite one
+        # bounded nothing: every wait a server asked for (no cap, retry_max_s None) was slept in full
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                                     or not 0 < deadline <= 1e6):
+            raise LocalProtocolError("deadline must be a number of seconds between 0 and 1e6, got %r" % (deadline,))
+        return super()._with_deadline(deadline, fn, *args)
+
     def renew_if_needed(self, store, *a, **kw):
         with self._user():
             _check_store(store)
