@@ -479,6 +479,40 @@ def test_pins_of_either_root_on_first_contact(served):
         assert sorted(c.cacerts()) == sorted(want), pin
 
 
+def test_a_trust_list_with_the_links_first_verifies_the_rolled_over_server(served):
+    """The CA certificates of a rollover in an order that puts the two
+    links (NewWithOld, OldWithNew) before the roots: OpenSSL takes the first
+    trusted certificate of the right name and key as the issuer, and the
+    links, each the other's issuer, made a loop until the depth ran out
+    ('certificate chain too long'). A /cacerts answer's order is the
+    server's (or a DER SET's, byte order): test_pins_of_either_root_on_first_contact
+    failed 2 runs in 5 that way (its check_trust). The CPython client puts
+    the self-signed ones first (dtls.anchor_order) in every trust store it
+    builds: HTTPS, CoAPs, and the check after a pinned first contact."""
+    from est_lite_cpython.client import EstClient
+    from helpers_coaps import idevid_device, key_der
+
+    certs = [x509.load_der_x509_certificate(_der(c)) for c in served.ca.ca_certs(None)]
+    own = [c for c in certs if c.subject == c.issuer and c.extensions.get_extension_for_class(
+        x509.AuthorityKeyIdentifier).value.key_identifier == c.extensions.get_extension_for_class(
+        x509.SubjectKeyIdentifier).value.digest]
+    links = [c for c in certs if c not in own and c.subject == c.issuer]
+    assert len(own) == 2 and len(links) == 2
+    want = sorted(_der(c) for c in certs)
+    dev = idevid_device(served)
+    for order in (links + own + [c for c in certs if c.subject != c.issuer],
+                  links[::-1] + [c for c in certs if c.subject != c.issuer] + own[::-1]):
+        trust = [_der(c) for c in order]
+        c = EstClient("https://localhost:%d" % served.port, trust=trust, user=USER, password=PASSWORD, deadline=30)
+        assert sorted(c.cacerts()) == want
+        c = EstClient("coaps://127.0.0.1:%d" % served.coaps_all_port, trust=trust, cert=_der(dev.cert),
+                      key=key_der(dev.key), deadline=30)
+        assert sorted(c.cacerts()) == want
+    from est_lite_cpython import dtls
+
+    assert dtls.anchor_order(links + own) == own + links
+
+
 def test_old_generation_device_renews_into_the_new_generation(served):
     from helpers_coaps import CoapsSession, point
     from est_lite_cpython.dtls_client import DtlsClient

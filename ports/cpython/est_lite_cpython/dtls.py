@@ -159,6 +159,15 @@ def issued_by(cert, issuer):
         return False
 
 
+def anchor_order(cas):
+    """`cas` (cryptography certificates), the self-signed ones first, for an
+    OpenSSL verify store: OpenSSL takes the first trusted certificate of the
+    issuer's name and key, and after a root key update the links NewWithOld
+    and OldWithNew (same name, each the other's issuer) taken first made a
+    loop until the depth ran out ("certificate chain too long")."""
+    return sorted(cas, key=lambda c: not (c.subject == c.issuer and issued_by(c, c)))  # stable
+
+
 def add_trust_anchors(ctx, cas):
     """Add `cas` as trust anchors to the context's verify store."""
     from OpenSSL import crypto
@@ -167,7 +176,7 @@ def add_trust_anchors(ctx, cas):
     if not cas:
         raise LocalProtocolError("no trust anchors given")
     store = ctx.get_cert_store()
-    for c in cas:
+    for c in anchor_order(cas):
         store.add_cert(crypto.X509.from_cryptography(c))
 
 

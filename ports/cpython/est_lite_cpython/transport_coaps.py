@@ -84,7 +84,7 @@ class CoapsTransport:
         if not chain:
             raise SecurityError("no server certificate chain to check against the CA certificates")
         store = crypto.X509Store()
-        for c in _d.load_certificates(trust):
+        for c in _d.anchor_order(_d.load_certificates(trust)):
             store.add_cert(crypto.X509.from_cryptography(c))
         try:
             crypto.X509StoreContext(store, crypto.X509.from_cryptography(chain[0]),

@@ -133,7 +133,7 @@ class TlsTransport:
                 ctx.add_extra_chain_cert(c)
         if self.pin is None:
             store = ctx.get_cert_store()
-            for c in self.trust:
+            for c in _d.anchor_order(self.trust):  # roots first (a root key update's links)
                 store.add_cert(crypto.X509.from_cryptography(c))
             if self.crls:
                 for crl in self.crls:
