@@ -75,3 +75,38 @@ def test_the_first_half_of_a_split_flight_after_the_second_is_not_a_repeat(pki):
     finally:
         c.close()
         server.stop()
+
+
+def test_a_split_flight_repeated_after_our_lost_answer_is_a_repeat(pki):
+    """The other side of the rule above (review of 891ed7e): the client's
+    split flight came in full (first half lost once), our CCS + Finished
+    were lost, and the client sends its flight again. Each half reaches no
+    further than the flight our last flight answered, so the first to
+    arrive, either half, brings our flight back at once (no wait for
+    OpenSSL's 1 s timer)."""
+    import time
+
+    server = ServerThread(pki)
+    c = Client(pki, server.port)
+    try:
+        c.send_flight3()
+        c.feed(c.receive())
+        flight5, _ = c.step()
+        recs = [r for dg in flight5 for r in _records(dg)]
+        c.send([b"".join(recs[2:])])  # the first half is lost
+        assert c.receive(first=0.5) == []
+        c.send([_renumber(recs[:2], 40), _renumber(recs[2:], 42)])
+        lost6 = c.receive()  # our CCS + Finished: "lost"
+        assert lost6
+        for n, half in enumerate((recs[:2], recs[2:])):  # the repeat's first half, then (later) its second alone
+            time.sleep(0.05)  # past flight_resend_gap
+            c.send([_renumber(half, 50 + 10 * n)])
+            again = c.receive()  # OpenSSL's own resend (after 1 s) would bring new record numbers
+            assert set(lost6) <= set(again), n
+        assert server.stats()["flight_resends"] == 2
+        c.feed(again)
+        _, done = c.step()
+        assert done
+    finally:
+        c.close()
+        server.stop()
