@@ -216,3 +216,43 @@ def test_server_records_continue_from_the_client_hello_number(pki):
     finally:
         c.close()
         server.stop()
+
+
+def test_a_client_that_restarts_mid_handshake_gets_a_new_one(pki):
+    """A device that reboots after the server's flight 4 (a power cut in the
+    middle of its handshake) sends a new ClientHello, with a new random,
+    from the same address and port. It is a new handshake (RFC 6347
+    §4.2.8): a HelloVerifyRequest, then a session. Before, it was fed to
+    the old handshake, the server answered with its old flight as if the
+    client had repeated one, and the device got nowhere until that
+    handshake timed out (30 s). A ClientHello repeated with the same random
+    is still answered with the flight (the test above)."""
+    server = ServerThread(pki, handshake_timeout=600)
+    a = Client(pki, server.port)
+    try:
+        a.send_flight3()
+        assert a.receive()  # flight 4, then the device "restarts"
+        b = Client(pki, server.port)
+        b.sock.close()
+        b.sock = a.sock  # the same address and port
+        hello, _ = b.step()
+        b.send(hello)
+        got = b.receive()
+        assert [g[13] for g in got] == [3]  # a HelloVerifyRequest, not the old ServerHello flight
+        b.feed(got)
+        flight3, _ = b.step()
+        b.send(flight3)
+        b.feed(b.receive())
+        flight5, done = b.step()
+        b.send(flight5)
+        b.feed(b.receive())
+        _, done = b.step()
+        assert done
+        b.conn.send(b"ping")
+        b.send(d.drain_bio(b.conn, d.DEFAULT_MTU))
+        b.feed(b.receive())
+        assert b.conn.recv(100) == b"echo ping"
+        assert server.stats()["flight_resends"] == 0
+    finally:
+        a.close()
+        server.stop()

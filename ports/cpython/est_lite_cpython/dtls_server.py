@@ -663,12 +663,21 @@ class DtlsServer:
             stats["ignored"] += 1
             return
         peer = self.sessions.get(addr)
-        # a handshake in progress (includes retransmitted ClientHellos), or
-        # not an epoch-0 handshake record: not a new ClientHello
-        if peer is not None and (not peer.established or data[0] != _CT_HANDSHAKE or data[3] or data[4]):
-            self._feed(peer, data)
+        epoch0_hs = data[0] == _CT_HANDSHAKE and not data[3] and not data[4]
+        if peer is not None and not epoch0_hs:
+            self._feed(peer, data)  # not an epoch-0 handshake record: not a new ClientHello
             return
         info = parse_client_hello(data)
+        if peer is not None and not peer.established and (info is None or info.random == peer._hello_random):
+            # the handshake in progress: the client's next flight, or its
+            # ClientHello again (a retransmission keeps its random). A
+            # ClientHello with another random is a client that restarted in
+            # the middle of its handshake: handled below as a new one (it was
+            # fed to the old handshake, whose flight came back as if it were
+            # a repeat, and the client got no HelloVerifyRequest until the
+            # handshake timed out)
+            self._feed(peer, data)
+            return
         if info is None:
             if peer is None:
                 self.stats["ignored"] += 1
