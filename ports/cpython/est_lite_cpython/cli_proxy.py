@@ -180,6 +180,12 @@ def cmd_proxy(args):
             coaps.stop()
         if https is not None:
             https.stop()
+    st = dict(svc.upstream.stats) if getattr(svc, "upstream", None) is not None else {}
+    if st.get("requests"):
+        # where a device's time went: this much of it was the upstream's
+        print("upstream: %d requests, %d failed; %.1f s in all, mean %.1f ms, max %.1f ms" % (
+            st["requests"], st["errors"], st["seconds"], 1000.0 * st["seconds"] / st["requests"],
+            1000.0 * st["max_s"]), file=sys.stderr)
     print("stopped", file=sys.stderr)
     return 0
 
