@@ -21,6 +21,15 @@ its latency runs from its first attempt to its certificate, and it counts
 as a failure only if every attempt failed. The report: devices, ok,
 failures, failures_by_cause, throughput_per_s, p50_ms, p95_ms, p99_ms,
 max_ms, mean_ms, attempts, elapsed_s (and by_kind with MicroPython boards).
+
+With via_proxy (`--via-proxy`) an `est-lite proxy` (its own process, its
+own data directory, an RA certificate from `est-lite ca issue --eku
+clientAuth,cmcRA` of the server's CA) stands between the devices and the
+server: the devices pin the proxy's certificate and enroll through it over
+CoAPs or HTTPS (the lossy relay, if any, is on the device link); the
+report adds "proxy" (its fds, threads and RSS sampled during the run, the
+certificates in the upstream store and whether each device's certificate
+is there with the RA as requester and chains to the upstream CA).
 """
 
 import asyncio
@@ -48,7 +57,7 @@ class Device:
 class FleetConfig:
     def __init__(self, devices=50, transport="coaps", loss=0.0, concurrency=10, mp_boards=0, attempts=3,
                  ack_timeout=2.0, deadline=120.0, handshake_timeout=30.0, seed=None, in_process=False,
-                 mp_heap="256K", dup=None, reorder=None, delay=(0.0, 0.0)):
+                 mp_heap="256K", dup=None, reorder=None, delay=(0.0, 0.0), via_proxy=False):
         if transport not in ("coaps", "https"):
             raise ValueError("transport must be coaps or https")
         if not 0.0 <= loss < 1.0:  # also NaN
@@ -71,6 +80,11 @@ class FleetConfig:
         self.dup = loss / 3 if dup is None else dup
         self.reorder = loss / 3 if reorder is None else reorder
         self.delay = delay
+        if via_proxy and mp_boards:
+            raise ValueError("--via-proxy is for the simulated CPython devices (no --mp-boards)")
+        if via_proxy and in_process:
+            raise ValueError("--via-proxy runs the server and the proxy in their own processes (no --in-process)")
+        self.via_proxy = via_proxy
 
 
 # -- one device ---------------------------------------------------------------
@@ -183,22 +197,25 @@ def _check_issued(cert_der, ca_ders, point):
 
 async def _device(cfg, host, port, pin, dev, t0):
     start = time.monotonic()
-    cause = None
+    cause = cert = None
+    causes = []  # of the attempts that failed
     n = 0
     for n in range(1, cfg.attempts + 1):
         try:
-            await _Enrollment(cfg, host, port, pin, dev).once()
+            cert = await _Enrollment(cfg, host, port, pin, dev).once()
             cause = None
             break
         except (EstError, OSError) as e:
             cause = R.cause_of(e)
         except Exception as e:  # noqa: BLE001 - a simulator counts every failure by its cause
             cause = R.cause_of(e)
+        causes.append(cause)
         if n < cfg.attempts:
             await asyncio.sleep(0.5 * n + random.random())
     end = time.monotonic()
     return {"i": dev.i, "kind": "cpython", "start": start - t0, "end": end - t0, "ms": (end - start) * 1000.0,
-            "ok": cause is None, "cause": cause, "attempts": n}
+            "ok": cause is None, "cause": cause, "attempts": n, "cert": cert if cause is None else None,
+            "retried_for": causes if cause is None else causes[:-1]}
 
 
 # -- the fleet -------------------------------------------------------------------
@@ -217,6 +234,7 @@ class Fleet:
         self.server = server
         self._own_server = server is None
         self.relay = None
+        self.proxy = None
         self.devices = []
         self.boards = []
         self.setup_s = None
@@ -232,11 +250,17 @@ class Fleet:
                                     workers=max(16, cfg.concurrency + 4), idle_timeout=30).start()
         f = self.server.factory
         self.devices = [Device(i, "fleet-%05d" % i, *f.idevid("fleet-%05d" % i)) for i in range(cfg.devices)]
-        host, port = "127.0.0.1", self.server.coaps_port if cfg.transport == "coaps" else self.server.https_port
+        front = self.server
+        if cfg.via_proxy:
+            from .fleetproxy import ProxyProcess
+
+            self.proxy = front = ProxyProcess(os.path.join(self.workdir, "proxy"), self.server,
+                                              concurrency=cfg.concurrency).start()
+        host, port = "127.0.0.1", front.coaps_port if cfg.transport == "coaps" else front.https_port
         if cfg.loss:
             from .lossy import LossyRelay
 
-            self.relay = LossyRelay(("127.0.0.1", self.server.coaps_port), loss=cfg.loss, dup=cfg.dup,
+            self.relay = LossyRelay(("127.0.0.1", front.coaps_port), loss=cfg.loss, dup=cfg.dup,
                                     reorder=cfg.reorder, delay=cfg.delay, seed=cfg.seed,
                                     max_clients=max(4096, 4 * cfg.concurrency))
             host, port = self.relay.start()
@@ -277,7 +301,7 @@ class Fleet:
     async def run_async(self):
         cfg = self.cfg
         host, port = self.target
-        pin = bytes.fromhex(self.server.pin.split(":", 1)[1])
+        pin = bytes.fromhex((self.proxy or self.server).pin.split(":", 1)[1])
         total = len(self.devices) + len(self.boards)
         prog = R.Progress(total) if self.progress else None
         results = []
@@ -327,8 +351,23 @@ class Fleet:
                           server="own process" if not cfg.in_process else "in process")
         if self.relay is not None:
             rep["link"] = self.relay.stats
+        retried = {}
+        for r in results:
+            for c in r.get("retried_for") or ():
+                retried[c] = retried.get(c, 0) + 1
+        if retried:
+            rep["retried_by_cause"] = retried  # failed attempts of devices that then enrolled
         issued = self.server.issued_count()
         rep["server_issued"] = issued
+        if self.proxy is not None:
+            from .fleetproxy import check_upstream
+
+            rep["proxy"] = {"alive": self.proxy.alive(), "resources": self.proxy.resources(),
+                            "upstream": check_upstream(self.server, results)}
+            # stopped now: it says how long its requests to the upstream took
+            self.proxy.stop()
+            rep["proxy"]["forwarded"] = self.proxy.forwarded()
+            rep["via_proxy"] = True
         if plot:
             R.plot_png(results, plot, "est-lite fleet: %d devices over %s, loss %g, concurrency %d"
                        % (rep["devices"], cfg.transport, cfg.loss, cfg.concurrency))
@@ -339,6 +378,8 @@ class Fleet:
     def close(self):
         if self.relay is not None:
             self.relay.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
         if self._own_server and self.server is not None:
             self.server.stop()
         if self._tmp is not None:
@@ -353,3 +394,23 @@ def run_fleet(cfg, plot=None, progress=True, workdir=None):
         return f.run(plot=plot)
     finally:
         f.close()
+
+
+def proxy_text(rep):
+    """Lines about the proxy of a --via-proxy report ("" without one)."""
+    px = rep.get("proxy")
+    if not px:
+        return ""
+    up, res, fw = px["upstream"], px.get("resources") or {}, px.get("forwarded")
+    lines = ["through the proxy (RA): %d device certificates in the upstream store, requested by the RA: %d, "
+             "not chaining to the upstream CA: %d, missing: %d; the RA's requests there: %d"
+             % (up["in_store"], up["in_store"] - up["requester_not_ra"], up["not_chained"], up["not_in_store"],
+                up["by_ra"])]
+    if fw:
+        lines.append("upstream requests: %d (%d failed), mean %.1f ms, max %.1f ms (the rest of a device's wait is "
+                     "the device link and the proxy)" % (fw["requests"], fw["failed"], fw["mean_ms"], fw["max_ms"]))
+    if res:
+        lines.append("proxy process: fds %d -> %d (max %d), threads %d -> %d (max %d), RSS %d -> %d kB" % (
+            res["fds"]["start"], res["fds"]["end"], res["fds"]["max"], res["threads"]["start"],
+            res["threads"]["end"], res["threads"]["max"], res["rss_kb"]["start"], res["rss_kb"]["end"]))
+    return "\n".join(lines)

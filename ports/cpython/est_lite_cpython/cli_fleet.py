@@ -5,6 +5,7 @@ object on the last line) and a PNG plot. See docs/hil.md and hil/fleet.py.
 
     est-lite fleet --devices 50 --transport coaps --loss 0.1 --concurrency 10
     est-lite fleet --devices 10000 --concurrency 64 --json --plot fleet.png
+    est-lite fleet --devices 200 --via-proxy --loss 0.1 --concurrency 16   # through the RA
 """
 
 import json
@@ -23,7 +24,8 @@ def cmd_fleet(args):
     try:
         cfg = F.FleetConfig(devices=args.devices, transport=args.transport, loss=args.loss,
                             concurrency=args.concurrency, mp_boards=args.mp_boards, attempts=args.attempts,
-                            ack_timeout=args.ack_timeout, seed=args.seed, in_process=args.in_process)
+                            ack_timeout=args.ack_timeout, seed=args.seed, in_process=args.in_process,
+                            via_proxy=args.via_proxy)
     except ValueError as e:
         print("est-lite fleet: %s" % e, file=sys.stderr)
         return 2
@@ -47,6 +49,8 @@ def cmd_fleet(args):
         print(json.dumps(rep))
     else:
         print(R.text(rep))
+        if rep.get("proxy"):
+            print(F.proxy_text(rep))
     return 0 if rep["failures"] == 0 else 1
 
 
@@ -62,6 +66,8 @@ def register(sub):
     p.add_argument("--attempts", type=int, default=3, help="attempts per device before it counts as failed")
     p.add_argument("--ack-timeout", type=float, default=2.0, help="CoAP ACK_TIMEOUT of the devices (s, default 2)")
     p.add_argument("--seed", type=int, help="seed of the lossy link")
+    p.add_argument("--via-proxy", action="store_true",
+                   help="enroll through an `est-lite proxy` (RA, its own process) in front of the server")
     p.add_argument("--in-process", action="store_true", help="run the server in this process (default: its own)")
     p.add_argument("--plot", metavar="PNG", help="write latency over time and its distribution (needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object (last line)")
