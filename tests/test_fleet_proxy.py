@@ -57,3 +57,74 @@ def test_via_proxy_refuses_what_it_cannot_do():
         FleetConfig(devices=2, mp_boards=1, via_proxy=True)
     with pytest.raises(ValueError, match="in-process"):
         FleetConfig(devices=2, in_process=True, via_proxy=True)
+
+
+def _tls_stub(tmp_path, answer, gap):
+    """A TLS server on loopback that reads one request and sends `answer`
+    one byte every `gap` seconds. Returns (port, CA file, thread)."""
+    import datetime
+    import socket
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cf, kf = tmp_path / "stub.pem", tmp_path / "stub.key"
+    cf.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kf.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cf), str(kf))
+    ls = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        c, _ = ls.accept()
+        with ctx.wrap_socket(c, server_side=True) as t:
+            t.recv(65536)
+            for i in range(len(answer)):
+                if stop.wait(gap):
+                    break
+                try:
+                    t.sendall(answer[i:i + 1])
+                except OSError:
+                    break
+        ls.close()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    return ls.getsockname()[1], str(cf), th, stop
+
+
+def test_an_upstream_answering_a_byte_at_a_time_is_a_timeout(tmp_path):
+    """timeout_s bounds the whole upstream exchange: before, it bounded
+    each read only, and an upstream whose answer came a few bytes at a
+    time (here one every 0.2 s, 40 bytes: 8 s in all) held the device's
+    request and a proxy worker past timeout_s (1 s): the proxy waited for
+    the whole answer and passed it on."""
+    from est_lite import numbers as N
+    from est_lite_cpython.proxy import Upstream, UpstreamError
+
+    answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+    port, ca, th, stop = _tls_stub(tmp_path, answer, 0.2)
+    try:
+        up = Upstream("https://localhost:%d" % port, ca_file=ca, timeout=1.0)
+        with pytest.raises(UpstreamError) as e:
+            up.exchange(N.OP_CSRATTRS, None)
+        assert e.value.http_status == 504 and "did not answer within 1 s" in str(e.value)
+        assert up.stats["errors"] == 1
+    finally:
+        stop.set()
+        th.join(10)

@@ -207,15 +207,29 @@ class Upstream:
                                       headers=headers)
         self._count("requests")
         p = http1.ResponseParser(max_header=16384, max_body=self.max_body, method=method)
+        # timeout is for the whole exchange: a socket timeout alone bounds
+        # each read, and an upstream sending its answer a few bytes at a
+        # time held the device's request (and a worker thread) for good
+        end = time.monotonic() + self.timeout
+
+        def left():
+            r = end - time.monotonic()
+            if r <= 0:
+                raise socket.timeout("timed out")
+            return r
+
         try:
             with socket.create_connection((self.host, self.port), timeout=self.timeout) as s:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.settimeout(left())
                 with self._ctx.wrap_socket(s, server_hostname=self.server_name) as t:
+                    t.settimeout(left())
                     t.sendall(req)
                     while True:
                         ev = p.next_event()
                         if ev is not http1.NEED_DATA:
                             return ev
+                        t.settimeout(left())
                         try:
                             data = t.recv(65536)
                         except ssl.SSLEOFError:
