@@ -128,3 +128,45 @@ def test_an_upstream_answering_a_byte_at_a_time_is_a_timeout(tmp_path):
     finally:
         stop.set()
         th.join(10)
+
+
+def test_a_session_waiting_for_a_slow_upstream_is_not_idle(tmp_path, monkeypatch):
+    """Found by the fleet through a slowed upstream (12 s per request, the
+    proxy's 4 CoAPs workers, 32 devices): sessions whose request waited
+    for a worker and the upstream longer than [coaps] idle_timeout_s were
+    closed as idle ('the server closed the DTLS session': 23 of 48 devices
+    failed, and the upstream had issued certificates no device got). A
+    session is not idle while a request of it is being answered; idle
+    counts from the answer. Here: idle_timeout 1 s, the answer takes 2.5 s."""
+    import os
+    import time
+
+    sys_path = str(_pl.Path(__file__).resolve().parent)
+    if sys_path not in _sys.path:
+        _sys.path.insert(0, sys_path)
+    from helpers_coaps import CoapsSession, idevid_device
+    from helpers_proxy import ProxyHarness
+    from helpers_server import EstTestServer
+
+    up = EstTestServer(tmp_path / "up")
+    try:
+        px = ProxyHarness(tmp_path / "px", up, up.url.replace("127.0.0.1", "localhost"), upstream_root_pem=up.root_pem,
+                          vendor_pem=os.path.join(up.tmp, "vendor.pem"), https=False)
+        try:
+            d = px.coaps.dtls
+            d.idle_timeout, d._sweep_interval = 1.0, 0.1
+            slow = px.service.cacerts
+
+            def cacerts(label, ctx):
+                time.sleep(2.5)
+                return slow(label, ctx)
+
+            monkeypatch.setattr(px.service, "cacerts", cacerts)
+            dev = idevid_device(up, "slow-dev")
+            with px.dtls_client(dev, [up.ca.root]) as dc:
+                certs = CoapsSession(dc).cacerts().certs
+            assert certs and d.stats["idle_evictions"] == 0
+        finally:
+            px.stop()
+    finally:
+        up.stop()

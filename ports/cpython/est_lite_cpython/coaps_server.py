@@ -196,6 +196,7 @@ def auth_context(request):
     # the handshake so that the refusal can say so): EstResource._authenticate
     # refuses its every request
     ctx.date_error = getattr(peer, "date_error", None)
+    ctx.dtls_peer = peer  # EstResource._call marks it busy while the answer is worked out
     return ctx
 
 
@@ -273,7 +274,22 @@ class EstResource(resource.Resource, resource.PathCapable):
         if self.executor is False:
             return fn(*args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, fn, *args)
+        # the session is not idle while its request waits for a worker and
+        # the service (a proxy's upstream may take many seconds): without
+        # this the DTLS server closed it at idle_timeout, or evicted it for
+        # a new client when full, and the device never got its answer
+        # (the upstream had issued the certificate all the same)
+        peer = next((a.dtls_peer for a in args if getattr(a, "dtls_peer", None) is not None), None)
+        if peer is not None and hasattr(peer, "busy"):
+            peer.busy += 1
+        else:
+            peer = None
+        try:
+            return await loop.run_in_executor(self.executor, fn, *args)
+        finally:
+            if peer is not None:
+                peer.busy -= 1
+                peer.last_rx = max(peer.last_rx, loop.time())  # idle from the answer on
 
     def _authenticate(self, name, label, ctx):
         """Every resource authenticates the client: a certificate trusted for

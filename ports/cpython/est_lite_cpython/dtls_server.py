@@ -242,7 +242,7 @@ class DtlsPeer:
         "peer_chain", "verified_chain", "tls_unique", "_exporter", "_cipher", "extended_master_secret",
         "max_payload", "verify_error", "date_error", "_vcerts", "_hello_random", "_hello_seq", "_seq_shift",
         "_hs_progress", "_flight_progress",
-        "_flight", "_flight_at", "_retx", "_cookie", "__weakref__",
+        "_flight", "_flight_at", "_retx", "_cookie", "busy", "__weakref__",
     )
     _next_id = 0
 
@@ -257,6 +257,7 @@ class DtlsPeer:
         self.closed = False
         self.created = now
         self.last_rx = now
+        self.busy = 0  # requests of this session still being answered (EstCoapsServer): not idle
         self.peer_chain = []
         self.verified_chain = []
         self.tls_unique = None
@@ -735,7 +736,8 @@ class DtlsServer:
             return None
         best = None
         for peer in self.sessions.values():
-            if peer.established and not peer.closed and (best is None or peer.last_rx < best.last_rx):
+            if peer.established and not peer.closed and not peer.busy and (best is None or
+                                                                           peer.last_rx < best.last_rx):
                 best = peer
         if best is None or now - best.last_rx < self.evict_idle_after:
             return None
@@ -1011,7 +1013,7 @@ class DtlsServer:
             if now - peer.created >= self.handshake_timeout:
                 self.stats["handshake_timeouts"] += 1
                 self._close(peer, "handshake timeout", notify=False)
-        elif now - peer.last_rx >= self.idle_timeout:
+        elif not peer.busy and now - peer.last_rx >= self.idle_timeout:
             self.stats["idle_evictions"] += 1
             self._close(peer, "idle timeout", notify=True)
 
