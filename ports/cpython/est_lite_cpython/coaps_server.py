@@ -220,6 +220,11 @@ class _Transfer:
     __slots__ = ("asm", "body", "code", "cf", "expires", "limit")
 
 
+class ServerBusy(PendingApproval):
+    """The requests waiting for a worker would keep this one longer than
+    max_wait_s: 5.03 + Max-Age (the expected wait), as for an approval."""
+
+
 class EstResource(resource.Resource, resource.PathCapable):
     """Every EST-coaps resource under /.well-known/est/ (a PathCapable
     resource: labels are dynamic). `service` is an EstService (or anything
@@ -228,10 +233,13 @@ class EstResource(resource.Resource, resource.PathCapable):
     Limits: max_body (bytes of a Block1 upload, also capped by the label's
     max_csr_bytes), max_transfers_per_session (uploads and cached Block2
     answers kept per DTLS session; the oldest is dropped), max_transfers (all
-    sessions), transfer_timeout (seconds a half-done transfer is kept)."""
+    sessions), transfer_timeout (seconds a half-done transfer is kept),
+    max_wait_s (with an executor: a request that would wait longer than
+    this for a worker, by the mean time of the recent calls, is answered
+    5.03 + Max-Age at once instead of being queued; None: no bound)."""
 
     def __init__(self, service, *, executor=None, max_body=16384, max_transfers=512, max_transfers_per_session=4,
-                 transfer_timeout=93.0, clock=time.monotonic):
+                 transfer_timeout=93.0, clock=time.monotonic, max_wait_s=30.0):
         super().__init__()
         self.service = service
         self.executor = executor
@@ -240,6 +248,9 @@ class EstResource(resource.Resource, resource.PathCapable):
         self.max_transfers_per_session = max_transfers_per_session
         self.transfer_timeout = transfer_timeout
         self.clock = clock
+        self.max_wait_s = max_wait_s
+        self._queued = 0  # calls handed to the executor and not yet done
+        self._mean = None  # seconds a call takes in a worker (moving average)
         self._transfers = collections.OrderedDict()  # (session key, kind, path) -> _Transfer
         self.stats = collections.Counter()
 
@@ -274,6 +285,16 @@ class EstResource(resource.Resource, resource.PathCapable):
         if self.executor is False:
             return fn(*args)
         loop = asyncio.get_running_loop()
+        # a proxy whose upstream is slower than its devices: requests queued
+        # for the workers without end were forwarded long after the devices
+        # had given up (the upstream issued certificates nobody received)
+        if self.max_wait_s is not None and self._mean is not None and self._queued:
+            wait = self._queued * self._mean / max(1, getattr(self.executor, "_max_workers", 1) or 1)
+            if wait > self.max_wait_s:
+                self.stats["busy"] += 1
+                s = int(wait) + 1
+                raise ServerBusy("the server is busy (%d requests ahead, about %d s); retry in %d s"
+                                 % (self._queued, wait, s), s)
         # the session is not idle while its request waits for a worker and
         # the service (a proxy's upstream may take many seconds): without
         # this the DTLS server closed it at idle_timeout, or evicted it for
@@ -284,9 +305,20 @@ class EstResource(resource.Resource, resource.PathCapable):
             peer.busy += 1
         else:
             peer = None
+        def timed(*a):
+            t = time.monotonic()
+            try:
+                return fn(*a)
+            finally:
+                d = time.monotonic() - t
+                m = self._mean
+                self._mean = d if m is None else m + (d - m) / 8
+
+        self._queued += 1
         try:
-            return await loop.run_in_executor(self.executor, fn, *args)
+            return await loop.run_in_executor(self.executor, timed, *args)
         finally:
+            self._queued -= 1
             if peer is not None:
                 peer.busy -= 1
                 peer.last_rx = max(peer.last_rx, loop.time())  # idle from the answer on
@@ -323,7 +355,7 @@ class EstResource(resource.Resource, resource.PathCapable):
             return await self._render(request, path)
         except EstError as e:
             self.stats["errors"] += 1
-            if isinstance(e, PendingApproval):
+            if isinstance(e, PendingApproval) and not isinstance(e, ServerBusy):
                 self.stats["pending"] += 1
             log.info("%s %s -> %s %s", _who(request), _path(request), numbers.code_str(getattr(e, "coap_code", 0xA0)),
                      e.msg if isinstance(e, EstError) else e)
