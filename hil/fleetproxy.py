@@ -17,7 +17,8 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
+
+from .refserver import wait_port_files
 
 CONFIG = """\
 [ca]
@@ -105,24 +106,11 @@ class ProxyProcess:
         self._log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                       cwd=self.workdir)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self._proc.poll() is not None:
-                raise RuntimeError("the proxy exited (%s): %s" % (self._proc.returncode, self.log_tail()))
-            try:
-                with open(pf) as f:
-                    h = f.read().strip()
-                with open(cf) as f:
-                    c = f.read().strip()
-                if h and c:
-                    self.https_port, self.coaps_port = int(h), int(c)
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        else:
+        try:
+            self.https_port, self.coaps_port = wait_port_files(self._proc, pf, cf, timeout, "the proxy", self.log_tail)
+        except RuntimeError:
             self.stop()
-            raise RuntimeError("the proxy did not start in %d s: %s" % (timeout, self.log_tail()))
+            raise
         self.samples.append(self.sample())
         self._sampler = threading.Thread(target=self._sample_loop, daemon=True)
         self._sampler.start()

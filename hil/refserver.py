@@ -62,6 +62,27 @@ retry_after = {retry_after}
 """
 
 
+def wait_port_files(proc, https_file, coaps_file, timeout, what, log_tail):
+    """(https port, coaps port) once the process `proc` (est-lite serve or
+    proxy) has written both port files; RuntimeError naming `what` and the
+    end of its log (log_tail()) when it exits first or `timeout` s pass."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited (%s): %s" % (what, proc.returncode, log_tail()))
+        try:
+            with open(https_file) as f:
+                h = f.read().strip()
+            with open(coaps_file) as f:
+                c = f.read().strip()
+            if h and c:
+                return int(h), int(c)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("%s did not start in %d s: %s" % (what, timeout, log_tail()))
+
+
 class Factory:
     """The device maker's CA: signs one IDevID (manufacturer certificate)
     per device. DER out, as a board's flash holds them."""
@@ -165,23 +186,12 @@ class RefServer:
                "--coaps-port", "0", "--coaps-port-file", cf]
         self._log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self._proc.poll() is not None:
-                raise RuntimeError("the EST server exited (%s): %s" % (self._proc.returncode, self._log_tail()))
-            try:
-                with open(pf) as f:
-                    h = f.read().strip()
-                with open(cf) as f:
-                    c = f.read().strip()
-                if h and c:
-                    self.https_port, self.coaps_port = int(h), int(c)
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("the EST server did not start in %d s: %s" % (timeout, self._log_tail()))
+        try:
+            self.https_port, self.coaps_port = wait_port_files(self._proc, pf, cf, timeout, "the EST server",
+                                                               self._log_tail)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def _log_tail(self):
         try:
