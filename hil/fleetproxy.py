@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 
-from .refserver import wait_port_files
+from .refserver import stop_process, wait_port_files
 
 CONFIG = """\
 [ca]
@@ -190,13 +190,7 @@ class ProxyProcess:
     def stop(self):
         self._stop_sampling.set()
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
+            stop_process(self._proc)
             self._proc = None
         if self._log is not None:
             self._log.close()

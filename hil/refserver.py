@@ -62,6 +62,17 @@ retry_after = {retry_after}
 """
 
 
+def stop_process(proc, timeout=10):
+    """Terminate `proc` if it still runs, kill it after `timeout` s, reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_port_files(proc, https_file, coaps_file, timeout, what, log_tail):
     """(https port, coaps port) once the process `proc` (est-lite serve or
     proxy) has written both port files; RuntimeError naming `what` and the
@@ -209,13 +220,7 @@ class RefServer:
             self._https.service.ca.store.close()
             self._https = None
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
+            stop_process(self._proc)
             self._proc = None
             self._log.close()
         if self._ca is not None and self.own_process:
