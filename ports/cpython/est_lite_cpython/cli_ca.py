@@ -11,7 +11,6 @@
     est-lite ca backup DEST | verify [BACKUP] | restore BACKUP [--force]   (backup.py)
 """
 
-import errno
 import getpass
 import os
 import sys
@@ -148,7 +147,9 @@ def _rollover_step(d, fn, *a, **kw):
     try:
         return fn(*a, **kw)
     except OSError as e:
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        from .credstore import NO_SPACE_ERRNOS
+
+        full = e.errno in NO_SPACE_ERRNOS
         why = "%s%s" % ("no space on the disk: " if full else "", e.strerror or e)
         fix = "free some space" if full else "fix that (%s)" % (getattr(e, "filename", None) or d)
         if os.path.exists(os.path.join(d, ROLLOVER_JOURNAL)):
@@ -282,7 +283,9 @@ def cmd_issue(args):
                 os.unlink(f)
             except OSError:
                 pass
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        from .credstore import NO_SPACE_ERRNOS
+
+        full = e.errno in NO_SPACE_ERRNOS
         raise LocalProtocolError("cannot write %s: %s%s; the certificate (serial %x) is recorded in the CA store but "
                                  "its key was not kept: revoke it (est-lite ca revoke %x) and issue again once %s"
                                  % (path, "no space on the disk: " if full else "", e.strerror or e, cert.serial_number,

@@ -124,15 +124,11 @@ def _prepare_out(args):
         except OSError as e:
             raise LocalProtocolError("--out %s cannot be created: %s" % (out, e.strerror or e)) from None
         args._made_out = out
-    from .credstore import CredStore
+    from .credstore import CredStore, write_probe
 
     CredStore(out).check_dir()  # /tmp itself: others could plant a key or a trust anchor there
-    import tempfile
-
     try:
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".est-lite-probe-")
-        os.close(fd)
-        os.remove(probe)
+        write_probe(out, 0)
     except OSError as e:
         raise LocalProtocolError("--out %s is not writable: %s" % (out, e.strerror or e)) from None
 

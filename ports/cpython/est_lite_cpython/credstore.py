@@ -21,6 +21,7 @@ processes using one store do not interleave (a save inside a save would
 wait for itself: do not call load() from a save hook).
 """
 
+import errno
 import os
 
 from est_lite.errors import LocalProtocolError
@@ -65,6 +66,33 @@ def write_file_atomic(path, data, mode=0o600, tmp_suffix=".tmp"):
 # data, a filesystem block or more per file)
 SPACE_PROBE = 32768
 
+# the errno values of a write that found no room: a full disk, a quota, a
+# file size limit (RLIMIT_FSIZE)
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_probe(d, size, prefix=".est-lite-probe-"):
+    """Write `size` bytes to a new file in directory d, then remove it;
+    the OSError of the write as it came (errno in NO_SPACE_ERRNOS: no room).
+    Nothing stays, whatever happens."""
+    import tempfile
+
+    name = None
+    try:
+        fd, name = tempfile.mkstemp(dir=d, prefix=prefix)
+        try:
+            view = memoryview(bytes(size))
+            while view:  # (a short write at a file size limit, EFBIG at the next)
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    finally:
+        if name is not None:
+            try:
+                os.remove(name)
+            except OSError:
+                pass
+
 
 class CredStore(_PortableStore):
     def __init__(self, path, max_file=16384):
@@ -93,31 +121,15 @@ class CredStore(_PortableStore):
             raise StoreError("credential store %s cannot be created: %s is not a directory" % (self.path, probe))
         if probe != p and not os.access(probe, os.W_OK | os.X_OK):
             raise StoreError("credential store %s cannot be created: %s is not writable" % (self.path, probe))
-        import errno
-        import tempfile
-
         # a test write of SPACE_PROBE bytes, removed at once: a full disk is
         # said before the server issues a certificate that could not be kept
-        name = None
         try:
-            fd, name = tempfile.mkstemp(dir=probe, prefix=".est-lite-probe-")
-            try:
-                view = memoryview(bytes(SPACE_PROBE))
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            write_probe(probe, SPACE_PROBE)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            if e.errno in NO_SPACE_ERRNOS:
                 raise StoreError("credential store %s: no space on the filesystem (a %d-byte test write failed: %s): "
                                  "free some space and try again" % (self.path, SPACE_PROBE, e.strerror)) from None
             raise StoreError("credential store %s is not writable: %s" % (self.path, e.strerror or e)) from None
-        finally:
-            if name is not None:
-                try:
-                    os.remove(name)
-                except OSError:
-                    pass
 
     def check_dir(self):
         """StoreError if the store's directory exists and every user may

@@ -116,26 +116,12 @@ def no_room(d, size=65536):
     """Why `size` bytes cannot be written in directory d for want of space
     (strerror of ENOSPC, EDQUOT or EFBIG), or None (they can, or it fails
     for another reason). The test file is removed."""
-    import errno
-    import tempfile
+    from .credstore import NO_SPACE_ERRNOS, write_probe
 
-    name = None
     try:
-        fd, name = tempfile.mkstemp(dir=d, prefix=".est-lite-space-")
-        try:
-            view = memoryview(bytes(size))
-            while view:  # (a short write at a file size limit, EFBIG at the next)
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        write_probe(d, size, ".est-lite-space-")
     except OSError as e:
-        return e.strerror if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else None
-    finally:
-        if name is not None:
-            try:
-                os.remove(name)
-            except OSError:
-                pass
+        return e.strerror if e.errno in NO_SPACE_ERRNOS else None
     return None
 
 
