@@ -59,6 +59,7 @@ that forwards the request to an external CA:
 """
 
 import datetime
+import functools
 import logging
 import os
 import shlex
@@ -872,14 +873,15 @@ class LocalCA:
                 serial, der, subject_text = self._issue_der(public_key, subject, sans, eku, not_before, not_after,
                                                             spki_der=spki_der, subject_der=subject_der,
                                                             subject_text=subject_text)
+                after = None
+                if _audit.isEnabledFor(logging.INFO):  # logged once the certificate is in the store
+                    after = functools.partial(_audit.info, "issued serial %x: %s, until %s, label %r, to %s", serial,
+                                              subject_text, _utc_text(not_after), label or "", requester or "-")
                 try:
                     self.store.add_issued(serial, der, subject_text, not_before, not_after, label=label,
-                                          requester=requester, request_id=request_id)
+                                          requester=requester, request_id=request_id, after=after)
                 except DuplicateSerial:
                     continue  # 2**-159 odds; draw a new serial
-                if _audit.isEnabledFor(logging.INFO):
-                    _audit.info("issued serial %x: %s, until %s, label %r, to %s", serial, subject_text,
-                                _utc_text(not_after), label or "", requester or "-")
                 return der if as_der else x509.load_der_x509_certificate(der)
             if _req is not None:  # the builder needs the objects
                 public_key, subject = _req.public_key, _req.subject
@@ -889,13 +891,16 @@ class LocalCA:
                 if subject is None:
                     raise LocalProtocolError("issue_raw without the hand-DER path needs the subject as an x509.Name")
             cert = self._issue_builder(public_key, subject, sans, eku, not_before, not_after)
+            after = None
+            if _audit.isEnabledFor(logging.INFO):
+                after = functools.partial(_audit.info, "issued serial %x: %s, until %s, label %r, to %s",
+                                          cert.serial_number, cert.subject.rfc4514_string(), _utc_text(not_after),
+                                          label or "", requester or "-")
             try:
-                self.store.add_certificate(cert, label=label, requester=requester, request_id=request_id)
+                self.store.add_certificate(cert, label=label, requester=requester, request_id=request_id,
+                                           after=after)
             except DuplicateSerial:
                 continue
-            if _audit.isEnabledFor(logging.INFO):
-                _audit.info("issued serial %x: %s, until %s, label %r, to %s", cert.serial_number,
-                            cert.subject.rfc4514_string(), _utc_text(not_after), label or "", requester or "-")
             return cert.public_bytes(serialization.Encoding.DER) if as_der else cert
         raise LocalProtocolError("could not draw a unique serial number in %d tries" % _tries)
 

@@ -47,6 +47,7 @@ from est_lite.errors import EstError, LimitError, LocalProtocolError, RemoteProt
 from .auth import AuthenticationRequired, DigestChallenger, parse_auth_params
 from .dtls_server import host_key
 from .service import AuthContext, PendingApproval
+from .store import GroupCommit, current_group
 
 log = logging.getLogger("est_lite.server")
 
@@ -105,6 +106,9 @@ _STRAY = (b"\r", b"\n", b"\x00")  # bytes tolerated before a request
 # what a connection generator waits for (with an absolute monotonic deadline)
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
+# (io="loop") the answer holds a certificate whose row the loop's GroupCommit
+# has queued: resumed after the flush that wrote it
+_COMMIT = "commit"
 
 
 class _EpollPoller:
@@ -1021,6 +1025,8 @@ class EstHttpsServer:
                     return
                 conn.count += 1
                 last = self._stopping.is_set() or conn.count >= self.max_requests_per_connection
+                group = current_group()
+                mark = len(group.rows) if group is not None else 0
                 try:
                     close = self._dispatch(conn, req, base, last)
                 except Exception:  # noqa: BLE001 - a bug (or a plug-in's) answers 500; the server keeps serving
@@ -1029,6 +1035,22 @@ class EstHttpsServer:
                     conn.out = []
                     self._send(conn, 500, "text/plain; charset=utf-8", b"internal server error\n", True)
                     close = True
+                if group is not None and len(group.rows) > mark:
+                    # certificates issued for this request: the answer waits
+                    # for the loop's commit of their rows (see _loop)
+                    end = len(group.rows)
+                    yield _COMMIT, float("inf")
+                    e = group.error(mark, end)
+                    if e is not None:
+                        conn.out = []
+                        close = True
+                        if isinstance(e, EstError):
+                            self._send_error(conn, None, e, close=True)
+                        else:
+                            log.error("%s %s %s: internal error: the CA store: %r", addr[0], req.method,
+                                      req.target[:200], e)
+                            self.stats["errors"] += 1
+                            self._send(conn, 500, "text/plain; charset=utf-8", b"internal server error\n", True)
                 close = close or last or self._stopping.is_set()  # (stop() may come during the request)
                 yield from conn.flush(close=close)
                 if close:
@@ -1092,6 +1114,10 @@ class EstHttpsServer:
         due = [float("inf")]  # earliest deadline of a waiting connection (or later)
         stopping = self._stopping
         mono = time.monotonic
+        # group commit: the certificates issued in one pass of the loop are
+        # written in one transaction at its end, their answers held until then
+        group = GroupCommit()
+        parked = []  # (socket, rec) waiting for that commit (_COMMIT)
 
         def step(s, rec, exc):
             try:
@@ -1101,6 +1127,10 @@ class EstHttpsServer:
             except Exception:  # noqa: BLE001 - a bug in one connection must not stop the server
                 log.exception("connection failed")
                 want = None
+            if want is _COMMIT:  # still registered for its last wait: resumed in this pass, before any select
+                rec[2] = until
+                parked.append((s, rec))
+                return
             if want is None:
                 if rec[1]:
                     sel.unregister(s)
@@ -1121,6 +1151,7 @@ class EstHttpsServer:
             if until < due[0]:
                 due[0] = until
 
+        group.install()
         try:
             while not stopping.is_set():
                 now = mono()
@@ -1167,6 +1198,12 @@ class EstHttpsServer:
                             step(c, rec, _TimedOut())
                         elif rec[2] < due[0]:
                             due[0] = rec[2]
+                while parked:  # one commit for the certificates of this pass, then their answers
+                    batch = parked[:]
+                    del parked[:]
+                    group.flush()
+                    for c, rec in batch:
+                        step(c, rec, None)
                 want = len(conns) < cap
                 if paused:  # after a failed accept()
                     if mono() < paused:
@@ -1182,6 +1219,9 @@ class EstHttpsServer:
                 if not listening:
                     due[0] = min(due[0], mono() + 0.1)
         finally:
+            if group.rows:  # (stopping) certificates whose answers will not go out: in the store all the same
+                group.flush()
+            group.uninstall()
             for c, rec in list(conns.items()):
                 rec[0].close()
                 try:

@@ -3,7 +3,10 @@ waiting for (or decided by) manual approval, and revocations.
 
 One database file in WAL mode. Every write is one short `BEGIN IMMEDIATE`
 transaction committed before the server answers, so a certificate a client
-received is always in the store, also after a kill -9 of the server (WAL with
+received is always in the store, also after a kill -9 of the server. An event
+loop that answers many clients may group the certificates it issues in one
+round into one transaction (GroupCommit); it then holds their answers until
+that transaction has committed (WAL with
 synchronous=NORMAL is durable against a process crash; pass
 synchronous="FULL" to be durable against a power cut as well, at the price of
 an fsync per enrollment). Serial numbers are a PRIMARY KEY: a duplicate can
@@ -194,6 +197,77 @@ def serial_hex(serial):
     return "%x" % serial
 
 
+_THREAD = threading.local()  # .group: the GroupCommit installed in this thread
+
+
+def current_group():
+    """The GroupCommit installed in the calling thread, or None."""
+    return getattr(_THREAD, "group", None)
+
+
+class GroupCommit:
+    """Group commit for one event-loop thread. While installed in a thread
+    (install() ... uninstall()), Store.add_issued there queues each issued
+    certificate's row instead of writing it; flush() writes the queued rows
+    of each store in one transaction (one commit for all the certificates a
+    loop issued in one round, instead of one each) and sets `errors`, each
+    row's error or None, in the order the rows were queued.
+
+    The loop must not let a certificate leave before the flush() that made
+    its row durable, and must answer with the error instead when its row's
+    entry is not None: what a client received is then in the store, as with
+    a write per certificate. A row queued but never flushed (the process
+    killed) is a certificate no client received."""
+
+    __slots__ = ("rows", "errors")
+
+    def __init__(self):
+        self.rows = []  # (store, row, after)
+        self.errors = []
+
+    def install(self):
+        if getattr(_THREAD, "group", None) is not None:
+            raise LocalProtocolError("a GroupCommit is already installed in this thread")
+        _THREAD.group = self
+
+    def uninstall(self):
+        if getattr(_THREAD, "group", None) is self:
+            _THREAD.group = None
+
+    def error(self, start, end):
+        """After flush(): the first error among the rows queued at
+        positions start..end-1, or None when they are all durable."""
+        return self.first(self.errors, start, end)
+
+    @staticmethod
+    def first(errors, start, end):
+        """The first error in errors[start:end] (flush's list), or None."""
+        for e in errors[start:end]:
+            if e is not None:
+                return e
+        return None
+
+    def flush(self):
+        """Write the queued rows (see the class); `errors` says how each
+        went. Never raises for a row's failure."""
+        rows, self.rows = self.rows, []
+        errors = [None] * len(rows)
+        by_store = {}
+        for i, (store, row, _after) in enumerate(rows):
+            by_store.setdefault(store, []).append(i)
+        for store, idx in by_store.items():
+            for i, e in zip(idx, store._insert_group([rows[i][1] for i in idx])):
+                errors[i] = e
+        self.errors = errors
+        for (_store, _row, after), e in zip(rows, errors):
+            if e is None and after is not None:
+                try:
+                    after()
+                except Exception:  # noqa: BLE001 - (a log line) the rows are written: the answers go out
+                    pass
+        return errors
+
+
 class Store:
     """The CA database. `path` is the SQLite file (created if missing)."""
 
@@ -304,7 +378,7 @@ class Store:
         return int(self.clock())
 
     # -- certificates --
-    def add_certificate(self, cert, *, label="", requester=None, request_id=None):
+    def add_certificate(self, cert, *, label="", requester=None, request_id=None, after=None):
         """Store an issued certificate (a cryptography x509.Certificate).
         Raises DuplicateSerial if the serial is already taken. When
         request_id is given the request is marked issued in the same
@@ -313,15 +387,25 @@ class Store:
 
         return self.add_issued(cert.serial_number, cert.public_bytes(Encoding.DER), cert.subject.rfc4514_string(),
                                int(cert.not_valid_before_utc.timestamp()), int(cert.not_valid_after_utc.timestamp()),
-                               label=label, requester=requester, request_id=request_id)
+                               label=label, requester=requester, request_id=request_id, after=after)
 
-    def add_issued(self, serial, der, subject, not_before, not_after, *, label="", requester=None, request_id=None):
+    def add_issued(self, serial, der, subject, not_before, not_after, *, label="", requester=None, request_id=None,
+                   after=None):
         """add_certificate from the fields the CA already knows (serial int,
         certificate DER, subject as RFC 4514 text, validity as Unix times):
-        no certificate parsing. Same durability and DuplicateSerial."""
+        no certificate parsing. Same durability and DuplicateSerial.
+
+        `after()`, if given, is called once the row is durable. In a thread
+        with a GroupCommit installed, a certificate without request_id is
+        only queued: durable (and `after` called) at the group's flush(),
+        which reports a DuplicateSerial or a failed write there."""
         serial = "%x" % serial
         row = (serial, label or "", subject, int(not_before), int(not_after), self._now(), requester, request_id, der)
         if request_id is None:
+            group = getattr(_THREAD, "group", None)
+            if group is not None:
+                group.rows.append((self, row, after))
+                return serial
             # one statement = one implicit transaction (autocommit): durable on return
             try:
                 with self._wlock:
@@ -331,6 +415,8 @@ class Store:
                 raise DuplicateSerial("serial %s already issued" % serial) from None
             except sqlite3.OperationalError as e:
                 raise full_disk(e, self.path) or e from None
+            if after is not None:
+                after()
             return serial
 
         def tx(db):
@@ -344,7 +430,36 @@ class Store:
             )
 
         self._write(tx)
+        if after is not None:
+            after()
         return serial
+
+    def _insert_group(self, rows):
+        """GroupCommit.flush for this store's rows: each row's error, or
+        None once it is durable. One transaction; when a serial is taken
+        (2**-159 odds) the rows go one by one, so only that one fails."""
+        errors = [None] * len(rows)
+        try:
+            with self._wlock:
+                self._check_file()
+                db = self._wdb()
+                try:
+                    if len(rows) == 1:  # one statement, one implicit transaction (fewer calls)
+                        db.execute(_INSERT_CERT, rows[0])
+                    else:
+                        write_transaction(db, lambda db: db.executemany(_INSERT_CERT, rows))
+                except sqlite3.IntegrityError:
+                    for i, row in enumerate(rows):
+                        try:
+                            db.execute(_INSERT_CERT, row)
+                        except sqlite3.IntegrityError:
+                            errors[i] = DuplicateSerial("the CA drew serial %s, which it had already issued (odds "
+                                                        "2**-159): nothing was issued; try again" % row[0])
+        except sqlite3.OperationalError as e:
+            return [full_disk(e, self.path) or e] * len(rows)
+        except Exception as e:  # noqa: BLE001 - StoreError (file replaced), a bug: no row written
+            return [e] * len(rows)
+        return errors
 
     def get_certificate(self, serial):
         """DER of an issued certificate, or None."""
