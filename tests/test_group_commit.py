@@ -238,3 +238,40 @@ def test_https_threads_mode_writes_at_once(est_server_factory):
     assert r.status == 200, r.text
     assert calls == []
     assert serial_hex(r.certs()[0].serial_number) in set(srv.ca.store.all_serials())
+
+
+def _lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.name in ("est_lite.server", "est_lite.ca")]
+
+
+def test_https_access_line_says_ok_only_once_the_certificate_is_stored(est_server, caplog):
+    """The '-> ok' line of an enrollment comes after the certificate's
+    commit and its 'issued serial' line, as with a write per certificate;
+    a request whose commit failed has no '-> ok' line (on 84f5b26 the line
+    was written before the commit: 'ok' for a client answered 500)."""
+    import logging
+
+    srv = est_server
+    fail = [True]
+
+    def hook(rows, real):
+        if fail[0]:
+            fail[0] = False
+            return [StoreError("the CA store ca.db: no space on the disk (test): nothing was written")] * len(rows)
+        return real(rows)
+
+    _wrap_insert(srv.ca.store, hook)
+    with caplog.at_level(logging.INFO, logger="est_lite"):
+        r = srv.request("POST", srv.path("simpleenroll"), make_csr("gc-log-fail")[1], auth=(USER, PASSWORD))
+        assert r.status == 500, r.text
+        failed = _lines(caplog)
+        caplog.clear()
+        r = srv.request("POST", srv.path("simpleenroll"), make_csr("gc-log-ok")[1], auth=(USER, PASSWORD))
+        assert r.status == 200, r.text
+        ok = _lines(caplog)
+    assert not [m for m in failed if "simpleenroll -> ok" in m], failed
+    assert [m for m in failed if "-> 500" in m or "internal error" in m], failed
+    assert not [m for m in failed if "issued serial" in m], failed
+    issued = [i for i, m in enumerate(ok) if m.startswith("issued serial") and "CN=gc-log-ok" in m]
+    done = [i for i, m in enumerate(ok) if "simpleenroll -> ok" in m]
+    assert len(issued) == 1 and len(done) == 1 and issued[0] < done[0], ok

@@ -342,6 +342,9 @@ class _Conn:
         # same send, instead of in a send of its own (TLS 1.2's last flight
         # is awaited by the client: there it is sent before reading)
         self.hold = False
+        # (io="loop") the path of a request answered ok whose certificate
+        # waits for the group commit: its "-> ok" line comes after that
+        self.ok_path = None
 
     def _fill(self):
         while True:
@@ -1028,7 +1031,7 @@ class EstHttpsServer:
                 group = current_group()
                 mark = len(group.rows) if group is not None else 0
                 try:
-                    close = self._dispatch(conn, req, base, last)
+                    close = self._dispatch(conn, req, base, last, group, mark)
                 except Exception:  # noqa: BLE001 - a bug (or a plug-in's) answers 500; the server keeps serving
                     log.exception("%s %s %s: internal error", addr[0], req.method, req.target[:200])
                     self.stats["errors"] += 1
@@ -1051,6 +1054,9 @@ class EstHttpsServer:
                                       req.target[:200], e)
                             self.stats["errors"] += 1
                             self._send(conn, 500, "text/plain; charset=utf-8", b"internal server error\n", True)
+                    elif conn.ok_path is not None:  # stored (and its 'issued serial' line written): now ok
+                        log.info("%s %s %s -> ok", addr[0], req.method, conn.ok_path)
+                    conn.ok_path = None
                 close = close or last or self._stopping.is_set()  # (stop() may come during the request)
                 yield from conn.flush(close=close)
                 if close:
@@ -1271,9 +1277,12 @@ class EstHttpsServer:
         return info
 
     # -- HTTP --
-    def _dispatch(self, conn, req, base, last=False):
+    def _dispatch(self, conn, req, base, last=False, group=None, mark=0):
         """Handle one request; returns True to close the connection.
-        `last`: the server closes after this answer (it says so)."""
+        `last`: the server closes after this answer (it says so). `group`:
+        the loop's GroupCommit (rows from `mark` on are this request's): the
+        "-> ok" line of an answer holding a queued certificate is left to
+        _serve, after the commit."""
         self.stats["requests"] += 1
         close = last or req.header("connection", "").lower() == "close" or (
             req.version == "HTTP/1.0" and req.header("connection", "").lower() != "keep-alive")
@@ -1334,7 +1343,10 @@ class EstHttpsServer:
                         b"--", boundary.encode(), b"--\r\n",
                     ])
                     self._send(conn, 200, "multipart/mixed; boundary=%s" % boundary, body, close)
-            log.info("%s %s %s -> ok", conn.addr[0], req.method, path[:200])
+            if group is not None and len(group.rows) > mark:
+                conn.ok_path = path[:200]
+            else:
+                log.info("%s %s %s -> ok", conn.addr[0], req.method, path[:200])
         except PendingApproval as e:
             self._send(conn, 202, numbers.MT_TEXT_PLAIN, (e.msg + "\n").encode(), close,
                        extra=[("Retry-After", str(int(e.retry_after)))])
