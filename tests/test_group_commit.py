@@ -199,8 +199,11 @@ def test_https_answers_leave_after_their_commit_and_share_it(est_server):
         for c in conns:
             c.close()
     assert [r.status for r in results] == [200] * 9, [(r.status, r.text) for r in results if r]
-    assert commits[0][:2] == (1, 0) and commits[1][:2] == (8, 1), commits
-    assert commits[0][2] == 0 and commits[1][2] == 1, commits  # nothing answered during either commit
+    # no answer before its commit: none during the first, at most the
+    # first's during the second (it went out before the second began, but
+    # its reader thread may not have run yet: 0 or 1)
+    assert [c[0] for c in commits] == [1, 8], commits
+    assert commits[0][1:] == (0, 0) and commits[1][1] <= 1 and commits[1][2] <= 1, commits
     stored = set(srv.ca.store.all_serials())
     for r in results:
         assert serial_hex(r.certs()[0].serial_number) in stored
