@@ -278,3 +278,35 @@ def test_https_access_line_says_ok_only_once_the_certificate_is_stored(est_serve
     issued = [i for i, m in enumerate(ok) if m.startswith("issued serial") and "CN=gc-log-ok" in m]
     done = [i for i, m in enumerate(ok) if "simpleenroll -> ok" in m]
     assert len(issued) == 1 and len(done) == 1 and issued[0] < done[0], ok
+
+
+def test_rows_written_one_by_one_keep_their_own_outcome(tmp_path):
+    """After a taken serial the rows go one by one, each its own commit:
+    one that then fails (here a full disk: PRAGMA max_page_count) fails
+    alone; the row written before it is durable, so it is None (its answer
+    goes out and its audit line is written). On 84f5b26 every row was
+    reported failed, the written one too: a stored certificate with no
+    'issued serial' line, whose client was answered 500."""
+    ca = init_ca(str(tmp_path / "ca"))
+    st = ca.store
+    st.add_issued(0xABC, b"\x30\x00", "CN=first", 1, 2)
+    db = st._wdb()
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute("PRAGMA max_page_count=%d" % (pages + 2))
+    logged = []
+    group = GroupCommit()
+    group.install()
+    try:
+        for serial, der in ((0x1, b"\x30\x01"), (0xABC, b"\x30\x02"), (0x2, b"\x30" * 200000)):
+            st.add_issued(serial, der, "CN=%x" % serial, 1, 2, after=lambda s=serial: logged.append(s))
+        errors = group.flush()
+    finally:
+        group.uninstall()
+    db.execute("PRAGMA max_page_count=1073741823")
+    assert errors[0] is None, errors
+    assert isinstance(errors[1], DuplicateSerial), errors
+    assert isinstance(errors[2], StoreError) and "no space on the disk" in str(errors[2]), errors
+    assert logged == [0x1]
+    stored = _stored(st.path)
+    assert "1" in stored and "2" not in stored
+    st.close()

@@ -449,12 +449,14 @@ class Store:
                     else:
                         write_transaction(db, lambda db: db.executemany(_INSERT_CERT, rows))
                 except sqlite3.IntegrityError:
-                    for i, row in enumerate(rows):
+                    for i, row in enumerate(rows):  # each its own commit: each its own outcome
                         try:
                             db.execute(_INSERT_CERT, row)
                         except sqlite3.IntegrityError:
                             errors[i] = DuplicateSerial("the CA drew serial %s, which it had already issued (odds "
                                                         "2**-159): nothing was issued; try again" % row[0])
+                        except sqlite3.OperationalError as e:  # this row only: the ones before are durable
+                            errors[i] = full_disk(e, self.path) or e
         except sqlite3.OperationalError as e:
             return [full_disk(e, self.path) or e] * len(rows)
         except Exception as e:  # noqa: BLE001 - StoreError (file replaced), a bug: no row written
