@@ -310,3 +310,42 @@ def test_rows_written_one_by_one_keep_their_own_outcome(tmp_path):
     stored = _stored(st.path)
     assert "1" in stored and "2" not in stored
     st.close()
+
+
+def test_https_pipelined_enrollments_each_wait_for_their_own_commit(est_server):
+    """Two enrollments pipelined in one send on one connection: the second
+    is read after the first's answer went out (after the first commit) and
+    has a commit of its own; neither answer is on the wire before the
+    commit that stored its certificate."""
+    srv = est_server
+    got = []  # the bytes the client received, as they came
+    commits = []  # (serials in the commit, answers received by its end)
+
+    def hook(rows, real):
+        time.sleep(0.2)  # an answer sent before this commit would arrive meanwhile
+        out = real(rows)
+        commits.append(([r[0] for r in rows], b"".join(got).count(b"HTTP/1.1 ")))
+        return out
+
+    _wrap_insert(srv.ca.store, hook)
+    c = _connect(srv)
+    first = _request("gc-pipe-1").replace(b"Connection: close\r\n", b"")
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: c.recv(65536), b"")))
+    try:
+        c.sendall(first + _request("gc-pipe-2"))
+        reader.start()
+        reader.join(20)
+    finally:
+        c.close()
+    data = b"".join(got)
+    answers = []
+    while data:
+        r = Response.parse(data)
+        answers.append(r)
+        head = data.index(b"\r\n\r\n") + 4
+        data = data[head + int(r.header("content-length")):]
+    assert [r.status for r in answers] == [200, 200], [(r.status, r.text) for r in answers]
+    serials = [serial_hex(r.certs()[0].serial_number) for r in answers]
+    assert [s for s, _ in commits] == [[serials[0]], [serials[1]]], (commits, serials)
+    assert [n for _, n in commits] == [0, 1] or [n for _, n in commits] == [0, 0], commits
+    assert set(serials) <= set(srv.ca.store.all_serials())
