@@ -354,12 +354,32 @@ class EstResource(resource.Resource, resource.PathCapable):
         try:
             return await self._render(request, path)
         except EstError as e:
-            self.stats["errors"] += 1
-            if isinstance(e, PendingApproval) and not isinstance(e, ServerBusy):
-                self.stats["pending"] += 1
-            log.info("%s %s -> %s %s", _who(request), _path(request), numbers.code_str(getattr(e, "coap_code", 0xA0)),
-                     e.msg if isinstance(e, EstError) else e)
-            return error_response(e)
+            return self._error(request, e)
+
+    def _error(self, request, e):
+        self.stats["errors"] += 1
+        if isinstance(e, PendingApproval) and not isinstance(e, ServerBusy):
+            self.stats["pending"] += 1
+        log.info("%s %s -> %s %s", _who(request), _path(request), numbers.code_str(getattr(e, "coap_code", 0xA0)),
+                 e.msg if isinstance(e, EstError) else e)
+        return error_response(e)
+
+    def unwritten(self, request, e):
+        """The answer to a POST rendered with its certificate's row queued
+        (store.GroupCommit) when that row could not be written: the error
+        (e: a StoreError, DuplicateSerial, or an sqlite3 error) as if the
+        write had failed during the render, and the Block2 transfer that
+        held the certificate dropped."""
+        segs = list(request.opt.uri_path)
+        op, label, _short = numbers.parse_path(segs)  # (it was rendered: a valid EST path)
+        remote = request.remote
+        skey = getattr(remote, "blockwise_key", None) or id(remote)
+        self._transfers.pop((skey, segs[-1].lower(), label or ""), None)
+        self.stats["serverkeygen" if op == numbers.OP_SERVERKEYGEN else "enrolled"] -= 1
+        if isinstance(e, EstError):
+            return self._error(request, e)
+        log.error("%s %s: internal error: the CA store: %r", _who(request), _path(request), e)
+        return _msg(Code.INTERNAL_SERVER_ERROR)
 
     async def _render(self, request, path):
         check_critical_options(request)
@@ -634,6 +654,12 @@ class EstSite(resource.Resource, resource.PathCapable):
             return e.value
         coro.close()
         raise LocalProtocolError("EST rendering suspended although the service runs on the event loop")
+
+    def fast_failed(self, request, e):
+        """The answer to a request fast_render answered when the row of the
+        certificate it issued could not be written at the group commit (see
+        coaps_transport): the error; nothing of the certificate is kept."""
+        return self.est.unwritten(request, e)
 
     async def render(self, request):
         return _as_message(await self._render_any(request))

@@ -22,6 +22,12 @@ epoch, RFC 7252 §9.1.2) is a new remote, so message deduplication and
 block-wise state never cross sessions. The remote's `maximum_block_size_exp`
 follows the session's MTU so aiocoap's automatic Block2 responses fit one
 datagram.
+
+Group commit (the fast path only): the certificates that the synchronous
+renders of one event-loop iteration issue are written to the CA store in one
+transaction (store.GroupCommit) by a callback the loop runs next; their
+answers are held until then, and an answer whose row failed becomes the
+error instead.
 """
 
 import asyncio
@@ -35,9 +41,11 @@ from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin
 
 from .dtls_server import DtlsServer
+from .store import GroupCommit
 
 _COAP_OVERHEAD = 64  # header, token and options budget next to a block's payload
 _ANSWERS_KEPT = 16  # answers kept per session for retransmitted CON requests (fast path)
+_HELD = b""  # in CoapsRemote.answered: the answer is held for the group commit (a retransmission is ignored)
 
 
 def _block_exp_for(max_payload):
@@ -180,6 +188,7 @@ class CoapsRemote(interfaces.EndpointAddress):
         self.peer = peer
         self.via_aiocoap = False  # a message went to aiocoap's machinery (which then may hold state for us)
         self.answered = collections.OrderedDict()  # CON message id -> answer bytes (fast path deduplication)
+        self.held = 0  # answers of the fast path waiting for the group commit
         self.maximum_block_size_exp = _block_exp_for(peer.max_payload or 0)
 
     def __repr__(self):
@@ -268,6 +277,10 @@ class CoapsServerInterface(GenericMessageInterface):
         self._remotes = {}  # peer id -> CoapsRemote
         self.unparsable = 0  # datagrams of established sessions that are not CoAP
         self.fast_render = None  # site.fast_render: synchronous answers without aiocoap's exchange machinery
+        self.fast_failed = None  # site.fast_failed(request, error): the answer when the request's certificate
+        # could not be written at the group commit
+        self._group = GroupCommit()  # installed around each fast render: the rows it queues wait for _commit
+        self._held = []  # (remote, request, response, first row, end row) waiting for _commit
         self._mid = int.from_bytes(os.urandom(2), "big")
         self.server = None
         self.hostinfo_local = None
@@ -336,15 +349,42 @@ class CoapsServerInterface(GenericMessageInterface):
         if request.mtype is CON:
             cached = answered.get(request.mid)
             if cached is not None:
-                remote.send(cached)
+                if cached is not _HELD:  # (held: the client retransmits again and gets it from here)
+                    remote.send(cached)
                 return True
+        if remote.held:
+            b2 = request.opt.block2
+            if b2 is not None and b2.block_number:
+                return True  # more of an answer not sent yet (its certificate is not written yet): ignored
+        group = self._group
+        start = len(group.rows)
         try:
-            response = self.fast_render(request)
+            group.install()
+            try:
+                response = self.fast_render(request)
+            finally:
+                group.uninstall()
         except Exception:  # noqa: BLE001 - a bug in one request must not take the session down
             self._log.exception("fast render of %s failed", request)
             response = Message(code=Code.INTERNAL_SERVER_ERROR)
         if response is None:
             return False
+        end = len(group.rows)
+        if end > start:
+            # the answer carries certificates whose rows are only queued: it
+            # waits for the one commit of this loop iteration (_commit)
+            if not self._held:
+                self._loop.call_soon(self._commit)
+            self._held.append((remote, request, response, start, end))
+            remote.held += 1
+            if request.mtype is CON:
+                answered[request.mid] = _HELD
+            return True
+        self._answer(remote, request, response)
+        return True
+
+    def _answer(self, remote, request, response):
+        answered = remote.answered
         response.token = request.token
         if request.mtype is CON:
             response.mtype, response.mid = ACK, request.mid
@@ -357,7 +397,32 @@ class CoapsServerInterface(GenericMessageInterface):
             while len(answered) > _ANSWERS_KEPT:
                 answered.pop(next(iter(answered)))
         remote.send(data)
-        return True
+
+    def _commit(self):
+        """Write the rows the fast renders queued since the last call in one
+        transaction, then send their held answers; an answer whose row
+        failed is replaced by the error (site.fast_failed). The answer of a
+        session closed meanwhile is dropped (its row is written all the same)."""
+        held, self._held = self._held, []
+        if not held and not self._group.rows:
+            return
+        errors = self._group.flush()
+        for remote, request, response, start, end in held:
+            remote.held -= 1
+            e = GroupCommit.first(errors, start, end)
+            if e is not None:
+                response = None
+                if self.fast_failed is not None:
+                    try:
+                        response = self.fast_failed(request, e)
+                    except Exception:  # noqa: BLE001 - a bug here must not keep the other answers
+                        self._log.exception("fast_failed of %s failed", request)
+                if response is None:
+                    self._log.error("%s: the certificate could not be stored: %r", request, e)
+                    response = Message(code=Code.INTERNAL_SERVER_ERROR)
+            if remote.peer.closed:
+                continue
+            self._answer(remote, request, response)
 
     def _session_closed(self, peer, reason):
         r = self._remotes.pop(peer.id, None)
@@ -380,6 +445,7 @@ class CoapsServerInterface(GenericMessageInterface):
         return isinstance(remote, CoapsRemote) and remote._interface is self
 
     async def shutdown(self):
+        self._commit()  # (stopping) what the fast path issued goes to the store, the answers out if they can
         self._remotes.clear()
         await super().shutdown()
 
@@ -408,6 +474,7 @@ async def create_coaps_server_context(
     async def construct(mman):
         t = await CoapsServerInterface.create(mman, ctx.log, loop, bind, cert, key, trusted_cas, **dtls_options)
         t.fast_render = getattr(site, "fast_render", None)
+        t.fast_failed = getattr(site, "fast_failed", None)
         made.append(t)
         return t
 
