@@ -1157,6 +1157,14 @@ class EstHttpsServer:
             if until < due[0]:
                 due[0] = until
 
+        def commit_parked():
+            while parked:  # one commit for the certificates of this pass, then their answers
+                batch = parked[:]
+                del parked[:]
+                group.flush()
+                for c, rec in batch:
+                    step(c, rec, None)
+
         group.install()
         try:
             while not stopping.is_set():
@@ -1172,6 +1180,8 @@ class EstHttpsServer:
                             pass
                     else:
                         accept = True
+                # the answers that wait for it before the handshakes of new connections
+                commit_parked()
                 # new connections after the ones in progress, a few per pass:
                 # a ClientHello costs the loop ~0.3 ms, and the connections
                 # already under way finish first (the rest wait in the backlog)
@@ -1204,12 +1214,7 @@ class EstHttpsServer:
                             step(c, rec, _TimedOut())
                         elif rec[2] < due[0]:
                             due[0] = rec[2]
-                while parked:  # one commit for the certificates of this pass, then their answers
-                    batch = parked[:]
-                    del parked[:]
-                    group.flush()
-                    for c, rec in batch:
-                        step(c, rec, None)
+                commit_parked()  # (none parks above: no request is read there; in case one ever does)
                 want = len(conns) < cap
                 if paused:  # after a failed accept()
                     if mono() < paused:
