@@ -278,3 +278,72 @@ def test_a_session_closed_while_held_drops_the_answer(srv):
 
     assert asyncio.run(run()) == []
     assert len(set(srv.ca.store.all_serials()) - before) == 1  # written all the same
+
+
+# -- review of c7956bf --
+
+
+def test_an_answer_that_cannot_be_sent_at_the_commit_keeps_the_others(srv):
+    """One held answer whose send raises (DtlsPeer.send: an OpenSSL error
+    is a LocalProtocolError) must not keep the answers after it: on
+    c7956bf the exception left _commit, the next session never got its
+    answer and stayed `held` (its Block2 follow-ups ignored for good).
+    Before the group commit, DtlsServer contained it to one datagram."""
+    from est_lite.errors import LocalProtocolError
+
+    before = set(srv.ca.store.all_serials())
+
+    def refuse(data):
+        raise LocalProtocolError("cannot send %d bytes (test)" % len(data))
+
+    async def run():
+        iface = _interface(srv.ca.store)
+        bad, good = _Peer(), _Peer()
+        good.id, good.address = 2, ("127.0.0.1", 40001)
+        bad.send = refuse
+        rb, rg = iface._remote(bad), iface._remote(good)
+        assert iface._fast(rb, plain_request(_sen("bad", 9), rb))
+        assert iface._fast(rg, plain_request(_sen("good", 10), rg))
+        await asyncio.sleep(0)  # the loop runs the commit
+        return rb, rg, good.sent
+
+    rb, rg, sent = asyncio.run(run())
+    assert len(sent) == 1 and coap.decode(sent[0]).code == N.CHANGED
+    assert (rb.held, rg.held) == (0, 0)
+    assert len(set(srv.ca.store.all_serials()) - before) == 2
+
+
+def test_an_error_answer_whose_row_failed_is_counted_once(srv, dev, monkeypatch):
+    """A render that queued its certificate's row and then answered an
+    error (the service refused after its CA issued): when that row fails
+    the answer is still that one error. On c7956bf fast_failed replaced it
+    and counted it again: stats errors +2 and enrolled -1 for one request,
+    two error lines."""
+    from est_lite_cpython.coaps_server import CoapError
+
+    svc = srv.coaps.resource.service
+    real = svc.simpleenroll
+
+    def enroll_then_refuse(label, csr, ctx):
+        real(label, csr, ctx)
+        raise CoapError("refused after the CA issued (test)", 0x86)
+
+    monkeypatch.setattr(svc, "simpleenroll", enroll_then_refuse)
+    calls = []
+
+    def hook(rows, real_insert):
+        calls.append(len(rows))
+        return [StoreError("the CA store ca.db: no space on the disk (test): nothing was written")] * len(rows)
+
+    _wrap_insert(monkeypatch, srv.ca.store, hook)
+    before = set(srv.ca.store.all_serials())
+    st = srv.coaps_stats()
+    errors, enrolled = st.get("errors", 0), st.get("enrolled", 0)
+    with srv.dtls_client(dev) as dc:
+        dc.send(_sen("gc-refused", 0x500))
+        r = coap.decode(dc.recv(timeout=10))
+    assert calls == [1]
+    assert r.code == 0x86 and b"refused after the CA issued" in bytes(r.payload), (r.code, bytes(r.payload))
+    st = srv.coaps_stats()
+    assert (st.get("errors", 0), st.get("enrolled", 0)) == (errors + 1, enrolled)
+    assert set(srv.ca.store.all_serials()) == before

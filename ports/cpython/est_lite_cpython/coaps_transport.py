@@ -410,7 +410,11 @@ class CoapsServerInterface(GenericMessageInterface):
         for remote, request, response, start, end in held:
             remote.held -= 1
             e = GroupCommit.first(errors, start, end)
-            if e is not None:
+            if e is not None and int(response.code) >= 0x80:
+                # already an error (the render failed after its CA issued):
+                # it stands, counted and logged once
+                self._log.error("%s: the certificate could not be stored: %r", request, e)
+            elif e is not None:
                 response = None
                 if self.fast_failed is not None:
                     try:
@@ -422,7 +426,12 @@ class CoapsServerInterface(GenericMessageInterface):
                     response = Message(code=Code.INTERNAL_SERVER_ERROR)
             if remote.peer.closed:
                 continue
-            self._answer(remote, request, response)
+            try:
+                self._answer(remote, request, response)
+            except Exception:  # noqa: BLE001 - as DtlsServer does per datagram: the other answers go out
+                self._log.exception("answer to %s failed", request)
+                if request.mtype is CON and remote.answered.get(request.mid) is _HELD:  # not ignored for good
+                    del remote.answered[request.mid]
 
     def _session_closed(self, peer, reason):
         r = self._remotes.pop(peer.id, None)
