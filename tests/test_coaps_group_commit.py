@@ -347,3 +347,56 @@ def test_an_error_answer_whose_row_failed_is_counted_once(srv, dev, monkeypatch)
     st = srv.coaps_stats()
     assert (st.get("errors", 0), st.get("enrolled", 0)) == (errors + 1, enrolled)
     assert set(srv.ca.store.all_serials()) == before
+
+
+def test_a_failed_row_drops_its_own_block2_transfer_not_the_next_ones(srv, dev, monkeypatch):
+    """Two enrollments on one session in one wake-up, both answered in
+    Block2 blocks: the first one's row fails, the second's is written. The
+    failure drops the first one's transfer only; on c7956bf it dropped
+    whatever transfer the session had under that resource (by then the
+    second one's), and the second client's block 1 was 4.08 though its
+    certificate was in the store."""
+    calls = []
+    in_first, go = threading.Event(), threading.Event()
+
+    def hook(rows, real):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            in_first.set()
+            go.wait(10)
+            return real(rows)
+        if len(calls) == 2:
+            return [StoreError("the CA store ca.db: no space on the disk (test): nothing was written")] + \
+                real(rows[1:])
+        return real(rows)
+
+    _wrap_insert(monkeypatch, srv.ca.store, hook)
+    before = set(srv.ca.store.all_serials())
+    a, b = srv.dtls_client(dev), srv.dtls_client(dev)
+    try:
+        a.send(_sen("gc-x", 0x600))
+        assert in_first.wait(10)
+        b.send(_sen("gc-fails", 0x700, block2=(0, 0, 2)))  # 64-byte blocks
+        b.send(_sen("gc-stored", 0x701, block2=(0, 0, 2)))
+        go.set()
+        assert coap.decode(a.recv(timeout=10)).code == N.CHANGED
+        r1 = coap.decode(b.recv(timeout=10))
+        r2 = coap.decode(b.recv(timeout=10))
+        assert (r1.mid, r1.code) == (0x700, 0xA0), (r1.mid, r1.code, bytes(r1.payload))
+        assert (r2.mid, r2.code) == (0x701, N.CHANGED) and coap.block_decode(coap.opt(r2, 23)) == (0, 1, 2)
+        body = bytes(r2.payload)
+        num = 1
+        while True:
+            b.send(coap.request(N.POST, SEN, os.urandom(4), 0x702 + num, block2=(num, 0, 2)).encode())
+            r = coap.decode(b.recv(timeout=10))
+            assert r.code == N.CHANGED, (num, r.code, bytes(r.payload))
+            body += bytes(r.payload)
+            if not coap.block_decode(coap.opt(r, 23))[1]:
+                break
+            num += 1
+    finally:
+        a.close()
+        b.close()
+    assert calls == [1, 2], calls
+    new = set(srv.ca.store.all_serials()) - before
+    assert len(new) == 2 and serial_hex(_cert_serial(body)) in new  # gc-x and gc-stored, whole

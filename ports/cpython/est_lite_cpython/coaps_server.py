@@ -364,17 +364,24 @@ class EstResource(resource.Resource, resource.PathCapable):
                  e.msg if isinstance(e, EstError) else e)
         return error_response(e)
 
-    def unwritten(self, request, e):
+    def unwritten(self, request, e, certs=None):
         """The answer to a POST rendered with its certificate's row queued
         (store.GroupCommit) when that row could not be written: the error
         (e: a StoreError, DuplicateSerial, or an sqlite3 error) as if the
         write had failed during the render, and the Block2 transfer that
-        held the certificate dropped."""
+        held the certificate dropped. certs: the DER of the request's
+        certificates; the session's transfer for that resource is dropped
+        only if it holds one of them (a later request's is not this one's).
+        None (or no DER): dropped in any case."""
         segs = list(request.opt.uri_path)
         op, label, _short = numbers.parse_path(segs)  # (it was rendered: a valid EST path)
         remote = request.remote
         skey = getattr(remote, "blockwise_key", None) or id(remote)
-        self._transfers.pop((skey, segs[-1].lower(), label or ""), None)
+        key = (skey, segs[-1].lower(), label or "")
+        tr = self._transfers.get(key)
+        ders = [bytes(c) for c in certs or () if isinstance(c, (bytes, bytearray, memoryview)) and len(c)]
+        if tr is not None and (not ders or any(d in (tr.body or b"") for d in ders)):  # (in doubt: dropped)
+            del self._transfers[key]
         self.stats["serverkeygen" if op == numbers.OP_SERVERKEYGEN else "enrolled"] -= 1
         if isinstance(e, EstError):
             return self._error(request, e)
@@ -655,11 +662,12 @@ class EstSite(resource.Resource, resource.PathCapable):
         coro.close()
         raise LocalProtocolError("EST rendering suspended although the service runs on the event loop")
 
-    def fast_failed(self, request, e):
+    def fast_failed(self, request, e, certs=None):
         """The answer to a request fast_render answered when the row of the
         certificate it issued could not be written at the group commit (see
-        coaps_transport): the error; nothing of the certificate is kept."""
-        return self.est.unwritten(request, e)
+        coaps_transport; certs: their DER): the error; nothing of the
+        certificate is kept."""
+        return self.est.unwritten(request, e, certs)
 
     async def render(self, request):
         return _as_message(await self._render_any(request))

@@ -277,8 +277,8 @@ class CoapsServerInterface(GenericMessageInterface):
         self._remotes = {}  # peer id -> CoapsRemote
         self.unparsable = 0  # datagrams of established sessions that are not CoAP
         self.fast_render = None  # site.fast_render: synchronous answers without aiocoap's exchange machinery
-        self.fast_failed = None  # site.fast_failed(request, error): the answer when the request's certificate
-        # could not be written at the group commit
+        self.fast_failed = None  # site.fast_failed(request, error, certificates' DER): the answer when the
+        # request's certificates could not be written at the group commit
         self._group = GroupCommit()  # installed around each fast render: the rows it queues wait for _commit
         self._held = []  # (remote, request, response, first row, end row) waiting for _commit
         self._mid = int.from_bytes(os.urandom(2), "big")
@@ -404,7 +404,8 @@ class CoapsServerInterface(GenericMessageInterface):
         failed is replaced by the error (site.fast_failed). The answer of a
         session closed meanwhile is dropped (its row is written all the same)."""
         held, self._held = self._held, []
-        if not held and not self._group.rows:
+        rows = self._group.rows
+        if not held and not rows:
             return
         errors = self._group.flush()
         for remote, request, response, start, end in held:
@@ -418,7 +419,8 @@ class CoapsServerInterface(GenericMessageInterface):
                 response = None
                 if self.fast_failed is not None:
                     try:
-                        response = self.fast_failed(request, e)
+                        # (the certificates: the transfer to drop is the one that holds them)
+                        response = self.fast_failed(request, e, [r[1][-1] for r in rows[start:end]])
                     except Exception:  # noqa: BLE001 - a bug here must not keep the other answers
                         self._log.exception("fast_failed of %s failed", request)
                 if response is None:
