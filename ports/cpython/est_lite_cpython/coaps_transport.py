@@ -420,7 +420,7 @@ class CoapsServerInterface(GenericMessageInterface):
                 if self.fast_failed is not None:
                     try:
                         # (the certificates: the transfer to drop is the one that holds them)
-                        response = self.fast_failed(request, e, [r[1][-1] for r in rows[start:end]])
+                        response = self.fast_failed(request, e, GroupCommit.certificates(rows, start, end))
                     except Exception:  # noqa: BLE001 - a bug here must not keep the other answers
                         self._log.exception("fast_failed of %s failed", request)
                 if response is None:

@@ -240,6 +240,12 @@ class GroupCommit:
         return self.first(self.errors, start, end)
 
     @staticmethod
+    def certificates(rows, start, end):
+        """The certificates (DER) of rows[start:end] of a group's queued
+        `rows` (the list, taken before its flush)."""
+        return [row[-1] for _store, row, _after in rows[start:end]]
+
+    @staticmethod
     def first(errors, start, end):
         """The first error in errors[start:end] (flush's list), or None."""
         for e in errors[start:end]:
