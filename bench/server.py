@@ -34,11 +34,15 @@ measured throughput divided by that floor (target >= 0.25); the floor is
 measured as CPU time of the measuring thread, before the run and again
 between concurrency levels, and the smallest batch counts, so other load
 on the machine does not inflate it (with --split-cpus on the server's CPU,
-whose speed is then what both figures measure). The load generator runs on the
-same CPUs as the server: the JSON also reports its CPU per enrollment,
+whose speed is then what both figures measure). The JSON also reports the
+load generator's CPU per enrollment,
 floor_ratio_server_cpu (floor / server CPU per enrollment: the ratio on a
 core of the server's own) and machine_bound_per_s (CPUs / (server + load
 generator CPU per enrollment), the most this machine can do).
+--transport https splits the CPUs by default when there are 2 or more
+(--split-cpus: the server on a core of its own, as the floor; --shared-cpus
+for the server and load generator on all of them, the default of the other
+transports).
 
 The last line printed is one JSON object.
 """
@@ -738,11 +742,20 @@ def main(argv=None):
                          "holds, 4096, so each connection is a device the server has not seen, as in a fleet); "
                          "1: one IDevID for every connection (the HTTPS service then verifies its signature once). "
                          "--client stdlib and curl always use one")
-    ap.add_argument("--split-cpus", action="store_true",
-                    help="the server on the first CPU of this process's set, the load generator on the others "
-                         "(Linux sched_setaffinity): the server gets a CPU of its own instead of competing with "
-                         "the load generator for all of them; needs 2 CPUs or more")
+    cpu_mode = ap.add_mutually_exclusive_group()
+    cpu_mode.add_argument("--split-cpus", action="store_true",
+                          help="the server on the first CPU of this process's set, the load generator on the others "
+                               "(Linux sched_setaffinity): the server gets a CPU of its own, as the crypto floor "
+                               "does, instead of competing with the load generator for all of them; needs 2 CPUs "
+                               "or more. The default for --transport https when there are 2 CPUs or more")
+    cpu_mode.add_argument("--shared-cpus", action="store_true",
+                          help="the server and the load generator on all CPUs of this process's set (the default "
+                               "for --transport coaps and both, and with one CPU): floor_ratio is then bounded by "
+                               "machine_bound_per_s, the load generator's share of the machine")
     args = ap.parse_args(argv)
+    if not args.split_cpus and not args.shared_cpus and args.transport == "https" and not args.floor_cache_sweep:
+        # the floor is one core's: so is the server, by default
+        args.split_cpus = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else False
     if args.split_cpus:
         global SERVER_CPUS, LOAD_CPUS
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []

@@ -88,8 +88,13 @@ def test_server_bench_split_cpus():
     assert out["server_cpus"] == out["server_cpus_seen"] == cpus[:1]
     assert out["load_generator_cpus"] == cpus[1:] and out["cpus_shared_with_load_generator"] is False
     assert out["errors"] == {"2": 0} and out["enrollments_per_s"]["2"] > 0
-    out = last_json(["bench/server.py", "--transport", "https", "--seconds", "0.4", "--concurrency", "2"])
+    out = last_json(["bench/server.py", "--transport", "https", "--seconds", "0.4", "--concurrency", "2",
+                     "--shared-cpus"])
     assert out["server_cpus_seen"] == cpus and out["server_cpus"] is None
+    assert out["cpus_shared_with_load_generator"] is True
+    # --transport https splits by default (the floor is one core's)
+    out = last_json(["bench/server.py", "--transport", "https", "--seconds", "0.4", "--concurrency", "2"])
+    assert out["server_cpus"] == out["server_cpus_seen"] == cpus[:1] and out["load_generator_cpus"] == cpus[1:]
 
 
 def test_server_bench_floor_runs_on_the_server_cpu(monkeypatch):
