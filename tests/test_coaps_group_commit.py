@@ -44,6 +44,25 @@ def _wrap_insert(monkeypatch, store, hook):
     monkeypatch.setattr(store, "_insert_group", lambda rows: hook(rows, real))
 
 
+def _hold_first_commit(monkeypatch, store, later=None):
+    """Wrap store._insert_group: the first commit waits until `go` is set
+    (`in_first` is set meanwhile); later ones are later(rows, real, n), n
+    counting from 1, or plain. Returns (calls: rows per commit, in_first, go)."""
+    calls = []
+    in_first, go = threading.Event(), threading.Event()
+
+    def hook(rows, real):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            in_first.set()
+            go.wait(10)
+            return real(rows)
+        return later(rows, real, len(calls)) if later is not None else real(rows)
+
+    _wrap_insert(monkeypatch, store, hook)
+    return calls, in_first, go
+
+
 def _sen(cn, mid, **kw):
     return coap.request(N.POST, SEN, os.urandom(4), mid, content_format=N.CF_PKCS10, payload=make_csr(cn)[1],
                         **kw).encode()
@@ -154,17 +173,7 @@ def test_a_retransmission_or_follow_up_while_held_issues_nothing(srv, dev, monke
     was answered: the loop reads all three in one wake-up; the request
     issues one certificate, the duplicate and the follow-up are ignored
     (the client retransmits: then the cache and the transfer answer)."""
-    calls = []
-    in_first, go = threading.Event(), threading.Event()
-
-    def hook(rows, real):
-        calls.append(len(rows))
-        if len(calls) == 1:
-            in_first.set()
-            go.wait(10)
-        return real(rows)
-
-    _wrap_insert(monkeypatch, srv.ca.store, hook)
+    calls, in_first, go = _hold_first_commit(monkeypatch, srv.ca.store)
     before = set(srv.ca.store.all_serials())
     a, b = srv.dtls_client(dev), srv.dtls_client(dev)
     try:
@@ -356,21 +365,13 @@ def test_a_failed_row_drops_its_own_block2_transfer_not_the_next_ones(srv, dev, 
     whatever transfer the session had under that resource (by then the
     second one's), and the second client's block 1 was 4.08 though its
     certificate was in the store."""
-    calls = []
-    in_first, go = threading.Event(), threading.Event()
-
-    def hook(rows, real):
-        calls.append(len(rows))
-        if len(calls) == 1:
-            in_first.set()
-            go.wait(10)
-            return real(rows)
-        if len(calls) == 2:
+    def second_fails_its_first_row(rows, real, n):
+        if n == 2:
             return [StoreError("the CA store ca.db: no space on the disk (test): nothing was written")] + \
                 real(rows[1:])
         return real(rows)
 
-    _wrap_insert(monkeypatch, srv.ca.store, hook)
+    calls, in_first, go = _hold_first_commit(monkeypatch, srv.ca.store, second_fails_its_first_row)
     before = set(srv.ca.store.all_serials())
     a, b = srv.dtls_client(dev), srv.dtls_client(dev)
     try:

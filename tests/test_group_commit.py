@@ -7,7 +7,6 @@ clients whose certificates it held, and other threads keep writing at once."""
 import base64
 import os
 import socket
-import ssl
 import threading
 import time
 
@@ -209,9 +208,9 @@ def test_https_answers_leave_after_their_commit_and_share_it(est_server):
         assert serial_hex(r.certs()[0].serial_number) in stored
 
 
-def test_https_failed_commit_answers_500_and_the_server_goes_on(est_server):
-    srv = est_server
-    before = set(srv.ca.store.all_serials())
+def _fail_first_commit(store):
+    """The first group commit of `store` fails every row (as a full disk
+    would; nothing written), the later ones write."""
     fail = [True]
 
     def hook(rows, real):
@@ -220,7 +219,13 @@ def test_https_failed_commit_answers_500_and_the_server_goes_on(est_server):
             return [StoreError("the CA store ca.db: no space on the disk (test): nothing was written")] * len(rows)
         return real(rows)
 
-    _wrap_insert(srv.ca.store, hook)
+    _wrap_insert(store, hook)
+
+
+def test_https_failed_commit_answers_500_and_the_server_goes_on(est_server):
+    srv = est_server
+    before = set(srv.ca.store.all_serials())
+    _fail_first_commit(srv.ca.store)
     r = srv.request("POST", srv.path("simpleenroll"), make_csr("gc-fail")[1], auth=(USER, PASSWORD))
     assert r.status == 500 and "no space on the disk" in r.text, (r.status, r.text)
     assert b"BEGIN" not in r.body and not r.header("content-transfer-encoding")
@@ -255,15 +260,7 @@ def test_https_access_line_says_ok_only_once_the_certificate_is_stored(est_serve
     import logging
 
     srv = est_server
-    fail = [True]
-
-    def hook(rows, real):
-        if fail[0]:
-            fail[0] = False
-            return [StoreError("the CA store ca.db: no space on the disk (test): nothing was written")] * len(rows)
-        return real(rows)
-
-    _wrap_insert(srv.ca.store, hook)
+    _fail_first_commit(srv.ca.store)
     with caplog.at_level(logging.INFO, logger="est_lite"):
         r = srv.request("POST", srv.path("simpleenroll"), make_csr("gc-log-fail")[1], auth=(USER, PASSWORD))
         assert r.status == 500, r.text
