@@ -1121,7 +1121,8 @@ class EstHttpsServer:
         stopping = self._stopping
         mono = time.monotonic
         # group commit: the certificates issued in one pass of the loop are
-        # written in one transaction at its end, their answers held until then
+        # written in one transaction once its ready connections are handled
+        # (commit_parked), their answers held until then
         group = GroupCommit()
         parked = []  # (socket, rec) waiting for that commit (_COMMIT)
 

@@ -461,7 +461,7 @@ class Store:
                         except sqlite3.IntegrityError:
                             errors[i] = DuplicateSerial("the CA drew serial %s, which it had already issued (odds "
                                                         "2**-159): nothing was issued; try again" % row[0])
-                        except sqlite3.OperationalError as e:  # this row only: the ones before are durable
+                        except sqlite3.Error as e:  # this row only: the ones before are durable
                             errors[i] = full_disk(e, self.path) or e
         except sqlite3.OperationalError as e:
             return [full_disk(e, self.path) or e] * len(rows)
